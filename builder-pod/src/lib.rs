@@ -1,0 +1,130 @@
+//! kilnd, a BuildKit-compatible build daemon.
+//!
+//! Modules carry BuildKit's nouns: `control` holds the gRPC services,
+//! `worker` what the daemon can run. See ARCHITECTURE.md for the map of
+//! what is still to come.
+
+pub mod config;
+pub mod control;
+pub mod debug;
+pub mod metrics;
+pub mod server;
+pub mod telemetry;
+pub mod worker;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::control::{ControlService, HealthService};
+use crate::metrics::Metrics;
+use crate::server::Services;
+use crate::worker::Worker;
+
+/// Runs the daemon until SIGTERM or SIGINT, then drains: listeners stop
+/// accepting, calls in flight get `shutdown_grace` to finish, a second
+/// signal ends the process at once.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let _lock = lock_root(&config.root)?;
+    let worker = Arc::new(Worker::new(&config.root, &config.oci_binary, &config.worker_labels)?);
+    let metrics = Arc::new(Metrics::new()?);
+    let serving = Arc::new(AtomicBool::new(false));
+    let shutdown = CancellationToken::new();
+
+    let services = Services {
+        control: ControlService::new(worker.clone(), metrics.clone()),
+        health: HealthService::new(serving.clone()),
+        tls: config.tls.as_ref().map(server::tls_config).transpose()?,
+    };
+
+    let mut tasks = JoinSet::new();
+    if let Some(addr) = &config.debug_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening on debug address {addr}"))?;
+        let router = debug::router(metrics.clone(), serving.clone());
+        let token = shutdown.clone();
+        tasks.spawn(async move {
+            debug::serve(listener, router, token).await.context("serving the debug endpoint")
+        });
+        info!(%addr, "debug endpoint serving /metrics, /healthz, /readyz");
+    }
+    for addr in &config.addrs {
+        let listener = server::bind(addr).await?;
+        let (addr, services, token) = (addr.clone(), services.clone(), shutdown.clone());
+        info!(%addr, "serving the BuildKit API");
+        tasks.spawn(async move { Ok(server::serve(addr, listener, services, token).await?) });
+    }
+    serving.store(true, Ordering::Relaxed);
+    info!(worker.id = %worker.id, root = %config.root.display(), runtime = %worker.runtime.display(), "kilnd ready");
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: draining"),
+        _ = int.recv() => info!("SIGINT: draining"),
+        Some(result) = tasks.join_next() => {
+            // A listener ended on its own: that is an error worth exiting on.
+            result??;
+            anyhow::bail!("a listener stopped unexpectedly");
+        }
+    }
+    serving.store(false, Ordering::Relaxed);
+    shutdown.cancel();
+
+    let drained = async {
+        while let Some(result) = tasks.join_next().await {
+            if let Err(e) = result.map_err(anyhow::Error::from).and_then(|r| r) {
+                warn!(error = %e, "while draining");
+            }
+        }
+    };
+    tokio::select! {
+        () = drained => info!("drained; exiting"),
+        () = tokio::time::sleep(config.shutdown_grace) => warn!(grace = ?config.shutdown_grace, "grace period over; exiting"),
+        _ = term.recv() => warn!("second signal; exiting now"),
+        _ = int.recv() => warn!("second signal; exiting now"),
+    }
+    Ok(())
+}
+
+/// Creates the state directory and takes an exclusive lock on it, so two
+/// daemons never share one root.
+fn lock_root(root: &Path) -> anyhow::Result<File> {
+    std::fs::create_dir_all(root).with_context(|| format!("creating root directory {}", root.display()))?;
+    let path: PathBuf = root.join("kilnd.lock");
+    let file = File::create(&path).with_context(|| format!("opening {}", path.display()))?;
+    file.try_lock().map_err(|e| match e {
+        std::fs::TryLockError::WouldBlock => {
+            anyhow::anyhow!("another kilnd is using root directory {}", root.display())
+        }
+        std::fs::TryLockError::Error(e) => {
+            anyhow::Error::new(e).context(format!("locking {}", path.display()))
+        }
+    })?;
+    Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_root_is_used_by_one_daemon_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("state");
+        let held = lock_root(&root).unwrap();
+        let err = lock_root(&root).unwrap_err().to_string();
+        assert!(err.contains("another kilnd is using root directory"), "{err}");
+        drop(held);
+        lock_root(&root).unwrap();
+    }
+}

@@ -1,0 +1,423 @@
+//! The harness of Kiln's end-to-end suites: the environment `e2e/env/up`
+//! made, real daemons started and stopped per test, and the registry checks
+//! a user would make.
+//!
+//! Tests panic with a message that says what to do when the environment is
+//! missing; they never skip.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+use std::fmt::Write as _;
+use std::io::Read as _;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use tempfile::TempDir;
+
+/// What `eval "$(e2e/env/up)"` exported.
+#[derive(Debug)]
+pub struct TestEnv {
+    pub tools: PathBuf,
+    pub registry: String,
+    pub auth_registry: String,
+    pub auth_user: String,
+    pub auth_password: String,
+    pub base_image: String,
+    pub base_image_v2s2: String,
+    pub base_image_multi: String,
+}
+
+fn var(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run `eval \"$(e2e/env/up)\"` first (the README's test command does this)")
+    })
+}
+
+impl TestEnv {
+    pub fn get() -> &'static TestEnv {
+        static ENV: OnceLock<TestEnv> = OnceLock::new();
+        ENV.get_or_init(|| TestEnv {
+            tools: var("KILN_TOOLS").into(),
+            registry: var("KILN_REGISTRY"),
+            auth_registry: var("KILN_AUTH_REGISTRY"),
+            auth_user: var("KILN_AUTH_REGISTRY_USER"),
+            auth_password: var("KILN_AUTH_REGISTRY_PASSWORD"),
+            base_image: var("KILN_BASE_IMAGE"),
+            base_image_v2s2: var("KILN_BASE_IMAGE_V2S2"),
+            base_image_multi: var("KILN_BASE_IMAGE_MULTI"),
+        })
+    }
+
+    /// A tool from `$KILN_TOOLS`; panics with a hint when it is missing.
+    pub fn tool(&self, name: &str) -> PathBuf {
+        let path = self.tools.join(name);
+        assert!(path.exists(), "{} is missing: run e2e/env/up", path.display());
+        path
+    }
+
+    pub fn command(&self, tool: &str) -> Command {
+        Command::new(self.tool(tool))
+    }
+
+    /// `KUBECONFIG` from `e2e/env/cluster-up`.
+    pub fn kubeconfig(&self) -> PathBuf {
+        var("KUBECONFIG").into()
+    }
+}
+
+/// Runs `cmd`, echoing its command line, and returns its stdout. A failure
+/// panics with the exit status and both streams.
+pub fn run(cmd: &mut Command) -> String {
+    let out = run_unchecked(cmd);
+    assert!(out.status.success(), "{} failed with {}\n{}", show(cmd), out.status, streams(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `cmd` and hands back its output whatever the exit status.
+pub fn run_unchecked(cmd: &mut Command) -> Output {
+    eprintln!("$ {}", show(cmd));
+    let out = cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("starting {}: {e}", show(cmd)));
+    // Progress output is what a user would see; keep it in the test log.
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+pub fn streams(out: &Output) -> String {
+    format!(
+        "--- stdout\n{}\n--- stderr\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn show(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for arg in cmd.get_args() {
+        let _ = write!(s, " {}", arg.to_string_lossy());
+    }
+    s
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A unique suffix for names in shared places (registry repositories, namespaces).
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("{prefix}-{}-{:x}", std::process::id(), nanos & 0xffff_ffff)
+}
+
+/// A daemon process that is sent SIGTERM (then SIGKILL after 10 s) when dropped.
+#[derive(Debug)]
+pub struct Daemon {
+    pub name: String,
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `cmd` with its output in `log`.
+    pub fn spawn(name: &str, cmd: &mut Command, log: PathBuf) -> Self {
+        let file = std::fs::File::create(&log).unwrap();
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name} ({}): {e}", show(cmd)));
+        eprintln!("started {name} (pid {}): {}", child.id(), show(cmd));
+        Self { name: name.into(), child, log }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Polls `ready` until it holds; panics with the daemon's log after `timeout`.
+    pub fn wait_until(&mut self, timeout: Duration, mut ready: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("{} exited with {status} while starting:\n{}", self.name, self.log_text());
+            }
+            if ready() {
+                eprintln!("{} ready after {:?}", self.name, start.elapsed());
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("{} not ready after {timeout:?}:\n{}", self.name, self.log_text());
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`; returns whether it exited in time.
+    pub fn stop(&mut self, grace: Duration) -> bool {
+        if self.child.try_wait().ok().flatten().is_some() {
+            return true;
+        }
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let start = Instant::now();
+        while start.elapsed() < grace {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        false
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(10));
+    }
+}
+
+/// The reference `buildkitd` from the test environment, as root with `runc`,
+/// its state in a temporary directory, listening on a loopback TCP port.
+#[derive(Debug)]
+pub struct Buildkitd {
+    pub addr: String,
+    pub daemon: Daemon,
+    pub root: TempDir,
+}
+
+impl Buildkitd {
+    pub fn start() -> Self {
+        let env = TestEnv::get();
+        let root = tempfile::Builder::new().prefix("kiln-buildkitd-").tempdir().unwrap();
+        let config = root.path().join("buildkitd.toml");
+        // The local registries speak plain HTTP.
+        std::fs::write(
+            &config,
+            format!(
+                "[worker.oci]\n  gc = false\n[worker.containerd]\n  enabled = false\n\
+                 [registry.\"{}\"]\n  http = true\n[registry.\"{}\"]\n  http = true\n",
+                env.registry, env.auth_registry
+            ),
+        )
+        .unwrap();
+        let addr = format!("tcp://127.0.0.1:{}", free_port());
+        let mut daemon = Daemon::spawn(
+            "buildkitd",
+            env.command("buildkitd")
+                .arg("--config")
+                .arg(&config)
+                .arg("--root")
+                .arg(root.path().join("state"))
+                .arg("--addr")
+                .arg(&addr)
+                .args(["--oci-worker-binary", "runc"]),
+            root.path().join("buildkitd.log"),
+        );
+        daemon.wait_until(Duration::from_secs(30), || {
+            env.command("buildctl")
+                .args(["--addr", &addr, "debug", "workers"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+        Self { addr, daemon, root }
+    }
+
+    pub fn buildctl(&self) -> Command {
+        let mut cmd = TestEnv::get().command("buildctl");
+        cmd.args(["--addr", &self.addr]);
+        cmd
+    }
+}
+
+/// Where the workspace's binaries are: next to the test executable's `deps/`.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    if let Ok(path) = std::env::var(format!("KILN_{}", name.to_uppercase())) {
+        return path.into();
+    }
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let path = dir.join(name);
+    assert!(path.exists(), "{} is missing: run `cargo build --workspace --bins` first", path.display());
+    path
+}
+
+/// A `kilnd` from this workspace, its state in a temporary directory,
+/// serving on a loopback TCP port, with its debug endpoint on another.
+#[derive(Debug)]
+pub struct Kilnd {
+    pub addr: String,
+    pub debug_addr: String,
+    pub daemon: Daemon,
+    pub root: TempDir,
+}
+
+impl Kilnd {
+    pub fn start() -> Self {
+        Self::start_with(|_| {})
+    }
+
+    /// Starts kilnd after `configure` has added its own arguments.
+    pub fn start_with(configure: impl FnOnce(&mut Command)) -> Self {
+        let root = tempfile::Builder::new().prefix("kiln-kilnd-").tempdir().unwrap();
+        let addr = format!("tcp://127.0.0.1:{}", free_port());
+        let debug_addr = format!("127.0.0.1:{}", free_port());
+        let mut cmd = Command::new(workspace_bin("kilnd"));
+        cmd.arg("--addr").arg(&addr).arg("--root").arg(root.path().join("state"));
+        cmd.arg("--debugaddr").arg(&debug_addr);
+        configure(&mut cmd);
+        let mut daemon = Daemon::spawn("kilnd", &mut cmd, root.path().join("kilnd.log"));
+        let url = format!("http://{debug_addr}/readyz");
+        daemon.wait_until(Duration::from_secs(20), || ureq::get(&url).call().is_ok());
+        Self { addr, debug_addr, daemon, root }
+    }
+
+    /// GET a path of the debug endpoint: (status, body).
+    pub fn debug_get(&self, path: &str) -> (u16, String) {
+        let url = format!("http://{}{path}", self.debug_addr);
+        match ureq::get(&url).call() {
+            Ok(mut r) => (r.status().as_u16(), r.body_mut().read_to_string().unwrap()),
+            Err(ureq::Error::StatusCode(code)) => (code, String::new()),
+            Err(e) => panic!("GET {url}: {e}"),
+        }
+    }
+}
+
+/// A buildx with its own configuration directory, so tests never touch the
+/// user's builders or docker config.
+#[derive(Debug)]
+pub struct Buildx {
+    pub config: TempDir,
+}
+
+impl Default for Buildx {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Buildx {
+    pub fn new() -> Self {
+        Self { config: tempfile::Builder::new().prefix("kiln-buildx-").tempdir().unwrap() }
+    }
+
+    pub fn command(&self) -> Command {
+        let mut cmd = TestEnv::get().command("buildx");
+        cmd.env("BUILDX_CONFIG", self.config.path().join("buildx"))
+            .env("DOCKER_CONFIG", self.config.path().join("docker"))
+            .env("BUILDX_NO_DEFAULT_ATTESTATIONS", "1")
+            .env_remove("BUILDX_BUILDER");
+        cmd
+    }
+
+    /// `buildx create --driver remote ADDR --name NAME`.
+    pub fn create_remote(&self, name: &str, addr: &str) {
+        run(self.command().args(["create", "--name", name, "--driver", "remote", addr]));
+    }
+}
+
+/// One registry's HTTP API, with basic auth when it has credentials.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    pub host: String,
+    pub creds: Option<(String, String)>,
+}
+
+pub const MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, \
+    application/vnd.oci.image.manifest.v1+json, \
+    application/vnd.docker.distribution.manifest.list.v2+json, \
+    application/vnd.docker.distribution.manifest.v2+json";
+
+/// A manifest as the registry serves it.
+#[derive(Debug)]
+pub struct Manifest {
+    pub digest: String,
+    pub media_type: String,
+    pub json: serde_json::Value,
+}
+
+impl Registry {
+    pub fn plain() -> Self {
+        Self { host: TestEnv::get().registry.clone(), creds: None }
+    }
+
+    pub fn with_auth() -> Self {
+        let env = TestEnv::get();
+        Self {
+            host: env.auth_registry.clone(),
+            creds: Some((env.auth_user.clone(), env.auth_password.clone())),
+        }
+    }
+
+    /// GET /v2/<name>/manifests/<reference>; Err carries the HTTP status.
+    pub fn manifest(&self, name: &str, reference: &str) -> Result<Manifest, u16> {
+        let url = format!("http://{}/v2/{name}/manifests/{reference}", self.host);
+        let mut req = ureq::get(&url).header("Accept", MANIFEST_TYPES);
+        if let Some((user, password)) = &self.creds {
+            req = req.header("Authorization", basic_auth(user, password));
+        }
+        let mut resp = match req.call() {
+            Ok(r) => r,
+            Err(ureq::Error::StatusCode(code)) => return Err(code),
+            Err(e) => panic!("GET {url}: {e}"),
+        };
+        let media_type =
+            resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+        let mut body = Vec::new();
+        resp.body_mut().as_reader().read_to_end(&mut body).unwrap();
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&body)));
+        let json =
+            serde_json::from_slice(&body).unwrap_or_else(|e| panic!("manifest at {url} is not JSON: {e}"));
+        Ok(Manifest { digest, media_type, json })
+    }
+}
+
+fn basic_auth(user: &str, password: &str) -> String {
+    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let input = format!("{user}:{password}");
+    let mut out = String::from("Basic ");
+    for chunk in input.as_bytes().chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(TABLE[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Splits `host/name:tag` into (name, tag).
+pub fn repo_and_tag(image: &str) -> (&str, &str) {
+    let path = image.split_once('/').map_or(image, |(_, p)| p);
+    path.rsplit_once(':').unwrap_or((path, "latest"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_auth_is_base64() {
+        assert_eq!(basic_auth("Aladdin", "open sesame"), "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==");
+        assert_eq!(basic_auth("a", "b"), "Basic YTpi");
+    }
+
+    #[test]
+    fn image_names_split() {
+        assert_eq!(repo_and_tag("127.0.0.1:5000/kiln-test/busybox:latest"), ("kiln-test/busybox", "latest"));
+        assert_eq!(repo_and_tag("127.0.0.1:5000/x/y"), ("x/y", "latest"));
+    }
+}

@@ -1,0 +1,104 @@
+//! kilnd as real clients see it: buildx's remote driver and buildctl.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use kiln_e2e::{Buildx, Kilnd, TestEnv, run, run_unchecked, workspace_bin};
+
+const VERSION: &str = concat!("v", env!("CARGO_PKG_VERSION"));
+
+#[test]
+fn buildx_inspect_bootstrap_shows_kilnd_running_with_its_platforms() {
+    let kilnd = Kilnd::start();
+    let buildx = Buildx::new();
+    buildx.create_remote("kilnd", &kilnd.addr);
+    let out = run(buildx.command().args(["inspect", "--bootstrap", "kilnd"]));
+    eprintln!("{out}");
+    let line = |key: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(key).map(str::trim))
+            .unwrap_or_else(|| panic!("no {key:?} line in:\n{out}"))
+            .to_owned()
+    };
+    assert_eq!(line("Driver:"), "remote");
+    assert_eq!(line("Status:"), "running");
+    assert_eq!(line("BuildKit version:"), VERSION);
+    assert!(line("Platforms:").starts_with("linux/amd64"), "{out}");
+    assert!(out.contains("org.mobyproject.buildkit.worker.executor:"), "{out}");
+
+    // `buildx ls` reads the same node data.
+    let ls = run(buildx.command().arg("ls"));
+    assert!(ls.lines().any(|l| l.contains("kilnd") && l.contains("running") && l.contains(VERSION)), "{ls}");
+
+    // The calls were served and counted.
+    let (code, metrics) = kilnd.debug_get("/metrics");
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains(r#"kilnd_grpc_requests_total{method="ListWorkers",service="Control"}"#),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn buildctl_lists_the_worker_and_the_version() {
+    let kilnd = Kilnd::start();
+    let buildctl = || {
+        let mut cmd = TestEnv::get().command("buildctl");
+        cmd.args(["--addr", &kilnd.addr]);
+        cmd
+    };
+    let workers = run(buildctl().args(["debug", "workers", "-v"]));
+    assert!(workers.contains("linux/amd64"), "{workers}");
+    assert!(workers.contains("org.mobyproject.buildkit.worker.executor"), "{workers}");
+    let info = run(buildctl().args(["debug", "info"]));
+    assert!(info.contains("kiln.dev/kilnd") && info.contains(VERSION), "{info}");
+    // Nothing is cached yet: du answers with no records instead of an error.
+    run(buildctl().arg("du"));
+}
+
+#[test]
+fn sigterm_stops_accepting_and_exits_cleanly() {
+    let mut kilnd = Kilnd::start();
+    assert_eq!(kilnd.debug_get("/readyz").0, 200);
+    let start = Instant::now();
+    assert!(
+        kilnd.daemon.stop(Duration::from_secs(10)),
+        "kilnd ignored SIGTERM:\n{}",
+        kilnd.daemon.log_text()
+    );
+    assert!(start.elapsed() < Duration::from_secs(5), "idle kilnd took {:?} to stop", start.elapsed());
+    let log = kilnd.daemon.log_text();
+    assert!(log.contains("draining") && log.contains("exiting"), "{log}");
+}
+
+#[test]
+fn a_second_daemon_on_the_same_root_is_refused() {
+    let kilnd = Kilnd::start();
+    let out = run_unchecked(
+        Command::new(workspace_bin("kilnd"))
+            .args(["--addr", "tcp://127.0.0.1:1"])
+            .arg("--root")
+            .arg(kilnd.root.path().join("state")),
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("another kilnd is using root directory"), "{stderr}");
+}
+
+#[test]
+fn bad_command_lines_are_named() {
+    let out = run_unchecked(Command::new(workspace_bin("kilnd")).args(["--addr", "127.0.0.1:1234"]));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("expected tcp://HOST:PORT or unix:///PATH"), "{stderr}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("kilnd.toml");
+    std::fs::write(&config, "[grpc]\nadress = [\"tcp://127.0.0.1:1\"]\n").unwrap();
+    let out = run_unchecked(Command::new(workspace_bin("kilnd")).arg("--config").arg(&config));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("adress") && stderr.contains("kilnd.toml"), "{stderr}");
+}
