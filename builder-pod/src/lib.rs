@@ -7,8 +7,11 @@
 pub mod config;
 pub mod control;
 pub mod debug;
+pub mod frontend;
 pub mod metrics;
 pub mod server;
+pub mod session;
+pub mod solver;
 pub mod telemetry;
 pub mod worker;
 
@@ -25,8 +28,11 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::control::{ControlService, HealthService};
+use crate::frontend::gateway::{Bridge, LlbBridgeService};
 use crate::metrics::Metrics;
 use crate::server::Services;
+use crate::session::SessionManager;
+use crate::solver::Jobs;
 use crate::worker::Worker;
 
 /// Runs the daemon until SIGTERM or SIGINT, then drains: listeners stop
@@ -39,8 +45,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let serving = Arc::new(AtomicBool::new(false));
     let shutdown = CancellationToken::new();
 
+    let sessions = SessionManager::new();
+    let jobs = Jobs::new();
+    let bridge = Bridge::new();
     let services = Services {
-        control: ControlService::new(worker.clone(), metrics.clone()),
+        control: ControlService::new(worker.clone(), metrics.clone(), sessions, jobs, bridge.clone()),
+        bridge: LlbBridgeService::new(bridge, worker.clone(), metrics.clone()),
         health: HealthService::new(serving.clone()),
         tls: config.tls.as_ref().map(server::tls_config).transpose()?,
     };

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use kiln_proto::buildkit::health::health_server::HealthServer;
 use kiln_proto::buildkit::moby::buildkit::v1::control_server::ControlServer;
+use kiln_proto::buildkit::moby::buildkit::v1::frontend::llb_bridge_server::LlbBridgeServer;
 use tokio::net::{TcpListener, UnixListener};
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tokio_util::sync::CancellationToken;
@@ -12,6 +13,7 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::config::{ListenAddr, TlsFiles};
 use crate::control::{ControlService, HealthService};
+use crate::frontend::gateway::LlbBridgeService;
 
 /// BuildKit's limit on both sides (buildkit-protocol.md §1).
 pub const MAX_MESSAGE_SIZE: usize = 16 << 20;
@@ -91,6 +93,7 @@ pub fn tls_config(files: &TlsFiles) -> Result<ServerTlsConfig, ServerError> {
 #[derive(Debug, Clone)]
 pub struct Services {
     pub control: ControlService,
+    pub bridge: LlbBridgeService,
     pub health: HealthService,
     pub tls: Option<ServerTlsConfig>,
 }
@@ -111,6 +114,11 @@ pub async fn serve(
     let router = builder
         .add_service(
             ControlServer::new(services.control)
+                .max_decoding_message_size(MAX_MESSAGE_SIZE)
+                .max_encoding_message_size(MAX_MESSAGE_SIZE),
+        )
+        .add_service(
+            LlbBridgeServer::new(services.bridge)
                 .max_decoding_message_size(MAX_MESSAGE_SIZE)
                 .max_encoding_message_size(MAX_MESSAGE_SIZE),
         )

@@ -2,8 +2,10 @@
 
 mod health;
 
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::Stream;
 use kiln_proto::buildkit::moby::buildkit::v1 as api;
@@ -13,7 +15,10 @@ use tracing::instrument;
 
 pub use health::HealthService;
 
+use crate::frontend::gateway::Bridge;
 use crate::metrics::Metrics;
+use crate::session::SessionManager;
+use crate::solver::Jobs;
 use crate::worker::{self, Worker};
 
 type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -23,11 +28,79 @@ type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>
 pub struct ControlService {
     worker: Arc<Worker>,
     metrics: Arc<Metrics>,
+    sessions: Arc<SessionManager>,
+    jobs: Arc<Jobs>,
+    bridge: Arc<Bridge>,
 }
 
+/// How long `Status` waits for the Solve that creates its job (upstream: 6 s, §3.4).
+const STATUS_WAIT: Duration = Duration::from_secs(6);
+/// The response header of `Status` carrying the server's clock (§1).
+const TIMESTAMP_HEADER: &str = "buildkit-current-timestamp";
+
 impl ControlService {
-    pub fn new(worker: Arc<Worker>, metrics: Arc<Metrics>) -> Self {
-        Self { worker, metrics }
+    pub fn new(
+        worker: Arc<Worker>,
+        metrics: Arc<Metrics>,
+        sessions: Arc<SessionManager>,
+        jobs: Arc<Jobs>,
+        bridge: Arc<Bridge>,
+    ) -> Self {
+        Self { worker, metrics, sessions, jobs, bridge }
+    }
+
+    /// A build driven by the client through the LLBBridge (buildx's path):
+    /// registered before anything slow, done when the client calls Return.
+    async fn solve_forwarded(&self, req: api::SolveRequest) -> Result<api::SolveResponse, Status> {
+        let job = self.jobs.create(&req.r#ref)?;
+        let (_registration, returned) = self.bridge.register(
+            req.session.clone(),
+            req.frontend_attrs.clone(),
+            req.frontend_inputs.clone(),
+            Arc::clone(&job.job),
+        );
+        let ret = returned
+            .await
+            .map_err(|_| Status::internal(format!("build {} ended without a result", req.r#ref)))?;
+        if let Some(err) = ret.error {
+            return Err(Status::new(tonic::Code::from_i32(err.code), err.message));
+        }
+        let has_result = ret.result.as_ref().is_some_and(has_refs);
+        if let Some(exporter) = exporters(&req).first()
+            && has_result
+        {
+            return Err(Status::unimplemented(format!(
+                "exporter {:?} is not implemented by kilnd yet",
+                exporter.r#type
+            )));
+        }
+        Ok(api::SolveResponse { exporter_response: HashMap::new() })
+    }
+}
+
+/// The exporters of a request: `Exporters`, or the legacy single one (§5).
+fn exporters(req: &api::SolveRequest) -> Vec<api::Exporter> {
+    if !req.exporters.is_empty() {
+        return req.exporters.clone();
+    }
+    if req.exporter_deprecated.is_empty() {
+        return Vec::new();
+    }
+    vec![api::Exporter {
+        r#type: req.exporter_deprecated.clone(),
+        attrs: req.exporter_attrs_deprecated.clone(),
+    }]
+}
+
+/// Whether a frontend result names any built filesystem (the probe build returns an empty ref).
+fn has_refs(result: &kiln_proto::buildkit::moby::buildkit::v1::frontend::Result) -> bool {
+    use kiln_proto::buildkit::moby::buildkit::v1::frontend::result::Result as R;
+    match &result.result {
+        Some(R::RefDeprecated(id)) => !id.is_empty(),
+        Some(R::RefsDeprecated(map)) => map.refs.values().any(|id| !id.is_empty()),
+        Some(R::Ref(r)) => !r.id.is_empty() || r.def.is_some(),
+        Some(R::Refs(map)) => map.refs.values().any(|r| !r.id.is_empty() || r.def.is_some()),
+        None => false,
     }
 }
 
@@ -61,24 +134,40 @@ impl Control for ControlService {
         Ok(Response::new(Box::pin(futures::stream::empty())))
     }
 
-    #[instrument(skip_all)]
+    #[instrument(skip_all, fields(build.ref = %request.get_ref().r#ref, session.id = %request.get_ref().session))]
     async fn solve(
         &self,
-        _request: Request<api::SolveRequest>,
+        request: Request<api::SolveRequest>,
     ) -> Result<Response<api::SolveResponse>, Status> {
         self.metrics.rpc("Control", "Solve");
-        Err(not_built("Solve (running builds)"))
+        let req = request.into_inner();
+        if req.r#ref.is_empty() {
+            return Err(Status::invalid_argument("Solve needs a ref"));
+        }
+        match (&req.definition, req.frontend.as_str()) {
+            (None, "") => self.solve_forwarded(req).await.map(Response::new),
+            (Some(_), "") => Err(not_built("Solve with an LLB definition")),
+            (None, frontend) => Err(not_built(&format!("the {frontend:?} frontend"))),
+            (Some(_), _) => Err(Status::invalid_argument("Solve takes a definition or a frontend, not both")),
+        }
     }
 
     type StatusStream = Stream_<api::StatusResponse>;
 
-    #[instrument(skip_all)]
+    #[instrument(skip_all, fields(build.ref = %request.get_ref().r#ref))]
     async fn status(
         &self,
-        _request: Request<api::StatusRequest>,
+        request: Request<api::StatusRequest>,
     ) -> Result<Response<Self::StatusStream>, Status> {
         self.metrics.rpc("Control", "Status");
-        Err(not_built("Status"))
+        let job = self.jobs.get(&request.get_ref().r#ref, STATUS_WAIT).await?;
+        let stream = futures::StreamExt::map(job.progress.follow(), Ok);
+        let mut response = Response::new(Box::pin(stream) as Self::StatusStream);
+        let now = humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string();
+        if let Ok(now) = now.parse() {
+            response.metadata_mut().insert(TIMESTAMP_HEADER, now);
+        }
+        Ok(response)
     }
 
     type SessionStream = Stream_<api::BytesMessage>;
@@ -86,10 +175,12 @@ impl Control for ControlService {
     #[instrument(skip_all)]
     async fn session(
         &self,
-        _request: Request<Streaming<api::BytesMessage>>,
+        request: Request<Streaming<api::BytesMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
         self.metrics.rpc("Control", "Session");
-        Err(not_built("Session"))
+        let (metadata, _, incoming) = request.into_parts();
+        let outgoing = self.sessions.handle(&metadata, incoming).await?;
+        Ok(Response::new(Box::pin(outgoing)))
     }
 
     #[instrument(skip_all)]

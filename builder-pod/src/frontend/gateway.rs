@@ -1,0 +1,311 @@
+//! The LLBBridge: the frontend API that buildx drives for gateway-forwarded
+//! builds (buildkit-protocol.md §2.2 phases B–C, §9.4).
+//!
+//! `Control.Solve` with neither a definition nor a frontend registers the
+//! build here under its ref and waits; the client then calls LLBBridge
+//! methods (header `buildkit-controlapi-buildid` = ref) and ends with
+//! `Return`, whose result the waiting Solve exports.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kiln_proto::buildkit::moby::buildkit::v1::VertexWarning;
+use kiln_proto::buildkit::moby::buildkit::v1::apicaps::ApiCap;
+use kiln_proto::buildkit::moby::buildkit::v1::frontend as fe;
+use kiln_proto::buildkit::moby::buildkit::v1::frontend::llb_bridge_server::LlbBridge;
+use kiln_proto::buildkit::moby::buildkit::v1::{StatusResponse, frontend::ReturnRequest};
+use kiln_proto::buildkit::pb::Definition;
+use tokio::sync::{oneshot, watch};
+use tonic::{Request, Response, Status};
+use tracing::instrument;
+
+use crate::metrics::Metrics;
+use crate::solver::Job;
+use crate::worker::Worker;
+
+/// The header every LLBBridge call carries (§1).
+pub const BUILD_ID_HEADER: &str = "buildkit-controlapi-buildid";
+/// How long a bridge call waits for its Solve to register (upstream: 3 s, §3.4).
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Frontend API capabilities kilnd implements (`frontend/gateway/pb/caps.go`).
+/// Advertising `return` and `proto.refarray` keeps clients off the legacy
+/// result path (§2.5).
+pub const FRONTEND_CAPS: &[&str] =
+    &["return", "proto.refarray", "returnmap", "frontend.inputs", "gateway.warnings"];
+
+pub fn caps(ids: &[&str]) -> Vec<ApiCap> {
+    ids.iter().map(|id| ApiCap { id: (*id).to_owned(), enabled: true, ..ApiCap::default() }).collect()
+}
+
+/// A build waiting for its client to drive the frontend API.
+#[derive(Debug)]
+pub struct ForwardedBuild {
+    pub id: String,
+    pub session_id: String,
+    pub frontend_attrs: HashMap<String, String>,
+    pub frontend_inputs: HashMap<String, Definition>,
+    pub job: Arc<Job>,
+    returned: Mutex<Option<oneshot::Sender<ReturnRequest>>>,
+}
+
+/// Forwarded builds by ref.
+#[derive(Debug, Default)]
+pub struct Bridge {
+    builds: Mutex<HashMap<String, Arc<ForwardedBuild>>>,
+    changed: watch::Sender<u64>,
+}
+
+/// Unregisters its build when dropped.
+#[derive(Debug)]
+pub struct BridgeGuard {
+    bridge: Arc<Bridge>,
+    id: String,
+}
+
+impl Drop for BridgeGuard {
+    fn drop(&mut self) {
+        self.bridge.lock().remove(&self.id);
+    }
+}
+
+impl Bridge {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<ForwardedBuild>>> {
+        self.builds.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Registers a build; the receiver yields the client's `Return`.
+    pub fn register(
+        self: &Arc<Self>,
+        session_id: String,
+        frontend_attrs: HashMap<String, String>,
+        frontend_inputs: HashMap<String, Definition>,
+        job: Arc<Job>,
+    ) -> (BridgeGuard, oneshot::Receiver<ReturnRequest>) {
+        let (tx, rx) = oneshot::channel();
+        let id = job.id.clone();
+        let build = ForwardedBuild {
+            id: id.clone(),
+            session_id,
+            frontend_attrs,
+            frontend_inputs,
+            job,
+            returned: Mutex::new(Some(tx)),
+        };
+        self.lock().insert(id.clone(), Arc::new(build));
+        self.changed.send_modify(|n| *n += 1);
+        (BridgeGuard { bridge: Arc::clone(self), id }, rx)
+    }
+
+    async fn lookup(&self, id: &str) -> Result<Arc<ForwardedBuild>, Status> {
+        let start = Instant::now();
+        let mut changed = self.changed.subscribe();
+        loop {
+            if let Some(build) = self.lock().get(id) {
+                return Ok(Arc::clone(build));
+            }
+            let left = LOOKUP_TIMEOUT.saturating_sub(start.elapsed());
+            if left.is_zero() || tokio::time::timeout(left, changed.changed()).await.is_err() {
+                return Err(Status::not_found(format!("no build {id:?} is waiting for the frontend API")));
+            }
+        }
+    }
+
+    /// The build a bridge call belongs to, from its header.
+    async fn build_of<T>(&self, request: &Request<T>) -> Result<Arc<ForwardedBuild>, Status> {
+        let id = request
+            .metadata()
+            .get(BUILD_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| Status::invalid_argument(format!("no {BUILD_ID_HEADER} header")))?;
+        self.lookup(id).await
+    }
+}
+
+/// BuildKit's `moby.buildkit.v1.frontend.LLBBridge` service.
+#[derive(Debug, Clone)]
+pub struct LlbBridgeService {
+    bridge: Arc<Bridge>,
+    worker: Arc<Worker>,
+    metrics: Arc<Metrics>,
+}
+
+impl LlbBridgeService {
+    pub fn new(bridge: Arc<Bridge>, worker: Arc<Worker>, metrics: Arc<Metrics>) -> Self {
+        Self { bridge, worker, metrics }
+    }
+
+    fn count(&self, method: &str) {
+        self.metrics.rpc("LLBBridge", method);
+    }
+}
+
+fn not_built(what: &str) -> Status {
+    Status::unimplemented(format!("LLBBridge.{what} is not implemented by kilnd yet"))
+}
+
+#[tonic::async_trait]
+impl LlbBridge for LlbBridgeService {
+    #[instrument(skip_all)]
+    async fn ping(&self, request: Request<fe::PingRequest>) -> Result<Response<fe::PongResponse>, Status> {
+        self.count("Ping");
+        self.bridge.build_of(&request).await?;
+        Ok(Response::new(fe::PongResponse {
+            frontend_api_caps: caps(FRONTEND_CAPS),
+            llb_caps: Vec::new(),
+            workers: vec![self.worker.record()],
+        }))
+    }
+
+    #[instrument(skip_all)]
+    async fn r#return(
+        &self,
+        request: Request<ReturnRequest>,
+    ) -> Result<Response<fe::ReturnResponse>, Status> {
+        self.count("Return");
+        let build = self.bridge.build_of(&request).await?;
+        let sender = build.returned.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        let sender = sender
+            .ok_or_else(|| Status::failed_precondition(format!("build {} already returned", build.id)))?;
+        // The Solve may be gone if its client left; then nobody needs the result.
+        let _ = sender.send(request.into_inner());
+        Ok(Response::new(fe::ReturnResponse {}))
+    }
+
+    #[instrument(skip_all)]
+    async fn inputs(
+        &self,
+        request: Request<fe::InputsRequest>,
+    ) -> Result<Response<fe::InputsResponse>, Status> {
+        self.count("Inputs");
+        let build = self.bridge.build_of(&request).await?;
+        Ok(Response::new(fe::InputsResponse { definitions: build.frontend_inputs.clone() }))
+    }
+
+    #[instrument(skip_all)]
+    async fn warn(&self, request: Request<fe::WarnRequest>) -> Result<Response<fe::WarnResponse>, Status> {
+        self.count("Warn");
+        let build = self.bridge.build_of(&request).await?;
+        let w = request.into_inner();
+        build.job.progress.send(StatusResponse {
+            warnings: vec![VertexWarning {
+                vertex: w.digest,
+                level: w.level,
+                short: w.short,
+                detail: w.detail,
+                url: w.url,
+                info: w.info,
+                ranges: w.ranges,
+            }],
+            ..StatusResponse::default()
+        });
+        Ok(Response::new(fe::WarnResponse {}))
+    }
+
+    async fn resolve_image_config(
+        &self,
+        _request: Request<fe::ResolveImageConfigRequest>,
+    ) -> Result<Response<fe::ResolveImageConfigResponse>, Status> {
+        self.count("ResolveImageConfig");
+        Err(not_built("ResolveImageConfig"))
+    }
+
+    async fn resolve_source_meta(
+        &self,
+        _request: Request<fe::ResolveSourceMetaRequest>,
+    ) -> Result<Response<fe::ResolveSourceMetaResponse>, Status> {
+        self.count("ResolveSourceMeta");
+        Err(not_built("ResolveSourceMeta"))
+    }
+
+    async fn solve(
+        &self,
+        _request: Request<fe::SolveRequest>,
+    ) -> Result<Response<fe::SolveResponse>, Status> {
+        self.count("Solve");
+        Err(not_built("Solve (frontends and LLB solving)"))
+    }
+
+    async fn read_file(
+        &self,
+        _request: Request<fe::ReadFileRequest>,
+    ) -> Result<Response<fe::ReadFileResponse>, Status> {
+        self.count("ReadFile");
+        Err(not_built("ReadFile"))
+    }
+
+    async fn read_dir(
+        &self,
+        _request: Request<fe::ReadDirRequest>,
+    ) -> Result<Response<fe::ReadDirResponse>, Status> {
+        self.count("ReadDir");
+        Err(not_built("ReadDir"))
+    }
+
+    async fn stat_file(
+        &self,
+        _request: Request<fe::StatFileRequest>,
+    ) -> Result<Response<fe::StatFileResponse>, Status> {
+        self.count("StatFile");
+        Err(not_built("StatFile"))
+    }
+
+    async fn evaluate(
+        &self,
+        _request: Request<fe::EvaluateRequest>,
+    ) -> Result<Response<fe::EvaluateResponse>, Status> {
+        self.count("Evaluate");
+        Err(not_built("Evaluate"))
+    }
+
+    async fn new_container(
+        &self,
+        _request: Request<fe::NewContainerRequest>,
+    ) -> Result<Response<fe::NewContainerResponse>, Status> {
+        Err(not_built("NewContainer"))
+    }
+
+    async fn release_container(
+        &self,
+        _request: Request<fe::ReleaseContainerRequest>,
+    ) -> Result<Response<fe::ReleaseContainerResponse>, Status> {
+        Err(not_built("ReleaseContainer"))
+    }
+
+    type ExecProcessStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<fe::ExecMessage, Status>> + Send + 'static>>;
+
+    async fn exec_process(
+        &self,
+        _request: Request<tonic::Streaming<fe::ExecMessage>>,
+    ) -> Result<Response<Self::ExecProcessStream>, Status> {
+        Err(not_built("ExecProcess"))
+    }
+
+    async fn read_file_container(
+        &self,
+        _request: Request<fe::ReadFileRequest>,
+    ) -> Result<Response<fe::ReadFileResponse>, Status> {
+        Err(not_built("ReadFileContainer"))
+    }
+
+    async fn read_dir_container(
+        &self,
+        _request: Request<fe::ReadDirRequest>,
+    ) -> Result<Response<fe::ReadDirResponse>, Status> {
+        Err(not_built("ReadDirContainer"))
+    }
+
+    async fn stat_file_container(
+        &self,
+        _request: Request<fe::StatFileRequest>,
+    ) -> Result<Response<fe::StatFileResponse>, Status> {
+        Err(not_built("StatFileContainer"))
+    }
+}

@@ -1,0 +1,356 @@
+//! Sessions: the reverse channel a client exposes to the daemon
+//! (buildkit-protocol.md §3).
+//!
+//! The client opens `Control.Session` and serves gRPC over it as an HTTP/2
+//! *server*; the daemon runs an HTTP/2 *client* on the same byte stream and
+//! calls back into the client for its local files, secrets, SSH agent and
+//! registry credentials. The [`SessionManager`] keeps the live sessions by
+//! id so a build can find the one it names, waiting a bounded time for a
+//! session that has not arrived yet.
+
+pub mod tunnel;
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use kiln_proto::buildkit::health::HealthCheckRequest;
+use kiln_proto::buildkit::health::health_client::HealthClient;
+use kiln_proto::buildkit::moby::buildkit::v1::BytesMessage;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+use tonic::metadata::MetadataMap;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use self::tunnel::Tunnel;
+
+/// Header names, lower-case as grpc-go sends them (§1, "Metadata keys").
+pub const HEADER_UUID: &str = "x-docker-expose-session-uuid";
+pub const HEADER_SHARED_KEY: &str = "x-docker-expose-session-sharedkey";
+pub const HEADER_METHOD: &str = "x-docker-expose-session-grpc-method";
+
+/// How often the daemon checks that the client still answers (§3.2).
+const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+/// HTTP/2 windows on the session connection: file data flows client → daemon
+/// on it, and the 64 KiB defaults cap a loopback transfer far below the link.
+const STREAM_WINDOW: u32 = 4 << 20;
+const CONNECTION_WINDOW: u32 = 16 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("session request has no {HEADER_UUID} header")]
+    MissingId,
+    #[error("starting HTTP/2 on session {id}: {source}")]
+    Handshake { id: String, source: hyper::Error },
+    #[error("no active session {id} (waited {waited:?}); the client may have gone away")]
+    NotFound { id: String, waited: Duration },
+}
+
+impl From<SessionError> for Status {
+    fn from(e: SessionError) -> Self {
+        match e {
+            SessionError::MissingId => Status::invalid_argument(e.to_string()),
+            SessionError::NotFound { .. } => Status::not_found(e.to_string()),
+            SessionError::Handshake { .. } => Status::unavailable(e.to_string()),
+        }
+    }
+}
+
+/// A gRPC transport over one session: every call of every client service
+/// shares the client's single HTTP/2 connection.
+#[derive(Clone, Debug)]
+pub struct SessionChannel {
+    sender: http2::SendRequest<tonic::body::Body>,
+}
+
+impl tower::Service<http::Request<tonic::body::Body>> for SessionChannel {
+    type Response = http::Response<hyper::body::Incoming>;
+    type Error = hyper::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.sender.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        Box::pin(self.sender.send_request(req))
+    }
+}
+
+/// The origin of requests on a session connection; Go's side dials "localhost".
+pub fn origin() -> http::Uri {
+    http::Uri::from_static("http://localhost")
+}
+
+/// One client's session.
+#[derive(Debug)]
+pub struct Session {
+    pub id: String,
+    /// Context directory and client node id, e.g. `myapp:3vj…`; may be empty.
+    pub shared_key: String,
+    /// Methods the client serves, lower-cased (`/moby.filesync.v1.filesync/diffcopy`).
+    methods: HashSet<String>,
+    channel: SessionChannel,
+    closed: CancellationToken,
+}
+
+impl Session {
+    /// Whether the client serves `/pkg.Service/Method`; case-insensitive, as upstream.
+    pub fn supports(&self, method: &str) -> bool {
+        self.methods.contains(&method.to_ascii_lowercase())
+    }
+
+    pub fn channel(&self) -> SessionChannel {
+        self.channel.clone()
+    }
+
+    /// Fires when the client's stream ends.
+    pub fn closed(&self) -> &CancellationToken {
+        &self.closed
+    }
+}
+
+/// The live sessions by id.
+#[derive(Debug, Default)]
+pub struct SessionManager {
+    sessions: Mutex<HashMap<String, Arc<Session>>>,
+    /// Bumped on every registration so waiters look again.
+    changed: watch::Sender<u64>,
+}
+
+pub type SessionStream = ReceiverStream<Result<BytesMessage, Status>>;
+
+impl SessionManager {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Takes over a `Control.Session` call: starts the HTTP/2 client on the
+    /// stream, registers the session and returns the stream of bytes to send
+    /// back. The session lives until the client ends its stream.
+    pub async fn handle<S>(
+        self: &Arc<Self>,
+        metadata: &MetadataMap,
+        incoming: S,
+    ) -> Result<SessionStream, SessionError>
+    where
+        S: futures::Stream<Item = Result<BytesMessage, Status>> + Unpin + Send + 'static,
+    {
+        let text = |v: &tonic::metadata::MetadataValue<tonic::metadata::Ascii>| {
+            v.to_str().unwrap_or_default().to_owned()
+        };
+        let id =
+            metadata.get(HEADER_UUID).map(text).filter(|s| !s.is_empty()).ok_or(SessionError::MissingId)?;
+        let shared_key = metadata.get(HEADER_SHARED_KEY).map(text).unwrap_or_default();
+        let methods = metadata.get_all(HEADER_METHOD).iter().map(|v| text(v).to_ascii_lowercase()).collect();
+
+        let (tx, rx) = mpsc::channel(64);
+        let io = TokioIo::new(Tunnel::new(incoming, tx));
+        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(1 << 20)
+            .handshake(io)
+            .await
+            .map_err(|source| SessionError::Handshake { id: id.clone(), source })?;
+
+        let session = Arc::new(Session {
+            id: id.clone(),
+            shared_key,
+            methods,
+            channel: SessionChannel { sender },
+            closed: CancellationToken::new(),
+        });
+        let span = info_span!("session", session.id = %id);
+        let manager = Arc::clone(self);
+        let closed = session.closed.clone();
+        tokio::spawn(
+            async move {
+                tokio::select! {
+                    result = connection => if let Err(e) = result {
+                        debug!(error = %e, "session connection ended with an error");
+                    },
+                    // A failed health check drops the connection, which ends the stream.
+                    () = closed.cancelled() => {}
+                }
+                closed.cancel();
+                manager.remove(&id);
+                info!("session closed");
+            }
+            .instrument(span.clone()),
+        );
+        tokio::spawn(health_check(Arc::clone(&session)).instrument(span.clone()));
+        self.insert(Arc::clone(&session));
+        span.in_scope(
+            || info!(shared_key = %session.shared_key, methods = session.methods.len(), "session open"),
+        );
+        Ok(ReceiverStream::new(rx))
+    }
+
+    fn insert(&self, session: Arc<Session>) {
+        self.lock().insert(session.id.clone(), session);
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    fn remove(&self, id: &str) {
+        self.lock().remove(id);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Session>>> {
+        // A panic while holding the lock leaves a map that is still valid.
+        self.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The session `id`, waiting up to `timeout` for it to arrive: a client
+    /// may open its session after the Solve that names it (§3.4). An id of the
+    /// form `prefix:rest` names session `rest` (§3.3).
+    pub async fn get(&self, id: &str, timeout: Duration) -> Result<Arc<Session>, SessionError> {
+        let id = id.rsplit_once(':').map_or(id, |(_, rest)| rest);
+        let start = Instant::now();
+        let mut changed = self.changed.subscribe();
+        loop {
+            if let Some(s) = self.lock().get(id).filter(|s| !s.closed.is_cancelled()) {
+                return Ok(Arc::clone(s));
+            }
+            let left = timeout.saturating_sub(start.elapsed());
+            if left.is_zero() || tokio::time::timeout(left, changed.changed()).await.is_err() {
+                return Err(SessionError::NotFound { id: id.to_owned(), waited: start.elapsed() });
+            }
+        }
+    }
+
+    /// How many sessions are open.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Calls the client's `Health/Check` every 5 s; two failures in a row end the
+/// session (upstream: timeout max(30 s, 1.5 × the last call), §3.2).
+async fn health_check(session: Arc<Session>) {
+    let mut client = HealthClient::with_origin(session.channel(), origin());
+    let mut timeout = Duration::from_secs(30);
+    let mut failures = 0;
+    loop {
+        tokio::select! {
+            () = session.closed.cancelled() => return,
+            () = tokio::time::sleep(HEALTH_INTERVAL) => {}
+        }
+        let start = Instant::now();
+        let result = tokio::time::timeout(timeout, client.check(HealthCheckRequest::default())).await;
+        match result {
+            Ok(Ok(_)) => {
+                failures = 0;
+                timeout = timeout.max(start.elapsed().mul_f32(1.5));
+            }
+            Ok(Err(status)) => {
+                failures += 1;
+                warn!(%status, failures, "session health check failed");
+            }
+            Err(_) => {
+                failures += 1;
+                warn!(?timeout, failures, "session health check timed out");
+            }
+        }
+        if failures >= 2 {
+            warn!("client stopped answering health checks; closing the session");
+            session.closed.cancel();
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper_util::service::TowerToHyperService;
+    use kiln_proto::buildkit::health::health_check_response::ServingStatus;
+    use tonic::metadata::MetadataValue;
+
+    use crate::control::HealthService;
+
+    /// Plays buildx's side: opens a session on `manager` and serves gRPC
+    /// health on it as an HTTP/2 server. Dropping the sender ends the session.
+    async fn open_client(manager: &Arc<SessionManager>, id: &str, key: &str) -> tokio::task::JoinHandle<()> {
+        let mut md = MetadataMap::new();
+        md.insert(HEADER_UUID, MetadataValue::try_from(id).unwrap());
+        md.insert(HEADER_SHARED_KEY, MetadataValue::try_from(key).unwrap());
+        md.append(HEADER_METHOD, MetadataValue::from_static("/grpc.health.v1.Health/Check"));
+        md.append(HEADER_METHOD, MetadataValue::from_static("/moby.filesync.v1.FileSync/DiffCopy"));
+        let (to_daemon, from_client) = mpsc::channel(64);
+        let from_daemon = manager.handle(&md, ReceiverStream::new(from_client)).await.unwrap();
+        let tunnel = Tunnel::new(from_daemon, to_daemon);
+        let health = HealthService::new(Arc::new(std::sync::atomic::AtomicBool::new(true)));
+        let routes = tonic::service::Routes::new(
+            kiln_proto::buildkit::health::health_server::HealthServer::new(health),
+        );
+        tokio::spawn(async move {
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tunnel), TowerToHyperService::new(routes))
+                .await;
+        })
+    }
+
+    #[tokio::test]
+    async fn the_daemon_calls_the_client_over_its_session() {
+        let manager = SessionManager::new();
+        let client = open_client(&manager, "s1", "ctx:node").await;
+        let session = manager.get("s1", Duration::from_secs(1)).await.unwrap();
+        assert_eq!(session.shared_key, "ctx:node");
+        assert!(session.supports("/moby.filesync.v1.filesync/diffcopy"));
+        assert!(session.supports("/grpc.health.v1.Health/Check"));
+        assert!(!session.supports("/moby.filesync.v1.FileSend/DiffCopy"));
+
+        let mut health = HealthClient::with_origin(session.channel(), origin());
+        let resp = health.check(HealthCheckRequest::default()).await.unwrap();
+        assert_eq!(resp.get_ref().status, ServingStatus::Serving as i32);
+        // Several calls share the one connection.
+        for _ in 0..20 {
+            health.check(HealthCheckRequest::default()).await.unwrap();
+        }
+
+        // A prefixed id names the same session.
+        assert_eq!(manager.get("local:s1", Duration::ZERO).await.unwrap().id, "s1");
+
+        // The client going away closes the session and removes it.
+        client.abort();
+        tokio::time::timeout(Duration::from_secs(5), session.closed().cancelled()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(manager.is_empty());
+        let err = manager.get("s1", Duration::from_millis(50)).await.unwrap_err();
+        assert!(err.to_string().contains("no active session s1"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn get_waits_for_a_session_that_arrives_late() {
+        let manager = SessionManager::new();
+        let waiter = {
+            let manager = Arc::clone(&manager);
+            tokio::spawn(async move { manager.get("late", Duration::from_secs(5)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let _other = open_client(&manager, "other", "").await;
+        let _client = open_client(&manager, "late", "").await;
+        let session = waiter.await.unwrap().unwrap();
+        assert_eq!(session.id, "late");
+    }
+
+    #[tokio::test]
+    async fn a_session_without_an_id_is_refused() {
+        let manager = SessionManager::new();
+        let (_tx, rx) = mpsc::channel(1);
+        let err = manager.handle(&MetadataMap::new(), ReceiverStream::new(rx)).await.unwrap_err();
+        assert_eq!(Status::from(err).code(), tonic::Code::InvalidArgument);
+    }
+}
