@@ -1,0 +1,119 @@
+//! Overlayfs mounts of snapshots: read-only views, and writable ones whose
+//! changes land in a new layer (the upper directory).
+
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags};
+
+use super::{CacheError, CacheManager, Snapshot};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error("mounting overlayfs at {target} ({options}): {source}")]
+    Mount { target: PathBuf, options: String, source: nix::Error },
+    #[error("overlayfs options for {layers} layers are {len} bytes, over the kernel's page limit")]
+    TooManyLayers { layers: usize, len: usize },
+}
+
+/// A mounted snapshot; unmounted (lazily, so a busy mount never blocks) when dropped.
+#[derive(Debug)]
+pub struct Mounted {
+    dir: tempfile::TempDir,
+    target: PathBuf,
+}
+
+impl Mounted {
+    pub fn path(&self) -> &Path {
+        &self.target
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.target, MntFlags::MNT_DETACH);
+        // The overlay work dir holds a root-only `work/` entry; make it removable.
+        let work = self.dir.path().join("work/work");
+        if work.exists() {
+            let _ = std::fs::set_permissions(&work, std::os::unix::fs::PermissionsExt::from_mode(0o700));
+        }
+    }
+}
+
+/// The kernel copies mount options into one page.
+const MAX_OPTIONS: usize = 4000;
+
+/// Mounts `snapshot` read-only, or writable over `upper` (a new layer's
+/// directory on the same file system as the cache).
+pub fn mount(cache: &CacheManager, snapshot: &Snapshot, upper: Option<&Path>) -> Result<Mounted, MountError> {
+    let dir = cache.temp_dir("mnt-")?;
+    let target = dir.path().join("rootfs");
+    let work = dir.path().join("work");
+    for d in [&target, &work] {
+        std::fs::create_dir(d).map_err(|source| CacheError::Io { path: d.clone(), source })?;
+    }
+    let mut lowers: Vec<PathBuf> = snapshot.layers.iter().rev().map(|l| cache.layer_path(l)).collect();
+    // Overlayfs needs a lower directory, and two when there is no upper one.
+    let needed = if upper.is_some() { 1 } else { 2 };
+    let mut pads = [cache.empty_dir(), cache.root().join("empty-2")].into_iter();
+    while lowers.len() < needed {
+        lowers.extend(pads.next());
+    }
+    let lower = lowers.iter().map(|p| p.to_string_lossy()).collect::<Vec<_>>().join(":");
+    let (options, flags) = match upper {
+        Some(upper) => (
+            format!("lowerdir={lower},upperdir={},workdir={}", upper.display(), work.display()),
+            MsFlags::empty(),
+        ),
+        None => (format!("lowerdir={lower}"), MsFlags::MS_RDONLY),
+    };
+    if options.len() > MAX_OPTIONS {
+        return Err(MountError::TooManyLayers { layers: snapshot.layers.len(), len: options.len() });
+    }
+    nix::mount::mount(Some("overlay"), &target, Some("overlay"), flags, Some(options.as_str()))
+        .map_err(|source| MountError::Mount { target: target.clone(), options, source })?;
+    Ok(Mounted { dir, target })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_through_a_mount_land_in_the_upper_layer_only() {
+        let root = tempfile::tempdir().unwrap();
+        let cache = CacheManager::open(root.path()).unwrap();
+        let base = cache.new_layer().unwrap();
+        std::fs::write(base.path().join("a"), "base").unwrap();
+        let base = Snapshot::default().with(cache.commit_layer(base).unwrap());
+
+        let upper = cache.new_layer().unwrap();
+        {
+            let m = mount(&cache, &base, Some(upper.path())).unwrap();
+            assert_eq!(std::fs::read_to_string(m.path().join("a")).unwrap(), "base");
+            std::fs::write(m.path().join("b"), "new").unwrap();
+            std::fs::remove_file(m.path().join("a")).unwrap();
+        }
+        let next = base.with(cache.commit_layer(upper).unwrap());
+        let top = cache.layer_path(next.layers.last().unwrap());
+        assert_eq!(std::fs::read_to_string(top.join("b")).unwrap(), "new");
+        // The deletion is an overlay whiteout in the upper layer; the base is untouched.
+        use std::os::unix::fs::FileTypeExt;
+        assert!(std::fs::symlink_metadata(top.join("a")).unwrap().file_type().is_char_device());
+        assert_eq!(std::fs::read_to_string(cache.layer_path(&base.layers[0]).join("a")).unwrap(), "base");
+
+        let view = mount(&cache, &next, None).unwrap();
+        assert!(!view.path().join("a").exists());
+        assert_eq!(std::fs::read_to_string(view.path().join("b")).unwrap(), "new");
+        assert!(std::fs::write(view.path().join("c"), "x").is_err(), "a read-only view took a write");
+    }
+
+    #[test]
+    fn scratch_mounts_empty() {
+        let root = tempfile::tempdir().unwrap();
+        let cache = CacheManager::open(root.path()).unwrap();
+        let view = mount(&cache, &Snapshot::default(), None).unwrap();
+        assert_eq!(std::fs::read_dir(view.path()).unwrap().count(), 0);
+    }
+}
