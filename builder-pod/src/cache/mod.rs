@@ -27,7 +27,7 @@ pub enum CacheError {
     #[error("cache directory {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error("cache metadata ({action}): {source}")]
-    Db { action: &'static str, source: redb::Error },
+    Db { action: &'static str, source: Box<redb::Error> },
     #[error("cache record {key}: {source}")]
     Record { key: String, source: serde_json::Error },
 }
@@ -37,7 +37,7 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CacheError + '_ {
 }
 
 fn db_err<E: Into<redb::Error>>(action: &'static str) -> impl FnOnce(E) -> CacheError {
-    move |e| CacheError::Db { action, source: e.into() }
+    move |e| CacheError::Db { action, source: Box::new(e.into()) }
 }
 
 /// An immutable file system: layers bottom first. Empty is scratch.

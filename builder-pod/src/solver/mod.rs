@@ -3,6 +3,7 @@
 
 pub mod llb;
 pub mod progress;
+pub mod scheduler;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

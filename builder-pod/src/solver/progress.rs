@@ -7,8 +7,15 @@
 use std::sync::Mutex;
 
 use futures::Stream;
-use kiln_proto::buildkit::moby::buildkit::v1::StatusResponse;
+use kiln_proto::buildkit::google::protobuf::Timestamp;
+use kiln_proto::buildkit::moby::buildkit::v1::{StatusResponse, Vertex, VertexLog, VertexStatus};
 use tokio::sync::broadcast;
+
+/// The current time as progress messages carry it.
+pub fn now() -> Timestamp {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    Timestamp { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
+}
 
 #[derive(Debug)]
 pub struct Progress {
@@ -44,6 +51,20 @@ impl Progress {
             let _ = live.send(update.clone());
             state.history.push(update);
         }
+    }
+
+    pub fn vertex(&self, vertex: Vertex) {
+        self.send(StatusResponse { vertexes: vec![vertex], ..StatusResponse::default() });
+    }
+
+    pub fn status(&self, status: VertexStatus) {
+        self.send(StatusResponse { statuses: vec![status], ..StatusResponse::default() });
+    }
+
+    /// Output of a step: stream 1 is stdout, 2 stderr.
+    pub fn log(&self, vertex: &str, stream: i64, msg: Vec<u8>) {
+        let log = VertexLog { vertex: vertex.to_owned(), timestamp: Some(now()), stream, msg };
+        self.send(StatusResponse { logs: vec![log], ..StatusResponse::default() });
     }
 
     /// Ends the stream for every follower.
