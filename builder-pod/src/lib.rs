@@ -27,13 +27,16 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::cache::CacheManager;
 use crate::config::Config;
-use crate::control::{ControlService, HealthService};
+use crate::control::{ControlService, Controller, HealthService};
 use crate::frontend::gateway::{Bridge, LlbBridgeService};
 use crate::metrics::Metrics;
 use crate::server::Services;
 use crate::session::SessionManager;
 use crate::solver::Jobs;
+use crate::solver::ops::WorkerOps;
+use crate::solver::scheduler::Solver;
 use crate::worker::Worker;
 
 /// Runs the daemon until SIGTERM or SIGINT, then drains: listeners stop
@@ -46,12 +49,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let serving = Arc::new(AtomicBool::new(false));
     let shutdown = CancellationToken::new();
 
+    let cache = Arc::new(CacheManager::open(&config.root.join("cache"))?);
     let sessions = SessionManager::new();
-    let jobs = Jobs::new();
-    let bridge = Bridge::new();
+    let ops = Arc::new(WorkerOps { cache: Arc::clone(&cache), sessions: Arc::clone(&sessions) });
+    let controller = Arc::new(Controller {
+        worker: worker.clone(),
+        metrics: metrics.clone(),
+        sessions,
+        jobs: Jobs::new(),
+        bridge: Bridge::new(),
+        solver: Solver::new(cache, ops),
+    });
     let services = Services {
-        control: ControlService::new(worker.clone(), metrics.clone(), sessions, jobs, bridge.clone()),
-        bridge: LlbBridgeService::new(bridge, worker.clone(), metrics.clone()),
+        control: ControlService::new(Arc::clone(&controller)),
+        bridge: LlbBridgeService::new(controller),
         health: HealthService::new(serving.clone()),
         tls: config.tls.as_ref().map(server::tls_config).transpose()?,
     };

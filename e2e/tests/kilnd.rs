@@ -139,3 +139,68 @@ fn buildx_probe_build_passes_and_the_build_reaches_the_frontend_api() {
     assert_eq!(count("Return", "LLBBridge"), 2, "{metrics}");
     assert!(!kilnd.daemon.log_text().contains("panicked"), "{}", kilnd.daemon.log_text());
 }
+
+/// `buildctl build` reads an LLB definition on stdin when no frontend is given.
+fn buildctl_llb(kilnd: &Kilnd, def: &kiln_proto::buildkit::pb::Definition, extra: &[&str]) -> std::process::Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = TestEnv::get()
+        .command("buildctl")
+        .args(["--addr", &kilnd.addr, "build", "--progress", "plain"])
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&prost::Message::encode_to_vec(def)).unwrap();
+    let out = child.wait_with_output().unwrap();
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+#[test]
+fn buildctl_solves_llb_from_stdin_and_bad_llb_is_a_clear_error() {
+    use kiln_proto::buildkit::pb;
+    let kilnd = Kilnd::start();
+
+    // The empty definition: a return op with no input, i.e. scratch.
+    let ret = prost::Message::encode_to_vec(&pb::Op::default());
+    let empty = pb::Definition { def: vec![ret], ..Default::default() };
+    let out = buildctl_llb(&kilnd, &empty, &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // An op that names an input the definition does not have.
+    let dangling = pb::Op {
+        inputs: vec![pb::Input { digest: "sha256:0000".into(), index: 0 }],
+        op: Some(pb::op::Op::Merge(pb::MergeOp { inputs: vec![pb::MergeInput { input: 0 }] })),
+        ..Default::default()
+    };
+    let bytes = prost::Message::encode_to_vec(&dangling);
+    let ret = pb::Op {
+        inputs: vec![pb::Input {
+            digest: format!("sha256:{}", sha256_hex(&bytes)),
+            index: 0,
+        }],
+        ..Default::default()
+    };
+    let bad = pb::Definition { def: vec![bytes, prost::Message::encode_to_vec(&ret)], ..Default::default() };
+    let out = buildctl_llb(&kilnd, &bad, &[]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("invalid LLB") && stderr.contains("sha256:0000"), "{stderr}");
+
+    // Bytes that are no op at all.
+    let garbage = pb::Definition { def: vec![vec![0xff; 7], vec![]], ..Default::default() };
+    let out = buildctl_llb(&kilnd, &garbage, &[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not decode"));
+    // The daemon is still serving.
+    assert!(buildctl_llb(&kilnd, &empty, &[]).status.success());
+    assert!(!kilnd.daemon.log_text().contains("panicked"));
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}

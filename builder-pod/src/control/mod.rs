@@ -10,6 +10,8 @@ use std::time::Duration;
 use futures::Stream;
 use kiln_proto::buildkit::moby::buildkit::v1 as api;
 use kiln_proto::buildkit::moby::buildkit::v1::control_server::Control;
+use kiln_proto::buildkit::pb::Definition;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::instrument;
 
@@ -19,18 +21,27 @@ use crate::frontend::gateway::Bridge;
 use crate::metrics::Metrics;
 use crate::session::SessionManager;
 use crate::solver::Jobs;
+use crate::solver::llb::Graph;
+use crate::solver::scheduler::{BuildContext, SolveError, Solver};
 use crate::worker::{self, Worker};
 
 type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
+/// What every service of the daemon shares.
+#[derive(Debug)]
+pub struct Controller {
+    pub worker: Arc<Worker>,
+    pub metrics: Arc<Metrics>,
+    pub sessions: Arc<SessionManager>,
+    pub jobs: Arc<Jobs>,
+    pub bridge: Arc<Bridge>,
+    pub solver: Arc<Solver>,
+}
+
 /// BuildKit's `moby.buildkit.v1.Control` service.
 #[derive(Debug, Clone)]
 pub struct ControlService {
-    worker: Arc<Worker>,
-    metrics: Arc<Metrics>,
-    sessions: Arc<SessionManager>,
-    jobs: Arc<Jobs>,
-    bridge: Arc<Bridge>,
+    c: Arc<Controller>,
 }
 
 /// How long `Status` waits for the Solve that creates its job (upstream: 6 s, §3.4).
@@ -39,21 +50,44 @@ const STATUS_WAIT: Duration = Duration::from_secs(6);
 const TIMESTAMP_HEADER: &str = "buildkit-current-timestamp";
 
 impl ControlService {
-    pub fn new(
-        worker: Arc<Worker>,
-        metrics: Arc<Metrics>,
-        sessions: Arc<SessionManager>,
-        jobs: Arc<Jobs>,
-        bridge: Arc<Bridge>,
-    ) -> Self {
-        Self { worker, metrics, sessions, jobs, bridge }
+    pub fn new(controller: Arc<Controller>) -> Self {
+        Self { c: controller }
+    }
+
+    /// A build of an LLB definition (`buildctl build` with LLB on stdin).
+    async fn solve_definition(
+        &self,
+        req: api::SolveRequest,
+        def: &Definition,
+    ) -> Result<api::SolveResponse, Status> {
+        let graph = Graph::parse(def).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let job = self.c.jobs.create(&req.r#ref)?;
+        let cancel = CancellationToken::new();
+        // The client going away drops this future, and with it the guard.
+        let _cancel_on_drop = cancel.clone().drop_guard();
+        let ctx = Arc::new(BuildContext {
+            job: Arc::clone(&job.job),
+            session_ids: vec![req.session.clone()],
+            entitlements: req.entitlements.clone(),
+            cancel,
+        });
+        let result = self.c.solver.solve(&graph, ctx).await.map_err(solve_status)?;
+        if let Some(exporter) = exporters(&req).first()
+            && result.is_some()
+        {
+            return Err(Status::unimplemented(format!(
+                "exporter {:?} is not implemented by kilnd yet",
+                exporter.r#type
+            )));
+        }
+        Ok(api::SolveResponse { exporter_response: HashMap::new() })
     }
 
     /// A build driven by the client through the LLBBridge (buildx's path):
     /// registered before anything slow, done when the client calls Return.
     async fn solve_forwarded(&self, req: api::SolveRequest) -> Result<api::SolveResponse, Status> {
-        let job = self.jobs.create(&req.r#ref)?;
-        let (_registration, returned) = self.bridge.register(
+        let job = self.c.jobs.create(&req.r#ref)?;
+        let (_registration, returned) = self.c.bridge.register(
             req.session.clone(),
             req.frontend_attrs.clone(),
             req.frontend_inputs.clone(),
@@ -75,6 +109,14 @@ impl ControlService {
             )));
         }
         Ok(api::SolveResponse { exporter_response: HashMap::new() })
+    }
+}
+
+/// A failed build as the client sees it: the message names the step.
+fn solve_status(e: SolveError) -> Status {
+    match e {
+        SolveError::Cancelled => Status::cancelled(e.to_string()),
+        e => Status::unknown(e.to_string()),
     }
 }
 
@@ -117,7 +159,7 @@ impl Control for ControlService {
         &self,
         _request: Request<api::DiskUsageRequest>,
     ) -> Result<Response<api::DiskUsageResponse>, Status> {
-        self.metrics.rpc("Control", "DiskUsage");
+        self.c.metrics.rpc("Control", "DiskUsage");
         // kilnd keeps no build cache yet, so there is nothing to report.
         Ok(Response::new(api::DiskUsageResponse { record: Vec::new() }))
     }
@@ -129,7 +171,7 @@ impl Control for ControlService {
         &self,
         _request: Request<api::PruneRequest>,
     ) -> Result<Response<Self::PruneStream>, Status> {
-        self.metrics.rpc("Control", "Prune");
+        self.c.metrics.rpc("Control", "Prune");
         // Nothing is cached yet, so nothing is pruned: the stream ends at once.
         Ok(Response::new(Box::pin(futures::stream::empty())))
     }
@@ -139,14 +181,17 @@ impl Control for ControlService {
         &self,
         request: Request<api::SolveRequest>,
     ) -> Result<Response<api::SolveResponse>, Status> {
-        self.metrics.rpc("Control", "Solve");
+        self.c.metrics.rpc("Control", "Solve");
         let req = request.into_inner();
         if req.r#ref.is_empty() {
             return Err(Status::invalid_argument("Solve needs a ref"));
         }
         match (&req.definition, req.frontend.as_str()) {
             (None, "") => self.solve_forwarded(req).await.map(Response::new),
-            (Some(_), "") => Err(not_built("Solve with an LLB definition")),
+            (Some(def), "") => {
+                let def = def.clone();
+                self.solve_definition(req, &def).await.map(Response::new)
+            }
             (None, frontend) => Err(not_built(&format!("the {frontend:?} frontend"))),
             (Some(_), _) => Err(Status::invalid_argument("Solve takes a definition or a frontend, not both")),
         }
@@ -159,8 +204,8 @@ impl Control for ControlService {
         &self,
         request: Request<api::StatusRequest>,
     ) -> Result<Response<Self::StatusStream>, Status> {
-        self.metrics.rpc("Control", "Status");
-        let job = self.jobs.get(&request.get_ref().r#ref, STATUS_WAIT).await?;
+        self.c.metrics.rpc("Control", "Status");
+        let job = self.c.jobs.get(&request.get_ref().r#ref, STATUS_WAIT).await?;
         let stream = futures::StreamExt::map(job.progress.follow(), Ok);
         let mut response = Response::new(Box::pin(stream) as Self::StatusStream);
         let now = humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string();
@@ -177,9 +222,9 @@ impl Control for ControlService {
         &self,
         request: Request<Streaming<api::BytesMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
-        self.metrics.rpc("Control", "Session");
+        self.c.metrics.rpc("Control", "Session");
         let (metadata, _, incoming) = request.into_parts();
-        let outgoing = self.sessions.handle(&metadata, incoming).await?;
+        let outgoing = self.c.sessions.handle(&metadata, incoming).await?;
         Ok(Response::new(Box::pin(outgoing)))
     }
 
@@ -188,13 +233,13 @@ impl Control for ControlService {
         &self,
         _request: Request<api::ListWorkersRequest>,
     ) -> Result<Response<api::ListWorkersResponse>, Status> {
-        self.metrics.rpc("Control", "ListWorkers");
-        Ok(Response::new(api::ListWorkersResponse { record: vec![self.worker.record()] }))
+        self.c.metrics.rpc("Control", "ListWorkers");
+        Ok(Response::new(api::ListWorkersResponse { record: vec![self.c.worker.record()] }))
     }
 
     #[instrument(skip_all)]
     async fn info(&self, _request: Request<api::InfoRequest>) -> Result<Response<api::InfoResponse>, Status> {
-        self.metrics.rpc("Control", "Info");
+        self.c.metrics.rpc("Control", "Info");
         Ok(Response::new(api::InfoResponse { buildkit_version: Some(worker::version()) }))
     }
 
@@ -205,7 +250,7 @@ impl Control for ControlService {
         &self,
         _request: Request<api::BuildHistoryRequest>,
     ) -> Result<Response<Self::ListenBuildHistoryStream>, Status> {
-        self.metrics.rpc("Control", "ListenBuildHistory");
+        self.c.metrics.rpc("Control", "ListenBuildHistory");
         Err(not_built("the build history API"))
     }
 
@@ -214,7 +259,7 @@ impl Control for ControlService {
         &self,
         _request: Request<api::UpdateBuildHistoryRequest>,
     ) -> Result<Response<api::UpdateBuildHistoryResponse>, Status> {
-        self.metrics.rpc("Control", "UpdateBuildHistory");
+        self.c.metrics.rpc("Control", "UpdateBuildHistory");
         Err(not_built("the build history API"))
     }
 }

@@ -20,9 +20,8 @@ use tokio::sync::{oneshot, watch};
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
-use crate::metrics::Metrics;
+use crate::control::Controller;
 use crate::solver::Job;
-use crate::worker::Worker;
 
 /// The header every LLBBridge call carries (§1).
 pub const BUILD_ID_HEADER: &str = "buildkit-controlapi-buildid";
@@ -131,18 +130,16 @@ impl Bridge {
 /// BuildKit's `moby.buildkit.v1.frontend.LLBBridge` service.
 #[derive(Debug, Clone)]
 pub struct LlbBridgeService {
-    bridge: Arc<Bridge>,
-    worker: Arc<Worker>,
-    metrics: Arc<Metrics>,
+    c: Arc<Controller>,
 }
 
 impl LlbBridgeService {
-    pub fn new(bridge: Arc<Bridge>, worker: Arc<Worker>, metrics: Arc<Metrics>) -> Self {
-        Self { bridge, worker, metrics }
+    pub fn new(controller: Arc<Controller>) -> Self {
+        Self { c: controller }
     }
 
     fn count(&self, method: &str) {
-        self.metrics.rpc("LLBBridge", method);
+        self.c.metrics.rpc("LLBBridge", method);
     }
 }
 
@@ -155,11 +152,11 @@ impl LlbBridge for LlbBridgeService {
     #[instrument(skip_all)]
     async fn ping(&self, request: Request<fe::PingRequest>) -> Result<Response<fe::PongResponse>, Status> {
         self.count("Ping");
-        self.bridge.build_of(&request).await?;
+        self.c.bridge.build_of(&request).await?;
         Ok(Response::new(fe::PongResponse {
             frontend_api_caps: caps(FRONTEND_CAPS),
             llb_caps: Vec::new(),
-            workers: vec![self.worker.record()],
+            workers: vec![self.c.worker.record()],
         }))
     }
 
@@ -169,7 +166,7 @@ impl LlbBridge for LlbBridgeService {
         request: Request<ReturnRequest>,
     ) -> Result<Response<fe::ReturnResponse>, Status> {
         self.count("Return");
-        let build = self.bridge.build_of(&request).await?;
+        let build = self.c.bridge.build_of(&request).await?;
         let sender = build.returned.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
         let sender = sender
             .ok_or_else(|| Status::failed_precondition(format!("build {} already returned", build.id)))?;
@@ -184,14 +181,14 @@ impl LlbBridge for LlbBridgeService {
         request: Request<fe::InputsRequest>,
     ) -> Result<Response<fe::InputsResponse>, Status> {
         self.count("Inputs");
-        let build = self.bridge.build_of(&request).await?;
+        let build = self.c.bridge.build_of(&request).await?;
         Ok(Response::new(fe::InputsResponse { definitions: build.frontend_inputs.clone() }))
     }
 
     #[instrument(skip_all)]
     async fn warn(&self, request: Request<fe::WarnRequest>) -> Result<Response<fe::WarnResponse>, Status> {
         self.count("Warn");
-        let build = self.bridge.build_of(&request).await?;
+        let build = self.c.bridge.build_of(&request).await?;
         let w = request.into_inner();
         build.job.progress.send(StatusResponse {
             warnings: vec![VertexWarning {

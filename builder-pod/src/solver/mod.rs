@@ -2,6 +2,7 @@
 //! job that `Status` callers can find and follow.
 
 pub mod llb;
+pub mod ops;
 pub mod progress;
 pub mod scheduler;
 

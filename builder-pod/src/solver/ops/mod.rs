@@ -1,0 +1,57 @@
+//! How kilnd carries out each kind of LLB op on this machine.
+
+pub mod merge;
+
+use std::sync::Arc;
+
+use kiln_proto::buildkit::pb;
+
+use super::llb::Vertex;
+use super::scheduler::{BuildContext, OpError, Ops, Resolved};
+use crate::cache::{CacheManager, Snapshot};
+use crate::session::SessionManager;
+
+/// The ops of kilnd's one worker: sources through the client's session and
+/// registries, file changes through overlay mounts, steps through the OCI runtime.
+#[derive(Debug)]
+pub struct WorkerOps {
+    pub cache: Arc<CacheManager>,
+    pub sessions: Arc<SessionManager>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpsError {
+    #[error("source {0:?} is not supported by kilnd yet")]
+    UnsupportedSource(String),
+    #[error("{0} ops are not supported by kilnd yet")]
+    UnsupportedOp(&'static str),
+    #[error("LLB op has no operation")]
+    Empty,
+}
+
+#[async_trait::async_trait]
+impl Ops for WorkerOps {
+    async fn resolve_source(&self, vertex: &Vertex, _ctx: &BuildContext) -> Result<Resolved, OpError> {
+        let Some(pb::op::Op::Source(source)) = vertex.operation() else {
+            return Err(OpsError::Empty.into());
+        };
+        Err(OpsError::UnsupportedSource(source.identifier.clone()).into())
+    }
+
+    async fn run(
+        &self,
+        vertex: &Vertex,
+        inputs: Vec<Snapshot>,
+        _resolved: Option<Resolved>,
+        _ctx: &BuildContext,
+    ) -> Result<Vec<Snapshot>, OpError> {
+        match vertex.operation().ok_or(OpsError::Empty)? {
+            pb::op::Op::Merge(op) => Ok(vec![merge::merge(op, &inputs)?]),
+            pb::op::Op::Diff(op) => Ok(vec![merge::diff(op, &inputs)?]),
+            pb::op::Op::Source(s) => Err(OpsError::UnsupportedSource(s.identifier.clone()).into()),
+            pb::op::Op::Exec(_) => Err(OpsError::UnsupportedOp("exec").into()),
+            pb::op::Op::File(_) => Err(OpsError::UnsupportedOp("file").into()),
+            pb::op::Op::Build(_) => Err(OpsError::UnsupportedOp("build").into()),
+        }
+    }
+}
