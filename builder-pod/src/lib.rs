@@ -8,6 +8,7 @@ pub mod cache;
 pub mod config;
 pub mod control;
 pub mod debug;
+pub mod executor;
 pub mod frontend;
 pub mod metrics;
 pub mod server;
