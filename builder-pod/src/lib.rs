@@ -31,12 +31,14 @@ use tracing::{info, warn};
 use crate::cache::CacheManager;
 use crate::config::Config;
 use crate::control::{ControlService, Controller, HealthService};
+use crate::executor::RuncExecutor;
 use crate::frontend::gateway::{Bridge, LlbBridgeService};
 use crate::metrics::Metrics;
 use crate::server::Services;
 use crate::session::SessionManager;
 use crate::solver::Jobs;
 use crate::solver::ops::WorkerOps;
+use crate::solver::ops::exec::CacheMounts;
 use crate::solver::scheduler::Solver;
 use crate::worker::Worker;
 
@@ -52,7 +54,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let cache = Arc::new(CacheManager::open(&config.root.join("cache"))?);
     let sessions = SessionManager::new();
-    let ops = Arc::new(WorkerOps { cache: Arc::clone(&cache), sessions: Arc::clone(&sessions) });
+    let executor = RuncExecutor::new(&worker.runtime, config.root.join("executor"))?;
+    let ops = Arc::new(WorkerOps {
+        cache: Arc::clone(&cache),
+        sessions: Arc::clone(&sessions),
+        executor: Arc::new(executor),
+        cache_mounts: CacheMounts::default(),
+    });
     let controller = Arc::new(Controller {
         worker: worker.clone(),
         metrics: metrics.clone(),

@@ -121,7 +121,7 @@ fn buildx_probe_build_passes_and_the_build_reaches_the_frontend_api() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        stderr.contains("LLBBridge.Solve (frontends and LLB solving) is not implemented by kilnd yet"),
+        stderr.contains("LLBBridge.Solve with the dockerfile.v0 frontend is not implemented by kilnd yet"),
         "{stderr}"
     );
 
@@ -141,7 +141,11 @@ fn buildx_probe_build_passes_and_the_build_reaches_the_frontend_api() {
 }
 
 /// `buildctl build` reads an LLB definition on stdin when no frontend is given.
-fn buildctl_llb(kilnd: &Kilnd, def: &kiln_proto::buildkit::pb::Definition, extra: &[&str]) -> std::process::Output {
+fn buildctl_llb(
+    kilnd: &Kilnd,
+    def: &kiln_proto::buildkit::pb::Definition,
+    extra: &[&str],
+) -> std::process::Output {
     use std::io::Write;
     use std::process::Stdio;
     let mut child = TestEnv::get()
@@ -178,10 +182,7 @@ fn buildctl_solves_llb_from_stdin_and_bad_llb_is_a_clear_error() {
     };
     let bytes = prost::Message::encode_to_vec(&dangling);
     let ret = pb::Op {
-        inputs: vec![pb::Input {
-            digest: format!("sha256:{}", sha256_hex(&bytes)),
-            index: 0,
-        }],
+        inputs: vec![pb::Input { digest: format!("sha256:{}", sha256_hex(&bytes)), index: 0 }],
         ..Default::default()
     };
     let bad = pb::Definition { def: vec![bytes, prost::Message::encode_to_vec(&ret)], ..Default::default() };

@@ -10,6 +10,7 @@ use std::time::Duration;
 use futures::Stream;
 use kiln_proto::buildkit::moby::buildkit::v1 as api;
 use kiln_proto::buildkit::moby::buildkit::v1::control_server::Control;
+use kiln_proto::buildkit::moby::buildkit::v1::frontend as fe;
 use kiln_proto::buildkit::pb::Definition;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
@@ -17,7 +18,8 @@ use tracing::instrument;
 
 pub use health::HealthService;
 
-use crate::frontend::gateway::Bridge;
+use crate::cache::Snapshot;
+use crate::frontend::gateway::{Bridge, ForwardedBuild};
 use crate::metrics::Metrics;
 use crate::session::SessionManager;
 use crate::solver::Jobs;
@@ -72,36 +74,69 @@ impl ControlService {
             cancel,
         });
         let result = self.c.solver.solve(&graph, ctx).await.map_err(solve_status)?;
-        if let Some(exporter) = exporters(&req).first()
-            && result.is_some()
-        {
-            return Err(Status::unimplemented(format!(
-                "exporter {:?} is not implemented by kilnd yet",
-                exporter.r#type
-            )));
-        }
-        Ok(api::SolveResponse { exporter_response: HashMap::new() })
+        self.export(&req, result).await
     }
 
     /// A build driven by the client through the LLBBridge (buildx's path):
     /// registered before anything slow, done when the client calls Return.
     async fn solve_forwarded(&self, req: api::SolveRequest) -> Result<api::SolveResponse, Status> {
         let job = self.c.jobs.create(&req.r#ref)?;
-        let (_registration, returned) = self.c.bridge.register(
-            req.session.clone(),
-            req.frontend_attrs.clone(),
-            req.frontend_inputs.clone(),
-            Arc::clone(&job.job),
-        );
+        let cancel = CancellationToken::new();
+        // The client going away drops this future, and with it the guard.
+        let _cancel_on_drop = cancel.clone().drop_guard();
+        let ctx = Arc::new(BuildContext {
+            job: Arc::clone(&job.job),
+            session_ids: vec![req.session.clone()],
+            entitlements: req.entitlements.clone(),
+            cancel,
+        });
+        let (_registration, build, returned) =
+            self.c.bridge.register(ctx, req.frontend_attrs.clone(), req.frontend_inputs.clone());
         let ret = returned
             .await
             .map_err(|_| Status::internal(format!("build {} ended without a result", req.r#ref)))?;
         if let Some(err) = ret.error {
             return Err(Status::new(tonic::Code::from_i32(err.code), err.message));
         }
-        let has_result = ret.result.as_ref().is_some_and(has_refs);
-        if let Some(exporter) = exporters(&req).first()
-            && has_result
+        let result = match ret.result.as_ref().and_then(|r| r.result.as_ref()) {
+            Some(fe::result::Result::Ref(r)) => self.returned_ref(&build, &r.id, r.def.as_ref()).await?,
+            Some(fe::result::Result::RefDeprecated(id)) => self.returned_ref(&build, id, None).await?,
+            Some(fe::result::Result::Refs(_) | fe::result::Result::RefsDeprecated(_)) => {
+                return Err(not_built("a multi-platform result"));
+            }
+            None => None,
+        };
+        self.export(&req, result).await
+    }
+
+    /// The snapshot a returned ref names: one the bridge handed out, or the
+    /// client's own definition solved now.
+    async fn returned_ref(
+        &self,
+        build: &ForwardedBuild,
+        id: &str,
+        def: Option<&Definition>,
+    ) -> Result<Option<Snapshot>, Status> {
+        if let Some(snapshot) = build.get_ref(id) {
+            return Ok(snapshot);
+        }
+        match def {
+            Some(def) => {
+                let graph = Graph::parse(def).map_err(|e| Status::invalid_argument(e.to_string()))?;
+                self.c.solver.solve(&graph, Arc::clone(&build.ctx)).await.map_err(solve_status)
+            }
+            None if id.is_empty() => Ok(None),
+            None => Err(Status::invalid_argument(format!("returned ref {id:?} is unknown"))),
+        }
+    }
+
+    async fn export(
+        &self,
+        req: &api::SolveRequest,
+        result: Option<Snapshot>,
+    ) -> Result<api::SolveResponse, Status> {
+        if let Some(exporter) = exporters(req).first()
+            && result.is_some()
         {
             return Err(Status::unimplemented(format!(
                 "exporter {:?} is not implemented by kilnd yet",
@@ -113,7 +148,7 @@ impl ControlService {
 }
 
 /// A failed build as the client sees it: the message names the step.
-fn solve_status(e: SolveError) -> Status {
+pub fn solve_status(e: SolveError) -> Status {
     match e {
         SolveError::Cancelled => Status::cancelled(e.to_string()),
         e => Status::unknown(e.to_string()),
@@ -132,18 +167,6 @@ fn exporters(req: &api::SolveRequest) -> Vec<api::Exporter> {
         r#type: req.exporter_deprecated.clone(),
         attrs: req.exporter_attrs_deprecated.clone(),
     }]
-}
-
-/// Whether a frontend result names any built filesystem (the probe build returns an empty ref).
-fn has_refs(result: &kiln_proto::buildkit::moby::buildkit::v1::frontend::Result) -> bool {
-    use kiln_proto::buildkit::moby::buildkit::v1::frontend::result::Result as R;
-    match &result.result {
-        Some(R::RefDeprecated(id)) => !id.is_empty(),
-        Some(R::RefsDeprecated(map)) => map.refs.values().any(|id| !id.is_empty()),
-        Some(R::Ref(r)) => !r.id.is_empty() || r.def.is_some(),
-        Some(R::Refs(map)) => map.refs.values().any(|r| !r.id.is_empty() || r.def.is_some()),
-        None => false,
-    }
 }
 
 /// Calls kilnd does not serve yet. buildx treats `Unimplemented` from the

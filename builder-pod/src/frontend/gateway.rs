@@ -20,8 +20,11 @@ use tokio::sync::{oneshot, watch};
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
-use crate::control::Controller;
-use crate::solver::Job;
+use crate::cache::Snapshot;
+use crate::control::{Controller, solve_status};
+use crate::solver::llb::Graph;
+use crate::solver::scheduler::BuildContext;
+use crate::worker::random_id;
 
 /// The header every LLBBridge call carries (§1).
 pub const BUILD_ID_HEADER: &str = "buildkit-controlapi-buildid";
@@ -42,11 +45,25 @@ pub fn caps(ids: &[&str]) -> Vec<ApiCap> {
 #[derive(Debug)]
 pub struct ForwardedBuild {
     pub id: String,
-    pub session_id: String,
+    pub ctx: Arc<BuildContext>,
     pub frontend_attrs: HashMap<String, String>,
     pub frontend_inputs: HashMap<String, Definition>,
-    pub job: Arc<Job>,
     returned: Mutex<Option<oneshot::Sender<ReturnRequest>>>,
+    /// Results handed to the client, by the ref id it will name them with.
+    refs: Mutex<HashMap<String, Option<Snapshot>>>,
+}
+
+impl ForwardedBuild {
+    fn add_ref(&self, snapshot: Option<Snapshot>) -> Result<String, Status> {
+        let id = random_id().map_err(|e| Status::internal(format!("making a ref id: {e}")))?;
+        self.refs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id.clone(), snapshot);
+        Ok(id)
+    }
+
+    /// The snapshot behind a ref id the client returned.
+    pub fn get_ref(&self, id: &str) -> Option<Option<Snapshot>> {
+        self.refs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(id).cloned()
+    }
 }
 
 /// Forwarded builds by ref.
@@ -81,24 +98,23 @@ impl Bridge {
     /// Registers a build; the receiver yields the client's `Return`.
     pub fn register(
         self: &Arc<Self>,
-        session_id: String,
+        ctx: Arc<BuildContext>,
         frontend_attrs: HashMap<String, String>,
         frontend_inputs: HashMap<String, Definition>,
-        job: Arc<Job>,
-    ) -> (BridgeGuard, oneshot::Receiver<ReturnRequest>) {
+    ) -> (BridgeGuard, Arc<ForwardedBuild>, oneshot::Receiver<ReturnRequest>) {
         let (tx, rx) = oneshot::channel();
-        let id = job.id.clone();
-        let build = ForwardedBuild {
+        let id = ctx.job.id.clone();
+        let build = Arc::new(ForwardedBuild {
             id: id.clone(),
-            session_id,
+            ctx,
             frontend_attrs,
             frontend_inputs,
-            job,
             returned: Mutex::new(Some(tx)),
-        };
-        self.lock().insert(id.clone(), Arc::new(build));
+            refs: Mutex::new(HashMap::new()),
+        });
+        self.lock().insert(id.clone(), Arc::clone(&build));
         self.changed.send_modify(|n| *n += 1);
-        (BridgeGuard { bridge: Arc::clone(self), id }, rx)
+        (BridgeGuard { bridge: Arc::clone(self), id }, build, rx)
     }
 
     async fn lookup(&self, id: &str) -> Result<Arc<ForwardedBuild>, Status> {
@@ -190,7 +206,7 @@ impl LlbBridge for LlbBridgeService {
         self.count("Warn");
         let build = self.c.bridge.build_of(&request).await?;
         let w = request.into_inner();
-        build.job.progress.send(StatusResponse {
+        build.ctx.job.progress.send(StatusResponse {
             warnings: vec![VertexWarning {
                 vertex: w.digest,
                 level: w.level,
@@ -221,12 +237,32 @@ impl LlbBridge for LlbBridgeService {
         Err(not_built("ResolveSourceMeta"))
     }
 
-    async fn solve(
-        &self,
-        _request: Request<fe::SolveRequest>,
-    ) -> Result<Response<fe::SolveResponse>, Status> {
+    #[instrument(skip_all)]
+    async fn solve(&self, request: Request<fe::SolveRequest>) -> Result<Response<fe::SolveResponse>, Status> {
         self.count("Solve");
-        Err(not_built("Solve (frontends and LLB solving)"))
+        let build = self.c.bridge.build_of(&request).await?;
+        let req = request.into_inner();
+        let definition = req.definition.filter(|d| !d.def.is_empty());
+        let (id, def) = match (definition, req.frontend.as_str()) {
+            (Some(def), "") => {
+                let graph = Graph::parse(&def).map_err(|e| Status::invalid_argument(e.to_string()))?;
+                let snapshot =
+                    self.c.solver.solve(&graph, Arc::clone(&build.ctx)).await.map_err(solve_status)?;
+                (build.add_ref(snapshot)?, Some(def))
+            }
+            (None, "") => (String::new(), None),
+            (_, "dockerfile.v0") => return Err(not_built("Solve with the dockerfile.v0 frontend")),
+            (_, other) => return Err(Status::invalid_argument(format!("unknown frontend {other:?}"))),
+        };
+        let result = if req.allow_result_array_ref {
+            fe::result::Result::Ref(fe::Ref { id, def })
+        } else {
+            fe::result::Result::RefDeprecated(id)
+        };
+        Ok(Response::new(fe::SolveResponse {
+            r#ref: String::new(),
+            result: Some(fe::Result { result: Some(result), ..Default::default() }),
+        }))
     }
 
     async fn read_file(

@@ -1,5 +1,6 @@
 //! How kilnd carries out each kind of LLB op on this machine.
 
+pub mod exec;
 pub mod merge;
 
 use std::sync::Arc;
@@ -9,14 +10,22 @@ use kiln_proto::buildkit::pb;
 use super::llb::Vertex;
 use super::scheduler::{BuildContext, OpError, Ops, Resolved};
 use crate::cache::{CacheManager, Snapshot};
+use crate::executor::Executor;
 use crate::session::SessionManager;
 
 /// The ops of kilnd's one worker: sources through the client's session and
 /// registries, file changes through overlay mounts, steps through the OCI runtime.
-#[derive(Debug)]
 pub struct WorkerOps {
     pub cache: Arc<CacheManager>,
     pub sessions: Arc<SessionManager>,
+    pub executor: Arc<dyn Executor>,
+    pub cache_mounts: exec::CacheMounts,
+}
+
+impl std::fmt::Debug for WorkerOps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerOps").field("cache", &self.cache.root()).finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,13 +52,22 @@ impl Ops for WorkerOps {
         vertex: &Vertex,
         inputs: Vec<Snapshot>,
         _resolved: Option<Resolved>,
-        _ctx: &BuildContext,
+        ctx: &BuildContext,
     ) -> Result<Vec<Snapshot>, OpError> {
         match vertex.operation().ok_or(OpsError::Empty)? {
             pb::op::Op::Merge(op) => Ok(vec![merge::merge(op, &inputs)?]),
             pb::op::Op::Diff(op) => Ok(vec![merge::diff(op, &inputs)?]),
             pb::op::Op::Source(s) => Err(OpsError::UnsupportedSource(s.identifier.clone()).into()),
-            pb::op::Op::Exec(_) => Err(OpsError::UnsupportedOp("exec").into()),
+            pb::op::Op::Exec(op) => {
+                let cx = exec::ExecContext {
+                    cache: &self.cache,
+                    cache_mounts: &self.cache_mounts,
+                    sessions: &self.sessions,
+                    executor: self.executor.as_ref(),
+                    digest: &vertex.digest,
+                };
+                Ok(exec::run(cx, op, &inputs, ctx).await?)
+            }
             pb::op::Op::File(_) => Err(OpsError::UnsupportedOp("file").into()),
             pb::op::Op::Build(_) => Err(OpsError::UnsupportedOp("build").into()),
         }
