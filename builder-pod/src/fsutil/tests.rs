@@ -487,7 +487,12 @@ impl<T> Script<T> {
     /// Closes our side and returns the result plus everything it still sent.
     async fn end(mut self) -> (Result<T, FsutilError>, Vec<Packet>) {
         self.to_them = None;
-        let result = tokio::time::timeout(Duration::from_secs(10), self.task).await.unwrap().unwrap();
+        self.settle().await
+    }
+
+    /// Waits for the function to return on its own, our side still open.
+    async fn settle(mut self) -> (Result<T, FsutilError>, Vec<Packet>) {
+        let result = tokio::time::timeout(Duration::from_secs(10), &mut self.task).await.unwrap().unwrap();
         let mut rest = Vec::new();
         while let Ok(p) = self.from_them.try_recv() {
             rest.push(p);
@@ -657,16 +662,8 @@ async fn sender_rejects(packets: Vec<Packet>, want: &str) {
     for p in packets {
         script.push(p).await;
     }
-    let (result, mut sent) = if want.contains("closed the stream") {
-        script.end().await
-    } else {
-        let result = tokio::time::timeout(Duration::from_secs(10), &mut script.task).await.unwrap().unwrap();
-        let mut sent = Vec::new();
-        while let Ok(p) = script.from_them.try_recv() {
-            sent.push(p);
-        }
-        (result, sent)
-    };
+    let (result, mut sent) =
+        if want.contains("closed the stream") { script.end().await } else { script.settle().await };
     let err = result.unwrap_err().to_string();
     assert!(err.contains(want), "error {err:?} should mention {want:?}");
     sent.retain(|p| kind(p) == PacketType::PacketErr);
@@ -680,4 +677,39 @@ async fn the_sender_rejects_bad_requests() {
     sender_rejects(vec![req(1), req(1)], "invalid file request 1").await;
     sender_rejects(vec![file("x", 1)], "unexpected PACKET_STAT from the receiving side").await;
     sender_rejects(vec![], "the receiver closed the stream").await;
+}
+
+#[tokio::test]
+async fn a_file_deleted_after_the_walk_is_sent_empty() {
+    let src = tempfile::tempdir().unwrap();
+    write(src.path(), "gone", b"soon", 0o644);
+    let mut script = script_sender(src.path());
+    while script.next().await.stat.is_some() {}
+    std::fs::remove_file(src.path().join("gone")).unwrap();
+
+    script.push(req(0)).await;
+    assert_eq!(script.next().await, data(0, b""));
+    script.push(packet(PacketType::PacketFin)).await;
+    assert_eq!(kind(&script.next().await), PacketType::PacketFin);
+    let (result, _) = script.end().await;
+    assert_eq!(result.unwrap(), SendReport { entries: 1, files_sent: 1, bytes_sent: 0 });
+}
+
+#[tokio::test]
+async fn a_symlink_swapped_in_after_the_walk_is_not_followed() {
+    let src = tempfile::tempdir().unwrap();
+    let secret = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(secret.path(), b"outside the root").unwrap();
+    write(src.path(), "f", b"inside", 0o644);
+    let mut script = script_sender(src.path());
+    while script.next().await.stat.is_some() {}
+    std::fs::remove_file(src.path().join("f")).unwrap();
+    std::os::unix::fs::symlink(secret.path(), src.path().join("f")).unwrap();
+
+    script.push(req(0)).await;
+    let (result, sent) = script.settle().await;
+    let err = result.unwrap_err().to_string();
+    assert!(err.starts_with("opening "), "{err}");
+    assert!(sent.iter().all(|p| !p.data.starts_with(b"outside")), "{sent:?}");
+    assert!(error_packet_text(&sent).starts_with("opening "));
 }
