@@ -10,6 +10,7 @@ pub mod control;
 pub mod debug;
 pub mod executor;
 pub mod frontend;
+pub mod fsutil;
 pub mod metrics;
 pub mod server;
 pub mod session;

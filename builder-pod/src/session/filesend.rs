@@ -57,7 +57,11 @@ pub struct BytesUpload {
 }
 
 impl BytesUpload {
-    pub fn open(session: &Session, index: usize, metadata: &HashMap<String, String>) -> Result<Self, FileSendError> {
+    pub fn open(
+        session: &Session,
+        index: usize,
+        metadata: &HashMap<String, String>,
+    ) -> Result<Self, FileSendError> {
         if !session.supports(METHOD) {
             return Err(FileSendError::Unsupported);
         }
