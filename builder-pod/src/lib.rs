@@ -5,10 +5,12 @@
 //! what is still to come.
 
 pub mod config;
+pub mod content;
 pub mod control;
 pub mod debug;
 pub mod metrics;
 pub mod server;
+pub mod snapshot;
 pub mod telemetry;
 pub mod worker;
 
