@@ -11,6 +11,7 @@ pub mod debug;
 pub mod metrics;
 pub mod server;
 pub mod snapshot;
+pub mod source;
 pub mod telemetry;
 pub mod worker;
 

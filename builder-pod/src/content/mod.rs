@@ -94,25 +94,25 @@ impl<'de> Deserialize<'de> for Digest {
 pub enum ContentError {
     #[error("invalid digest {digest:?}: expected sha256:<64 lowercase hex digits>")]
     InvalidDigest { digest: String },
-    #[error("creating content store directory {path}")]
+    #[error("creating content store directory {path}: {source}")]
     CreateDir { path: PathBuf, source: io::Error },
-    #[error("cleaning stale ingest files in {path}")]
+    #[error("cleaning stale ingest files in {path}: {source}")]
     CleanIngest { path: PathBuf, source: io::Error },
-    #[error("writing blob {digest}")]
+    #[error("writing blob {digest}: {source}")]
     Write { digest: String, source: io::Error },
-    #[error("reading the data of blob {digest}")]
+    #[error("reading the data of blob {digest}: {source}")]
     ReadSource { digest: String, source: io::Error },
     #[error("blob {expected}: content has digest {actual}")]
     DigestMismatch { expected: Digest, actual: Digest },
     #[error("blob {digest}: expected {expected} bytes, got {actual}")]
     SizeMismatch { digest: Digest, expected: u64, actual: u64 },
-    #[error("committing blob {digest}")]
+    #[error("committing blob {digest}: {source}")]
     Commit { digest: Digest, source: io::Error },
     #[error("blob {digest} not found in the content store")]
     NotFound { digest: Digest },
-    #[error("reading blob {digest}")]
+    #[error("reading blob {digest}: {source}")]
     Read { digest: Digest, source: io::Error },
-    #[error("deleting blob {digest}")]
+    #[error("deleting blob {digest}: {source}")]
     Delete { digest: Digest, source: io::Error },
 }
 

@@ -243,10 +243,10 @@ fn entry_attrs<R: Read>(entry: &mut tar::Entry<'_, R>, display: &str) -> Result<
             let Ok(key) = ext.key() else { continue };
             if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
                 attrs.xattrs.push((name.to_owned(), ext.value_bytes().to_owned()));
-            } else if key == "mtime" {
-                if let Some(mtime) = ext.value().ok().and_then(parse_pax_time) {
-                    attrs.mtime = mtime;
-                }
+            } else if key == "mtime"
+                && let Some(mtime) = ext.value().ok().and_then(parse_pax_time)
+            {
+                attrs.mtime = mtime;
             }
         }
     }
@@ -282,7 +282,8 @@ mod tests {
     fn every_entry_kind_lands_with_its_metadata() {
         let mut tar = TarBuilder::new();
         tar.dir("etc/", 0o755, 0, 0, 1_000_000);
-        tar.file_with_xattrs("etc/passwd", b"root:x:0:0\n", 0o644, 0, 0, 1_000_001, &[("user.kiln", b"yes")]);
+        tar.xattrs(&[("user.kiln", b"yes")]);
+        tar.file("etc/passwd", b"root:x:0:0\n", 0o644, 0, 0, 1_000_001);
         tar.file("bin/su", b"#!su", 0o4755, 0, 0, 1_000_002);
         tar.file("home/u/notes", b"mine", 0o600, 1000, 1001, 1_000_003);
         tar.symlink("etc/motd", "/usr/share/motd", 1_000_004);

@@ -36,7 +36,7 @@ const WHITEOUT_META_PREFIX: &str = ".wh..wh.";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
-    #[error("reading the layer tar")]
+    #[error("reading the layer tar: {source}")]
     ReadTar { source: io::Error },
     #[error("layer entry {entry:?}: {reason}")]
     UnsafeEntry { entry: String, reason: &'static str },
@@ -44,29 +44,29 @@ pub enum SnapshotError {
     UnsupportedEntry { entry: String, kind: char },
     #[error("layer entry {entry:?} links to {target:?}: {reason}")]
     HardlinkTarget { entry: String, target: String, reason: &'static str },
-    #[error("creating {path}")]
+    #[error("creating {path}: {source}")]
     Create { path: PathBuf, source: io::Error },
-    #[error("removing {path}")]
+    #[error("removing {path}: {source}")]
     Remove { path: PathBuf, source: io::Error },
-    #[error("setting metadata of {path}")]
+    #[error("setting metadata of {path}: {source}")]
     SetMetadata { path: PathBuf, source: io::Error },
-    #[error("setting xattr {name} on {path}")]
+    #[error("setting xattr {name} on {path}: {source}")]
     SetXattr { path: PathBuf, name: String, source: io::Error },
-    #[error("reading xattrs of {path}")]
+    #[error("reading xattrs of {path}: {source}")]
     ReadXattr { path: PathBuf, source: io::Error },
-    #[error("reading {path}")]
+    #[error("reading {path}: {source}")]
     ReadTree { path: PathBuf, source: io::Error },
-    #[error("copying {from} to {to}")]
+    #[error("copying {from} to {to}: {source}")]
     Copy { from: PathBuf, to: PathBuf, source: io::Error },
-    #[error("writing the layer tar")]
+    #[error("writing the layer tar: {source}")]
     WriteTar { source: io::Error },
     #[error("unsupported layer media type {media_type:?}")]
     UnsupportedMediaType { media_type: String },
-    #[error("reading the compressed layer")]
+    #[error("reading the compressed layer: {source}")]
     Decompress { source: io::Error },
     #[error("compression level {level} is out of range for {algorithm} ({range})")]
     CompressionLevel { algorithm: &'static str, level: i32, range: &'static str },
-    #[error("compressing the layer")]
+    #[error("compressing the layer: {source}")]
     Compress { source: io::Error },
 }
 

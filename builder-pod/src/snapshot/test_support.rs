@@ -14,16 +14,16 @@ impl TarBuilder {
         Self { builder: tar::Builder::new(Vec::new()) }
     }
 
+    /// `meta` is (mode, uid, gid, mtime).
     fn append(
         &mut self,
         name: &[u8],
         kind: EntryType,
-        mode: u32,
-        owner: (u64, u64),
-        mtime: u64,
+        meta: (u32, u64, u64, u64),
         data: &[u8],
         link: Option<&[u8]>,
     ) {
+        let (mode, uid, gid, mtime) = meta;
         let mut header = Header::new_gnu();
         header.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name);
         if let Some(link) = link {
@@ -31,8 +31,8 @@ impl TarBuilder {
         }
         header.set_entry_type(kind);
         header.set_mode(mode);
-        header.set_uid(owner.0);
-        header.set_gid(owner.1);
+        header.set_uid(uid);
+        header.set_gid(gid);
         header.set_mtime(mtime);
         header.set_size(data.len() as u64);
         header.set_cksum();
@@ -40,41 +40,32 @@ impl TarBuilder {
     }
 
     pub fn dir(&mut self, name: &str, mode: u32, uid: u64, gid: u64, mtime: u64) {
-        self.append(name.as_bytes(), EntryType::Directory, mode, (uid, gid), mtime, b"", None);
+        self.append(name.as_bytes(), EntryType::Directory, (mode, uid, gid, mtime), b"", None);
     }
 
     pub fn file(&mut self, name: &str, data: &[u8], mode: u32, uid: u64, gid: u64, mtime: u64) {
-        self.append(name.as_bytes(), EntryType::Regular, mode, (uid, gid), mtime, data, None);
+        self.append(name.as_bytes(), EntryType::Regular, (mode, uid, gid, mtime), data, None);
     }
 
-    pub fn file_with_xattrs(
-        &mut self,
-        name: &str,
-        data: &[u8],
-        mode: u32,
-        uid: u64,
-        gid: u64,
-        mtime: u64,
-        xattrs: &[(&str, &[u8])],
-    ) {
+    /// Extended attributes for the entry appended next.
+    pub fn xattrs(&mut self, xattrs: &[(&str, &[u8])]) {
         let mut records = Vec::new();
         for (key, value) in xattrs {
             records.extend(pax_record(&format!("SCHILY.xattr.{key}"), value));
         }
-        self.append(b"PaxHeaders/x", EntryType::XHeader, 0o644, (0, 0), 0, &records, None);
-        self.file(name, data, mode, uid, gid, mtime);
+        self.append(b"PaxHeaders/x", EntryType::XHeader, (0o644, 0, 0, 0), &records, None);
     }
 
     pub fn file_raw_name(&mut self, name: &[u8], data: &[u8]) {
-        self.append(name, EntryType::Regular, 0o644, (0, 0), 0, data, None);
+        self.append(name, EntryType::Regular, (0o644, 0, 0, 0), data, None);
     }
 
     pub fn symlink(&mut self, name: &str, target: &str, mtime: u64) {
-        self.append(name.as_bytes(), EntryType::Symlink, 0o777, (0, 0), mtime, b"", Some(target.as_bytes()));
+        self.append(name.as_bytes(), EntryType::Symlink, (0o777, 0, 0, mtime), b"", Some(target.as_bytes()));
     }
 
     pub fn hardlink(&mut self, name: &str, target: &str) {
-        self.append(name.as_bytes(), EntryType::Link, 0o644, (0, 0), 0, b"", Some(target.as_bytes()));
+        self.append(name.as_bytes(), EntryType::Link, (0o644, 0, 0, 0), b"", Some(target.as_bytes()));
     }
 
     pub fn device(&mut self, name: &str, kind: EntryType, major: u32, minor: u32, mode: u32) {
