@@ -363,6 +363,38 @@ mod tests {
     }
 
     #[test]
+    fn gnu_tar_reads_our_layers() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        sample_tree(&tree);
+        let tar = diff_to_tar(&tree, Vec::new(), &DiffOptions::default()).unwrap();
+        let layer = dir.path().join("layer.tar");
+        std::fs::write(&layer, &tar).unwrap();
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        let status = std::process::Command::new("tar")
+            .args(["--xattrs", "--xattrs-include=user.*", "-xpf"])
+            .arg(&layer)
+            .arg("-C")
+            .arg(&out)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deep = out.join("a".repeat(60)).join("b".repeat(60));
+        assert_eq!(std::fs::read(deep.join("c".repeat(50))).unwrap(), b"long");
+        assert_eq!(std::fs::read_link(deep.join("longlink")).unwrap(), Path::new(&"t".repeat(150)));
+        assert_eq!(
+            std::fs::metadata(out.join("etc/hosts")).unwrap().ino(),
+            std::fs::metadata(out.join("etc/hosts.bak")).unwrap().ino()
+        );
+        assert_eq!(
+            super::super::get_xattr(&out.join("etc/hosts"), "user.origin").unwrap().as_deref(),
+            Some(&b"kiln"[..])
+        );
+        assert!(out.join("etc/.wh.removed").is_file() && out.join("opt/.wh..wh..opq").is_file());
+    }
+
+    #[test]
     fn clamping_only_lowers_newer_times() {
         assert_eq!(MtimePolicy::Clamp(100).apply(50), 50);
         assert_eq!(MtimePolicy::Clamp(100).apply(150), 100);

@@ -10,6 +10,9 @@
 //! diffs into one plain tree where no overlay mount can be had.
 //!
 //! Whiteout names in tars follow the OCI image spec, layer.md "Whiteouts".
+//!
+//! Everything here is blocking file I/O: async callers run it on
+//! `tokio::task::spawn_blocking`.
 
 mod apply;
 mod compression;

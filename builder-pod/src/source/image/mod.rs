@@ -51,6 +51,8 @@ const PULL_CONCURRENCY: usize = 3;
 pub enum ImageError {
     #[error("invalid image reference {reference:?}: {reason}")]
     InvalidReference { reference: String, reason: &'static str },
+    #[error("building the registry HTTP client: {source}")]
+    HttpClient { source: reqwest::Error },
     #[error("invalid platform {platform:?}: {reason}")]
     InvalidPlatform { platform: String, reason: &'static str },
     #[error("pulling manifest of {reference}: {source}")]

@@ -24,7 +24,7 @@ use crate::content::{ContentError, ContentStore, Digest};
 /// Manifests and configs are read into memory; anything larger than this is
 /// not a sane one (containerd caps manifests at 4 MiB; configs with long
 /// histories get more room).
-pub(super) const DOCUMENT_LIMIT: usize = 16 << 20;
+const DOCUMENT_LIMIT: usize = 16 << 20;
 
 /// How one registry host is reached; the keys of `[registry."host"]` in
 /// buildkitd.toml.
@@ -119,17 +119,18 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn new(hosts: RegistryHosts) -> Result<Self, reqwest::Error> {
+    pub fn new(hosts: RegistryHosts) -> Result<Self, super::ImageError> {
         let builder = || {
             reqwest::Client::builder()
                 .user_agent(concat!("kilnd/", env!("CARGO_PKG_VERSION")))
                 .connect_timeout(Duration::from_secs(30))
                 .read_timeout(Duration::from_secs(120))
         };
+        let err = |source| super::ImageError::HttpClient { source };
         Ok(Self {
             hosts: Arc::new(hosts),
-            http: builder().build()?,
-            insecure: builder().danger_accept_invalid_certs(true).build()?,
+            http: builder().build().map_err(err)?,
+            insecure: builder().danger_accept_invalid_certs(true).build().map_err(err)?,
         })
     }
 
