@@ -37,11 +37,6 @@ impl Platform {
         Self::new("linux", "amd64", None)
     }
 
-    /// The platform this daemon runs on, normalised.
-    pub fn host() -> Self {
-        Self::new("linux", std::env::consts::ARCH, None).normalize()
-    }
-
     /// Parses a specifier `os/arch[/variant]` (`linux/arm64/v8`), or a bare
     /// architecture (`arm64`, meaning linux), and normalises it.
     pub fn parse(specifier: &str) -> Result<Self, ImageError> {

@@ -82,11 +82,6 @@ impl Reference {
         Ok(Self { registry, repository, tag, digest })
     }
 
-    /// `registry/repository`, without tag or digest.
-    pub fn name(&self) -> String {
-        format!("{}/{}", self.registry, self.repository)
-    }
-
     /// The same repository pinned at `digest` (keeping the tag for display,
     /// as `name:tag@digest`).
     pub fn with_digest(&self, digest: Digest) -> Self {
