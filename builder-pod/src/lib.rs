@@ -6,6 +6,7 @@
 
 pub mod cache;
 pub mod config;
+pub mod content;
 pub mod control;
 pub mod debug;
 pub mod executor;
@@ -14,7 +15,9 @@ pub mod fsutil;
 pub mod metrics;
 pub mod server;
 pub mod session;
+pub mod snapshot;
 pub mod solver;
+pub mod source;
 pub mod telemetry;
 pub mod worker;
 

@@ -1,0 +1,4 @@
+//! Sources of build inputs, one child per LLB source kind (BuildKit's
+//! `source/`): so far container images.
+
+pub mod image;
