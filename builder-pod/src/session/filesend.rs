@@ -4,6 +4,7 @@
 //! (`tar`, `oci`, `docker`), as the client registered for the exporter index.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::pin::Pin;
 
 use futures::{Stream, StreamExt};
@@ -111,9 +112,17 @@ pub fn open_packets(
     let (tx, rx) = mpsc::channel(64);
     let mut client = PacketClient::with_origin(session.channel(), origin());
     let req = request(ReceiverStream::new(rx), index, &HashMap::new());
-    // Response headers only come once the client answers, which it does only
-    // after our first packets: the call must run while we send.
-    let call = tokio::spawn(async move { client.diff_copy(req).await });
+    Ok((tx, streaming(async move { client.diff_copy(req).await })))
+}
+
+/// The responses of a bidirectional call, with the call running on its own
+/// task: a peer may answer only after our first messages, so waiting for
+/// its response headers before sending would deadlock.
+pub fn streaming<F>(call: F) -> PacketStream
+where
+    F: Future<Output = Result<tonic::Response<tonic::Streaming<Packet>>, Status>> + Send + 'static,
+{
+    let call = tokio::spawn(call);
     let incoming = futures::stream::once(call)
         .map(|joined| match joined {
             Ok(Ok(resp)) => resp.into_inner().boxed(),
@@ -121,5 +130,5 @@ pub fn open_packets(
             Err(e) => futures::stream::once(async move { Err(Status::internal(e.to_string())) }).boxed(),
         })
         .flatten();
-    Ok((tx, Box::pin(incoming)))
+    Box::pin(incoming)
 }

@@ -9,6 +9,7 @@
 //! session that has not arrived yet.
 
 pub mod filesend;
+pub mod filesync;
 pub mod secrets;
 pub mod tunnel;
 
