@@ -7,6 +7,7 @@
 pub mod config;
 pub mod control;
 pub mod debug;
+pub mod frontend;
 pub mod metrics;
 pub mod server;
 pub mod telemetry;
