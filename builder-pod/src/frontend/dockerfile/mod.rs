@@ -8,7 +8,7 @@
 //! including its quirks, so that a Dockerfile fails or warns under kilnd exactly
 //! where it would under buildkitd.
 
-//pub mod instructions;
+pub mod instructions;
 mod json;
 pub mod linter;
 pub mod parser;
@@ -101,19 +101,6 @@ fn levenshtein(a: &str, b: &str) -> usize {
         }
     }
     row[b.len()]
-}
-
-/// `suggest.WrapError`: appends " (did you mean X?)" when there is a close option.
-pub(crate) fn with_suggestion(
-    message: String,
-    value: &str,
-    options: &[&str],
-    case_sensitive: bool,
-) -> String {
-    match suggest(value, options, case_sensitive) {
-        Some(m) => format!("{message} (did you mean {m}?)"),
-        None => message,
-    }
 }
 
 #[cfg(test)]
