@@ -135,4 +135,137 @@ mod tests {
         assert_eq!(levenshtein("kitten", "sitting"), 3);
         assert_eq!(levenshtein("", "abc"), 3);
     }
+
+    /// xorshift64: deterministic inputs without extra crates.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    const VOCABULARY: &[&str] = &[
+        "FROM ",
+        "RUN ",
+        "COPY ",
+        "ADD ",
+        "ENV ",
+        "LABEL ",
+        "ARG ",
+        "ONBUILD ",
+        "HEALTHCHECK ",
+        "CMD ",
+        "SHELL ",
+        "EXPOSE ",
+        "VOLUME ",
+        "USER ",
+        "WORKDIR ",
+        "STOPSIGNAL ",
+        "MAINTAINER ",
+        "ENTRYPOINT ",
+        "AS ",
+        "NONE ",
+        "--mount=",
+        "type=cache,target=/x",
+        "type=secret,id=a",
+        "type=tmpfs,size=",
+        "--from=",
+        "--interval=",
+        "--retries=",
+        "--network=",
+        "--device=",
+        "--",
+        "-",
+        "=",
+        ",",
+        "\"",
+        "'",
+        "\\",
+        "`",
+        "$",
+        "${",
+        "}",
+        ":-",
+        "#",
+        "%",
+        "/",
+        "*",
+        "?",
+        "[",
+        "]",
+        "{",
+        ":",
+        "<<",
+        "<<-",
+        "EOF",
+        "\n",
+        "\r\n",
+        " ",
+        "\t",
+        "a",
+        "1",
+        "é",
+        "\u{a0}",
+        "\u{85}",
+        "\u{feff}",
+        "# escape=`\n",
+        "# syntax=x\n",
+        "#!/bin/sh\n",
+        "\\\n",
+        "`\n",
+    ];
+
+    /// Whatever the input, parsing and lexing return a value or an error;
+    /// they never panic.
+    #[test]
+    fn arbitrary_input_never_panics() {
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        let mut inputs = Vec::new();
+        for _ in 0..2000 {
+            let bytes: Vec<u8> = (0..rng.below(200)).map(|_| rng.next() as u8).collect();
+            inputs.push(String::from_utf8_lossy(&bytes).into_owned());
+        }
+        for _ in 0..3000 {
+            let text: String = (0..rng.below(40)).map(|_| VOCABULARY[rng.below(VOCABULARY.len())]).collect();
+            inputs.push(text);
+        }
+        let env = vec![("a".to_owned(), "x y".to_owned()), ("EOF".to_owned(), String::new())];
+        let check = linter::CheckConfig { experimental_all: true, ..linter::CheckConfig::default() };
+        for input in &inputs {
+            let _ = parser::detect_syntax(input);
+            let _ = parser::parse_directive("check", input);
+            let _ = parser::parse_heredoc(input);
+            let _ = instructions::parse_mount(input, None);
+            for escape in ['\\', '`'] {
+                let mut lexer = shell::Lexer::new(escape);
+                for (raw_quotes, skip_unset) in [(false, false), (true, true)] {
+                    lexer.raw_quotes = raw_quotes;
+                    lexer.raw_escapes = raw_quotes;
+                    lexer.skip_unset_env = skip_unset;
+                    let _ = lexer.process_word_with_matches(input, &env);
+                    let _ = lexer.process_words(input, &env);
+                }
+            }
+            let Ok(ast) = parser::parse(input) else { continue };
+            for node in &ast.nodes {
+                let _ = node.dump();
+                let _ = instructions::parse_command(node);
+            }
+            let Ok(parsed) = instructions::parse_stages_with_checks(&ast, &check) else { continue };
+            for command in parsed.stages.iter().flat_map(|s| &s.commands) {
+                if let instructions::Instruction::Run(run) = &command.instruction {
+                    let lexer = shell::Lexer::new(ast.escape_token);
+                    let _ = run.mounts(&mut |w| lexer.process_word(w, &env));
+                }
+            }
+        }
+    }
 }

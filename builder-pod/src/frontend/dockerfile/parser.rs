@@ -1070,7 +1070,8 @@ mod tests {
 
     #[test]
     fn heredoc_words() {
-        let cases: &[(&str, Option<(&str, bool, bool, u64)>)] = &[
+        type Case<'a> = (&'a str, Option<(&'a str, bool, bool, u64)>);
+        let cases: &[Case<'_>] = &[
             ("<<EOF", Some(("EOF", true, false, 0))),
             ("<<-EOF", Some(("EOF", true, true, 0))),
             ("<<'EOF'", Some(("EOF", false, false, 0))),

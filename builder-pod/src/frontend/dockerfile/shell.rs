@@ -412,13 +412,11 @@ impl<'a> ShellWord<'a> {
         let mut chs = modifier.to_string();
         let mut null_is_unset = false;
         match modifier {
-            '}' => {
-                return Ok(match self.get_env(&name) {
-                    Some(v) => v,
-                    None if self.lex.skip_unset_env => format!("${{{name}}}"),
-                    None => String::new(),
-                });
-            }
+            '}' => Ok(match self.get_env(&name) {
+                Some(v) => v,
+                None if self.lex.skip_unset_env => format!("${{{name}}}"),
+                None => String::new(),
+            }),
             ':' | '+' | '-' | '?' | '#' | '%' => {
                 if modifier == ':' {
                     null_is_unset = true;
@@ -913,7 +911,8 @@ mod tests {
 
     #[test]
     fn substitution() {
-        let cases: &[(&str, &[(&str, &str)], &str)] = &[
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case<'_>] = &[
             (
                 "${F/$N/.} - ${F//$N/.}",
                 &[("F", "/foo*/*/*.txt"), ("N", "\\*/")],
