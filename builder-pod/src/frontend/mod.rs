@@ -1,4 +1,6 @@
-//! Frontends: what turns a build request into LLB. `gateway` is the
-//! LLBBridge API that client-side frontends (buildx) drive.
+//! Frontends: what turns a build request into LLB. `dockerfile` is the
+//! built-in Dockerfile frontend; `gateway` is the LLBBridge API that
+//! client-side frontends (buildx) drive.
 
+pub mod dockerfile;
 pub mod gateway;
