@@ -1,4 +1,5 @@
 //! Sources of build inputs, one child per LLB source kind (BuildKit's
-//! `source/`): so far container images.
+//! `source/`): container images and the client's local directories.
 
 pub mod image;
+pub mod local;
