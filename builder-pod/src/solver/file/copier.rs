@@ -15,9 +15,9 @@ use nix::sys::stat::{Mode, SFlag, mknod};
 use super::meta::{Timestamp, chmod, chown, lstat, mkdir_all, remove_all, set_times, times_of};
 use super::mode::SymbolicMode;
 use super::pattern::{BadPattern, Glob, PatternList};
-use super::root::{base, clean, clean_keep_trailing, resolve, shown, split, split_wildcards};
+use super::root::{base, clean, clean_keep_trailing, shown, split, split_wildcards};
 use super::user::{Owner, UserLookup};
-use super::{FileOpError, unpack};
+use super::{FileOpError, resolve_action_path, unpack};
 
 /// What happens to the permission bits of copied entries.
 #[derive(Debug)]
@@ -62,7 +62,7 @@ pub(super) fn copy(
     let dest = clean_keep_trailing(&a.dest);
 
     if !a.create_dest_path {
-        let p = resolve_in(dest_root, &a.dest, true)?;
+        let p = resolve_action_path(dest_root, &a.dest, true)?;
         if p != dest_root {
             let parent = p.parent().unwrap_or(dest_root);
             if let Err(source) = fs::symlink_metadata(parent) {
@@ -113,9 +113,10 @@ pub(super) fn copy(
         vec![src]
     };
 
-    // Source paths (as `/a/b` in the source root) that were copied, for
-    // `required_paths`.
+    // Source paths (as `/a/b` in the source root) that were copied, kept
+    // only when `required_paths` needs them.
     let mut copied = Vec::new();
+    let track = !a.required_paths.is_empty();
     for s in &sources {
         if a.attempt_unpack_docker_compatibility
             && let Some(archive) = unpack::unpack(src_root, s, dest_root, &dest, owner, opts.times)?
@@ -123,7 +124,7 @@ pub(super) fn copy(
             copied.push(archive);
             continue;
         }
-        copy_source(src_root, s, dest_root, &dest, &opts, &mut copied)?;
+        copy_source(src_root, s, dest_root, &dest, &opts, track.then_some(&mut copied))?;
     }
 
     // BuildKit checks these while computing the cache key (contenthash):
@@ -136,14 +137,6 @@ pub(super) fn copy(
     Ok(())
 }
 
-fn resolve_in(root: &Path, path: &str, follow_last: bool) -> Result<PathBuf, FileOpError> {
-    let p = clean(path);
-    if p == "/" {
-        return Ok(root.to_path_buf());
-    }
-    resolve(root, Path::new(&p), follow_last).map_err(|source| FileOpError::Resolve { path: p, source })
-}
-
 /// The paths (as `/a/b` in `root`) that a source with glob characters names
 /// (fsutil `ResolveWildcards`): the literal directory part resolved in the
 /// root, then a walk matching the rest with Go's `filepath.Match`. A matched
@@ -153,7 +146,7 @@ pub(super) fn resolve_wildcards(root: &Path, path: &str, follow: bool) -> Result
     if pattern.is_empty() {
         return Ok(vec![literal]);
     }
-    let start = resolve_in(root, &literal, follow)?;
+    let start = resolve_action_path(root, &literal, follow)?;
     let meta = fs::symlink_metadata(&start)
         .map_err(|source| FileOpError::Walk { path: shown(root, &start), source })?;
     let glob = Glob::new(&pattern);
@@ -203,16 +196,16 @@ fn copy_source(
     dest_root: &Path,
     dest: &str,
     opts: &Options,
-    copied: &mut Vec<String>,
+    copied: Option<&mut Vec<String>>,
 ) -> Result<(), FileOpError> {
     // "/app/x" needs "/app/"; "/app/" and "/app/." need "/app" itself.
     let (dir, file) = split(dest);
     let ensure = if !file.is_empty() && file != "." { dir } else { dest };
-    let ensure = resolve_in(dest_root, ensure, true)?;
+    let ensure = resolve_action_path(dest_root, ensure, true)?;
     let mut made = mkdir_all(dest_root, &ensure, opts.dir_perm(), opts.owner, opts.times)?;
 
-    let mut dst = resolve_in(dest_root, dest, true)?;
-    let src_path = resolve_in(src_root, src, opts.follow)?;
+    let mut dst = resolve_action_path(dest_root, dest, true)?;
+    let src_path = resolve_action_path(src_root, src, opts.follow)?;
     let src_meta = fs::symlink_metadata(&src_path)
         .map_err(|source| FileOpError::CopySource { path: clean(src), source })?;
     let dst_meta = match fs::metadata(&dst) {
@@ -266,7 +259,7 @@ struct Copier<'a> {
     /// First copy of each multiply-linked source inode, to link again.
     inodes: HashMap<(u64, u64), PathBuf>,
     parents: Vec<ParentDir>,
-    copied: &'a mut Vec<String>,
+    copied: Option<&'a mut Vec<String>>,
 }
 
 impl Copier<'_> {
@@ -318,7 +311,7 @@ impl Copier<'_> {
                 remove_all(target).map_err(|e| self.entry_err(src, target, e))?;
             }
             self.create_parent_dirs(overwrite)?;
-            self.copied.push(shown(self.src_root, src));
+            self.record(src);
         }
 
         let file_type = meta.file_type();
@@ -359,6 +352,12 @@ impl Copier<'_> {
             self.copy_times(&meta, target)?;
         }
         Ok(())
+    }
+
+    fn record(&mut self, src: &Path) {
+        if let Some(copied) = self.copied.as_deref_mut() {
+            copied.push(shown(self.src_root, src));
+        }
     }
 
     fn exceptions(&self) -> bool {
@@ -450,7 +449,7 @@ impl Copier<'_> {
                 self.copy_file_info(&meta, &dst)?;
                 copy_xattrs(&src, &dst);
             }
-            self.copied.push(shown(self.src_root, &src));
+            self.record(&src);
             self.parents[i].copied = true;
         }
         Ok(())

@@ -579,6 +579,8 @@ fn copy_keeps_source_owners_without_an_override() {
     put(&r.src, "d/f", "x");
     std::os::unix::fs::lchown(r.src.join("d"), Some(1234), Some(5678)).unwrap();
     std::os::unix::fs::lchown(r.src.join("d/f"), Some(4321), Some(8765)).unwrap();
+    // Set after chown, which clears it: the copy must chown before chmod too.
+    chmod_to(&r.src, "d/f", 0o4755);
     r.copy(&FileActionCopy { create_dest_path: true, ..cp("/d", "/new/parent/d") }).unwrap();
     let ids = |rel| {
         let m = lmeta(&r.dest, rel);
@@ -586,6 +588,7 @@ fn copy_keeps_source_owners_without_an_override() {
     };
     assert_eq!(ids("new/parent/d"), (1234, 5678));
     assert_eq!(ids("new/parent/d/f"), (4321, 8765));
+    assert_eq!(perm(&r.dest, "new/parent/d/f"), 0o4755);
     assert_eq!(ids("new/parent"), (0, 0), "made directories are root's");
 }
 

@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 
 use nix::sys::stat::{Mode, SFlag, makedev, mknod};
 
-use super::FileOpError;
 use super::meta::{Timestamp, chmod, chown, lstat, mkdir_all, remove_all, set_times};
-use super::root::{clean, path_of, resolve, shown};
+use super::root::{path_of, resolve, shown};
 use super::user::Owner;
+use super::{FileOpError, resolve_action_path};
 
 const BLOCK: usize = 512;
 
@@ -28,15 +28,11 @@ pub(super) fn unpack(
     owner: Option<Owner>,
     times: Option<Timestamp>,
 ) -> Result<Option<String>, FileOpError> {
-    let shown_src = clean(src);
-    let archive = resolve(src_root, Path::new(&shown_src), true)
-        .map_err(|source| FileOpError::Resolve { path: shown_src.clone(), source })?;
+    let archive = resolve_action_path(src_root, src, true)?;
     let Some(stream) = open_tar(&archive) else { return Ok(None) };
     let shown_archive = shown(src_root, &archive);
 
-    let dest_path = clean(dest);
-    let dir = resolve(dest_root, Path::new(&dest_path), true)
-        .map_err(|source| FileOpError::Resolve { path: dest_path, source })?;
+    let dir = resolve_action_path(dest_root, dest, true)?;
     mkdir_all(dest_root, &dir, 0o755, owner, times)?;
 
     let mut x = Extractor { dest_root, dir: &dir, owner, archive: &shown_archive, dirs: Vec::new() };

@@ -163,6 +163,19 @@ mod tests {
     }
 
     #[test]
+    fn users_and_groups_may_come_from_different_roots() {
+        let users = root_with_users();
+        let groups = tempfile::tempdir().unwrap();
+        fs::create_dir(groups.path().join("etc")).unwrap();
+        fs::write(groups.path().join("etc/group"), "staff:x:77:\n").unwrap();
+        let lookup = UserLookup::with_roots(Some(users.path().into()), Some(groups.path().into()));
+        let opt = ChownOpt { user: by_name("app"), group: by_name("staff") };
+        assert_eq!(lookup.resolve(Some(&opt)).unwrap(), Some(Owner { uid: 1000, gid: 77 }));
+        let no_groups = UserLookup::with_roots(Some(users.path().into()), None);
+        assert_eq!(no_groups.resolve(Some(&opt)).unwrap_err().to_string(), "invalid missing group mount");
+    }
+
+    #[test]
     fn names_need_a_root_and_a_sane_passwd_file() {
         let opt = ChownOpt { user: by_name("app"), group: None };
         let err = UserLookup::default().resolve(Some(&opt)).unwrap_err();
