@@ -10,6 +10,8 @@ use std::time::Duration;
 use clap::Parser;
 use serde::Deserialize;
 
+use crate::source::image::HostConfig;
+
 /// Where kilnd keeps its state when neither `--root` nor the file says.
 pub const DEFAULT_ROOT: &str = "/var/lib/kilnd";
 /// The socket kilnd listens on when neither `--addr` nor the file names one.
@@ -123,6 +125,9 @@ pub struct FileConfig {
     pub grpc: GrpcConfig,
     #[serde(default)]
     pub worker: WorkerSection,
+    /// `[registry."host:port"] http = true` for registries without TLS.
+    #[serde(default)]
+    pub registry: BTreeMap<String, HostConfig>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -169,6 +174,7 @@ pub struct Config {
     pub worker_labels: BTreeMap<String, String>,
     pub shutdown_grace: Duration,
     pub debug: bool,
+    pub registries: BTreeMap<String, HostConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -218,6 +224,7 @@ impl Config {
             worker_labels: file.worker.oci.labels,
             shutdown_grace: Duration::from_secs(args.shutdown_grace),
             debug: args.debug || file.debug.unwrap_or(false),
+            registries: file.registry,
         })
     }
 }
@@ -277,6 +284,8 @@ mod tests {
             [worker.oci]
             binary = "crun"
             labels = { team = "a" }
+            [registry."127.0.0.1:5000"]
+            http = true
             "#,
         )
         .unwrap();
@@ -286,6 +295,7 @@ mod tests {
         assert_eq!(cfg.debug_addr.as_deref(), Some("127.0.0.1:6060"));
         assert_eq!(cfg.oci_binary, "crun");
         assert_eq!(cfg.worker_labels.get("team").map(String::as_str), Some("a"));
+        assert!(cfg.registries["127.0.0.1:5000"].http);
 
         let cfg = Config::merge(parse(&[]), FileConfig::default()).unwrap();
         assert_eq!(cfg.root, PathBuf::from(DEFAULT_ROOT));

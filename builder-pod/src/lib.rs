@@ -34,6 +34,7 @@ use tracing::{info, warn};
 
 use crate::cache::CacheManager;
 use crate::config::Config;
+use crate::content::ContentStore;
 use crate::control::{ControlService, Controller, HealthService};
 use crate::executor::RuncExecutor;
 use crate::frontend::gateway::{Bridge, LlbBridgeService};
@@ -43,7 +44,9 @@ use crate::session::SessionManager;
 use crate::solver::Jobs;
 use crate::solver::ops::WorkerOps;
 use crate::solver::ops::exec::CacheMounts;
+use crate::solver::ops::source::Sources;
 use crate::solver::scheduler::Solver;
+use crate::source::image::{Registry, RegistryHosts};
 use crate::worker::Worker;
 
 /// Runs the daemon until SIGTERM or SIGINT, then drains: listeners stop
@@ -59,9 +62,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let cache = Arc::new(CacheManager::open(&config.root.join("cache"))?);
     let sessions = SessionManager::new();
     let executor = RuncExecutor::new(&worker.runtime, config.root.join("executor"))?;
+    let content = ContentStore::open(config.root.join("content"))?;
+    let mut hosts = RegistryHosts::new();
+    for (host, cfg) in &config.registries {
+        hosts.insert(host.clone(), cfg.clone());
+    }
+    let sources = Sources::new(Arc::clone(&cache), content, Registry::new(hosts)?, Arc::clone(&sessions));
     let ops = Arc::new(WorkerOps {
         cache: Arc::clone(&cache),
         sessions: Arc::clone(&sessions),
+        sources,
         executor: Arc::new(executor),
         cache_mounts: CacheMounts::default(),
     });

@@ -8,6 +8,7 @@
 //! id so a build can find the one it names, waiting a bounded time for a
 //! session that has not arrived yet.
 
+pub mod auth;
 pub mod filesend;
 pub mod filesync;
 pub mod secrets;

@@ -6,10 +6,9 @@
 //! under the cache root across builds; secrets live on a tmpfs for the
 //! length of the step and never reach a layer.
 
-use std::collections::HashMap;
 use std::os::unix::fs::{PermissionsExt, chown};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use kiln_proto::buildkit::pb;
 use nix::mount::MsFlags;
@@ -24,6 +23,7 @@ use crate::executor::{
 };
 use crate::session::SessionManager;
 use crate::session::secrets::{SecretError, get_secret};
+use crate::solver::ops::KeyedLocks;
 use crate::solver::scheduler::BuildContext;
 
 #[derive(Debug, thiserror::Error)]
@@ -65,14 +65,7 @@ fn prepare_err(path: &Path) -> impl FnOnce(std::io::Error) -> ExecOpError + '_ {
 /// Persistent `RUN --mount=type=cache` directories with their sharing modes.
 #[derive(Debug, Default)]
 pub struct CacheMounts {
-    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-}
-
-impl CacheMounts {
-    fn lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.locks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        Arc::clone(locks.entry(id.to_owned()).or_default())
-    }
+    locks: KeyedLocks,
 }
 
 /// What a step holds while it runs: mounts, upper layers, locks.
@@ -283,7 +276,7 @@ async fn cache_source(
     let opt = m.cache_opt.clone().unwrap_or_default();
     let id = if opt.id.is_empty() { m.dest.clone() } else { opt.id.clone() };
     let dir = cx.cache.root().join("cache-mounts").join(hex::encode(Sha256::digest(id.as_bytes())));
-    let lock = cx.cache_mounts.lock_for(&id);
+    let lock = cx.cache_mounts.locks.get(&id);
     let dir = match pb::CacheSharingOpt::try_from(opt.sharing).unwrap_or(pb::CacheSharingOpt::Shared) {
         pb::CacheSharingOpt::Shared => dir,
         pb::CacheSharingOpt::Locked => {

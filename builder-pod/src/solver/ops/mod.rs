@@ -1,9 +1,12 @@
 //! How kilnd carries out each kind of LLB op on this machine.
 
 pub mod exec;
+pub mod fileop;
 pub mod merge;
+pub mod source;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use kiln_proto::buildkit::pb;
 
@@ -18,6 +21,7 @@ use crate::session::SessionManager;
 pub struct WorkerOps {
     pub cache: Arc<CacheManager>,
     pub sessions: Arc<SessionManager>,
+    pub sources: source::Sources,
     pub executor: Arc<dyn Executor>,
     pub cache_mounts: exec::CacheMounts,
 }
@@ -30,8 +34,6 @@ impl std::fmt::Debug for WorkerOps {
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpsError {
-    #[error("source {0:?} is not supported by kilnd yet")]
-    UnsupportedSource(String),
     #[error("{0} ops are not supported by kilnd yet")]
     UnsupportedOp(&'static str),
     #[error("LLB op has no operation")]
@@ -40,24 +42,24 @@ pub enum OpsError {
 
 #[async_trait::async_trait]
 impl Ops for WorkerOps {
-    async fn resolve_source(&self, vertex: &Vertex, _ctx: &BuildContext) -> Result<Resolved, OpError> {
+    async fn resolve_source(&self, vertex: &Vertex, ctx: &BuildContext) -> Result<Resolved, OpError> {
         let Some(pb::op::Op::Source(source)) = vertex.operation() else {
             return Err(OpsError::Empty.into());
         };
-        Err(OpsError::UnsupportedSource(source.identifier.clone()).into())
+        Ok(self.sources.resolve(&vertex.op, source, ctx).await?)
     }
 
     async fn run(
         &self,
         vertex: &Vertex,
         inputs: Vec<Snapshot>,
-        _resolved: Option<Resolved>,
+        resolved: Option<Resolved>,
         ctx: &BuildContext,
     ) -> Result<Vec<Snapshot>, OpError> {
         match vertex.operation().ok_or(OpsError::Empty)? {
             pb::op::Op::Merge(op) => Ok(vec![merge::merge(op, &inputs)?]),
             pb::op::Op::Diff(op) => Ok(vec![merge::diff(op, &inputs)?]),
-            pb::op::Op::Source(s) => Err(OpsError::UnsupportedSource(s.identifier.clone()).into()),
+            pb::op::Op::Source(s) => Ok(vec![self.sources.load(resolved, s, ctx).await?]),
             pb::op::Op::Exec(op) => {
                 let cx = exec::ExecContext {
                     cache: &self.cache,
@@ -68,8 +70,26 @@ impl Ops for WorkerOps {
                 };
                 Ok(exec::run(cx, op, &inputs, ctx).await?)
             }
-            pb::op::Op::File(_) => Err(OpsError::UnsupportedOp("file").into()),
+            pb::op::Op::File(op) => Ok(fileop::run(&self.cache, op, &inputs).await?),
             pb::op::Op::Build(_) => Err(OpsError::UnsupportedOp("build").into()),
         }
+    }
+}
+
+/// Async locks by name, for work that must not run twice at once on one
+/// thing (a kept directory, a layer being unpacked, a locked cache mount).
+#[derive(Debug, Default)]
+pub struct KeyedLocks {
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl KeyedLocks {
+    pub fn get(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        Arc::clone(locks.entry(key.to_owned()).or_default())
+    }
+
+    pub async fn lock(&self, key: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        self.get(key).lock_owned().await
     }
 }

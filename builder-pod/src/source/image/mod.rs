@@ -198,15 +198,17 @@ impl RegistryClient {
             .map_err(store_err("the manifest"))?;
         store.write_bytes(&image.config_digest, &image.config).await.map_err(store_err("the config"))?;
 
-        let mut layers: Vec<&Descriptor> = Vec::new();
+        // Owned descriptors: futures borrowing from the image would not be
+        // `Send` for every lifetime, which callers in `async_trait`s need.
+        let mut layers: Vec<Descriptor> = Vec::new();
         for layer in image.layers() {
             if !layers.iter().any(|l| l.digest == layer.digest) {
-                layers.push(layer);
+                layers.push(layer.clone());
             }
         }
         let name = &name;
         let results: Vec<Option<u64>> = futures::stream::iter(layers)
-            .map(|layer| async move {
+            .map(|layer: Descriptor| async move {
                 if store.exists(&layer.digest).await {
                     return Ok(None);
                 }

@@ -1,0 +1,176 @@
+//! SourceOp: where a build's inputs come from. `docker-image://` resolves
+//! to a manifest digest (the cache key) and, on a miss, pulls and unpacks
+//! the layers, each layer unpacked once and shared by every image that has
+//! it; `local://` transfers the client's directory (see `source::local`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use kiln_proto::buildkit::pb;
+
+use super::KeyedLocks;
+use crate::cache::{CacheError, CacheManager, Snapshot};
+use crate::content::{ContentError, ContentStore};
+use crate::session::SessionManager;
+use crate::session::auth::SessionAuth;
+use crate::snapshot::{SnapshotError, apply_layer, decompress};
+use crate::solver::scheduler::{BuildContext, Resolved};
+use crate::source::image::{ImageError, Platform, Reference, Registry, ResolvedImage};
+use crate::source::local::{HashCache, LocalError, LocalSource, sync_dir, transfer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("source {0:?} is not supported by kilnd yet")]
+    Unsupported(String),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error(transparent)]
+    Local(#[from] LocalError),
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error(transparent)]
+    Content(#[from] ContentError),
+    #[error("unpacking layer {digest}: {source}")]
+    Unpack { digest: String, source: SnapshotError },
+    #[error("unpacking layer {digest}: the task failed")]
+    Join { digest: String },
+    #[error("image {0} was not resolved before it was pulled")]
+    NotResolved(String),
+}
+
+/// Sources: the registry, the content store, and the client's directories.
+#[derive(Debug)]
+pub struct Sources {
+    pub cache: Arc<CacheManager>,
+    pub content: ContentStore,
+    pub registry: Registry,
+    pub sessions: Arc<SessionManager>,
+    hashes: HashCache,
+    /// Resolved images by the key their op was cached under, until pulled.
+    resolved: Mutex<HashMap<String, ResolvedImage>>,
+    /// One transfer at a time into each kept local directory; one unpack per layer.
+    locks: KeyedLocks,
+}
+
+fn platform_of(op: &pb::Op) -> Platform {
+    match &op.platform {
+        Some(p) => Platform::new(&p.os, &p.architecture, Some(p.variant.as_str()).filter(|v| !v.is_empty())),
+        None => Platform::linux_amd64(),
+    }
+}
+
+impl Sources {
+    pub fn new(
+        cache: Arc<CacheManager>,
+        content: ContentStore,
+        registry: Registry,
+        sessions: Arc<SessionManager>,
+    ) -> Self {
+        Self {
+            cache,
+            content,
+            registry,
+            sessions,
+            hashes: HashCache::default(),
+            resolved: Mutex::new(HashMap::new()),
+            locks: KeyedLocks::default(),
+        }
+    }
+
+    fn client(&self, ctx: &BuildContext) -> crate::source::image::RegistryClient {
+        self.registry.client(Arc::new(SessionAuth {
+            sessions: Arc::clone(&self.sessions),
+            session_ids: ctx.session_ids.clone(),
+        }))
+    }
+
+    pub async fn resolve(
+        &self,
+        op: &pb::Op,
+        source: &pb::SourceOp,
+        ctx: &BuildContext,
+    ) -> Result<Resolved, SourceError> {
+        let id = source.identifier.as_str();
+        if let Some(reference) = id.strip_prefix("docker-image://") {
+            let reference = Reference::parse(reference)?;
+            let image = self.client(ctx).resolve(&reference, &platform_of(op)).await?;
+            let key = image.manifest_digest.to_string();
+            self.resolved
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(key.clone(), image);
+            return Ok(Resolved { key, snapshot: None });
+        }
+        if let Some(name) = id.strip_prefix("local://") {
+            let local = LocalSource::parse(name, &source.attrs)?;
+            let session = self
+                .sessions
+                .get(local.session.as_deref().unwrap_or_default(), std::time::Duration::ZERO)
+                .await;
+            let shared_key = session.map(|s| s.shared_key.clone()).unwrap_or_default();
+            let _one_at_a_time =
+                self.locks.lock(&sync_dir(&self.cache, &local, &shared_key).to_string_lossy()).await;
+            let t = transfer(&self.cache, &self.sessions, &ctx.session_ids, &local, &self.hashes).await?;
+            tracing::info!(
+                local = %name,
+                files = t.report.files_requested,
+                bytes = t.report.bytes_received,
+                "local source transferred"
+            );
+            let snapshot = Snapshot::default().with(self.cache.commit_layer(t.layer)?);
+            return Ok(Resolved { key: t.content_key, snapshot: Some(snapshot) });
+        }
+        Err(SourceError::Unsupported(id.to_owned()))
+    }
+
+    /// The snapshot of a source whose cache record was missing.
+    pub async fn load(
+        &self,
+        resolved: Option<Resolved>,
+        source: &pb::SourceOp,
+        ctx: &BuildContext,
+    ) -> Result<Snapshot, SourceError> {
+        let resolved = resolved.ok_or_else(|| SourceError::NotResolved(source.identifier.clone()))?;
+        if let Some(snapshot) = resolved.snapshot {
+            return Ok(snapshot);
+        }
+        let image = self
+            .resolved
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&resolved.key)
+            .ok_or_else(|| SourceError::NotResolved(source.identifier.clone()))?;
+        self.client(ctx).pull(&image, &self.content).await?;
+        let mut snapshot = Snapshot::default();
+        for layer in image.layers() {
+            snapshot.layers.push(self.unpacked(&layer.digest.to_string(), &layer.media_type).await?);
+        }
+        Ok(snapshot)
+    }
+
+    /// The layer directory of a layer blob, unpacked on first use.
+    async fn unpacked(&self, digest: &str, media_type: &str) -> Result<String, SourceError> {
+        let key = format!("layer:{digest}");
+        let _once = self.locks.lock(&key).await;
+        if let Some(record) = self.cache.get(&key)? {
+            if let Some(id) = record.outputs.first().and_then(|s| s.layers.first()) {
+                return Ok(id.clone());
+            }
+        }
+        let layer = self.cache.new_layer()?;
+        let blob =
+            self.content.blob_path(&digest.parse().map_err(|_| SourceError::NotResolved(digest.to_owned()))?);
+        let (dir, media_type, d) = (layer.path().to_owned(), media_type.to_owned(), digest.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let file = std::fs::File::open(&blob)
+                .map_err(|source| SnapshotError::ReadTree { path: blob.clone(), source })?;
+            apply_layer(decompress(std::io::BufReader::new(file), Some(&media_type))?, &dir)
+        })
+        .await
+        .map_err(|_| SourceError::Join { digest: d.clone() })?
+        .map_err(|source| SourceError::Unpack { digest: d, source })?;
+        let id = self.cache.commit_layer(layer)?;
+        self.cache.put(&key, vec![Snapshot { layers: vec![id.clone()] }], digest)?;
+        Ok(id)
+    }
+}
