@@ -152,10 +152,10 @@ impl Sources {
     async fn unpacked(&self, digest: &str, media_type: &str) -> Result<String, SourceError> {
         let key = format!("layer:{digest}");
         let _once = self.locks.lock(&key).await;
-        if let Some(record) = self.cache.get(&key)? {
-            if let Some(id) = record.outputs.first().and_then(|s| s.layers.first()) {
-                return Ok(id.clone());
-            }
+        if let Some(record) = self.cache.get(&key)?
+            && let Some(id) = record.outputs.first().and_then(|s| s.layers.first())
+        {
+            return Ok(id.clone());
         }
         let layer = self.cache.new_layer()?;
         let blob =
