@@ -271,8 +271,24 @@ impl Kilnd {
         let root = tempfile::Builder::new().prefix("kiln-kilnd-").tempdir().unwrap();
         let addr = format!("tcp://127.0.0.1:{}", free_port());
         let debug_addr = format!("127.0.0.1:{}", free_port());
+        let env = TestEnv::get();
+        let config = root.path().join("kilnd.toml");
+        // The local registries speak plain HTTP.
+        std::fs::write(
+            &config,
+            format!(
+                "[registry.\"{}\"]\nhttp = true\n[registry.\"{}\"]\nhttp = true\n",
+                env.registry, env.auth_registry
+            ),
+        )
+        .unwrap();
         let mut cmd = Command::new(workspace_bin("kilnd"));
-        cmd.arg("--addr").arg(&addr).arg("--root").arg(root.path().join("state"));
+        cmd.arg("--addr")
+            .arg(&addr)
+            .arg("--root")
+            .arg(root.path().join("state"))
+            .arg("--config")
+            .arg(&config);
         cmd.arg("--debugaddr").arg(&debug_addr);
         configure(&mut cmd);
         let mut daemon = Daemon::spawn("kilnd", &mut cmd, root.path().join("kilnd.log"));

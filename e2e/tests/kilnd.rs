@@ -205,3 +205,64 @@ fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
 }
+
+/// LLB for: the seeded busybox image, then `sh -c SCRIPT` on it.
+fn image_and_run(script: &str) -> kiln_proto::buildkit::pb::Definition {
+    use kiln_proto::buildkit::pb;
+    use prost::Message;
+    let env = TestEnv::get();
+    let image = pb::Op {
+        op: Some(pb::op::Op::Source(pb::SourceOp {
+            identifier: format!("docker-image://{}", env.base_image),
+            ..Default::default()
+        })),
+        platform: Some(pb::Platform {
+            os: "linux".into(),
+            architecture: "amd64".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let image_bytes = image.encode_to_vec();
+    let image_digest = format!("sha256:{}", sha256_hex(&image_bytes));
+    let run = pb::Op {
+        inputs: vec![pb::Input { digest: image_digest, index: 0 }],
+        op: Some(pb::op::Op::Exec(pb::ExecOp {
+            meta: Some(pb::Meta {
+                args: vec!["/bin/sh".into(), "-c".into(), script.into()],
+                env: vec!["PATH=/usr/sbin:/usr/bin:/sbin:/bin".into()],
+                cwd: "/".into(),
+                ..Default::default()
+            }),
+            mounts: vec![pb::Mount { input: 0, dest: "/".into(), output: 0, ..Default::default() }],
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let run_bytes = run.encode_to_vec();
+    let run_digest = format!("sha256:{}", sha256_hex(&run_bytes));
+    let ret = pb::Op { inputs: vec![pb::Input { digest: run_digest, index: 0 }], ..Default::default() };
+    pb::Definition { def: vec![image_bytes, run_bytes, ret.encode_to_vec()], ..Default::default() }
+}
+
+#[test]
+fn buildctl_runs_a_step_on_a_pulled_image_and_a_rebuild_is_cached() {
+    let kilnd = Kilnd::start();
+    let def = image_and_run("echo built-by-kilnd > /hello && cat /hello");
+    let out = buildctl_llb(&kilnd, &def, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("built-by-kilnd"), "the step's output is shown: {stderr}");
+    assert!(!stderr.contains("CACHED"), "{stderr}");
+
+    let out = buildctl_llb(&kilnd, &def, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stderr.matches("CACHED").count(), 2, "both vertices are cached: {stderr}");
+
+    // A failing step fails the build with the step's command and exit code.
+    let out = buildctl_llb(&kilnd, &image_and_run("echo about to fail; exit 3"), &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("did not complete successfully: exit code: 3"), "{stderr}");
+}

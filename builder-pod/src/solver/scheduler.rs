@@ -29,7 +29,8 @@ pub type OpError = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SolveError {
-    #[error("{name}: {source}")]
+    /// The op's own message, as BuildKit reports it; progress names the step.
+    #[error("{source}")]
     Op { name: String, source: OpError },
     #[error("{name}: op has no output {output}")]
     NoOutput { name: String, output: i64 },
@@ -494,9 +495,9 @@ mod tests {
         let f = fixture(Duration::ZERO);
         let (result, progress) = f.solve(&failing(), "b1").await;
         let err = result.unwrap_err().to_string();
-        assert_eq!(err, "[2/2] RUN false: mkfile /fail: refused");
+        assert_eq!(err, "mkfile /fail: refused");
         let states = last_states(&progress);
-        assert_eq!(states["[2/2] RUN false"].error, "[2/2] RUN false: mkfile /fail: refused");
+        assert_eq!(states["[2/2] RUN false"].error, "mkfile /fail: refused");
         // Nothing was recorded for the failed step: a retry runs it again.
         let before = f.runs();
         f.solve(&failing(), "b2").await.0.unwrap_err();
@@ -516,6 +517,6 @@ mod tests {
         let mut b = DefBuilder::default();
         let src = b.op(source("local://nope"));
         let (result, _) = f.solve(&b.finish(Some(&src)), "b1").await;
-        assert_eq!(result.unwrap_err().to_string(), "local://nope: unknown source");
+        assert_eq!(result.unwrap_err().to_string(), "unknown source");
     }
 }
