@@ -10,6 +10,7 @@ pub mod content;
 pub mod control;
 pub mod debug;
 pub mod executor;
+pub mod exporter;
 pub mod frontend;
 pub mod fsutil;
 pub mod metrics;
@@ -37,6 +38,7 @@ use crate::config::Config;
 use crate::content::ContentStore;
 use crate::control::{ControlService, Controller, HealthService};
 use crate::executor::RuncExecutor;
+use crate::exporter::Exporters;
 use crate::frontend::gateway::{Bridge, LlbBridgeService};
 use crate::metrics::Metrics;
 use crate::server::Services;
@@ -67,7 +69,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     for (host, cfg) in &config.registries {
         hosts.insert(host.clone(), cfg.clone());
     }
-    let sources = Sources::new(Arc::clone(&cache), content, Registry::new(hosts)?, Arc::clone(&sessions));
+    let registry = Registry::new(hosts)?;
+    let exporters = Exporters {
+        cache: Arc::clone(&cache),
+        content: content.clone(),
+        registry: registry.clone(),
+        sessions: Arc::clone(&sessions),
+    };
+    let sources = Sources::new(Arc::clone(&cache), content, registry, Arc::clone(&sessions));
     let ops = Arc::new(WorkerOps {
         cache: Arc::clone(&cache),
         sessions: Arc::clone(&sessions),
@@ -82,6 +91,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         jobs: Jobs::new(),
         bridge: Bridge::new(),
         solver: Solver::new(cache, ops),
+        exporters,
     });
     let services = Services {
         control: ControlService::new(Arc::clone(&controller)),

@@ -266,3 +266,60 @@ fn buildctl_runs_a_step_on_a_pulled_image_and_a_rebuild_is_cached() {
     assert!(!out.status.success());
     assert!(stderr.contains("did not complete successfully: exit code: 3"), "{stderr}");
 }
+
+#[test]
+fn buildctl_exports_local_tar_oci_and_pushes_an_image() {
+    let env = TestEnv::get();
+    let kilnd = Kilnd::start();
+    let def = image_and_run("echo exported > /hello && mkdir -p /d && ln -s ../hello /d/link");
+    let out_dir = tempfile::tempdir().unwrap();
+
+    // -o type=local
+    let local = out_dir.path().join("local");
+    let out = buildctl_llb(&kilnd, &def, &["--output", &format!("type=local,dest={}", local.display())]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_to_string(local.join("hello")).unwrap(), "exported\n");
+    assert!(local.join("bin/busybox").is_file());
+    assert_eq!(std::fs::read_link(local.join("d/link")).unwrap(), std::path::Path::new("../hello"));
+
+    // -o type=tar
+    let tar = out_dir.path().join("out.tar");
+    let out = buildctl_llb(&kilnd, &def, &["--output", &format!("type=tar,dest={}", tar.display())]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let listing = run(Command::new("tar").arg("-tvf").arg(&tar));
+    assert!(listing.lines().any(|l| l.ends_with(" hello")), "{listing}");
+    assert!(listing.lines().any(|l| l.contains("d/link -> ../hello")), "{listing}");
+
+    // -o type=oci
+    let oci = out_dir.path().join("oci.tar");
+    let out = buildctl_llb(
+        &kilnd,
+        &def,
+        &["--output", &format!("type=oci,dest={},name=kiln/oci:1", oci.display())],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let listing = run(Command::new("tar").arg("-tf").arg(&oci));
+    assert!(listing.contains("oci-layout") && listing.contains("index.json"), "{listing}");
+
+    // -o type=image,push=true
+    let image = format!("{}/{}:kilnd", env.registry, kiln_e2e::unique("kiln-e2e/llb"));
+    let metadata = out_dir.path().join("metadata.json");
+    let out = buildctl_llb(
+        &kilnd,
+        &def,
+        &[
+            "--output",
+            &format!("type=image,name={image},push=true"),
+            "--metadata-file",
+            metadata.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&metadata).unwrap()).unwrap();
+    let digest = meta["containerimage.digest"].as_str().unwrap();
+    let (name, tag) = kiln_e2e::repo_and_tag(&image);
+    let manifest = kiln_e2e::Registry::plain().manifest(name, tag).unwrap();
+    eprintln!("pushed {image}@{}", manifest.digest);
+    assert_eq!(manifest.digest, digest);
+    assert_eq!(manifest.json["layers"].as_array().unwrap().len(), 2, "base + RUN: {}", manifest.json);
+}

@@ -21,6 +21,8 @@ use serde::{Deserialize, Serialize};
 
 /// cache key → JSON [`Record`].
 const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
+/// Facts derived from layers that are worth keeping (e.g. a layer's compressed blob).
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
@@ -104,6 +106,7 @@ impl CacheManager {
         let db = redb::Database::create(&db_path).map_err(db_err("opening the database"))?;
         let tx = db.begin_write().map_err(db_err("starting a write"))?;
         tx.open_table(RECORDS).map_err(db_err("creating the records table"))?;
+        tx.open_table(META).map_err(db_err("creating the meta table"))?;
         tx.commit().map_err(db_err("committing"))?;
         let manager = Self { root: root.to_owned(), db };
         manager.remove_leftovers()?;
@@ -194,6 +197,21 @@ impl CacheManager {
         }
         tx.commit().map_err(db_err("committing a record"))?;
         Ok(record)
+    }
+
+    pub fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, CacheError> {
+        let tx = self.db.begin_read().map_err(db_err("starting a read"))?;
+        let table = tx.open_table(META).map_err(db_err("opening meta"))?;
+        Ok(table.get(key).map_err(db_err("reading meta"))?.map(|v| v.value().to_vec()))
+    }
+
+    pub fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), CacheError> {
+        let tx = self.db.begin_write().map_err(db_err("starting a write"))?;
+        {
+            let mut table = tx.open_table(META).map_err(db_err("opening meta"))?;
+            table.insert(key, value).map_err(db_err("writing meta"))?;
+        }
+        tx.commit().map_err(db_err("committing meta"))
     }
 
     /// Every record, for disk usage and pruning.

@@ -19,6 +19,7 @@ use tracing::instrument;
 pub use health::HealthService;
 
 use crate::cache::Snapshot;
+use crate::exporter::Exporters;
 use crate::frontend::gateway::{Bridge, ForwardedBuild};
 use crate::metrics::Metrics;
 use crate::session::SessionManager;
@@ -38,6 +39,7 @@ pub struct Controller {
     pub jobs: Arc<Jobs>,
     pub bridge: Arc<Bridge>,
     pub solver: Arc<Solver>,
+    pub exporters: Exporters,
 }
 
 /// BuildKit's `moby.buildkit.v1.Control` service.
@@ -73,8 +75,8 @@ impl ControlService {
             entitlements: req.entitlements.clone(),
             cancel,
         });
-        let result = self.c.solver.solve(&graph, ctx).await.map_err(solve_status)?;
-        self.export(&req, result).await
+        let result = self.c.solver.solve(&graph, Arc::clone(&ctx)).await.map_err(solve_status)?;
+        self.export(&req, result, None, &ctx).await
     }
 
     /// A build driven by the client through the LLBBridge (buildx's path):
@@ -106,7 +108,9 @@ impl ControlService {
             }
             None => None,
         };
-        self.export(&req, result).await
+        let config =
+            ret.result.as_ref().and_then(|r| r.metadata.get("containerimage.config")).map(Vec::as_slice);
+        self.export(&req, result, config, &build.ctx).await
     }
 
     /// The snapshot a returned ref names: one the bridge handed out, or the
@@ -130,20 +134,25 @@ impl ControlService {
         }
     }
 
+    /// Runs every exporter of the request on the result and merges their responses.
     async fn export(
         &self,
         req: &api::SolveRequest,
         result: Option<Snapshot>,
+        image_config: Option<&[u8]>,
+        ctx: &BuildContext,
     ) -> Result<api::SolveResponse, Status> {
-        if let Some(exporter) = exporters(req).first()
-            && result.is_some()
-        {
-            return Err(Status::unimplemented(format!(
-                "exporter {:?} is not implemented by kilnd yet",
-                exporter.r#type
-            )));
+        let mut exporter_response = HashMap::new();
+        for (index, exporter) in exporters(req).iter().enumerate() {
+            let response = self
+                .c
+                .exporters
+                .export(index, exporter, result.as_ref(), image_config, ctx)
+                .await
+                .map_err(|e| Status::unknown(e.to_string()))?;
+            exporter_response.extend(response);
         }
-        Ok(api::SolveResponse { exporter_response: HashMap::new() })
+        Ok(api::SolveResponse { exporter_response })
     }
 }
 

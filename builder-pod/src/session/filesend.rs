@@ -83,11 +83,6 @@ impl BytesUpload {
         self.tx.clone()
     }
 
-    pub async fn write(&mut self, data: Vec<u8>) -> Result<(), FileSendError> {
-        let tx = self.tx.as_ref().ok_or(FileSendError::Closed { index: self.index })?;
-        tx.send(BytesMessage { data }).await.map_err(|_| FileSendError::Closed { index: self.index })
-    }
-
     /// Ends the stream and waits until the client has written everything.
     pub async fn finish(mut self) -> Result<(), FileSendError> {
         self.tx = None;

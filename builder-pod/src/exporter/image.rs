@@ -1,0 +1,376 @@
+//! Image building: each layer of the result as a compressed tar blob (made
+//! once per layer and compression, then reused), the image config from the
+//! frontend with the layers' diff ids, and the manifest. Pushing sends the
+//! blobs first and the manifest last, so a failed push never leaves a tag
+//! pointing at missing blobs.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::Exporters;
+use crate::cache::{CacheError, Snapshot};
+use crate::content::{ContentError, ContentStore, Digest};
+use crate::session::auth::SessionAuth;
+use crate::snapshot::{Compression, DiffOptions, SnapshotError, compress, diff_to_tar};
+use crate::solver::scheduler::BuildContext;
+use crate::source::image::{HostConfig, ImageError as RegistryError, Reference, Registry, RegistryHosts};
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("exporter attribute {key}={value:?}: {reason}")]
+    Attr { key: String, value: String, reason: &'static str },
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error(transparent)]
+    Content(#[from] ContentError),
+    #[error("making layer {layer}: {source}")]
+    Layer { layer: String, source: SnapshotError },
+    #[error("the image config from the frontend is not JSON: {0}")]
+    Config(#[source] serde_json::Error),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("the push needs an image name (name=…)")]
+    NoName,
+    #[error("a layer task failed")]
+    Join,
+}
+
+/// The exporter attributes kilnd understands.
+#[derive(Debug, Clone)]
+pub struct ImageOptions {
+    pub names: Vec<String>,
+    pub push: bool,
+    pub oci: bool,
+    pub compression: Compression,
+    /// `registry.insecure`: the registries named may be plain HTTP.
+    pub insecure: bool,
+}
+
+fn flag(attrs: &HashMap<String, String>, key: &str, default: bool) -> Result<bool, ImageError> {
+    match attrs.get(key).map(String::as_str) {
+        None => Ok(default),
+        Some("true") | Some("") => Ok(true),
+        Some("false") => Ok(false),
+        Some(v) => {
+            Err(ImageError::Attr { key: key.into(), value: v.into(), reason: "expected true or false" })
+        }
+    }
+}
+
+impl ImageOptions {
+    pub fn parse(attrs: &HashMap<String, String>, oci_default: bool) -> Result<Self, ImageError> {
+        let level = match attrs.get("compression-level") {
+            None => None,
+            Some(v) => Some(v.parse::<i32>().map_err(|_| ImageError::Attr {
+                key: "compression-level".into(),
+                value: v.clone(),
+                reason: "expected a number",
+            })?),
+        };
+        let compression = match attrs.get("compression").map(String::as_str).unwrap_or("gzip") {
+            "gzip" => Compression::Gzip { level: level.map_or(6, |l| l.clamp(0, 9) as u32) },
+            "zstd" => Compression::Zstd { level: level.unwrap_or(3) },
+            "uncompressed" => Compression::None,
+            other => {
+                return Err(ImageError::Attr {
+                    key: "compression".into(),
+                    value: other.into(),
+                    reason: "expected gzip, zstd or uncompressed",
+                });
+            }
+        };
+        let names = attrs
+            .get("name")
+            .map(|n| n.split(',').map(str::trim).filter(|n| !n.is_empty()).map(str::to_owned).collect())
+            .unwrap_or_default();
+        Ok(Self {
+            names,
+            push: flag(attrs, "push", false)?,
+            oci: flag(attrs, "oci-mediatypes", oci_default)?,
+            compression,
+            insecure: flag(attrs, "registry.insecure", false)?,
+        })
+    }
+}
+
+/// A layer's blob as kept in the cache metadata.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LayerBlob {
+    digest: Digest,
+    size: u64,
+    diff_id: Digest,
+}
+
+/// An image whose blobs are all in the content store.
+#[derive(Debug, Clone)]
+pub struct BuiltImage {
+    pub manifest: Vec<u8>,
+    pub manifest_digest: Digest,
+    pub media_type: &'static str,
+    pub config_digest: Digest,
+    layers: Vec<Digest>,
+}
+
+impl BuiltImage {
+    /// `containerimage.*` and `image.name` (§5).
+    pub fn response(&self, names: &[String]) -> HashMap<String, String> {
+        let descriptor = json!({
+            "mediaType": self.media_type,
+            "digest": self.manifest_digest.to_string(),
+            "size": self.manifest.len(),
+        });
+        let mut r = HashMap::from([
+            ("containerimage.digest".to_owned(), self.manifest_digest.to_string()),
+            ("containerimage.config.digest".to_owned(), self.config_digest.to_string()),
+            (
+                "containerimage.descriptor".to_owned(),
+                base64::engine::general_purpose::STANDARD.encode(descriptor.to_string()),
+            ),
+        ]);
+        if !names.is_empty() {
+            r.insert("image.name".to_owned(), names.join(","));
+        }
+        r
+    }
+
+    /// An OCI image layout as a tar; `docker` adds Docker's `manifest.json`.
+    pub fn write_layout<W: Write>(
+        &self,
+        content: &ContentStore,
+        names: &[String],
+        docker: bool,
+        writer: W,
+    ) -> std::io::Result<()> {
+        let mut tar = tar::Builder::new(writer);
+        let mut add = |path: &str, data: &[u8]| {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_mtime(0);
+            h.set_entry_type(tar::EntryType::Regular);
+            tar.append_data(&mut h, path, data)
+        };
+        add("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+        let mut annotations = serde_json::Map::new();
+        if let Some(name) = names.first() {
+            annotations.insert("io.containerd.image.name".into(), json!(name));
+            if let Some((_, tag)) = name.rsplit_once(':').filter(|(_, t)| !t.contains('/')) {
+                annotations.insert("org.opencontainers.image.ref.name".into(), json!(tag));
+            }
+        }
+        let index = json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [{
+                "mediaType": self.media_type,
+                "digest": self.manifest_digest.to_string(),
+                "size": self.manifest.len(),
+                "annotations": annotations,
+            }],
+        });
+        add("index.json", index.to_string().as_bytes())?;
+        add(&format!("blobs/sha256/{}", self.manifest_digest.hex()), &self.manifest)?;
+        for digest in std::iter::once(&self.config_digest).chain(&self.layers) {
+            let data = std::fs::read(content.blob_path(digest))?;
+            add(&format!("blobs/sha256/{}", digest.hex()), &data)?;
+        }
+        if docker {
+            let manifest = json!([{
+                "Config": format!("blobs/sha256/{}", self.config_digest.hex()),
+                "RepoTags": names,
+                "Layers": self.layers.iter().map(|d| format!("blobs/sha256/{}", d.hex())).collect::<Vec<_>>(),
+            }]);
+            add("manifest.json", manifest.to_string().as_bytes())?;
+        }
+        tar.into_inner()?.flush()
+    }
+}
+
+fn compression_tag(c: Compression) -> String {
+    match c {
+        Compression::None => "none".into(),
+        Compression::Gzip { level } => format!("gzip-{level}"),
+        Compression::Zstd { level } => format!("zstd-{level}"),
+    }
+}
+
+/// The blob of one layer, made now or found from an earlier export.
+async fn layer_blob(ex: &Exporters, layer: &str, compression: Compression) -> Result<LayerBlob, ImageError> {
+    let key = format!("blob:{layer}:{}", compression_tag(compression));
+    if let Some(bytes) = ex.cache.get_meta(&key)?
+        && let Ok(blob) = serde_json::from_slice::<LayerBlob>(&bytes)
+        && ex.content.exists(&blob.digest).await
+    {
+        return Ok(blob);
+    }
+    let (dir, content, id) = (ex.cache.layer_path(layer), ex.content.clone(), layer.to_owned());
+    let blob = tokio::task::spawn_blocking(move || {
+        let err = |source| ImageError::Layer { layer: id.clone(), source };
+        let ingest = content.ingest()?;
+        let writer = compress(ingest, compression).map_err(err)?;
+        let writer = diff_to_tar(&dir, writer, &DiffOptions::default()).map_err(err)?;
+        let (ingest, digests) = writer.finish().map_err(err)?;
+        ingest.commit(Some((&digests.digest, digests.size)))?;
+        Ok::<_, ImageError>(LayerBlob {
+            digest: digests.digest,
+            size: digests.size,
+            diff_id: digests.diff_id,
+        })
+    })
+    .await
+    .map_err(|_| ImageError::Join)??;
+    let bytes = serde_json::to_vec(&blob).map_err(ImageError::Config)?;
+    ex.cache.put_meta(&key, &bytes)?;
+    Ok(blob)
+}
+
+/// Builds the image of `snapshot` into the content store.
+pub async fn build(
+    ex: &Exporters,
+    snapshot: &Snapshot,
+    config: Option<&[u8]>,
+    opts: &ImageOptions,
+) -> Result<BuiltImage, ImageError> {
+    let mut blobs = Vec::with_capacity(snapshot.layers.len());
+    for layer in &snapshot.layers {
+        blobs.push(layer_blob(ex, layer, opts.compression).await?);
+    }
+    let mut cfg: Value = match config {
+        Some(bytes) => serde_json::from_slice(bytes).map_err(ImageError::Config)?,
+        None => json!({ "architecture": "amd64", "os": "linux", "config": {} }),
+    };
+    let created = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    cfg["rootfs"] = json!({ "type": "layers", "diff_ids": blobs.iter().map(|b| b.diff_id.to_string()).collect::<Vec<_>>() });
+    cfg["history"] = Value::Array(history_for(cfg.get("history"), blobs.len(), &created));
+    if cfg.get("created").is_none_or(Value::is_null) {
+        cfg["created"] = json!(created);
+    }
+    let config_bytes = serde_json::to_vec(&cfg).map_err(ImageError::Config)?;
+    let config_digest = Digest::of(&config_bytes);
+    ex.content.write_bytes(&config_digest, &config_bytes).await?;
+
+    let layer_type =
+        if opts.oci { opts.compression.oci_media_type() } else { opts.compression.docker_media_type() };
+    let (media_type, config_type) =
+        if opts.oci { (OCI_MANIFEST, OCI_CONFIG) } else { (DOCKER_MANIFEST, DOCKER_CONFIG) };
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": media_type,
+        "config": { "mediaType": config_type, "digest": config_digest.to_string(), "size": config_bytes.len() },
+        "layers": blobs.iter().map(|b| json!({
+            "mediaType": layer_type,
+            "digest": b.digest.to_string(),
+            "size": b.size,
+        })).collect::<Vec<_>>(),
+    });
+    let manifest = serde_json::to_vec(&manifest).map_err(ImageError::Config)?;
+    let manifest_digest = Digest::of(&manifest);
+    ex.content.write_bytes(&manifest_digest, &manifest).await?;
+    Ok(BuiltImage {
+        manifest,
+        manifest_digest,
+        media_type,
+        config_digest,
+        layers: blobs.into_iter().map(|b| b.digest).collect(),
+    })
+}
+
+/// The config's history with exactly one non-empty entry per layer: the
+/// frontend's entries as far as they go, generic ones for layers it did not
+/// describe (file changes it made without an instruction of their own).
+fn history_for(history: Option<&Value>, layers: usize, created: &str) -> Vec<Value> {
+    let mut entries: Vec<Value> = history.and_then(Value::as_array).cloned().unwrap_or_default();
+    let non_empty = entries.iter().filter(|h| !h["empty_layer"].as_bool().unwrap_or(false)).count();
+    if non_empty > layers {
+        // Describe at most as many layers as there are, from the last backwards.
+        let mut extra = non_empty - layers;
+        for h in entries.iter_mut().rev() {
+            if extra == 0 {
+                break;
+            }
+            if !h["empty_layer"].as_bool().unwrap_or(false) {
+                h["empty_layer"] = json!(true);
+                extra -= 1;
+            }
+        }
+    }
+    for _ in non_empty..layers {
+        entries.push(json!({ "created": created, "created_by": "kilnd", "comment": "kilnd: file changes" }));
+    }
+    entries
+}
+
+/// Pushes the image to every name, blobs first.
+pub async fn push(
+    ex: &Exporters,
+    built: &BuiltImage,
+    opts: &ImageOptions,
+    ctx: &BuildContext,
+) -> Result<(), ImageError> {
+    if opts.names.is_empty() {
+        return Err(ImageError::NoName);
+    }
+    for name in &opts.names {
+        let reference = Reference::parse(name)?;
+        let registry = if opts.insecure {
+            let hosts = RegistryHosts::new()
+                .with(reference.registry.clone(), HostConfig { http: true, insecure: true });
+            Registry::new(hosts)?
+        } else {
+            ex.registry.clone()
+        };
+        let auth = SessionAuth { sessions: Arc::clone(&ex.sessions), session_ids: ctx.session_ids.clone() };
+        registry
+            .client(Arc::new(auth))
+            .push_image(&reference, &ex.content, built.media_type, &built.manifest)
+            .await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attributes_parse_with_defaults_and_errors_name_the_key() {
+        let o = ImageOptions::parse(&HashMap::new(), false).unwrap();
+        assert!(!o.push && !o.oci && o.names.is_empty());
+        assert_eq!(o.compression, Compression::Gzip { level: 6 });
+        let attrs = HashMap::from([
+            ("name".to_owned(), "r/a:1, r/b:2".to_owned()),
+            ("push".to_owned(), "true".to_owned()),
+            ("compression".to_owned(), "zstd".to_owned()),
+            ("compression-level".to_owned(), "9".to_owned()),
+        ]);
+        let o = ImageOptions::parse(&attrs, true).unwrap();
+        assert_eq!(o.names, ["r/a:1", "r/b:2"]);
+        assert!(o.push && o.oci);
+        assert_eq!(o.compression, Compression::Zstd { level: 9 });
+        let bad = HashMap::from([("compression".to_owned(), "lz4".to_owned())]);
+        let err = ImageOptions::parse(&bad, false).unwrap_err().to_string();
+        assert!(err.contains("compression=\"lz4\""), "{err}");
+    }
+
+    #[test]
+    fn history_gets_one_non_empty_entry_per_layer() {
+        let h = json!([{"created_by": "base"}, {"created_by": "ENV", "empty_layer": true}, {"created_by": "RUN"}]);
+        let out = history_for(Some(&h), 4, "now");
+        assert_eq!(out.len(), 5);
+        assert_eq!(out.iter().filter(|e| !e["empty_layer"].as_bool().unwrap_or(false)).count(), 4);
+        let out = history_for(Some(&h), 1, "now");
+        assert_eq!(out.iter().filter(|e| !e["empty_layer"].as_bool().unwrap_or(false)).count(), 1);
+        assert_eq!(out[0]["created_by"], "base");
+    }
+}
