@@ -14,6 +14,7 @@ pub mod exporter;
 pub mod frontend;
 pub mod fsutil;
 pub mod metrics;
+pub mod mountinfo;
 pub mod server;
 pub mod session;
 pub mod snapshot;
@@ -26,6 +27,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::signal::unix::{SignalKind, signal};
@@ -56,6 +58,10 @@ use crate::worker::Worker;
 /// signal ends the process at once.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let _lock = lock_root(&config.root)?;
+    // Mount points are found by path, so the root must be absolute and canonical.
+    let root = std::fs::canonicalize(&config.root)
+        .with_context(|| format!("resolving {}", config.root.display()))?;
+    let config = Config { root, ..config };
     let worker = Arc::new(Worker::new(&config.root, &config.oci_binary, &config.worker_labels)?);
     let metrics = Arc::new(Metrics::new()?);
     let serving = Arc::new(AtomicBool::new(false));
@@ -92,10 +98,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         bridge: Bridge::new(),
         solver: Solver::new(cache, ops),
         exporters,
+        serving: serving.clone(),
     });
     let services = Services {
         control: ControlService::new(Arc::clone(&controller)),
-        bridge: LlbBridgeService::new(controller),
+        bridge: LlbBridgeService::new(Arc::clone(&controller)),
         health: HealthService::new(serving.clone()),
         tls: config.tls.as_ref().map(server::tls_config).transpose()?,
     };
@@ -132,9 +139,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             anyhow::bail!("a listener stopped unexpectedly");
         }
     }
+    // Drain: refuse new builds, let running ones finish (they still need
+    // further calls on their connections, so the servers stay up), then stop
+    // the servers, which ends the clients' connections cleanly.
     serving.store(false, Ordering::Relaxed);
+    let deadline = tokio::time::Instant::now() + config.shutdown_grace;
+    let builds_done = async {
+        while !controller.jobs.is_empty() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::select! {
+        () = builds_done => info!("no builds running"),
+        () = tokio::time::sleep_until(deadline) => warn!(grace = ?config.shutdown_grace, "grace period over; cancelling the running builds"),
+        _ = term.recv() => { warn!("second signal; exiting now"); return Ok(()); }
+        _ = int.recv() => { warn!("second signal; exiting now"); return Ok(()); }
+    }
     shutdown.cancel();
-
     let drained = async {
         while let Some(result) = tasks.join_next().await {
             if let Err(e) = result.map_err(anyhow::Error::from).and_then(|r| r) {
@@ -144,7 +165,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     tokio::select! {
         () = drained => info!("drained; exiting"),
-        () = tokio::time::sleep(config.shutdown_grace) => warn!(grace = ?config.shutdown_grace, "grace period over; exiting"),
+        () = tokio::time::sleep(Duration::from_secs(5)) => warn!("connections still open after 5 s; exiting"),
         _ = term.recv() => warn!("second signal; exiting now"),
         _ = int.recv() => warn!("second signal; exiting now"),
     }

@@ -159,6 +159,18 @@ impl Daemon {
         panic!("{} not ready after {timeout:?}:\n{}", self.name, self.log_text());
     }
 
+    /// Waits up to `timeout` for the process to exit on its own.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Some(status) = self.child.try_wait().ok().flatten() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
     /// SIGTERM, then SIGKILL after `grace`; returns whether it exited in time.
     pub fn stop(&mut self, grace: Duration) -> bool {
         if self.child.try_wait().ok().flatten().is_some() {
@@ -268,7 +280,10 @@ impl Kilnd {
 
     /// Starts kilnd after `configure` has added its own arguments.
     pub fn start_with(configure: impl FnOnce(&mut Command)) -> Self {
-        let root = tempfile::Builder::new().prefix("kiln-kilnd-").tempdir().unwrap();
+        Self::start_in(tempfile::Builder::new().prefix("kiln-kilnd-").tempdir().unwrap(), configure)
+    }
+
+    fn start_in(root: TempDir, configure: impl FnOnce(&mut Command)) -> Self {
         let addr = format!("tcp://127.0.0.1:{}", free_port());
         let debug_addr = format!("127.0.0.1:{}", free_port());
         let env = TestEnv::get();
@@ -295,6 +310,13 @@ impl Kilnd {
         let url = format!("http://{debug_addr}/readyz");
         daemon.wait_until(Duration::from_secs(20), || ureq::get(&url).call().is_ok());
         Self { addr, debug_addr, daemon, root }
+    }
+
+    /// Starts kilnd again on the state of one that stopped or was killed.
+    pub fn restart(mut old: Kilnd) -> Self {
+        old.daemon.stop(Duration::from_secs(10));
+        let Kilnd { root, .. } = old;
+        Self::start_in(root, |_| {})
     }
 
     /// GET a path of the debug endpoint: (status, body).

@@ -114,6 +114,12 @@ impl CacheManager {
     }
 
     fn remove_leftovers(&self) -> Result<(), CacheError> {
+        // A daemon killed mid-build leaves its overlay and tmpfs mounts;
+        // they go first, so removing their mount points touches no layer.
+        let entries = crate::mountinfo::read().map_err(io_err(Path::new("/proc/self/mountinfo")))?;
+        for point in crate::mountinfo::mounts_under(&entries, &self.root) {
+            let _ = nix::mount::umount2(&point, nix::mount::MntFlags::MNT_DETACH);
+        }
         let tmp = self.root.join("tmp");
         for entry in std::fs::read_dir(&tmp).map_err(io_err(&tmp))? {
             let path = entry.map_err(io_err(&tmp))?.path();

@@ -40,6 +40,8 @@ pub struct Controller {
     pub bridge: Arc<Bridge>,
     pub solver: Arc<Solver>,
     pub exporters: Exporters,
+    /// False while the daemon drains: running builds finish, new ones are refused.
+    pub serving: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// BuildKit's `moby.buildkit.v1.Control` service.
@@ -217,6 +219,9 @@ impl Control for ControlService {
         let req = request.into_inner();
         if req.r#ref.is_empty() {
             return Err(Status::invalid_argument("Solve needs a ref"));
+        }
+        if !self.c.serving.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(Status::unavailable("kilnd is shutting down and takes no new builds"));
         }
         match (&req.definition, req.frontend.as_str()) {
             (None, "") => self.solve_forwarded(req).await.map(Response::new),

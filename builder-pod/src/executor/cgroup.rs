@@ -9,10 +9,12 @@ use std::path::{Path, PathBuf};
 
 use tracing::warn;
 
+use crate::mountinfo::{self, MountEntry};
+
 /// The directories of the calling process's own cgroups, one per mounted
 /// hierarchy, read from `/proc/self/{mountinfo,cgroup}`.
 pub(crate) fn own_cgroup_dirs() -> io::Result<Vec<PathBuf>> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let mountinfo = mountinfo::read()?;
     let cgroup = std::fs::read_to_string("/proc/self/cgroup")?;
     Ok(cgroup_dirs(&mountinfo, &cgroup))
 }
@@ -37,46 +39,25 @@ struct CgroupMount<'a> {
     options: Option<Vec<&'a str>>,
 }
 
-fn cgroup_mounts(mountinfo: &str) -> Vec<CgroupMount<'_>> {
+fn cgroup_mounts(mountinfo: &[MountEntry]) -> Vec<CgroupMount<'_>> {
     mountinfo
-        .lines()
-        .filter_map(|line| {
-            let (before, after) = line.split_once(" - ")?;
-            let fields: Vec<&str> = before.split(' ').collect();
-            let (root, mount_point) = (*fields.get(3)?, *fields.get(4)?);
-            let mut tail = after.split(' ');
-            let fstype = tail.next()?;
-            let _source = tail.next()?;
-            let super_options = tail.next().unwrap_or("");
-            let options = match fstype {
+        .iter()
+        .filter_map(|m| {
+            let options = match m.fstype.as_str() {
                 "cgroup2" => None,
-                "cgroup" => Some(super_options.split(',').collect()),
+                "cgroup" => Some(m.super_options.split(',').collect()),
                 _ => return None,
             };
-            Some(CgroupMount { root, mount_point: unescape(mount_point), options })
+            Some(CgroupMount {
+                root: &m.root,
+                mount_point: m.mount_point.to_string_lossy().into_owned(),
+                options,
+            })
         })
         .collect()
 }
 
-/// mountinfo writes space, tab, newline and backslash as `\ooo`.
-fn unescape(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = if bytes[i] == b'\\' { s.get(i + 1..i + 4) } else { None };
-        if let Some(v) = octal.and_then(|o| u8::from_str_radix(o, 8).ok()) {
-            out.push(v);
-            i += 4;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn cgroup_dirs(mountinfo: &str, proc_cgroup: &str) -> Vec<PathBuf> {
+fn cgroup_dirs(mountinfo: &[MountEntry], proc_cgroup: &str) -> Vec<PathBuf> {
     let mounts = cgroup_mounts(mountinfo);
     let mut dirs: Vec<PathBuf> = Vec::new();
     for line in proc_cgroup.lines() {
@@ -124,7 +105,7 @@ mod tests {
     #[test]
     fn every_hierarchy_maps_to_its_directory() {
         assert_eq!(
-            cgroup_dirs(MOUNTINFO, PROC_CGROUP),
+            cgroup_dirs(&mountinfo::parse(MOUNTINFO), PROC_CGROUP),
             vec![
                 PathBuf::from("/sys/fs/cgroup/systemd"),
                 PathBuf::from("/mnt/my cgroups/build"),

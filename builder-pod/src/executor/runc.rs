@@ -62,6 +62,7 @@ impl RuncExecutor {
         state_dir: impl Into<PathBuf>,
     ) -> Result<Self, ExecutorError> {
         let state_dir = state_dir.into();
+        let runtime: PathBuf = runtime_binary.into();
         let runtime_root = state_dir.join("runc");
         let bundles = state_dir.join("bundles");
         for dir in [&state_dir, &runtime_root, &bundles] {
@@ -71,10 +72,11 @@ impl RuncExecutor {
                 .create(dir)
                 .map_err(|source| ExecutorError::CreateStateDir { path: dir.clone(), source })?;
         }
+        remove_leftover_containers(&runtime, &runtime_root, &bundles);
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default();
         let instance = format!("{:x}-{:x}", std::process::id(), nanos & 0xffff_ffff);
         Ok(Self {
-            runtime: runtime_binary.into(),
+            runtime,
             runtime_root,
             bundles,
             host: HostFacts::probe(),
@@ -474,6 +476,33 @@ fn runtime_error(log: &Path) -> Option<String> {
         .filter_map(|line| serde_json::from_str::<LogLine>(line).ok())
         .rfind(|l| l.level == "error" || l.level == "fatal")
         .map(|l| l.msg)
+}
+
+/// Containers and bundles of an earlier kilnd that was killed: its steps'
+/// processes are killed and their state removed before this one starts. The
+/// state directory belongs to one daemon (its root is locked), so nothing
+/// here is anybody else's.
+fn remove_leftover_containers(runtime: &Path, runtime_root: &Path, bundles: &Path) {
+    let runc = |args: &[&str]| {
+        std::process::Command::new(runtime)
+            .arg("--root")
+            .arg(runtime_root)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+    };
+    if let Ok(out) = runc(&["list", "-q"]) {
+        for id in String::from_utf8_lossy(&out.stdout).lines().map(str::trim).filter(|l| !l.is_empty()) {
+            warn!(container = id, "removing a container left by an earlier kilnd");
+            let _ = runc(&["kill", id, "KILL"]);
+            let _ = runc(&["delete", "--force", id]);
+        }
+    }
+    if let Ok(entries) = fs::read_dir(bundles) {
+        for entry in entries.flatten() {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 #[cfg(test)]

@@ -83,6 +83,11 @@ impl Jobs {
         Ok(JobGuard { jobs: Arc::clone(self), job })
     }
 
+    /// Whether no build is running.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
     /// The job `id`, waiting up to `timeout`: `Status` may arrive before the
     /// `Solve` that creates the job (buildkit-protocol.md §3.4).
     pub async fn get(&self, id: &str, timeout: Duration) -> Result<Arc<Job>, JobError> {

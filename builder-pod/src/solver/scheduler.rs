@@ -38,6 +38,8 @@ pub enum SolveError {
     Cache { name: String, source: CacheError },
     #[error("build cancelled")]
     Cancelled,
+    #[error("a build step's task failed: {0}")]
+    Task(String),
     /// The same failure seen by every build that waited on the vertex.
     #[error("{0}")]
     Shared(Arc<SolveError>),
@@ -248,15 +250,22 @@ impl Solver {
                 () = ctx.cancel.cancelled() => Err(SolveError::Cancelled),
             };
             let result = result.and_then(|outputs| {
-                cache.put(&key_owned, outputs.clone(), &name).map_err(|source| SolveError::Cache { name, source })?;
+                cache
+                    .put(&key_owned, outputs.clone(), &name)
+                    .map_err(|source| SolveError::Cache { name, source })?;
                 Ok(outputs)
             });
             // Settled: the next build to need this key looks at the cache, or runs it anew after a failure.
             table.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&key_owned);
             result.map_err(Arc::new)
-        }
-        .boxed()
-        .shared();
+        };
+        // The run is a task of its own: it goes on (or notices its build's
+        // cancellation and stops) whether or not anybody is polling it.
+        let task = tokio::spawn(run);
+        let run =
+            async move { task.await.unwrap_or_else(|e| Err(Arc::new(SolveError::Task(e.to_string())))) }
+                .boxed()
+                .shared();
         running.insert(key.to_owned(), run.clone());
         run
     }
