@@ -7,6 +7,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
+pub mod llb;
+
 use std::fmt::Write as _;
 use std::io::Read as _;
 use std::net::TcpListener;
@@ -441,6 +443,25 @@ fn basic_auth(user: &str, password: &str) -> String {
 pub fn repo_and_tag(image: &str) -> (&str, &str) {
     let path = image.split_once('/').map_or(image, |(_, p)| p);
     path.rsplit_once(':').unwrap_or((path, "latest"))
+}
+
+/// `buildctl build` with an LLB definition on stdin (what buildctl does when
+/// no frontend is given), with `extra` arguments; its output is echoed.
+pub fn buildctl_llb(addr: &str, def: &kiln_proto::buildkit::pb::Definition, extra: &[&str]) -> Output {
+    use std::io::Write;
+    let mut child = TestEnv::get()
+        .command("buildctl")
+        .args(["--addr", addr, "build", "--progress", "plain"])
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&prost::Message::encode_to_vec(def)).unwrap();
+    let out = child.wait_with_output().unwrap();
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    out
 }
 
 #[cfg(test)]

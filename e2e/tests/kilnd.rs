@@ -5,7 +5,8 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use kiln_e2e::{Buildx, Kilnd, TestEnv, run, run_unchecked, workspace_bin};
+use kiln_e2e::llb::image_and_run;
+use kiln_e2e::{Buildx, Kilnd, TestEnv, buildctl_llb, run, run_unchecked, workspace_bin};
 
 const VERSION: &str = concat!("v", env!("CARGO_PKG_VERSION"));
 
@@ -140,29 +141,6 @@ fn buildx_probe_build_passes_and_the_build_reaches_the_frontend_api() {
     assert!(!kilnd.daemon.log_text().contains("panicked"), "{}", kilnd.daemon.log_text());
 }
 
-/// `buildctl build` reads an LLB definition on stdin when no frontend is given.
-fn buildctl_llb(
-    kilnd: &Kilnd,
-    def: &kiln_proto::buildkit::pb::Definition,
-    extra: &[&str],
-) -> std::process::Output {
-    use std::io::Write;
-    use std::process::Stdio;
-    let mut child = TestEnv::get()
-        .command("buildctl")
-        .args(["--addr", &kilnd.addr, "build", "--progress", "plain"])
-        .args(extra)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(&prost::Message::encode_to_vec(def)).unwrap();
-    let out = child.wait_with_output().unwrap();
-    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-    out
-}
-
 #[test]
 fn buildctl_solves_llb_from_stdin_and_bad_llb_is_a_clear_error() {
     use kiln_proto::buildkit::pb;
@@ -171,7 +149,7 @@ fn buildctl_solves_llb_from_stdin_and_bad_llb_is_a_clear_error() {
     // The empty definition: a return op with no input, i.e. scratch.
     let ret = prost::Message::encode_to_vec(&pb::Op::default());
     let empty = pb::Definition { def: vec![ret], ..Default::default() };
-    let out = buildctl_llb(&kilnd, &empty, &[]);
+    let out = buildctl_llb(&kilnd.addr, &empty, &[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     // An op that names an input the definition does not have.
@@ -182,86 +160,46 @@ fn buildctl_solves_llb_from_stdin_and_bad_llb_is_a_clear_error() {
     };
     let bytes = prost::Message::encode_to_vec(&dangling);
     let ret = pb::Op {
-        inputs: vec![pb::Input { digest: format!("sha256:{}", sha256_hex(&bytes)), index: 0 }],
+        inputs: vec![pb::Input { digest: kiln_e2e::llb::digest_of(&bytes), index: 0 }],
         ..Default::default()
     };
     let bad = pb::Definition { def: vec![bytes, prost::Message::encode_to_vec(&ret)], ..Default::default() };
-    let out = buildctl_llb(&kilnd, &bad, &[]);
+    let out = buildctl_llb(&kilnd.addr, &bad, &[]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("invalid LLB") && stderr.contains("sha256:0000"), "{stderr}");
 
     // Bytes that are no op at all.
     let garbage = pb::Definition { def: vec![vec![0xff; 7], vec![]], ..Default::default() };
-    let out = buildctl_llb(&kilnd, &garbage, &[]);
+    let out = buildctl_llb(&kilnd.addr, &garbage, &[]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not decode"));
     // The daemon is still serving.
-    assert!(buildctl_llb(&kilnd, &empty, &[]).status.success());
+    assert!(buildctl_llb(&kilnd.addr, &empty, &[]).status.success());
     assert!(!kilnd.daemon.log_text().contains("panicked"));
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(bytes))
-}
-
-/// LLB for: the seeded busybox image, then `sh -c SCRIPT` on it.
-fn image_and_run(script: &str) -> kiln_proto::buildkit::pb::Definition {
-    use kiln_proto::buildkit::pb;
-    use prost::Message;
-    let env = TestEnv::get();
-    let image = pb::Op {
-        op: Some(pb::op::Op::Source(pb::SourceOp {
-            identifier: format!("docker-image://{}", env.base_image),
-            ..Default::default()
-        })),
-        platform: Some(pb::Platform {
-            os: "linux".into(),
-            architecture: "amd64".into(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let image_bytes = image.encode_to_vec();
-    let image_digest = format!("sha256:{}", sha256_hex(&image_bytes));
-    let run = pb::Op {
-        inputs: vec![pb::Input { digest: image_digest, index: 0 }],
-        op: Some(pb::op::Op::Exec(pb::ExecOp {
-            meta: Some(pb::Meta {
-                args: vec!["/bin/sh".into(), "-c".into(), script.into()],
-                env: vec!["PATH=/usr/sbin:/usr/bin:/sbin:/bin".into()],
-                cwd: "/".into(),
-                ..Default::default()
-            }),
-            mounts: vec![pb::Mount { input: 0, dest: "/".into(), output: 0, ..Default::default() }],
-            ..Default::default()
-        })),
-        ..Default::default()
-    };
-    let run_bytes = run.encode_to_vec();
-    let run_digest = format!("sha256:{}", sha256_hex(&run_bytes));
-    let ret = pb::Op { inputs: vec![pb::Input { digest: run_digest, index: 0 }], ..Default::default() };
-    pb::Definition { def: vec![image_bytes, run_bytes, ret.encode_to_vec()], ..Default::default() }
 }
 
 #[test]
 fn buildctl_runs_a_step_on_a_pulled_image_and_a_rebuild_is_cached() {
     let kilnd = Kilnd::start();
-    let def = image_and_run("echo built-by-kilnd > /hello && cat /hello");
-    let out = buildctl_llb(&kilnd, &def, &[]);
+    let def = image_and_run(&TestEnv::get().base_image, "echo built-by-kilnd > /hello && cat /hello");
+    let out = buildctl_llb(&kilnd.addr, &def, &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("built-by-kilnd"), "the step's output is shown: {stderr}");
     assert!(!stderr.contains("CACHED"), "{stderr}");
 
-    let out = buildctl_llb(&kilnd, &def, &[]);
+    let out = buildctl_llb(&kilnd.addr, &def, &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert_eq!(stderr.matches("CACHED").count(), 2, "both vertices are cached: {stderr}");
 
     // A failing step fails the build with the step's command and exit code.
-    let out = buildctl_llb(&kilnd, &image_and_run("echo about to fail; exit 3"), &[]);
+    let out = buildctl_llb(
+        &kilnd.addr,
+        &image_and_run(&TestEnv::get().base_image, "echo about to fail; exit 3"),
+        &[],
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("did not complete successfully: exit code: 3"), "{stderr}");
@@ -271,12 +209,15 @@ fn buildctl_runs_a_step_on_a_pulled_image_and_a_rebuild_is_cached() {
 fn buildctl_exports_local_tar_oci_and_pushes_an_image() {
     let env = TestEnv::get();
     let kilnd = Kilnd::start();
-    let def = image_and_run("echo exported > /hello && mkdir -p /d && ln -s ../hello /d/link");
+    let def = image_and_run(
+        &TestEnv::get().base_image,
+        "echo exported > /hello && mkdir -p /d && ln -s ../hello /d/link",
+    );
     let out_dir = tempfile::tempdir().unwrap();
 
     // -o type=local
     let local = out_dir.path().join("local");
-    let out = buildctl_llb(&kilnd, &def, &["--output", &format!("type=local,dest={}", local.display())]);
+    let out = buildctl_llb(&kilnd.addr, &def, &["--output", &format!("type=local,dest={}", local.display())]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(std::fs::read_to_string(local.join("hello")).unwrap(), "exported\n");
     assert!(local.join("bin/busybox").is_file());
@@ -284,7 +225,7 @@ fn buildctl_exports_local_tar_oci_and_pushes_an_image() {
 
     // -o type=tar
     let tar = out_dir.path().join("out.tar");
-    let out = buildctl_llb(&kilnd, &def, &["--output", &format!("type=tar,dest={}", tar.display())]);
+    let out = buildctl_llb(&kilnd.addr, &def, &["--output", &format!("type=tar,dest={}", tar.display())]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let listing = run(Command::new("tar").arg("-tvf").arg(&tar));
     assert!(listing.lines().any(|l| l.ends_with(" hello")), "{listing}");
@@ -293,7 +234,7 @@ fn buildctl_exports_local_tar_oci_and_pushes_an_image() {
     // -o type=oci
     let oci = out_dir.path().join("oci.tar");
     let out = buildctl_llb(
-        &kilnd,
+        &kilnd.addr,
         &def,
         &["--output", &format!("type=oci,dest={},name=kiln/oci:1", oci.display())],
     );
@@ -305,7 +246,7 @@ fn buildctl_exports_local_tar_oci_and_pushes_an_image() {
     let image = format!("{}/{}:kilnd", env.registry, kiln_e2e::unique("kiln-e2e/llb"));
     let metadata = out_dir.path().join("metadata.json");
     let out = buildctl_llb(
-        &kilnd,
+        &kilnd.addr,
         &def,
         &[
             "--output",

@@ -7,44 +7,10 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use kiln_e2e::llb::image_and_run;
 use kiln_e2e::{Kilnd, TestEnv, run};
 use kiln_proto::buildkit::pb;
 use prost::Message;
-use sha2::Digest;
-
-fn digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
-}
-
-/// The base image, then `sh -c SCRIPT` on it.
-fn image_and_run(script: &str) -> pb::Definition {
-    let env = TestEnv::get();
-    let image = pb::Op {
-        op: Some(pb::op::Op::Source(pb::SourceOp {
-            identifier: format!("docker-image://{}", env.base_image),
-            ..Default::default()
-        })),
-        ..Default::default()
-    }
-    .encode_to_vec();
-    let run = pb::Op {
-        inputs: vec![pb::Input { digest: digest(&image), index: 0 }],
-        op: Some(pb::op::Op::Exec(pb::ExecOp {
-            meta: Some(pb::Meta {
-                args: vec!["/bin/sh".into(), "-c".into(), script.into()],
-                env: vec!["PATH=/bin".into()],
-                cwd: "/".into(),
-                ..Default::default()
-            }),
-            mounts: vec![pb::Mount { input: 0, dest: "/".into(), output: 0, ..Default::default() }],
-            ..Default::default()
-        })),
-        ..Default::default()
-    }
-    .encode_to_vec();
-    let ret = pb::Op { inputs: vec![pb::Input { digest: digest(&run), index: 0 }], ..Default::default() };
-    pb::Definition { def: vec![image, run.clone(), ret.encode_to_vec()], ..Default::default() }
-}
 
 /// Starts `buildctl build` with the definition on stdin, in the background.
 fn start_build(addr: &str, def: &pb::Definition) -> std::process::Child {
@@ -101,10 +67,11 @@ fn a_daemon_killed_mid_build_restarts_consistent_and_builds_again() {
     let kilnd = Kilnd::start();
     let state = kilnd.root.path().join("state");
     // A first build leaves cache to keep.
-    let (ok, _) = build(&kilnd.addr, &image_and_run("echo first > /first"));
+    let (ok, _) = build(&kilnd.addr, &image_and_run(&TestEnv::get().base_image, "echo first > /first"));
     assert!(ok);
 
-    let mut client = start_build(&kilnd.addr, &image_and_run("echo started; sleep 60"));
+    let mut client =
+        start_build(&kilnd.addr, &image_and_run(&TestEnv::get().base_image, "echo started; sleep 60"));
     wait_for_container(&kilnd);
     assert!(mounts_under(&state) > 0, "the running step has its rootfs mounted");
     Command::new("kill").arg("-KILL").arg(kilnd.daemon.pid().to_string()).status().unwrap();
@@ -115,10 +82,12 @@ fn a_daemon_killed_mid_build_restarts_consistent_and_builds_again() {
     assert!(containers(&restarted).is_empty(), "the killed build's container was removed");
     assert_eq!(mounts_under(&state), 0, "the killed build's mounts were removed");
     assert_eq!(std::fs::read_dir(state.join("cache/tmp")).unwrap().count(), 0);
-    let (ok, stderr) = build(&restarted.addr, &image_and_run("echo first > /first"));
+    let (ok, stderr) =
+        build(&restarted.addr, &image_and_run(&TestEnv::get().base_image, "echo first > /first"));
     assert!(ok, "{stderr}");
     assert_eq!(stderr.matches("CACHED").count(), 2, "the earlier build's cache survived: {stderr}");
-    let (ok, stderr) = build(&restarted.addr, &image_and_run("echo again; sleep 0.1"));
+    let (ok, stderr) =
+        build(&restarted.addr, &image_and_run(&TestEnv::get().base_image, "echo again; sleep 0.1"));
     assert!(ok, "{stderr}");
     assert!(restarted.daemon.stop(Duration::from_secs(10)));
 }
@@ -126,7 +95,10 @@ fn a_daemon_killed_mid_build_restarts_consistent_and_builds_again() {
 #[test]
 fn sigterm_lets_the_running_build_finish_then_exits() {
     let mut kilnd = Kilnd::start();
-    let client = start_build(&kilnd.addr, &image_and_run("sleep 2; echo finished-after-sigterm"));
+    let client = start_build(
+        &kilnd.addr,
+        &image_and_run(&TestEnv::get().base_image, "sleep 2; echo finished-after-sigterm"),
+    );
     wait_for_container(&kilnd);
     Command::new("kill").arg("-TERM").arg(kilnd.daemon.pid().to_string()).status().unwrap();
     let out = client.wait_with_output().unwrap();
@@ -141,7 +113,7 @@ fn sigterm_lets_the_running_build_finish_then_exits() {
 #[test]
 fn a_client_that_goes_away_cancels_its_step() {
     let kilnd = Kilnd::start();
-    let mut client = start_build(&kilnd.addr, &image_and_run("sleep 60"));
+    let mut client = start_build(&kilnd.addr, &image_and_run(&TestEnv::get().base_image, "sleep 60"));
     wait_for_container(&kilnd);
     client.kill().unwrap();
     let _ = client.wait();
@@ -151,6 +123,6 @@ fn a_client_that_goes_away_cancels_its_step() {
         std::thread::sleep(Duration::from_millis(100));
     }
     // The daemon goes on serving.
-    let (ok, stderr) = build(&kilnd.addr, &image_and_run("echo still-serving"));
+    let (ok, stderr) = build(&kilnd.addr, &image_and_run(&TestEnv::get().base_image, "echo still-serving"));
     assert!(ok, "{stderr}");
 }
