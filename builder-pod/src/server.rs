@@ -7,6 +7,7 @@ use kiln_proto::buildkit::health::health_server::HealthServer;
 use kiln_proto::buildkit::moby::buildkit::v1::control_server::ControlServer;
 use kiln_proto::buildkit::moby::buildkit::v1::frontend::llb_bridge_server::LlbBridgeServer;
 use tokio::net::{TcpListener, UnixListener};
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
@@ -125,7 +126,16 @@ pub async fn serve(
         .add_service(HealthServer::new(services.health));
     let signal = shutdown.cancelled_owned();
     let result = match listener {
-        Listener::Tcp(l) => router.serve_with_incoming_shutdown(TcpListenerStream::new(l), signal).await,
+        Listener::Tcp(l) => {
+            // Session traffic is many small writes both ways (HTTP/2 inside
+            // gRPC); Nagle's algorithm would hold each one for a delayed ACK.
+            let incoming = TcpListenerStream::new(l).map(|conn| {
+                conn.inspect(|c| {
+                    let _ = c.set_nodelay(true);
+                })
+            });
+            router.serve_with_incoming_shutdown(incoming, signal).await
+        }
         Listener::Unix(l) => router.serve_with_incoming_shutdown(UnixListenerStream::new(l), signal).await,
     };
     if let ListenAddr::Unix(path) = &addr {

@@ -12,7 +12,7 @@ pub mod llb;
 use std::fmt::Write as _;
 use std::io::Read as _;
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -258,11 +258,13 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     if let Ok(path) = std::env::var(format!("KILN_{}", name.to_uppercase())) {
         return path.into();
     }
+    // Tests run from `target/<profile>/deps/`, binaries from `target/<profile>/`.
     let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap();
-    let path = dir.join(name);
-    assert!(path.exists(), "{} is missing: run `cargo build --workspace --bins` first", path.display());
-    path
+    let dirs = exe.ancestors().skip(1).take(2);
+    let candidates: Vec<PathBuf> = dirs.map(|d| d.join(name)).collect();
+    candidates.iter().find(|p| p.is_file()).cloned().unwrap_or_else(|| {
+        panic!("{name} is missing next to {}: run `cargo build --workspace --bins` first", exe.display())
+    })
 }
 
 /// A `kilnd` from this workspace, its state in a temporary directory,

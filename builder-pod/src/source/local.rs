@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::cache::{CacheError, CacheManager, PendingLayer};
+use crate::cache::{CacheError, CacheManager};
 use crate::fsutil::{Differ, ReceiveOptions, ReceiveReport};
 use crate::session::SessionManager;
 use crate::session::filesync::{FileSyncError, SyncRequest, sync};
@@ -92,7 +92,8 @@ impl LocalSource {
 /// A transferred local directory, as a layer and a content key.
 #[derive(Debug)]
 pub struct Transferred {
-    pub layer: PendingLayer,
+    /// The committed layer holding the tree.
+    pub layer: String,
     pub content_key: String,
     pub report: ReceiveReport,
 }
@@ -102,6 +103,20 @@ pub struct Transferred {
 #[derive(Debug, Default)]
 pub struct HashCache {
     known: Mutex<HashMap<FileIdentity, [u8; 32]>>,
+    /// Per kept directory: the content key and layer of its last snapshot.
+    last: Mutex<HashMap<PathBuf, (String, String)>>,
+}
+
+impl HashCache {
+    fn last_layer(&self, dir: &Path, key: &str) -> Option<String> {
+        let last = self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        last.get(dir).filter(|(k, _)| k == key).map(|(_, layer)| layer.clone())
+    }
+
+    fn remember(&self, dir: &Path, key: &str, layer: &str) {
+        let mut last = self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        last.insert(dir.to_owned(), (key.to_owned(), layer.to_owned()));
+    }
 }
 
 /// Inode, device, size and mtime in ns.
@@ -140,15 +155,25 @@ pub async fn transfer(
     let opts = ReceiveOptions { differ: src.differ, ..ReceiveOptions::default() };
     let report = sync(&session, &src.request, &dir, opts).await?;
 
-    let layer = cache.new_layer()?;
-    let (name, layer_path) = (src.name.clone(), layer.path().to_owned());
-    let content_key = tokio::task::block_in_place(|| {
-        let mut h = Sha256::new();
-        link_tree(&dir, &layer_path, Path::new(""), &mut h, hashes)
-            .map_err(|(path, source)| LocalError::Snapshot { name: name.clone(), path, source })?;
-        Ok::<_, LocalError>(format!("sha256:{}", hex::encode(h.finalize())))
-    })?;
-    Ok(Transferred { layer, content_key, report })
+    let (name, sync) = (src.name.clone(), dir.clone());
+    let content_key =
+        tokio::task::block_in_place(|| {
+            let mut h = Sha256::new();
+            hash_tree(&sync, Path::new(""), &mut h, hashes)
+                .map_err(|(path, source)| LocalError::Snapshot { name: name.clone(), path, source })?;
+            Ok::<_, LocalError>(format!("sha256:{}", hex::encode(h.finalize())))
+        })?;
+    // Unchanged since the last transfer: its layer is still exactly this tree.
+    if let Some(layer) = hashes.last_layer(&dir, &content_key).filter(|l| cache.layer_path(l).is_dir()) {
+        return Ok(Transferred { layer, content_key, report });
+    }
+    let pending = cache.new_layer()?;
+    let layer_path = pending.path().to_owned();
+    tokio::task::block_in_place(|| link_tree(&dir, &layer_path, Path::new("")))
+        .map_err(|(path, source)| LocalError::Snapshot { name: src.name.clone(), path, source })?;
+    let id = cache.commit_layer(pending)?;
+    hashes.remember(&dir, &content_key, &id);
+    Ok(Transferred { layer: id, content_key, report })
 }
 
 /// The directory kept for one client project: `<name>:<hint>:<shared key>` (§3.3).
@@ -159,56 +184,71 @@ pub fn sync_dir(cache: &CacheManager, src: &LocalSource, shared_key: &str) -> Pa
 
 type WalkError = (PathBuf, std::io::Error);
 
-/// Mirrors `src/rel` into `dest/rel` with hard links and hashes every
-/// entry's path, type, mode, owner and content into `h`, in sorted order.
-fn link_tree(
-    src: &Path,
-    dest: &Path,
-    rel: &Path,
-    h: &mut Sha256,
-    hashes: &HashCache,
-) -> Result<(), WalkError> {
-    let dir = src.join(rel);
-    let err = |p: &Path| {
-        let p = p.to_owned();
-        move |e| (p, e)
-    };
-    let mut names: Vec<_> = std::fs::read_dir(&dir)
-        .map_err(err(&dir))?
-        .map(|e| e.map(|e| e.file_name()))
-        .collect::<Result<_, _>>()
-        .map_err(err(&dir))?;
-    names.sort();
-    for name in names {
+/// Hashes every entry's path, type, mode, owner and content under `src/rel`
+/// into `h`, in sorted order; mtimes are left out, as content is what counts.
+fn hash_tree(src: &Path, rel: &Path, h: &mut Sha256, hashes: &HashCache) -> Result<(), WalkError> {
+    for name in sorted_entries(&src.join(rel))? {
         let rel = rel.join(&name);
-        let from = src.join(&rel);
-        let to = dest.join(&rel);
-        let meta = std::fs::symlink_metadata(&from).map_err(err(&from))?;
+        let path = src.join(&rel);
+        let meta = std::fs::symlink_metadata(&path).map_err(err(&path))?;
         let ft = meta.file_type();
         h.update(rel.as_os_str().as_encoded_bytes());
         h.update([0]);
         h.update(format!("{:o} {} {} ", meta.mode(), meta.uid(), meta.gid()).as_bytes());
         if ft.is_dir() {
             h.update(b"dir\n");
-            std::fs::create_dir(&to).map_err(err(&to))?;
-            link_tree(src, dest, &rel, h, hashes)?;
-            copy_dir_metadata(&to, &meta).map_err(err(&to))?;
+            hash_tree(src, &rel, h, hashes)?;
         } else if ft.is_symlink() {
-            let target = std::fs::read_link(&from).map_err(err(&from))?;
+            let target = std::fs::read_link(&path).map_err(err(&path))?;
             h.update(b"symlink ");
             h.update(target.as_os_str().as_encoded_bytes());
             h.update(b"\n");
+        } else {
+            if ft.is_file() {
+                h.update(file_hash(&path, &meta, hashes).map_err(err(&path))?);
+            }
+            h.update(b"\n");
+        }
+    }
+    Ok(())
+}
+
+/// Mirrors `src/rel` into `dest/rel`: directories and symlinks anew with
+/// their metadata, everything else as hard links.
+fn link_tree(src: &Path, dest: &Path, rel: &Path) -> Result<(), WalkError> {
+    for name in sorted_entries(&src.join(rel))? {
+        let rel = rel.join(&name);
+        let (from, to) = (src.join(&rel), dest.join(&rel));
+        let meta = std::fs::symlink_metadata(&from).map_err(err(&from))?;
+        let ft = meta.file_type();
+        if ft.is_dir() {
+            std::fs::create_dir(&to).map_err(err(&to))?;
+            link_tree(src, dest, &rel)?;
+            copy_dir_metadata(&to, &meta).map_err(err(&to))?;
+        } else if ft.is_symlink() {
+            let target = std::fs::read_link(&from).map_err(err(&from))?;
             std::os::unix::fs::symlink(&target, &to).map_err(err(&to))?;
             std::os::unix::fs::lchown(&to, Some(meta.uid()), Some(meta.gid())).map_err(err(&to))?;
         } else {
-            if ft.is_file() {
-                h.update(file_hash(&from, &meta, hashes).map_err(err(&from))?);
-            }
-            h.update(b"\n");
             std::fs::hard_link(&from, &to).map_err(err(&to))?;
         }
     }
     Ok(())
+}
+
+fn err(p: &Path) -> impl FnOnce(std::io::Error) -> (PathBuf, std::io::Error) {
+    let p = p.to_owned();
+    move |e| (p, e)
+}
+
+fn sorted_entries(dir: &Path) -> Result<Vec<std::ffi::OsString>, WalkError> {
+    let mut names = std::fs::read_dir(dir)
+        .map_err(err(dir))?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(err(dir))?;
+    names.sort();
+    Ok(names)
 }
 
 fn copy_dir_metadata(to: &Path, meta: &std::fs::Metadata) -> std::io::Result<()> {
@@ -270,7 +310,8 @@ mod tests {
     fn snapshot(src: &Path, hashes: &HashCache) -> (tempfile::TempDir, String) {
         let dest = tempfile::tempdir().unwrap();
         let mut h = Sha256::new();
-        link_tree(src, dest.path(), Path::new(""), &mut h, hashes).unwrap();
+        hash_tree(src, Path::new(""), &mut h, hashes).unwrap();
+        link_tree(src, dest.path(), Path::new("")).unwrap();
         (dest, hex::encode(h.finalize()))
     }
 

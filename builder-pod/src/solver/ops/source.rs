@@ -117,7 +117,7 @@ impl Sources {
                 bytes = t.report.bytes_received,
                 "local source transferred"
             );
-            let snapshot = Snapshot::default().with(self.cache.commit_layer(t.layer)?);
+            let snapshot = Snapshot::default().with(t.layer);
             return Ok(Resolved { key: t.content_key, snapshot: Some(snapshot) });
         }
         Err(SourceError::Unsupported(id.to_owned()))

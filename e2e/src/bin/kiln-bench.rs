@@ -1,0 +1,223 @@
+//! kilnd and the reference buildkitd side by side, as ratios.
+//!
+//! Both daemons run on this machine from the test environment, are driven by
+//! the same client (`buildctl` with LLB on stdin), alternate run by run, and
+//! are reported as medians with min–max, the daemon's CPU seconds, and the
+//! ratio kilnd / buildkitd. Run after `eval "$(e2e/env/up)"`:
+//!
+//!     cargo run --release -p kiln-e2e --bin kiln-bench -- --runs 5
+//!
+//! Writes `target/bench/results.json` and prints a Markdown table.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use kiln_e2e::llb::{Llb, image_and_run};
+use kiln_e2e::{Buildkitd, Kilnd, TestEnv, buildctl_llb};
+use kiln_proto::buildkit::pb;
+use serde_json::json;
+
+/// The daemon under test, either kind, started fresh.
+enum Daemon {
+    Kilnd(Kilnd),
+    Buildkitd(Buildkitd),
+}
+
+impl Daemon {
+    fn start(kind: Kind) -> Self {
+        match kind {
+            Kind::Kilnd => Self::Kilnd(Kilnd::start()),
+            Kind::Buildkitd => Self::Buildkitd(Buildkitd::start()),
+        }
+    }
+
+    fn addr(&self) -> &str {
+        match self {
+            Self::Kilnd(d) => &d.addr,
+            Self::Buildkitd(d) => &d.addr,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        match self {
+            Self::Kilnd(d) => d.daemon.pid(),
+            Self::Buildkitd(d) => d.daemon.pid(),
+        }
+    }
+
+    /// User + system CPU seconds of the daemon and its reaped children.
+    fn cpu(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        // Fields after the command name (which may hold spaces): utime is the 12th, then stime, cutime, cstime.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<f64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0.0)).collect();
+        f.get(11..15).map_or(0.0, |t| t.iter().sum::<f64>()) / 100.0
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Kilnd,
+    Buildkitd,
+}
+
+/// One timed build: wall seconds and the daemon's CPU seconds.
+#[derive(Clone, Copy, Debug)]
+struct Sample {
+    wall: f64,
+    cpu: f64,
+}
+
+fn timed(daemon: &Daemon, def: &pb::Definition, args: &[&str]) -> Sample {
+    let cpu = daemon.cpu();
+    let start = Instant::now();
+    let out = buildctl_llb(daemon.addr(), def, args);
+    let wall = start.elapsed().as_secs_f64();
+    assert!(out.status.success(), "build failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    Sample { wall, cpu: daemon.cpu() - cpu }
+}
+
+/// `dirs` × `files` small files of deterministic content.
+fn make_context(root: &Path, dirs: usize, files: usize) {
+    for d in 0..dirs {
+        let dir = root.join(format!("d{d:03}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in 0..files {
+            std::fs::write(dir.join(format!("f{f:03}.txt")), format!("file {d}/{f}\n").repeat(8)).unwrap();
+        }
+    }
+}
+
+struct Workload {
+    name: &'static str,
+    description: &'static str,
+    /// Runs the workload once on a fresh daemon and returns the timed sample.
+    run: Box<dyn Fn(Kind) -> Sample>,
+}
+
+fn workloads(context: PathBuf) -> Vec<Workload> {
+    let base = TestEnv::get().base_image.clone();
+    let build = image_and_run(&base, "echo hi > /hello");
+    let local_def = {
+        let mut llb = Llb::default();
+        let ctx = llb.local("context");
+        llb.finish(&ctx)
+    };
+    let ctx_arg = format!("context={}", context.display());
+    let (b1, b2) = (build.clone(), build);
+    let (l1, l2, a1, a2) = (local_def.clone(), local_def, ctx_arg.clone(), ctx_arg);
+    vec![
+        Workload {
+            name: "cold-build",
+            description: "FROM base + RUN, empty cache (pull, unpack, run)",
+            run: Box::new(move |kind| timed(&Daemon::start(kind), &b1, &[])),
+        },
+        Workload {
+            name: "cached-rebuild",
+            description: "the same build again on the same daemon",
+            run: Box::new(move |kind| {
+                let d = Daemon::start(kind);
+                timed(&d, &b2, &[]);
+                timed(&d, &b2, &[])
+            }),
+        },
+        Workload {
+            name: "context-10k",
+            description: "upload of a 10,000-file context, first time",
+            run: Box::new(move |kind| timed(&Daemon::start(kind), &l1, &["--local", &a1])),
+        },
+        Workload {
+            name: "context-10k-unchanged",
+            description: "the same context sent again (incremental)",
+            run: Box::new(move |kind| {
+                let d = Daemon::start(kind);
+                timed(&d, &l2, &["--local", &a2]);
+                timed(&d, &l2, &["--local", &a2])
+            }),
+        },
+    ]
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    let mut runs = 5;
+    let mut only: Vec<String> = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--runs" => runs = args.next().and_then(|n| n.parse().ok()).expect("--runs N"),
+            // For profiling one daemon by hand: the LLB of the image build, for `buildctl build < FILE`.
+            "--write-llb" => {
+                let path = args.next().expect("--write-llb FILE");
+                let def = image_and_run(&TestEnv::get().base_image, "echo hi > /hello");
+                std::fs::write(&path, prost::Message::encode_to_vec(&def)).unwrap();
+                return;
+            }
+            "--help" | "-h" => {
+                println!(
+                    "kiln-bench [--runs N] [WORKLOAD...]: kilnd vs buildkitd, median of N alternating runs"
+                );
+                println!("kiln-bench --write-llb FILE: write the image build's LLB, for profiling by hand");
+                return;
+            }
+            name => only.push(name.to_owned()),
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    make_context(dir.path(), 100, 100);
+    let mut records = Vec::new();
+    println!(
+        "| workload | kilnd median (min–max) s | buildkitd median (min–max) s | ratio | kilnd CPU s | buildkitd CPU s |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- |");
+    for w in workloads(dir.path().to_owned()) {
+        if !only.is_empty() && !only.iter().any(|o| o == w.name) {
+            continue;
+        }
+        let mut samples = [Vec::new(), Vec::new()];
+        for i in 0..runs {
+            // Alternate which daemon goes first, so neither always runs on a warmer machine.
+            let order =
+                if i % 2 == 0 { [Kind::Kilnd, Kind::Buildkitd] } else { [Kind::Buildkitd, Kind::Kilnd] };
+            for kind in order {
+                samples[usize::from(kind == Kind::Buildkitd)].push((w.run)(kind));
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        let stats = |s: &[Sample]| {
+            let mut wall: Vec<f64> = s.iter().map(|x| x.wall).collect();
+            let mut cpu: Vec<f64> = s.iter().map(|x| x.cpu).collect();
+            let (min, max) =
+                (wall.iter().copied().fold(f64::MAX, f64::min), wall.iter().copied().fold(0.0, f64::max));
+            (median(&mut wall), min, max, median(&mut cpu))
+        };
+        let (k, kmin, kmax, kcpu) = stats(&samples[0]);
+        let (b, bmin, bmax, bcpu) = stats(&samples[1]);
+        let ratio = k / b;
+        println!(
+            "| {} | {k:.3} ({kmin:.3}–{kmax:.3}) | {b:.3} ({bmin:.3}–{bmax:.3}) | {ratio:.2} | {kcpu:.2} | {bcpu:.2} |",
+            w.name
+        );
+        records.push(json!({
+            "name": w.name,
+            "description": w.description,
+            "kilnd_median_s": k,
+            "buildkitd_median_s": b,
+            "ratio": ratio,
+            "runs": runs,
+            "kilnd_min_s": kmin, "kilnd_max_s": kmax,
+            "buildkitd_min_s": bmin, "buildkitd_max_s": bmax,
+            "kilnd_cpu_s": kcpu, "buildkitd_cpu_s": bcpu,
+        }));
+    }
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("results.json"), serde_json::to_string_pretty(&records).unwrap()).unwrap();
+    eprintln!("wrote {}", out.join("results.json").display());
+}
