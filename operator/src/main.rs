@@ -1,20 +1,17 @@
-//! `kiln`: the operator's command line. Its subcommands (`controller`,
-//! `gateway`, `crdgen`, `up`) arrive with the operator and gateway issues;
-//! until then it only reports its version and the API it will serve.
+//! `kiln`: the operator's command line. Parsing and the exit code live here;
+//! everything else is in the library.
+
+use std::process::ExitCode;
 
 use clap::Parser;
 
-/// Kiln runs pools of BuildKit-compatible builders on Kubernetes.
-#[derive(Debug, Parser)]
-#[command(name = "kiln", version, about, long_about = None)]
-struct Cli {}
-
-fn main() {
-    let _cli = Cli::parse();
-    eprintln!(
-        "kiln {}: no subcommands are built yet; the API group will be {}/{}",
-        env!("CARGO_PKG_VERSION"),
-        kiln_crds::GROUP,
-        kiln_crds::VERSION
-    );
+fn main() -> ExitCode {
+    let cli = kiln_operator::Cli::parse();
+    match kiln_operator::run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("kiln: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
