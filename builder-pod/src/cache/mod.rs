@@ -9,6 +9,7 @@
 //! with a consistent store: anything under `tmp` and any layer no record
 //! names is removed at start.
 
+pub mod contenthash;
 pub mod mount;
 
 use std::collections::HashSet;

@@ -71,6 +71,18 @@ pub trait Ops: Send + Sync + fmt::Debug {
     /// Identifies a source op's content.
     async fn resolve_source(&self, vertex: &Vertex, ctx: &BuildContext) -> Result<Resolved, OpError>;
 
+    /// Keys that stand for some of the inputs in the vertex's cache key: the
+    /// content the op actually reads of them (a copy's source paths), so a
+    /// change elsewhere in that input does not re-run it. `None` keeps the
+    /// input's own key.
+    async fn selected_keys(
+        &self,
+        _vertex: &Vertex,
+        _inputs: &[Snapshot],
+    ) -> Result<Vec<Option<String>>, OpError> {
+        Ok(Vec::new())
+    }
+
     /// Runs `vertex` on its input snapshots and returns one snapshot per output.
     async fn run(
         &self,
@@ -184,9 +196,17 @@ impl Solver {
             }
             _ => None,
         };
+        let snapshots: Vec<Snapshot> = inputs.iter().map(|(_, s)| s.clone()).collect();
+        let selected = self.ops.selected_keys(vertex, &snapshots).await.map_err(|e| {
+            report_error(ctx, &progress, &e.to_string());
+            op_err(e)
+        })?;
         let key = cache_key(
             vertex,
-            inputs.iter().map(|(k, _)| k.as_str()),
+            inputs
+                .iter()
+                .enumerate()
+                .map(|(i, (k, _))| selected.get(i).and_then(Option::as_deref).unwrap_or(k)),
             resolved.as_ref().map(|r| r.key.as_str()),
         );
 
@@ -205,7 +225,7 @@ impl Solver {
 
         progress.started = progress.started.or_else(|| Some(now()));
         ctx.job.progress.vertex(progress.clone());
-        let inputs: Vec<Snapshot> = inputs.into_iter().map(|(_, s)| s).collect();
+        let inputs = snapshots;
         let mut result = self.start(vertex, &key, inputs.clone(), resolved.clone(), ctx).await;
         // A run joined from a build whose client went away is cancelled for
         // that build only: run it again for this one.

@@ -9,15 +9,14 @@
 //! under a build. The source's cache key is the hash of the tree's content
 //! and metadata, not of the session, so an identical context is `CACHED`.
 
-use std::collections::{BTreeMap, HashMap};
-use std::io::Read;
+use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+use crate::cache::contenthash::{HashCache, WalkError, content_hash, err, sorted_entries};
 use crate::cache::{CacheError, CacheManager};
 use crate::fsutil::{Differ, ReceiveOptions, ReceiveReport};
 use crate::session::SessionManager;
@@ -98,30 +97,6 @@ pub struct Transferred {
     pub report: ReceiveReport,
 }
 
-/// File content hashes by (inode, size, mtime): a file the receiver did not
-/// replace keeps its inode, so its hash need not be computed again.
-#[derive(Debug, Default)]
-pub struct HashCache {
-    known: Mutex<HashMap<FileIdentity, [u8; 32]>>,
-    /// Per kept directory: the content key and layer of its last snapshot.
-    last: Mutex<HashMap<PathBuf, (String, String)>>,
-}
-
-impl HashCache {
-    fn last_layer(&self, dir: &Path, key: &str) -> Option<String> {
-        let last = self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        last.get(dir).filter(|(k, _)| k == key).map(|(_, layer)| layer.clone())
-    }
-
-    fn remember(&self, dir: &Path, key: &str, layer: &str) {
-        let mut last = self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        last.insert(dir.to_owned(), (key.to_owned(), layer.to_owned()));
-    }
-}
-
-/// Inode, device, size and mtime in ns.
-type FileIdentity = (u64, u64, u64, i64);
-
 /// Transfers `src` from the build's session into its synced directory and
 /// snapshots it. Concurrent transfers into one directory must be serialised
 /// by the caller (`sync_dir` names the directory).
@@ -156,13 +131,8 @@ pub async fn transfer(
     let report = sync(&session, &src.request, &dir, opts).await?;
 
     let (name, sync) = (src.name.clone(), dir.clone());
-    let content_key =
-        tokio::task::block_in_place(|| {
-            let mut h = Sha256::new();
-            hash_tree(&sync, Path::new(""), &mut h, hashes)
-                .map_err(|(path, source)| LocalError::Snapshot { name: name.clone(), path, source })?;
-            Ok::<_, LocalError>(format!("sha256:{}", hex::encode(h.finalize())))
-        })?;
+    let content_key = tokio::task::block_in_place(|| content_hash(&sync, &[""], hashes))
+        .map_err(|(path, source)| LocalError::Snapshot { name, path, source })?;
     // Unchanged since the last transfer: its layer is still exactly this tree.
     if let Some(layer) = hashes.last_layer(&dir, &content_key).filter(|l| cache.layer_path(l).is_dir()) {
         return Ok(Transferred { layer, content_key, report });
@@ -180,37 +150,6 @@ pub async fn transfer(
 pub fn sync_dir(cache: &CacheManager, src: &LocalSource, shared_key: &str) -> PathBuf {
     let key = format!("{}:{}:{}", src.name, src.shared_key_hint, shared_key);
     cache.root().join("local").join(hex::encode(Sha256::digest(key.as_bytes())))
-}
-
-type WalkError = (PathBuf, std::io::Error);
-
-/// Hashes every entry's path, type, mode, owner and content under `src/rel`
-/// into `h`, in sorted order; mtimes are left out, as content is what counts.
-fn hash_tree(src: &Path, rel: &Path, h: &mut Sha256, hashes: &HashCache) -> Result<(), WalkError> {
-    for name in sorted_entries(&src.join(rel))? {
-        let rel = rel.join(&name);
-        let path = src.join(&rel);
-        let meta = std::fs::symlink_metadata(&path).map_err(err(&path))?;
-        let ft = meta.file_type();
-        h.update(rel.as_os_str().as_encoded_bytes());
-        h.update([0]);
-        h.update(format!("{:o} {} {} ", meta.mode(), meta.uid(), meta.gid()).as_bytes());
-        if ft.is_dir() {
-            h.update(b"dir\n");
-            hash_tree(src, &rel, h, hashes)?;
-        } else if ft.is_symlink() {
-            let target = std::fs::read_link(&path).map_err(err(&path))?;
-            h.update(b"symlink ");
-            h.update(target.as_os_str().as_encoded_bytes());
-            h.update(b"\n");
-        } else {
-            if ft.is_file() {
-                h.update(file_hash(&path, &meta, hashes).map_err(err(&path))?);
-            }
-            h.update(b"\n");
-        }
-    }
-    Ok(())
 }
 
 /// Mirrors `src/rel` into `dest/rel`: directories and symlinks anew with
@@ -236,46 +175,11 @@ fn link_tree(src: &Path, dest: &Path, rel: &Path) -> Result<(), WalkError> {
     Ok(())
 }
 
-fn err(p: &Path) -> impl FnOnce(std::io::Error) -> (PathBuf, std::io::Error) {
-    let p = p.to_owned();
-    move |e| (p, e)
-}
-
-fn sorted_entries(dir: &Path) -> Result<Vec<std::ffi::OsString>, WalkError> {
-    let mut names = std::fs::read_dir(dir)
-        .map_err(err(dir))?
-        .map(|e| e.map(|e| e.file_name()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(err(dir))?;
-    names.sort();
-    Ok(names)
-}
-
 fn copy_dir_metadata(to: &Path, meta: &std::fs::Metadata) -> std::io::Result<()> {
     std::os::unix::fs::chown(to, Some(meta.uid()), Some(meta.gid()))?;
     std::fs::set_permissions(to, std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
     let times = std::fs::FileTimes::new().set_modified(meta.modified()?).set_accessed(meta.accessed()?);
     std::fs::File::open(to)?.set_times(times)
-}
-
-fn file_hash(path: &Path, meta: &std::fs::Metadata, hashes: &HashCache) -> std::io::Result<[u8; 32]> {
-    let key = (meta.ino(), meta.dev(), meta.size(), meta.mtime() * 1_000_000_000 + meta.mtime_nsec());
-    if let Some(h) = hashes.known.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&key) {
-        return Ok(*h);
-    }
-    let mut file = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    let digest: [u8; 32] = h.finalize().into();
-    hashes.known.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(key, digest);
-    Ok(digest)
 }
 
 #[cfg(test)]
@@ -309,10 +213,9 @@ mod tests {
 
     fn snapshot(src: &Path, hashes: &HashCache) -> (tempfile::TempDir, String) {
         let dest = tempfile::tempdir().unwrap();
-        let mut h = Sha256::new();
-        hash_tree(src, Path::new(""), &mut h, hashes).unwrap();
+        let key = content_hash(src, &[""], hashes).unwrap();
         link_tree(src, dest.path(), Path::new("")).unwrap();
-        (dest, hex::encode(h.finalize()))
+        (dest, key)
     }
 
     #[test]

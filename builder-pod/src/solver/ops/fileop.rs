@@ -4,6 +4,7 @@
 use kiln_proto::buildkit::pb;
 use kiln_proto::buildkit::pb::file_action::Action;
 
+use crate::cache::contenthash::{HashCache, content_hash};
 use crate::cache::mount::{MountError, mount};
 use crate::cache::{CacheError, CacheManager, Snapshot};
 use crate::solver::file::{self, FileOpError, UserLookup};
@@ -22,6 +23,59 @@ pub enum FileOpRunError {
     Empty { action: usize },
     #[error("file action {action} panicked or was cancelled")]
     Join { action: usize },
+    #[error("hashing {path} for the cache key: {source}")]
+    Hash { path: std::path::PathBuf, source: std::io::Error },
+}
+
+/// For each op input read only as a copy source: a key of the content the
+/// copies select from it (their source paths; for a wildcard, the directory
+/// it searches). An input that an action also writes onto keeps its own key.
+pub async fn selected_keys(
+    cache: &CacheManager,
+    hashes: &HashCache,
+    op: &pb::FileOp,
+    inputs: &[Snapshot],
+) -> Result<Vec<Option<String>>, FileOpRunError> {
+    let mut selections: Vec<Option<Vec<String>>> = vec![Some(Vec::new()); inputs.len()];
+    for action in &op.actions {
+        if let Some(i) = usize::try_from(action.input).ok().filter(|i| *i < inputs.len()) {
+            selections[i] = None;
+        }
+        if let Some(Action::Copy(copy)) = &action.action
+            && let Some(i) = usize::try_from(action.secondary_input).ok().filter(|i| *i < inputs.len())
+            && let Some(paths) = &mut selections[i]
+        {
+            paths.push(selection_root(&copy.src));
+        }
+    }
+    let mut keys = Vec::with_capacity(inputs.len());
+    for (input, selection) in inputs.iter().zip(selections) {
+        let Some(mut paths) = selection.filter(|p| !p.is_empty()) else {
+            keys.push(None);
+            continue;
+        };
+        paths.sort();
+        paths.dedup();
+        let view = mount(cache, input, None)?;
+        let root = view.path().to_owned();
+        let key = tokio::task::block_in_place(|| {
+            let rels: Vec<&str> = paths.iter().map(String::as_str).collect();
+            content_hash(&root, &rels, hashes)
+        })
+        .map_err(|(path, source)| FileOpRunError::Hash { path, source })?;
+        keys.push(Some(key));
+    }
+    Ok(keys)
+}
+
+/// The part of a copy source whose content decides the copy: the path
+/// itself, or for a wildcard the directory it is matched in.
+fn selection_root(src: &str) -> String {
+    let clean = src.trim_start_matches('/');
+    match clean.find(['*', '?', '[']) {
+        None => clean.trim_end_matches('/').to_owned(),
+        Some(i) => clean[..i].rsplit_once('/').map_or(String::new(), |(dir, _)| dir.to_owned()),
+    }
 }
 
 /// Runs the actions in order and returns the snapshots of the op's outputs.
@@ -130,6 +184,54 @@ mod tests {
         assert_eq!(std::fs::read_to_string(view.path().join("b")).unwrap(), "from a");
         assert_eq!(std::fs::read_to_string(view.path().join("base")).unwrap(), "x");
         assert!(!view.path().join("a").exists(), "/a was made on scratch, not on the input");
+    }
+
+    #[test]
+    fn a_wildcard_selects_the_directory_it_searches() {
+        assert_eq!(selection_root("/a.txt"), "a.txt");
+        assert_eq!(selection_root("/src/"), "src");
+        assert_eq!(selection_root("/src/*.go"), "src");
+        assert_eq!(selection_root("*.txt"), "");
+        assert_eq!(selection_root("/"), "");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_copy_is_keyed_by_what_it_selects() {
+        let root = tempfile::tempdir().unwrap();
+        let cache = CacheManager::open(root.path()).unwrap();
+        let hashes = HashCache::default();
+        // Action 0 writes /a.txt on scratch, action 1 writes /b.txt onto it (input 0 + 1).
+        let files = |a: &str, b: &str| pb::FileOp {
+            actions: vec![mkfile(-1, -1, "/a.txt", a), mkfile(0, 0, "/b.txt", b)],
+        };
+        let ctx1 = run(&cache, &files("A", "B"), &[]).await.unwrap();
+        let ctx2 = run(&cache, &files("A", "changed"), &[]).await.unwrap();
+        let copy_a = pb::FileOp {
+            actions: vec![pb::FileAction {
+                input: -1,
+                secondary_input: 0,
+                output: 0,
+                action: Some(Action::Copy(pb::FileActionCopy {
+                    src: "/a.txt".into(),
+                    dest: "/".into(),
+                    ..Default::default()
+                })),
+            }],
+        };
+        let k1 = selected_keys(&cache, &hashes, &copy_a, &ctx1).await.unwrap();
+        let k2 = selected_keys(&cache, &hashes, &copy_a, &ctx2).await.unwrap();
+        assert!(k1[0].is_some());
+        assert_eq!(k1, k2, "b.txt changed, a.txt did not");
+        let mut copy_b = copy_a.clone();
+        if let Some(Action::Copy(c)) = &mut copy_b.actions[0].action {
+            c.src = "/b.txt".into();
+        }
+        let k1 = selected_keys(&cache, &hashes, &copy_b, &ctx1).await.unwrap();
+        let k2 = selected_keys(&cache, &hashes, &copy_b, &ctx2).await.unwrap();
+        assert_ne!(k1, k2);
+        // An input the op also writes onto keeps its own key.
+        let onto = pb::FileOp { actions: vec![mkfile(0, 0, "/c", "")] };
+        assert_eq!(selected_keys(&cache, &hashes, &onto, &ctx1).await.unwrap(), vec![None]);
     }
 
     #[tokio::test]

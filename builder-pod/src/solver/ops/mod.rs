@@ -49,6 +49,19 @@ impl Ops for WorkerOps {
         Ok(self.sources.resolve(&vertex.op, source, ctx).await?)
     }
 
+    async fn selected_keys(
+        &self,
+        vertex: &Vertex,
+        inputs: &[Snapshot],
+    ) -> Result<Vec<Option<String>>, OpError> {
+        match vertex.operation() {
+            Some(pb::op::Op::File(op)) => {
+                Ok(fileop::selected_keys(&self.cache, self.sources.hashes(), op, inputs).await?)
+            }
+            _ => Ok(Vec::new()),
+        }
+    }
+
     async fn run(
         &self,
         vertex: &Vertex,

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use kiln_proto::buildkit::pb;
 
 use super::KeyedLocks;
+use crate::cache::contenthash::HashCache;
 use crate::cache::{CacheError, CacheManager, Snapshot};
 use crate::content::{ContentError, ContentStore};
 use crate::session::SessionManager;
@@ -16,7 +17,7 @@ use crate::session::auth::SessionAuth;
 use crate::snapshot::{SnapshotError, apply_layer, decompress};
 use crate::solver::scheduler::{BuildContext, Resolved};
 use crate::source::image::{ImageError, Platform, Reference, Registry, ResolvedImage};
-use crate::source::local::{HashCache, LocalError, LocalSource, sync_dir, transfer};
+use crate::source::local::{LocalError, LocalSource, sync_dir, transfer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -75,6 +76,11 @@ impl Sources {
             resolved: Mutex::new(HashMap::new()),
             locks: KeyedLocks::default(),
         }
+    }
+
+    /// File hashes kept across builds, for content keys.
+    pub fn hashes(&self) -> &HashCache {
+        &self.hashes
     }
 
     fn client(&self, ctx: &BuildContext) -> crate::source::image::RegistryClient {

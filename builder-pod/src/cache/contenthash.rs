@@ -1,0 +1,129 @@
+//! Content hashes of file trees: what a source's or a selection's cache
+//! key is made of (BuildKit's `cache/contenthash`). Paths, types, modes,
+//! owners, link targets and file contents count; mtimes do not.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use sha2::{Digest, Sha256};
+
+/// A failed walk: the path and what went wrong there.
+pub type WalkError = (PathBuf, std::io::Error);
+
+pub(crate) fn err(p: &Path) -> impl FnOnce(std::io::Error) -> WalkError {
+    let p = p.to_owned();
+    move |e| (p, e)
+}
+
+/// A directory's entry names in byte order.
+pub(crate) fn sorted_entries(dir: &Path) -> Result<Vec<std::ffi::OsString>, WalkError> {
+    let mut names = std::fs::read_dir(dir)
+        .map_err(err(dir))?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(err(dir))?;
+    names.sort();
+    Ok(names)
+}
+
+/// File content hashes by (inode, size, mtime): a file the receiver did not
+/// replace keeps its inode, so its hash need not be computed again.
+#[derive(Debug, Default)]
+pub struct HashCache {
+    known: Mutex<HashMap<FileIdentity, [u8; 32]>>,
+    /// Per kept directory: the content key and layer of its last snapshot.
+    last: Mutex<HashMap<PathBuf, (String, String)>>,
+}
+
+impl HashCache {
+    pub(crate) fn last_layer(&self, dir: &Path, key: &str) -> Option<String> {
+        let last = self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        last.get(dir).filter(|(k, _)| k == key).map(|(_, layer)| layer.clone())
+    }
+
+    pub(crate) fn remember(&self, dir: &Path, key: &str, layer: &str) {
+        let mut last = self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        last.insert(dir.to_owned(), (key.to_owned(), layer.to_owned()));
+    }
+}
+
+/// Inode, device, size and mtime in ns.
+type FileIdentity = (u64, u64, u64, i64);
+
+/// The hash of the entries `paths` (relative to `root`; "" is the root
+/// itself) with everything below them. A missing path hashes as missing.
+pub fn content_hash(root: &Path, paths: &[&str], hashes: &HashCache) -> Result<String, WalkError> {
+    let mut h = Sha256::new();
+    for rel in paths {
+        let rel = Path::new(rel.trim_start_matches('/'));
+        h.update(b"\0path\0");
+        h.update(rel.as_os_str().as_encoded_bytes());
+        if rel.as_os_str().is_empty() {
+            hash_tree(root, rel, &mut h, hashes)?;
+            continue;
+        }
+        match std::fs::symlink_metadata(root.join(rel)) {
+            Ok(_) => hash_entry(root, rel, &mut h, hashes)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => h.update(b"missing"),
+            Err(e) => return Err((root.join(rel), e)),
+        }
+    }
+    Ok(format!("sha256:{}", hex::encode(h.finalize())))
+}
+
+/// Hashes every entry's path, type, mode, owner and content under `src/rel`
+/// into `h`, in sorted order; mtimes are left out, as content is what counts.
+pub fn hash_tree(src: &Path, rel: &Path, h: &mut Sha256, hashes: &HashCache) -> Result<(), WalkError> {
+    for name in sorted_entries(&src.join(rel))? {
+        hash_entry(src, &rel.join(&name), h, hashes)?;
+    }
+    Ok(())
+}
+
+/// One entry, and everything below it if it is a directory.
+fn hash_entry(src: &Path, rel: &Path, h: &mut Sha256, hashes: &HashCache) -> Result<(), WalkError> {
+    let path = src.join(rel);
+    let meta = std::fs::symlink_metadata(&path).map_err(err(&path))?;
+    let ft = meta.file_type();
+    h.update(rel.as_os_str().as_encoded_bytes());
+    h.update([0]);
+    h.update(format!("{:o} {} {} ", meta.mode(), meta.uid(), meta.gid()).as_bytes());
+    if ft.is_dir() {
+        h.update(b"dir\n");
+        hash_tree(src, rel, h, hashes)?;
+    } else if ft.is_symlink() {
+        let target = std::fs::read_link(&path).map_err(err(&path))?;
+        h.update(b"symlink ");
+        h.update(target.as_os_str().as_encoded_bytes());
+        h.update(b"\n");
+    } else {
+        if ft.is_file() {
+            h.update(file_hash(&path, &meta, hashes).map_err(err(&path))?);
+        }
+        h.update(b"\n");
+    }
+    Ok(())
+}
+
+fn file_hash(path: &Path, meta: &std::fs::Metadata, hashes: &HashCache) -> std::io::Result<[u8; 32]> {
+    let key = (meta.ino(), meta.dev(), meta.size(), meta.mtime() * 1_000_000_000 + meta.mtime_nsec());
+    if let Some(h) = hashes.known.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&key) {
+        return Ok(*h);
+    }
+    let mut file = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    let digest: [u8; 32] = h.finalize().into();
+    hashes.known.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(key, digest);
+    Ok(digest)
+}
