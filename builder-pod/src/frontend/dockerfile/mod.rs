@@ -8,6 +8,7 @@
 //! including its quirks, so that a Dockerfile fails or warns under kilnd exactly
 //! where it would under buildkitd.
 
+pub mod convert;
 pub mod instructions;
 mod json;
 pub mod linter;

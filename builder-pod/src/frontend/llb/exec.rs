@@ -218,7 +218,17 @@ pub(super) struct ExecVertex {
 #[derive(Clone, Debug)]
 pub struct ExecState {
     root: State,
-    mounts: Vec<(String, State, Option<Output>, Result<(), LlbError>)>,
+    mounts: Vec<MountResult>,
+}
+
+/// A mount after the exec: the state mounted and the output it left.
+#[derive(Clone, Debug)]
+struct MountResult {
+    target: String,
+    source: State,
+    output: Option<Output>,
+    /// Why the output cannot be used, for tmpfs, cache and no-output mounts.
+    usable: Result<(), LlbError>,
 }
 
 impl ExecState {
@@ -230,13 +240,13 @@ impl ExecState {
     /// The mount at `target` after the process ran, carrying the settings of
     /// the state that was mounted (`ExecState.AddMount`'s result).
     pub fn mount(&self, target: &str) -> Result<State, LlbError> {
-        let (_, source, output, usable) = self
+        let m = self
             .mounts
             .iter()
-            .find(|(t, ..)| t == target)
+            .find(|m| m.target == target)
             .ok_or_else(|| LlbError::NoSuchMount(target.to_owned()))?;
-        usable.clone()?;
-        Ok(source.with_output(output.clone()))
+        m.usable.clone()?;
+        Ok(m.source.with_output(m.output.clone()))
     }
 }
 
@@ -341,7 +351,7 @@ impl State {
             if is_root {
                 root = self.with_output(output.clone());
             }
-            mounts.push((target, source, output, usable));
+            mounts.push(MountResult { target, source, output, usable });
         }
         ExecState { root, mounts }
     }
@@ -479,8 +489,11 @@ pub(super) fn marshal_exec(
     };
     if !e.cdi_devices.is_empty() {
         c.add_cap(caps::EXEC_META_CDI);
-        exec.cdi_devices =
-            e.cdi_devices.iter().map(|d| pb::CdiDevice { name: d.name.clone(), optional: d.optional }).collect();
+        exec.cdi_devices = e
+            .cdi_devices
+            .iter()
+            .map(|d| pb::CdiDevice { name: d.name.clone(), optional: d.optional })
+            .collect();
     }
     if c.platform.is_none() {
         c.platform.clone_from(&e.meta.platform);

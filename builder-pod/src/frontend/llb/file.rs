@@ -120,7 +120,15 @@ enum FileStep {
     Mkfile { path: String, mode: u32, data: Vec<u8>, info: MkfileInfo },
     Rm { path: String, info: RmInfo },
     Symlink { oldpath: String, newpath: String, info: SymlinkInfo },
-    Copy { source: State, src: String, dest: String, info: CopyInfo },
+    Copy(Box<CopyStep>),
+}
+
+#[derive(Clone, Debug)]
+struct CopyStep {
+    source: State,
+    src: String,
+    dest: String,
+    info: CopyInfo,
 }
 
 /// A chain of file actions, applied in order by [`State::file`]. Relative
@@ -163,7 +171,12 @@ impl FileAction {
 
     /// Copies `src` of `from` (relative to `from`'s working directory) to `dest`.
     pub fn copy(mut self, from: &State, src: &str, dest: &str, info: CopyInfo) -> Self {
-        self.steps.push(FileStep::Copy { source: from.clone(), src: src.to_owned(), dest: dest.to_owned(), info });
+        self.steps.push(FileStep::Copy(Box::new(CopyStep {
+            source: from.clone(),
+            src: src.to_owned(),
+            dest: dest.to_owned(),
+            info,
+        })));
         self
     }
 }
@@ -181,8 +194,8 @@ impl FileVertex {
         let mut outputs = Vec::new();
         for step in self.steps.iter().rev() {
             outputs.extend(self.base.output.clone());
-            if let FileStep::Copy { source, .. } = step {
-                outputs.extend(source.output.clone());
+            if let FileStep::Copy(copy) = step {
+                outputs.extend(copy.source.output.clone());
             }
         }
         dedup(outputs.into_iter())
@@ -263,7 +276,10 @@ pub(super) fn marshal_file(
             None => -1,
         };
         let secondary = match step {
-            FileStep::Copy { source: State { output: Some(o), .. }, .. } => add(o, m)?,
+            FileStep::Copy(copy) => match &copy.source.output {
+                Some(o) => add(o, m)?,
+                None => -1,
+            },
             _ => -1,
         };
         indexes.push((base, secondary));
@@ -298,7 +314,8 @@ pub(super) fn marshal_file(
                 owner: info.chown.as_ref().map(|o| o.to_pb(base)),
                 timestamp: timestamp(info.created_time),
             }),
-            FileStep::Copy { source, src, dest, info } => {
+            FileStep::Copy(copy) => {
+                let CopyStep { source, src, dest, info } = copy.as_ref();
                 let cleaned = clean_path(src);
                 let src = if cleaned.starts_with('/') {
                     join_path(&["/", &cleaned])
@@ -365,7 +382,10 @@ mod tests {
         );
         assert_eq!(
             ChownOpt::from_user("app:staff:x"),
-            ChownOpt { user: Some(UserOpt::Name("app".into())), group: Some(UserOpt::Name("staff:x".into())) }
+            ChownOpt {
+                user: Some(UserOpt::Name("app".into())),
+                group: Some(UserOpt::Name("staff:x".into()))
+            }
         );
         assert_eq!(ChownOpt::from_user("-1").user, Some(UserOpt::Id(u32::MAX)));
     }

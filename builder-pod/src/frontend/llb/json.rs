@@ -13,7 +13,11 @@ use super::LlbError;
 struct GoFormatter;
 
 impl Formatter for GoFormatter {
-    fn write_string_fragment<W: ?Sized + io::Write>(&mut self, writer: &mut W, fragment: &str) -> io::Result<()> {
+    fn write_string_fragment<W: ?Sized + io::Write>(
+        &mut self,
+        writer: &mut W,
+        fragment: &str,
+    ) -> io::Result<()> {
         let mut start = 0;
         for (i, c) in fragment.char_indices() {
             let escape = match c {
@@ -31,7 +35,11 @@ impl Formatter for GoFormatter {
         writer.write_all(&fragment.as_bytes()[start..])
     }
 
-    fn write_char_escape<W: ?Sized + io::Write>(&mut self, writer: &mut W, escape: CharEscape) -> io::Result<()> {
+    fn write_char_escape<W: ?Sized + io::Write>(
+        &mut self,
+        writer: &mut W,
+        escape: CharEscape,
+    ) -> io::Result<()> {
         match escape {
             CharEscape::Backspace => writer.write_all(b"\\u0008"),
             CharEscape::FormFeed => writer.write_all(b"\\u000c"),
@@ -49,7 +57,10 @@ pub(crate) fn go_json<T: Serialize + ?Sized>(value: &T, what: &'static str) -> R
 }
 
 /// [`go_json`] as a string (JSON output is always UTF-8).
-pub(crate) fn go_json_string<T: Serialize + ?Sized>(value: &T, what: &'static str) -> Result<String, LlbError> {
+pub(crate) fn go_json_string<T: Serialize + ?Sized>(
+    value: &T,
+    what: &'static str,
+) -> Result<String, LlbError> {
     let bytes = go_json(value, what)?;
     String::from_utf8(bytes).map_err(|e| LlbError::Json { what, reason: e.to_string() })
 }

@@ -63,7 +63,10 @@ pub(super) struct Marshaler<'a> {
 
 impl<'a> Marshaler<'a> {
     fn new(opts: &'a MarshalOptions) -> Self {
-        let base = Constraints { platform: Some(opts.platform.clone().unwrap_or_else(default_platform)), ..Constraints::default() };
+        let base = Constraints {
+            platform: Some(opts.platform.clone().unwrap_or_else(default_platform)),
+            ..Constraints::default()
+        };
         Self { opts, base, done: HashMap::new() }
     }
 

@@ -28,11 +28,14 @@ pub use exec::{
     CacheSharing, CdiDevice, ExecOptions, ExecState, HostIp, Mount, MountContentCache, ProxyEnv, SecretInfo,
     SshInfo, Ulimit,
 };
-pub use file::{ChownOpt, ChmodOpt, CopyInfo, FileAction, MkdirInfo, MkfileInfo, RmInfo, SymlinkInfo, UserOpt};
+pub use file::{
+    ChmodOpt, ChownOpt, CopyInfo, FileAction, MkdirInfo, MkfileInfo, RmInfo, SymlinkInfo, UserOpt,
+};
 pub(crate) use json::{go_json, go_json_string};
 pub use marshal::{MarshalOptions, SourceLocation, SourceMap, marshal};
 pub use source::{
-    DiffType, GitOptions, HttpOptions, ImageOptions, LocalOptions, ResolveMode, git, http, image, local, scratch,
+    DiffType, GitOptions, HttpOptions, ImageOptions, LocalOptions, ResolveMode, git, http, image, local,
+    scratch,
 };
 pub use state::{Constraints, EnvList, OpMetadata, Output, Placeholder, State, diff, merge};
 

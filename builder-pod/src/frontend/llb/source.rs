@@ -22,7 +22,12 @@ pub(super) struct SourceVertex {
     unique_id: Option<String>,
 }
 
-fn source_state(identifier: String, attrs: BTreeMap<String, String>, c: Constraints, error: Option<LlbError>) -> State {
+fn source_state(
+    identifier: String,
+    attrs: BTreeMap<String, String>,
+    c: Constraints,
+    error: Option<LlbError>,
+) -> State {
     source_state_with(identifier, attrs, c, error, None)
 }
 

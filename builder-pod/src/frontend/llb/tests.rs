@@ -77,10 +77,10 @@ fn an_image_source_is_normalised_pinned_to_its_platform_and_capped() {
     let ret_caps: Vec<&String> = def.metadata[&digest_of(&def.def[1])].caps.keys().collect();
     assert_eq!(ret_caps, ["constraints", "platform"]);
 
-    let pinned = image(&format!("busybox:1.36@{DIGEST}"), ImageOptions {
-        resolve_mode: ResolveMode::ForcePull,
-        ..Default::default()
-    });
+    let pinned = image(
+        &format!("busybox:1.36@{DIGEST}"),
+        ImageOptions { resolve_mode: ResolveMode::ForcePull, ..Default::default() },
+    );
     let g = graph(&pinned);
     let s = source_of(&g.vertices[0]);
     assert_eq!(s.identifier, format!("docker-image://docker.io/library/busybox:1.36@{DIGEST}"));
@@ -92,14 +92,17 @@ fn an_image_source_is_normalised_pinned_to_its_platform_and_capped() {
 
 #[test]
 fn a_local_source_carries_json_pattern_lists_and_no_platform() {
-    let st = local("context", LocalOptions {
-        session_id: "sess".into(),
-        exclude_patterns: vec!["*.md".into(), "a&b".into()],
-        follow_paths: vec!["src".into(), "go.mod".into()],
-        shared_key_hint: "context".into(),
-        constraints: Constraints::new().custom_name("[internal] load build context"),
-        ..Default::default()
-    });
+    let st = local(
+        "context",
+        LocalOptions {
+            session_id: "sess".into(),
+            exclude_patterns: vec!["*.md".into(), "a&b".into()],
+            follow_paths: vec!["src".into(), "go.mod".into()],
+            shared_key_hint: "context".into(),
+            constraints: Constraints::new().custom_name("[internal] load build context"),
+            ..Default::default()
+        },
+    );
     let g = graph(&st);
     let v = &g.vertices[0];
     let s = source_of(v);
@@ -130,12 +133,15 @@ fn a_local_source_carries_json_pattern_lists_and_no_platform() {
 
 #[test]
 fn http_and_git_sources_use_upstream_attrs() {
-    let st = http("https://example.com/a.tar.gz", HttpOptions {
-        filename: "a.tar.gz".into(),
-        perm: 0o755,
-        checksum: DIGEST.into(),
-        ..Default::default()
-    });
+    let st = http(
+        "https://example.com/a.tar.gz",
+        HttpOptions {
+            filename: "a.tar.gz".into(),
+            perm: 0o755,
+            checksum: DIGEST.into(),
+            ..Default::default()
+        },
+    );
     let g = graph(&st);
     let s = source_of(&g.vertices[0]);
     assert_eq!(s.identifier, "https://example.com/a.tar.gz");
@@ -144,12 +150,15 @@ fn http_and_git_sources_use_upstream_attrs() {
     assert_eq!(s.attrs["http.checksum"], DIGEST);
     assert_eq!(caps_of(&g.vertices[0]), ["source.http", "source.http.checksum", "source.http.perm"]);
 
-    let st = git("https://github.com/moby/buildkit.git", GitOptions {
-        git_ref: "v0.29.0".into(),
-        subdir: "docs".into(),
-        keep_git_dir: true,
-        ..Default::default()
-    });
+    let st = git(
+        "https://github.com/moby/buildkit.git",
+        GitOptions {
+            git_ref: "v0.29.0".into(),
+            subdir: "docs".into(),
+            keep_git_dir: true,
+            ..Default::default()
+        },
+    );
     let g = graph(&st);
     let s = source_of(&g.vertices[0]);
     assert_eq!(s.identifier, "git://github.com/moby/buildkit.git#v0.29.0:docs");
@@ -301,7 +310,15 @@ fn file_actions_number_inputs_first_then_earlier_actions() {
     let ctx = local("context", LocalOptions { session_id: "s".into(), ..Default::default() }).dir("/sub");
     let st = busybox().dir("/app").file(
         FileAction::new()
-            .mkdir("data", 0o755, MkdirInfo { make_parents: true, chown: Some(ChownOpt::from_user("app:1")), created_time: None })
+            .mkdir(
+                "data",
+                0o755,
+                MkdirInfo {
+                    make_parents: true,
+                    chown: Some(ChownOpt::from_user("app:1")),
+                    created_time: None,
+                },
+            )
             .copy(&ctx, "src/", "./out/", CopyInfo { create_dest_path: true, ..Default::default() })
             .mkfile("/etc/x", 0o644, b"hi", MkfileInfo::default())
             .rm("old", RmInfo { allow_not_found: true, allow_wildcard: false })
@@ -313,10 +330,14 @@ fn file_actions_number_inputs_first_then_earlier_actions() {
     assert!(v.op.platform.is_none(), "file ops are not platform specific");
     assert_eq!(caps_of(v), ["file.base"]);
     let f = file_of(v);
-    let numbering: Vec<(i64, i64, i64)> = f.actions.iter().map(|a| (a.input, a.secondary_input, a.output)).collect();
+    let numbering: Vec<(i64, i64, i64)> =
+        f.actions.iter().map(|a| (a.input, a.secondary_input, a.output)).collect();
     assert_eq!(numbering, [(0, -1, -1), (2, 1, -1), (3, -1, -1), (4, -1, -1), (5, -1, 0)]);
     let Some(Action::Mkdir(mkdir)) = &f.actions[0].action else { panic!() };
-    assert_eq!((mkdir.path.as_str(), mkdir.mode, mkdir.make_parents, mkdir.timestamp), ("/app/data", 0o755, true, -1));
+    assert_eq!(
+        (mkdir.path.as_str(), mkdir.mode, mkdir.make_parents, mkdir.timestamp),
+        ("/app/data", 0o755, true, -1)
+    );
     let owner = mkdir.owner.as_ref().unwrap();
     assert_eq!(
         owner.user.as_ref().unwrap().user,
@@ -330,7 +351,8 @@ fn file_actions_number_inputs_first_then_earlier_actions() {
     assert_eq!(rm.path, "/app/old");
 
     // On scratch there is no base input.
-    let st = scratch().file(FileAction::new().mkfile("f", 0o600, b"x", MkfileInfo::default()), Constraints::new());
+    let st =
+        scratch().file(FileAction::new().mkfile("f", 0o600, b"x", MkfileInfo::default()), Constraints::new());
     let g = graph(&st);
     let f = file_of(&g.vertices[0]);
     assert!(g.vertices[0].op.inputs.is_empty());
@@ -342,7 +364,8 @@ fn file_actions_number_inputs_first_then_earlier_actions() {
 #[test]
 fn merge_and_diff_drop_scratch_and_reference_inputs_by_position() {
     let a = busybox();
-    let b = scratch().file(FileAction::new().mkfile("/f", 0o644, b"x", MkfileInfo::default()), Constraints::new());
+    let b = scratch()
+        .file(FileAction::new().mkfile("/f", 0o644, b"x", MkfileInfo::default()), Constraints::new());
     let merged = merge(&[a.clone(), scratch(), b.clone()], Constraints::new().custom_name("merge"));
     let g = graph(&merged);
     let v = g.vertices.last().unwrap();
@@ -396,13 +419,16 @@ fn metadata_and_source_locations_are_keyed_by_digest() {
         start: Some(pb::Position { line: 1, character: 0 }),
         end: Some(pb::Position { line: 1, character: 0 }),
     };
-    let st = image("busybox", ImageOptions {
-        constraints: Constraints::new()
-            .ignore_cache()
-            .progress_group("pg", "group", true)
-            .location(SourceLocation { map: map.clone(), ranges: vec![range.clone()] }),
-        ..Default::default()
-    });
+    let st = image(
+        "busybox",
+        ImageOptions {
+            constraints: Constraints::new()
+                .ignore_cache()
+                .progress_group("pg", "group", true)
+                .location(SourceLocation { map: map.clone(), ranges: vec![range] }),
+            ..Default::default()
+        },
+    );
     let def = marshal(&st, &opts()).unwrap();
     let digest = digest_of(&def.def[0]);
     let md = &def.metadata[&digest];
@@ -413,16 +439,17 @@ fn metadata_and_source_locations_are_keyed_by_digest() {
     let source = def.source.unwrap();
     assert_eq!(source.infos.len(), 1);
     assert_eq!(source.infos[0].filename, "Dockerfile");
-    assert_eq!(source.locations[&digest].locations, vec![pb::Location { source_index: 0, ranges: vec![range] }]);
+    assert_eq!(
+        source.locations[&digest].locations,
+        vec![pb::Location { source_index: 0, ranges: vec![range] }]
+    );
 }
 
 #[test]
 fn placeholders_resolve_when_marshalled() {
     let ph = Placeholder::new();
-    let user = busybox().file(
-        FileAction::new().copy(&ph.state(), "a", "/a", CopyInfo::default()),
-        Constraints::new(),
-    );
+    let user = busybox()
+        .file(FileAction::new().copy(&ph.state(), "a", "/a", CopyInfo::default()), Constraints::new());
     assert_eq!(marshal(&user, &opts()).unwrap_err(), LlbError::EmptyPlaceholder);
     ph.fill(&local("context", LocalOptions { session_id: "s".into(), ..Default::default() })).unwrap();
     assert_eq!(ph.fill(&scratch()).unwrap_err(), LlbError::PlaceholderFill);
