@@ -12,6 +12,7 @@
 //! is replaced by values derived from the input, so a conversion is
 //! reproducible byte for byte.
 
+mod attrs;
 mod copy;
 mod image;
 pub mod lint;
@@ -161,14 +162,15 @@ pub struct Converted {
     pub base_image_config: Option<Vec<u8>>,
     pub warnings: Vec<Warning>,
     pub epoch: Option<i64>,
-    /// A stage the target needs was built with `--no-cache`.
+    /// The target stage is built with `--no-cache` (`Result.IsIgnoreCache`).
     pub ignore_cache: bool,
 }
 
 /// A conversion failure; `lines` are the Dockerfile lines it is about.
 #[derive(Debug)]
 pub struct ConvertError {
-    pub kind: ConvertErrorKind,
+    /// Boxed: the kinds carry parser errors and would make every result large.
+    pub kind: Box<ConvertErrorKind>,
     pub lines: Option<(usize, usize)>,
     pub filename: String,
 }
@@ -184,7 +186,7 @@ impl fmt::Display for ConvertError {
 
 impl std::error::Error for ConvertError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.kind)
+        Some(self.kind.as_ref())
     }
 }
 
@@ -273,6 +275,8 @@ pub enum ConvertErrorKind {
     Digest(&'static str),
     #[error("invalid signal: {0}")]
     Signal(String),
+    #[error("VOLUME specified can not be an empty string")]
+    EmptyVolume,
     #[error("{0}")]
     Port(String),
     #[error("lint violation found for rules: {}", .0.join(", "))]
@@ -442,7 +446,7 @@ pub async fn convert(
 }
 
 fn finish(f: Fail, opts: &ConvertOptions) -> ConvertError {
-    ConvertError { kind: *f.kind, lines: f.lines, filename: opts.dockerfile_name.clone() }
+    ConvertError { kind: f.kind, lines: f.lines, filename: opts.dockerfile_name.clone() }
 }
 
 pub(crate) struct Converter<'a> {
@@ -557,7 +561,7 @@ impl<'a> Converter<'a> {
         self.build_dependency_graph()?;
         let reachable = self.resolve_stages(target, resolver).await?;
         self.dispatch_stages(&reachable)?;
-        self.finalize(target, &reachable)
+        self.finalize(target)
     }
 
     /// `defaultArgs`: the automatic platform and target args.
@@ -1160,10 +1164,12 @@ impl<'a> Converter<'a> {
         Ok(())
     }
 
-    /// Per-line ranges of `lines` in the Dockerfile, as source-map locations.
+    /// Per-line ranges of `lines` in the Dockerfile, as source-map locations;
+    /// none for line 0 (a state no instruction names).
     fn location(&self, (start, end): Lines) -> SourceLocation {
         let end = end.max(start);
         let ranges = (start..=end)
+            .filter(|line| *line > 0)
             .map(|line| {
                 let pos = pb::Position { line: line as i32, character: 0 };
                 pb::Range { start: Some(pos), end: Some(pos) }
@@ -1358,6 +1364,9 @@ impl<'a> Converter<'a> {
                 d.image.commit(&format!("USER {user}"), false, false, self.epoch);
             }
             Instruction::Volume(volumes) => {
+                if volumes.iter().any(String::is_empty) {
+                    return Err(ConvertErrorKind::EmptyVolume.into());
+                }
                 let d = &mut self.states[i];
                 for v in &volumes {
                     d.image.config.volumes.insert(v.clone(), Empty {});
@@ -1643,7 +1652,7 @@ impl<'a> Converter<'a> {
     }
 
     /// `finalizeResultImage` and marshalling.
-    fn finalize(&mut self, target: usize, reachable: &BTreeSet<usize>) -> Result<Converted> {
+    fn finalize(&mut self, target: usize) -> Result<Converted> {
         let labels = self.opts.labels.clone();
         self.states[target].image.config.labels.extend(labels);
         if self.check.error && !self.called_rules.is_empty() {
@@ -1710,8 +1719,7 @@ impl<'a> Converter<'a> {
         let image_config = llb::go_json(&d.image, "image config")?;
         let base_image_config =
             d.base_image.as_ref().map(|b| llb::go_json(b, "base image config")).transpose()?;
-        let ignore_cache =
-            reachable.iter().any(|r| self.states[*r].ignore_cache && !self.states[*r].unregistered);
+        let ignore_cache = d.ignore_cache;
         Ok(Converted {
             definition,
             image_config,

@@ -106,7 +106,7 @@ impl<'a> Marshaler<'a> {
             VertexKind::Merge(inputs) => self.merge(inputs, &v.constraints)?,
             VertexKind::Diff { lower, upper } => self.diff(lower.as_ref(), upper.as_ref(), &v.constraints)?,
         };
-        let bytes = op.encode_to_vec();
+        let bytes = encode_op(&op);
         let m = Arc::new(Marshalled {
             digest: digest_of(&bytes),
             bytes,
@@ -159,6 +159,27 @@ impl<'a> Marshaler<'a> {
     }
 }
 
+/// An op's bytes as BuildKit's Go encoder writes them: the plain fields in
+/// field-number order, then the `op` oneof. prost would put the oneof (tags
+/// 2–7) before `platform` (10) and `constraints` (11); same message,
+/// different bytes, different digest.
+pub(super) fn encode_op(op: &pb::Op) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(op.encoded_len());
+    for input in &op.inputs {
+        prost::encoding::message::encode(1, input, &mut buf);
+    }
+    if let Some(platform) = &op.platform {
+        prost::encoding::message::encode(10, platform, &mut buf);
+    }
+    if let Some(constraints) = &op.constraints {
+        prost::encoding::message::encode(11, constraints, &mut buf);
+    }
+    if let Some(oneof) = &op.op {
+        oneof.encode(&mut buf);
+    }
+    buf
+}
+
 /// `llb.MarshalConstraints`: the op's platform (its own, else the default),
 /// worker constraints, and its metadata merged over the defaults'.
 pub(super) fn marshal_constraints(base: &Constraints, own: &Constraints) -> (pb::Op, OpMetadata) {
@@ -204,9 +225,8 @@ impl Walk<'_, '_> {
         let m = self.m.vertex(v)?;
         self.visited.insert(key);
         self.metadata.entry(m.digest.clone()).or_default().merge(&m.metadata);
-        if !m.locations.is_empty() {
-            self.locations.push((m.digest.clone(), m.locations.clone()));
-        }
+        // Every op gets an entry, empty when it has no location, as upstream's collector does.
+        self.locations.push((m.digest.clone(), m.locations.clone()));
         if self.written.insert(m.digest.clone()) {
             self.def.def.push(m.bytes.clone());
         }
