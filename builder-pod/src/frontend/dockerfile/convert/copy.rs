@@ -292,12 +292,12 @@ impl Converter<'_> {
         };
         if cfg.link && cfg.chmod.is_empty() && self.opts.llb_caps.contains(caps::MERGE_OP) {
             let pg_id = self.progress_group_id(i);
-            self.states[i].cmd_index -= 1;
+            self.states[i].cmd_index = self.states[i].cmd_index.saturating_sub(1);
             let pg_name = self.prefix_command(i, &name, Some(&platform), Some(&env));
             let copy_c =
                 located(Constraints::new().platform(platform.clone()).custom_name(pg_name.clone()), self)
                     .progress_group(&pg_id, &pg_name, true);
-            self.states[i].cmd_index -= 1;
+            self.states[i].cmd_index = self.states[i].cmd_index.saturating_sub(1);
             let link_name = self.prefix_command(i, &format!("LINK {name}"), Some(&platform), Some(&env));
             let merge_c = located(Constraints::new(), self)
                 .progress_group(&pg_id, &pg_name, false)
@@ -370,7 +370,7 @@ fn parse_chmod(chmod: &str) -> Result<ChmodOpt> {
             _ => Err(ConvertErrorKind::Chmod(chmod.to_owned()).into()),
         };
     }
-    if chmod.as_bytes()[0].is_ascii_digit() {
+    if chmod.bytes().next().is_some_and(|b| b.is_ascii_digit()) {
         return Err(ConvertErrorKind::Chmod(chmod.to_owned()).into());
     }
     if !valid_symbolic_mode(chmod) {

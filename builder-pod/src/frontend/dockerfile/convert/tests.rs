@@ -1439,3 +1439,101 @@ async fn results_match_buildkitd_byte_for_byte() {
         assert_eq!(hex::encode(Sha256::digest(&c.image_config)), case.image_config, "{}", case.dockerfile);
     }
 }
+
+/// Whatever the Dockerfile, conversion returns a result or an error; it
+/// never panics.
+#[tokio::test]
+async fn arbitrary_dockerfiles_never_panic() {
+    const WORDS: &[&str] = &[
+        "FROM busybox",
+        "FROM scratch",
+        "FROM a",
+        "FROM nope",
+        "AS a",
+        "AS b",
+        "RUN x",
+        "COPY ",
+        "ADD ",
+        "ENV ",
+        "ARG ",
+        "WORKDIR ",
+        "USER ",
+        "ONBUILD ",
+        "CMD ",
+        "ENTRYPOINT ",
+        "EXPOSE ",
+        "VOLUME ",
+        "LABEL ",
+        "SHELL ",
+        "HEALTHCHECK ",
+        "STOPSIGNAL ",
+        "--from=a ",
+        "--from=0 ",
+        "--from=busybox ",
+        "--link ",
+        "--parents ",
+        "--chmod=",
+        "--chown=",
+        "--mount=",
+        "type=cache,target=",
+        "type=secret,",
+        "type=ssh,",
+        "type=tmpfs,",
+        "from=a,",
+        "source=",
+        "target=",
+        "--network=none ",
+        "--platform=",
+        "$BUILDPLATFORM",
+        "${X:-y}",
+        "$",
+        "{",
+        "}",
+        "/",
+        ".",
+        "./",
+        "/./",
+        "*",
+        "a",
+        "b",
+        "=",
+        "\"",
+        "'",
+        "\\",
+        "<<EOF",
+        "EOF",
+        "#!/bin/sh",
+        "https://h/x",
+        "git@h:a/b.git",
+        "https://h/r.git#main",
+        "80/tcp",
+        "1-3",
+        ":",
+        ",",
+        "[\"a\"]",
+        "[]",
+        "\n",
+        " ",
+        "\t",
+    ];
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = move |n: usize| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % n as u64) as usize
+    };
+    let resolver = FakeResolver::default();
+    let mut o = opts();
+    o.target_platform = Some(arm64());
+    o.multi_platform = true;
+    o.dockerignore = vec!["*.md".into()];
+    for _ in 0..1500 {
+        let mut text = String::from("FROM busybox AS a\n");
+        for _ in 0..next(30) {
+            text.push_str(WORDS[next(WORDS.len())]);
+        }
+        text.push('\n');
+        let _ = convert(&text, &o, &resolver).await;
+    }
+}
