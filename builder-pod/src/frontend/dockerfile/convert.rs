@@ -449,7 +449,7 @@ fn finish(f: Fail, opts: &ConvertOptions) -> ConvertError {
     ConvertError { kind: f.kind, lines: f.lines, filename: opts.dockerfile_name.clone() }
 }
 
-pub(crate) struct Converter<'a> {
+struct Converter<'a> {
     opts: &'a ConvertOptions,
     lexer: Lexer,
     stages: Vec<Stage>,
@@ -627,12 +627,13 @@ impl<'a> Converter<'a> {
         for st in &self.stages {
             let Ok(name) = self.lexer.process_word(&st.base_name, &args) else { return };
             if Reference::parse(&name).is_err() {
-                found.push((st.base_name.clone(), (st.start_line, st.end_line), st.comments.clone()));
+                found.push((st.base_name.clone(), (st.start_line, st.end_line)));
             }
         }
-        for (base, lines, comments) in found {
+        // Upstream runs this check with the file's config, not the stage's comments.
+        for (base, lines) in found {
             let msg = lint::invalid_default_arg_in_from(&base);
-            self.warn(&lint::INVALID_DEFAULT_ARG_IN_FROM, msg, lines, &comments);
+            self.warn(&lint::INVALID_DEFAULT_ARG_IN_FROM, msg, lines, &[]);
         }
     }
 
@@ -1153,8 +1154,7 @@ impl<'a> Converter<'a> {
                         &format_platform_all(&platform.normalize()),
                         &format_platform_all(&actual.normalize()),
                     );
-                    let comments = self.states[i].stage.comments.clone();
-                    self.warn(&lint::INVALID_BASE_IMAGE_PLATFORM, msg, lines, &comments);
+                    self.warn(&lint::INVALID_BASE_IMAGE_PLATFORM, msg, lines, &[]);
                 }
             }
             let d = &mut self.states[i];
