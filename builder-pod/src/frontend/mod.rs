@@ -4,3 +4,4 @@
 
 pub mod dockerfile;
 pub mod gateway;
+pub mod llb;

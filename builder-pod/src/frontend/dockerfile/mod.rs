@@ -1,13 +1,15 @@
-//! The pure front half of the Dockerfile frontend: text to AST (`parser`),
-//! AST to typed instructions and stages (`instructions`), and BuildKit's
-//! shell-word lexer for variable expansion (`shell`). Nothing here does I/O;
-//! conversion to LLB builds on these types.
+//! The Dockerfile frontend: text to AST (`parser`), AST to typed
+//! instructions and stages (`instructions`), BuildKit's shell-word lexer for
+//! variable expansion (`shell`), and conversion to LLB plus the image config
+//! (`convert`). Only `convert` looks anything up, through the resolver it is
+//! given; the rest is pure.
 //!
 //! Behaviour and error texts follow moby/buildkit v0.29
 //! `frontend/dockerfile/{parser,shell,instructions,linter}` (buildkit-protocol.md §8.3),
 //! including its quirks, so that a Dockerfile fails or warns under kilnd exactly
 //! where it would under buildkitd.
 
+pub mod convert;
 pub mod instructions;
 mod json;
 pub mod linter;
