@@ -82,11 +82,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         registry: registry.clone(),
         sessions: Arc::clone(&sessions),
     };
-    let sources = Sources::new(Arc::clone(&cache), content, registry, Arc::clone(&sessions));
+    let sources = Arc::new(Sources::new(Arc::clone(&cache), content, registry, Arc::clone(&sessions)));
     let ops = Arc::new(WorkerOps {
         cache: Arc::clone(&cache),
         sessions: Arc::clone(&sessions),
-        sources,
+        sources: Arc::clone(&sources),
         executor: Arc::new(executor),
         cache_mounts: CacheMounts::default(),
     });
@@ -97,6 +97,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         jobs: Jobs::new(),
         bridge: Bridge::new(),
         solver: Solver::new(cache, ops),
+        sources,
         exporters,
         serving: serving.clone(),
     });

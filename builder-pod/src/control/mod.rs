@@ -20,11 +20,13 @@ pub use health::HealthService;
 
 use crate::cache::Snapshot;
 use crate::exporter::Exporters;
+use crate::frontend::dockerfile::builder::{self as dockerfile, FrontendError};
 use crate::frontend::gateway::{Bridge, ForwardedBuild};
 use crate::metrics::Metrics;
 use crate::session::SessionManager;
 use crate::solver::Jobs;
 use crate::solver::llb::Graph;
+use crate::solver::ops::source::Sources;
 use crate::solver::scheduler::{BuildContext, SolveError, Solver};
 use crate::worker::{self, Worker};
 
@@ -39,6 +41,7 @@ pub struct Controller {
     pub jobs: Arc<Jobs>,
     pub bridge: Arc<Bridge>,
     pub solver: Arc<Solver>,
+    pub sources: Arc<Sources>,
     pub exporters: Exporters,
     /// False while the daemon drains: running builds finish, new ones are refused.
     pub serving: Arc<std::sync::atomic::AtomicBool>,
@@ -79,6 +82,25 @@ impl ControlService {
         });
         let result = self.c.solver.solve(&graph, Arc::clone(&ctx)).await.map_err(solve_status)?;
         self.export(&req, result, None, &ctx).await
+    }
+
+    /// `buildctl build --frontend dockerfile.v0`: the frontend runs in the daemon.
+    async fn solve_frontend(&self, req: api::SolveRequest) -> Result<api::SolveResponse, Status> {
+        let job = self.c.jobs.create(&req.r#ref)?;
+        let cancel = CancellationToken::new();
+        let _cancel_on_drop = cancel.clone().drop_guard();
+        let ctx = Arc::new(BuildContext {
+            job: Arc::clone(&job.job),
+            session_ids: vec![req.session.clone()],
+            entitlements: req.entitlements.clone(),
+            cancel,
+        });
+        let result =
+            dockerfile::build(&self.c.solver, &self.c.sources, &ctx, &req.frontend_attrs, &req.session)
+                .await
+                .map_err(frontend_status)?;
+        let config = result.metadata.get("containerimage.config").map(Vec::as_slice);
+        self.export(&req, result.snapshot, config, &ctx).await
     }
 
     /// A build driven by the client through the LLBBridge (buildx's path):
@@ -166,6 +188,18 @@ pub fn solve_status(e: SolveError) -> Status {
     }
 }
 
+/// A frontend failure as the client sees it; Dockerfile errors name their line.
+pub fn frontend_status(e: FrontendError) -> Status {
+    match e {
+        FrontendError::Solve(e) => solve_status(e),
+        FrontendError::Syntax(_) | FrontendError::MultiPlatform(_) => Status::unimplemented(e.to_string()),
+        FrontendError::Convert(_) | FrontendError::ReadDockerfile(_) => {
+            Status::invalid_argument(e.to_string())
+        }
+        FrontendError::Internal(_) => Status::internal(e.to_string()),
+    }
+}
+
 /// The exporters of a request: `Exporters`, or the legacy single one (§5).
 fn exporters(req: &api::SolveRequest) -> Vec<api::Exporter> {
     if !req.exporters.is_empty() {
@@ -229,7 +263,10 @@ impl Control for ControlService {
                 let def = def.clone();
                 self.solve_definition(req, &def).await.map(Response::new)
             }
-            (None, frontend) => Err(not_built(&format!("the {frontend:?} frontend"))),
+            (None, "dockerfile.v0") => self.solve_frontend(req).await.map(Response::new),
+            (None, frontend) => Err(Status::invalid_argument(format!(
+                "unknown frontend {frontend:?} (kilnd has dockerfile.v0, or send LLB)"
+            ))),
             (Some(_), _) => Err(Status::invalid_argument("Solve takes a definition or a frontend, not both")),
         }
     }

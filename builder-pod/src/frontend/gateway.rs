@@ -21,7 +21,8 @@ use tonic::{Request, Response, Status};
 use tracing::instrument;
 
 use crate::cache::Snapshot;
-use crate::control::{Controller, solve_status};
+use crate::control::{Controller, frontend_status, solve_status};
+use crate::frontend::dockerfile::builder as dockerfile;
 use crate::solver::llb::Graph;
 use crate::solver::scheduler::BuildContext;
 use crate::worker::random_id;
@@ -251,7 +252,32 @@ impl LlbBridge for LlbBridgeService {
                 (build.add_ref(snapshot)?, Some(def))
             }
             (None, "") => (String::new(), None),
-            (_, "dockerfile.v0") => return Err(not_built("Solve with the dockerfile.v0 frontend")),
+            (_, "dockerfile.v0") => {
+                let session = build.ctx.session_ids.first().cloned().unwrap_or_default();
+                let result = dockerfile::build(
+                    &self.c.solver,
+                    &self.c.sources,
+                    &build.ctx,
+                    &req.frontend_opt,
+                    &session,
+                )
+                .await
+                .map_err(frontend_status)?;
+                let id = build.add_ref(result.snapshot)?;
+                let r = if req.allow_result_array_ref {
+                    fe::result::Result::Ref(fe::Ref { id, def: Some(result.definition) })
+                } else {
+                    fe::result::Result::RefDeprecated(id)
+                };
+                return Ok(Response::new(fe::SolveResponse {
+                    r#ref: String::new(),
+                    result: Some(fe::Result {
+                        result: Some(r),
+                        metadata: result.metadata,
+                        ..Default::default()
+                    }),
+                }));
+            }
             (_, other) => return Err(Status::invalid_argument(format!("unknown frontend {other:?}"))),
         };
         let result = if req.allow_result_array_ref {

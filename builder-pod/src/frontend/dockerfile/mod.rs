@@ -9,6 +9,7 @@
 //! including its quirks, so that a Dockerfile fails or warns under kilnd exactly
 //! where it would under buildkitd.
 
+pub mod builder;
 pub mod convert;
 pub mod instructions;
 mod json;

@@ -21,7 +21,7 @@ use crate::session::SessionManager;
 pub struct WorkerOps {
     pub cache: Arc<CacheManager>,
     pub sessions: Arc<SessionManager>,
-    pub sources: source::Sources,
+    pub sources: Arc<source::Sources>,
     pub executor: Arc<dyn Executor>,
     pub cache_mounts: exec::CacheMounts,
 }

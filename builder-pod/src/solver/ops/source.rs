@@ -90,6 +90,16 @@ impl Sources {
         }))
     }
 
+    /// An image's manifest and config for one platform, with the build's credentials.
+    pub async fn resolve_image(
+        &self,
+        reference: &Reference,
+        platform: &Platform,
+        ctx: &BuildContext,
+    ) -> Result<ResolvedImage, SourceError> {
+        Ok(self.client(ctx).resolve(reference, platform).await?)
+    }
+
     pub async fn resolve(
         &self,
         op: &pb::Op,
@@ -99,7 +109,7 @@ impl Sources {
         let id = source.identifier.as_str();
         if let Some(reference) = id.strip_prefix("docker-image://") {
             let reference = Reference::parse(reference)?;
-            let image = self.client(ctx).resolve(&reference, &platform_of(op)).await?;
+            let image = self.resolve_image(&reference, &platform_of(op), ctx).await?;
             let key = image.manifest_digest.to_string();
             self.resolved
                 .lock()

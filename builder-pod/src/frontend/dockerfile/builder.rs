@@ -1,0 +1,242 @@
+//! The built-in `dockerfile.v0` frontend as a whole (BuildKit's
+//! `frontend/dockerfile/builder`): read the Dockerfile and `.dockerignore`
+//! from the client through LLB local sources, convert, solve.
+//!
+//! `# syntax=docker/dockerfile:1…` (and `-upstream`) is this frontend; any
+//! other syntax image would need container frontends, which kilnd does not
+//! run, and fails with an error saying so (buildkit-protocol.md §6).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use kiln_proto::buildkit::moby::buildkit::v1::{StatusResponse, Vertex, VertexWarning};
+use kiln_proto::buildkit::pb;
+use sha2::{Digest, Sha256};
+
+use super::convert::{BoxError, ConvertOptions, ImageResolver, ResolvedConfig, convert};
+use super::parser::detect_syntax;
+use crate::cache::Snapshot;
+use crate::cache::mount::mount;
+use crate::frontend::llb::{self, Constraints, DiffType, LocalOptions, MarshalOptions, Platform};
+use crate::fsutil::patterns::parse_ignore_file;
+use crate::solver::llb::Graph;
+use crate::solver::ops::source::Sources;
+use crate::solver::progress::now;
+use crate::solver::scheduler::{BuildContext, SolveError, Solver};
+use crate::source::image::Reference;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrontendError {
+    #[error("{0}")]
+    Convert(String),
+    #[error(transparent)]
+    Solve(#[from] SolveError),
+    #[error("failed to read dockerfile: {0}")]
+    ReadDockerfile(String),
+    #[error(
+        "# syntax={0} needs a container frontend, which kilnd does not run; \
+         kilnd builds docker/dockerfile:1 syntax natively (remove the directive or use docker/dockerfile:1)"
+    )]
+    Syntax(String),
+    #[error("building for several platforms at once ({0}) is not supported by kilnd yet")]
+    MultiPlatform(String),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+/// What a frontend build produced: the result and its metadata
+/// (`containerimage.config`, …) for the exporter.
+#[derive(Debug)]
+pub struct FrontendResult {
+    pub snapshot: Option<Snapshot>,
+    pub definition: pb::Definition,
+    pub metadata: HashMap<String, Vec<u8>>,
+}
+
+/// Whether `# syntax=` names this frontend: docker/dockerfile[-upstream]:1….
+fn is_native_syntax(image: &str) -> bool {
+    let name = image.split('@').next().unwrap_or(image);
+    let (repo, tag) = name.rsplit_once(':').unwrap_or((name, "latest"));
+    let repo = repo.trim_start_matches("docker.io/").trim_start_matches("library/");
+    matches!(repo, "docker/dockerfile" | "docker/dockerfile-upstream")
+        && (tag == "1" || tag.starts_with("1.") || tag.starts_with("1-") || tag == "latest")
+}
+
+/// Runs the frontend for a build whose client session is `session_id`.
+pub async fn build(
+    solver: &Arc<Solver>,
+    sources: &Sources,
+    ctx: &Arc<BuildContext>,
+    attrs: &HashMap<String, String>,
+    session_id: &str,
+) -> Result<FrontendResult, FrontendError> {
+    let attrs: BTreeMap<String, String> = attrs.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    if let Some(syntax) = attrs.get("build-arg:BUILDKIT_SYNTAX").filter(|s| !is_native_syntax(s)) {
+        return Err(FrontendError::Syntax(syntax.clone()));
+    }
+    let (mut opts, platforms) = ConvertOptions::from_frontend_attrs(&attrs, session_id)
+        .map_err(|e| FrontendError::Convert(e.to_string()))?;
+    if platforms.len() > 1 {
+        let list: Vec<String> = platforms.iter().map(llb::format_platform).collect();
+        return Err(FrontendError::MultiPlatform(list.join(",")));
+    }
+    let filename = attrs.get("filename").cloned().unwrap_or_else(|| "Dockerfile".into());
+    let dockerfile_local = attrs.get("dockerfilekey").cloned().unwrap_or_else(|| "dockerfile".into());
+    let context_local = attrs.get("contextkey").cloned().unwrap_or_else(|| "context".into());
+
+    // The Dockerfile and its own ignore file, from the `dockerfile` local.
+    let ignore_name = format!("{filename}.dockerignore");
+    let name = format!("[internal] load build definition from {filename}");
+    let (dockerfile_def, files) = read_local(
+        solver,
+        ctx,
+        &dockerfile_local,
+        session_id,
+        "dockerfile",
+        &[filename.as_str(), ignore_name.as_str()],
+        &name,
+    )
+    .await?;
+    let text = files[0].clone().ok_or_else(|| {
+        FrontendError::ReadDockerfile(format!("open {filename}: no such file or directory"))
+    })?;
+    let text = String::from_utf8_lossy(&text).into_owned();
+    if let Some(syntax) = detect_syntax(&text).filter(|d| !is_native_syntax(&d.value)) {
+        return Err(FrontendError::Syntax(syntax.value));
+    }
+    let ignore = match &files[1] {
+        Some(bytes) => Some(bytes.clone()),
+        None => {
+            let (_, files) = read_local(
+                solver,
+                ctx,
+                &context_local,
+                session_id,
+                "context-.dockerignore",
+                &[".dockerignore"],
+                "[internal] load .dockerignore",
+            )
+            .await?;
+            files.into_iter().next().flatten()
+        }
+    };
+    opts.dockerignore = ignore.map(|b| parse_ignore_file(&String::from_utf8_lossy(&b))).unwrap_or_default();
+    opts.dockerfile_name = filename;
+    opts.dockerfile_definition = Some(dockerfile_def);
+    if opts.target_platform.is_none() {
+        opts.target_platform = platforms.into_iter().next();
+    }
+
+    let resolver = Resolver { sources, ctx };
+    let converted =
+        convert(&text, &opts, &resolver).await.map_err(|e| FrontendError::Convert(e.to_string()))?;
+    for w in &converted.warnings {
+        ctx.job.progress.send(StatusResponse {
+            warnings: vec![VertexWarning {
+                level: 1,
+                short: format!("{}: {} (line {})", w.rule.name, w.message, w.start_line).into_bytes(),
+                ..VertexWarning::default()
+            }],
+            ..StatusResponse::default()
+        });
+    }
+    let snapshot = if converted.definition.def.is_empty() {
+        None
+    } else {
+        let graph =
+            Graph::parse(&converted.definition).map_err(|e| FrontendError::Internal(e.to_string()))?;
+        solver.solve(&graph, Arc::clone(ctx)).await?
+    };
+    let metadata = HashMap::from([("containerimage.config".to_owned(), converted.image_config.clone())]);
+    Ok(FrontendResult { snapshot, definition: converted.definition, metadata })
+}
+
+/// Solves a local source that follows `paths` and reads them; a path the
+/// client does not have is `None`.
+async fn read_local(
+    solver: &Arc<Solver>,
+    ctx: &Arc<BuildContext>,
+    local: &str,
+    session_id: &str,
+    shared_key_hint: &str,
+    paths: &[&str],
+    name: &str,
+) -> Result<(pb::Definition, Vec<Option<Vec<u8>>>), FrontendError> {
+    let state = llb::local(
+        local,
+        LocalOptions {
+            session_id: session_id.to_owned(),
+            follow_paths: paths.iter().map(|p| (*p).to_owned()).collect(),
+            shared_key_hint: shared_key_hint.to_owned(),
+            differ: Some((DiffType::None, false)),
+            constraints: Constraints::new().custom_name(name),
+            ..LocalOptions::default()
+        },
+    );
+    let def = llb::marshal(&state, &MarshalOptions::default())
+        .map_err(|e| FrontendError::Internal(e.to_string()))?;
+    let graph = Graph::parse(&def).map_err(|e| FrontendError::Internal(e.to_string()))?;
+    let snapshot = solver.solve(&graph, Arc::clone(ctx)).await?.unwrap_or_default();
+    let view = mount(solver.cache(), &snapshot, None).map_err(|e| FrontendError::Internal(e.to_string()))?;
+    let files =
+        paths.iter().map(|p| std::fs::read(view.path().join(p.trim_start_matches('/'))).ok()).collect();
+    Ok((def, files))
+}
+
+/// Base image lookups through the registry, with the client's credentials.
+struct Resolver<'a> {
+    sources: &'a Sources,
+    ctx: &'a BuildContext,
+}
+
+#[async_trait]
+impl ImageResolver for Resolver<'_> {
+    async fn resolve(&self, reference: &str, platform: &Platform) -> Result<ResolvedConfig, BoxError> {
+        let name = format!("[internal] load metadata for {reference}");
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(format!("{name} {platform:?}"))));
+        let mut vertex = Vertex { digest, name, started: Some(now()), ..Vertex::default() };
+        self.ctx.job.progress.vertex(vertex.clone());
+        let result = async {
+            let parsed = Reference::parse(reference)?;
+            let image = self.sources.resolve_image(&parsed, platform, self.ctx).await?;
+            let mut pinned = parsed.clone();
+            pinned.digest = None;
+            Ok::<_, BoxError>(ResolvedConfig {
+                pinned_reference: format!("{pinned}@{}", image.digest()),
+                config: image.config.clone(),
+            })
+        }
+        .await;
+        vertex.completed = Some(now());
+        if let Err(e) = &result {
+            vertex.error = e.to_string();
+        }
+        self.ctx.job.progress.vertex(vertex);
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dockerfile_syntax_images_are_this_frontend_and_others_are_not() {
+        for native in [
+            "docker/dockerfile:1",
+            "docker/dockerfile:1.7",
+            "docker/dockerfile:1.7.1@sha256:abc",
+            "docker.io/docker/dockerfile:1",
+            "docker/dockerfile-upstream:1.18.0",
+            "docker/dockerfile:1-labs",
+        ] {
+            assert!(is_native_syntax(native), "{native}");
+        }
+        for other in ["tonistiigi/dockerfile:x", "example.com/frontend:1", "docker/dockerfile:0.9"] {
+            assert!(!is_native_syntax(other), "{other}");
+        }
+        let err = FrontendError::Syntax("example.com/frontend:1".into()).to_string();
+        assert!(err.contains("example.com/frontend:1") && err.contains("container frontend"), "{err}");
+    }
+}
