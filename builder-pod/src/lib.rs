@@ -82,7 +82,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         registry: registry.clone(),
         sessions: Arc::clone(&sessions),
     };
-    let sources = Arc::new(Sources::new(Arc::clone(&cache), content, registry, Arc::clone(&sessions)));
+    let sources =
+        Arc::new(Sources::new(Arc::clone(&cache), content, registry, Arc::clone(&sessions), metrics.clone()));
     let ops = Arc::new(WorkerOps {
         cache: Arc::clone(&cache),
         sessions: Arc::clone(&sessions),

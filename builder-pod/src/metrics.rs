@@ -6,6 +6,8 @@ use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncode
 pub struct Metrics {
     registry: Registry,
     rpcs: IntCounterVec,
+    local_files: IntCounterVec,
+    local_bytes: IntCounterVec,
 }
 
 impl Metrics {
@@ -16,15 +18,37 @@ impl Metrics {
             &["service", "method"],
         )?;
         registry.register(Box::new(rpcs.clone()))?;
+        let local_files = IntCounterVec::new(
+            Opts::new(
+                "kilnd_local_files_transferred_total",
+                "files received from clients' local directories, by local name (unchanged files are not sent)",
+            ),
+            &["local"],
+        )?;
+        registry.register(Box::new(local_files.clone()))?;
+        let local_bytes = IntCounterVec::new(
+            Opts::new(
+                "kilnd_local_bytes_transferred_total",
+                "bytes received from clients' local directories",
+            ),
+            &["local"],
+        )?;
+        registry.register(Box::new(local_bytes.clone()))?;
         let info = IntGaugeVec::new(Opts::new("kilnd_build_info", "kilnd's version"), &["version"])?;
         registry.register(Box::new(info.clone()))?;
         info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        Ok(Self { registry, rpcs })
+        Ok(Self { registry, rpcs, local_files, local_bytes })
     }
 
     /// Counts one call of `service`/`method`.
     pub fn rpc(&self, service: &str, method: &str) {
         self.rpcs.with_label_values(&[service, method]).inc();
+    }
+
+    /// Counts a local directory transfer.
+    pub fn local_transfer(&self, local: &str, files: u64, bytes: u64) {
+        self.local_files.with_label_values(&[local]).inc_by(files);
+        self.local_bytes.with_label_values(&[local]).inc_by(bytes);
     }
 
     /// The text exposition format.

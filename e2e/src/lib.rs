@@ -424,9 +424,18 @@ impl Registry {
 }
 
 fn basic_auth(user: &str, password: &str) -> String {
+    format!("Basic {}", base64(&format!("{user}:{password}")))
+}
+
+/// The hex sha256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Standard base64 with padding, for auth headers and docker configs.
+pub fn base64(input: &str) -> String {
     const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let input = format!("{user}:{password}");
-    let mut out = String::from("Basic ");
+    let mut out = String::new();
     for chunk in input.as_bytes().chunks(3) {
         let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);

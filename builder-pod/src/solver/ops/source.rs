@@ -12,6 +12,7 @@ use super::KeyedLocks;
 use crate::cache::contenthash::HashCache;
 use crate::cache::{CacheError, CacheManager, Snapshot};
 use crate::content::{ContentError, ContentStore};
+use crate::metrics::Metrics;
 use crate::session::SessionManager;
 use crate::session::auth::SessionAuth;
 use crate::snapshot::{SnapshotError, apply_layer, decompress};
@@ -43,6 +44,7 @@ pub enum SourceError {
 #[derive(Debug)]
 pub struct Sources {
     pub cache: Arc<CacheManager>,
+    pub metrics: Arc<Metrics>,
     pub content: ContentStore,
     pub registry: Registry,
     pub sessions: Arc<SessionManager>,
@@ -66,9 +68,11 @@ impl Sources {
         content: ContentStore,
         registry: Registry,
         sessions: Arc<SessionManager>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             cache,
+            metrics,
             content,
             registry,
             sessions,
@@ -127,6 +131,7 @@ impl Sources {
             let _one_at_a_time =
                 self.locks.lock(&sync_dir(&self.cache, &local, &shared_key).to_string_lossy()).await;
             let t = transfer(&self.cache, &self.sessions, &ctx.session_ids, &local, &self.hashes).await?;
+            self.metrics.local_transfer(name, t.report.files_requested, t.report.bytes_received);
             tracing::info!(
                 local = %name,
                 files = t.report.files_requested,

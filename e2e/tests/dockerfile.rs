@@ -1,0 +1,197 @@
+//! Dockerfile builds through real buildx on kilnd: caching as a user sees
+//! it, incremental context transfer, secrets, and pushes with credentials.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+
+use kiln_e2e::{Buildx, Kilnd, Registry, TestEnv, repo_and_tag, run_unchecked, unique};
+
+/// A kilnd with a buildx builder pointing at it.
+struct Setup {
+    kilnd: Kilnd,
+    buildx: Buildx,
+}
+
+impl Setup {
+    fn new() -> Self {
+        let kilnd = Kilnd::start();
+        let buildx = Buildx::new();
+        buildx.create_remote("kilnd", &kilnd.addr);
+        Self { kilnd, buildx }
+    }
+
+    /// `buildx build --progress plain ARGS CONTEXT`; returns the progress output.
+    fn build(&self, ctx: &Path, args: &[&str]) -> String {
+        let out = run_unchecked(
+            self.buildx
+                .command()
+                .args(["build", "--builder", "kilnd", "--progress", "plain"])
+                .args(args)
+                .arg(ctx),
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "build failed:\n{stderr}");
+        stderr
+    }
+
+    fn metric(&self, name: &str) -> u64 {
+        let (_, metrics) = self.kilnd.debug_get("/metrics");
+        metrics.lines().find_map(|l| l.strip_prefix(&format!("{name} "))).map_or(0, |v| v.parse().unwrap())
+    }
+}
+
+/// Files of the build context sent to kilnd (the Dockerfile travels on its own, every time, as with buildkitd).
+const CONTEXT_FILES: &str = "kilnd_local_files_transferred_total{local=\"context\"}";
+
+/// The progress blocks of a plain-progress build, by step name: whether each was CACHED.
+fn steps(progress: &str) -> Vec<(String, bool)> {
+    let mut names: Vec<(String, String)> = Vec::new();
+    for line in progress.lines() {
+        let Some(rest) = line.strip_prefix('#') else { continue };
+        let Some((id, text)) = rest.split_once(' ') else { continue };
+        if text.starts_with('[') && !names.iter().any(|(i, _)| i == id) {
+            names.push((id.to_owned(), text.to_owned()));
+        }
+    }
+    names
+        .into_iter()
+        .filter(|(_, name)| !name.starts_with("[internal]"))
+        .map(|(id, name)| {
+            let cached = progress.lines().any(|l| l == format!("#{id} CACHED"));
+            (name, cached)
+        })
+        .collect()
+}
+
+#[test]
+fn a_rebuild_is_all_cached_and_a_change_reruns_only_what_reads_it() {
+    let env = TestEnv::get();
+    let s = Setup::new();
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        format!(
+            "FROM {}\nCOPY a.txt /a.txt\nRUN cat /a.txt > /from-a\nCOPY b.txt /b.txt\nRUN cat /b.txt > /from-b\n",
+            env.base_image
+        ),
+    )
+    .unwrap();
+    for i in 0..50 {
+        std::fs::write(ctx.path().join(format!("other-{i}.txt")), format!("other {i}\n")).unwrap();
+    }
+    std::fs::write(ctx.path().join("a.txt"), "a\n").unwrap();
+    std::fs::write(ctx.path().join("b.txt"), "b\n").unwrap();
+
+    s.build(ctx.path(), &[]);
+    let sent_first = s.metric(CONTEXT_FILES);
+    assert_eq!(sent_first, 2, "only the two files the COPYs read are sent (followpaths), not the other 50");
+
+    // Nothing changed: every step is CACHED and no file is sent again.
+    let progress = s.build(ctx.path(), &[]);
+    let all = steps(&progress);
+    assert_eq!(all.len(), 5, "{all:?}\n{progress}");
+    assert!(all.iter().all(|(_, cached)| *cached), "{all:?}");
+    assert_eq!(s.metric(CONTEXT_FILES), sent_first, "an unchanged context sent files");
+
+    // b.txt changes: the steps before its COPY stay cached, the rest re-run,
+    // and that one file is all that is sent.
+    std::fs::write(ctx.path().join("b.txt"), "b changed\n").unwrap();
+    let progress = s.build(ctx.path(), &[]);
+    let cached: Vec<bool> = steps(&progress).into_iter().map(|(_, c)| c).collect();
+    assert_eq!(cached, [true, true, true, false, false], "{progress}");
+    assert_eq!(s.metric(CONTEXT_FILES), sent_first + 1);
+}
+
+#[test]
+fn a_secret_reaches_its_step_and_nothing_else() {
+    let env = TestEnv::get();
+    let s = Setup::new();
+    let ctx = tempfile::tempdir().unwrap();
+    let secret_value = format!("kiln-secret-{}", unique("value"));
+    let secret_file = ctx.path().join("secret.txt");
+    std::fs::write(&secret_file, &secret_value).unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        format!(
+            "FROM {}\nRUN --mount=type=secret,id=token,required=true \\\n    test \"$(sha256sum < /run/secrets/token | cut -d' ' -f1)\" = \"{}\" && \\\n    touch /saw-the-secret\n",
+            env.base_image,
+            kiln_e2e::sha256_hex(secret_value.as_bytes())
+        ),
+    )
+    .unwrap();
+    std::fs::write(ctx.path().join(".dockerignore"), "secret.txt\n").unwrap();
+    let dest = ctx.path().join("out");
+    s.build(
+        ctx.path(),
+        &[
+            "--secret",
+            &format!("id=token,src={}", secret_file.display()),
+            "--output",
+            &format!("type=local,dest={}", dest.display()),
+        ],
+    );
+    assert!(dest.join("saw-the-secret").is_file(), "the step saw the secret");
+    assert!(!dest.join("run/secrets/token").exists(), "the secret's mount point is not in the result");
+
+    // Not in the output, not anywhere under kilnd's root (layers, cache, metadata), not in its log.
+    let found = |dir: &Path| {
+        let out = run_unchecked(std::process::Command::new("grep").args(["-rlF", &secret_value]).arg(dir));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(found(&dest), "", "the secret is in the exported tree");
+    assert_eq!(found(&s.kilnd.root.path().join("state")), "", "the secret is under kilnd's root");
+    assert!(!s.kilnd.daemon.log_text().contains(&secret_value), "the secret is in kilnd's log");
+
+    // A missing secret fails the build with its id.
+    let out = run_unchecked(
+        s.buildx
+            .command()
+            .args(["build", "--builder", "kilnd", "--progress", "plain", "--no-cache"])
+            .arg(ctx.path()),
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("secret token not found"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn push_to_a_registry_that_needs_credentials_uses_the_clients_login() {
+    let env = TestEnv::get();
+    let s = Setup::new();
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        format!("FROM {}\nRUN echo pushed > /pushed\n", env.base_image),
+    )
+    .unwrap();
+    let image = format!("{}/{}:v1", env.auth_registry, unique("kiln-e2e/auth"));
+
+    // Without a login the registry refuses the push, and the error says so.
+    let out = run_unchecked(
+        s.buildx
+            .command()
+            .args(["build", "--builder", "kilnd", "--progress", "plain", "--push", "-t", &image])
+            .arg(ctx.path()),
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("unauthorized") || stderr.contains("401"), "{stderr}");
+
+    // The client's docker config holds the login; kilnd asks for it through the session.
+    let auth = format!("{}:{}", env.auth_user, env.auth_password);
+    let config =
+        serde_json::json!({ "auths": { env.auth_registry.clone(): { "auth": kiln_e2e::base64(&auth) } } });
+    let docker_config = s.buildx.config.path().join("docker");
+    std::fs::create_dir_all(&docker_config).unwrap();
+    std::fs::write(docker_config.join("config.json"), config.to_string()).unwrap();
+    let metadata = ctx.path().join("metadata.json");
+    s.build(ctx.path(), &["--push", "-t", &image, "--metadata-file", metadata.to_str().unwrap()]);
+    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&metadata).unwrap()).unwrap();
+    let (name, tag) = repo_and_tag(&image);
+    let manifest = Registry::with_auth().manifest(name, tag).unwrap();
+    assert_eq!(meta["containerimage.digest"], manifest.digest.as_str());
+}
