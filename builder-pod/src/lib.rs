@@ -13,6 +13,7 @@ pub mod executor;
 pub mod exporter;
 pub mod frontend;
 pub mod fsutil;
+pub mod gc;
 pub mod metrics;
 pub mod mountinfo;
 pub mod server;

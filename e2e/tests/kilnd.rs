@@ -268,3 +268,25 @@ fn buildctl_exports_local_tar_oci_and_pushes_an_image() {
     assert_eq!(manifest.digest, digest);
     assert_eq!(manifest.json["layers"].as_array().unwrap().len(), 2, "base + RUN: {}", manifest.json);
 }
+
+#[test]
+fn buildctl_du_lists_the_cache_and_prune_empties_it() {
+    let kilnd = Kilnd::start();
+    let out = buildctl_llb(&kilnd.addr, &image_and_run(&TestEnv::get().base_image, "echo du > /du"), &[]);
+    assert!(out.status.success());
+    let buildctl = || {
+        let mut cmd = TestEnv::get().command("buildctl");
+        cmd.args(["--addr", &kilnd.addr]);
+        cmd
+    };
+    let du = run(buildctl().args(["du", "-v"]));
+    assert!(du.contains("/bin/sh -c echo du > /du"), "{du}");
+    let pruned = run(buildctl().arg("prune"));
+    assert!(pruned.contains("Total:"), "{pruned}");
+    let du = run(buildctl().args(["du", "-v"]));
+    assert!(!du.contains("echo du"), "{du}");
+    // The next build runs again from nothing, and works.
+    let out = buildctl_llb(&kilnd.addr, &image_and_run(&TestEnv::get().base_image, "echo du > /du"), &[]);
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("CACHED"));
+}

@@ -126,17 +126,34 @@ impl CacheManager {
             let path = entry.map_err(io_err(&tmp))?.path();
             std::fs::remove_dir_all(&path).map_err(io_err(&path))?;
         }
+        self.remove_unreferenced_layers()?;
+        Ok(())
+    }
+
+    /// Removes every layer no record names; returns the bytes freed.
+    pub fn remove_unreferenced_layers(&self) -> Result<u64, CacheError> {
         let live: HashSet<String> =
             self.records()?.into_iter().flat_map(|(_, r)| r.outputs).flat_map(|s| s.layers).collect();
         let layers = self.root.join("layers");
+        let mut freed = 0;
         for entry in std::fs::read_dir(&layers).map_err(io_err(&layers))? {
             let entry = entry.map_err(io_err(&layers))?;
             if !live.contains(entry.file_name().to_string_lossy().as_ref()) {
                 let path = entry.path();
+                freed += dir_size(&path);
                 std::fs::remove_dir_all(&path).map_err(io_err(&path))?;
             }
         }
-        Ok(())
+        Ok(freed)
+    }
+
+    pub fn remove_record(&self, key: &str) -> Result<(), CacheError> {
+        let tx = self.db.begin_write().map_err(db_err("starting a write"))?;
+        {
+            let mut table = tx.open_table(RECORDS).map_err(db_err("opening records"))?;
+            table.remove(key).map_err(db_err("removing a record"))?;
+        }
+        tx.commit().map_err(db_err("committing"))
     }
 
     pub fn root(&self) -> &Path {
@@ -235,6 +252,15 @@ impl CacheManager {
         }
         Ok(out)
     }
+}
+
+/// Bytes used by the files under `path` (a file with several links counts once per link).
+pub fn dir_size(path: &Path) -> u64 {
+    let Ok(meta) = std::fs::symlink_metadata(path) else { return 0 };
+    if !meta.is_dir() {
+        return meta.len();
+    }
+    std::fs::read_dir(path).map_or(0, |entries| entries.flatten().map(|e| dir_size(&e.path())).sum())
 }
 
 /// 16 random hex characters: short, because overlayfs mount options must fit in a page.

@@ -22,6 +22,7 @@ use crate::cache::Snapshot;
 use crate::exporter::Exporters;
 use crate::frontend::dockerfile::builder::{self as dockerfile, FrontendError};
 use crate::frontend::gateway::{Bridge, ForwardedBuild};
+use crate::gc;
 use crate::metrics::Metrics;
 use crate::session::SessionManager;
 use crate::solver::Jobs;
@@ -228,8 +229,12 @@ impl Control for ControlService {
         _request: Request<api::DiskUsageRequest>,
     ) -> Result<Response<api::DiskUsageResponse>, Status> {
         self.c.metrics.rpc("Control", "DiskUsage");
-        // kilnd keeps no build cache yet, so there is nothing to report.
-        Ok(Response::new(api::DiskUsageResponse { record: Vec::new() }))
+        let cache = Arc::clone(self.c.solver.cache());
+        let record = tokio::task::spawn_blocking(move || gc::disk_usage(&cache))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(api::DiskUsageResponse { record }))
     }
 
     type PruneStream = Stream_<api::UsageRecord>;
@@ -237,11 +242,23 @@ impl Control for ControlService {
     #[instrument(skip_all)]
     async fn prune(
         &self,
-        _request: Request<api::PruneRequest>,
+        request: Request<api::PruneRequest>,
     ) -> Result<Response<Self::PruneStream>, Status> {
         self.c.metrics.rpc("Control", "Prune");
-        // Nothing is cached yet, so nothing is pruned: the stream ends at once.
-        Ok(Response::new(Box::pin(futures::stream::empty())))
+        // Removing layers under a running build would break it.
+        if !self.c.jobs.is_empty() {
+            return Err(Status::failed_precondition(
+                "builds are running; prune again when they have finished",
+            ));
+        }
+        let req = request.into_inner();
+        let keep = Duration::from_nanos(u64::try_from(req.keep_duration).unwrap_or(0));
+        let cache = Arc::clone(self.c.solver.cache());
+        let removed = tokio::task::spawn_blocking(move || gc::prune(&cache, req.all, keep))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(Box::pin(futures::stream::iter(removed.into_iter().map(Ok)))))
     }
 
     #[instrument(skip_all, fields(build.ref = %request.get_ref().r#ref, session.id = %request.get_ref().session))]

@@ -46,7 +46,7 @@ impl Ops for WorkerOps {
         let Some(pb::op::Op::Source(source)) = vertex.operation() else {
             return Err(OpsError::Empty.into());
         };
-        Ok(self.sources.resolve(&vertex.op, source, ctx).await?)
+        Ok(self.sources.resolve(&vertex.digest, &vertex.op, source, ctx).await?)
     }
 
     async fn selected_keys(

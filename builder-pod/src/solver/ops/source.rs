@@ -16,9 +16,11 @@ use crate::metrics::Metrics;
 use crate::session::SessionManager;
 use crate::session::auth::SessionAuth;
 use crate::snapshot::{SnapshotError, apply_layer, decompress};
+use crate::solver::progress::now;
 use crate::solver::scheduler::{BuildContext, Resolved};
 use crate::source::image::{ImageError, Platform, Reference, Registry, ResolvedImage};
 use crate::source::local::{LocalError, LocalSource, sync_dir, transfer};
+use kiln_proto::buildkit::moby::buildkit::v1::VertexStatus;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -106,6 +108,7 @@ impl Sources {
 
     pub async fn resolve(
         &self,
+        digest: &str,
         op: &pb::Op,
         source: &pb::SourceOp,
         ctx: &BuildContext,
@@ -130,8 +133,21 @@ impl Sources {
             let shared_key = session.map(|s| s.shared_key.clone()).unwrap_or_default();
             let _one_at_a_time =
                 self.locks.lock(&sync_dir(&self.cache, &local, &shared_key).to_string_lossy()).await;
+            let started = now();
             let t = transfer(&self.cache, &self.sessions, &ctx.session_ids, &local, &self.hashes).await?;
             self.metrics.local_transfer(name, t.report.files_requested, t.report.bytes_received);
+            // What buildx shows as "transferring context: 2.1kB done".
+            let label = format!("transferring {name}:");
+            ctx.job.progress.status(VertexStatus {
+                id: label.clone(),
+                vertex: digest.to_owned(),
+                name: label,
+                current: i64::try_from(t.report.bytes_received).unwrap_or(i64::MAX),
+                timestamp: Some(now()),
+                started: Some(started),
+                completed: Some(now()),
+                ..VertexStatus::default()
+            });
             tracing::info!(
                 local = %name,
                 files = t.report.files_requested,
