@@ -195,3 +195,36 @@ fn push_to_a_registry_that_needs_credentials_uses_the_clients_login() {
     let manifest = Registry::with_auth().manifest(name, tag).unwrap();
     assert_eq!(meta["containerimage.digest"], manifest.digest.as_str());
 }
+
+#[test]
+fn a_bad_dockerfile_is_an_error_naming_its_line() {
+    let env = TestEnv::get();
+    let s = Setup::new();
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        format!("FROM {}\nRUN true\nFROBNICATE now\n", env.base_image),
+    )
+    .unwrap();
+    let out = run_unchecked(
+        s.buildx.command().args(["build", "--builder", "kilnd", "--progress", "plain"]).arg(ctx.path()),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("Dockerfile:3"), "{stderr}");
+    assert!(stderr.to_lowercase().contains("unknown instruction: frobnicate"), "{stderr}");
+
+    // A base image that does not exist names the image.
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        format!("FROM {}/kiln-test/no-such-image:1\n", env.registry),
+    )
+    .unwrap();
+    let out = run_unchecked(
+        s.buildx.command().args(["build", "--builder", "kilnd", "--progress", "plain"]).arg(ctx.path()),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("no-such-image") && stderr.contains("not found"), "{stderr}");
+    assert!(!s.kilnd.daemon.log_text().contains("panicked"));
+}
