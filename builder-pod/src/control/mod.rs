@@ -25,10 +25,10 @@ use crate::frontend::gateway::{Bridge, ForwardedBuild};
 use crate::gc;
 use crate::metrics::Metrics;
 use crate::session::SessionManager;
-use crate::solver::Jobs;
 use crate::solver::llb::Graph;
 use crate::solver::ops::source::Sources;
 use crate::solver::scheduler::{BuildContext, SolveError, Solver};
+use crate::solver::{JobGuard, Jobs};
 use crate::worker::{self, Worker};
 
 type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -64,6 +64,23 @@ impl ControlService {
         Self { c: controller }
     }
 
+    /// Registers the build's job and its context. The client going away drops
+    /// the Solve future, and with it the returned guard, which cancels the build.
+    fn start_build(
+        &self,
+        req: &api::SolveRequest,
+    ) -> Result<(JobGuard, tokio_util::sync::DropGuard, Arc<BuildContext>), Status> {
+        let job = self.c.jobs.create(&req.r#ref)?;
+        let cancel = CancellationToken::new();
+        let ctx = Arc::new(BuildContext {
+            job: Arc::clone(&job.job),
+            session_ids: vec![req.session.clone()],
+            entitlements: req.entitlements.clone(),
+            cancel: cancel.clone(),
+        });
+        Ok((job, cancel.drop_guard(), ctx))
+    }
+
     /// A build of an LLB definition (`buildctl build` with LLB on stdin).
     async fn solve_definition(
         &self,
@@ -71,31 +88,14 @@ impl ControlService {
         def: &Definition,
     ) -> Result<api::SolveResponse, Status> {
         let graph = Graph::parse(def).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let job = self.c.jobs.create(&req.r#ref)?;
-        let cancel = CancellationToken::new();
-        // The client going away drops this future, and with it the guard.
-        let _cancel_on_drop = cancel.clone().drop_guard();
-        let ctx = Arc::new(BuildContext {
-            job: Arc::clone(&job.job),
-            session_ids: vec![req.session.clone()],
-            entitlements: req.entitlements.clone(),
-            cancel,
-        });
+        let (_job, _cancel_on_drop, ctx) = self.start_build(&req)?;
         let result = self.c.solver.solve(&graph, Arc::clone(&ctx)).await.map_err(solve_status)?;
         self.export(&req, result, None, &ctx).await
     }
 
     /// `buildctl build --frontend dockerfile.v0`: the frontend runs in the daemon.
     async fn solve_frontend(&self, req: api::SolveRequest) -> Result<api::SolveResponse, Status> {
-        let job = self.c.jobs.create(&req.r#ref)?;
-        let cancel = CancellationToken::new();
-        let _cancel_on_drop = cancel.clone().drop_guard();
-        let ctx = Arc::new(BuildContext {
-            job: Arc::clone(&job.job),
-            session_ids: vec![req.session.clone()],
-            entitlements: req.entitlements.clone(),
-            cancel,
-        });
+        let (_job, _cancel_on_drop, ctx) = self.start_build(&req)?;
         let result =
             dockerfile::build(&self.c.solver, &self.c.sources, &ctx, &req.frontend_attrs, &req.session)
                 .await
@@ -107,16 +107,7 @@ impl ControlService {
     /// A build driven by the client through the LLBBridge (buildx's path):
     /// registered before anything slow, done when the client calls Return.
     async fn solve_forwarded(&self, req: api::SolveRequest) -> Result<api::SolveResponse, Status> {
-        let job = self.c.jobs.create(&req.r#ref)?;
-        let cancel = CancellationToken::new();
-        // The client going away drops this future, and with it the guard.
-        let _cancel_on_drop = cancel.clone().drop_guard();
-        let ctx = Arc::new(BuildContext {
-            job: Arc::clone(&job.job),
-            session_ids: vec![req.session.clone()],
-            entitlements: req.entitlements.clone(),
-            cancel,
-        });
+        let (_job, _cancel_on_drop, ctx) = self.start_build(&req)?;
         let (_registration, build, returned) =
             self.c.bridge.register(ctx, req.frontend_attrs.clone(), req.frontend_inputs.clone());
         let ret = returned

@@ -9,6 +9,8 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
+use crate::fsutil::patterns::contains_wildcards;
+
 /// Symlinks one lookup may pass through before it fails with ELOOP
 /// (continuity's limit).
 const MAX_LINKS: usize = 255;
@@ -138,21 +140,6 @@ pub(super) fn shown(root: &Path, path: &Path) -> String {
     }
 }
 
-/// Whether `name` has an unescaped glob character (fsutil `containsWildcards`).
-pub(super) fn has_wildcards(name: &str) -> bool {
-    let mut chars = name.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => {
-                chars.next();
-            }
-            '*' | '?' | '[' => return true,
-            _ => {}
-        }
-    }
-    false
-}
-
 /// Splits a path at its first component with a glob character: the literal
 /// directory to start from and the pattern below it (fsutil `splitWildcards`).
 pub(super) fn split_wildcards(path: &str) -> (String, String) {
@@ -160,7 +147,7 @@ pub(super) fn split_wildcards(path: &str) -> (String, String) {
     let mut literal = Vec::new();
     let mut pattern = Vec::new();
     for part in cleaned.split('/').filter(|p| !p.is_empty()) {
-        if pattern.is_empty() && !has_wildcards(part) {
+        if pattern.is_empty() && !contains_wildcards(part) {
             literal.push(part);
         } else {
             pattern.push(part);
