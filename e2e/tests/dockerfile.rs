@@ -228,3 +228,39 @@ fn a_bad_dockerfile_is_an_error_naming_its_line() {
     assert!(stderr.contains("no-such-image") && stderr.contains("not found"), "{stderr}");
     assert!(!s.kilnd.daemon.log_text().contains("panicked"));
 }
+
+#[test]
+fn buildx_bake_builds_targets_that_share_a_context() {
+    let env = TestEnv::get();
+    let s = Setup::new();
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        format!(
+            "FROM {}\nARG WHO\nCOPY a.txt /a.txt\nRUN echo \"$WHO $(cat /a.txt)\" > /who\n",
+            env.base_image
+        ),
+    )
+    .unwrap();
+    std::fs::write(ctx.path().join("a.txt"), "shared\n").unwrap();
+    let target = |name: &str| {
+        format!(
+            "target \"{name}\" {{\n  context = \".\"\n  args = {{ WHO = \"{name}\" }}\n  output = [\"type=local,dest=out-{name}\"]\n}}\n"
+        )
+    };
+    std::fs::write(
+        ctx.path().join("docker-bake.hcl"),
+        format!("group \"default\" {{ targets = [\"one\", \"two\"] }}\n{}{}", target("one"), target("two")),
+    )
+    .unwrap();
+    let out = run_unchecked(s.buildx.command().current_dir(ctx.path()).args([
+        "bake",
+        "--builder",
+        "kilnd",
+        "--progress",
+        "plain",
+    ]));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_to_string(ctx.path().join("out-one/who")).unwrap(), "one shared\n");
+    assert_eq!(std::fs::read_to_string(ctx.path().join("out-two/who")).unwrap(), "two shared\n");
+}
