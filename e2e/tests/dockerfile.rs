@@ -264,3 +264,88 @@ fn buildx_bake_builds_targets_that_share_a_context() {
     assert_eq!(std::fs::read_to_string(ctx.path().join("out-one/who")).unwrap(), "one shared\n");
     assert_eq!(std::fs::read_to_string(ctx.path().join("out-two/who")).unwrap(), "two shared\n");
 }
+
+/// The client's real ssh-agent, reached from a RUN step through
+/// `--mount=type=ssh`. busybox has no SSH client, so the step runs the
+/// host's `ssh-add` with its own libraries, copied into the context.
+#[test]
+fn ssh_agent_forwarding_reaches_the_clients_agent() {
+    let env = TestEnv::get();
+    let s = Setup::new();
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("agent.sock");
+    let agent = Agent(
+        std::process::Command::new("ssh-agent")
+            .arg("-D")
+            .arg("-a")
+            .arg(&sock)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let start = std::time::Instant::now();
+    while !sock.exists() {
+        assert!(start.elapsed() < std::time::Duration::from_secs(10), "ssh-agent did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let key = dir.path().join("key");
+    kiln_e2e::run(
+        std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "kiln-test-key", "-f"])
+            .arg(&key),
+    );
+    kiln_e2e::run(std::process::Command::new("ssh-add").env("SSH_AUTH_SOCK", &sock).arg(&key));
+
+    let ctx = dir.path().join("ctx");
+    let tools = ctx.join("tools");
+    std::fs::create_dir_all(&tools).unwrap();
+    let ldd = kiln_e2e::run(std::process::Command::new("ldd").arg("/usr/bin/ssh-add"));
+    let libs = ldd.split_whitespace().filter(|w| w.starts_with('/')).map(str::to_owned);
+    for file in libs.chain(["/usr/bin/ssh-add".to_owned()]) {
+        let name = Path::new(&file).file_name().unwrap();
+        std::fs::copy(&file, tools.join(name)).unwrap();
+    }
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM {}\nCOPY tools /tools\nRUN --mount=type=ssh,required=true /tools/ld-linux-x86-64.so.2 --library-path /tools /tools/ssh-add -l > /keys\n",
+            env.base_image
+        ),
+    )
+    .unwrap();
+    let dest = dir.path().join("out");
+    s.build(
+        &ctx,
+        &[
+            "--ssh",
+            &format!("default={}", sock.display()),
+            "--output",
+            &format!("type=local,dest={}", dest.display()),
+        ],
+    );
+    let keys = std::fs::read_to_string(dest.join("keys")).unwrap();
+    assert!(keys.contains("kiln-test-key"), "{keys}");
+
+    // Without --ssh the step cannot have an agent, and the error says so.
+    let out = run_unchecked(
+        s.buildx
+            .command()
+            .args(["build", "--builder", "kilnd", "--progress", "plain", "--no-cache"])
+            .arg(&ctx),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("no SSH agent \"default\" was forwarded"), "{stderr}");
+    drop(agent);
+}
+
+/// An ssh-agent that is stopped however the test ends.
+struct Agent(std::process::Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

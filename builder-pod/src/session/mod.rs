@@ -12,6 +12,7 @@ pub mod auth;
 pub mod filesend;
 pub mod filesync;
 pub mod secrets;
+pub mod sshforward;
 pub mod tunnel;
 
 use std::collections::{HashMap, HashSet};

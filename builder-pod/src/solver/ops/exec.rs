@@ -23,6 +23,7 @@ use crate::executor::{
 };
 use crate::session::SessionManager;
 use crate::session::secrets::{SecretError, get_secret};
+use crate::session::sshforward::{self, AgentSocket, SshError};
 use crate::solver::ops::KeyedLocks;
 use crate::solver::scheduler::BuildContext;
 
@@ -46,8 +47,8 @@ pub enum ExecOpError {
     MountType { dest: String, kind: i32 },
     #[error("secret {id} not found")]
     SecretNotFound { id: String },
-    #[error("ssh agent forwarding (mount {dest}) is not supported by kilnd yet")]
-    Ssh { dest: String },
+    #[error(transparent)]
+    Ssh(#[from] SshError),
     #[error("network mode host needs the network.host entitlement (--allow network.host)")]
     NetworkHost,
     #[error("security mode insecure needs the security.insecure entitlement (--allow security.insecure)")]
@@ -77,6 +78,8 @@ struct Held {
     locks: Vec<tokio::sync::OwnedMutexGuard<()>>,
     private_dirs: Vec<tempfile::TempDir>,
     secrets: Option<SecretDir>,
+    /// Declared before its directory, so the socket closes before the directory goes.
+    agents: Vec<(AgentSocket, tempfile::TempDir)>,
 }
 
 /// A tmpfs holding the step's secrets, unmounted when the step ends.
@@ -152,7 +155,10 @@ pub async fn run(
                 Some(path) => path,
                 None => continue,
             },
-            pb::MountType::Ssh => return Err(ExecOpError::Ssh { dest: m.dest.clone() }),
+            pb::MountType::Ssh => match ssh_source(&cx, m, ctx, &mut held).await? {
+                Some(path) => path,
+                None => continue,
+            },
         };
         if m.dest == "/" {
             rootfs = Some(source);
@@ -336,6 +342,35 @@ fn copy_tree(src: &Path, dest: &Path) -> Result<(), ExecOpError> {
             source: std::io::Error::other(format!("cp -a exited {status}")),
         })
     }
+}
+
+/// A socket forwarding to the client's SSH agent; `None` when the mount is
+/// optional and the client forwards no such agent.
+async fn ssh_source(
+    cx: &ExecContext<'_>,
+    m: &pb::Mount,
+    ctx: &BuildContext,
+    held: &mut Held,
+) -> Result<Option<PathBuf>, ExecOpError> {
+    let opt = m.ssh_opt.clone().unwrap_or_default();
+    let id = if opt.id.is_empty() { "default".to_owned() } else { opt.id.clone() };
+    for session_id in ctx.session_ids.iter().filter(|s| !s.is_empty()) {
+        let Ok(session) = cx.sessions.get(session_id, std::time::Duration::from_secs(5)).await else {
+            continue;
+        };
+        if !sshforward::check(&session, &id).await? {
+            continue;
+        }
+        let dir = cx.cache.temp_dir("ssh-")?;
+        let socket = sshforward::listen(session, &id, dir.path(), opt.uid, opt.gid, opt.mode)?;
+        let path = socket.path.clone();
+        held.agents.push((socket, dir));
+        return Ok(Some(path));
+    }
+    if opt.optional {
+        return Ok(None);
+    }
+    Err(SshError::NotForwarded { id }.into())
 }
 
 /// Writes the secret into the step's tmpfs; `None` when it is optional and absent.
