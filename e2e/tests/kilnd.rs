@@ -264,3 +264,33 @@ fn buildctl_exports_local_tar_oci_and_pushes_an_image() {
     assert_eq!(manifest.digest, digest);
     assert_eq!(manifest.json["layers"].as_array().unwrap().len(), 2, "base + RUN: {}", manifest.json);
 }
+
+/// buildx sends several `--output`s in one Solve only when Ping advertises
+/// the `exporter.multiple` LLB capability; kilnd runs them all.
+#[test]
+fn buildx_exports_to_several_outputs_in_one_build() {
+    let env = TestEnv::get();
+    let kilnd = Kilnd::start();
+    let buildx = Buildx::new();
+    buildx.create_remote("kilnd", &kilnd.addr);
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        format!("FROM {}\nRUN echo two-outputs > /hello\n", env.base_image),
+    )
+    .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let local = out.path().join("local");
+    let tar = out.path().join("out.tar");
+    run(buildx
+        .command()
+        .args(["build", "--builder", "kilnd", "--progress", "plain"])
+        .arg("--output")
+        .arg(format!("type=local,dest={}", local.display()))
+        .arg("--output")
+        .arg(format!("type=tar,dest={}", tar.display()))
+        .arg(ctx.path()));
+    assert_eq!(std::fs::read_to_string(local.join("hello")).unwrap(), "two-outputs\n");
+    let listing = run(Command::new("tar").arg("-tf").arg(&tar));
+    assert!(listing.lines().any(|l| l == "hello"), "{listing}");
+}
