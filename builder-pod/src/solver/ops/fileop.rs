@@ -1,12 +1,12 @@
 //! FileOp: file changes made through an overlay mount of each action's
-//! input, so what an action writes or deletes becomes one new layer.
+//! input, so what a chain of actions writes or deletes becomes one new layer.
 
 use kiln_proto::buildkit::pb;
 use kiln_proto::buildkit::pb::file_action::Action;
 
 use crate::cache::contenthash::{HashCache, content_hash};
 use crate::cache::mount::{MountError, mount};
-use crate::cache::{CacheError, CacheManager, Snapshot};
+use crate::cache::{CacheError, CacheManager, PendingLayer, Snapshot};
 use crate::solver::file::{self, FileOpError, UserLookup};
 
 #[derive(Debug, thiserror::Error)]
@@ -78,36 +78,52 @@ fn selection_root(src: &str) -> String {
     }
 }
 
+/// An action's result while the op runs.
+enum Slot {
+    Done(Snapshot),
+    /// Not committed yet: the one action that reads it writes on into the
+    /// same layer, as BuildKit passes a mutable ref along a chain of actions.
+    Open {
+        base: Snapshot,
+        upper: PendingLayer,
+    },
+    /// An open result handed on to the action that read it.
+    Taken,
+}
+
 /// Runs the actions in order and returns the snapshots of the op's outputs.
+/// A chain of actions where each result is read only by the next one makes
+/// one layer, not one per action (`ops/file.go` commits a result only when
+/// it is an output or read twice).
 pub async fn run(
     cache: &CacheManager,
     op: &pb::FileOp,
     inputs: &[Snapshot],
 ) -> Result<Vec<Snapshot>, FileOpRunError> {
-    let mut results: Vec<Snapshot> = Vec::with_capacity(op.actions.len());
+    let mut reads = vec![0usize; op.actions.len()];
+    for action in &op.actions {
+        for index in [action.input, action.secondary_input] {
+            if let Some(n) = result_index(index, inputs.len()).and_then(|j| reads.get_mut(j)) {
+                *n += 1;
+            }
+        }
+    }
+    let mut results: Vec<Slot> = Vec::with_capacity(op.actions.len());
     let mut outputs: Vec<(i64, Snapshot)> = Vec::new();
     for (i, action) in op.actions.iter().enumerate() {
-        // Inputs are numbered first, then the results of earlier actions; -1 is scratch.
-        let pick = |index: i64| -> Result<Snapshot, FileOpRunError> {
-            if index < 0 {
-                return Ok(Snapshot::default());
-            }
-            let index =
-                usize::try_from(index).map_err(|_| FileOpRunError::Input { action: i, input: index })?;
-            inputs
-                .get(index)
-                .or_else(|| index.checked_sub(inputs.len()).and_then(|j| results.get(j)))
-                .cloned()
-                .ok_or(FileOpRunError::Input { action: i, input: index as i64 })
-        };
-        let base = pick(action.input)?;
         let kind = action.action.clone().ok_or(FileOpRunError::Empty { action: i })?;
+        let open = result_index(action.input, inputs.len())
+            .and_then(|j| results.get_mut(j))
+            .filter(|slot| matches!(slot, Slot::Open { .. }))
+            .map(|slot| std::mem::replace(slot, Slot::Taken));
+        let (base, upper) = match open {
+            Some(Slot::Open { base, upper }) => (base, upper),
+            _ => (committed(cache, inputs, &mut results, i, action.input)?, cache.new_layer()?),
+        };
         let source = match &kind {
-            Action::Copy(_) => Some(pick(action.secondary_input)?),
+            Action::Copy(_) => Some(committed(cache, inputs, &mut results, i, action.secondary_input)?),
             _ => None,
         };
-
-        let upper = cache.new_layer()?;
         {
             let dest = mount(cache, &base, Some(upper.path()))?;
             let src = source.as_ref().map(|s| mount(cache, s, None)).transpose()?;
@@ -129,14 +145,54 @@ pub async fn run(
             .map_err(|_| FileOpRunError::Join { action: i })??;
             // Both mounts end here, before the upper layer moves.
         }
+        if action.output < 0 && reads[i] == 1 {
+            results.push(Slot::Open { base, upper });
+            continue;
+        }
         let result = base.with(cache.commit_layer(upper)?);
         if action.output >= 0 {
             outputs.push((action.output, result.clone()));
         }
-        results.push(result);
+        results.push(Slot::Done(result));
     }
     outputs.sort_by_key(|(i, _)| *i);
     Ok(outputs.into_iter().map(|(_, s)| s).collect())
+}
+
+/// Inputs are numbered first, then the results of earlier actions.
+fn result_index(index: i64, inputs: usize) -> Option<usize> {
+    usize::try_from(index).ok()?.checked_sub(inputs)
+}
+
+/// The snapshot `index` names for action `action` (-1 is scratch); an open
+/// result is committed first.
+fn committed(
+    cache: &CacheManager,
+    inputs: &[Snapshot],
+    results: &mut [Slot],
+    action: usize,
+    index: i64,
+) -> Result<Snapshot, FileOpRunError> {
+    if index < 0 {
+        return Ok(Snapshot::default());
+    }
+    let bad = FileOpRunError::Input { action, input: index };
+    let Some(j) = result_index(index, inputs.len()) else {
+        return usize::try_from(index).ok().and_then(|i| inputs.get(i)).cloned().ok_or(bad);
+    };
+    let slot = results.get_mut(j).ok_or(bad)?;
+    match std::mem::replace(slot, Slot::Taken) {
+        Slot::Done(s) => {
+            *slot = Slot::Done(s.clone());
+            Ok(s)
+        }
+        Slot::Open { base, upper } => {
+            let s = base.with(cache.commit_layer(upper)?);
+            *slot = Slot::Done(s.clone());
+            Ok(s)
+        }
+        Slot::Taken => Err(FileOpRunError::Input { action, input: index }),
+    }
 }
 
 #[cfg(test)]
@@ -184,6 +240,35 @@ mod tests {
         assert_eq!(std::fs::read_to_string(view.path().join("b")).unwrap(), "from a");
         assert_eq!(std::fs::read_to_string(view.path().join("base")).unwrap(), "x");
         assert!(!view.path().join("a").exists(), "/a was made on scratch, not on the input");
+    }
+
+    #[tokio::test]
+    async fn a_chain_of_actions_makes_one_layer() {
+        let root = tempfile::tempdir().unwrap();
+        let cache = CacheManager::open(root.path()).unwrap();
+        let base =
+            run(&cache, &pb::FileOp { actions: vec![mkfile(-1, 0, "/base", "x")] }, &[]).await.unwrap();
+        // Input 0, then actions 1..=3: each writes onto the previous one's result.
+        let chain = pb::FileOp {
+            actions: vec![mkfile(0, -1, "/a", "a"), mkfile(1, -1, "/b", "b"), mkfile(2, 0, "/c", "c")],
+        };
+        let out = run(&cache, &chain, &base).await.unwrap();
+        assert_eq!(out[0].layers.len(), 2, "the base layer and one for the chain: {:?}", out[0].layers);
+        let view = mount(&cache, &out[0], None).unwrap();
+        for (file, data) in [("base", "x"), ("a", "a"), ("b", "b"), ("c", "c")] {
+            assert_eq!(std::fs::read_to_string(view.path().join(file)).unwrap(), data);
+        }
+        drop(view);
+
+        // A result that is also an output, or read twice, is a layer of its own.
+        let split = pb::FileOp {
+            actions: vec![mkfile(0, 0, "/a", "a"), mkfile(1, 1, "/b", "b"), mkfile(1, 2, "/c", "c")],
+        };
+        let out = run(&cache, &split, &base).await.unwrap();
+        let layers: Vec<usize> = out.iter().map(|s| s.layers.len()).collect();
+        assert_eq!(layers, [2, 3, 3]);
+        let view = mount(&cache, &out[2], None).unwrap();
+        assert!(view.path().join("a").exists() && !view.path().join("b").exists());
     }
 
     #[test]
