@@ -23,6 +23,10 @@ pub enum FileOpRunError {
     Empty { action: usize },
     #[error("file action {action} panicked or was cancelled")]
     Join { action: usize },
+    /// BuildKit's words (`ops/file.go` `loadUser`): an owner name with no
+    /// input to look it up in, as `COPY --link --chown=NAME` gives.
+    #[error("invalid user index: {index}")]
+    UserIndex { action: usize, index: i64 },
     #[error("hashing {path} for the cache key: {source}")]
     Hash { path: std::path::PathBuf, source: std::io::Error },
 }
@@ -129,8 +133,25 @@ pub async fn run(
             let src = source.as_ref().map(|s| mount(cache, s, None)).transpose()?;
             let dest_root = dest.path().to_owned();
             let src_root = src.as_ref().map(|m| m.path().to_owned());
+            // Owner names are looked up in the input each names (`NamedUserOpt.input`).
+            let mut lookup_mounts = Vec::new();
+            let mut roots = [None, None];
+            for (root, index) in roots.iter_mut().zip(owner_inputs(&kind)) {
+                let Some(index) = index else { continue };
+                if index < 0 {
+                    return Err(FileOpRunError::UserIndex { action: i, index });
+                }
+                if index == action.input {
+                    *root = Some(dest_root.clone());
+                    continue;
+                }
+                let view = mount(cache, &committed(cache, inputs, &mut results, i, index)?, None)?;
+                *root = Some(view.path().to_owned());
+                lookup_mounts.push(view);
+            }
+            let [user_root, group_root] = roots;
             tokio::task::spawn_blocking(move || {
-                let users = UserLookup::in_root(&dest_root);
+                let users = UserLookup::with_roots(user_root, group_root);
                 match &kind {
                     Action::Mkdir(a) => file::mkdir(&dest_root, a, &users),
                     Action::Mkfile(a) => file::mkfile(&dest_root, a, &users),
@@ -157,6 +178,22 @@ pub async fn run(
     }
     outputs.sort_by_key(|(i, _)| *i);
     Ok(outputs.into_iter().map(|(_, s)| s).collect())
+}
+
+/// The inputs an action's owner names are looked up in: (user, group).
+fn owner_inputs(kind: &Action) -> [Option<i64>; 2] {
+    let owner = match kind {
+        Action::Mkdir(a) => a.owner.as_ref(),
+        Action::Mkfile(a) => a.owner.as_ref(),
+        Action::Symlink(a) => a.owner.as_ref(),
+        Action::Copy(a) => a.owner.as_ref(),
+        Action::Rm(_) => None,
+    };
+    let named = |u: Option<&pb::UserOpt>| match u.and_then(|u| u.user.as_ref()) {
+        Some(pb::user_opt::User::ByName(n)) => Some(n.input),
+        _ => None,
+    };
+    owner.map_or([None, None], |o| [named(o.user.as_ref()), named(o.group.as_ref())])
 }
 
 /// Inputs are numbered first, then the results of earlier actions.
@@ -269,6 +306,53 @@ mod tests {
         assert_eq!(layers, [2, 3, 3]);
         let view = mount(&cache, &out[2], None).unwrap();
         assert!(view.path().join("a").exists() && !view.path().join("b").exists());
+    }
+
+    #[tokio::test]
+    async fn owner_names_are_looked_up_in_the_input_they_name() {
+        use std::os::unix::fs::MetadataExt as _;
+        let root = tempfile::tempdir().unwrap();
+        let cache = CacheManager::open(root.path()).unwrap();
+        let passwd = mkfile(0, 0, "/etc/passwd", "app:x:1234:4321::/:/bin/sh\n");
+        let users = run(&cache, &pb::FileOp { actions: vec![mkdir_etc(), passwd] }, &[]).await.unwrap();
+        let named = |input: i64| {
+            let mut a = mkfile(-1, 0, "/owned", "x");
+            if let Some(Action::Mkfile(m)) = &mut a.action {
+                m.owner = Some(pb::ChownOpt {
+                    user: Some(pb::UserOpt {
+                        user: Some(pb::user_opt::User::ByName(pb::NamedUserOpt {
+                            name: "app".into(),
+                            input,
+                        })),
+                    }),
+                    group: None,
+                });
+            }
+            pb::FileOp { actions: vec![a] }
+        };
+        // Written on scratch, the name is found in input 0.
+        let out = run(&cache, &named(0), &users).await.unwrap();
+        let view = mount(&cache, &out[0], None).unwrap();
+        let meta = std::fs::metadata(view.path().join("owned")).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (1234, 4321));
+        drop(view);
+        // No input to look it up in is an error, not root.
+        let err = run(&cache, &named(-1), &users).await.unwrap_err();
+        assert_eq!(err.to_string(), "invalid user index: -1");
+    }
+
+    fn mkdir_etc() -> pb::FileAction {
+        pb::FileAction {
+            input: -1,
+            secondary_input: -1,
+            output: -1,
+            action: Some(Action::Mkdir(pb::FileActionMkDir {
+                path: "/etc".into(),
+                mode: 0o755,
+                timestamp: -1,
+                ..Default::default()
+            })),
+        }
     }
 
     #[test]
