@@ -183,6 +183,7 @@ pub async fn run(
 
     let mut spec = ExecSpec::new(rootfs, meta.args.clone());
     spec.env = meta.env.clone();
+    spec.env.extend(meta.proxy_env.as_ref().map(proxy_env_list).unwrap_or_default());
     spec.cwd = meta.cwd.clone();
     spec.user = meta.user.clone();
     spec.hostname = Some(meta.hostname.clone()).filter(|h| !h.is_empty());
@@ -369,4 +370,45 @@ async fn secret_source(
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(prepare_err(&path))?;
     chown(&path, Some(opt.uid), Some(opt.gid)).map_err(prepare_err(&path))?;
     Ok(Some(path))
+}
+
+/// The proxy settings as the step's environment, upper and lower case
+/// (`ops/exec.go` `proxyEnvList`); the Dockerfile frontend fills them from
+/// the predefined `HTTP_PROXY`… build args.
+fn proxy_env_list(p: &pb::ProxyEnv) -> Vec<String> {
+    [
+        ("HTTP_PROXY", "http_proxy", &p.http_proxy),
+        ("HTTPS_PROXY", "https_proxy", &p.https_proxy),
+        ("FTP_PROXY", "ftp_proxy", &p.ftp_proxy),
+        ("NO_PROXY", "no_proxy", &p.no_proxy),
+        ("ALL_PROXY", "all_proxy", &p.all_proxy),
+    ]
+    .into_iter()
+    .filter(|(_, _, v)| !v.is_empty())
+    .flat_map(|(upper, lower, v)| [format!("{upper}={v}"), format!("{lower}={v}")])
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_settings_become_upper_and_lower_case_variables() {
+        let p = pb::ProxyEnv {
+            http_proxy: "http://p:3128".into(),
+            no_proxy: "localhost".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            proxy_env_list(&p),
+            [
+                "HTTP_PROXY=http://p:3128",
+                "http_proxy=http://p:3128",
+                "NO_PROXY=localhost",
+                "no_proxy=localhost"
+            ]
+        );
+        assert!(proxy_env_list(&pb::ProxyEnv::default()).is_empty());
+    }
 }
