@@ -10,6 +10,8 @@ use std::os::unix::fs::{PermissionsExt, chown};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use kiln_proto::buildkit::moby::sshforward::v1::CheckAgentRequest;
+use kiln_proto::buildkit::moby::sshforward::v1::ssh_client::SshClient;
 use kiln_proto::buildkit::pb;
 use nix::mount::MsFlags;
 use sha2::{Digest, Sha256};
@@ -21,10 +23,13 @@ use crate::executor::{
     ExecMount, ExecSpec, Executor, ExecutorError, MountKind, NetworkMode, ProcessFailed, ProcessIo, Rlimit,
     SecurityMode,
 };
-use crate::session::SessionManager;
 use crate::session::secrets::{SecretError, get_secret};
+use crate::session::{SessionManager, origin};
 use crate::solver::ops::KeyedLocks;
 use crate::solver::scheduler::BuildContext;
+
+/// How long a session the build names may take to connect.
+const SESSION_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExecOpError {
@@ -152,6 +157,13 @@ pub async fn run(
                 Some(path) => path,
                 None => continue,
             },
+            // An optional agent the client does not forward is left out (`mounts/mount.go`).
+            pb::MountType::Ssh
+                if let Some(opt) = m.ssh_opt.as_ref().filter(|o| o.optional)
+                    && !forwards_ssh(cx.sessions, &ctx.session_ids, &opt.id).await =>
+            {
+                continue;
+            }
             pb::MountType::Ssh => return Err(ExecOpError::Ssh { dest: m.dest.clone() }),
         };
         if m.dest == "/" {
@@ -340,6 +352,24 @@ fn copy_tree(src: &Path, dest: &Path) -> Result<(), ExecOpError> {
 }
 
 /// Writes the secret into the step's tmpfs; `None` when it is optional and absent.
+/// Whether the client forwards the SSH agent `id` (`sshforward.CheckSSHID`):
+/// buildx always serves the SSH service and answers NotFound for an agent
+/// it was not given with `--ssh`.
+async fn forwards_ssh(sessions: &SessionManager, session_ids: &[String], id: &str) -> bool {
+    const METHOD: &str = "/moby.sshforward.v1.SSH/CheckAgent";
+    for session_id in session_ids.iter().filter(|s| !s.is_empty()) {
+        let Ok(session) = sessions.get(session_id, SESSION_WAIT).await else { continue };
+        if !session.supports(METHOD) {
+            continue;
+        }
+        let mut client = SshClient::with_origin(session.channel(), origin());
+        if client.check_agent(CheckAgentRequest { id: id.to_owned() }).await.is_ok() {
+            return true;
+        }
+    }
+    false
+}
+
 async fn secret_source(
     cx: &ExecContext<'_>,
     m: &pb::Mount,
