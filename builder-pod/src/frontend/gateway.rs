@@ -38,6 +38,19 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
 pub const FRONTEND_CAPS: &[&str] =
     &["return", "proto.refarray", "returnmap", "frontend.inputs", "gateway.warnings"];
 
+/// Several exporters in one Solve (`solver/pb/caps.go` `CapMultipleExporters`).
+const EXPORTER_MULTIPLE: &str = "exporter.multiple";
+
+/// The LLB capabilities Ping answers with (§2.5): the LLB the built-in
+/// frontend emits and several exporters per Solve. An empty list makes the
+/// client assume the frozen pre-capability set, and buildx then refuses a
+/// second `--output`.
+fn llb_caps() -> Vec<ApiCap> {
+    let mut ids = crate::frontend::llb::caps::ALL.to_vec();
+    ids.push(EXPORTER_MULTIPLE);
+    caps(&ids)
+}
+
 pub fn caps(ids: &[&str]) -> Vec<ApiCap> {
     ids.iter().map(|id| ApiCap { id: (*id).to_owned(), enabled: true, ..ApiCap::default() }).collect()
 }
@@ -172,7 +185,7 @@ impl LlbBridge for LlbBridgeService {
         self.c.bridge.build_of(&request).await?;
         Ok(Response::new(fe::PongResponse {
             frontend_api_caps: caps(FRONTEND_CAPS),
-            llb_caps: Vec::new(),
+            llb_caps: llb_caps(),
             workers: vec![self.c.worker.record()],
         }))
     }

@@ -57,7 +57,10 @@ pub async fn check(session: &Session, id: &str) -> Result<bool, SshError> {
         Ok(_) => Ok(true),
         // The client answers an unknown id with a plain error (§4.7).
         Err(status) if status.message().contains("unset ssh forward key") => Ok(false),
-        Err(status) if status.code() == tonic::Code::Unimplemented => Ok(false),
+        // buildx serves the SSH service always and answers NotFound for an agent it was not given.
+        Err(status) if matches!(status.code(), tonic::Code::Unimplemented | tonic::Code::NotFound) => {
+            Ok(false)
+        }
         Err(status) => Err(SshError::Check { id: id.to_owned(), status }),
     }
 }

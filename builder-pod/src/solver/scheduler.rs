@@ -310,8 +310,15 @@ pub fn cache_key<'a>(
 ) -> String {
     let mut op = vertex.op.clone();
     op.inputs.clear();
-    if let Some(pb::op::Op::Source(source)) = &mut op.op {
-        source.attrs.retain(|k, _| !SESSION_ATTRS.contains(&k.as_str()));
+    match &mut op.op {
+        Some(pb::op::Op::Source(source)) => source.attrs.retain(|k, _| !SESSION_ATTRS.contains(&k.as_str())),
+        // A changed proxy does not change what a step makes (`ops/exec.go` `CacheMap`).
+        Some(pb::op::Op::Exec(exec)) => {
+            if let Some(meta) = &mut exec.meta {
+                meta.proxy_env = None;
+            }
+        }
+        _ => {}
     }
     let mut h = Sha256::new();
     h.update(b"kiln-cache-key-v1\0");
@@ -447,6 +454,25 @@ mod tests {
     /// The final state of every vertex in a progress stream.
     fn last_states(vertexes: &[ProgressVertex]) -> HashMap<String, ProgressVertex> {
         vertexes.iter().map(|v| (v.name.clone(), v.clone())).collect()
+    }
+
+    #[test]
+    fn the_proxy_of_a_step_is_not_in_its_cache_key() {
+        let step = |proxy: &str, args: &[&str]| {
+            let meta = pb::Meta {
+                args: args.iter().map(|a| (*a).to_owned()).collect(),
+                proxy_env: Some(pb::ProxyEnv { http_proxy: proxy.into(), ..Default::default() }),
+                ..Default::default()
+            };
+            let op = pb::Op {
+                op: Some(pb::op::Op::Exec(pb::ExecOp { meta: Some(meta), ..Default::default() })),
+                ..Default::default()
+            };
+            Vertex { digest: String::new(), op, inputs: Vec::new(), metadata: pb::OpMetadata::default() }
+        };
+        let key = |v: &Vertex| cache_key(v, std::iter::empty(), None);
+        assert_eq!(key(&step("http://a:1", &["true"])), key(&step("http://b:2", &["true"])));
+        assert_ne!(key(&step("http://a:1", &["true"])), key(&step("http://a:1", &["false"])));
     }
 
     #[tokio::test]

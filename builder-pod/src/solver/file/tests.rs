@@ -864,11 +864,17 @@ fn add_extracts_plain_and_compressed_tars() {
     bz.write_all(&plain).unwrap();
     let mut xz = Vec::new();
     lzma_rs::xz_compress(&mut &plain[..], &mut xz).unwrap();
+    let zst = zstd::stream::encode_all(&plain[..], 3).unwrap();
+    // A skippable frame (magic 0x184D2A5A, 4 bytes of payload) may lead a zstd stream.
+    let mut skippable = vec![0x5a, 0x2a, 0x4d, 0x18, 4, 0, 0, 0, 1, 2, 3, 4];
+    skippable.extend_from_slice(&zst);
     let archives = [
         ("a.tar", plain.clone()),
         ("a.tgz", gz.finish().unwrap()),
         ("a.tbz", bz.finish().unwrap()),
         ("a.txz", xz),
+        ("a.tar.zst", zst),
+        ("skippable.tar.zst", skippable),
     ];
     for (name, bytes) in archives {
         let r = Roots::new();

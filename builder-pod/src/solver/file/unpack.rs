@@ -1,5 +1,5 @@
 //! `ADD` of a local tar archive: with `attempt_unpack_docker_compatibility`
-//! a source that is a tar (plain, gzip, bzip2 or xz) is extracted into the
+//! a source that is a tar (plain, gzip, bzip2, xz or zstd) is extracted into the
 //! destination instead of copied (BuildKit `solver/llbsolver/file/unpack.go`,
 //! extraction as moby/go-archive `Unpack` does it under `chrootarchive`).
 
@@ -59,7 +59,7 @@ fn open_tar(path: &Path) -> Option<Box<dyn Read>> {
 /// `DecompressStream`); uncompressed when it has none. xz has no streaming
 /// decoder here, so it is decoded into an unnamed temporary file first.
 fn decompressed(mut file: fs::File) -> io::Result<Box<dyn Read>> {
-    let mut magic = [0u8; 6];
+    let mut magic = [0u8; 8];
     let mut n = 0;
     while n < magic.len() {
         match file.read(&mut magic[n..])? {
@@ -74,6 +74,8 @@ fn decompressed(mut file: fs::File) -> io::Result<Box<dyn Read>> {
         Box::new(flate2::bufread::MultiGzDecoder::new(input))
     } else if magic.starts_with(b"BZh") {
         Box::new(bzip2::bufread::MultiBzDecoder::new(input))
+    } else if is_zstd(magic) {
+        Box::new(zstd::stream::read::Decoder::with_buffer(input)?)
     } else if magic.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0x00]) {
         let mut plain = tempfile::tempfile()?;
         lzma_rs::xz_decompress(&mut { input }, &mut plain)
@@ -83,6 +85,15 @@ fn decompressed(mut file: fs::File) -> io::Result<Box<dyn Read>> {
     } else {
         Box::new(input)
     })
+}
+
+/// A zstd frame, or a skippable frame (magic 0x184D2A50 to 0x184D2A5F,
+/// little-endian) that a zstd stream may start with (go-archive `zstdMatcher`).
+fn is_zstd(magic: &[u8]) -> bool {
+    if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        return true;
+    }
+    magic.len() >= 8 && magic[0] & 0xf0 == 0x50 && magic[1..4] == [0x2a, 0x4d, 0x18]
 }
 
 /// A tar header block: not all zeros (the end marker), and its checksum

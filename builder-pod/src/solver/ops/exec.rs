@@ -27,6 +27,9 @@ use crate::session::sshforward::{self, AgentSocket, SshError};
 use crate::solver::ops::KeyedLocks;
 use crate::solver::scheduler::BuildContext;
 
+/// How long a session the build names may take to connect.
+const SESSION_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ExecOpError {
     #[error(transparent)]
@@ -189,6 +192,7 @@ pub async fn run(
 
     let mut spec = ExecSpec::new(rootfs, meta.args.clone());
     spec.env = meta.env.clone();
+    spec.env.extend(meta.proxy_env.as_ref().map(proxy_env_list).unwrap_or_default());
     spec.cwd = meta.cwd.clone();
     spec.user = meta.user.clone();
     spec.hostname = Some(meta.hostname.clone()).filter(|h| !h.is_empty());
@@ -355,7 +359,7 @@ async fn ssh_source(
     let opt = m.ssh_opt.clone().unwrap_or_default();
     let id = if opt.id.is_empty() { "default".to_owned() } else { opt.id.clone() };
     for session_id in ctx.session_ids.iter().filter(|s| !s.is_empty()) {
-        let Ok(session) = cx.sessions.get(session_id, std::time::Duration::from_secs(5)).await else {
+        let Ok(session) = cx.sessions.get(session_id, SESSION_WAIT).await else {
             continue;
         };
         if !sshforward::check(&session, &id).await? {
@@ -404,4 +408,45 @@ async fn secret_source(
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(prepare_err(&path))?;
     chown(&path, Some(opt.uid), Some(opt.gid)).map_err(prepare_err(&path))?;
     Ok(Some(path))
+}
+
+/// The proxy settings as the step's environment, upper and lower case
+/// (`ops/exec.go` `proxyEnvList`); the Dockerfile frontend fills them from
+/// the predefined `HTTP_PROXY`… build args.
+fn proxy_env_list(p: &pb::ProxyEnv) -> Vec<String> {
+    [
+        ("HTTP_PROXY", "http_proxy", &p.http_proxy),
+        ("HTTPS_PROXY", "https_proxy", &p.https_proxy),
+        ("FTP_PROXY", "ftp_proxy", &p.ftp_proxy),
+        ("NO_PROXY", "no_proxy", &p.no_proxy),
+        ("ALL_PROXY", "all_proxy", &p.all_proxy),
+    ]
+    .into_iter()
+    .filter(|(_, _, v)| !v.is_empty())
+    .flat_map(|(upper, lower, v)| [format!("{upper}={v}"), format!("{lower}={v}")])
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_settings_become_upper_and_lower_case_variables() {
+        let p = pb::ProxyEnv {
+            http_proxy: "http://p:3128".into(),
+            no_proxy: "localhost".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            proxy_env_list(&p),
+            [
+                "HTTP_PROXY=http://p:3128",
+                "http_proxy=http://p:3128",
+                "NO_PROXY=localhost",
+                "no_proxy=localhost"
+            ]
+        );
+        assert!(proxy_env_list(&pb::ProxyEnv::default()).is_empty());
+    }
 }

@@ -1,12 +1,12 @@
 //! FileOp: file changes made through an overlay mount of each action's
-//! input, so what an action writes or deletes becomes one new layer.
+//! input, so what a chain of actions writes or deletes becomes one new layer.
 
 use kiln_proto::buildkit::pb;
 use kiln_proto::buildkit::pb::file_action::Action;
 
 use crate::cache::contenthash::{HashCache, content_hash};
 use crate::cache::mount::{MountError, mount};
-use crate::cache::{CacheError, CacheManager, Snapshot};
+use crate::cache::{CacheError, CacheManager, PendingLayer, Snapshot};
 use crate::solver::file::{self, FileOpError, UserLookup};
 
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +23,10 @@ pub enum FileOpRunError {
     Empty { action: usize },
     #[error("file action {action} panicked or was cancelled")]
     Join { action: usize },
+    /// BuildKit's words (`ops/file.go` `loadUser`): an owner name with no
+    /// input to look it up in, as `COPY --link --chown=NAME` gives.
+    #[error("invalid user index: {index}")]
+    UserIndex { action: usize, index: i64 },
     #[error("hashing {path} for the cache key: {source}")]
     Hash { path: std::path::PathBuf, source: std::io::Error },
 }
@@ -78,43 +82,76 @@ fn selection_root(src: &str) -> String {
     }
 }
 
+/// An action's result while the op runs.
+enum Slot {
+    Done(Snapshot),
+    /// Not committed yet: the one action that reads it writes on into the
+    /// same layer, as BuildKit passes a mutable ref along a chain of actions.
+    Open {
+        base: Snapshot,
+        upper: PendingLayer,
+    },
+    /// An open result handed on to the action that read it.
+    Taken,
+}
+
 /// Runs the actions in order and returns the snapshots of the op's outputs.
+/// A chain of actions where each result is read only by the next one makes
+/// one layer, not one per action (`ops/file.go` commits a result only when
+/// it is an output or read twice).
 pub async fn run(
     cache: &CacheManager,
     op: &pb::FileOp,
     inputs: &[Snapshot],
 ) -> Result<Vec<Snapshot>, FileOpRunError> {
-    let mut results: Vec<Snapshot> = Vec::with_capacity(op.actions.len());
+    let mut reads = vec![0usize; op.actions.len()];
+    for action in &op.actions {
+        for index in [action.input, action.secondary_input] {
+            if let Some(n) = result_index(index, inputs.len()).and_then(|j| reads.get_mut(j)) {
+                *n += 1;
+            }
+        }
+    }
+    let mut results: Vec<Slot> = Vec::with_capacity(op.actions.len());
     let mut outputs: Vec<(i64, Snapshot)> = Vec::new();
     for (i, action) in op.actions.iter().enumerate() {
-        // Inputs are numbered first, then the results of earlier actions; -1 is scratch.
-        let pick = |index: i64| -> Result<Snapshot, FileOpRunError> {
-            if index < 0 {
-                return Ok(Snapshot::default());
-            }
-            let index =
-                usize::try_from(index).map_err(|_| FileOpRunError::Input { action: i, input: index })?;
-            inputs
-                .get(index)
-                .or_else(|| index.checked_sub(inputs.len()).and_then(|j| results.get(j)))
-                .cloned()
-                .ok_or(FileOpRunError::Input { action: i, input: index as i64 })
-        };
-        let base = pick(action.input)?;
         let kind = action.action.clone().ok_or(FileOpRunError::Empty { action: i })?;
+        let open = result_index(action.input, inputs.len())
+            .and_then(|j| results.get_mut(j))
+            .filter(|slot| matches!(slot, Slot::Open { .. }))
+            .map(|slot| std::mem::replace(slot, Slot::Taken));
+        let (base, upper) = match open {
+            Some(Slot::Open { base, upper }) => (base, upper),
+            _ => (committed(cache, inputs, &mut results, i, action.input)?, cache.new_layer()?),
+        };
         let source = match &kind {
-            Action::Copy(_) => Some(pick(action.secondary_input)?),
+            Action::Copy(_) => Some(committed(cache, inputs, &mut results, i, action.secondary_input)?),
             _ => None,
         };
-
-        let upper = cache.new_layer()?;
         {
             let dest = mount(cache, &base, Some(upper.path()))?;
             let src = source.as_ref().map(|s| mount(cache, s, None)).transpose()?;
             let dest_root = dest.path().to_owned();
             let src_root = src.as_ref().map(|m| m.path().to_owned());
+            // Owner names are looked up in the input each names (`NamedUserOpt.input`).
+            let mut lookup_mounts = Vec::new();
+            let mut roots = [None, None];
+            for (root, index) in roots.iter_mut().zip(owner_inputs(&kind)) {
+                let Some(index) = index else { continue };
+                if index < 0 {
+                    return Err(FileOpRunError::UserIndex { action: i, index });
+                }
+                if index == action.input {
+                    *root = Some(dest_root.clone());
+                    continue;
+                }
+                let view = mount(cache, &committed(cache, inputs, &mut results, i, index)?, None)?;
+                *root = Some(view.path().to_owned());
+                lookup_mounts.push(view);
+            }
+            let [user_root, group_root] = roots;
             tokio::task::spawn_blocking(move || {
-                let users = UserLookup::in_root(&dest_root);
+                let users = UserLookup::with_roots(user_root, group_root);
                 match &kind {
                     Action::Mkdir(a) => file::mkdir(&dest_root, a, &users),
                     Action::Mkfile(a) => file::mkfile(&dest_root, a, &users),
@@ -129,14 +166,70 @@ pub async fn run(
             .map_err(|_| FileOpRunError::Join { action: i })??;
             // Both mounts end here, before the upper layer moves.
         }
+        if action.output < 0 && reads[i] == 1 {
+            results.push(Slot::Open { base, upper });
+            continue;
+        }
         let result = base.with(cache.commit_layer(upper)?);
         if action.output >= 0 {
             outputs.push((action.output, result.clone()));
         }
-        results.push(result);
+        results.push(Slot::Done(result));
     }
     outputs.sort_by_key(|(i, _)| *i);
     Ok(outputs.into_iter().map(|(_, s)| s).collect())
+}
+
+/// The inputs an action's owner names are looked up in: (user, group).
+fn owner_inputs(kind: &Action) -> [Option<i64>; 2] {
+    let owner = match kind {
+        Action::Mkdir(a) => a.owner.as_ref(),
+        Action::Mkfile(a) => a.owner.as_ref(),
+        Action::Symlink(a) => a.owner.as_ref(),
+        Action::Copy(a) => a.owner.as_ref(),
+        Action::Rm(_) => None,
+    };
+    let named = |u: Option<&pb::UserOpt>| match u.and_then(|u| u.user.as_ref()) {
+        Some(pb::user_opt::User::ByName(n)) => Some(n.input),
+        _ => None,
+    };
+    owner.map_or([None, None], |o| [named(o.user.as_ref()), named(o.group.as_ref())])
+}
+
+/// Inputs are numbered first, then the results of earlier actions.
+fn result_index(index: i64, inputs: usize) -> Option<usize> {
+    usize::try_from(index).ok()?.checked_sub(inputs)
+}
+
+/// The snapshot `index` names for action `action` (-1 is scratch); an open
+/// result is committed first.
+fn committed(
+    cache: &CacheManager,
+    inputs: &[Snapshot],
+    results: &mut [Slot],
+    action: usize,
+    index: i64,
+) -> Result<Snapshot, FileOpRunError> {
+    if index < 0 {
+        return Ok(Snapshot::default());
+    }
+    let bad = FileOpRunError::Input { action, input: index };
+    let Some(j) = result_index(index, inputs.len()) else {
+        return usize::try_from(index).ok().and_then(|i| inputs.get(i)).cloned().ok_or(bad);
+    };
+    let slot = results.get_mut(j).ok_or(bad)?;
+    match std::mem::replace(slot, Slot::Taken) {
+        Slot::Done(s) => {
+            *slot = Slot::Done(s.clone());
+            Ok(s)
+        }
+        Slot::Open { base, upper } => {
+            let s = base.with(cache.commit_layer(upper)?);
+            *slot = Slot::Done(s.clone());
+            Ok(s)
+        }
+        Slot::Taken => Err(FileOpRunError::Input { action, input: index }),
+    }
 }
 
 #[cfg(test)]
@@ -184,6 +277,82 @@ mod tests {
         assert_eq!(std::fs::read_to_string(view.path().join("b")).unwrap(), "from a");
         assert_eq!(std::fs::read_to_string(view.path().join("base")).unwrap(), "x");
         assert!(!view.path().join("a").exists(), "/a was made on scratch, not on the input");
+    }
+
+    #[tokio::test]
+    async fn a_chain_of_actions_makes_one_layer() {
+        let root = tempfile::tempdir().unwrap();
+        let cache = CacheManager::open(root.path()).unwrap();
+        let base =
+            run(&cache, &pb::FileOp { actions: vec![mkfile(-1, 0, "/base", "x")] }, &[]).await.unwrap();
+        // Input 0, then actions 1..=3: each writes onto the previous one's result.
+        let chain = pb::FileOp {
+            actions: vec![mkfile(0, -1, "/a", "a"), mkfile(1, -1, "/b", "b"), mkfile(2, 0, "/c", "c")],
+        };
+        let out = run(&cache, &chain, &base).await.unwrap();
+        assert_eq!(out[0].layers.len(), 2, "the base layer and one for the chain: {:?}", out[0].layers);
+        let view = mount(&cache, &out[0], None).unwrap();
+        for (file, data) in [("base", "x"), ("a", "a"), ("b", "b"), ("c", "c")] {
+            assert_eq!(std::fs::read_to_string(view.path().join(file)).unwrap(), data);
+        }
+        drop(view);
+
+        // A result that is also an output, or read twice, is a layer of its own.
+        let split = pb::FileOp {
+            actions: vec![mkfile(0, 0, "/a", "a"), mkfile(1, 1, "/b", "b"), mkfile(1, 2, "/c", "c")],
+        };
+        let out = run(&cache, &split, &base).await.unwrap();
+        let layers: Vec<usize> = out.iter().map(|s| s.layers.len()).collect();
+        assert_eq!(layers, [2, 3, 3]);
+        let view = mount(&cache, &out[2], None).unwrap();
+        assert!(view.path().join("a").exists() && !view.path().join("b").exists());
+    }
+
+    #[tokio::test]
+    async fn owner_names_are_looked_up_in_the_input_they_name() {
+        use std::os::unix::fs::MetadataExt as _;
+        let root = tempfile::tempdir().unwrap();
+        let cache = CacheManager::open(root.path()).unwrap();
+        let passwd = mkfile(0, 0, "/etc/passwd", "app:x:1234:4321::/:/bin/sh\n");
+        let users = run(&cache, &pb::FileOp { actions: vec![mkdir_etc(), passwd] }, &[]).await.unwrap();
+        let named = |input: i64| {
+            let mut a = mkfile(-1, 0, "/owned", "x");
+            if let Some(Action::Mkfile(m)) = &mut a.action {
+                m.owner = Some(pb::ChownOpt {
+                    user: Some(pb::UserOpt {
+                        user: Some(pb::user_opt::User::ByName(pb::NamedUserOpt {
+                            name: "app".into(),
+                            input,
+                        })),
+                    }),
+                    group: None,
+                });
+            }
+            pb::FileOp { actions: vec![a] }
+        };
+        // Written on scratch, the name is found in input 0.
+        let out = run(&cache, &named(0), &users).await.unwrap();
+        let view = mount(&cache, &out[0], None).unwrap();
+        let meta = std::fs::metadata(view.path().join("owned")).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (1234, 4321));
+        drop(view);
+        // No input to look it up in is an error, not root.
+        let err = run(&cache, &named(-1), &users).await.unwrap_err();
+        assert_eq!(err.to_string(), "invalid user index: -1");
+    }
+
+    fn mkdir_etc() -> pb::FileAction {
+        pb::FileAction {
+            input: -1,
+            secondary_input: -1,
+            output: -1,
+            action: Some(Action::Mkdir(pb::FileActionMkDir {
+                path: "/etc".into(),
+                mode: 0o755,
+                timestamp: -1,
+                ..Default::default()
+            })),
+        }
     }
 
     #[test]
