@@ -290,3 +290,52 @@ fn buildctl_du_lists_the_cache_and_prune_empties_it() {
     assert!(out.status.success());
     assert!(!String::from_utf8_lossy(&out.stderr).contains("CACHED"));
 }
+
+#[test]
+fn buildctl_builds_with_the_dockerfile_frontend() {
+    let env = TestEnv::get();
+    let kilnd = Kilnd::start();
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        format!("FROM {}\nCOPY hi.txt /hi.txt\nRUN cat /hi.txt > /copy\n", env.base_image),
+    )
+    .unwrap();
+    std::fs::write(ctx.path().join("hi.txt"), "hi from buildctl\n").unwrap();
+    let dest = ctx.path().join("out");
+    run(TestEnv::get()
+        .command("buildctl")
+        .args(["--addr", &kilnd.addr, "build", "--progress", "plain", "--frontend", "dockerfile.v0"])
+        .arg("--local")
+        .arg(format!("context={}", ctx.path().display()))
+        .arg("--local")
+        .arg(format!("dockerfile={}", ctx.path().display()))
+        .arg("--output")
+        .arg(format!("type=local,dest={}", dest.display())));
+    assert_eq!(std::fs::read_to_string(dest.join("copy")).unwrap(), "hi from buildctl\n");
+}
+
+#[test]
+fn a_local_source_naming_an_unknown_session_fails_clearly() {
+    use kiln_proto::buildkit::pb;
+    let kilnd = Kilnd::start();
+    let source = pb::Op {
+        op: Some(pb::op::Op::Source(pb::SourceOp {
+            identifier: "local://context".into(),
+            attrs: [("local.session".to_owned(), "no-such-session".to_owned())].into(),
+        })),
+        ..Default::default()
+    };
+    let bytes = prost::Message::encode_to_vec(&source);
+    let ret = pb::Op {
+        inputs: vec![pb::Input { digest: kiln_e2e::llb::digest_of(&bytes), index: 0 }],
+        ..Default::default()
+    };
+    let def = pb::Definition { def: vec![bytes, prost::Message::encode_to_vec(&ret)], ..Default::default() };
+    let out = buildctl_llb(&kilnd.addr, &def, &[]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // After waiting for the named session, kilnd falls back to the build's own, which has no files.
+    assert!(stderr.contains("offers no local files"), "{stderr}");
+    assert!(!kilnd.daemon.log_text().contains("panicked"));
+}
