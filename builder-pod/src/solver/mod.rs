@@ -7,7 +7,7 @@ pub mod ops;
 pub mod progress;
 pub mod scheduler;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -39,10 +39,17 @@ pub struct Job {
     pub progress: Progress,
 }
 
-/// Running builds by ref.
+/// How many ended builds `Status` can still find.
+const KEEP_FINISHED: usize = 16;
+
+/// Running builds by ref, and the last few that ended: a client's `Status`
+/// may arrive after a quick `Solve` (buildx's capability probe) is over, and
+/// must then end at once, not wait for a build that never comes (the client
+/// would stall for its 5 s status inactivity timeout).
 #[derive(Debug, Default)]
 pub struct Jobs {
     jobs: Mutex<HashMap<String, Arc<Job>>>,
+    finished: Mutex<VecDeque<Arc<Job>>>,
     changed: watch::Sender<u64>,
 }
 
@@ -57,6 +64,12 @@ pub struct JobGuard {
 impl Drop for JobGuard {
     fn drop(&mut self) {
         self.job.progress.close();
+        let mut finished = self.jobs.finished.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if finished.len() == KEEP_FINISHED {
+            finished.pop_front();
+        }
+        finished.push_back(Arc::clone(&self.job));
+        drop(finished);
         self.jobs.lock().remove(&self.job.id);
     }
 }
@@ -88,14 +101,23 @@ impl Jobs {
         self.lock().is_empty()
     }
 
-    /// The job `id`, waiting up to `timeout`: `Status` may arrive before the
-    /// `Solve` that creates the job (buildkit-protocol.md §3.4).
+    fn find(&self, id: &str) -> Option<Arc<Job>> {
+        if let Some(job) = self.lock().get(id) {
+            return Some(Arc::clone(job));
+        }
+        let finished = self.finished.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        finished.iter().rev().find(|j| j.id == id).cloned()
+    }
+
+    /// The job `id`, running or recently ended, waiting up to `timeout`:
+    /// `Status` may arrive before the `Solve` that creates the job
+    /// (buildkit-protocol.md §3.4).
     pub async fn get(&self, id: &str, timeout: Duration) -> Result<Arc<Job>, JobError> {
         let start = Instant::now();
         let mut changed = self.changed.subscribe();
         loop {
-            if let Some(job) = self.lock().get(id) {
-                return Ok(Arc::clone(job));
+            if let Some(job) = self.find(id) {
+                return Ok(job);
             }
             let left = timeout.saturating_sub(start.elapsed());
             if left.is_zero() || tokio::time::timeout(left, changed.changed()).await.is_err() {
@@ -121,8 +143,28 @@ mod tests {
         assert_eq!(waiter.await.unwrap().unwrap().id, "r1");
         assert!(matches!(jobs.create("r1"), Err(JobError::Duplicate(_))));
         drop(guard);
-        let err = jobs.get("r1", Duration::from_millis(20)).await.unwrap_err();
-        assert_eq!(tonic::Status::from(err).code(), tonic::Code::NotFound);
+        assert!(jobs.is_empty());
         jobs.create("r1").unwrap();
+        let err = jobs.get("r2", Duration::from_millis(20)).await.unwrap_err();
+        assert_eq!(tonic::Status::from(err).code(), tonic::Code::NotFound);
+    }
+
+    #[tokio::test]
+    async fn a_status_after_the_build_ended_replays_it_and_ends() {
+        use futures::StreamExt as _;
+        let jobs = Jobs::new();
+        drop(jobs.create("quick").unwrap());
+        let start = Instant::now();
+        let job = jobs.get("quick", Duration::from_secs(5)).await.unwrap();
+        assert!(start.elapsed() < Duration::from_secs(1), "waited {:?}", start.elapsed());
+        let updates =
+            tokio::time::timeout(Duration::from_secs(1), job.progress.follow().collect::<Vec<_>>()).await;
+        assert!(updates.is_ok(), "the stream of an ended build ends");
+        // Only the last few ended builds are kept.
+        for i in 0..KEEP_FINISHED {
+            drop(jobs.create(&format!("later-{i}")).unwrap());
+        }
+        assert!(jobs.get("quick", Duration::from_millis(20)).await.is_err());
+        assert_eq!(jobs.get("later-0", Duration::ZERO).await.unwrap().id, "later-0");
     }
 }
