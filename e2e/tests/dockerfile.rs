@@ -21,8 +21,8 @@ impl Setup {
         Self { kilnd, buildx }
     }
 
-    /// `buildx build --progress plain ARGS CONTEXT`; returns the progress output.
-    fn build(&self, ctx: &Path, args: &[&str]) -> String {
+    /// `buildx build --progress plain ARGS CONTEXT`: whether it worked, and its progress output.
+    fn try_build(&self, ctx: &Path, args: &[&str]) -> (bool, String) {
         let out = run_unchecked(
             self.buildx
                 .command()
@@ -30,8 +30,20 @@ impl Setup {
                 .args(args)
                 .arg(ctx),
         );
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(out.status.success(), "build failed:\n{stderr}");
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
+    /// A build that must work; returns its progress output.
+    fn build(&self, ctx: &Path, args: &[&str]) -> String {
+        let (ok, stderr) = self.try_build(ctx, args);
+        assert!(ok, "build failed:\n{stderr}");
+        stderr
+    }
+
+    /// A build that must fail; returns its progress output with the error.
+    fn build_fails(&self, ctx: &Path, args: &[&str]) -> String {
+        let (ok, stderr) = self.try_build(ctx, args);
+        assert!(!ok, "the build worked:\n{stderr}");
         stderr
     }
 
@@ -64,19 +76,19 @@ fn steps(progress: &str) -> Vec<(String, bool)> {
         .collect()
 }
 
+/// A build context whose Dockerfile is `FROM <base image>` and then `steps`.
+fn context(steps: &str) -> tempfile::TempDir {
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(ctx.path().join("Dockerfile"), format!("FROM {}\n{steps}", TestEnv::get().base_image))
+        .unwrap();
+    ctx
+}
+
 #[test]
 fn a_rebuild_is_all_cached_and_a_change_reruns_only_what_reads_it() {
-    let env = TestEnv::get();
     let s = Setup::new();
-    let ctx = tempfile::tempdir().unwrap();
-    std::fs::write(
-        ctx.path().join("Dockerfile"),
-        format!(
-            "FROM {}\nCOPY a.txt /a.txt\nRUN cat /a.txt > /from-a\nCOPY b.txt /b.txt\nRUN cat /b.txt > /from-b\n",
-            env.base_image
-        ),
-    )
-    .unwrap();
+    let ctx =
+        context("COPY a.txt /a.txt\nRUN cat /a.txt > /from-a\nCOPY b.txt /b.txt\nRUN cat /b.txt > /from-b\n");
     for i in 0..50 {
         std::fs::write(ctx.path().join(format!("other-{i}.txt")), format!("other {i}\n")).unwrap();
     }
@@ -144,41 +156,19 @@ fn a_secret_reaches_its_step_and_nothing_else() {
     assert!(!s.kilnd.daemon.log_text().contains(&secret_value), "the secret is in kilnd's log");
 
     // A missing secret fails the build with its id.
-    let out = run_unchecked(
-        s.buildx
-            .command()
-            .args(["build", "--builder", "kilnd", "--progress", "plain", "--no-cache"])
-            .arg(ctx.path()),
-    );
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("secret token not found"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stderr = s.build_fails(ctx.path(), &["--no-cache"]);
+    assert!(stderr.contains("secret token not found"), "{stderr}");
 }
 
 #[test]
 fn push_to_a_registry_that_needs_credentials_uses_the_clients_login() {
     let env = TestEnv::get();
     let s = Setup::new();
-    let ctx = tempfile::tempdir().unwrap();
-    std::fs::write(
-        ctx.path().join("Dockerfile"),
-        format!("FROM {}\nRUN echo pushed > /pushed\n", env.base_image),
-    )
-    .unwrap();
+    let ctx = context("RUN echo pushed > /pushed\n");
     let image = format!("{}/{}:v1", env.auth_registry, unique("kiln-e2e/auth"));
 
     // Without a login the registry refuses the push, and the error says so.
-    let out = run_unchecked(
-        s.buildx
-            .command()
-            .args(["build", "--builder", "kilnd", "--progress", "plain", "--push", "-t", &image])
-            .arg(ctx.path()),
-    );
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = s.build_fails(ctx.path(), &["--push", "-t", &image]);
     assert!(stderr.contains("unauthorized") || stderr.contains("401"), "{stderr}");
 
     // The client's docker config holds the login; kilnd asks for it through the session.
@@ -200,17 +190,8 @@ fn push_to_a_registry_that_needs_credentials_uses_the_clients_login() {
 fn a_bad_dockerfile_is_an_error_naming_its_line() {
     let env = TestEnv::get();
     let s = Setup::new();
-    let ctx = tempfile::tempdir().unwrap();
-    std::fs::write(
-        ctx.path().join("Dockerfile"),
-        format!("FROM {}\nRUN true\nFROBNICATE now\n", env.base_image),
-    )
-    .unwrap();
-    let out = run_unchecked(
-        s.buildx.command().args(["build", "--builder", "kilnd", "--progress", "plain"]).arg(ctx.path()),
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let ctx = context("RUN true\nFROBNICATE now\n");
+    let stderr = s.build_fails(ctx.path(), &[]);
     assert!(stderr.contains("Dockerfile:3"), "{stderr}");
     assert!(stderr.to_lowercase().contains("unknown instruction: frobnicate"), "{stderr}");
 
@@ -220,28 +201,15 @@ fn a_bad_dockerfile_is_an_error_naming_its_line() {
         format!("FROM {}/kiln-test/no-such-image:1\n", env.registry),
     )
     .unwrap();
-    let out = run_unchecked(
-        s.buildx.command().args(["build", "--builder", "kilnd", "--progress", "plain"]).arg(ctx.path()),
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let stderr = s.build_fails(ctx.path(), &[]);
     assert!(stderr.contains("no-such-image") && stderr.contains("not found"), "{stderr}");
     assert!(!s.kilnd.daemon.log_text().contains("panicked"));
 }
 
 #[test]
 fn buildx_bake_builds_targets_that_share_a_context() {
-    let env = TestEnv::get();
     let s = Setup::new();
-    let ctx = tempfile::tempdir().unwrap();
-    std::fs::write(
-        ctx.path().join("Dockerfile"),
-        format!(
-            "FROM {}\nARG WHO\nCOPY a.txt /a.txt\nRUN echo \"$WHO $(cat /a.txt)\" > /who\n",
-            env.base_image
-        ),
-    )
-    .unwrap();
+    let ctx = context("ARG WHO\nCOPY a.txt /a.txt\nRUN echo \"$WHO $(cat /a.txt)\" > /who\n");
     std::fs::write(ctx.path().join("a.txt"), "shared\n").unwrap();
     let target = |name: &str| {
         format!(
@@ -328,14 +296,7 @@ fn ssh_agent_forwarding_reaches_the_clients_agent() {
     assert!(keys.contains("kiln-test-key"), "{keys}");
 
     // Without --ssh the step cannot have an agent, and the error says so.
-    let out = run_unchecked(
-        s.buildx
-            .command()
-            .args(["build", "--builder", "kilnd", "--progress", "plain", "--no-cache"])
-            .arg(&ctx),
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let stderr = s.build_fails(&ctx, &["--no-cache"]);
     assert!(stderr.contains("no SSH agent \"default\" was forwarded"), "{stderr}");
     drop(agent);
 }
