@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -19,8 +20,8 @@ use sha2::{Digest, Sha256};
 use crate::cache::contenthash::{HashCache, WalkError, content_hash, err, sorted_entries};
 use crate::cache::{CacheError, CacheManager};
 use crate::fsutil::{Differ, ReceiveOptions, ReceiveReport};
-use crate::session::SessionManager;
 use crate::session::filesync::{FileSyncError, SyncRequest, sync};
+use crate::session::{Session, SessionManager};
 
 /// How long the named session is waited for (§3.3).
 const SESSION_WAIT: Duration = Duration::from_secs(5);
@@ -97,30 +98,33 @@ pub struct Transferred {
     pub report: ReceiveReport,
 }
 
-/// Transfers `src` from the build's session into its synced directory and
-/// snapshots it. Concurrent transfers into one directory must be serialised
-/// by the caller (`sync_dir` names the directory).
-pub async fn transfer(
-    cache: &CacheManager,
+/// The session to read `src` from: the one its op names, else the build's,
+/// each waited for a bounded time (§3.3).
+pub async fn find_session(
     sessions: &SessionManager,
     session_ids: &[String],
     src: &LocalSource,
-    hashes: &HashCache,
-) -> Result<Transferred, LocalError> {
+) -> Result<Arc<Session>, LocalError> {
     let ids: Vec<String> = src.session.iter().cloned().chain(session_ids.iter().cloned()).collect();
     let mut last_err = String::from("the build names no session");
-    let mut session = None;
     for id in ids.iter().filter(|s| !s.is_empty()) {
         match sessions.get(id, SESSION_WAIT).await {
-            Ok(s) => {
-                session = Some(s);
-                break;
-            }
+            Ok(s) => return Ok(s),
             Err(e) => last_err = e.to_string(),
         }
     }
-    let session =
-        session.ok_or_else(|| LocalError::NoSession { name: src.name.clone(), reason: last_err })?;
+    Err(LocalError::NoSession { name: src.name.clone(), reason: last_err })
+}
+
+/// Transfers `src` from `session` into its kept directory and snapshots it.
+/// Concurrent transfers into one directory must be serialised by the caller
+/// (`sync_dir` names the directory).
+pub async fn transfer(
+    cache: &CacheManager,
+    session: &Session,
+    src: &LocalSource,
+    hashes: &HashCache,
+) -> Result<Transferred, LocalError> {
     let dir = sync_dir(cache, src, &session.shared_key);
     std::fs::create_dir_all(&dir).map_err(|source| LocalError::Snapshot {
         name: src.name.clone(),
@@ -128,7 +132,7 @@ pub async fn transfer(
         source,
     })?;
     let opts = ReceiveOptions { differ: src.differ, ..ReceiveOptions::default() };
-    let report = sync(&session, &src.request, &dir, opts).await?;
+    let report = sync(session, &src.request, &dir, opts).await?;
 
     let (name, sync) = (src.name.clone(), dir.clone());
     let content_key = tokio::task::block_in_place(|| content_hash(&sync, &[""], hashes))

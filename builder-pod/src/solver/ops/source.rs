@@ -19,7 +19,7 @@ use crate::snapshot::{SnapshotError, apply_layer, decompress};
 use crate::solver::progress::now;
 use crate::solver::scheduler::{BuildContext, Resolved};
 use crate::source::image::{ImageError, Platform, Reference, Registry, ResolvedImage};
-use crate::source::local::{LocalError, LocalSource, sync_dir, transfer};
+use crate::source::local::{LocalError, LocalSource, find_session, sync_dir, transfer};
 use kiln_proto::buildkit::moby::buildkit::v1::VertexStatus;
 
 #[derive(Debug, thiserror::Error)]
@@ -126,15 +126,11 @@ impl Sources {
         }
         if let Some(name) = id.strip_prefix("local://") {
             let local = LocalSource::parse(name, &source.attrs)?;
-            let session = self
-                .sessions
-                .get(local.session.as_deref().unwrap_or_default(), std::time::Duration::ZERO)
-                .await;
-            let shared_key = session.map(|s| s.shared_key.clone()).unwrap_or_default();
+            let session = find_session(&self.sessions, &ctx.session_ids, &local).await?;
             let _one_at_a_time =
-                self.locks.lock(&sync_dir(&self.cache, &local, &shared_key).to_string_lossy()).await;
+                self.locks.lock(&sync_dir(&self.cache, &local, &session.shared_key).to_string_lossy()).await;
             let started = now();
-            let t = transfer(&self.cache, &self.sessions, &ctx.session_ids, &local, &self.hashes).await?;
+            let t = transfer(&self.cache, &session, &local, &self.hashes).await?;
             self.metrics.local_transfer(name, t.report.files_requested, t.report.bytes_received);
             // What buildx shows as "transferring context: 2.1kB done".
             let label = format!("transferring {name}:");
