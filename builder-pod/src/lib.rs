@@ -4,6 +4,7 @@
 //! `worker` what the daemon can run. See ARCHITECTURE.md for the map of
 //! what is still to come.
 
+pub mod arrivals;
 pub mod cache;
 pub mod config;
 pub mod content;

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kiln_proto::buildkit::moby::buildkit::v1::VertexWarning;
 use kiln_proto::buildkit::moby::buildkit::v1::apicaps::ApiCap;
@@ -16,10 +16,11 @@ use kiln_proto::buildkit::moby::buildkit::v1::frontend as fe;
 use kiln_proto::buildkit::moby::buildkit::v1::frontend::llb_bridge_server::LlbBridge;
 use kiln_proto::buildkit::moby::buildkit::v1::{StatusResponse, frontend::ReturnRequest};
 use kiln_proto::buildkit::pb::Definition;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
+use crate::arrivals::Arrivals;
 use crate::cache::Snapshot;
 use crate::control::{Controller, frontend_status, solve_status};
 use crate::frontend::dockerfile::builder as dockerfile;
@@ -84,7 +85,7 @@ impl ForwardedBuild {
 #[derive(Debug, Default)]
 pub struct Bridge {
     builds: Mutex<HashMap<String, Arc<ForwardedBuild>>>,
-    changed: watch::Sender<u64>,
+    arrivals: Arrivals,
 }
 
 /// Unregisters its build when dropped.
@@ -127,22 +128,16 @@ impl Bridge {
             refs: Mutex::new(HashMap::new()),
         });
         self.lock().insert(id.clone(), Arc::clone(&build));
-        self.changed.send_modify(|n| *n += 1);
+        self.arrivals.announce();
         (BridgeGuard { bridge: Arc::clone(self), id }, build, rx)
     }
 
     async fn lookup(&self, id: &str) -> Result<Arc<ForwardedBuild>, Status> {
-        let start = Instant::now();
-        let mut changed = self.changed.subscribe();
-        loop {
-            if let Some(build) = self.lock().get(id) {
-                return Ok(Arc::clone(build));
-            }
-            let left = LOOKUP_TIMEOUT.saturating_sub(start.elapsed());
-            if left.is_zero() || tokio::time::timeout(left, changed.changed()).await.is_err() {
-                return Err(Status::not_found(format!("no build {id:?} is waiting for the frontend API")));
-            }
-        }
+        let find = || self.lock().get(id).cloned();
+        self.arrivals
+            .wait_for(LOOKUP_TIMEOUT, find)
+            .await
+            .map_err(|_| Status::not_found(format!("no build {id:?} is waiting for the frontend API")))
     }
 
     /// The build a bridge call belongs to, from its header.

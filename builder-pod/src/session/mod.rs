@@ -27,7 +27,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use kiln_proto::buildkit::health::HealthCheckRequest;
 use kiln_proto::buildkit::health::health_client::HealthClient;
 use kiln_proto::buildkit::moby::buildkit::v1::BytesMessage;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
@@ -35,6 +35,7 @@ use tonic::metadata::MetadataMap;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use self::tunnel::Tunnel;
+use crate::arrivals::Arrivals;
 
 /// Header names, lower-case as grpc-go sends them (§1, "Metadata keys").
 pub const HEADER_UUID: &str = "x-docker-expose-session-uuid";
@@ -126,8 +127,7 @@ impl Session {
 #[derive(Debug, Default)]
 pub struct SessionManager {
     sessions: Mutex<HashMap<String, Arc<Session>>>,
-    /// Bumped on every registration so waiters look again.
-    changed: watch::Sender<u64>,
+    arrivals: Arrivals,
 }
 
 pub type SessionStream = ReceiverStream<Result<BytesMessage, Status>>;
@@ -201,7 +201,7 @@ impl SessionManager {
 
     fn insert(&self, session: Arc<Session>) {
         self.lock().insert(session.id.clone(), session);
-        self.changed.send_modify(|n| *n += 1);
+        self.arrivals.announce();
     }
 
     fn remove(&self, id: &str) {
@@ -218,17 +218,11 @@ impl SessionManager {
     /// form `prefix:rest` names session `rest` (§3.3).
     pub async fn get(&self, id: &str, timeout: Duration) -> Result<Arc<Session>, SessionError> {
         let id = id.rsplit_once(':').map_or(id, |(_, rest)| rest);
-        let start = Instant::now();
-        let mut changed = self.changed.subscribe();
-        loop {
-            if let Some(s) = self.lock().get(id).filter(|s| !s.closed.is_cancelled()) {
-                return Ok(Arc::clone(s));
-            }
-            let left = timeout.saturating_sub(start.elapsed());
-            if left.is_zero() || tokio::time::timeout(left, changed.changed()).await.is_err() {
-                return Err(SessionError::NotFound { id: id.to_owned(), waited: start.elapsed() });
-            }
-        }
+        let find = || self.lock().get(id).filter(|s| !s.closed.is_cancelled()).cloned();
+        self.arrivals
+            .wait_for(timeout, find)
+            .await
+            .map_err(|waited| SessionError::NotFound { id: id.to_owned(), waited })
     }
 
     /// How many sessions are open.

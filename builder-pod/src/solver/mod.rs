@@ -9,11 +9,10 @@ pub mod scheduler;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
-use tokio::sync::watch;
+use std::time::Duration;
 
 use self::progress::Progress;
+use crate::arrivals::Arrivals;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
@@ -50,7 +49,7 @@ const KEEP_FINISHED: usize = 16;
 pub struct Jobs {
     jobs: Mutex<HashMap<String, Arc<Job>>>,
     finished: Mutex<VecDeque<Arc<Job>>>,
-    changed: watch::Sender<u64>,
+    arrivals: Arrivals,
 }
 
 /// Removes its job when dropped, however the build ends (success, error, or
@@ -92,7 +91,7 @@ impl Jobs {
             }
             jobs.insert(id.to_owned(), Arc::clone(&job));
         }
-        self.changed.send_modify(|n| *n += 1);
+        self.arrivals.announce();
         Ok(JobGuard { jobs: Arc::clone(self), job })
     }
 
@@ -113,17 +112,10 @@ impl Jobs {
     /// `Status` may arrive before the `Solve` that creates the job
     /// (buildkit-protocol.md §3.4).
     pub async fn get(&self, id: &str, timeout: Duration) -> Result<Arc<Job>, JobError> {
-        let start = Instant::now();
-        let mut changed = self.changed.subscribe();
-        loop {
-            if let Some(job) = self.find(id) {
-                return Ok(job);
-            }
-            let left = timeout.saturating_sub(start.elapsed());
-            if left.is_zero() || tokio::time::timeout(left, changed.changed()).await.is_err() {
-                return Err(JobError::NotFound(id.to_owned(), start.elapsed()));
-            }
-        }
+        self.arrivals
+            .wait_for(timeout, || self.find(id))
+            .await
+            .map_err(|waited| JobError::NotFound(id.to_owned(), waited))
     }
 }
 
@@ -154,7 +146,7 @@ mod tests {
         use futures::StreamExt as _;
         let jobs = Jobs::new();
         drop(jobs.create("quick").unwrap());
-        let start = Instant::now();
+        let start = std::time::Instant::now();
         let job = jobs.get("quick", Duration::from_secs(5)).await.unwrap();
         assert!(start.elapsed() < Duration::from_secs(1), "waited {:?}", start.elapsed());
         let updates =
