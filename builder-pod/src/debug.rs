@@ -1,4 +1,6 @@
-//! The HTTP debug endpoint (`--debugaddr`): `/metrics`, `/healthz`, `/readyz`.
+//! The HTTP debug endpoint (`--debugaddr`): `/metrics`, `/healthz`, `/readyz`,
+//! and `/load`, which Kiln's operator reads to tell busy builders from idle
+//! ones before it removes or replaces a pod.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,19 +15,47 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 
-#[derive(Debug, Clone)]
+/// What a builder is doing now, as `/load` reports it (JSON, camelCase).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Load {
+    /// Builds (Solve calls) running.
+    pub builds: usize,
+    /// Client sessions open; a session usually comes before its builds.
+    pub sessions: usize,
+    /// Whole seconds since the last build ended (or since start); absent
+    /// while builds run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_seconds: Option<u64>,
+    /// False once kilnd drains and takes no new builds.
+    pub serving: bool,
+}
+
+/// Where `/load` reads its figures.
+pub trait LoadSource: Send + Sync {
+    fn load(&self) -> Load;
+}
+
+#[derive(Clone)]
 struct DebugState {
     metrics: Arc<Metrics>,
     /// True once every gRPC listener is bound, false again while draining.
     ready: Arc<AtomicBool>,
+    load: Arc<dyn LoadSource>,
 }
 
-pub fn router(metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> Router {
+pub fn router(metrics: Arc<Metrics>, ready: Arc<AtomicBool>, load: Arc<dyn LoadSource>) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state(DebugState { metrics, ready })
+        .route("/load", get(load_handler))
+        .with_state(DebugState { metrics, ready, load })
+}
+
+async fn load_handler(State(s): State<DebugState>) -> impl IntoResponse {
+    let body = serde_json::to_string(&s.load.load()).unwrap_or_default();
+    ([(header::CONTENT_TYPE, "application/json")], body)
 }
 
 async fn metrics_handler(State(s): State<DebugState>) -> impl IntoResponse {
@@ -64,6 +94,14 @@ mod tests {
         (code, out)
     }
 
+    struct Fixed(Load);
+
+    impl LoadSource for Fixed {
+        fn load(&self) -> Load {
+            self.0
+        }
+    }
+
     #[tokio::test]
     async fn readiness_follows_the_flag_and_metrics_are_served() {
         let metrics = Arc::new(Metrics::new().unwrap());
@@ -71,7 +109,8 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let token = CancellationToken::new();
-        let server = tokio::spawn(serve(listener, router(metrics, ready.clone()), token.clone()));
+        let load = Arc::new(Fixed(Load { builds: 2, sessions: 1, idle_seconds: None, serving: true }));
+        let server = tokio::spawn(serve(listener, router(metrics, ready.clone(), load), token.clone()));
 
         assert_eq!(get(addr, "/healthz").await.0, 200);
         assert_eq!(get(addr, "/readyz").await.0, 503);
@@ -80,6 +119,9 @@ mod tests {
         let (code, body) = get(addr, "/metrics").await;
         assert_eq!(code, 200);
         assert!(body.contains("kilnd_build_info"), "{body}");
+        let (code, body) = get(addr, "/load").await;
+        assert_eq!(code, 200);
+        assert!(body.ends_with(r#"{"builds":2,"sessions":1,"serving":true}"#), "{body}");
 
         token.cancel();
         server.await.unwrap().unwrap();

@@ -103,6 +103,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         sources,
         exporters,
         serving: serving.clone(),
+        started: std::time::Instant::now(),
     });
     let services = Services {
         control: ControlService::new(Arc::clone(&controller)),
@@ -116,7 +117,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("listening on debug address {addr}"))?;
-        let router = debug::router(metrics.clone(), serving.clone());
+        let load: Arc<dyn debug::LoadSource> = controller.clone();
+        let router = debug::router(metrics.clone(), serving.clone(), load);
         let token = shutdown.clone();
         tasks.spawn(async move {
             debug::serve(listener, router, token).await.context("serving the debug endpoint")

@@ -46,6 +46,19 @@ pub struct Controller {
     pub exporters: Exporters,
     /// False while the daemon drains: running builds finish, new ones are refused.
     pub serving: Arc<std::sync::atomic::AtomicBool>,
+    /// When the daemon started: a builder that never built is idle since then.
+    pub started: std::time::Instant,
+}
+
+impl crate::debug::LoadSource for Controller {
+    fn load(&self) -> crate::debug::Load {
+        crate::debug::Load {
+            builds: self.jobs.running(),
+            sessions: self.sessions.len(),
+            idle_seconds: self.jobs.idle_for(self.started).map(|d| d.as_secs()),
+            serving: self.serving.load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
 }
 
 /// BuildKit's `moby.buildkit.v1.Control` service.

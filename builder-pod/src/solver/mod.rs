@@ -50,6 +50,9 @@ pub struct Jobs {
     jobs: Mutex<HashMap<String, Arc<Job>>>,
     finished: Mutex<VecDeque<Arc<Job>>>,
     arrivals: Arrivals,
+    /// When the last build ended (or the daemon started): how long the
+    /// builder has been idle, which the operator's scale-down waits on.
+    last_end: Mutex<Option<std::time::Instant>>,
 }
 
 /// Removes its job when dropped, however the build ends (success, error, or
@@ -70,6 +73,8 @@ impl Drop for JobGuard {
         finished.push_back(Arc::clone(&self.job));
         drop(finished);
         self.jobs.lock().remove(&self.job.id);
+        *self.jobs.last_end.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some(std::time::Instant::now());
     }
 }
 
@@ -100,6 +105,21 @@ impl Jobs {
         self.lock().is_empty()
     }
 
+    /// How many builds are running.
+    pub fn running(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// How long no build has run, measured from the end of the last one or,
+    /// before any, from `since`; `None` while builds run.
+    pub fn idle_for(&self, since: std::time::Instant) -> Option<Duration> {
+        if !self.is_empty() {
+            return None;
+        }
+        let last = *self.last_end.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        Some(last.unwrap_or(since).elapsed())
+    }
+
     fn find(&self, id: &str) -> Option<Arc<Job>> {
         if let Some(job) = self.lock().get(id) {
             return Some(Arc::clone(job));
@@ -122,6 +142,19 @@ impl Jobs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn idle_time_counts_from_the_last_build_and_stops_while_one_runs() {
+        let jobs = Jobs::new();
+        let start = std::time::Instant::now() - Duration::from_secs(60);
+        assert!(jobs.idle_for(start).unwrap() >= Duration::from_secs(60), "idle since start");
+        let guard = jobs.create("r1").unwrap();
+        assert_eq!(jobs.running(), 1);
+        assert_eq!(jobs.idle_for(start), None, "busy");
+        drop(guard);
+        assert_eq!(jobs.running(), 0);
+        assert!(jobs.idle_for(start).unwrap() < Duration::from_secs(5), "idle since the build ended");
+    }
 
     #[tokio::test]
     async fn a_job_is_found_while_it_runs_and_refs_are_unique() {
