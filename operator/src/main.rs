@@ -1,13 +1,19 @@
-//! `kiln`: the operator's command line. Parsing and the exit code live here;
-//! everything else is in the library.
+//! `kiln`: the operator's command line. Parsing, logging and the exit code
+//! live here; everything else is in the library.
 
 use std::process::ExitCode;
 
 use clap::Parser;
+use tracing_subscriber::EnvFilter;
 
-fn main() -> ExitCode {
+#[tokio::main]
+async fn main() -> ExitCode {
     let cli = kiln_operator::Cli::parse();
-    match kiln_operator::run(cli) {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    match kiln_operator::run(cli).await {
         Ok(code) => code,
         Err(e) => {
             eprintln!("kiln: {e}");

@@ -1,0 +1,507 @@
+//! The objects a `Builder` should have, computed from its spec alone: the
+//! pods `<name>-<ordinal>`, one cache PersistentVolumeClaim per ordinal, the
+//! kilnd configuration ConfigMap, a headless Service and a
+//! PodDisruptionBudget. No I/O here; `reconcile` applies what this returns.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Affinity, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
+    HTTPGetAction, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
+    ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource,
+    Pod, PodSpec, Probe, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    VolumeResourceRequirements,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kiln_crds::builder::{Builder, BuilderSpec};
+use kube::{Resource, ResourceExt};
+use sha2::{Digest, Sha256};
+
+/// The field manager of every object the controller applies.
+pub const FIELD_MANAGER: &str = "kiln-controller";
+/// The finalizer that drains a pool before its `Builder` goes.
+pub const FINALIZER: &str = "kiln.dev/drain";
+
+/// Names the `Builder` an object belongs to.
+pub const LABEL_BUILDER: &str = "kiln.dev/builder";
+/// A builder pod's ordinal (also in its name).
+pub const LABEL_ORDINAL: &str = "kiln.dev/ordinal";
+/// A hash of what a pod was made from; a pod with another hash is outdated.
+pub const LABEL_TEMPLATE_HASH: &str = "kiln.dev/template-hash";
+/// `"true"` on a pod that takes no new builds: the gateway skips it, and the
+/// controller removes it once its running builds end.
+pub const LABEL_DRAINING: &str = "kiln.dev/draining";
+/// When draining started (RFC 3339), for the drain grace period.
+pub const ANNOTATION_DRAIN_STARTED: &str = "kiln.dev/drain-started";
+
+/// kilnd's BuildKit API port in the pod.
+pub const GRPC_PORT: i32 = 1234;
+/// kilnd's debug port: `/metrics`, `/healthz`, `/readyz`, `/load`.
+pub const DEBUG_PORT: i32 = 6060;
+/// Where the cache volume is mounted; kilnd's `--root`.
+pub const ROOT_DIR: &str = "/var/lib/kilnd";
+const CONFIG_DIR: &str = "/etc/kiln";
+const CONFIG_KEY: &str = "kilnd.toml";
+/// How long a draining builder's running builds may go on: the pod's
+/// termination grace and the longest the controller waits before deleting a
+/// busy pod it drains.
+pub const DRAIN_GRACE_SECONDS: i64 = 600;
+
+/// What the operator was installed with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Defaults {
+    /// The kilnd image when `spec.template.image` is unset.
+    pub image: String,
+}
+
+/// The labels every object of the pool carries, and that select its pods.
+pub fn selector(b: &Builder) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".into(), "kilnd".into()),
+        ("app.kubernetes.io/instance".into(), b.name_any()),
+        ("app.kubernetes.io/managed-by".into(), "kiln".into()),
+        (LABEL_BUILDER.into(), b.name_any()),
+    ])
+}
+
+/// The `/scale` subresource's label selector string.
+pub fn selector_string(b: &Builder) -> String {
+    format!("{LABEL_BUILDER}={}", b.name_any())
+}
+
+pub fn pod_name(b: &Builder, ordinal: u32) -> String {
+    format!("{}-{ordinal}", b.name_any())
+}
+
+/// StatefulSet's naming, `<volume>-<pod>`, so the claim is easy to find.
+pub fn claim_name(b: &Builder, ordinal: u32) -> String {
+    format!("cache-{}", pod_name(b, ordinal))
+}
+
+pub fn config_map_name(b: &Builder) -> String {
+    format!("{}-kilnd-config", b.name_any())
+}
+
+fn owner(b: &Builder) -> Option<OwnerReference> {
+    b.controller_owner_ref(&())
+}
+
+fn meta(b: &Builder, name: String, labels: BTreeMap<String, String>, owned: bool) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: b.namespace(),
+        labels: Some(labels),
+        owner_references: if owned { owner(b).map(|o| vec![o]) } else { None },
+        ..ObjectMeta::default()
+    }
+}
+
+/// kilnd's TOML: the user's `spec.config` with the pool's garbage
+/// collection merged into `[worker.oci]` in buildkitd.toml's keys
+/// (`gcpolicy` with `maxUsedSpace` and `keepDuration`).
+pub fn kilnd_config(spec: &BuilderSpec) -> Result<String, toml::de::Error> {
+    let mut table: toml::Table = spec.config.as_deref().unwrap_or_default().parse()?;
+    let mut gc = toml::Table::new();
+    if let Some(keep) = &spec.gc.keep_bytes {
+        gc.insert("maxUsedSpace".into(), keep.0.clone().into());
+    }
+    if let Some(keep) = &spec.gc.keep_duration {
+        gc.insert("keepDuration".into(), keep.clone().into());
+    }
+    if !gc.is_empty() {
+        let worker = table.entry("worker").or_insert_with(|| toml::Table::new().into());
+        if let Some(worker) = worker.as_table_mut() {
+            let oci = worker.entry("oci").or_insert_with(|| toml::Table::new().into());
+            if let Some(oci) = oci.as_table_mut() {
+                oci.insert("gc".into(), true.into());
+                oci.insert("gcpolicy".into(), toml::Value::Array(vec![gc.into()]));
+            }
+        }
+    }
+    Ok(table.to_string())
+}
+
+pub fn config_map(b: &Builder, config: &str) -> ConfigMap {
+    ConfigMap {
+        metadata: meta(b, config_map_name(b), selector(b), true),
+        data: Some(BTreeMap::from([(CONFIG_KEY.to_owned(), config.to_owned())])),
+        ..ConfigMap::default()
+    }
+}
+
+/// A headless Service: stable DNS names `<pod>.<builder>` for the gateway.
+pub fn service(b: &Builder) -> Service {
+    let port = |name: &str, port| ServicePort {
+        name: Some(name.into()),
+        port,
+        target_port: Some(IntOrString::String(name.into())),
+        ..ServicePort::default()
+    };
+    Service {
+        metadata: meta(b, b.name_any(), selector(b), true),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            selector: Some(selector(b)),
+            ports: Some(vec![port("grpc", GRPC_PORT), port("debug", DEBUG_PORT)]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+/// At most one builder away at a time for voluntary disruptions (node
+/// drains); the controller's own rolling update goes one at a time too.
+pub fn disruption_budget(b: &Builder) -> PodDisruptionBudget {
+    PodDisruptionBudget {
+        metadata: meta(b, b.name_any(), selector(b), true),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector { match_labels: Some(selector(b)), ..LabelSelector::default() }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        ..PodDisruptionBudget::default()
+    }
+}
+
+/// The cache volume of one ordinal. Owned by the `Builder` (so deleted with
+/// it) only when `cache.retain` is false; scale-down never deletes it.
+pub fn claim(b: &Builder, ordinal: u32) -> PersistentVolumeClaim {
+    let mut labels = selector(b);
+    labels.insert(LABEL_ORDINAL.into(), ordinal.to_string());
+    let cache = &b.spec.cache;
+    PersistentVolumeClaim {
+        metadata: meta(b, claim_name(b, ordinal), labels, !cache.retain),
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: cache.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([("storage".to_owned(), cache.size.clone())])),
+                ..VolumeResourceRequirements::default()
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        ..PersistentVolumeClaim::default()
+    }
+}
+
+/// The platform's node labels, added to every required node selector term
+/// (or making the only term when the template has none).
+fn with_platforms(spec: &BuilderSpec) -> Option<Affinity> {
+    let mut affinity = spec.template.affinity.clone();
+    if spec.platforms.is_empty() {
+        return affinity;
+    }
+    let values = |i: usize| {
+        let mut v: Vec<String> =
+            spec.platforms.iter().filter_map(|p| p.split('/').nth(i)).map(str::to_owned).collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let requirements = vec![
+        NodeSelectorRequirement {
+            key: "kubernetes.io/os".into(),
+            operator: "In".into(),
+            values: Some(values(0)),
+        },
+        NodeSelectorRequirement {
+            key: "kubernetes.io/arch".into(),
+            operator: "In".into(),
+            values: Some(values(1)),
+        },
+    ];
+    let a = affinity.get_or_insert_with(Affinity::default);
+    let node = a.node_affinity.get_or_insert_with(NodeAffinity::default);
+    let required = node
+        .required_during_scheduling_ignored_during_execution
+        .get_or_insert_with(|| NodeSelector { node_selector_terms: Vec::new() });
+    if required.node_selector_terms.is_empty() {
+        required.node_selector_terms.push(NodeSelectorTerm::default());
+    }
+    for term in &mut required.node_selector_terms {
+        term.match_expressions.get_or_insert_with(Vec::new).extend(requirements.iter().cloned());
+    }
+    affinity
+}
+
+fn env_from_field(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("debug".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        ..Probe::default()
+    }
+}
+
+/// The pod spec every ordinal shares, before the ordinal's own volume.
+fn pod_spec(b: &Builder, defaults: &Defaults) -> PodSpec {
+    let spec = &b.spec;
+    let t = &spec.template;
+    let container = Container {
+        name: "kilnd".into(),
+        image: Some(t.image.clone().unwrap_or_else(|| defaults.image.clone())),
+        // $(POD_IP) is expanded by the kubelet: kilnd listens on the pod's
+        // address, which the gateway dials.
+        args: Some(
+            [
+                "--addr",
+                &format!("tcp://$(POD_IP):{GRPC_PORT}"),
+                "--debugaddr",
+                &format!("$(POD_IP):{DEBUG_PORT}"),
+                "--root",
+                ROOT_DIR,
+                "--config",
+                &format!("{CONFIG_DIR}/{CONFIG_KEY}"),
+                "--shutdown-grace",
+                &(DRAIN_GRACE_SECONDS - 10).to_string(),
+            ]
+            .map(str::to_owned)
+            .into(),
+        ),
+        env: Some(vec![
+            env_from_field("POD_IP", "status.podIP"),
+            env_from_field("POD_NAME", "metadata.name"),
+        ]),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("grpc".into()),
+                container_port: GRPC_PORT,
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some("debug".into()),
+                container_port: DEBUG_PORT,
+                ..ContainerPort::default()
+            },
+        ]),
+        readiness_probe: Some(http_probe("/readyz", 2, 3)),
+        liveness_probe: Some(http_probe("/healthz", 10, 6)),
+        resources: t.resources.clone(),
+        // Build steps run in containers of their own (runc, overlayfs
+        // mounts): kilnd needs the privileges of a container runtime.
+        security_context: Some(SecurityContext { privileged: Some(true), ..SecurityContext::default() }),
+        volume_mounts: Some(vec![
+            VolumeMount { name: "cache".into(), mount_path: ROOT_DIR.into(), ..VolumeMount::default() },
+            VolumeMount {
+                name: "config".into(),
+                mount_path: CONFIG_DIR.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+        ]),
+        ..Container::default()
+    };
+    PodSpec {
+        containers: vec![container],
+        subdomain: Some(b.name_any()),
+        termination_grace_period_seconds: Some(DRAIN_GRACE_SECONDS),
+        node_selector: (!t.node_selector.is_empty()).then(|| t.node_selector.clone()),
+        affinity: with_platforms(spec),
+        tolerations: (!t.tolerations.is_empty()).then(|| t.tolerations.clone()),
+        priority_class_name: t.priority_class_name.clone(),
+        service_account_name: t.service_account_name.clone(),
+        volumes: Some(vec![Volume {
+            name: "config".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: config_map_name(b),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        }]),
+        ..PodSpec::default()
+    }
+}
+
+/// A short hash of everything a pod is made from (spec and kilnd config):
+/// pods carrying another hash are rolled.
+pub fn template_hash(b: &Builder, defaults: &Defaults, config: &str) -> String {
+    let spec = serde_json::to_vec(&pod_spec(b, defaults)).unwrap_or_default();
+    let digest = Sha256::new().chain_update(&spec).chain_update(config.as_bytes()).finalize();
+    hex::encode(&digest[..5])
+}
+
+/// The pod of `ordinal`.
+pub fn pod(b: &Builder, ordinal: u32, defaults: &Defaults, hash: &str) -> Pod {
+    let mut labels = selector(b);
+    labels.insert(LABEL_ORDINAL.into(), ordinal.to_string());
+    labels.insert(LABEL_TEMPLATE_HASH.into(), hash.into());
+    let mut spec = pod_spec(b, defaults);
+    spec.hostname = Some(pod_name(b, ordinal));
+    spec.volumes.get_or_insert_with(Vec::new).insert(
+        0,
+        Volume {
+            name: "cache".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: claim_name(b, ordinal),
+                read_only: None,
+            }),
+            ..Volume::default()
+        },
+    );
+    Pod { metadata: meta(b, pod_name(b, ordinal), labels, true), spec: Some(spec), status: None }
+}
+
+/// The ordinal a pod's name carries, if it is one of `b`'s.
+pub fn ordinal_of(b: &Builder, pod_name: &str) -> Option<u32> {
+    pod_name.strip_prefix(&b.name_any())?.strip_prefix('-')?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    const GOLDEN_BUILDER: &str = r#"
+apiVersion: kiln.dev/v1alpha1
+kind: Builder
+metadata: {name: ci, namespace: builds, uid: 0b6f1c2e-0000-4000-8000-000000000001}
+spec:
+  replicas: {min: 1, max: 4}
+  platforms: [linux/amd64, linux/arm64]
+  template:
+    image: ghcr.io/kiln-dev/kilnd:0.1.0
+    resources: {requests: {cpu: "2", memory: 4Gi}}
+    nodeSelector: {pool: builders}
+    tolerations: [{key: builders, operator: Exists, effect: NoSchedule}]
+    serviceAccountName: kilnd
+  cache: {size: 50Gi, storageClassName: fast, retain: false}
+  gc: {keepBytes: 40Gi, keepDuration: 168h}
+  config: |
+    [worker.oci]
+    labels = { team = "ci" }
+"#;
+
+    fn builder(yaml: &str) -> Builder {
+        serde_norway::from_str(yaml).unwrap()
+    }
+
+    fn defaults() -> Defaults {
+        Defaults { image: "ghcr.io/kiln-dev/kilnd:default".into() }
+    }
+
+    /// Compares with `tests/golden/<name>.yaml`; `KILN_BLESS=1` rewrites it.
+    fn golden<T: serde::Serialize>(name: &str, value: &T) {
+        let path =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(format!("{name}.yaml"));
+        let got = serde_norway::to_string(value).unwrap();
+        if std::env::var_os("KILN_BLESS").is_some() {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &got).unwrap();
+        }
+        let want = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (run with KILN_BLESS=1 to write it)", path.display()));
+        assert_eq!(got, want, "{name} differs from {}", path.display());
+    }
+
+    #[test]
+    fn the_objects_of_a_full_builder_match_the_golden_files() {
+        let b = builder(GOLDEN_BUILDER);
+        let config = kilnd_config(&b.spec).unwrap();
+        let hash = template_hash(&b, &defaults(), &config);
+        golden("pod", &pod(&b, 2, &defaults(), &hash));
+        golden("claim", &claim(&b, 2));
+        golden("config-map", &config_map(&b, &config));
+        golden("service", &service(&b));
+        golden("disruption-budget", &disruption_budget(&b));
+    }
+
+    #[test]
+    fn gc_settings_are_merged_into_the_users_worker_table() {
+        let b = builder(GOLDEN_BUILDER);
+        let config: toml::Table = kilnd_config(&b.spec).unwrap().parse().unwrap();
+        let oci = &config["worker"]["oci"];
+        assert_eq!(oci["labels"]["team"].as_str(), Some("ci"), "the user's keys stay");
+        assert_eq!(oci["gc"].as_bool(), Some(true));
+        assert_eq!(oci["gcpolicy"][0]["maxUsedSpace"].as_str(), Some("40Gi"));
+        assert_eq!(oci["gcpolicy"][0]["keepDuration"].as_str(), Some("168h"));
+
+        let plain = builder("{apiVersion: kiln.dev/v1alpha1, kind: Builder, metadata: {name: x}, spec: {}}");
+        assert_eq!(kilnd_config(&plain.spec).unwrap(), "");
+    }
+
+    #[test]
+    fn the_hash_follows_the_template_and_config_but_not_the_replica_count() {
+        let b = builder(GOLDEN_BUILDER);
+        let h = |b: &Builder| template_hash(b, &defaults(), &kilnd_config(&b.spec).unwrap());
+        let base = h(&b);
+        assert_eq!(base.len(), 10);
+
+        let mut scaled = b.clone();
+        scaled.spec.replicas.desired = Some(3);
+        assert_eq!(h(&scaled), base, "scaling does not roll pods");
+
+        let mut image = b.clone();
+        image.spec.template.image = Some("ghcr.io/kiln-dev/kilnd:0.2.0".into());
+        assert_ne!(h(&image), base);
+
+        let mut config = b.clone();
+        config.spec.config = Some("[worker.oci]\nlabels = { team = \"release\" }\n".into());
+        assert_ne!(h(&config), base);
+    }
+
+    #[test]
+    fn retained_caches_have_no_owner_and_the_rest_are_owned() {
+        let mut b = builder(GOLDEN_BUILDER);
+        assert!(claim(&b, 0).metadata.owner_references.is_some(), "retain: false → deleted with the Builder");
+        b.spec.cache.retain = true;
+        assert!(claim(&b, 0).metadata.owner_references.is_none(), "retained across deletion");
+        assert!(pod(&b, 0, &defaults(), "h").metadata.owner_references.is_some());
+    }
+
+    #[test]
+    fn platforms_are_added_to_the_users_node_affinity() {
+        let mut b = builder(GOLDEN_BUILDER);
+        b.spec.platforms = vec!["linux/arm64".into()];
+        b.spec.template.affinity = Some(
+            serde_json::from_value(serde_json::json!({"nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": "disk", "operator": "In", "values": ["ssd"]}]},
+                    {"matchExpressions": [{"key": "disk", "operator": "In", "values": ["nvme"]}]}]}}}))
+            .unwrap(),
+        );
+        let spec = pod(&b, 0, &defaults(), "h").spec.unwrap();
+        let terms = spec
+            .affinity
+            .unwrap()
+            .node_affinity
+            .unwrap()
+            .required_during_scheduling_ignored_during_execution
+            .unwrap()
+            .node_selector_terms;
+        assert_eq!(terms.len(), 2, "each of the user's alternatives stays");
+        for term in terms {
+            let keys: Vec<_> =
+                term.match_expressions.unwrap().into_iter().map(|r| (r.key, r.values)).collect();
+            assert!(keys.contains(&("kubernetes.io/arch".into(), Some(vec!["arm64".into()]))), "{keys:?}");
+        }
+    }
+
+    #[test]
+    fn ordinals_are_read_back_from_pod_names() {
+        let b = builder(GOLDEN_BUILDER);
+        assert_eq!(ordinal_of(&b, "ci-3"), Some(3));
+        assert_eq!(ordinal_of(&b, "ci-x"), None);
+        assert_eq!(ordinal_of(&b, "cis-3"), None);
+    }
+}

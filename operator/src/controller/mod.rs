@@ -1,0 +1,183 @@
+//! `kiln controller`: reconciles each `Builder` into a pool of kilnd pods.
+//!
+//! One process leads at a time (a Lease); the leader runs a kube-runtime
+//! controller over Builders and the pods they own. Every reconcile reads the
+//! pool as it is (pods, claims, each kilnd's `/load`), asks `plan` what to do
+//! next, does it, and writes the status `status` computes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kiln_crds::builder::Builder;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::Reporter;
+use kube::runtime::watcher;
+use kube::{Api, Client};
+use tracing::{error, info, warn};
+
+use crate::metrics::{self, Metrics};
+
+pub mod desired;
+pub mod leader;
+pub mod plan;
+mod reconcile;
+pub mod status;
+
+/// Run the Builder controller.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Watch Builders in this namespace only. Unset: every namespace.
+    #[arg(long, env = "KILN_NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// The kilnd image of pods whose Builder names none.
+    #[arg(long, env = "KILN_KILND_IMAGE", default_value = concat!("ghcr.io/kiln-dev/kilnd:", env!("CARGO_PKG_VERSION")))]
+    pub kilnd_image: String,
+
+    /// Serve /metrics, /healthz and /readyz on HOST:PORT.
+    #[arg(long, env = "KILN_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: String,
+
+    /// The namespace of the leader-election Lease (in a cluster: the
+    /// controller's own, from the downward API).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+
+    /// The name of the leader-election Lease.
+    #[arg(long, default_value = "kiln-controller")]
+    pub lease_name: String,
+
+    /// How long a lease lasts without renewal (seconds); a standby takes over
+    /// this long after the leader stops.
+    #[arg(long, value_name = "SECONDS", default_value_t = 15)]
+    pub lease_duration: u64,
+
+    /// This candidate's name in the Lease. Unset: hostname and process id.
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub defaults: desired::Defaults,
+    pub metrics: Arc<Metrics>,
+    pub reporter: Reporter,
+    pub http: reqwest::Client,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context").field("defaults", &self.defaults).finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("connecting to the Kubernetes API (KUBECONFIG or the in-cluster service account): {0}")]
+    Client(#[source] kube::Error),
+    #[error("setting up metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("listening on {addr} for metrics: {source}")]
+    Listen { addr: String, source: std::io::Error },
+    #[error("building the HTTP client that reads kilnd's /load: {0}")]
+    Http(#[source] reqwest::Error),
+    #[error(transparent)]
+    Leader(#[from] leader::Error),
+}
+
+fn identity(args: &Args) -> String {
+    args.identity.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    })
+}
+
+/// Runs until SIGTERM/SIGINT (then gives up the lease) or until leadership
+/// is lost (an error: the process should restart and stand by).
+pub async fn run(args: Args) -> Result<(), RunError> {
+    let client = Client::try_default().await.map_err(RunError::Client)?;
+    let metrics = Arc::new(Metrics::new()?);
+    let listener = tokio::net::TcpListener::bind(&args.metrics_addr)
+        .await
+        .map_err(|source| RunError::Listen { addr: args.metrics_addr.clone(), source })?;
+    let router = metrics::router(metrics.clone());
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            error!(error = %e, "metrics endpoint stopped");
+        }
+    });
+    info!(addr = %args.metrics_addr, "serving /metrics, /healthz, /readyz");
+
+    let identity = identity(&args);
+    let elector = leader::Elector::new(
+        Api::namespaced(client.clone(), &args.lease_namespace),
+        &args.lease_name,
+        &identity,
+        Duration::from_secs(args.lease_duration.max(2)),
+    );
+    info!(lease = %args.lease_name, namespace = %args.lease_namespace, %identity, "waiting to lead");
+    tokio::select! {
+        result = elector.acquire() => result?,
+        () = shutdown_signal() => return Ok(()),
+    }
+    metrics.set_leader(true);
+    info!(%identity, "leading: reconciling Builders");
+
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .no_proxy()
+        .build()
+        .map_err(RunError::Http)?;
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        defaults: desired::Defaults { image: args.kilnd_image.clone() },
+        metrics: metrics.clone(),
+        reporter: Reporter { controller: desired::FIELD_MANAGER.into(), instance: Some(identity.clone()) },
+        http,
+    });
+    let (builders, pods): (Api<Builder>, Api<Pod>) = match &args.namespace {
+        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let pods_config = watcher::Config::default().labels(desired::LABEL_BUILDER);
+    let controller = Controller::new(builders, watcher::Config::default())
+        .owns(pods, pods_config)
+        .graceful_shutdown_on(shutdown_signal())
+        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                warn!(error = %e, "reconcile");
+            }
+        });
+    let outcome = tokio::select! {
+        () = controller => Ok(()),
+        lost = elector.hold() => Err(RunError::Leader(lost)),
+    };
+    metrics.set_leader(false);
+    if outcome.is_ok() {
+        elector.release().await;
+        info!("stopped; lease released");
+    }
+    outcome
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        // Without signal handlers the process still stops on a kill.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: stopping"),
+        _ = int.recv() => info!("SIGINT: stopping"),
+    }
+}
+
+/// How soon to look again.
+fn requeue(busy: bool) -> Action {
+    Action::requeue(if busy { Duration::from_secs(2) } else { Duration::from_secs(15) })
+}

@@ -1,0 +1,139 @@
+//! The `kiln` binary's Prometheus metrics and its HTTP endpoint: `/metrics`,
+//! `/healthz`, `/readyz`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    reconciles: IntCounterVec,
+    errors: IntCounterVec,
+    duration: HistogramVec,
+    pool: IntGaugeVec,
+    actions: IntCounterVec,
+    leader: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let reconciles = IntCounterVec::new(
+            Opts::new("kiln_controller_reconciles_total", "Reconciles of Builders, by result"),
+            &["result"],
+        )?;
+        let errors = IntCounterVec::new(
+            Opts::new("kiln_controller_reconcile_errors_total", "Failed reconciles, by kind of error"),
+            &["kind"],
+        )?;
+        let duration = HistogramVec::new(
+            HistogramOpts::new("kiln_controller_reconcile_duration_seconds", "How long a reconcile took")
+                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            &["result"],
+        )?;
+        let pool = IntGaugeVec::new(
+            Opts::new("kiln_builder_pods", "Builder pods per pool: desired, existing, ready and busy"),
+            &["namespace", "builder", "state"],
+        )?;
+        let actions = IntCounterVec::new(
+            Opts::new("kiln_controller_pod_actions_total", "Pods created, drained and deleted"),
+            &["action"],
+        )?;
+        let leader = IntGauge::new("kiln_controller_leader", "1 while this controller holds the lease")?;
+        for m in [
+            Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(errors.clone()),
+            Box::new(duration.clone()),
+            Box::new(pool.clone()),
+            Box::new(actions.clone()),
+            Box::new(leader.clone()),
+        ] {
+            registry.register(m)?;
+        }
+        Ok(Self { registry, reconciles, errors, duration, pool, actions, leader })
+    }
+
+    pub fn reconciled(&self, result: &str, took: Duration) {
+        self.reconciles.with_label_values(&[result]).inc();
+        self.duration.with_label_values(&[result]).observe(took.as_secs_f64());
+    }
+
+    pub fn error(&self, kind: &str) {
+        self.errors.with_label_values(&[kind]).inc();
+    }
+
+    pub fn pool(&self, namespace: &str, builder: &str, counts: [(&str, i64); 4]) {
+        for (state, n) in counts {
+            self.pool.with_label_values(&[namespace, builder, state]).set(n);
+        }
+    }
+
+    pub fn forget_pool(&self, namespace: &str, builder: &str) {
+        for state in ["desired", "replicas", "ready", "busy"] {
+            let _ = self.pool.remove_label_values(&[namespace, builder, state]);
+        }
+    }
+
+    pub fn action(&self, action: &str) {
+        self.actions.with_label_values(&[action]).inc();
+    }
+
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.set(i64::from(leader));
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = Vec::new();
+        // Encoding our own registry into a Vec cannot fail.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+pub fn router(metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/metrics", get(serve_metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(|| async { "ready\n" }))
+        .with_state(metrics)
+}
+
+async fn serve_metrics(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], m.encode())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_show_up_in_the_text_format() {
+        let m = Metrics::new().unwrap();
+        m.reconciled("ok", Duration::from_millis(20));
+        m.error("apply");
+        m.pool("builds", "ci", [("desired", 3), ("replicas", 2), ("ready", 2), ("busy", 1)]);
+        m.action("create");
+        m.set_leader(true);
+        let text = m.encode();
+        for line in [
+            r#"kiln_controller_reconciles_total{result="ok"} 1"#,
+            r#"kiln_controller_reconcile_errors_total{kind="apply"} 1"#,
+            r#"kiln_builder_pods{builder="ci",namespace="builds",state="busy"} 1"#,
+            r#"kiln_controller_pod_actions_total{action="create"} 1"#,
+            "kiln_controller_leader 1",
+        ] {
+            assert!(text.contains(line), "{line} missing in\n{text}");
+        }
+        m.forget_pool("builds", "ci");
+        assert!(!m.encode().contains(r#"builder="ci""#));
+    }
+}
