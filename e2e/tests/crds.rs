@@ -5,83 +5,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::Once;
+use std::path::PathBuf;
 
 use kiln_crds::Builder;
-use kiln_e2e::{TestEnv, run, run_unchecked, unique};
+use kiln_e2e::cluster::{Namespace, builder_yaml, crd_chart, install_crds, kubectl};
+use kiln_e2e::{TestEnv, run, run_unchecked};
 
 fn chart() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/kiln-crds")
-}
-
-fn kubectl() -> Command {
-    let env = TestEnv::get();
-    let mut cmd = env.command("kubectl");
-    cmd.arg("--kubeconfig").arg(env.kubeconfig());
-    cmd
-}
-
-/// Applies the chart's CRDs once per test binary and waits until the API
-/// server serves them.
-fn install_crds() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        run(kubectl()
-            .args(["apply", "--server-side", "--field-manager", "kiln-e2e", "-f"])
-            .arg(chart().join("templates")));
-        run(kubectl().args([
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/builders.kiln.dev",
-            "crd/builds.kiln.dev",
-        ]));
-    });
-}
-
-/// A namespace of its own for one test, deleted when it ends.
-struct Namespace(String);
-
-impl Namespace {
-    fn new(prefix: &str) -> Self {
-        install_crds();
-        let name = unique(prefix);
-        run(kubectl().args(["create", "namespace", &name]));
-        Self(name)
-    }
-
-    /// `kubectl -n NS ARGS…`
-    fn kubectl(&self, args: &[&str]) -> Command {
-        let mut cmd = kubectl();
-        cmd.args(["-n", &self.0]).args(args);
-        cmd
-    }
-
-    /// `kubectl apply --server-side` of `yaml`; the command's output.
-    fn apply(&self, yaml: &str) -> std::process::Output {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("object.yaml");
-        std::fs::write(&file, yaml).unwrap();
-        run_unchecked(
-            self.kubectl(&["apply", "--server-side", "--field-manager", "kiln-e2e", "-f"]).arg(&file),
-        )
-    }
-}
-
-impl Drop for Namespace {
-    fn drop(&mut self) {
-        let _ = run_unchecked(kubectl().args(["delete", "namespace", &self.0, "--wait=false"]));
-    }
+    crd_chart()
 }
 
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn builder_yaml(name: &str, spec: &str) -> String {
-    format!("apiVersion: kiln.dev/v1alpha1\nkind: Builder\nmetadata:\n  name: {name}\nspec:\n{spec}")
 }
 
 #[test]
