@@ -161,6 +161,126 @@ pub struct OciWorkerConfig {
     /// Extra labels reported by ListWorkers.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Automatic garbage collection; on unless `false`, as in buildkitd.
+    pub gc: Option<bool>,
+    /// buildkitd's older single limit: collect down to this size.
+    pub gckeepstorage: Option<SizeValue>,
+    /// The collection rules, applied in order.
+    #[serde(default)]
+    pub gcpolicy: Vec<GcPolicyConfig>,
+}
+
+/// `[[worker.oci.gcpolicy]]`, buildkitd.toml's keys.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GcPolicyConfig {
+    #[serde(default)]
+    pub all: bool,
+    #[serde(default)]
+    pub filters: Vec<String>,
+    pub keep_duration: Option<DurationValue>,
+    /// buildkitd before v0.17: collect down to this size.
+    pub keep_bytes: Option<SizeValue>,
+    pub reserved_space: Option<SizeValue>,
+    pub max_used_space: Option<SizeValue>,
+    pub min_free_space: Option<SizeValue>,
+}
+
+/// A size as buildkitd.toml writes it: bytes, or text such as `10GB`, `512MiB`
+/// or `40Gi` (every unit counts in powers of 1024, as buildkitd's does).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum SizeValue {
+    Bytes(u64),
+    Text(String),
+}
+
+impl SizeValue {
+    fn bytes(&self) -> Result<u64, String> {
+        let text = match self {
+            Self::Bytes(b) => return Ok(*b),
+            Self::Text(t) => t.trim(),
+        };
+        let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let number: f64 =
+            number.parse().map_err(|_| format!("{text:?} is not a size like 10GB or 512MiB"))?;
+        let power = match unit.trim().to_ascii_lowercase().trim_end_matches('b').trim_end_matches('i') {
+            "" => 0,
+            "k" => 1,
+            "m" => 2,
+            "g" => 3,
+            "t" => 4,
+            "p" => 5,
+            _ => {
+                return Err(format!("{text:?}: unknown unit {unit:?} (use B, KB, MB, GB, TB, KiB … or Ki …)"));
+            }
+        };
+        Ok((number * 1024f64.powi(power)) as u64)
+    }
+}
+
+/// A duration as buildkitd.toml writes it: seconds, or text such as `48h`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum DurationValue {
+    Seconds(u64),
+    Text(String),
+}
+
+impl DurationValue {
+    fn duration(&self) -> Result<Duration, String> {
+        match self {
+            Self::Seconds(s) => Ok(Duration::from_secs(*s)),
+            Self::Text(t) => {
+                humantime::parse_duration(t).map_err(|e| format!("{t:?} is not a duration like 48h: {e}"))
+            }
+        }
+    }
+}
+
+impl OciWorkerConfig {
+    /// The policies kilnd collects by: the file's, else buildkitd's defaults
+    /// (two months of age, then 60% of the filesystem); none when `gc = false`.
+    fn gc_policies(&self, disk_bytes: u64) -> Result<Vec<crate::gc::Policy>, String> {
+        if self.gc == Some(false) {
+            return Ok(Vec::new());
+        }
+        let mut policies = Vec::new();
+        for (i, p) in self.gcpolicy.iter().enumerate() {
+            let at = |e: String| format!("worker.oci.gcpolicy[{i}]: {e}");
+            if !p.filters.is_empty() {
+                return Err(at("filters are not supported by kilnd yet; leave them out".into()));
+            }
+            let size = |v: &Option<SizeValue>| v.as_ref().map(SizeValue::bytes).transpose().map_err(at);
+            policies.push(crate::gc::Policy {
+                keep_duration: p
+                    .keep_duration
+                    .as_ref()
+                    .map(DurationValue::duration)
+                    .transpose()
+                    .map_err(at)?,
+                max_used_space: size(&p.max_used_space)?.or(size(&p.keep_bytes)?),
+                reserved_space: size(&p.reserved_space)?,
+                min_free_space: size(&p.min_free_space)?,
+                all: p.all,
+            });
+        }
+        if let Some(keep) = &self.gckeepstorage {
+            let bytes = keep.bytes().map_err(|e| format!("worker.oci.gckeepstorage: {e}"))?;
+            policies.push(crate::gc::Policy { max_used_space: Some(bytes), ..crate::gc::Policy::default() });
+        }
+        if policies.is_empty() {
+            policies = vec![
+                crate::gc::Policy {
+                    keep_duration: Some(Duration::from_secs(60 * 24 * 3600)),
+                    ..Default::default()
+                },
+                crate::gc::Policy { max_used_space: Some(disk_bytes / 10 * 6), ..Default::default() },
+            ];
+        }
+        Ok(policies)
+    }
 }
 
 /// The effective configuration after flags, file and defaults are merged.
@@ -175,6 +295,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub debug: bool,
     pub registries: BTreeMap<String, HostConfig>,
+    /// Automatic collection rules; empty when it is off.
+    pub gc: Vec<crate::gc::Policy>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -185,6 +307,8 @@ pub enum ConfigError {
     Parse { path: PathBuf, source: Box<toml::de::Error> },
     #[error("TLS needs both a certificate and a key (got only one of them)")]
     TlsIncomplete,
+    #[error("garbage collection settings: {0}")]
+    Gc(String),
 }
 
 impl Config {
@@ -215,9 +339,12 @@ impl Config {
             (Some(_), Some(_)) => Some(tls),
             _ => return Err(ConfigError::TlsIncomplete),
         };
+        let root: PathBuf = args.root.or(file.root).unwrap_or_else(|| DEFAULT_ROOT.into());
+        let disk = disk_size(&root);
+        let gc = file.worker.oci.gc_policies(disk).map_err(ConfigError::Gc)?;
         Ok(Self {
             addrs,
-            root: args.root.or(file.root).unwrap_or_else(|| DEFAULT_ROOT.into()),
+            root,
             debug_addr: args.debugaddr.or(file.debug_address),
             tls,
             oci_binary: args.oci_worker_binary.or(file.worker.oci.binary).unwrap_or_else(|| "runc".into()),
@@ -225,8 +352,17 @@ impl Config {
             shutdown_grace: Duration::from_secs(args.shutdown_grace),
             debug: args.debug || file.debug.unwrap_or(false),
             registries: file.registry,
+            gc,
         })
     }
+}
+
+/// The size of the filesystem that holds `path` (or its nearest existing
+/// parent); 0 when it cannot be read.
+fn disk_size(path: &Path) -> u64 {
+    path.ancestors()
+        .find_map(|p| nix::sys::statvfs::statvfs(p).ok())
+        .map_or(0, |st| u64::from(st.blocks()).saturating_mul(st.fragment_size()))
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -321,5 +457,52 @@ mod tests {
         };
         assert!(matches!(Config::merge(parse(&[]), file), Err(ConfigError::TlsIncomplete)));
         assert!(Args::try_parse_from(["kilnd", "--tlscert", "c.pem"]).is_err());
+    }
+
+    fn gc_of(toml_text: &str) -> Result<Vec<crate::gc::Policy>, ConfigError> {
+        let file: FileConfig = toml::from_str(toml_text).unwrap();
+        Config::merge(parse(&["--root", "/tmp"]), file).map(|c| c.gc)
+    }
+
+    #[test]
+    fn gc_policies_read_buildkitd_keys_and_the_operators_output() {
+        let policies = gc_of(
+            "[worker.oci]\ngc = true\n[[worker.oci.gcpolicy]]\nkeepDuration = \"168h\"\nmaxUsedSpace = \"40Gi\"\n\
+             [[worker.oci.gcpolicy]]\nall = true\nkeepBytes = \"10GB\"\nreservedSpace = 1024\n",
+        )
+        .unwrap();
+        assert_eq!(
+            policies,
+            [
+                crate::gc::Policy {
+                    keep_duration: Some(Duration::from_secs(168 * 3600)),
+                    max_used_space: Some(40 << 30),
+                    ..crate::gc::Policy::default()
+                },
+                crate::gc::Policy {
+                    max_used_space: Some(10 << 30),
+                    reserved_space: Some(1024),
+                    all: true,
+                    ..crate::gc::Policy::default()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn gc_is_on_by_default_and_off_when_asked() {
+        let defaults = gc_of("").unwrap();
+        assert_eq!(defaults.len(), 2, "{defaults:?}");
+        assert!(defaults[1].max_used_space.is_some_and(|b| b > 0), "60% of the disk: {defaults:?}");
+        assert!(gc_of("[worker.oci]\ngc = false\n").unwrap().is_empty());
+    }
+
+    #[test]
+    fn bad_gc_settings_name_the_policy_and_the_value() {
+        let e = gc_of("[[worker.oci.gcpolicy]]\nmaxUsedSpace = \"lots\"\n").unwrap_err().to_string();
+        assert!(e.contains("gcpolicy[0]") && e.contains("lots"), "{e}");
+        let e =
+            gc_of("[[worker.oci.gcpolicy]]\nfilters = [\"type==source.local\"]\n").unwrap_err().to_string();
+        assert!(e.contains("filters are not supported"), "{e}");
     }
 }

@@ -64,7 +64,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let root = std::fs::canonicalize(&config.root)
         .with_context(|| format!("resolving {}", config.root.display()))?;
     let config = Config { root, ..config };
-    let worker = Arc::new(Worker::new(&config.root, &config.oci_binary, &config.worker_labels)?);
+    let mut worker = Worker::new(&config.root, &config.oci_binary, &config.worker_labels)?;
+    worker.gc_policy = config.gc.iter().map(gc::Policy::to_proto).collect();
+    let worker = Arc::new(worker);
+    let collector = gc::Collector::new(config.gc.clone());
     let metrics = Arc::new(Metrics::new()?);
     let serving = Arc::new(AtomicBool::new(false));
     let shutdown = CancellationToken::new();
@@ -104,6 +107,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         exporters,
         serving: serving.clone(),
         started: std::time::Instant::now(),
+        gc: Arc::clone(&collector),
     });
     let services = Services {
         control: ControlService::new(Arc::clone(&controller)),
@@ -112,6 +116,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tls: config.tls.as_ref().map(server::tls_config).transpose()?,
     };
 
+    tokio::spawn(Arc::clone(&collector).run(Arc::clone(controller.solver.cache()), shutdown.clone()));
     let mut tasks = JoinSet::new();
     if let Some(addr) = &config.debug_addr {
         let listener = tokio::net::TcpListener::bind(addr)

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
 
-use kiln_proto::buildkit::moby::buildkit::v1::types::{BuildkitVersion, WorkerRecord};
+use kiln_proto::buildkit::moby::buildkit::v1::types::{BuildkitVersion, GcPolicy, WorkerRecord};
 use kiln_proto::buildkit::pb::Platform;
 
 /// The package name kilnd reports where buildkitd reports `github.com/moby/buildkit`.
@@ -43,6 +43,8 @@ pub struct Worker {
     pub labels: BTreeMap<String, String>,
     pub platforms: Vec<Platform>,
     pub runtime: PathBuf,
+    /// Automatic collection rules, as `ListWorkers` reports them.
+    pub gc_policy: Vec<GcPolicy>,
 }
 
 impl Worker {
@@ -62,7 +64,13 @@ impl Worker {
             (label::OCI_PROCESS_MODE.to_owned(), "sandbox".to_owned()),
         ]);
         labels.extend(extra_labels.iter().map(|(k, v)| (k.clone(), v.clone())));
-        Ok(Self { id: worker_id(root)?, labels, platforms: vec![host_platform()], runtime })
+        Ok(Self {
+            id: worker_id(root)?,
+            labels,
+            platforms: vec![host_platform()],
+            runtime,
+            gc_policy: Vec::new(),
+        })
     }
 
     pub fn record(&self) -> WorkerRecord {
@@ -70,7 +78,7 @@ impl Worker {
             id: self.id.clone(),
             labels: self.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<HashMap<_, _>>(),
             platforms: self.platforms.clone(),
-            gc_policy: Vec::new(),
+            gc_policy: self.gc_policy.clone(),
             buildkit_version: Some(version()),
             cdi_devices: Vec::new(),
         }

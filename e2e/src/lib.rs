@@ -285,7 +285,14 @@ impl Kilnd {
 
     /// Starts kilnd after `configure` has added its own arguments.
     pub fn start_with(configure: impl FnOnce(&mut Command)) -> Self {
-        Self::start_in(tempfile::Builder::new().prefix("kiln-kilnd-").tempdir().unwrap(), configure)
+        Self::start_configured("", configure)
+    }
+
+    /// Starts kilnd with `extra` TOML appended to its configuration file.
+    pub fn start_configured(extra: &str, configure: impl FnOnce(&mut Command)) -> Self {
+        let root = tempfile::Builder::new().prefix("kiln-kilnd-").tempdir().unwrap();
+        std::fs::write(root.path().join("extra.toml"), extra).unwrap();
+        Self::start_in(root, configure)
     }
 
     fn start_in(root: TempDir, configure: impl FnOnce(&mut Command)) -> Self {
@@ -294,10 +301,11 @@ impl Kilnd {
         let env = TestEnv::get();
         let config = root.path().join("kilnd.toml");
         // The local registries speak plain HTTP.
+        let extra = std::fs::read_to_string(root.path().join("extra.toml")).unwrap_or_default();
         std::fs::write(
             &config,
             format!(
-                "[registry.\"{}\"]\nhttp = true\n[registry.\"{}\"]\nhttp = true\n",
+                "{extra}\n[registry.\"{}\"]\nhttp = true\n[registry.\"{}\"]\nhttp = true\n",
                 env.registry, env.auth_registry
             ),
         )

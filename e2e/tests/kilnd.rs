@@ -292,6 +292,39 @@ fn buildctl_du_lists_the_cache_and_prune_empties_it() {
 }
 
 #[test]
+fn garbage_collection_by_policy_keeps_the_cache_under_its_limit() {
+    let kilnd = Kilnd::start_configured("[[worker.oci.gcpolicy]]\nmaxUsedSpace = \"64KB\"\n", |_| {});
+    let buildctl = || {
+        let mut cmd = TestEnv::get().command("buildctl");
+        cmd.args(["--addr", &kilnd.addr]);
+        cmd
+    };
+    let workers = run(buildctl().args(["debug", "workers", "-v"]));
+    assert!(
+        workers.contains("GC Policy") && workers.contains("Maximum used space:\t65.536kB"),
+        "the policy is listed: {workers}"
+    );
+
+    // A 1 MB layer is over the limit: collected once the build ends.
+    let def = image_and_run(&TestEnv::get().base_image, "head -c 1000000 /dev/zero > /big");
+    assert!(buildctl_llb(&kilnd.addr, &def, &[]).status.success());
+    let start = Instant::now();
+    while run(buildctl().args(["du", "-v"])).contains("/big") {
+        assert!(start.elapsed() < Duration::from_secs(10), "the layer is still cached after 10 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let again = buildctl_llb(&kilnd.addr, &def, &[]);
+    assert!(again.status.success());
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(stderr.matches("CACHED").count() < 2, "the step runs again: {stderr}");
+    assert!(
+        kilnd.daemon.log_text().contains("garbage collection freed cache"),
+        "{}",
+        kilnd.daemon.log_text()
+    );
+}
+
+#[test]
 fn buildctl_builds_with_the_dockerfile_frontend() {
     let env = TestEnv::get();
     let kilnd = Kilnd::start();

@@ -48,6 +48,8 @@ pub struct Controller {
     pub serving: Arc<std::sync::atomic::AtomicBool>,
     /// When the daemon started: a builder that never built is idle since then.
     pub started: std::time::Instant,
+    /// Keeps collection and builds apart.
+    pub gc: Arc<gc::Collector>,
 }
 
 impl crate::debug::LoadSource for Controller {
@@ -250,18 +252,21 @@ impl Control for ControlService {
     ) -> Result<Response<Self::PruneStream>, Status> {
         self.c.metrics.rpc("Control", "Prune");
         // Removing layers under a running build would break it.
-        if !self.c.jobs.is_empty() {
+        let Some(exclusive) = self.c.gc.exclusive() else {
             return Err(Status::failed_precondition(
                 "builds are running; prune again when they have finished",
             ));
-        }
+        };
         let req = request.into_inner();
         let keep = Duration::from_nanos(u64::try_from(req.keep_duration).unwrap_or(0));
         let cache = Arc::clone(self.c.solver.cache());
-        let removed = tokio::task::spawn_blocking(move || gc::prune(&cache, req.all, keep))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let removed = tokio::task::spawn_blocking(move || {
+            let _exclusive = exclusive;
+            gc::prune(&cache, req.all, keep)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(Box::pin(futures::stream::iter(removed.into_iter().map(Ok)))))
     }
 
@@ -278,7 +283,10 @@ impl Control for ControlService {
         if !self.c.serving.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(Status::unavailable("kilnd is shutting down and takes no new builds"));
         }
-        match (&req.definition, req.frontend.as_str()) {
+        // Collection waits while any build runs (it would remove layers
+        // under it); it runs again once this one ends.
+        let build = self.c.gc.building().await;
+        let result = match (&req.definition, req.frontend.as_str()) {
             (None, "") => self.solve_forwarded(req).await.map(Response::new),
             (Some(def), "") => {
                 let def = def.clone();
@@ -289,7 +297,9 @@ impl Control for ControlService {
                 "unknown frontend {frontend:?} (kilnd has dockerfile.v0, or send LLB)"
             ))),
             (Some(_), _) => Err(Status::invalid_argument("Solve takes a definition or a frontend, not both")),
-        }
+        };
+        drop(build);
+        result
     }
 
     type StatusStream = Stream_<api::StatusResponse>;
