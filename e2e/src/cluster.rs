@@ -139,7 +139,8 @@ impl Controller {
             .args(["--metrics-addr", &metrics_addr])
             .env("KUBECONFIG", TestEnv::get().kubeconfig())
             .env("RUST_LOG", "info,kiln_operator=debug");
-        let mut daemon = Daemon::spawn(&format!("kiln controller {identity}"), &mut cmd, dir.path().join("log"));
+        let mut daemon =
+            Daemon::spawn(&format!("kiln controller {identity}"), &mut cmd, dir.path().join("log"));
         let url = format!("http://{metrics_addr}/healthz");
         daemon.wait_until(Duration::from_secs(20), || ureq::get(&url).call().is_ok());
         Self { daemon, metrics_addr, _dir: dir }
@@ -147,7 +148,10 @@ impl Controller {
 
     pub fn metrics(&self) -> String {
         let url = format!("http://{}/metrics", self.metrics_addr);
-        ureq::get(&url).call().map(|mut r| r.body_mut().read_to_string().unwrap_or_default()).unwrap_or_default()
+        ureq::get(&url)
+            .call()
+            .map(|mut r| r.body_mut().read_to_string().unwrap_or_default())
+            .unwrap_or_default()
     }
 
     /// Whether this controller holds the lease (its `kiln_controller_leader`).
