@@ -13,11 +13,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
-use kiln_e2e::{Buildx, Daemon, Kilnd, free_port, run, run_unchecked, sha256_hex};
+use kiln_e2e::{Buildkitd, Buildx, Daemon, Kilnd, free_port, run, run_unchecked, sha256_hex};
 
-/// A kilnd with a buildx builder pointing at it.
+/// A kilnd (or the reference buildkitd) with a buildx builder pointing at it.
 struct Setup {
-    _kilnd: Kilnd,
+    _kilnd: Option<Kilnd>,
+    _buildkitd: Option<Buildkitd>,
     buildx: Buildx,
 }
 
@@ -26,7 +27,15 @@ impl Setup {
         let kilnd = Kilnd::start();
         let buildx = Buildx::new();
         buildx.create_remote("kilnd", &kilnd.addr);
-        Self { _kilnd: kilnd, buildx }
+        Self { _kilnd: Some(kilnd), _buildkitd: None, buildx }
+    }
+
+    /// The same, on the reference buildkitd (the builder keeps the name `kilnd`).
+    fn reference() -> Self {
+        let buildkitd = Buildkitd::start();
+        let buildx = Buildx::new();
+        buildx.create_remote("kilnd", &buildkitd.addr);
+        Self { _kilnd: None, _buildkitd: Some(buildkitd), buildx }
     }
 
     /// Builds a context whose Dockerfile is `dockerfile` into `out` with the
@@ -288,4 +297,61 @@ fn add_from_git_with_a_ref_the_repository_lacks_fails_clearly() {
         progress.contains(&format!("repository {} does not contain ref no-such-tag", server.url)),
         "{progress}"
     );
+}
+
+/// Every path under `dir` with its mode and content (a symlink's target),
+/// and its mtime when `mtimes` says so for that path.
+fn tree(dir: &Path, mtimes: impl Fn(&str) -> bool) -> Vec<(String, u32, Vec<u8>, Option<u64>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let path = e.path();
+            let rel = path.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let content = if meta.is_symlink() {
+                std::fs::read_link(&path).unwrap().into_os_string().into_encoded_bytes()
+            } else if meta.is_file() {
+                std::fs::read(&path).unwrap()
+            } else {
+                stack.push(path.clone());
+                Vec::new()
+            };
+            let mtime =
+                mtimes(&rel).then(|| meta.modified().unwrap().duration_since(UNIX_EPOCH).unwrap().as_secs());
+            out.push((rel, meta.permissions().mode() & 0o7777, content, mtime));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn kilnd_and_buildkitd_give_the_same_files_for_http_and_git_sources() {
+    let http = FileServer::start(b"same on both\n");
+    let repo = GitServer::start();
+    let dockerfile = format!(
+        "FROM scratch\nADD {} /dl/\nADD {}#v1 /git\nADD {}#main:src /sub\nADD --keep-git-dir=true {}#v1 /kept\n",
+        http.url("/files/data.txt"),
+        repo.url,
+        repo.url,
+        repo.url
+    );
+    let ours = tempfile::tempdir().unwrap();
+    let (ok, progress) = Setup::new().build(&dockerfile, ours.path());
+    assert!(ok, "{progress}");
+    let theirs = tempfile::tempdir().unwrap();
+    let (ok, progress) = Setup::reference().build(&dockerfile, theirs.path());
+    assert!(ok, "buildkitd: {progress}");
+
+    // Checked-out files and new directories get the time of the build on
+    // both; the download gets the server's Last-Modified.
+    let download = |rel: &str| rel == "dl/data.txt";
+    let without_git_dir = |t: Vec<(String, u32, Vec<u8>, Option<u64>)>| -> Vec<_> {
+        t.into_iter().filter(|(rel, ..)| !rel.starts_with("kept/.git/")).collect()
+    };
+    assert_eq!(without_git_dir(tree(ours.path(), download)), without_git_dir(tree(theirs.path(), download)));
+    let head = |dir: &Path| git(&dir.join("kept"), &["rev-parse", "HEAD"]);
+    assert_eq!(head(ours.path()), head(theirs.path()));
 }
