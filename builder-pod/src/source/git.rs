@@ -470,12 +470,10 @@ pub async fn checkout(
         git.run("update submodules of", Some(&work), &args).await?;
     }
     if !subdir.is_empty() {
-        let from = work.join(subdir);
-        let entries = std::fs::read_dir(&from).map_err(|source| GitError::Subdir {
-            remote: remote.clone(),
-            subdir: subdir.to_owned(),
-            source,
-        })?;
+        let subdir_err =
+            |source| GitError::Subdir { remote: remote.clone(), subdir: subdir.to_owned(), source };
+        let from = inside(&work, subdir).map_err(subdir_err)?;
+        let entries = std::fs::read_dir(&from).map_err(subdir_err)?;
         for entry in entries {
             let entry = entry.map_err(write_err(&from))?;
             let to = dir.join(entry.file_name());
@@ -486,6 +484,23 @@ pub async fn checkout(
     let id = cache.commit_layer(layer)?;
     debug!(layer = %id, "checked out");
     Ok(id)
+}
+
+/// `root/subdir` when every component of it is a real directory: a
+/// repository's symlink must not lead the move of the subdir's entries out
+/// of the checkout (into the daemon's own files).
+fn inside(root: &Path, subdir: &str) -> std::io::Result<PathBuf> {
+    let mut path = root.to_owned();
+    for part in subdir.split('/').filter(|p| !p.is_empty()) {
+        path.push(part);
+        if !std::fs::symlink_metadata(&path)?.is_dir() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotADirectory,
+                "not a directory in the repository",
+            ));
+        }
+    }
+    Ok(path)
 }
 
 async fn has_commit(git: &Git<'_>, git_dir: &str, sha: &str) -> bool {

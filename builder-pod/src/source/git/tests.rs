@@ -166,6 +166,18 @@ async fn a_subdir_becomes_the_root() {
     let layer = checkout(&cache, &src, &resolved, &Access::default()).await.unwrap();
     assert_eq!(tree(&cache.layer_path(&layer)), [("guide.md".to_owned(), 0o644)]);
 
+    // A symlink in the repository can't make the daemon's files the root.
+    let outside = tempfile::tempdir().unwrap();
+    write(&outside.path().join("host-file"), "host\n", 0o644);
+    std::os::unix::fs::symlink(outside.path(), remote.repo.join("escape")).unwrap();
+    git(&remote.repo, &["add", "escape"]);
+    git(&remote.repo, &["commit", "-q", "-m", "link"]);
+    let escape = remote.source("#main:escape", &[]);
+    let resolved = resolve(&escape, &Access::default()).await.unwrap();
+    let err = checkout(&cache, &escape, &resolved, &Access::default()).await.unwrap_err().to_string();
+    assert!(err.starts_with(&format!("failed to open subdir escape of {}", remote.url)), "{err}");
+    assert!(outside.path().join("host-file").is_file());
+
     let missing = remote.source("#v1:nope", &[]);
     let resolved = resolve(&missing, &Access::default()).await.unwrap();
     let err = checkout(&cache, &missing, &resolved, &Access::default()).await.unwrap_err().to_string();
