@@ -1,7 +1,9 @@
 //! SourceOp: where a build's inputs come from. `docker-image://` resolves
 //! to a manifest digest (the cache key) and, on a miss, pulls and unpacks
 //! the layers, each layer unpacked once and shared by every image that has
-//! it; `local://` transfers the client's directory (see `source::local`).
+//! it; `local://` transfers the client's directory (see `source::local`);
+//! `http(s)://` downloads one file (`source::http`); `git://` resolves a ref
+//! to a commit and checks it out on a miss (`source::git`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,12 +17,19 @@ use crate::content::{ContentError, ContentStore};
 use crate::metrics::Metrics;
 use crate::session::SessionManager;
 use crate::session::auth::SessionAuth;
+use crate::session::secrets::{SecretError, get_secret};
+use crate::session::sshforward::{self, AgentSocket, SshError};
 use crate::snapshot::{SnapshotError, apply_layer, decompress};
 use crate::solver::progress::now;
 use crate::solver::scheduler::{BuildContext, Resolved};
+use crate::source::git::{self, GitError, GitSource};
+use crate::source::http::{self, HttpError, HttpSource};
 use crate::source::image::{ImageError, Platform, Reference, Registry, ResolvedImage};
 use crate::source::local::{LocalError, LocalSource, find_session, sync_dir, transfer};
 use kiln_proto::buildkit::moby::buildkit::v1::VertexStatus;
+
+/// How long a session that should forward an SSH agent is waited for (§3.3).
+const SSH_SESSION_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -40,6 +49,18 @@ pub enum SourceError {
     Join { digest: String },
     #[error("image {0} was not resolved before it was pulled")]
     NotResolved(String),
+    #[error(transparent)]
+    Http(#[from] HttpError),
+    #[error("making the HTTP client: {0}")]
+    HttpClient(reqwest::Error),
+    #[error("failed to retrieve HTTP auth secret {name}: the client does not provide it")]
+    HttpAuthSecret { name: String },
+    #[error(transparent)]
+    Git(#[from] GitError),
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    #[error(transparent)]
+    Ssh(#[from] SshError),
 }
 
 /// Sources: the registry, the content store, and the client's directories.
@@ -53,8 +74,21 @@ pub struct Sources {
     hashes: HashCache,
     /// Resolved images by the key their op was cached under, until pulled.
     resolved: Mutex<HashMap<String, ResolvedImage>>,
-    /// One transfer at a time into each kept local directory; one unpack per layer.
+    /// One transfer at a time into each kept local directory; one unpack per
+    /// layer; one download per URL; one checkout per git key.
     locks: KeyedLocks,
+    /// Made on first use: most daemons never download a file.
+    http: tokio::sync::OnceCell<reqwest::Client>,
+    /// Resolved git refs by the key their op was cached under, until checked out.
+    git: Mutex<HashMap<String, git::Resolved>>,
+}
+
+/// What a git command needs of the client while it runs: the forwarded SSH
+/// agent's socket and the scratch directory holding it and known hosts.
+struct GitAccess {
+    access: git::Access,
+    _agent: Option<AgentSocket>,
+    _scratch: Option<tempfile::TempDir>,
 }
 
 fn platform_of(op: &pb::Op) -> Platform {
@@ -81,6 +115,8 @@ impl Sources {
             hashes: HashCache::default(),
             resolved: Mutex::new(HashMap::new()),
             locks: KeyedLocks::default(),
+            http: tokio::sync::OnceCell::new(),
+            git: Mutex::new(HashMap::new()),
         }
     }
 
@@ -153,7 +189,94 @@ impl Sources {
             let snapshot = Snapshot::default().with(t.layer);
             return Ok(Resolved { key: t.content_key, snapshot: Some(snapshot) });
         }
+        if id.starts_with("http://") || id.starts_with("https://") {
+            let src = HttpSource::parse(id, &source.attrs)?;
+            // A pinned file is known by its checksum: fetched only on a miss.
+            if let Some(key) = src.pinned_key() {
+                return Ok(Resolved { key, snapshot: None });
+            }
+            let fetched = self.download(&src, ctx).await?;
+            return Ok(Resolved {
+                key: fetched.key,
+                snapshot: Some(Snapshot { layers: vec![fetched.layer] }),
+            });
+        }
+        if let Some(rest) = id.strip_prefix("git://") {
+            let src = GitSource::parse(rest, &source.attrs)?;
+            let access = self.git_access(&src, ctx).await?;
+            let resolved = git::resolve(&src, &access.access).await?;
+            let key = resolved.key.clone();
+            self.git.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(key.clone(), resolved);
+            return Ok(Resolved { key, snapshot: None });
+        }
         Err(SourceError::Unsupported(id.to_owned()))
+    }
+
+    /// Downloads an HTTP source with the client's credentials for its host
+    /// (`HTTP_AUTH_HEADER_<host>`, `HTTP_AUTH_TOKEN_<host>`) or the secret it names.
+    async fn download(&self, src: &HttpSource, ctx: &BuildContext) -> Result<http::Fetched, SourceError> {
+        let client =
+            self.http.get_or_try_init(|| async { http::client() }).await.map_err(SourceError::HttpClient)?;
+        let authorization = match (&src.auth_header_secret, src.host()) {
+            (Some(name), _) => match get_secret(&self.sessions, &ctx.session_ids, name).await? {
+                Some(v) => Some(String::from_utf8_lossy(&v).into_owned()),
+                None => return Err(SourceError::HttpAuthSecret { name: name.clone() }),
+            },
+            // The defaults are optional: a client without them downloads anonymously.
+            (None, Some(host)) => {
+                let secret = |name: String| async move {
+                    get_secret(&self.sessions, &ctx.session_ids, &name).await.ok().flatten()
+                };
+                match secret(format!("HTTP_AUTH_TOKEN_{host}")).await {
+                    Some(token) => Some(format!("Bearer {}", String::from_utf8_lossy(&token))),
+                    None => secret(format!("HTTP_AUTH_HEADER_{host}"))
+                        .await
+                        .map(|v| String::from_utf8_lossy(&v).into_owned()),
+                }
+            }
+            (None, None) => None,
+        };
+        let _one_at_a_time = self.locks.lock(&format!("http:{}", src.url)).await;
+        Ok(http::fetch(&self.cache, client, src, authorization.as_deref()).await?)
+    }
+
+    /// Auth for an HTTP remote, the client's SSH agent for one that asks
+    /// for it, and known hosts (`getAuthToken`, `mountSSHAuthSock`).
+    async fn git_access(&self, src: &GitSource, ctx: &BuildContext) -> Result<GitAccess, SourceError> {
+        let mut access = git::Access::default();
+        if src.is_http() {
+            for (name, token) in src.auth_secret_names() {
+                if let Some(v) = get_secret(&self.sessions, &ctx.session_ids, &name).await? {
+                    access.authorization = Some(git::authorization(&v, token));
+                    break;
+                }
+            }
+        }
+        let mut agent = None;
+        let scratch = if src.mount_ssh_sock.is_empty() && src.known_ssh_hosts.is_empty() {
+            None
+        } else {
+            Some(self.cache.temp_dir("git-ssh-")?)
+        };
+        if let Some(dir) = &scratch {
+            access.scratch = Some(dir.path().to_owned());
+        }
+        if let (false, Some(dir)) = (src.mount_ssh_sock.is_empty(), &scratch) {
+            let id = src.mount_ssh_sock.clone();
+            for session_id in ctx.session_ids.iter().filter(|s| !s.is_empty()) {
+                let Ok(session) = self.sessions.get(session_id, SSH_SESSION_WAIT).await else { continue };
+                if sshforward::check(&session, &id).await? {
+                    let (uid, gid) = (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw());
+                    agent = Some(sshforward::listen(session, &id, dir.path(), uid, gid, 0o600)?);
+                    break;
+                }
+            }
+            match &agent {
+                Some(socket) => access.ssh_auth_sock = Some(socket.path.clone()),
+                None => return Err(SshError::NotForwarded { id }.into()),
+            }
+        }
+        Ok(GitAccess { access, _agent: agent, _scratch: scratch })
     }
 
     /// The snapshot of a source whose cache record was missing.
@@ -166,6 +289,30 @@ impl Sources {
         let resolved = resolved.ok_or_else(|| SourceError::NotResolved(source.identifier.clone()))?;
         if let Some(snapshot) = resolved.snapshot {
             return Ok(snapshot);
+        }
+        let id = source.identifier.as_str();
+        if id.starts_with("http://") || id.starts_with("https://") {
+            let src = HttpSource::parse(id, &source.attrs)?;
+            let fetched = self.download(&src, ctx).await?;
+            return Ok(Snapshot { layers: vec![fetched.layer] });
+        }
+        if let Some(rest) = id.strip_prefix("git://") {
+            let src = GitSource::parse(rest, &source.attrs)?;
+            let _once = self.locks.lock(&format!("git:{}:{}", src.remote, resolved.key)).await;
+            let access = self.git_access(&src, ctx).await?;
+            let known =
+                self.git.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&resolved.key);
+            // Another build may have taken the resolution; resolving again is
+            // cheap, but must still name the commit the key stands for.
+            let found = match known {
+                Some(r) => r,
+                None => Some(git::resolve(&src, &access.access).await?)
+                    .filter(|r| r.key == resolved.key)
+                    .ok_or_else(|| SourceError::NotResolved(src.display_remote()))?,
+            };
+            return Ok(Snapshot {
+                layers: vec![git::checkout(&self.cache, &src, &found, &access.access).await?],
+            });
         }
         let image = self
             .resolved
