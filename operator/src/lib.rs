@@ -1,5 +1,6 @@
 //! The `kiln` command: Kiln's operator. `controller` reconciles Builders,
-//! `crdgen` writes the CRDs; `gateway` and `up` arrive with their issue.
+//! `gateway` routes buildx to builders, `up` runs a local pool, `crdgen`
+//! writes the CRDs.
 
 use std::process::ExitCode;
 
@@ -7,7 +8,9 @@ use clap::{Parser, Subcommand};
 
 pub mod controller;
 pub mod crdgen;
+pub mod gateway;
 pub mod metrics;
+pub mod up;
 
 /// Kiln runs pools of BuildKit-compatible builders on Kubernetes.
 #[derive(Debug, Parser)]
@@ -21,6 +24,11 @@ pub struct Cli {
 pub enum Command {
     /// Reconcile Builders into pools of kilnd pods (leader-elected).
     Controller(controller::Args),
+    /// One BuildKit endpoint in front of several kilnd builders.
+    Gateway(gateway::Args),
+    /// Start local kilnd builders and a gateway in front of them: a pool on
+    /// this machine that buildx builds against, no cluster needed.
+    Up(up::Args),
     /// Write the CustomResourceDefinitions of Builder and Build into the
     /// kiln-crds Helm chart, or check that the chart is current.
     Crdgen(crdgen::Args),
@@ -33,6 +41,10 @@ pub enum Error {
     Crdgen(#[from] crdgen::Error),
     #[error(transparent)]
     Controller(#[from] controller::RunError),
+    #[error(transparent)]
+    Gateway(#[from] gateway::Error),
+    #[error(transparent)]
+    Up(#[from] up::Error),
 }
 
 /// Runs the parsed command; the exit code says whether it found what it
@@ -44,6 +56,28 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
             controller::run(args).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Gateway(args) => {
+            gateway::run(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Up(args) => {
+            up::run(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        // Without signal handlers the process still stops on a kill.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = int.recv() => tracing::info!("SIGINT: stopping"),
     }
 }
 

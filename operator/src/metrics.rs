@@ -22,6 +22,12 @@ pub struct Metrics {
     pool: IntGaugeVec,
     actions: IntCounterVec,
     leader: IntGauge,
+    sessions: IntCounterVec,
+    solves: IntCounterVec,
+    queue: IntGauge,
+    queue_wait: prometheus::Histogram,
+    bytes: IntCounterVec,
+    gateway_errors: IntCounterVec,
 }
 
 impl Metrics {
@@ -49,6 +55,25 @@ impl Metrics {
             &["action"],
         )?;
         let leader = IntGauge::new("kiln_controller_leader", "1 while this controller holds the lease")?;
+        let sessions = IntCounterVec::new(
+            Opts::new("kiln_gateway_sessions_total", "Sessions placed, by builder and how it was chosen"),
+            &["builder", "choice"],
+        )?;
+        let solves = IntCounterVec::new(
+            Opts::new("kiln_gateway_solves_total", "Builds routed, by builder"),
+            &["builder"],
+        )?;
+        let queue = IntGauge::new("kiln_gateway_queued_sessions", "Sessions waiting for a free builder")?;
+        let queue_wait = prometheus::Histogram::with_opts(
+            HistogramOpts::new("kiln_gateway_queue_wait_seconds", "How long sessions waited for a builder")
+                .buckets(vec![0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0]),
+        )?;
+        let bytes = IntCounterVec::new(
+            Opts::new("kiln_gateway_bytes_total", "Bytes relayed, to builders and to clients"),
+            &["direction"],
+        )?;
+        let gateway_errors =
+            IntCounterVec::new(Opts::new("kiln_gateway_errors_total", "Gateway errors, by kind"), &["kind"])?;
         for m in [
             Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(errors.clone()),
@@ -56,10 +81,51 @@ impl Metrics {
             Box::new(pool.clone()),
             Box::new(actions.clone()),
             Box::new(leader.clone()),
+            Box::new(sessions.clone()),
+            Box::new(solves.clone()),
+            Box::new(queue.clone()),
+            Box::new(queue_wait.clone()),
+            Box::new(bytes.clone()),
+            Box::new(gateway_errors.clone()),
         ] {
             registry.register(m)?;
         }
-        Ok(Self { registry, reconciles, errors, duration, pool, actions, leader })
+        Ok(Self {
+            registry,
+            reconciles,
+            errors,
+            duration,
+            pool,
+            actions,
+            leader,
+            sessions,
+            solves,
+            queue,
+            queue_wait,
+            bytes,
+            gateway_errors,
+        })
+    }
+
+    pub fn gateway_session(&self, builder: &str, choice: &str, waited: Duration) {
+        self.sessions.with_label_values(&[builder, choice]).inc();
+        self.queue_wait.observe(waited.as_secs_f64());
+    }
+
+    pub fn gateway_solve(&self, builder: &str) {
+        self.solves.with_label_values(&[builder]).inc();
+    }
+
+    pub fn gateway_queue(&self, delta: i64) {
+        self.queue.add(delta);
+    }
+
+    pub fn gateway_bytes(&self, direction: &str, n: usize) {
+        self.bytes.with_label_values(&[direction]).inc_by(n as u64);
+    }
+
+    pub fn gateway_error(&self, kind: &str) {
+        self.gateway_errors.with_label_values(&[kind]).inc();
     }
 
     pub fn reconciled(&self, result: &str, took: Duration) {

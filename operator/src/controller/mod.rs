@@ -121,7 +121,7 @@ pub async fn run(args: Args) -> Result<(), RunError> {
     info!(lease = %args.lease_name, namespace = %args.lease_namespace, %identity, "waiting to lead");
     tokio::select! {
         result = elector.acquire() => result?,
-        () = shutdown_signal() => return Ok(()),
+        () = crate::shutdown_signal() => return Ok(()),
     }
     metrics.set_leader(true);
     info!(%identity, "leading: reconciling Builders");
@@ -145,7 +145,7 @@ pub async fn run(args: Args) -> Result<(), RunError> {
     let pods_config = watcher::Config::default().labels(desired::LABEL_BUILDER);
     let controller = Controller::new(builders, watcher::Config::default())
         .owns(pods, pods_config)
-        .graceful_shutdown_on(shutdown_signal())
+        .graceful_shutdown_on(crate::shutdown_signal())
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|result| async move {
             if let Err(e) = result {
@@ -162,19 +162,6 @@ pub async fn run(args: Args) -> Result<(), RunError> {
         info!("stopped; lease released");
     }
     outcome
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
-        // Without signal handlers the process still stops on a kill.
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM: stopping"),
-        _ = int.recv() => info!("SIGINT: stopping"),
-    }
 }
 
 /// How soon to look again.

@@ -1,0 +1,434 @@
+//! The gateway's view of a pool: its builders, which session and build
+//! lives on which builder, and the choice of a builder for a new session.
+//!
+//! A session goes where its shared key (the client's context directory and
+//! node) went before, so an unchanged context is not sent again: rendezvous
+//! hashing over the ready builders, with two bounds so affinity cannot pile
+//! everything on one builder: no builder takes more than its share (×1.25,
+//! rounded up) of the keys seen, nor more than its even share (rounded up)
+//! of the keyed sessions open right now, which is what spreads `buildx bake`
+//! targets that share one context. A session that spills over for load does
+//! not move its key's home. Beyond a builder's `max_sessions`, sessions wait
+//! in the gateway.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+/// Keys remembered for affinity and balance; the oldest go first.
+const REMEMBERED_KEYS: usize = 4096;
+/// How much above an even share a builder may take.
+const BALANCE_SLACK: f64 = 1.25;
+
+/// One builder of the pool.
+#[derive(Debug)]
+pub struct Backend {
+    /// Where its BuildKit API listens (`tcp://host:port`).
+    pub addr: String,
+    pub state: Mutex<BackendState>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendState {
+    /// Answers its health check.
+    pub ready: bool,
+    /// Takes no new sessions (scale-down, rollout, SIGTERM).
+    pub draining: bool,
+    /// Sessions open through the gateway.
+    pub sessions: usize,
+    /// Of those, sessions with a shared key (not buildx's probes).
+    pub keyed: usize,
+}
+
+impl Backend {
+    pub fn new(addr: &str) -> Arc<Self> {
+        Arc::new(Self {
+            addr: addr.to_owned(),
+            state: Mutex::new(BackendState { ready: false, draining: false, sessions: 0, keyed: 0 }),
+        })
+    }
+
+    pub fn state(&self) -> BackendState {
+        *lock(&self.state)
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        lock(&self.state).ready = ready;
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// How a session's builder was chosen, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Choice {
+    /// The key's builder from before.
+    AffinityHit,
+    /// The key is new or its builder is gone or full: another builder.
+    AffinityMiss,
+    /// No key (buildx's probe build): the least loaded builder.
+    LeastLoaded,
+}
+
+impl Choice {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AffinityHit => "affinity_hit",
+            Self::AffinityMiss => "affinity_miss",
+            Self::LeastLoaded => "least_loaded",
+        }
+    }
+}
+
+/// An open session on a builder; dropping it frees the builder's slot.
+#[derive(Debug)]
+pub struct SessionSlot {
+    pub backend: Arc<Backend>,
+    pool: Arc<Pool>,
+    id: String,
+    keyed: bool,
+}
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        {
+            let mut s = lock(&self.backend.state);
+            s.sessions = s.sessions.saturating_sub(1);
+            if self.keyed {
+                s.keyed = s.keyed.saturating_sub(1);
+            }
+        }
+        lock(&self.pool.bindings).sessions.remove(&self.id);
+        self.pool.changed.notify_waiters();
+    }
+}
+
+#[derive(Debug, Default)]
+struct Bindings {
+    /// Session id → builder.
+    sessions: HashMap<String, Arc<Backend>>,
+    /// Build ref → builder.
+    refs: HashMap<String, Arc<Backend>>,
+    /// Refs in the order they were bound, to forget the oldest.
+    ref_order: std::collections::VecDeque<String>,
+    /// Shared key → builder, most recent last.
+    keys: HashMap<String, String>,
+    key_order: std::collections::VecDeque<String>,
+}
+
+/// Build refs remembered after their Solve (a late Status still finds them).
+const REMEMBERED_REFS: usize = 4096;
+
+#[derive(Debug)]
+pub struct Pool {
+    backends: Mutex<Vec<Arc<Backend>>>,
+    bindings: Mutex<Bindings>,
+    /// Sessions a builder may hold at once.
+    pub max_sessions: usize,
+    /// Signalled when a builder's state, a session or a binding changes.
+    changed: Notify,
+}
+
+fn score(key: &str, addr: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    addr.hash(&mut h);
+    h.finish()
+}
+
+impl Pool {
+    pub fn new(backends: Vec<Arc<Backend>>, max_sessions: usize) -> Arc<Self> {
+        Arc::new(Self {
+            backends: Mutex::new(backends),
+            bindings: Mutex::default(),
+            max_sessions: max_sessions.max(1),
+            changed: Notify::new(),
+        })
+    }
+
+    pub fn backends(&self) -> Vec<Arc<Backend>> {
+        lock(&self.backends).clone()
+    }
+
+    /// Builders that take new sessions.
+    fn available(&self) -> Vec<Arc<Backend>> {
+        self.backends()
+            .into_iter()
+            .filter(|b| {
+                let s = b.state();
+                s.ready && !s.draining
+            })
+            .collect()
+    }
+
+    /// Wakes waiters after a builder's state changed.
+    pub fn notify(&self) {
+        self.changed.notify_waiters();
+    }
+
+    /// The builder for a new session now, or `None` when every builder is
+    /// full (or none is ready).
+    /// The third value says whether the key's home becomes this builder.
+    fn choose(&self, key: &str) -> Option<(Arc<Backend>, Choice, bool)> {
+        let available = self.available();
+        let free: Vec<&Arc<Backend>> =
+            available.iter().filter(|b| b.state().sessions < self.max_sessions).collect();
+        if free.is_empty() {
+            return None;
+        }
+        if key.is_empty() {
+            let b = free.iter().min_by_key(|b| (b.state().sessions, b.addr.clone()))?;
+            return Some((Arc::clone(b), Choice::LeastLoaded, false));
+        }
+        let n = available.len() as f64;
+        let open: usize = available.iter().map(|b| b.state().keyed).sum();
+        let session_cap = ((open + 1) as f64 / n).ceil() as usize;
+        let bindings = lock(&self.bindings);
+        let mut per_backend: HashMap<String, usize> = HashMap::new();
+        for addr in bindings.keys.values() {
+            *per_backend.entry(addr.clone()).or_default() += 1;
+        }
+        let previous = bindings.keys.get(key).cloned();
+        let known = bindings.keys.len() + usize::from(previous.is_none());
+        let key_cap = (known as f64 / n * BALANCE_SLACK).ceil() as usize;
+        drop(bindings);
+
+        let mut ranked = free.clone();
+        ranked.sort_by_key(|b| std::cmp::Reverse(score(key, &b.addr)));
+        let home = previous.as_ref().and_then(|prev| ranked.iter().find(|b| &b.addr == prev));
+        if let Some(b) = home
+            && b.state().keyed < session_cap
+        {
+            return Some((Arc::clone(b), Choice::AffinityHit, false));
+        }
+        let fits = |b: &&&Arc<Backend>| {
+            b.state().keyed < session_cap && per_backend.get(&b.addr).copied().unwrap_or(0) < key_cap
+        };
+        let chosen = ranked.iter().find(fits).or_else(|| ranked.first())?;
+        // Spilling over from a busy home keeps the home; a key whose home is
+        // gone (or new) moves here.
+        Some((Arc::clone(chosen), Choice::AffinityMiss, home.is_none()))
+    }
+
+    /// Places session `id` with shared `key`, waiting while every builder is
+    /// full or none is ready; the slot holds the builder's capacity.
+    pub async fn open_session(self: &Arc<Self>, id: &str, key: &str) -> (SessionSlot, Choice) {
+        loop {
+            let notified = self.changed.notified();
+            // A Solve that came first may have placed the session already.
+            let bound = lock(&self.bindings).sessions.get(id).cloned();
+            let picked = match bound {
+                Some(b) if b.state().sessions < self.max_sessions => Some((b, Choice::AffinityHit, false)),
+                Some(_) => None,
+                None => self.choose(key),
+            };
+            if let Some((backend, choice, home)) = picked {
+                {
+                    let mut s = lock(&backend.state);
+                    s.sessions += 1;
+                    s.keyed += usize::from(!key.is_empty());
+                }
+                let mut guard = lock(&self.bindings);
+                let bindings = &mut *guard;
+                bindings.sessions.insert(id.to_owned(), Arc::clone(&backend));
+                if home {
+                    remember(
+                        &mut bindings.keys,
+                        &mut bindings.key_order,
+                        key,
+                        backend.addr.clone(),
+                        REMEMBERED_KEYS,
+                    );
+                }
+                drop(guard);
+                self.changed.notify_waiters();
+                let slot = SessionSlot {
+                    backend,
+                    pool: Arc::clone(self),
+                    id: id.to_owned(),
+                    keyed: !key.is_empty(),
+                };
+                return (slot, choice);
+            }
+            notified.await;
+        }
+    }
+
+    /// The builder of session `id`, waiting up to `wait` for its Session
+    /// call (which may come after the Solve that names it).
+    pub async fn session_backend(&self, id: &str, wait: Duration) -> Option<Arc<Backend>> {
+        self.wait_for(wait, || lock(&self.bindings).sessions.get(id).cloned()).await
+    }
+
+    /// Binds build `r` (and any further session ids of its Solve) to `backend`.
+    pub fn bind_ref(&self, r: &str, backend: &Arc<Backend>) {
+        let mut bindings = lock(&self.bindings);
+        let b = &mut *bindings;
+        b.refs.insert(r.to_owned(), Arc::clone(backend));
+        b.ref_order.push_back(r.to_owned());
+        while b.ref_order.len() > REMEMBERED_REFS {
+            if let Some(old) = b.ref_order.pop_front() {
+                b.refs.remove(&old);
+            }
+        }
+        drop(bindings);
+        self.changed.notify_waiters();
+    }
+
+    /// The builder of build `r`, waiting up to `wait` for its Solve.
+    pub async fn ref_backend(&self, r: &str, wait: Duration) -> Option<Arc<Backend>> {
+        self.wait_for(wait, || lock(&self.bindings).refs.get(r).cloned()).await
+    }
+
+    /// Any ready builder (for calls with no id), least loaded first.
+    pub fn any(&self) -> Option<Arc<Backend>> {
+        let available = self.available();
+        let ready = if available.is_empty() {
+            self.backends().into_iter().filter(|b| b.state().ready).collect()
+        } else {
+            available
+        };
+        ready.into_iter().min_by_key(|b| b.state().sessions)
+    }
+
+    async fn wait_for<T>(&self, wait: Duration, mut find: impl FnMut() -> Option<T>) -> Option<T> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = self.changed.notified();
+            if let Some(found) = find() {
+                return Some(found);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return find();
+            }
+        }
+    }
+}
+
+fn remember(
+    map: &mut HashMap<String, String>,
+    order: &mut std::collections::VecDeque<String>,
+    key: &str,
+    value: String,
+    limit: usize,
+) {
+    if map.insert(key.to_owned(), value).is_none() {
+        order.push_back(key.to_owned());
+    }
+    while order.len() > limit {
+        if let Some(old) = order.pop_front() {
+            map.remove(&old);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(n: usize, max: usize) -> Arc<Pool> {
+        let backends: Vec<_> = (0..n).map(|i| Backend::new(&format!("tcp://10.0.0.{i}:1234"))).collect();
+        for b in &backends {
+            b.set_ready(true);
+        }
+        Pool::new(backends, max)
+    }
+
+    #[tokio::test]
+    async fn the_same_key_lands_on_the_same_builder() {
+        let p = pool(3, 4);
+        let (first, choice) = p.open_session("s1", "ctx:/src/app").await;
+        assert_eq!(choice, Choice::AffinityMiss, "a new key");
+        let addr = first.backend.addr.clone();
+        drop(first);
+        let (again, choice) = p.open_session("s2", "ctx:/src/app").await;
+        assert_eq!((again.backend.addr.as_str(), choice), (addr.as_str(), Choice::AffinityHit));
+    }
+
+    #[tokio::test]
+    async fn twenty_projects_spread_with_no_builder_over_half() {
+        let p = pool(3, 4);
+        let mut per: HashMap<String, usize> = HashMap::new();
+        for i in 0..20 {
+            let (slot, _) = p.open_session(&format!("s{i}"), &format!("ctx:/projects/p{i}")).await;
+            *per.entry(slot.backend.addr.clone()).or_default() += 1;
+        }
+        assert_eq!(per.len(), 3, "{per:?}");
+        assert!(per.values().all(|&n| n <= 10), "{per:?}");
+    }
+
+    #[tokio::test]
+    async fn concurrent_sessions_of_one_key_spread_like_bake_targets() {
+        let p = pool(3, 4);
+        let slots: Vec<_> = futures::future::join_all((0..3).map(|i| {
+            let p = Arc::clone(&p);
+            async move { p.open_session(&format!("bake{i}"), "ctx:/src/app").await.0 }
+        }))
+        .await;
+        let mut addrs: Vec<_> = slots.iter().map(|s| s.backend.addr.clone()).collect();
+        addrs.sort();
+        addrs.dedup();
+        assert_eq!(addrs.len(), 3, "three open sessions, three builders");
+    }
+
+    #[tokio::test]
+    async fn probe_sessions_go_to_the_least_loaded_builder() {
+        let p = pool(2, 4);
+        let (a, choice) = p.open_session("a", "").await;
+        assert_eq!(choice, Choice::LeastLoaded);
+        let (b, _) = p.open_session("b", "").await;
+        assert_ne!(a.backend.addr, b.backend.addr);
+    }
+
+    #[tokio::test]
+    async fn a_full_pool_queues_until_a_session_ends() {
+        let p = pool(1, 1);
+        let (first, _) = p.open_session("a", "k").await;
+        let waiting = tokio::spawn({
+            let p = Arc::clone(&p);
+            async move { p.open_session("b", "k").await.0.backend.addr.clone() }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "the second session waits");
+        drop(first);
+        let addr = tokio::time::timeout(Duration::from_secs(1), waiting).await.unwrap().unwrap();
+        assert_eq!(addr, "tcp://10.0.0.0:1234");
+    }
+
+    #[tokio::test]
+    async fn draining_and_unready_builders_get_no_sessions() {
+        let p = pool(2, 4);
+        let backends = p.backends();
+        lock(&backends[0].state).draining = true;
+        backends[1].set_ready(false);
+        let pending = tokio::spawn({
+            let p = Arc::clone(&p);
+            async move { p.open_session("s", "k").await.0.backend.addr.clone() }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!pending.is_finished(), "nothing to place it on");
+        backends[1].set_ready(true);
+        p.notify();
+        let addr = tokio::time::timeout(Duration::from_secs(1), pending).await.unwrap().unwrap();
+        assert_eq!(addr, backends[1].addr);
+    }
+
+    #[tokio::test]
+    async fn a_ref_bound_late_is_still_found_by_a_waiting_status() {
+        let p = pool(1, 4);
+        let backend = p.backends()[0].clone();
+        let waiter = tokio::spawn({
+            let p = Arc::clone(&p);
+            async move { p.ref_backend("r1", Duration::from_secs(2)).await.map(|b| b.addr.clone()) }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        p.bind_ref("r1", &backend);
+        assert_eq!(waiter.await.unwrap().as_deref(), Some(backend.addr.as_str()));
+        assert!(p.ref_backend("unknown", Duration::from_millis(20)).await.is_none());
+    }
+}

@@ -1,0 +1,476 @@
+//! The HTTP/2 proxy: each call is routed by the ids it carries and forwarded
+//! with its bytes unchanged (buildkit-protocol.md §3.4). Streams are relayed
+//! frame by frame, never buffered; only unary requests that carry routing ids
+//! (Solve, Status) are read whole before they are sent on.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, Uri};
+use http_body_util::BodyExt;
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use prost::Message;
+use tracing::{debug, info, warn};
+
+use super::grpc::{self, Body, BoxError, RefOnly, SolveIds, code};
+use super::pool::{Backend, Pool, SessionSlot};
+use crate::metrics::Metrics;
+
+/// How long a call naming a session or build waits for it to be bound: the
+/// daemon's own waits (`solver/jobs.go`, 6 s; the session manager, 5 s).
+const BIND_WAIT: Duration = Duration::from_secs(6);
+
+const CONTROL: &str = "/moby.buildkit.v1.Control/";
+const BRIDGE: &str = "/moby.buildkit.v1.frontend.LLBBridge/";
+const BUILD_ID: &str = "buildkit-controlapi-buildid";
+
+/// HTTP/2 windows: tonic's and hyper's defaults (64 KiB streams) cap a
+/// context upload far below loopback speed (performance-anchors.md).
+pub const STREAM_WINDOW: u32 = 8 << 20;
+pub const CONNECTION_WINDOW: u32 = 32 << 20;
+pub const MAX_FRAME: u32 = 1 << 20;
+
+/// One HTTP/2 connection per builder, shared by every call to it.
+#[derive(Debug, Default)]
+struct Upstream {
+    sender: tokio::sync::Mutex<Option<SendRequest<Body>>>,
+}
+
+#[derive(Debug)]
+pub struct Gateway {
+    pub pool: Arc<Pool>,
+    metrics: Arc<Metrics>,
+    upstreams: Mutex<std::collections::HashMap<String, Arc<Upstream>>>,
+}
+
+/// What a client connection remembers: calls with no id of their own (the
+/// history API, Content reads) follow the connection's last build.
+#[derive(Debug, Default)]
+pub struct ClientConn {
+    last: Mutex<Option<Arc<Backend>>>,
+}
+
+impl ClientConn {
+    fn remember(&self, backend: &Arc<Backend>) {
+        *self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::clone(backend));
+    }
+
+    fn last(&self) -> Option<Arc<Backend>> {
+        self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+}
+
+fn host_port(addr: &str) -> &str {
+    addr.strip_prefix("tcp://").unwrap_or(addr)
+}
+
+/// Why a call could not be forwarded.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("connecting to builder {addr}: {source}")]
+    Connect { addr: String, source: std::io::Error },
+    #[error("HTTP/2 handshake with builder {addr}: {source}")]
+    Handshake { addr: String, source: hyper::Error },
+    #[error("builder {addr} was lost: {source}")]
+    Lost { addr: String, source: hyper::Error },
+    #[error("building the request for {addr}: {source}")]
+    Request { addr: String, source: http::Error },
+}
+
+impl Gateway {
+    pub fn new(pool: Arc<Pool>, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Self { pool, metrics, upstreams: Mutex::default() })
+    }
+
+    fn upstream(&self, addr: &str) -> Arc<Upstream> {
+        let mut map = self.upstreams.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        Arc::clone(map.entry(addr.to_owned()).or_default())
+    }
+
+    async fn sender(&self, addr: &str) -> Result<SendRequest<Body>, ForwardError> {
+        let upstream = self.upstream(addr);
+        let mut slot = upstream.sender.lock().await;
+        if let Some(sender) = slot.as_ref()
+            && !sender.is_closed()
+        {
+            return Ok(sender.clone());
+        }
+        let hp = host_port(addr);
+        let stream = tokio::net::TcpStream::connect(hp)
+            .await
+            .map_err(|source| ForwardError::Connect { addr: addr.to_owned(), source })?;
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME)
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| ForwardError::Handshake { addr: addr.to_owned(), source })?;
+        let name = addr.to_owned();
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(builder = %name, error = %e, "connection to builder ended");
+            }
+        });
+        *slot = Some(sender.clone());
+        Ok(sender)
+    }
+
+    /// Sends `parts` + `body` to `backend`; the response streams back, and a
+    /// builder lost mid-call ends it with UNAVAILABLE naming the builder.
+    /// `hold` lives as long as the response body (a session's slot).
+    async fn forward(
+        &self,
+        backend: &Arc<Backend>,
+        parts: http::request::Parts,
+        body: Body,
+        hold: Option<SessionSlot>,
+    ) -> Response<Body> {
+        match self.try_forward(backend, parts, body).await {
+            Ok(response) => {
+                let metrics = Arc::clone(&self.metrics);
+                response.map(|inner| {
+                    Relay { inner, addr: backend.addr.clone(), metrics, done: false, _hold: hold }.boxed()
+                })
+            }
+            Err(e) => {
+                self.metrics.gateway_error("forward");
+                warn!(error = %e, "forwarding a call");
+                grpc::status(code::UNAVAILABLE, &format!("kiln gateway: {e}"))
+            }
+        }
+    }
+
+    async fn try_forward(
+        &self,
+        backend: &Arc<Backend>,
+        parts: http::request::Parts,
+        body: Body,
+    ) -> Result<Response<Body>, ForwardError> {
+        let addr = &backend.addr;
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let uri: Uri =
+            format!("http://{}{path}", host_port(addr)).parse().map_err(|e: http::uri::InvalidUri| {
+                ForwardError::Request { addr: addr.clone(), source: e.into() }
+            })?;
+        let mut request = Request::builder()
+            .method(parts.method)
+            .uri(uri)
+            .body(body)
+            .map_err(|source| ForwardError::Request { addr: addr.clone(), source })?;
+        for (name, value) in &parts.headers {
+            if !matches!(
+                name.as_str(),
+                "host" | "connection" | "keep-alive" | "transfer-encoding" | "upgrade"
+            ) {
+                request.headers_mut().append(name, value.clone());
+            }
+        }
+        let mut sender = self.sender(addr).await?;
+        let response = match sender.send_request(request).await {
+            Ok(r) => r,
+            Err(source) => {
+                // A dead connection: forget it so the next call reconnects.
+                *self.upstream(addr).sender.lock().await = None;
+                return Err(ForwardError::Lost { addr: addr.clone(), source });
+            }
+        };
+        Ok(response.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed()))
+    }
+
+    /// Reads a whole unary request; `None` (and a counted error) when the
+    /// client's body fails.
+    async fn read_unary(&self, body: Incoming) -> Option<Bytes> {
+        match body.collect().await {
+            Ok(collected) => Some(collected.to_bytes()),
+            Err(e) => {
+                self.metrics.gateway_error("client_body");
+                warn!(error = %e, "reading a request");
+                None
+            }
+        }
+    }
+
+    /// Routes one call.
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        conn: Arc<ClientConn>,
+    ) -> Result<Response<Body>, Infallible> {
+        let path = req.uri().path().to_owned();
+        let response = match path.as_str() {
+            "/grpc.health.v1.Health/Check" => grpc::unary(&[0x08, 0x01]),
+            p if p == format!("{CONTROL}Session") => self.session(req, &conn).await,
+            p if p == format!("{CONTROL}Solve") => self.solve(req, &conn).await,
+            p if p == format!("{CONTROL}Status") => self.by_ref_in_body(req, &conn).await,
+            p if p == format!("{CONTROL}ListWorkers") || p == format!("{CONTROL}DiskUsage") => {
+                self.fan_out(req, false).await
+            }
+            p if p == format!("{CONTROL}Prune") => self.fan_out(req, true).await,
+            p if p.starts_with(BRIDGE) => self.by_build_header(req, &conn).await,
+            _ => self.by_connection(req, &conn).await,
+        };
+        Ok(response)
+    }
+
+    async fn session(&self, req: Request<Incoming>, conn: &ClientConn) -> Response<Body> {
+        let header =
+            |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+        let id = header("x-docker-expose-session-uuid");
+        let key = header("x-docker-expose-session-sharedkey");
+        let queued = Instant::now();
+        self.metrics.gateway_queue(1);
+        let (slot, choice) = self.pool.open_session(&id, &key).await;
+        self.metrics.gateway_queue(-1);
+        self.metrics.gateway_session(&slot.backend.addr, choice.as_str(), queued.elapsed());
+        info!(session = %id, shared_key = %key, builder = %slot.backend.addr, choice = choice.as_str(), "session");
+        let backend = Arc::clone(&slot.backend);
+        conn.remember(&backend);
+        let (parts, body) = req.into_parts();
+        let body = Counted { inner: body, metrics: Arc::clone(&self.metrics) }.boxed();
+        self.forward(&backend, parts, body, Some(slot)).await
+    }
+
+    async fn solve(&self, req: Request<Incoming>, conn: &ClientConn) -> Response<Body> {
+        let (parts, body) = req.into_parts();
+        let Some(bytes) = self.read_unary(body).await else {
+            return grpc::status(code::INTERNAL, "kiln gateway: reading the Solve request failed");
+        };
+        let ids = grpc::messages(&bytes)
+            .and_then(|m| m.into_iter().next())
+            .and_then(|m| SolveIds::decode(m).ok())
+            .unwrap_or_default();
+        // The session usually opens first; when the Solve wins the race, wait
+        // for it so the build goes where its context is.
+        let backend = match self.pool.session_backend(&ids.session, BIND_WAIT).await {
+            Some(b) => b,
+            None => match self.pool.any() {
+                Some(b) => b,
+                None => return grpc::status(code::UNAVAILABLE, "kiln gateway: no builder is ready"),
+            },
+        };
+        self.pool.bind_ref(&ids.r#ref, &backend);
+        self.metrics.gateway_solve(&backend.addr);
+        info!(build = %ids.r#ref, session = %ids.session, builder = %backend.addr, "solve");
+        conn.remember(&backend);
+        self.forward(&backend, parts, grpc::full(bytes), None).await
+    }
+
+    async fn by_ref_in_body(&self, req: Request<Incoming>, conn: &ClientConn) -> Response<Body> {
+        let (parts, body) = req.into_parts();
+        let Some(bytes) = self.read_unary(body).await else {
+            return grpc::status(code::INTERNAL, "kiln gateway: reading the request failed");
+        };
+        let r = grpc::messages(&bytes)
+            .and_then(|m| m.into_iter().next())
+            .and_then(|m| RefOnly::decode(m).ok())
+            .unwrap_or_default()
+            .r#ref;
+        match self.pool.ref_backend(&r, BIND_WAIT).await {
+            Some(backend) => {
+                conn.remember(&backend);
+                self.forward(&backend, parts, grpc::full(bytes), None).await
+            }
+            None => grpc::status(code::NOT_FOUND, &format!("kiln gateway: no build {r:?} on any builder")),
+        }
+    }
+
+    async fn by_build_header(&self, req: Request<Incoming>, conn: &ClientConn) -> Response<Body> {
+        let r = req.headers().get(BUILD_ID).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+        match self.pool.ref_backend(&r, BIND_WAIT).await {
+            Some(backend) => {
+                conn.remember(&backend);
+                let (parts, body) = req.into_parts();
+                self.forward(&backend, parts, body.map_err(|e| Box::new(e) as BoxError).boxed(), None).await
+            }
+            None => grpc::status(code::NOT_FOUND, &format!("kiln gateway: no build {r:?} on any builder")),
+        }
+    }
+
+    async fn by_connection(&self, req: Request<Incoming>, conn: &ClientConn) -> Response<Body> {
+        let Some(backend) = conn.last().or_else(|| self.pool.any()) else {
+            return grpc::status(code::UNAVAILABLE, "kiln gateway: no builder is ready");
+        };
+        let (parts, body) = req.into_parts();
+        self.forward(&backend, parts, body.map_err(|e| Box::new(e) as BoxError).boxed(), None).await
+    }
+
+    /// Sends a per-daemon call (ListWorkers, DiskUsage, Prune) to every ready
+    /// builder and merges the answers: protobuf messages concatenate into
+    /// one whose repeated fields hold every builder's entries.
+    async fn fan_out(&self, req: Request<Incoming>, streaming: bool) -> Response<Body> {
+        let (parts, body) = req.into_parts();
+        let Some(bytes) = self.read_unary(body).await else {
+            return grpc::status(code::INTERNAL, "kiln gateway: reading the request failed");
+        };
+        let backends: Vec<_> = self.pool.backends().into_iter().filter(|b| b.state().ready).collect();
+        if backends.is_empty() {
+            return grpc::status(code::UNAVAILABLE, "kiln gateway: no builder is ready");
+        }
+        let calls = backends.iter().map(|b| {
+            let mut p = Request::builder().method(parts.method.clone()).uri(parts.uri.clone());
+            for (k, v) in &parts.headers {
+                p = p.header(k, v);
+            }
+            let body = grpc::full(bytes.clone());
+            async move {
+                let (parts, _) = p.body(()).ok()?.into_parts();
+                let response = self.try_forward(b, parts, body).await.ok()?;
+                let (head, body) = response.into_parts();
+                let collected = body.collect().await.ok()?;
+                let trailers = collected.trailers().cloned();
+                let (status, message) = grpc::call_status(&head.headers, trailers.as_ref());
+                let data = collected.to_bytes();
+                Some((status, message, grpc::messages(&data)?))
+            }
+        });
+        let results = futures::future::join_all(calls).await;
+        let mut merged = Vec::new();
+        for (backend, result) in backends.iter().zip(results) {
+            match result {
+                Some((code::OK, _, messages)) => merged.extend(messages),
+                Some((status, message, _)) => {
+                    return grpc::status(status, &format!("builder {}: {message}", backend.addr));
+                }
+                None => {
+                    self.metrics.gateway_error("fan_out");
+                    return grpc::status(
+                        code::UNAVAILABLE,
+                        &format!("kiln gateway: builder {} did not answer", backend.addr),
+                    );
+                }
+            }
+        }
+        if streaming { grpc::streamed(merged) } else { grpc::unary(&merged.concat()) }
+    }
+}
+
+/// A response body on its way back to the client: counts bytes, and turns a
+/// lost builder into a gRPC status the client can read.
+struct Relay {
+    inner: Body,
+    addr: String,
+    metrics: Arc<Metrics>,
+    done: bool,
+    _hold: Option<SessionSlot>,
+}
+
+impl hyper::body::Body for Relay {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.metrics.gateway_bytes("to_client", data.len());
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                self.done = true;
+                self.metrics.gateway_error("builder_lost");
+                warn!(builder = %self.addr, error = %e, "builder lost mid-call");
+                let message = format!("kiln gateway: builder {} was lost mid-build: {e}", self.addr);
+                Poll::Ready(Some(Ok(Frame::trailers(grpc::trailers(code::UNAVAILABLE, &message)))))
+            }
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A client's request stream on its way to a builder, counted.
+struct Counted {
+    inner: Incoming,
+    metrics: Arc<Metrics>,
+}
+
+impl hyper::body::Body for Counted {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.metrics.gateway_bytes("to_builder", data.len());
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Keeps each builder's readiness current with gRPC health checks.
+pub async fn watch_health(gateway: Arc<Gateway>, every: Duration) {
+    loop {
+        for backend in gateway.pool.backends() {
+            let ready = check(&gateway, &backend).await;
+            if ready != backend.state().ready {
+                info!(builder = %backend.addr, ready, "builder readiness changed");
+                backend.set_ready(ready);
+                gateway.pool.notify();
+            }
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+async fn check(gateway: &Gateway, backend: &Arc<Backend>) -> bool {
+    let Ok(request) = Request::builder()
+        .method("POST")
+        .uri("/grpc.health.v1.Health/Check")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+    else {
+        return false;
+    };
+    let (parts, ()) = request.into_parts();
+    let call = async {
+        let response = gateway.try_forward(backend, parts, grpc::full(grpc::frame(&[]))).await.ok()?;
+        let (head, body) = response.into_parts();
+        let collected = body.collect().await.ok()?;
+        let (status, _) = grpc::call_status(&head.headers, collected.trailers());
+        let data = collected.to_bytes();
+        let messages = grpc::messages(&data)?;
+        // HealthCheckResponse { status: SERVING (1) }
+        Some(status == code::OK && messages.first().is_some_and(|m| m.as_ref() == [0x08, 0x01]))
+    };
+    tokio::time::timeout(Duration::from_secs(2), call).await.ok().flatten().unwrap_or(false)
+}

@@ -1,0 +1,217 @@
+//! `kiln up`: a pool on this machine. Starts N kilnd builders, each with its
+//! own state directory and loopback port, and the gateway in front of them,
+//! then prints the `docker buildx create` line that points buildx at it.
+//! SIGINT or SIGTERM stops the gateway and drains the builders.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::process::{Child, Command};
+use tracing::{info, warn};
+
+use crate::gateway;
+use crate::metrics::Metrics;
+
+/// Start a local pool of kilnd builders behind a gateway.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// How many kilnd builders to run.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub builders: u16,
+
+    /// Where buildx connects: tcp://HOST:PORT.
+    #[arg(long, default_value = "tcp://127.0.0.1:1234")]
+    pub addr: String,
+
+    /// State of the builders (one directory each, kept across runs so the
+    /// cache survives). [default: $XDG_STATE_HOME/kiln/up or ~/.local/state/kiln/up]
+    #[arg(long, value_name = "DIR")]
+    pub state: Option<PathBuf>,
+
+    /// The kilnd binary. [default: next to this kiln binary, else kilnd on PATH]
+    #[arg(long, value_name = "PATH", env = "KILN_KILND")]
+    pub kilnd: Option<PathBuf>,
+
+    /// A kilnd configuration file for every builder (for example registries
+    /// that speak plain HTTP).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Builds one builder runs at once; more wait in the gateway.
+    #[arg(long, default_value_t = 4)]
+    pub max_parallel_builds: usize,
+
+    /// Serve the gateway's /metrics on HOST:PORT.
+    #[arg(long)]
+    pub metrics_addr: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("creating {path}: {source}")]
+    CreateDir { path: PathBuf, source: std::io::Error },
+    #[error("finding a free loopback port: {0}")]
+    Port(#[source] std::io::Error),
+    #[error("starting {binary}: {source} (pass --kilnd, or put kilnd on PATH)")]
+    Spawn { binary: PathBuf, source: std::io::Error },
+    #[error("builder {index} exited while starting ({status}); its log {log}:\n{tail}")]
+    Exited { index: usize, status: std::process::ExitStatus, log: PathBuf, tail: String },
+    #[error("builder {index} not ready after {waited:?}; its log {log}:\n{tail}")]
+    NotReady { index: usize, waited: Duration, log: PathBuf, tail: String },
+    #[error(transparent)]
+    Gateway(#[from] gateway::Error),
+    #[error("setting up metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+fn default_state() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_STATE_HOME") {
+        return PathBuf::from(dir).join("kiln/up");
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/var/lib"), PathBuf::from);
+    home.join(".local/state/kiln/up")
+}
+
+fn find_kilnd(given: Option<PathBuf>) -> PathBuf {
+    given.unwrap_or_else(|| {
+        std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|d| d.join("kilnd")))
+            .filter(|p| p.is_file())
+            .unwrap_or_else(|| PathBuf::from("kilnd"))
+    })
+}
+
+fn free_port() -> Result<u16, Error> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(Error::Port)?;
+    Ok(listener.local_addr().map_err(Error::Port)?.port())
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// One kilnd the pool runs.
+#[derive(Debug)]
+struct Builder {
+    index: usize,
+    addr: String,
+    debug: String,
+    log: PathBuf,
+    child: Child,
+}
+
+async fn start_builder(index: usize, args: &Args, kilnd: &Path, state: &Path) -> Result<Builder, Error> {
+    let root = state.join(format!("builder-{index}"));
+    std::fs::create_dir_all(&root).map_err(|source| Error::CreateDir { path: root.clone(), source })?;
+    let addr = format!("tcp://127.0.0.1:{}", free_port()?);
+    let debug = format!("127.0.0.1:{}", free_port()?);
+    let log = state.join(format!("builder-{index}.log"));
+    let file =
+        std::fs::File::create(&log).map_err(|source| Error::CreateDir { path: log.clone(), source })?;
+    let err = file.try_clone().map_err(|source| Error::CreateDir { path: log.clone(), source })?;
+    let mut cmd = Command::new(kilnd);
+    cmd.arg("--addr").arg(&addr).arg("--root").arg(root.join("state")).arg("--debugaddr").arg(&debug);
+    if let Some(config) = &args.config {
+        cmd.arg("--config").arg(config);
+    }
+    let child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(file)
+        .stderr(err)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|source| Error::Spawn { binary: kilnd.to_owned(), source })?;
+    Ok(Builder { index, addr, debug, log, child })
+}
+
+async fn wait_ready(b: &mut Builder, http: &reqwest::Client) -> Result<(), Error> {
+    let waited = Duration::from_secs(30);
+    let start = Instant::now();
+    let url = format!("http://{}/readyz", b.debug);
+    loop {
+        if let Ok(Some(status)) = b.child.try_wait() {
+            return Err(Error::Exited { index: b.index, status, log: b.log.clone(), tail: tail(&b.log) });
+        }
+        if http.get(&url).send().await.is_ok_and(|r| r.status().is_success()) {
+            return Ok(());
+        }
+        if start.elapsed() > waited {
+            return Err(Error::NotReady { index: b.index, waited, log: b.log.clone(), tail: tail(&b.log) });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// SIGTERM each builder (they finish their builds), SIGKILL after `grace`.
+async fn stop(builders: &mut [Builder], grace: Duration) {
+    for b in builders.iter() {
+        if let Some(pid) = b.child.id().and_then(|p| i32::try_from(p).ok()) {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+        }
+    }
+    for b in builders.iter_mut() {
+        if tokio::time::timeout(grace, b.child.wait()).await.is_err() {
+            warn!(builder = b.index, "still running after {grace:?}; killing it");
+            let _ = b.child.kill().await;
+        }
+    }
+}
+
+pub async fn run(args: Args) -> Result<(), Error> {
+    let state = args.state.clone().unwrap_or_else(default_state);
+    std::fs::create_dir_all(&state).map_err(|source| Error::CreateDir { path: state.clone(), source })?;
+    let kilnd = find_kilnd(args.kilnd.clone());
+    // Bind first: a taken address fails before any builder starts.
+    let listener = gateway::bind(&args.addr).await?;
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(1))
+        .build()
+        .ok()
+        .unwrap_or_default();
+
+    let mut builders = Vec::new();
+    for index in 0..usize::from(args.builders) {
+        builders.push(start_builder(index, &args, &kilnd, &state).await?);
+    }
+    for b in &mut builders {
+        if let Err(e) = wait_ready(b, &http).await {
+            stop(&mut builders, Duration::from_secs(5)).await;
+            return Err(e);
+        }
+        info!(builder = b.index, addr = %b.addr, log = %b.log.display(), "builder ready");
+    }
+
+    let metrics = Arc::new(Metrics::new()?);
+    if let Some(addr) = &args.metrics_addr {
+        gateway::serve_metrics(addr, Arc::clone(&metrics)).await?;
+    }
+    let backends: Vec<String> = builders.iter().map(|b| b.addr.clone()).collect();
+    let gw = gateway::start(&backends, args.max_parallel_builds, metrics)?;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "kiln: {} builder(s) ready behind {} (state in {})\n\
+         Point buildx at it:\n  \
+         docker buildx create --name kiln --driver remote {} --use\n  \
+         docker buildx build .\n\
+         Stop with Ctrl-C.",
+        builders.len(),
+        args.addr,
+        state.display(),
+        args.addr
+    );
+    let _ = out.flush();
+    drop(out);
+
+    gateway::serve(listener, gw, crate::shutdown_signal()).await;
+    info!("stopping the builders");
+    stop(&mut builders, Duration::from_secs(60)).await;
+    Ok(())
+}
