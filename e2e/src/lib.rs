@@ -7,6 +7,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
+pub mod kubelet;
 pub mod llb;
 
 use std::fmt::Write as _;
