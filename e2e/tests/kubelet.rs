@@ -223,7 +223,7 @@ fn kilnd_pods_run_ready_on_their_own_ips_build_and_drain_on_delete() {
     assert!(!Path::new("/var/lib/kilnd").read_dir().is_ok_and(|mut d| d.next().is_some()), "nothing leaked to the host's /var/lib/kilnd");
 
     // Deletion: SIGTERM, kilnd drains and exits 0, the pod disappears.
-    run(cluster.kubectl(&["delete", "pod", "kilnd-0", "--timeout=30s"]));
+    run(&mut cluster.kubectl(&["delete", "pod", "kilnd-0", "--timeout=30s"]));
     assert!(cluster.get("pod/kilnd-0").is_none(), "the pod is gone after the delete returned");
     let (path, log) = cluster.pod_log(&pods[0]);
     assert!(log.contains("SIGTERM: draining"), "{}:\n{log}", path.display());
@@ -247,7 +247,7 @@ fn an_unmapped_image_is_err_image_pull_and_the_pod_stays_pending() {
     assert!(message.contains("\"nginx:1.27\""), "the message names the image: {message}");
     assert_eq!(pod["status"]["phase"], "Pending");
     assert_eq!(condition(&pod, "Ready"), Some("False"));
-    run(cluster.kubectl(&["delete", "pod", "nginx", "--timeout=20s"]));
+    run(&mut cluster.kubectl(&["delete", "pod", "nginx", "--timeout=20s"]));
 }
 
 #[test]
@@ -271,5 +271,5 @@ fn a_crashing_container_loops_with_back_off_and_counts_restarts() {
     assert_eq!(status["ready"], false);
     let (_, log) = cluster.pod_log(&pod);
     assert!(log.contains("crashing as the-crash-test"), "args are expanded from the env: {log}");
-    run(cluster.kubectl(&["delete", "pod", "crash", "--timeout=20s"]));
+    run(&mut cluster.kubectl(&["delete", "pod", "crash", "--timeout=20s"]));
 }
