@@ -41,17 +41,20 @@ impl Cluster {
         let state = tempfile::Builder::new().prefix("kiln-standin-").tempdir().unwrap();
         // Every stand-in on the cluster may provision any claim: they share the volumes root.
         let volumes = std::env::temp_dir().join("kiln-kubelet-standin-volumes");
-        let options = Options::new(env!("CARGO_BIN_EXE_kiln-kubelet-standin"), env.kubeconfig(), state.path())
-            .node(unique("kiln-node"))
-            .volumes(volumes)
-            .image("kiln/kilnd", workspace_bin("kilnd"))
-            .image("kiln-test/sh", "/bin/sh");
+        let options =
+            Options::new(env!("CARGO_BIN_EXE_kiln-kubelet-standin"), env.kubeconfig(), state.path())
+                .node(unique("kiln-node"))
+                .volumes(volumes)
+                .image("kiln/kilnd", workspace_bin("kilnd"))
+                .image("kiln-test/sh", "/bin/sh");
         let standin = KubeletStandIn::spawn(&options).unwrap_or_else(|e| panic!("{e}"));
         let namespace = unique(prefix);
         run(kubectl().args(["create", "namespace", &namespace]));
         // Pods are refused until the namespace's default ServiceAccount exists.
         wait_until("the default service account", Duration::from_secs(30), || {
-            run_unchecked(kubectl().args(["-n", &namespace, "get", "serviceaccount", "default"])).status.success()
+            run_unchecked(kubectl().args(["-n", &namespace, "get", "serviceaccount", "default"]))
+                .status
+                .success()
         });
         Self { namespace, standin, _state: state }
     }
@@ -181,8 +184,10 @@ fn kilnd_pods_run_ready_on_their_own_ips_build_and_drain_on_delete() {
     cluster.apply(&(kilnd_pod("kilnd-0", &node) + "---\n" + &kilnd_pod("kilnd-1", &node)));
 
     let ready = |p: &Value| condition(p, "Ready") == Some("True");
-    let pods: Vec<Value> =
-        ["pod/kilnd-0", "pod/kilnd-1"].iter().map(|p| cluster.wait_for(p, Duration::from_secs(60), ready)).collect();
+    let pods: Vec<Value> = ["pod/kilnd-0", "pod/kilnd-1"]
+        .iter()
+        .map(|p| cluster.wait_for(p, Duration::from_secs(60), ready))
+        .collect();
     let mut ips = Vec::new();
     for pod in &pods {
         assert_eq!(pod["spec"]["nodeName"], node.as_str(), "the scheduler bound it to the stand-in's node");
@@ -219,15 +224,26 @@ fn kilnd_pods_run_ready_on_their_own_ips_build_and_drain_on_delete() {
     let pv = run(kubectl().args(["get", "pv", pvc["spec"]["volumeName"].as_str().unwrap(), "-o", "json"]));
     let pv: Value = serde_json::from_str(&pv).unwrap();
     let host_dir = Path::new(pv["spec"]["hostPath"]["path"].as_str().unwrap());
-    assert!(std::fs::read_dir(host_dir).unwrap().next().is_some(), "kilnd's state is on the PV at {}", host_dir.display());
-    assert!(!Path::new("/var/lib/kilnd").read_dir().is_ok_and(|mut d| d.next().is_some()), "nothing leaked to the host's /var/lib/kilnd");
+    assert!(
+        std::fs::read_dir(host_dir).unwrap().next().is_some(),
+        "kilnd's state is on the PV at {}",
+        host_dir.display()
+    );
+    assert!(
+        !Path::new("/var/lib/kilnd").read_dir().is_ok_and(|mut d| d.next().is_some()),
+        "nothing leaked to the host's /var/lib/kilnd"
+    );
 
     // Deletion: SIGTERM, kilnd drains and exits 0, the pod disappears.
     run(&mut cluster.kubectl(&["delete", "pod", "kilnd-0", "--timeout=30s"]));
     assert!(cluster.get("pod/kilnd-0").is_none(), "the pod is gone after the delete returned");
     let (path, log) = cluster.pod_log(&pods[0]);
     assert!(log.contains("SIGTERM: draining"), "{}:\n{log}", path.display());
-    assert!(log.contains("container kilnd exited with code 0 on the pod's stop"), "{}:\n{log}", path.display());
+    assert!(
+        log.contains("container kilnd exited with code 0 on the pod's stop"),
+        "{}:\n{log}",
+        path.display()
+    );
     let other = cluster.get("pod/kilnd-1").unwrap();
     assert_eq!(condition(&other, "Ready"), Some("True"), "the other pod runs on");
 }

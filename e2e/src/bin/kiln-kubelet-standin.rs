@@ -54,7 +54,11 @@ fn main() -> ExitCode {
     if let Some(Sub::ContainerInit { parent, bind, workdir, program }) = cli.command {
         let binds = bind
             .chunks(3)
-            .map(|b| Bind { source: b[0].clone().into(), target: b[1].clone().into(), read_only: b[2] == "ro" })
+            .map(|b| Bind {
+                source: b[0].clone().into(),
+                target: b[1].clone().into(),
+                read_only: b[2] == "ro",
+            })
             .collect();
         let mut program = program.into_iter();
         let args = InitArgs {

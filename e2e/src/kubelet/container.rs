@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{
-    Container, ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus,
+    Container, ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
+    ContainerStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -144,7 +145,12 @@ pub async fn supervise(
                 c.launch.pod_label
             );
             c.events
-                .publish(EventType::Warning, "BackOff", "Restart", "Back-off restarting failed container".into())
+                .publish(
+                    EventType::Warning,
+                    "BackOff",
+                    "Restart",
+                    "Back-off restarting failed container".into(),
+                )
                 .await;
             c.set_state(waiting("CrashLoopBackOff", &message), Some(last_state));
             tokio::select! {
@@ -214,7 +220,8 @@ impl Supervisor {
             self.status.restart_count,
             super::env::show(&launch.binary, &launch.args)
         );
-        let err_log = log.try_clone().map_err(|e| format!("opening the log {}: {e}", launch.log.display()))?;
+        let err_log =
+            log.try_clone().map_err(|e| format!("opening the log {}: {e}", launch.log.display()))?;
         let mut cmd = Command::new(&self.ctx.unshare);
         cmd.args(["--mount", "--propagation", "private", "--"])
             .arg(&self.ctx.self_exe)
@@ -260,7 +267,9 @@ impl Supervisor {
         let mut readiness = spec.readiness_probe.as_ref().map(|p| Prober::new("Readiness", p, now));
         let has_readiness = readiness.is_some();
         let pid = child.id();
-        self.events.publish(EventType::Normal, "Started", "Start", format!("Started container {}", spec.name)).await;
+        self.events
+            .publish(EventType::Normal, "Started", "Start", format!("Started container {}", spec.name))
+            .await;
         loop {
             let started_ok = self.status.started == Some(true);
             let next = if started_ok {

@@ -81,7 +81,12 @@ pub async fn environment(
                     match data.get(&key.key) {
                         Some(v) => String::from_utf8_lossy(v).into_owned(),
                         None if optional => continue,
-                        None => return Err(format!("couldn't find key {} in ConfigMap {namespace}/{}", key.key, key.name)),
+                        None => {
+                            return Err(format!(
+                                "couldn't find key {} in ConfigMap {namespace}/{}",
+                                key.key, key.name
+                            ));
+                        }
                     }
                 } else if let Some(key) = &from.secret_key_ref {
                     let optional = key.optional.unwrap_or(false);
@@ -89,7 +94,12 @@ pub async fn environment(
                     match data.get(&key.key) {
                         Some(v) => String::from_utf8_lossy(v).into_owned(),
                         None if optional => continue,
-                        None => return Err(format!("couldn't find key {} in Secret {namespace}/{}", key.key, key.name)),
+                        None => {
+                            return Err(format!(
+                                "couldn't find key {} in Secret {namespace}/{}",
+                                key.key, key.name
+                            ));
+                        }
                     }
                 } else {
                     return Err(format!(

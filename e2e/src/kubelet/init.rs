@@ -56,7 +56,8 @@ pub fn container_init(args: &InitArgs) -> Error {
 
 fn bind_mount(bind: &Bind) -> Result<(), Error> {
     make_mount_point(&bind.source, &bind.target)?;
-    let mount_err = |source| Error::Mount { source_path: bind.source.clone(), target: bind.target.clone(), source };
+    let mount_err =
+        |source| Error::Mount { source_path: bind.source.clone(), target: bind.target.clone(), source };
     mount(Some(&bind.source), &bind.target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
         .map_err(mount_err)?;
     if bind.read_only {

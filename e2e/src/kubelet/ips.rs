@@ -16,7 +16,7 @@ impl IpPool {
     /// `preferred` when it is a free pool address (a pod that already had an
     /// IP keeps it across a stand-in restart), else the lowest free one.
     pub fn allocate(&mut self, preferred: Option<Ipv4Addr>) -> Option<Ipv4Addr> {
-        let wanted = preferred.and_then(|ip| Self::host_part(ip)).filter(|n| !self.used.contains(n));
+        let wanted = preferred.and_then(Self::host_part).filter(|n| !self.used.contains(n));
         let n = wanted.or_else(|| (FIRST..=LAST).find(|n| !self.used.contains(n)))?;
         self.used.insert(n);
         Some(Ipv4Addr::new(127, 0, 0, n))

@@ -194,7 +194,8 @@ impl PodEvents {
 
     /// Posts an event; failing to is only logged (events are best effort).
     async fn publish(&self, type_: EventType, reason: &str, action: &str, note: String) {
-        let event = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
+        let event =
+            Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
         if let Err(e) = self.recorder.publish(&event, &self.reference).await {
             warn!(error = %e, reason, "posting an event failed");
         }
@@ -224,11 +225,14 @@ pub async fn run(config: Config) -> Result<(), Error> {
         Some(path) => {
             let read = |source| Error::Kubeconfig { path: path.clone(), source };
             let file = kube::config::Kubeconfig::read_from(path).map_err(read)?;
-            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default()).await.map_err(read)?
+            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(read)?
         }
         None => kube::Config::infer().await.map_err(|source| Error::InferConfig { source })?,
     };
-    let api_host = client_config.cluster_url.host().unwrap_or("127.0.0.1").trim_matches(['[', ']']).to_owned();
+    let api_host =
+        client_config.cluster_url.host().unwrap_or("127.0.0.1").trim_matches(['[', ']']).to_owned();
     let api_port = client_config.cluster_url.port_u16().unwrap_or(443);
     let client = Client::try_from(client_config).map_err(|source| Error::Client { source })?;
 
@@ -238,9 +242,14 @@ pub async fn run(config: Config) -> Result<(), Error> {
     }
     let ready_file = config.state.join(READY_FILE);
     let _ = std::fs::remove_file(&ready_file);
-    let host_path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
-    let unshare = std::env::split_paths(&host_path).map(|d| d.join("unshare")).find(|p| p.is_file()).ok_or(Error::NoUnshare)?;
-    let reporter = Reporter { controller: "kiln.dev/kubelet-stand-in".into(), instance: Some(config.node.clone()) };
+    let host_path = std::env::var("PATH")
+        .unwrap_or_else(|_| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    let unshare = std::env::split_paths(&host_path)
+        .map(|d| d.join("unshare"))
+        .find(|p| p.is_file())
+        .ok_or(Error::NoUnshare)?;
+    let reporter =
+        Reporter { controller: "kiln.dev/kubelet-stand-in".into(), instance: Some(config.node.clone()) };
     let ctx = Arc::new(Ctx {
         recorder: Recorder::new(client.clone(), reporter),
         client,
@@ -258,8 +267,10 @@ pub async fn run(config: Config) -> Result<(), Error> {
         cwd: std::env::current_dir().map_err(|source| Error::SelfExe { source })?,
     });
 
-    let mut term = signal(SignalKind::terminate()).map_err(|source| Error::Signal { signal: "SIGTERM", source })?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|source| Error::Signal { signal: "SIGINT", source })?;
+    let mut term =
+        signal(SignalKind::terminate()).map_err(|source| Error::Signal { signal: "SIGTERM", source })?;
+    let mut int =
+        signal(SignalKind::interrupt()).map_err(|source| Error::Signal { signal: "SIGINT", source })?;
 
     node::register(&ctx).await?;
     provisioner::ensure_storage_class(&ctx).await?;
@@ -268,7 +279,8 @@ pub async fn run(config: Config) -> Result<(), Error> {
 
     let pods: Api<Pod> = Api::all(ctx.client.clone());
     let selector = format!("spec.nodeName={}", ctx.node);
-    let mut pod_events = watcher(pods, watcher::Config::default().fields(&selector)).default_backoff().boxed();
+    let mut pod_events =
+        watcher(pods, watcher::Config::default().fields(&selector)).default_backoff().boxed();
     let mut workers = Workers::default();
     let mut ready = false;
     info!(state = %ctx.state.display(), "kubelet stand-in running");
@@ -319,7 +331,8 @@ impl Workers {
             }
             watcher::Event::InitDone => {
                 let listed = self.listed.take().unwrap_or_default();
-                let gone: Vec<String> = self.by_uid.keys().filter(|uid| !listed.contains(uid)).cloned().collect();
+                let gone: Vec<String> =
+                    self.by_uid.keys().filter(|uid| !listed.contains(uid)).cloned().collect();
                 for uid in gone {
                     self.vanish(&uid);
                 }
@@ -380,7 +393,11 @@ pub struct Options {
 }
 
 impl Options {
-    pub fn new(binary: impl Into<PathBuf>, kubeconfig: impl Into<PathBuf>, state: impl Into<PathBuf>) -> Self {
+    pub fn new(
+        binary: impl Into<PathBuf>,
+        kubeconfig: impl Into<PathBuf>,
+        state: impl Into<PathBuf>,
+    ) -> Self {
         Self {
             binary: binary.into(),
             kubeconfig: kubeconfig.into(),
@@ -421,10 +438,16 @@ impl KubeletStandIn {
         let ready = state.join(READY_FILE);
         let _ = std::fs::remove_file(&ready);
         let log = state.join("kubelet-standin.log");
-        let file = std::fs::File::create(&log).map_err(|source| Error::WriteFile { path: log.clone(), source })?;
+        let file =
+            std::fs::File::create(&log).map_err(|source| Error::WriteFile { path: log.clone(), source })?;
         let err_file = file.try_clone().map_err(|source| Error::WriteFile { path: log.clone(), source })?;
         let mut cmd = Command::new(&options.binary);
-        cmd.arg("--kubeconfig").arg(&options.kubeconfig).arg("--node").arg(&options.node).arg("--state").arg(state);
+        cmd.arg("--kubeconfig")
+            .arg(&options.kubeconfig)
+            .arg("--node")
+            .arg(&options.node)
+            .arg("--state")
+            .arg(state);
         if let Some(volumes) = &options.volumes {
             cmd.arg("--volumes").arg(volumes);
         }
@@ -446,7 +469,11 @@ impl KubeletStandIn {
                 return Err(Error::ExitedEarly { status, log: handle.log.clone(), text: handle.log_text() });
             }
             if start.elapsed() > options.ready_timeout {
-                return Err(Error::NotReady { waited: options.ready_timeout, log: handle.log.clone(), text: handle.log_text() });
+                return Err(Error::NotReady {
+                    waited: options.ready_timeout,
+                    log: handle.log.clone(),
+                    text: handle.log_text(),
+                });
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -492,7 +519,10 @@ impl Handle {
         if let Ok(Some(status)) = self.child.try_wait() {
             return Some(status);
         }
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(20) {
             if let Ok(Some(status)) = self.child.try_wait() {

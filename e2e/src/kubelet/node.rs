@@ -138,7 +138,10 @@ pub async fn register(ctx: &Ctx) -> Result<(), Error> {
     let nodes: Api<Node> = Api::all(ctx.client.clone());
     let apply = PatchParams::apply(FIELD_MANAGER).force();
     let register = |source| Error::RegisterNode { node: ctx.node.clone(), source };
-    nodes.patch(&ctx.node, &apply, &Patch::Apply(node_object(&ctx.node, &ctx.machine))).await.map_err(register)?;
+    nodes
+        .patch(&ctx.node, &apply, &Patch::Apply(node_object(&ctx.node, &ctx.machine)))
+        .await
+        .map_err(register)?;
     heartbeat(ctx).await
 }
 
@@ -148,7 +151,11 @@ pub async fn heartbeat(ctx: &Ctx) -> Result<(), Error> {
     let now = Time(Timestamp::now());
     let nodes: Api<Node> = Api::all(ctx.client.clone());
     let node = nodes
-        .patch_status(&ctx.node, &apply, &Patch::Apply(node_status(&ctx.node, &ctx.machine, &ctx.since, &now)))
+        .patch_status(
+            &ctx.node,
+            &apply,
+            &Patch::Apply(node_status(&ctx.node, &ctx.machine, &ctx.since, &now)),
+        )
         .await
         .map_err(|source| Error::RegisterNode { node: ctx.node.clone(), source })?;
     let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), "kube-node-lease");
@@ -203,15 +210,23 @@ mod tests {
     fn machine_facts_parse() {
         assert_eq!(mem_total_kib("MemFree: 1 kB\nMemTotal:       24536312 kB\n"), Some(24_536_312));
         assert_eq!(mem_total_kib("nothing"), None);
-        assert_eq!(pretty_name("ID=debian\nPRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\n").as_deref(), Some("Debian GNU/Linux 12 (bookworm)"));
+        assert_eq!(
+            pretty_name("ID=debian\nPRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\n").as_deref(),
+            Some("Debian GNU/Linux 12 (bookworm)")
+        );
         assert_eq!(go_arch("x86_64"), "amd64");
         assert_eq!(go_arch("aarch64"), "arm64");
     }
 
     #[test]
     fn the_node_carries_what_the_scheduler_filters_on() {
-        let machine =
-            Machine { cpus: 2, memory_kib: 1000, arch: "amd64", kernel: "6.1".into(), os_image: "Debian".into() };
+        let machine = Machine {
+            cpus: 2,
+            memory_kib: 1000,
+            arch: "amd64",
+            kernel: "6.1".into(),
+            os_image: "Debian".into(),
+        };
         let node = node_object("kiln-local", &machine);
         assert_eq!(node["metadata"]["labels"]["kubernetes.io/hostname"], "kiln-local");
         assert_eq!(node["metadata"]["labels"]["kubernetes.io/arch"], "amd64");

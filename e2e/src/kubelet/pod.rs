@@ -60,7 +60,12 @@ pub async fn run(ctx: Arc<Ctx>, pod: Pod, mut signals: mpsc::UnboundedReceiver<P
     let Some(ip) = ip else {
         warn!("no free loopback address for the pod");
         let mut worker = Worker::new(ctx, pod, Ipv4Addr::UNSPECIFIED);
-        worker.block(&Blocked::everywhere("ContainerCreating", "no free 127.0.0.N address left on the kubelet stand-in")).await;
+        worker
+            .block(&Blocked::everywhere(
+                "ContainerCreating",
+                "no free 127.0.0.N address left on the kubelet stand-in",
+            ))
+            .await;
         let end = worker.wait_for_end(&mut signals).await;
         worker.finish(end, Vec::new()).await;
         return;
@@ -80,7 +85,10 @@ pub async fn run(ctx: Arc<Ctx>, pod: Pod, mut signals: mpsc::UnboundedReceiver<P
             Err(blocked) => {
                 if shown.as_deref() != Some(blocked.message.as_str()) {
                     let reason = if blocked.reason == "ErrImagePull" { "Failed" } else { "FailedMount" };
-                    worker.events.publish(EventType::Warning, reason, "Prepare", blocked.message.clone()).await;
+                    worker
+                        .events
+                        .publish(EventType::Warning, reason, "Prepare", blocked.message.clone())
+                        .await;
                     shown = Some(blocked.message.clone());
                 }
                 worker.block(&blocked).await;
@@ -106,7 +114,13 @@ pub async fn run(ctx: Arc<Ctx>, pod: Pod, mut signals: mpsc::UnboundedReceiver<P
     let mut containers = JoinSet::new();
     for launch in launches {
         let events = worker.events.clone();
-        containers.spawn(container::supervise(ctx.clone(), launch, events, updates_tx.clone(), stop_rx.clone()));
+        containers.spawn(container::supervise(
+            ctx.clone(),
+            launch,
+            events,
+            updates_tx.clone(),
+            stop_rx.clone(),
+        ));
     }
     drop(updates_tx);
 
@@ -157,11 +171,8 @@ impl Worker {
         let namespace = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let events = PodEvents::new(&ctx, &pod);
-        let start_time = pod
-            .status
-            .as_ref()
-            .and_then(|s| s.start_time.clone())
-            .unwrap_or_else(|| Time(Timestamp::now()));
+        let start_time =
+            pod.status.as_ref().and_then(|s| s.start_time.clone()).unwrap_or_else(|| Time(Timestamp::now()));
         let statuses = pod
             .spec
             .iter()
@@ -260,10 +271,8 @@ impl Worker {
         let pod_ip = self.ip.to_string();
         let mut launches = Vec::new();
         for (index, (c, binary)) in spec.containers.iter().zip(binaries).enumerate() {
-            let env = env::environment(&self.ctx, &self.pod, c, &pod_ip).await.map_err(|message| Blocked {
-                reason: "CreateContainerConfigError".into(),
-                message,
-                container: Some(index),
+            let env = env::environment(&self.ctx, &self.pod, c, &pod_ip).await.map_err(|message| {
+                Blocked { reason: "CreateContainerConfigError".into(), message, container: Some(index) }
             })?;
             let args = env::arguments(c, &env);
             let env = env::for_exec(&self.ctx.env, &self.pod, &env);
@@ -323,7 +332,8 @@ impl Worker {
     /// Writes the whole status with a strategic merge patch, as the kubelet does.
     async fn write_status(&mut self) {
         let now = Time(Timestamp::now());
-        let restart_policy = self.pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref()).unwrap_or("Always");
+        let restart_policy =
+            self.pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref()).unwrap_or("Always");
         let phase = status::phase(restart_policy, &self.statuses);
         let conditions = status::conditions(&self.pod, &self.statuses, &now);
         let ip = (!self.ip.is_unspecified()).then(|| self.ip.to_string());
@@ -342,7 +352,9 @@ impl Worker {
         match self.api().patch_status(&self.name, &PatchParams::default(), &Patch::Strategic(&patch)).await {
             Ok(pod) => self.update(pod),
             Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => warn!(error = %Error::WritePodStatus { pod: key(&self.pod), source: e }, "status not written"),
+            Err(e) => {
+                warn!(error = %Error::WritePodStatus { pod: key(&self.pod), source: e }, "status not written")
+            }
         }
     }
 
@@ -363,7 +375,9 @@ impl Worker {
             match self.api().delete(&self.name, &params).await {
                 Ok(_) => info!("pod deleted"),
                 Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
-                Err(e) => warn!(error = %Error::DeletePod { pod: key(&self.pod), source: e }, "pod not deleted"),
+                Err(e) => {
+                    warn!(error = %Error::DeletePod { pod: key(&self.pod), source: e }, "pod not deleted")
+                }
             }
         }
         remove_dir(&self.dir);

@@ -23,7 +23,9 @@ pub struct Schedule {
 
 impl Schedule {
     pub fn of(probe: &Probe) -> Self {
-        let secs = |v: Option<i32>, default: u64, min: u64| Duration::from_secs(v.map_or(default, |s| s.max(0) as u64).max(min));
+        let secs = |v: Option<i32>, default: u64, min: u64| {
+            Duration::from_secs(v.map_or(default, |s| s.max(0) as u64).max(min))
+        };
         let count = |v: Option<i32>, default: u32| v.map_or(default, |n| n.max(1) as u32);
         Self {
             initial_delay: secs(probe.initial_delay_seconds, 0, 0),
@@ -63,7 +65,14 @@ pub enum Verdict {
 impl Prober {
     pub fn new(kind: &'static str, probe: &Probe, started: Instant) -> Self {
         let schedule = Schedule::of(probe);
-        Self { kind, probe: probe.clone(), next: started + schedule.initial_delay, schedule, successes: 0, failures: 0 }
+        Self {
+            kind,
+            probe: probe.clone(),
+            next: started + schedule.initial_delay,
+            schedule,
+            successes: 0,
+            failures: 0,
+        }
     }
 
     /// Runs one attempt against `pod_ip` and reports a verdict when a
@@ -125,7 +134,12 @@ pub async fn run(probe: &Probe, container: &Container, pod_ip: IpAddr, limit: Du
 
 /// The address a probe dials: its host or the pod IP, its port by number or
 /// by the container port's name.
-fn target(host: Option<&str>, port: &IntOrString, container: &Container, pod_ip: IpAddr) -> Result<SocketAddr, String> {
+fn target(
+    host: Option<&str>,
+    port: &IntOrString,
+    container: &Container,
+    pod_ip: IpAddr,
+) -> Result<SocketAddr, String> {
     let ip = match host.filter(|h| !h.is_empty()) {
         None => pod_ip,
         Some("localhost") => IpAddr::from([127, 0, 0, 1]),
@@ -147,7 +161,8 @@ fn target(host: Option<&str>, port: &IntOrString, container: &Container, pod_ip:
 /// A plain HTTP/1.1 GET; the response's status code.
 async fn http_get(addr: SocketAddr, path: &str, headers: &[(String, String)]) -> std::io::Result<u16> {
     let mut stream = TcpStream::connect(addr).await?;
-    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: kube-probe/kiln-stand-in\r\n");
+    let mut request =
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: kube-probe/kiln-stand-in\r\n");
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
@@ -163,10 +178,9 @@ async fn http_get(addr: SocketAddr, path: &str, headers: &[(String, String)]) ->
         head.extend_from_slice(&buf[..n]);
     }
     let line = String::from_utf8_lossy(&head);
-    line.split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("malformed HTTP response {line:?}")))
+    line.split_whitespace().nth(1).and_then(|code| code.parse().ok()).ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, format!("malformed HTTP response {line:?}"))
+    })
 }
 
 #[cfg(test)]
@@ -179,7 +193,11 @@ mod tests {
     fn container() -> Container {
         Container {
             name: "kilnd".into(),
-            ports: Some(vec![ContainerPort { name: Some("debug".into()), container_port: 6060, ..Default::default() }]),
+            ports: Some(vec![ContainerPort {
+                name: Some("debug".into()),
+                container_port: 6060,
+                ..Default::default()
+            }]),
             ..Default::default()
         }
     }
@@ -190,7 +208,11 @@ mod tests {
         assert_eq!(s.period, Duration::from_secs(10));
         assert_eq!(s.timeout, Duration::from_secs(1));
         assert_eq!((s.success_threshold, s.failure_threshold), (1, 3));
-        let s = Schedule::of(&Probe { period_seconds: Some(0), failure_threshold: Some(1), ..Default::default() });
+        let s = Schedule::of(&Probe {
+            period_seconds: Some(0),
+            failure_threshold: Some(1),
+            ..Default::default()
+        });
         assert_eq!(s.period, Duration::from_secs(1));
         assert_eq!(s.failure_threshold, 1);
     }
@@ -199,8 +221,14 @@ mod tests {
     fn targets_resolve_named_ports_and_default_to_the_pod_ip() {
         let ip = IpAddr::from([127, 0, 0, 12]);
         let c = container();
-        assert_eq!(target(None, &IntOrString::String("debug".into()), &c, ip), Ok("127.0.0.12:6060".parse().unwrap()));
-        assert_eq!(target(Some("127.0.0.1"), &IntOrString::Int(80), &c, ip), Ok("127.0.0.1:80".parse().unwrap()));
+        assert_eq!(
+            target(None, &IntOrString::String("debug".into()), &c, ip),
+            Ok("127.0.0.12:6060".parse().unwrap())
+        );
+        assert_eq!(
+            target(Some("127.0.0.1"), &IntOrString::Int(80), &c, ip),
+            Ok("127.0.0.1:80".parse().unwrap())
+        );
         let err = target(None, &IntOrString::String("grpc".into()), &c, ip).unwrap_err();
         assert!(err.contains("no port named \"grpc\""), "{err}");
         assert!(target(None, &IntOrString::Int(70_000), &c, ip).is_err());

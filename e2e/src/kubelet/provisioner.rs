@@ -150,7 +150,8 @@ async fn reclaim(ctx: &Ctx, pv: &PersistentVolume) -> Result<(), Error> {
     if let Some(path) = spec.and_then(|s| s.host_path.as_ref()).map(|h| PathBuf::from(&h.path)) {
         // Only what this provisioner made: a directory right under its root.
         if path.parent() == Some(ctx.volumes.as_path()) && path.exists() {
-            std::fs::remove_dir_all(&path).map_err(|source| Error::RemoveDir { path: path.clone(), source })?;
+            std::fs::remove_dir_all(&path)
+                .map_err(|source| Error::RemoveDir { path: path.clone(), source })?;
         }
     }
     let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
@@ -166,7 +167,9 @@ async fn reclaim(ctx: &Ctx, pv: &PersistentVolume) -> Result<(), Error> {
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::api::core::v1::{PersistentVolumeClaimSpec, PersistentVolumeClaimStatus, VolumeResourceRequirements};
+    use k8s_openapi::api::core::v1::{
+        PersistentVolumeClaimSpec, PersistentVolumeClaimStatus, VolumeResourceRequirements,
+    };
     use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 

@@ -69,11 +69,15 @@ pub fn conditions(pod: &Pod, statuses: &[ContainerStatus], now: &Time) -> Vec<Po
             ..PodCondition::default()
         }
     };
-    let not_ready = (!containers_ready).then(|| format!("containers with unready status: [{}]", unready.join(" ")));
+    let not_ready =
+        (!containers_ready).then(|| format!("containers with unready status: [{}]", unready.join(" ")));
     let ready = if !containers_ready {
         condition("Ready", false, Some("ContainersNotReady".into()), not_ready.clone())
     } else if !unmet_gates.is_empty() {
-        let message = format!("corresponding condition of pod readiness gate \"{}\" is not True", unmet_gates.join(", "));
+        let message = format!(
+            "corresponding condition of pod readiness gate \"{}\" is not True",
+            unmet_gates.join(", ")
+        );
         condition("Ready", false, Some("ReadinessGatesNotReady".into()), Some(message))
     } else {
         condition("Ready", true, None, None)
@@ -94,8 +98,8 @@ pub fn conditions(pod: &Pod, statuses: &[ContainerStatus], now: &Time) -> Vec<Po
 #[cfg(test)]
 mod tests {
     use k8s_openapi::api::core::v1::{
-        ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting, PodReadinessGate,
-        PodSpec, PodStatus,
+        ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
+        PodReadinessGate, PodSpec, PodStatus,
     };
     use k8s_openapi::jiff::Timestamp;
 
@@ -105,7 +109,10 @@ mod tests {
         ContainerStatus {
             name: name.into(),
             ready,
-            state: Some(ContainerState { running: Some(ContainerStateRunning::default()), ..Default::default() }),
+            state: Some(ContainerState {
+                running: Some(ContainerStateRunning::default()),
+                ..Default::default()
+            }),
             ..Default::default()
         }
     }
@@ -114,7 +121,10 @@ mod tests {
         ContainerStatus {
             name: name.into(),
             state: Some(ContainerState {
-                waiting: Some(ContainerStateWaiting { reason: Some("CrashLoopBackOff".into()), ..Default::default() }),
+                waiting: Some(ContainerStateWaiting {
+                    reason: Some("CrashLoopBackOff".into()),
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
             last_state: has_run.then(|| ContainerState {
@@ -205,7 +215,8 @@ mod tests {
         assert_eq!(ready.status, "False");
         assert_eq!(ready.reason.as_deref(), Some("ReadinessGatesNotReady"));
 
-        let gate = PodCondition { type_: "kiln.dev/drained".into(), status: "True".into(), ..Default::default() };
+        let gate =
+            PodCondition { type_: "kiln.dev/drained".into(), status: "True".into(), ..Default::default() };
         let c = conditions(&pod(vec![gate], &["kiln.dev/drained"]), &[running("a", true)], &now);
         assert_eq!(find(&c, "Ready").status, "True");
     }

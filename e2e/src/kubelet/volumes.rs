@@ -10,8 +10,8 @@ use std::path::{Component, Path, PathBuf};
 
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, KeyToPath, ObjectFieldSelector, PersistentVolume, PersistentVolumeClaim, Pod, Secret, ServiceAccount,
-    Volume,
+    ConfigMap, KeyToPath, ObjectFieldSelector, PersistentVolume, PersistentVolumeClaim, Pod, Secret,
+    ServiceAccount, Volume,
 };
 use kube::Api;
 use kube::api::PostParams;
@@ -78,7 +78,8 @@ async fn prepare_one(ctx: &Ctx, pod: &Pod, pod_dir: &Path, volume: &Volume) -> R
                 let data = config_map_data(ctx, namespace, &cm.name, cm.optional.unwrap_or(false)).await?;
                 write_keys(&dir, &data, cm.items.as_deref(), projected.default_mode)?;
             } else if let Some(secret) = &source.secret {
-                let data = secret_data(ctx, namespace, &secret.name, secret.optional.unwrap_or(false)).await?;
+                let data =
+                    secret_data(ctx, namespace, &secret.name, secret.optional.unwrap_or(false)).await?;
                 write_keys(&dir, &data, secret.items.as_deref(), projected.default_mode)?;
             } else if let Some(downward) = &source.downward_api {
                 for item in downward.items.iter().flatten() {
@@ -89,7 +90,8 @@ async fn prepare_one(ctx: &Ctx, pod: &Pod, pod_dir: &Path, volume: &Volume) -> R
                     write_file(&dir, &item.path, value.as_bytes(), item.mode.or(projected.default_mode))?;
                 }
             } else if let Some(token) = &source.service_account_token {
-                let jwt = service_account_token(ctx, pod, token.audience.clone(), token.expiration_seconds).await?;
+                let jwt =
+                    service_account_token(ctx, pod, token.audience.clone(), token.expiration_seconds).await?;
                 write_file(&dir, &token.path, jwt.as_bytes(), projected.default_mode)?;
             } else {
                 return Err("a projected source other than configMap, secret, downwardAPI or \
@@ -199,7 +201,9 @@ pub fn field_value(pod: &Pod, field: &ObjectFieldSelector, pod_ip: Option<&str>)
         "metadata.uid" => meta.uid.clone(),
         "spec.nodeName" => spec.and_then(|s| s.node_name.clone()),
         "spec.serviceAccountName" => spec.and_then(|s| s.service_account_name.clone()),
-        "status.podIP" | "status.podIPs" => pod_ip.map(str::to_owned).or_else(|| status.and_then(|s| s.pod_ip.clone())),
+        "status.podIP" | "status.podIPs" => {
+            pod_ip.map(str::to_owned).or_else(|| status.and_then(|s| s.pod_ip.clone()))
+        }
         "status.hostIP" | "status.hostIPs" => Some("127.0.0.1".into()),
         _ => subscript("metadata.labels", meta.labels.as_ref())
             .or_else(|| subscript("metadata.annotations", meta.annotations.as_ref()))
@@ -283,7 +287,8 @@ mod tests {
     fn keys_become_files_with_their_modes() {
         let dir = tempfile::tempdir().unwrap();
         let data: BTreeMap<String, Vec<u8>> =
-            [("kilnd.toml".to_owned(), b"debug = true\n".to_vec()), ("other".to_owned(), b"x".to_vec())].into();
+            [("kilnd.toml".to_owned(), b"debug = true\n".to_vec()), ("other".to_owned(), b"x".to_vec())]
+                .into();
         write_keys(dir.path(), &data, None, Some(0o600)).unwrap();
         assert_eq!(std::fs::read(dir.path().join("kilnd.toml")).unwrap(), b"debug = true\n");
         let mode = std::fs::metadata(dir.path().join("other")).unwrap().permissions().mode();
