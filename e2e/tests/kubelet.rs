@@ -246,6 +246,14 @@ fn kilnd_pods_run_ready_on_their_own_ips_build_and_drain_on_delete() {
     );
     let other = cluster.get("pod/kilnd-1").unwrap();
     assert_eq!(condition(&other, "Ready"), Some("True"), "the other pod runs on");
+
+    // The claim's end releases the PV; the provisioner stand-in deletes it and its directory.
+    let pv_name = pv["metadata"]["name"].as_str().unwrap().to_owned();
+    run(&mut cluster.kubectl(&["delete", "pvc", "cache-kilnd-0", "--timeout=30s"]));
+    wait_until("the released PV is deleted", Duration::from_secs(30), || {
+        !run_unchecked(kubectl().args(["get", "pv", &pv_name])).status.success()
+    });
+    assert!(!host_dir.exists(), "{} is removed with its PV", host_dir.display());
 }
 
 #[test]
@@ -288,4 +296,95 @@ fn a_crashing_container_loops_with_back_off_and_counts_restarts() {
     let (_, log) = cluster.pod_log(&pod);
     assert!(log.contains("crashing as the-crash-test"), "args are expanded from the env: {log}");
     run(&mut cluster.kubectl(&["delete", "pod", "crash", "--timeout=20s"]));
+}
+
+/// A pod whose one container sleeps, so its process can be watched.
+fn sleeper(name: &str, node: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeSelector: {{kubernetes.io/hostname: {node}}}\n  \
+         terminationGracePeriodSeconds: 1\n  containers:\n  - name: sleep\n    image: kiln-test/sh\n    \
+         command: [sh, -c, 'echo up; exec sleep 1000']\n{extra}"
+    )
+}
+
+/// The container's pid, from the stand-in's containerID.
+fn container_pid(pod: &Value) -> u32 {
+    let id = pod["status"]["containerStatuses"][0]["containerID"].as_str().unwrap();
+    id.strip_prefix("kiln-stand-in://").unwrap().parse().unwrap()
+}
+
+/// Whether `pid` still runs (a zombie nobody reaped yet does not count).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')))
+}
+
+#[test]
+fn a_failing_liveness_probe_restarts_the_container() {
+    let cluster = Cluster::new("kiln-kubelet-live");
+    let node = cluster.standin.node().to_owned();
+    // Nothing listens on port 9 of the pod's address.
+    let probe =
+        "    livenessProbe:\n      tcpSocket: {port: 9}\n      periodSeconds: 1\n      failureThreshold: 2\n";
+    cluster.apply(&sleeper("unhealthy", &node, probe));
+    let pod = cluster.wait_for("pod/unhealthy", Duration::from_secs(30), |p| {
+        let s = &p["status"]["containerStatuses"][0];
+        s["restartCount"].as_u64() >= Some(1) && s["lastState"]["terminated"].is_object()
+    });
+    let last = &pod["status"]["containerStatuses"][0]["lastState"]["terminated"];
+    // SIGTERM ended the sleep: 128 + 15.
+    assert_eq!(last["exitCode"], 143, "{last}");
+    let events = run(&mut cluster.kubectl(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=unhealthy",
+        "-o",
+        "jsonpath={range .items[*]}{.reason}: {.message}{\"\\n\"}{end}",
+    ]));
+    assert!(events.contains("Unhealthy: Liveness probe failed: dial tcp 127.0.0."), "{events}");
+    assert!(events.contains("Killing: Container sleep failed liveness probe, will be restarted"), "{events}");
+    run(&mut cluster.kubectl(&["delete", "pod", "unhealthy", "--timeout=20s"]));
+}
+
+#[test]
+fn a_stopped_stand_in_leaves_no_process_and_no_node_behind() {
+    let mut cluster = Cluster::new("kiln-kubelet-stop");
+    let node = cluster.standin.node().to_owned();
+    cluster.apply(&sleeper("sleeper", &node, ""));
+    let pod = cluster.wait_for("pod/sleeper", Duration::from_secs(30), |p| p["status"]["phase"] == "Running");
+    let pid = container_pid(&pod);
+    assert!(alive(pid), "the container runs as pid {pid}");
+
+    let status = cluster.standin.stop().expect("the stand-in stops on SIGTERM");
+    assert!(status.success(), "{status}\n{}", cluster.standin.log_text());
+    assert!(!alive(pid), "the container was killed with the stand-in");
+    let out = run_unchecked(kubectl().args(["get", "node", &node]));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NotFound"), "the Node is removed");
+}
+
+#[test]
+fn a_killed_stand_in_takes_its_containers_along() {
+    let cluster = Cluster::new("kiln-kubelet-kill");
+    let node = cluster.standin.node().to_owned();
+    cluster.apply(&sleeper("sleeper", &node, ""));
+    let pod = cluster.wait_for("pod/sleeper", Duration::from_secs(30), |p| p["status"]["phase"] == "Running");
+    let pid = container_pid(&pod);
+
+    run(Command::new("kill").args(["-KILL", &cluster.standin.pid().to_string()]));
+    // The parent-death signal reaches the container as soon as the stand-in is gone.
+    wait_until("the container dies with the stand-in", Duration::from_secs(5), || !alive(pid));
+    // Nothing removed the Node: a SIGKILLed kubelet leaves it too.
+    run(kubectl().args(["delete", "node", &node]));
+}
+
+#[test]
+fn a_pod_deleted_without_grace_has_its_process_killed() {
+    let cluster = Cluster::new("kiln-kubelet-force");
+    let node = cluster.standin.node().to_owned();
+    cluster.apply(&sleeper("sleeper", &node, ""));
+    let pod = cluster.wait_for("pod/sleeper", Duration::from_secs(30), |p| p["status"]["phase"] == "Running");
+    let pid = container_pid(&pod);
+    run(&mut cluster.kubectl(&["delete", "pod", "sleeper", "--grace-period=0", "--force"]));
+    wait_until("the vanished pod's process is killed", Duration::from_secs(10), || !alive(pid));
 }
