@@ -39,12 +39,9 @@ impl Cluster {
     fn new(prefix: &str) -> Self {
         let env = TestEnv::get();
         let state = tempfile::Builder::new().prefix("kiln-standin-").tempdir().unwrap();
-        // Every stand-in on the cluster may provision any claim: they share the volumes root.
-        let volumes = std::env::temp_dir().join("kiln-kubelet-standin-volumes");
         let options =
             Options::new(env!("CARGO_BIN_EXE_kiln-kubelet-standin"), env.kubeconfig(), state.path())
                 .node(unique("kiln-node"))
-                .volumes(volumes)
                 .image("kiln/kilnd", workspace_bin("kilnd"))
                 .image("kiln-test/sh", "/bin/sh");
         let standin = KubeletStandIn::spawn(&options).unwrap_or_else(|e| panic!("{e}"));

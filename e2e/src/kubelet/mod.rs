@@ -386,7 +386,9 @@ pub struct Options {
     pub kubeconfig: PathBuf,
     pub node: String,
     pub state: PathBuf,
-    pub volumes: Option<PathBuf>,
+    /// The provisioned volumes' root. Every stand-in on a cluster may
+    /// provision any claim, so tests share one: `$TMPDIR/kiln-kubelet-standin-volumes`.
+    pub volumes: PathBuf,
     /// (image NAME or `*`, binary) pairs.
     pub images: Vec<(String, PathBuf)>,
     pub ready_timeout: Duration,
@@ -403,7 +405,7 @@ impl Options {
             kubeconfig: kubeconfig.into(),
             node: DEFAULT_NODE.into(),
             state: state.into(),
-            volumes: None,
+            volumes: std::env::temp_dir().join("kiln-kubelet-standin-volumes"),
             images: Vec::new(),
             ready_timeout: Duration::from_secs(30),
         }
@@ -415,7 +417,7 @@ impl Options {
     }
 
     pub fn volumes(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.volumes = Some(dir.into());
+        self.volumes = dir.into();
         self
     }
 
@@ -448,9 +450,7 @@ impl KubeletStandIn {
             .arg(&options.node)
             .arg("--state")
             .arg(state);
-        if let Some(volumes) = &options.volumes {
-            cmd.arg("--volumes").arg(volumes);
-        }
+        cmd.arg("--volumes").arg(&options.volumes);
         for (name, binary) in &options.images {
             let mut spec = std::ffi::OsString::from(format!("{name}="));
             spec.push(binary);

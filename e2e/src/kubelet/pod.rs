@@ -71,6 +71,13 @@ pub async fn run(ctx: Arc<Ctx>, pod: Pod, mut signals: mpsc::UnboundedReceiver<P
         return;
     };
     let mut worker = Worker::new(ctx.clone(), pod, ip);
+    if let Some(grace) = worker.deleting() {
+        // Seen first while being deleted (a stand-in restart, or a late watch
+        // event for a pod already finished): nothing runs, only the delete is due.
+        worker.finish(End::Delete(grace), Vec::new()).await;
+        ctx.release_ip(ip);
+        return;
+    }
     worker.announce_log().await;
     worker.write_status().await;
 
