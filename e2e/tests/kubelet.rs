@@ -104,6 +104,12 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        // While the stand-in runs, it stops the pods (and its provisioner
+        // reclaims the claims' volumes): wait for the pods. Without it, the pod
+        // GC removes them later.
+        if self.standin.is_running() {
+            let _ = self.kubectl(&["delete", "pods,pvc", "--all", "--timeout=30s"]).output();
+        }
         let _ = kubectl().args(["delete", "namespace", &self.namespace, "--wait=false"]).output();
     }
 }
@@ -317,31 +323,43 @@ fn alive(pid: u32) -> bool {
 }
 
 #[test]
-fn a_failing_liveness_probe_restarts_the_container() {
-    let cluster = Cluster::new("kiln-kubelet-live");
+fn failing_liveness_and_startup_probes_restart_the_container() {
+    let cluster = Cluster::new("kiln-kubelet-probe");
     let node = cluster.standin.node().to_owned();
-    // Nothing listens on port 9 of the pod's address.
-    let probe =
-        "    livenessProbe:\n      tcpSocket: {port: 9}\n      periodSeconds: 1\n      failureThreshold: 2\n";
-    cluster.apply(&sleeper("unhealthy", &node, probe));
-    let pod = cluster.wait_for("pod/unhealthy", Duration::from_secs(30), |p| {
-        let s = &p["status"]["containerStatuses"][0];
-        s["restartCount"].as_u64() >= Some(1) && s["lastState"]["terminated"].is_object()
-    });
-    let last = &pod["status"]["containerStatuses"][0]["lastState"]["terminated"];
-    // SIGTERM ended the sleep: 128 + 15.
-    assert_eq!(last["exitCode"], 143, "{last}");
-    let events = run(&mut cluster.kubectl(&[
-        "get",
-        "events",
-        "--field-selector",
-        "involvedObject.name=unhealthy",
-        "-o",
-        "jsonpath={range .items[*]}{.reason}: {.message}{\"\\n\"}{end}",
-    ]));
-    assert!(events.contains("Unhealthy: Liveness probe failed: dial tcp 127.0.0."), "{events}");
-    assert!(events.contains("Killing: Container sleep failed liveness probe, will be restarted"), "{events}");
-    run(&mut cluster.kubectl(&["delete", "pod", "unhealthy", "--timeout=20s"]));
+    // Nothing listens on port 9 of the pods' addresses.
+    let probe = |kind: &str| {
+        format!(
+            "    {kind}:\n      tcpSocket: {{port: 9}}\n      periodSeconds: 1\n      failureThreshold: 2\n"
+        )
+    };
+    let live = sleeper("unhealthy", &node, &probe("livenessProbe"));
+    let startup = sleeper("unstarted", &node, &probe("startupProbe"));
+    cluster.apply(&format!("{live}---\n{startup}"));
+    for (name, kind) in [("unhealthy", "Liveness"), ("unstarted", "Startup")] {
+        let pod = cluster.wait_for(&format!("pod/{name}"), Duration::from_secs(30), |p| {
+            let s = &p["status"]["containerStatuses"][0];
+            s["restartCount"].as_u64() >= Some(1) && s["lastState"]["terminated"].is_object()
+        });
+        let status = &pod["status"]["containerStatuses"][0];
+        // SIGTERM ended the sleep: 128 + 15.
+        assert_eq!(status["lastState"]["terminated"]["exitCode"], 143, "{status}");
+        if kind == "Startup" {
+            assert_eq!(status["started"], false, "it never passed its startup probe: {status}");
+            assert_eq!(status["ready"], false, "{status}");
+        }
+        let events = run(&mut cluster.kubectl(&[
+            "get",
+            "events",
+            "--field-selector",
+            &format!("involvedObject.name={name}"),
+            "-o",
+            "jsonpath={range .items[*]}{.reason}: {.message}{\"\\n\"}{end}",
+        ]));
+        assert!(events.contains(&format!("Unhealthy: {kind} probe failed: dial tcp 127.0.0.")), "{events}");
+        let killing =
+            format!("Killing: Container sleep failed {} probe, will be restarted", kind.to_lowercase());
+        assert!(events.contains(&killing), "{events}");
+    }
 }
 
 #[test]
