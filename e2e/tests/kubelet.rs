@@ -282,9 +282,30 @@ fn a_crashing_container_loops_with_back_off_and_counts_restarts() {
     let cluster = Cluster::new("kiln-kubelet-crash");
     let node = cluster.standin.node().to_owned();
     cluster.apply(&format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: crash}}\nspec:\n  nodeSelector: {{kubernetes.io/hostname: {node}}}\n  \
-         terminationGracePeriodSeconds: 2\n  containers:\n  - name: sh\n    image: kiln-test/sh\n    \
-         env: [{{name: WHO, value: the-crash-test}}]\n    command: [sh, -c, 'echo crashing as $(WHO); exit 3']\n"
+        r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: crash-config}}
+data: {{who: the-crash-test}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: crash}}
+spec:
+  nodeSelector: {{kubernetes.io/hostname: {node}}}
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: sh
+    image: kiln-test/sh
+    env:
+    - name: WHO
+      valueFrom: {{configMapKeyRef: {{name: crash-config, key: who}}}}
+    - name: POD
+      valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
+    - name: WHERE
+      value: $(POD) on the stand-in
+    command: [sh, -c, 'echo crashing as $(WHO) in $(WHERE); exit 3']
+"#
     ));
     let pod = cluster.wait_for("pod/crash", Duration::from_secs(30), |p| {
         let s = &p["status"]["containerStatuses"][0];
@@ -297,7 +318,8 @@ fn a_crashing_container_loops_with_back_off_and_counts_restarts() {
     assert_eq!(status["lastState"]["terminated"]["reason"], "Error", "{status}");
     assert_eq!(status["ready"], false);
     let (_, log) = cluster.pod_log(&pod);
-    assert!(log.contains("crashing as the-crash-test"), "args are expanded from the env: {log}");
+    // Env from a ConfigMap key and a field, expanded in env and args.
+    assert!(log.lines().any(|l| l == "crashing as the-crash-test in crash on the stand-in"), "{log}");
     run(&mut cluster.kubectl(&["delete", "pod", "crash", "--timeout=20s"]));
 }
 
