@@ -25,7 +25,7 @@ use std::os::unix::process::ExitStatusExt as _;
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep, sleep_until, timeout};
-use tracing::{info, warn};
+use tracing::{info, instrument, warn};
 
 use super::probe::{Outcome, Prober, Verdict};
 use super::{Ctx, PodEvents};
@@ -77,6 +77,7 @@ enum RunEnd {
 }
 
 /// Supervises one container until the pod worker stops it; returns its last status.
+#[instrument(skip_all, fields(container = %launch.spec.name))]
 pub async fn supervise(
     ctx: Arc<Ctx>,
     launch: Launch,

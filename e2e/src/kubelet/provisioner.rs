@@ -147,12 +147,12 @@ async fn reclaim(ctx: &Ctx, pv: &PersistentVolume) -> Result<(), Error> {
     if !(ours && released && delete) || pv.metadata.deletion_timestamp.is_some() {
         return Ok(());
     }
-    if let Some(path) = spec.and_then(|s| s.host_path.as_ref()).map(|h| PathBuf::from(&h.path)) {
-        // Only what this provisioner made: a directory right under its root.
-        if path.parent() == Some(ctx.volumes.as_path()) && path.exists() {
-            std::fs::remove_dir_all(&path)
-                .map_err(|source| Error::RemoveDir { path: path.clone(), source })?;
-        }
+    // Only volumes under this stand-in's root: another stand-in with another
+    // root made the rest and removes their directories itself.
+    let path = spec.and_then(|s| s.host_path.as_ref()).map(|h| PathBuf::from(&h.path));
+    let Some(path) = path.filter(|p| p.parent() == Some(ctx.volumes.as_path())) else { return Ok(()) };
+    if path.exists() {
+        std::fs::remove_dir_all(&path).map_err(|source| Error::RemoveDir { path: path.clone(), source })?;
     }
     let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
     match pvs.delete(&pv.name_any(), &DeleteParams::default()).await {
