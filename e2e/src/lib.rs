@@ -344,6 +344,60 @@ impl Kilnd {
     }
 }
 
+/// `kiln gateway` from this workspace in front of `n` fresh kilnd builders,
+/// each with its debug endpoint, so a test can see which builder did what.
+#[derive(Debug)]
+pub struct Gateway {
+    pub addr: String,
+    pub metrics_addr: String,
+    pub builders: Vec<Kilnd>,
+    pub daemon: Daemon,
+    _dir: TempDir,
+}
+
+impl Gateway {
+    pub fn start(n: usize) -> Self {
+        let builders: Vec<Kilnd> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..n).map(|_| s.spawn(Kilnd::start)).collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let dir = tempfile::Builder::new().prefix("kiln-gateway-").tempdir().unwrap();
+        let addr = format!("tcp://127.0.0.1:{}", free_port());
+        let metrics_addr = format!("127.0.0.1:{}", free_port());
+        let mut cmd = Command::new(workspace_bin("kiln"));
+        cmd.args(["gateway", "--addr", &addr, "--metrics-addr", &metrics_addr]);
+        for b in &builders {
+            cmd.args(["--backend", &b.addr]);
+        }
+        let mut daemon = Daemon::spawn("kiln gateway", &mut cmd, dir.path().join("gateway.log"));
+        // Ready once every builder passed its first health check.
+        let url = format!("http://{metrics_addr}/healthz");
+        daemon.wait_until(Duration::from_secs(20), || ureq::get(&url).call().is_ok());
+        daemon.wait_until(Duration::from_secs(20), || daemon_log_count(&dir, "ready=true") == n);
+        Self { addr, metrics_addr, builders, daemon, _dir: dir }
+    }
+
+    /// Which builder (by index) a log line of the gateway names.
+    pub fn builder_index(&self, addr: &str) -> Option<usize> {
+        self.builders.iter().position(|b| b.addr == addr)
+    }
+
+    /// The builders that ran Solves, by index, in order (from the gateway's log).
+    pub fn solves(&self) -> Vec<usize> {
+        self.daemon
+            .log_text()
+            .lines()
+            .filter(|l| l.contains(" solve build="))
+            .filter_map(|l| l.split("builder=").nth(1))
+            .filter_map(|a| self.builder_index(a.split_whitespace().next().unwrap_or_default()))
+            .collect()
+    }
+}
+
+fn daemon_log_count(dir: &TempDir, needle: &str) -> usize {
+    std::fs::read_to_string(dir.path().join("gateway.log")).unwrap_or_default().matches(needle).count()
+}
+
 /// A buildx with its own configuration directory, so tests never touch the
 /// user's builders or docker config.
 #[derive(Debug)]

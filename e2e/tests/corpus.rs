@@ -24,7 +24,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use kiln_e2e::{Buildkitd, Buildx, Kilnd, Registry, TestEnv, repo_and_tag};
+use kiln_e2e::{Buildkitd, Buildx, Gateway, Kilnd, Registry, TestEnv, repo_and_tag};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -643,20 +643,18 @@ fn run_case(buildx: &Buildx, case: &Case) -> (Verdict, String, Duration, Duratio
     (verdict, report, ours_time, theirs_time)
 }
 
-#[test]
-fn corpus_builds_the_same_on_kilnd_and_buildkitd() {
+/// Builds every case on the BuildKit endpoint `kilnd_addr` (kilnd, or the
+/// gateway in front of kilnd builders) and on the reference buildkitd, and
+/// fails on any case that differs and is not excluded. `logs` gives the
+/// kilnd logs to check for panics.
+fn corpus_against(kilnd_addr: &str, logs: impl Fn() -> String) {
     let cases = load_cases();
     assert!(!cases.is_empty(), "no corpus case matches KILN_CORPUS");
     let started = Instant::now();
-    let (kilnd, buildkitd) = std::thread::scope(|s| {
-        let kilnd = s.spawn(Kilnd::start);
-        let buildkitd = s.spawn(Buildkitd::start);
-        (kilnd.join().unwrap(), buildkitd.join().unwrap())
-    });
+    let buildkitd = Buildkitd::start();
     let buildx = Buildx::new();
-    buildx.create_remote("kilnd", &kilnd.addr);
+    buildx.create_remote("kilnd", kilnd_addr);
     buildx.create_remote("buildkitd", &buildkitd.addr);
-
     let mut results = Vec::new();
     for case in &cases {
         let (verdict, report, ours, theirs) = run_case(&buildx, case);
@@ -690,8 +688,29 @@ fn corpus_builds_the_same_on_kilnd_and_buildkitd() {
         println!("  {label:<8} {name}");
     }
     let failed: Vec<&str> = results.iter().filter(|r| r.2).map(|r| r.0.as_str()).collect();
-    assert!(!kilnd.daemon.log_text().contains("panicked"), "kilnd panicked:\n{}", kilnd.daemon.log_text());
+    let logs = logs();
+    assert!(!logs.contains("panicked"), "kilnd panicked:\n{logs}");
     assert!(failed.is_empty(), "corpus cases that failed: {failed:?} (reports above)");
+}
+
+#[test]
+fn corpus_builds_the_same_on_kilnd_and_buildkitd() {
+    let kilnd = Kilnd::start();
+    corpus_against(&kilnd.addr, || kilnd.daemon.log_text());
+}
+
+#[test]
+fn corpus_builds_the_same_through_the_gateway_in_front_of_three_builders() {
+    let gateway = Gateway::start(3);
+    corpus_against(&gateway.addr, || {
+        gateway.builders.iter().map(|b| b.daemon.log_text()).chain([gateway.daemon.log_text()]).collect()
+    });
+    let solves = gateway.solves();
+    let mut used: Vec<usize> = solves.clone();
+    used.sort_unstable();
+    used.dedup();
+    println!("gateway: {} builds on builders {used:?}", solves.len());
+    assert!(used.len() >= 2, "the corpus spread over the builders: {solves:?}");
 }
 
 /// The comparison itself: every property it claims to check makes a difference.

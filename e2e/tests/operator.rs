@@ -1,0 +1,363 @@
+//! The Builder controller on the real API server, scheduler and
+//! controller-manager, its pods run by the kubelet stand-in as local kilnd
+//! processes: pools come up Ready with their caches, scale through
+//! `kubectl scale`, roll without killing a busy builder, drain on deletion,
+//! report bad specs, and survive a controller crash with one leader.
+//!
+//! The tests take turns (one stand-in at a time hands out the loopback pod
+//! addresses); each has its own namespace, node and controller.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use kiln_e2e::cluster::{Controller, Namespace, builder_yaml, wait_for};
+use kiln_e2e::kubelet::{Handle, KubeletStandIn, Options};
+use kiln_e2e::{TestEnv, run, run_unchecked, streams, unique, workspace_bin};
+use serde_json::Value;
+
+const IMAGE: &str = "kiln/kilnd:dev";
+const WAIT: Duration = Duration::from_secs(90);
+
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A namespace, a stand-in node of its own and a controller: one pool's world.
+struct World {
+    ns: Namespace,
+    kubelet: Handle,
+    controller: Controller,
+    _state: tempfile::TempDir,
+    _turn: MutexGuard<'static, ()>,
+}
+
+impl World {
+    fn new(prefix: &str) -> Self {
+        let turn = serial();
+        let env = TestEnv::get();
+        let ns = Namespace::new(prefix);
+        let state = tempfile::Builder::new().prefix("kiln-standin-").tempdir().unwrap();
+        let options = Options::new(workspace_bin("kiln-kubelet-standin"), env.kubeconfig(), state.path())
+            .node(unique("node"))
+            .image("kiln/kilnd", workspace_bin("kilnd"));
+        let kubelet = KubeletStandIn::spawn(&options).unwrap();
+        let controller = Controller::start(&ns, "first", IMAGE);
+        Self { ns, kubelet, controller, _state: state, _turn: turn }
+    }
+
+    /// A Builder spec whose pods land on this world's node and reach the
+    /// local registries; `extra` is more YAML under `spec:`.
+    fn builder(&self, name: &str, extra: &str) -> String {
+        let env = TestEnv::get();
+        let spec =
+            format!("  template:\n    nodeSelector: {{kubernetes.io/hostname: {}}}\n", self.kubelet.node())
+                + extra
+                + &format!("  config: |\n    [registry.\"{}\"]\n    http = true\n", env.registry);
+        builder_yaml(name, &spec)
+    }
+
+    fn apply(&self, yaml: &str) {
+        let out = self.ns.apply(yaml);
+        assert!(out.status.success(), "kubectl apply failed\n{}", streams(&out));
+    }
+
+    fn status(&self, name: &str) -> Value {
+        self.ns.get_json(&["builder", name])["status"].clone()
+    }
+
+    fn pods(&self, name: &str) -> Vec<Value> {
+        self.ns.list("pods", &format!("kiln.dev/builder={name}"))
+    }
+
+    /// What a person would look at when a wait fails.
+    fn describe(&self) -> String {
+        let get = |args: &[&str]| {
+            String::from_utf8_lossy(&run_unchecked(&mut self.ns.kubectl(args)).stdout).into_owned()
+        };
+        format!(
+            "{}\n{}\n{}\n--- controller log\n{}\n--- kubelet stand-in log (tail)\n{}",
+            get(&["get", "bldr,pods,pvc", "-o", "wide"]),
+            get(&["get", "bldr", "-o", "yaml"]),
+            get(&["get", "events", "--sort-by=.lastTimestamp"]),
+            self.controller.daemon.log_text(),
+            tail(&self.kubelet.log_text(), 40),
+        )
+    }
+
+    /// Waits until the pool has exactly `n` live pods, all Ready and current,
+    /// and its status says so.
+    fn wait_ready(&self, name: &str, n: i64) {
+        wait_for(
+            WAIT,
+            &format!("Builder {name} has {n} Ready pods"),
+            || {
+                let s = self.status(name);
+                let pods = self.pods(name);
+                let live = pods.iter().filter(|p| p["metadata"]["deletionTimestamp"].is_null()).count();
+                (s["readyReplicas"] == n && s["replicas"] == n && s["phase"] == "Ready" && live as i64 == n)
+                    .then_some(())
+            },
+            || self.describe(),
+        );
+    }
+
+    fn pod_ip(&self, pod: &str) -> String {
+        self.ns.get_json(&["pod", pod])["status"]["podIP"].as_str().unwrap().to_owned()
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn names(items: &[Value]) -> Vec<String> {
+    let mut v: Vec<String> =
+        items.iter().map(|i| i["metadata"]["name"].as_str().unwrap().to_owned()).collect();
+    v.sort();
+    v
+}
+
+/// `buildctl build` of `dockerfile` on the kilnd at `ip`; the progress output.
+fn build_on(ip: &str, dockerfile: &str) -> String {
+    let env = TestEnv::get();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("Dockerfile"), dockerfile).unwrap();
+    let out = run_unchecked(
+        env.command("buildctl")
+            .args(["--addr", &format!("tcp://{ip}:1234"), "build", "--frontend", "dockerfile.v0"])
+            .args(["--progress", "plain", "--local"])
+            .arg(format!("context={}", dir.path().display()))
+            .arg("--local")
+            .arg(format!("dockerfile={}", dir.path().display())),
+    );
+    assert!(out.status.success(), "build on {ip} failed\n{}", streams(&out));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn dockerfile(step: &str) -> String {
+    format!("FROM {}\nRUN {step}\n", TestEnv::get().base_image)
+}
+
+#[test]
+fn a_pool_with_min_two_comes_up_ready_with_a_cache_volume_each() {
+    let w = World::new("op-min2");
+    w.apply(&w.builder("pool", "  replicas: {min: 2, max: 4}\n"));
+    w.wait_ready("pool", 2);
+
+    assert_eq!(names(&w.pods("pool")), ["pool-0", "pool-1"]);
+    let claims = w.ns.list("pvc", "kiln.dev/builder=pool");
+    assert_eq!(names(&claims), ["cache-pool-0", "cache-pool-1"]);
+    assert!(claims.iter().all(|c| c["status"]["phase"] == "Bound"), "{claims:#?}");
+
+    let table = run(&mut w.ns.kubectl(&["get", "bldr"]));
+    eprintln!("{table}");
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "PHASE", "READY", "REPLICAS", "BUSY", "MIN", "MAX", "AGE"]);
+    let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(&row[..7], ["pool", "Ready", "2", "2", "0", "2", "4"]);
+
+    let status = w.status("pool");
+    let ready = status["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap();
+    assert_eq!(
+        (ready["status"].as_str(), ready["message"].as_str()),
+        (Some("True"), Some("2 of 2 builders ready"))
+    );
+
+    // The pods are real builders: each answers buildctl on its own address.
+    for pod in ["pool-0", "pool-1"] {
+        let ip = w.pod_ip(pod);
+        let workers = run(TestEnv::get().command("buildctl").args([
+            "--addr",
+            &format!("tcp://{ip}:1234"),
+            "debug",
+            "workers",
+        ]));
+        assert!(workers.contains("linux/amd64") || workers.contains("linux/"), "{workers}");
+    }
+}
+
+#[test]
+fn scaling_keeps_the_cache_volumes_and_a_returning_builder_finds_its_cache() {
+    let w = World::new("op-scale");
+    w.apply(&w.builder("pool", "  replicas: {min: 1, max: 4}\n  idleTimeout: 1s\n"));
+    w.wait_ready("pool", 1);
+
+    run(&mut w.ns.kubectl(&["scale", "bldr/pool", "--replicas=4"]));
+    w.wait_ready("pool", 4);
+    let step = format!("echo {} > /stamp", unique("cached"));
+    let first = build_on(&w.pod_ip("pool-3"), &dockerfile(&step));
+    assert!(!first.contains("CACHED"), "the first build runs its step:\n{first}");
+
+    run(&mut w.ns.kubectl(&["scale", "bldr/pool", "--replicas=1"]));
+    w.wait_ready("pool", 1);
+    assert_eq!(names(&w.pods("pool")), ["pool-0"]);
+    let claims = w.ns.list("pvc", "kiln.dev/builder=pool");
+    assert_eq!(
+        names(&claims),
+        ["cache-pool-0", "cache-pool-1", "cache-pool-2", "cache-pool-3"],
+        "scale-down keeps every cache"
+    );
+
+    run(&mut w.ns.kubectl(&["scale", "bldr/pool", "--replicas=4"]));
+    w.wait_ready("pool", 4);
+    let again = build_on(&w.pod_ip("pool-3"), &dockerfile(&step));
+    let run_line = again.lines().find(|l| l.contains("RUN ")).unwrap_or_default().to_owned();
+    assert!(again.contains("CACHED"), "pool-3 came back on its volume, so its step is cached:\n{again}");
+    eprintln!("{run_line}");
+
+    // Events tell the story of the scaling.
+    let events = run(&mut w.ns.kubectl(&["get", "events", "--field-selector", "involvedObject.name=pool"]));
+    for reason in ["Created", "Draining", "Deleted"] {
+        assert!(events.contains(reason), "no {reason} event:\n{events}");
+    }
+}
+
+#[test]
+fn a_template_change_rolls_the_pool_without_killing_a_busy_builder() {
+    let w = World::new("op-roll");
+    w.apply(&w.builder("pool", "  replicas: {min: 2, max: 2}\n"));
+    w.wait_ready("pool", 2);
+    let hash_of =
+        |pod: &Value| pod["metadata"]["labels"]["kiln.dev/template-hash"].as_str().unwrap().to_owned();
+    let old_hash = hash_of(&w.pods("pool")[0]);
+    let busy_uid = w.ns.get_json(&["pod", "pool-0"])["metadata"]["uid"].clone();
+
+    // A long build on pool-0, then a template change while it runs.
+    let ip = w.pod_ip("pool-0");
+    let build = std::thread::spawn(move || {
+        build_on(&ip, &dockerfile(&format!("sleep 20 && echo {}", unique("long"))))
+    });
+    wait_for(
+        Duration::from_secs(30),
+        "the long build runs on pool-0",
+        || w.status("pool")["busyReplicas"].as_i64().filter(|&n| n >= 1),
+        || w.describe(),
+    );
+    let changed = w
+        .builder("pool", "  replicas: {min: 2, max: 2}\n")
+        .replace("http = true\n", "http = true\n    [worker.oci]\n    labels = { rolled = \"yes\" }\n");
+    w.apply(&changed);
+
+    // pool-1 (idle) is replaced first; pool-0 drains and waits for its build.
+    wait_for(
+        WAIT,
+        "pool-1 is replaced and pool-0 drains",
+        || {
+            let pods = w.pods("pool");
+            let p0 = pods.iter().find(|p| p["metadata"]["name"] == "pool-0")?;
+            let p1 = pods.iter().find(|p| p["metadata"]["name"] == "pool-1")?;
+            (hash_of(p1) != old_hash && p0["metadata"]["labels"]["kiln.dev/draining"] == "true").then_some(())
+        },
+        || w.describe(),
+    );
+    assert_eq!(w.ns.get_json(&["pod", "pool-0"])["metadata"]["uid"], busy_uid, "the busy pod is still there");
+
+    let output = build.join().unwrap();
+    assert!(output.contains("DONE"), "the long build finished:\n{output}");
+    w.wait_ready("pool", 2);
+    assert!(w.pods("pool").iter().all(|p| hash_of(p) != old_hash), "every pod runs the new template");
+    assert_ne!(
+        w.ns.get_json(&["pod", "pool-0"])["metadata"]["uid"],
+        busy_uid,
+        "pool-0 was replaced after its build"
+    );
+}
+
+#[test]
+fn deleting_a_builder_drains_its_pods_and_removes_unretained_caches() {
+    let w = World::new("op-delete");
+    w.apply(&w.builder("kept", "  replicas: {min: 1, max: 1}\n"));
+    w.apply(&w.builder("gone", "  replicas: {min: 2, max: 2}\n  cache: {retain: false}\n"));
+    w.wait_ready("kept", 1);
+    w.wait_ready("gone", 2);
+
+    run(&mut w.ns.kubectl(&["delete", "bldr", "kept", "gone", "--wait=true", "--timeout=90s"]));
+    for name in ["kept", "gone"] {
+        wait_for(
+            WAIT,
+            &format!("the pods of {name} are gone"),
+            || w.pods(name).is_empty().then_some(()),
+            || w.describe(),
+        );
+    }
+    let kept = w.ns.list("pvc", "kiln.dev/builder=kept");
+    assert_eq!(names(&kept), ["cache-kept-0"], "retain (the default) keeps the cache");
+    wait_for(
+        WAIT,
+        "the caches of gone are deleted",
+        || w.ns.list("pvc", "kiln.dev/builder=gone").is_empty().then_some(()),
+        || w.describe(),
+    );
+}
+
+#[test]
+fn specs_the_controller_cannot_run_are_reported_in_conditions() {
+    let mut w = World::new("op-invalid");
+    // The schema cannot tell that this is not TOML; the controller can.
+    w.apply(&builder_yaml("badconfig", "  config: \"[worker.oci\\n\"\n"));
+    w.apply(&w.builder("badimage", "    image: kiln/does-not-exist:1\n"));
+
+    let degraded = |name: &str, reason: &str| {
+        wait_for(
+            WAIT,
+            &format!("{name} is Degraded with {reason}"),
+            || {
+                let s = w.status(name);
+                let c = s["conditions"].as_array()?.iter().find(|c| c["type"] == "Degraded")?.clone();
+                (c["status"] == "True" && c["reason"] == reason).then_some(c["message"].as_str()?.to_owned())
+            },
+            || w.describe(),
+        )
+    };
+    let message = degraded("badconfig", "InvalidSpec");
+    assert!(message.contains("spec.config") && message.contains("TOML"), "{message}");
+    assert!(w.pods("badconfig").is_empty(), "nothing is started from a spec that cannot run");
+    let message = degraded("badimage", "ImagePullFailed");
+    assert!(message.contains("kiln/does-not-exist:1"), "{message}");
+
+    assert!(
+        w.controller.daemon.wait_exit(Duration::from_millis(100)).is_none(),
+        "the controller keeps running"
+    );
+    let events =
+        run(&mut w.ns.kubectl(&["get", "events", "--field-selector", "involvedObject.name=badimage"]));
+    assert!(events.contains("ImagePullFailed"), "{events}");
+}
+
+#[test]
+fn one_leader_acts_and_a_crashed_controller_converges_on_restart() {
+    let mut w = World::new("op-leader");
+    let second = Controller::start(&w.ns, "second", IMAGE);
+    wait_for(
+        Duration::from_secs(20),
+        "one controller leads",
+        || (w.controller.is_leader() != second.is_leader()).then_some(()),
+        || w.describe(),
+    );
+    let (leader_is_first, mut standby) = (w.controller.is_leader(), second);
+    assert!(leader_is_first, "the first controller started first and leads");
+
+    w.apply(&w.builder("pool", "  replicas: {min: 3, max: 3}\n"));
+    // Kill the leader as soon as it has started creating pods: mid-reconcile.
+    wait_for(WAIT, "the first pod exists", || (!w.pods("pool").is_empty()).then_some(()), || w.describe());
+    w.controller.kill();
+    wait_for(
+        Duration::from_secs(30),
+        "the standby takes the lease",
+        || standby.is_leader().then_some(()),
+        || standby.daemon.log_text(),
+    );
+    w.wait_ready("pool", 3);
+    assert_eq!(names(&w.pods("pool")), ["pool-0", "pool-1", "pool-2"], "no duplicate pods");
+
+    // A third controller started later stands by while the second leads.
+    let third = Controller::start(&w.ns, "third", IMAGE);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!third.is_leader(), "only one leader");
+    assert!(standby.is_leader());
+    standby.daemon.stop(Duration::from_secs(10));
+}
