@@ -271,12 +271,7 @@ impl LlbBridge for LlbBridgeService {
                 )
                 .await
                 .map_err(frontend_status)?;
-                let id = build.add_ref(result.snapshot)?;
-                let r = if req.allow_result_array_ref {
-                    fe::result::Result::Ref(fe::Ref { id, def: Some(result.definition) })
-                } else {
-                    fe::result::Result::RefDeprecated(id)
-                };
+                let r = result.refs.into_gateway(req.allow_result_array_ref, |s| build.add_ref(s))?;
                 return Ok(Response::new(fe::SolveResponse {
                     r#ref: String::new(),
                     result: Some(fe::Result {
