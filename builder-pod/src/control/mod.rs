@@ -116,7 +116,9 @@ impl ControlService {
             return Err(Status::new(tonic::Code::from_i32(err.code), err.message));
         }
         let (single, refs) = match ret.result.as_ref().and_then(|r| r.result.as_ref()) {
-            Some(fe::result::Result::Ref(r)) => (self.returned_ref(&build, &r.id, r.def.as_ref()).await?, None),
+            Some(fe::result::Result::Ref(r)) => {
+                (self.returned_ref(&build, &r.id, r.def.as_ref()).await?, None)
+            }
             Some(fe::result::Result::RefDeprecated(id)) => (self.returned_ref(&build, id, None).await?, None),
             Some(fe::result::Result::Refs(map)) => {
                 let mut refs = HashMap::new();
@@ -136,8 +138,8 @@ impl ControlService {
         };
         let no_metadata = HashMap::new();
         let metadata = ret.result.as_ref().map_or(&no_metadata, |r| &r.metadata);
-        let source =
-            ExportSource::from_result(single, refs, metadata).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let source = ExportSource::from_result(single, refs, metadata)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         self.export(&req, &source, &build.ctx).await
     }
 
@@ -187,7 +189,9 @@ impl ControlService {
 fn frontend_source(result: FrontendResult) -> Result<ExportSource, Status> {
     let (single, refs) = match result.refs {
         FrontendRefs::Single(r) => (r.snapshot, None),
-        FrontendRefs::Platforms(list) => (None, Some(list.into_iter().map(|(id, r)| (id, r.snapshot)).collect())),
+        FrontendRefs::Platforms(list) => {
+            (None, Some(list.into_iter().map(|(id, r)| (id, r.snapshot)).collect()))
+        }
     };
     ExportSource::from_result(single, refs, &result.metadata).map_err(|e| Status::internal(e.to_string()))
 }

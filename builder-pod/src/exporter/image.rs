@@ -291,7 +291,14 @@ pub async fn build(
     let layers: Vec<Digest> = blobs.into_iter().map(|b| b.digest).collect();
     let mut all = vec![config_digest.clone()];
     all.extend(layers.iter().cloned());
-    Ok(BuiltImage { manifest, manifest_digest, media_type, config_digest: Some(config_digest), layers, blobs: all })
+    Ok(BuiltImage {
+        manifest,
+        manifest_digest,
+        media_type,
+        config_digest: Some(config_digest),
+        layers,
+        blobs: all,
+    })
 }
 
 /// Builds what an export source describes: its image, or one image per
@@ -311,7 +318,8 @@ pub async fn build_source(
     };
     let mut images = Vec::with_capacity(platforms.len());
     for p in platforms {
-        let built = build(ex, p.snapshot.as_ref().unwrap_or(&scratch), p.image_config.as_deref(), opts).await?;
+        let built =
+            build(ex, p.snapshot.as_ref().unwrap_or(&scratch), p.image_config.as_deref(), opts).await?;
         images.push((p.platform.clone(), built));
     }
     let media_type = if opts.oci { OCI_INDEX } else { DOCKER_MANIFEST_LIST };
@@ -326,7 +334,14 @@ pub async fn build_source(
             }
         }
     }
-    Ok(BuiltImage { manifest: index, manifest_digest, media_type, config_digest: None, layers: Vec::new(), blobs })
+    Ok(BuiltImage {
+        manifest: index,
+        manifest_digest,
+        media_type,
+        config_digest: None,
+        layers: Vec::new(),
+        blobs,
+    })
 }
 
 /// The index over images built per platform, each entry with its platform.
@@ -421,6 +436,32 @@ mod tests {
         let bad = HashMap::from([("compression".to_owned(), "lz4".to_owned())]);
         let err = ImageOptions::parse(&bad, false).unwrap_err().to_string();
         assert!(err.contains("compression=\"lz4\""), "{err}");
+    }
+
+    #[test]
+    fn an_index_names_each_images_platform() {
+        let image = |n: u8| BuiltImage {
+            manifest: vec![n; 10],
+            manifest_digest: Digest::of(&[n]),
+            media_type: DOCKER_MANIFEST,
+            config_digest: None,
+            layers: Vec::new(),
+            blobs: Vec::new(),
+        };
+        let images = [
+            (Platform::new("linux", "amd64", None), image(1)),
+            (Platform::new("linux", "arm", Some("v7")), image(2)),
+        ];
+        let index: Value =
+            serde_json::from_slice(&index_document(DOCKER_MANIFEST_LIST, &images).unwrap()).unwrap();
+        assert_eq!(index["mediaType"], DOCKER_MANIFEST_LIST);
+        assert_eq!(index["schemaVersion"], 2);
+        let entries = index["manifests"].as_array().unwrap();
+        assert_eq!(entries[0]["digest"], Digest::of(&[1]).to_string());
+        assert_eq!(entries[0]["size"], 10);
+        assert_eq!(entries[0]["mediaType"], DOCKER_MANIFEST);
+        assert_eq!(entries[0]["platform"], json!({"os": "linux", "architecture": "amd64"}));
+        assert_eq!(entries[1]["platform"], json!({"os": "linux", "architecture": "arm", "variant": "v7"}));
     }
 
     #[test]

@@ -6,17 +6,19 @@
 //! image index (`image`, `oci`).
 
 pub mod image;
+mod platforms;
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::sync::Arc;
 
+use kiln_proto::buildkit::fsutil::types::Packet;
 use kiln_proto::buildkit::moby::buildkit::v1::{Exporter, Vertex};
 use kiln_proto::buildkit::moby::filesync::v1::BytesMessage;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 
-use crate::cache::mount::{MountError, Mounted, mount};
+use crate::cache::mount::MountError;
 use crate::cache::{CacheManager, Snapshot};
 use crate::content::ContentStore;
 use crate::fsutil::{self, FsutilError, WalkFilter};
@@ -28,6 +30,7 @@ use crate::solver::scheduler::BuildContext;
 use crate::source::image::{Platform, Registry};
 
 use self::image::{ImageError, ImageOptions};
+use self::platforms::ExportTree;
 
 /// How long the build's session is waited for.
 const SESSION_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -64,6 +67,8 @@ pub enum ExportError {
     PlatformDir { path: std::path::PathBuf, source: std::io::Error },
     #[error("mounting {platform} at {path}: {source}")]
     BindMount { platform: String, path: std::path::PathBuf, source: nix::Error },
+    #[error("writing {platform} into the tar: {source}")]
+    PlatformTar { platform: String, source: std::io::Error },
 }
 
 /// What a build hands its exporters (`exporter.Source`): one result, or
@@ -117,31 +122,11 @@ impl ExportSource {
         let mut platforms = Vec::with_capacity(parsed.platforms.len());
         for p in parsed.platforms {
             let snapshot = refs.remove(&p.id).ok_or_else(|| ExportError::MissingRef(p.id.clone()))?;
-            let image_config = metadata.get(&format!("{CONFIG}/{}", p.id)).or_else(|| metadata.get(CONFIG)).cloned();
+            let image_config =
+                metadata.get(&format!("{CONFIG}/{}", p.id)).or_else(|| metadata.get(CONFIG)).cloned();
             platforms.push(PlatformResult { id: p.id, platform: p.platform, snapshot, image_config });
         }
         Ok(Self::Platforms(platforms))
-    }
-}
-
-/// The file system a `local` or `tar` export sends: the result's, or a
-/// directory with one subdirectory per platform (`linux_arm64`, the id
-/// with `/` made `_`, as BuildKit's exporters name them), each a bind
-/// mount of that platform's result.
-struct ExportTree {
-    root: std::path::PathBuf,
-    /// Declared before the views: the bind mounts go before what they show.
-    binds: Vec<BindMount>,
-    views: Vec<Mounted>,
-    combined: Option<tempfile::TempDir>,
-}
-
-/// A bind mount, lazily unmounted when dropped.
-struct BindMount(std::path::PathBuf);
-
-impl Drop for BindMount {
-    fn drop(&mut self) {
-        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
     }
 }
 
@@ -228,35 +213,6 @@ impl Exporters {
         Ok(self.sessions.get(id, SESSION_WAIT).await?)
     }
 
-    /// Mounts what a `local` or `tar` export sends.
-    fn tree(&self, source: &ExportSource) -> Result<ExportTree, ExportError> {
-        let scratch = Snapshot::default();
-        let platforms = match source {
-            ExportSource::Single { snapshot, .. } => {
-                let view = mount(&self.cache, snapshot.as_ref().unwrap_or(&scratch), None)?;
-                let root = view.path().to_owned();
-                return Ok(ExportTree { root, binds: Vec::new(), views: vec![view], combined: None });
-            }
-            ExportSource::Platforms(platforms) => platforms,
-        };
-        let combined = self.cache.temp_dir("export-").map_err(MountError::from)?;
-        let root = combined.path().to_owned();
-        let mut tree = ExportTree { root, binds: Vec::new(), views: Vec::new(), combined: None };
-        for p in platforms {
-            let view = mount(&self.cache, p.snapshot.as_ref().unwrap_or(&scratch), None)?;
-            let dir = combined.path().join(p.id.replace('/', "_"));
-            std::fs::create_dir(&dir).map_err(|source| ExportError::PlatformDir { path: dir.clone(), source })?;
-            let flags = nix::mount::MsFlags::MS_BIND | nix::mount::MsFlags::MS_REC;
-            nix::mount::mount(Some(view.path()), &dir, None::<&str>, flags, None::<&str>).map_err(|source| {
-                ExportError::BindMount { platform: p.id.clone(), path: dir.clone(), source }
-            })?;
-            tree.binds.push(BindMount(dir));
-            tree.views.push(view);
-        }
-        tree.combined = Some(combined);
-        Ok(tree)
-    }
-
     /// `-o type=local`: the daemon is the fsutil sender (§4.3).
     async fn local(
         &self,
@@ -265,9 +221,27 @@ impl Exporters {
         ctx: &BuildContext,
     ) -> Result<HashMap<String, String>, ExportError> {
         let session = self.session(ctx).await?;
-        let tree = self.tree(source)?;
+        let tree = ExportTree::mount(&self.cache, source)?;
         let (tx, incoming) = open_packets(&session, index)?;
-        fsutil::send(&tree.root, &WalkFilter::default(), incoming, tx).await?;
+        if tree.parts.is_empty() {
+            fsutil::send(&tree.root, &WalkFilter::default(), incoming, tx).await?;
+            return Ok(HashMap::new());
+        }
+        // Stats pass through a rewrite on their way to the client.
+        let (inner_tx, mut inner_rx) = mpsc::channel::<Packet>(64);
+        let forward = tokio::spawn(async move {
+            while let Some(mut packet) = inner_rx.recv().await {
+                if let Some(stat) = packet.stat.as_mut() {
+                    platforms::rebase_symlink(stat);
+                }
+                if tx.send(packet).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let sent = fsutil::send(&tree.root, &WalkFilter::default(), incoming, inner_tx).await;
+        forward.await.map_err(|_| ExportError::Join)?;
+        sent?;
         Ok(HashMap::new())
     }
 
@@ -279,17 +253,23 @@ impl Exporters {
         ctx: &BuildContext,
     ) -> Result<HashMap<String, String>, ExportError> {
         let session = self.session(ctx).await?;
-        let tree = self.tree(source)?;
+        let tree = ExportTree::mount(&self.cache, source)?;
         let upload = BytesUpload::open(&session, index, &HashMap::new())?;
         let tx = upload.sender().ok_or(ExportError::Join)?;
-        let root = tree.root.clone();
+        let (root, parts, spool) = (tree.root.clone(), tree.parts.clone(), self.cache.root().join("tmp"));
         tokio::task::spawn_blocking(move || {
-            let writer = diff_to_tar(&root, ChannelWriter::new(tx), &DiffOptions::default())?;
-            writer.into_inner().map_err(|source| SnapshotError::WriteTar { source })
+            if parts.is_empty() {
+                let writer = diff_to_tar(&root, ChannelWriter::new(tx), &DiffOptions::default())
+                    .map_err(ExportError::Tar)?;
+                return writer
+                    .into_inner()
+                    .map_err(|source| ExportError::Tar(SnapshotError::WriteTar { source }));
+            }
+            let writer = platforms::platforms_tar(&parts, &spool, ChannelWriter::new(tx))?;
+            writer.into_inner().map_err(|source| ExportError::Tar(SnapshotError::WriteTar { source }))
         })
         .await
-        .map_err(|_| ExportError::Join)?
-        .map_err(ExportError::Tar)?;
+        .map_err(|_| ExportError::Join)??;
         upload.finish().await?;
         Ok(HashMap::new())
     }
@@ -340,5 +320,72 @@ impl Write for ChannelWriter {
         self.tx.blocking_send(BytesMessage { data }).map_err(|_| {
             std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client closed the transfer")
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(layer: &str) -> Option<Snapshot> {
+        Some(Snapshot { layers: vec![layer.to_owned()] })
+    }
+
+    #[test]
+    fn results_per_platform_follow_the_platforms_mapping() {
+        let metadata = HashMap::from([
+            (
+                "refs.platforms".to_owned(),
+                br#"{"platforms":[{"id":"linux/arm64","platform":{"os":"linux","architecture":"arm64"}},
+                    {"ID":"linux/amd64","Platform":{"os":"linux","architecture":"amd64"}}]}"#
+                    .to_vec(),
+            ),
+            ("containerimage.config/linux/arm64".to_owned(), b"arm".to_vec()),
+            ("containerimage.config".to_owned(), b"shared".to_vec()),
+        ]);
+        let refs =
+            HashMap::from([("linux/amd64".to_owned(), snap("a")), ("linux/arm64".to_owned(), snap("b"))]);
+        let ExportSource::Platforms(platforms) =
+            ExportSource::from_result(None, Some(refs), &metadata).unwrap()
+        else {
+            panic!("not per platform")
+        };
+        let seen: Vec<(&str, &str, Option<&[u8]>, &str)> = platforms
+            .iter()
+            .map(|p| {
+                let layer = p.snapshot.as_ref().map_or("", |s| s.layers[0].as_str());
+                (p.id.as_str(), p.platform.architecture.as_str(), p.image_config.as_deref(), layer)
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("linux/arm64", "arm64", Some(&b"arm"[..]), "b"),
+                ("linux/amd64", "amd64", Some(&b"shared"[..]), "a")
+            ]
+        );
+    }
+
+    #[test]
+    fn a_result_per_platform_needs_its_mapping_and_every_ref() {
+        let refs = || Some(HashMap::from([("linux/amd64".to_owned(), snap("a"))]));
+        let err = ExportSource::from_result(None, refs(), &HashMap::new()).unwrap_err();
+        assert_eq!(err.to_string(), "unable to export multiple refs, missing platforms mapping");
+        let metadata = HashMap::from([(
+            "refs.platforms".to_owned(),
+            br#"{"Platforms":[{"ID":"linux/s390x","Platform":{"os":"linux","architecture":"s390x"}}]}"#
+                .to_vec(),
+        )]);
+        let err = ExportSource::from_result(None, refs(), &metadata).unwrap_err();
+        assert_eq!(err.to_string(), "failed to find ref for ID linux/s390x");
+        let bad = HashMap::from([("refs.platforms".to_owned(), b"[".to_vec())]);
+        assert!(matches!(ExportSource::from_result(None, refs(), &bad), Err(ExportError::Platforms(_))));
+        let single = ExportSource::from_result(
+            snap("s"),
+            None,
+            &HashMap::from([("containerimage.config".to_owned(), b"c".to_vec())]),
+        )
+        .unwrap();
+        assert!(matches!(single, ExportSource::Single { image_config: Some(c), .. } if c == b"c"));
     }
 }

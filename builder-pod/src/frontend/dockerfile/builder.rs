@@ -128,8 +128,11 @@ fn result_metadata(
 ) -> Result<HashMap<String, Vec<u8>>, FrontendError> {
     let mut metadata = HashMap::new();
     for (id, _, config) in results {
-        let key =
-            if multi_platform { format!("containerimage.config/{id}") } else { "containerimage.config".to_owned() };
+        let key = if multi_platform {
+            format!("containerimage.config/{id}")
+        } else {
+            "containerimage.config".to_owned()
+        };
         metadata.insert(key, config.clone());
     }
     let platforms = ExportPlatforms {
@@ -241,7 +244,8 @@ pub async fn build(
         let id_platform = target.unwrap_or_else(llb::default_platform).normalize();
         conversions.push((llb::format_platform_all(&id_platform), id_platform, converted));
     }
-    let solves = conversions.iter().map(|(_, _, converted)| solve_definition(solver, ctx, &converted.definition));
+    let solves =
+        conversions.iter().map(|(_, _, converted)| solve_definition(solver, ctx, &converted.definition));
     let snapshots = futures::future::try_join_all(solves).await?;
 
     let described: Vec<(String, Platform, Vec<u8>)> = conversions
@@ -256,7 +260,8 @@ pub async fn build(
     let refs = if opts.multi_platform {
         FrontendRefs::Platforms(solved.collect())
     } else {
-        let (_, single) = solved.next().ok_or_else(|| FrontendError::Internal("no platform was built".into()))?;
+        let (_, single) =
+            solved.next().ok_or_else(|| FrontendError::Internal("no platform was built".into()))?;
         FrontendRefs::Single(single)
     };
     Ok(FrontendResult { refs, metadata })
@@ -375,5 +380,68 @@ mod tests {
         }
         let err = FrontendError::Syntax("example.com/frontend:1".into()).to_string();
         assert!(err.contains("example.com/frontend:1") && err.contains("container frontend"), "{err}");
+    }
+
+    fn described() -> Vec<(String, Platform, Vec<u8>)> {
+        vec![
+            (
+                "linux/amd64".into(),
+                Platform::new("linux", "amd64", None),
+                b"{\"architecture\":\"amd64\"}".to_vec(),
+            ),
+            (
+                "linux/arm/v7".into(),
+                Platform::new("linux", "arm", Some("v7")),
+                b"{\"architecture\":\"arm\"}".to_vec(),
+            ),
+        ]
+    }
+
+    #[test]
+    fn results_per_platform_carry_their_configs_and_the_platforms_mapping() {
+        let m = result_metadata(&described(), true).unwrap();
+        assert_eq!(m["containerimage.config/linux/arm/v7"], b"{\"architecture\":\"arm\"}");
+        assert_eq!(m["containerimage.config/linux/amd64"], b"{\"architecture\":\"amd64\"}");
+        assert!(!m.contains_key("containerimage.config"));
+        let platforms: serde_json::Value = serde_json::from_slice(&m["refs.platforms"]).unwrap();
+        assert_eq!(
+            platforms,
+            serde_json::json!({"Platforms": [
+                {"ID": "linux/amd64", "Platform": {"os": "linux", "architecture": "amd64"}},
+                {"ID": "linux/arm/v7", "Platform": {"os": "linux", "architecture": "arm", "variant": "v7"}},
+            ]})
+        );
+        // A single platform not asked for as multi-platform is one plain config.
+        let m = result_metadata(&described()[..1], false).unwrap();
+        assert_eq!(m["containerimage.config"], b"{\"architecture\":\"amd64\"}");
+        assert!(m.contains_key("refs.platforms"));
+    }
+
+    #[test]
+    fn the_gateway_gets_one_ref_per_platform_or_a_single_one() {
+        let solved = || SolvedRef { snapshot: None, definition: pb::Definition::default() };
+        let refs =
+            FrontendRefs::Platforms(vec![("linux/amd64".into(), solved()), ("linux/arm64".into(), solved())]);
+        let mut n = 0;
+        let mut next_id = |_: Option<Snapshot>| -> Result<String, String> {
+            n += 1;
+            Ok(format!("ref-{n}"))
+        };
+        match refs.into_gateway(true, &mut next_id).unwrap() {
+            fe::result::Result::Refs(map) => {
+                let mut ids: Vec<(&str, &str)> =
+                    map.refs.iter().map(|(k, r)| (k.as_str(), r.id.as_str())).collect();
+                ids.sort();
+                assert_eq!(ids, [("linux/amd64", "ref-1"), ("linux/arm64", "ref-2")]);
+                assert!(map.refs.values().all(|r| r.def.is_some()));
+            }
+            other => panic!("{other:?}"),
+        }
+        match FrontendRefs::Single(solved()).into_gateway(false, &mut next_id).unwrap() {
+            fe::result::Result::RefDeprecated(id) => assert_eq!(id, "ref-3"),
+            other => panic!("{other:?}"),
+        }
+        let failing = |_: Option<Snapshot>| -> Result<String, String> { Err("no ids".into()) };
+        assert!(FrontendRefs::Single(solved()).into_gateway(true, failing).is_err());
     }
 }

@@ -1086,7 +1086,7 @@ impl<'a> Converter<'a> {
         }
         enum Lookup {
             Image(Result<ResolvedConfig, BoxError>),
-            Named(Result<named::Loaded, ConvertErrorKind>),
+            Named(Result<Box<named::Loaded>, ConvertErrorKind>),
         }
         let mut requests = Vec::new();
         for i in 0..self.states.len() {
@@ -1123,13 +1123,22 @@ impl<'a> Converter<'a> {
                     .map(|found| (found, false)),
                 None => None,
             };
-            requests.push(Request { index: i, reachable: is_reachable, orig_name, reference, platform, named });
+            requests.push(Request {
+                index: i,
+                reachable: is_reachable,
+                orig_name,
+                reference,
+                platform,
+                named,
+            });
         }
 
         let opts = self.opts;
         let lookups = requests.iter().filter(|r| r.reachable).map(|r| async move {
             match &r.named {
-                Some((found, _)) => Lookup::Named(named::load(opts, found, &r.platform, resolver).await),
+                Some((found, _)) => {
+                    Lookup::Named(named::load(opts, found, &r.platform, resolver).await.map(Box::new))
+                }
                 None => Lookup::Image(resolver.resolve(&r.reference, &r.platform).await),
             }
         });
@@ -1149,7 +1158,7 @@ impl<'a> Converter<'a> {
                     Some(Lookup::Named(loaded)) => {
                         let loaded = loaded.map_err(|k| Fail::new(k).at(lines))?;
                         let replaces_stage = req.named.as_ref().is_some_and(|(_, whole)| *whole);
-                        self.use_named_context(i, loaded, replaces_stage, platform);
+                        self.use_named_context(i, *loaded, replaces_stage, platform);
                         continue;
                     }
                 };
@@ -1225,7 +1234,13 @@ impl<'a> Converter<'a> {
     /// (which is then done, platform from the image if it has one), or
     /// the stage's base image (the stage's platform, an empty config for a
     /// directory).
-    fn use_named_context(&mut self, i: usize, loaded: named::Loaded, replaces_stage: bool, platform: Platform) {
+    fn use_named_context(
+        &mut self,
+        i: usize,
+        loaded: named::Loaded,
+        replaces_stage: bool,
+        platform: Platform,
+    ) {
         let d = &mut self.states[i];
         if replaces_stage {
             d.dispatched = true;

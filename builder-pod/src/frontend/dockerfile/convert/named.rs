@@ -6,7 +6,9 @@
 use std::collections::BTreeMap;
 
 use super::{ConvertErrorKind, ConvertOptions, Image, ImageResolver, SCRATCH};
-use crate::frontend::llb::{self, Constraints, ImageOptions, LocalOptions, Platform, State, format_platform_all};
+use crate::frontend::llb::{
+    self, Constraints, ImageOptions, LocalOptions, Platform, State, format_platform_all,
+};
 use crate::source::image::{DOCKER_HUB, Reference};
 
 /// The named contexts a build was given, from its frontend attributes.
@@ -28,7 +30,10 @@ impl NamedContexts {
     /// Reads the `context:`, `sharedkey:localdir:` and `local-sessionid:` attributes.
     pub fn from_attrs(attrs: &BTreeMap<String, String>) -> Self {
         let with_prefix = |prefix: &str| -> BTreeMap<String, String> {
-            attrs.iter().filter_map(|(k, v)| k.strip_prefix(prefix).map(|k| (k.to_owned(), v.clone()))).collect()
+            attrs
+                .iter()
+                .filter_map(|(k, v)| k.strip_prefix(prefix).map(|k| (k.to_owned(), v.clone())))
+                .collect()
         };
         Self {
             values: with_prefix("context:"),
@@ -99,7 +104,9 @@ pub(super) fn lookup(
     name: &str,
     platform: &Platform,
 ) -> Result<Option<Found>, ConvertErrorKind> {
-    if contexts.values.is_empty() || name.eq_ignore_ascii_case(SCRATCH) || name.eq_ignore_ascii_case("context")
+    if contexts.values.is_empty()
+        || name.eq_ignore_ascii_case(SCRATCH)
+        || name.eq_ignore_ascii_case("context")
     {
         return Ok(None);
     }
@@ -121,7 +128,9 @@ pub(super) async fn load(
     let key = &found.key;
     let fail = |reason: String| ConvertErrorKind::NamedContext { key: key.clone(), reason };
     let not_supported = |kind: &str| {
-        fail(format!("{kind} contexts are not supported by kilnd yet (local directories and docker-image:// are)"))
+        fail(format!(
+            "{kind} contexts are not supported by kilnd yet (local directories and docker-image:// are)"
+        ))
     };
     let Some((kind, rest)) = found.value.split_once(':') else {
         return Err(ConvertErrorKind::ContextSpecifier { value: found.value.clone(), key: key.clone() });
@@ -141,7 +150,11 @@ pub(super) async fn load(
                 .custom_name(format!("[context {key}] {reference}"));
             let state = llb::image(
                 &resolved.pinned_reference,
-                ImageOptions { resolve_mode: opts.image_resolve_mode, constraints: c, ..ImageOptions::default() },
+                ImageOptions {
+                    resolve_mode: opts.image_resolve_mode,
+                    constraints: c,
+                    ..ImageOptions::default()
+                },
             );
             Ok(Loaded { state: with_image_config(state, &image), image: Some(image) })
         }

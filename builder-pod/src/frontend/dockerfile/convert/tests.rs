@@ -1571,7 +1571,10 @@ async fn a_local_named_context_replaces_the_stage_for_copy_and_mounts() {
     assert_eq!(copy_action(copy, 0).src, "/data.txt");
     let run = result(&g);
     let mount = exec(run).mounts.iter().find(|m| m.dest == "/x").unwrap();
-    assert_eq!(g.vertices[run.inputs[mount.input as usize].vertex].name(), "[context extra] load from client");
+    assert_eq!(
+        g.vertices[run.inputs[mount.input as usize].vertex].name(),
+        "[context extra] load from client"
+    );
 }
 
 #[tokio::test]
@@ -1637,7 +1640,10 @@ async fn bad_or_unsupported_named_contexts_fail_with_their_name() {
     let cases = [
         ("nocolon", "Dockerfile:1: invalid context specifier nocolon for x"),
         ("ftp://host/x", "Dockerfile:1: unsupported context source ftp for x"),
-        ("docker-image://unknown-image", "Dockerfile:1: named context x: failed to resolve source metadata for docker.io/library/unknown-image:latest: not found"),
+        (
+            "docker-image://unknown-image",
+            "Dockerfile:1: named context x: failed to resolve source metadata for docker.io/library/unknown-image:latest: not found",
+        ),
     ];
     for (value, want) in cases {
         let err = conv_err_with("FROM x\nRUN true\n", &with_contexts(&[("x", value)])).await;
