@@ -96,10 +96,16 @@ impl ControlService {
     /// `buildctl build --frontend dockerfile.v0`: the frontend runs in the daemon.
     async fn solve_frontend(&self, req: api::SolveRequest) -> Result<api::SolveResponse, Status> {
         let (_job, _cancel_on_drop, ctx) = self.start_build(&req)?;
-        let result =
-            dockerfile::build(&self.c.solver, &self.c.sources, &ctx, &req.frontend_attrs, &req.session)
-                .await
-                .map_err(frontend_status)?;
+        let result = dockerfile::build(
+            &self.c.solver,
+            &self.c.sources,
+            &ctx,
+            &req.frontend_attrs,
+            &req.frontend_inputs,
+            &req.session,
+        )
+        .await
+        .map_err(frontend_status)?;
         self.export(&req, &frontend_source(result)?, &ctx).await
     }
 

@@ -35,9 +35,10 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Frontend API capabilities kilnd implements (`frontend/gateway/pb/caps.go`).
 /// Advertising `return` and `proto.refarray` keeps clients off the legacy
-/// result path (§2.5).
+/// result path (§2.5); `reference.output` says returned refs carry their
+/// definitions, which bake turns into other targets' contexts.
 pub const FRONTEND_CAPS: &[&str] =
-    &["return", "proto.refarray", "returnmap", "frontend.inputs", "gateway.warnings"];
+    &["return", "proto.refarray", "returnmap", "frontend.inputs", "gateway.warnings", "reference.output"];
 
 /// Several exporters in one Solve (`solver/pb/caps.go` `CapMultipleExporters`).
 const EXPORTER_MULTIPLE: &str = "exporter.multiple";
@@ -267,6 +268,7 @@ impl LlbBridge for LlbBridgeService {
                     &self.c.sources,
                     &build.ctx,
                     &req.frontend_opt,
+                    &req.frontend_inputs,
                     &session,
                 )
                 .await

@@ -152,12 +152,14 @@ fn is_native_syntax(image: &str) -> bool {
         && (tag == "1" || tag.starts_with("1.") || tag.starts_with("1-") || tag == "latest")
 }
 
-/// Runs the frontend for a build whose client session is `session_id`.
+/// Runs the frontend for a build whose client session is `session_id`;
+/// `inputs` are the Solve's frontend inputs (`input:NAME` contexts).
 pub async fn build(
     solver: &Arc<Solver>,
     sources: &Sources,
     ctx: &Arc<BuildContext>,
     attrs: &HashMap<String, String>,
+    inputs: &HashMap<String, pb::Definition>,
     session_id: &str,
 ) -> Result<FrontendResult, FrontendError> {
     let attrs: BTreeMap<String, String> = attrs.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
@@ -166,6 +168,7 @@ pub async fn build(
     }
     let (mut opts, platforms) = ConvertOptions::from_frontend_attrs(&attrs, session_id)
         .map_err(|e| FrontendError::Convert(e.to_string()))?;
+    opts.named_contexts.inputs = inputs.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     let filename = attrs.get("filename").cloned().unwrap_or_else(|| "Dockerfile".into());
     let dockerfile_local = attrs.get("dockerfilekey").cloned().unwrap_or_else(|| "dockerfile".into());
     let context_local = attrs.get("contextkey").cloned().unwrap_or_else(|| "context".into());

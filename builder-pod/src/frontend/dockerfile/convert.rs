@@ -294,6 +294,8 @@ pub enum ConvertErrorKind {
     NamedContextName { name: String, reason: String },
     #[error("invalid context specifier {value} for {key}")]
     ContextSpecifier { value: String, key: String },
+    #[error("invalid input {name} for {key}")]
+    ContextInput { name: String, key: String },
     #[error("unsupported context source {kind} for {key}")]
     ContextSource { kind: String, key: String },
     #[error("named context {key}: {reason}")]

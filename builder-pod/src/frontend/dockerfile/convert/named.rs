@@ -5,6 +5,9 @@
 
 use std::collections::BTreeMap;
 
+use base64::Engine as _;
+use kiln_proto::buildkit::pb;
+
 use super::{ConvertErrorKind, ConvertOptions, Image, ImageResolver, SCRATCH};
 use crate::frontend::llb::{
     self, Constraints, ImageOptions, LocalOptions, Platform, State, format_platform_all,
@@ -12,7 +15,7 @@ use crate::frontend::llb::{
 use crate::source::image::{DOCKER_HUB, Reference};
 
 /// The named contexts a build was given, from its frontend attributes.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct NamedContexts {
     /// `context:KEY` values by KEY (`NAME` or `NAME::PLATFORM`), as sent:
     /// `local:DIR`, `docker-image://REF`, `input:NAME`, …
@@ -24,6 +27,11 @@ pub struct NamedContexts {
     /// The `.dockerignore` patterns of each named local DIR, read by the
     /// caller before converting (the converter itself reads nothing).
     pub local_excludes: BTreeMap<String, Vec<String>>,
+    /// The Solve's frontend inputs, by name (`input:NAME` contexts).
+    pub inputs: BTreeMap<String, pb::Definition>,
+    /// `input-metadata:NAME`: JSON of base64 values by key, such as the
+    /// input's `containerimage.config`.
+    pub input_metadata: BTreeMap<String, String>,
 }
 
 impl NamedContexts {
@@ -40,6 +48,8 @@ impl NamedContexts {
             shared_keys: with_prefix("sharedkey:localdir:"),
             local_sessions: with_prefix("local-sessionid:"),
             local_excludes: BTreeMap::new(),
+            inputs: BTreeMap::new(),
+            input_metadata: with_prefix("input-metadata:"),
         }
     }
 
@@ -129,7 +139,7 @@ pub(super) async fn load(
     let fail = |reason: String| ConvertErrorKind::NamedContext { key: key.clone(), reason };
     let not_supported = |kind: &str| {
         fail(format!(
-            "{kind} contexts are not supported by kilnd yet (local directories and docker-image:// are)"
+            "{kind} contexts are not supported by kilnd yet (local directories, docker-image:// and inputs are)"
         ))
     };
     let Some((kind, rest)) = found.value.split_once(':') else {
@@ -175,11 +185,37 @@ pub(super) async fn load(
             );
             Ok(Loaded { state, image: None })
         }
-        "git" | "http" | "https" | "oci-layout" | "input" => Err(not_supported(kind)),
+        "input" => load_input(&opts.named_contexts, key, rest),
+        "git" | "http" | "https" | "oci-layout" => Err(not_supported(kind)),
         // `git@host:repo` without a scheme is a git context too.
         _ if kind.starts_with("git@") => Err(not_supported("git")),
         _ => Err(ConvertErrorKind::ContextSource { kind: kind.to_owned(), key: key.clone() }),
     }
+}
+
+/// An `input:NAME` context: the frontend input of that name, with the
+/// image config its metadata carries (bake passes a target's result so).
+fn load_input(contexts: &NamedContexts, key: &str, name: &str) -> Result<Loaded, ConvertErrorKind> {
+    let def = contexts
+        .inputs
+        .get(name)
+        .ok_or_else(|| ConvertErrorKind::ContextInput { name: name.to_owned(), key: key.to_owned() })?;
+    let fail = |reason: String| ConvertErrorKind::NamedContext { key: key.to_owned(), reason };
+    let state = llb::from_definition(def).map_err(|e| fail(e.to_string()))?;
+    let Some(metadata) = contexts.input_metadata.get(name) else {
+        return Ok(Loaded { state, image: None });
+    };
+    let parse_error = |e: String| fail(format!("failed to parse input metadata {metadata}: {e}"));
+    let values: BTreeMap<String, String> =
+        serde_json::from_str(metadata).map_err(|e| parse_error(e.to_string()))?;
+    let Some(config) = values.get("containerimage.config") else {
+        return Ok(Loaded { state, image: None });
+    };
+    let config =
+        base64::engine::general_purpose::STANDARD.decode(config).map_err(|e| parse_error(e.to_string()))?;
+    let image: Image = serde_json::from_slice(&config)
+        .map_err(|e| fail(format!("failed to parse image config for {key}: {e}")))?;
+    Ok(Loaded { state: with_image_config(state, &image), image: Some(image) })
 }
 
 /// `State.WithImageConfig`: the image's env, working directory and platform.

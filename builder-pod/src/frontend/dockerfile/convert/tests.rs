@@ -1653,6 +1653,31 @@ async fn bad_or_unsupported_named_contexts_fail_with_their_name() {
     assert!(err.to_string().contains("git contexts are not supported by kilnd yet"), "{err}");
 }
 
+#[tokio::test]
+async fn an_input_context_is_the_frontend_input_with_its_image_config() {
+    use base64::Engine as _;
+    // What bake hands over for a target another target names: its LLB and its image config.
+    let parent = conv("FROM busybox\nRUN echo parent > /p\nUSER app\nWORKDIR /srv\n").await;
+    let mut o = with_contexts(&[("parent", "input:parent")]);
+    o.named_contexts.inputs.insert("parent".into(), parent.definition.clone());
+    let encoded = base64::engine::general_purpose::STANDARD.encode(&parent.image_config);
+    o.named_contexts
+        .input_metadata
+        .insert("parent".into(), json!({"containerimage.config": encoded}).to_string());
+    let c = conv_with("FROM parent\nRUN echo child > /c\n", &o).await;
+    let g = graph(&c);
+    let run = result(&g);
+    assert_eq!(meta(run).args, ["/bin/sh", "-c", "echo child > /c"]);
+    assert_eq!((meta(run).user.as_str(), meta(run).cwd.as_str()), ("app", "/srv"));
+    let parent_top = input_vertex(&g, run, 0);
+    assert_eq!(parent_top.name(), "[3/3] WORKDIR /srv");
+    assert_eq!(input_vertex(&g, parent_top, 0).name(), "[2/3] RUN echo parent > /p");
+    assert_eq!(config(&c)["config"]["User"], "app");
+
+    let err = conv_err_with("FROM parent\n", &with_contexts(&[("parent", "input:missing")])).await;
+    assert_eq!(err.to_string(), "Dockerfile:1: invalid input missing for parent");
+}
+
 #[test]
 fn named_contexts_come_from_the_frontend_attributes() {
     let attrs: BTreeMap<String, String> = [
@@ -1661,6 +1686,7 @@ fn named_contexts_come_from_the_frontend_attributes() {
         ("sharedkey:localdir:extra", "dir"),
         ("local-sessionid:extra", "other-session"),
         ("build-arg:context:x", "not a context"),
+        ("input-metadata:parent", "{}"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -1670,5 +1696,6 @@ fn named_contexts_come_from_the_frontend_attributes() {
     assert_eq!(n.values.len(), 2);
     assert_eq!(n.values["img::linux/arm64"], "docker-image://alpine");
     assert_eq!(n.shared_keys["extra"], "dir");
+    assert_eq!(n.input_metadata["parent"], "{}");
     assert_eq!(n.local_dirs("sess"), [("extra".to_owned(), "extra".to_owned(), "other-session".to_owned())]);
 }
