@@ -416,3 +416,41 @@ fn a_run_for_a_platform_the_host_cannot_execute_fails_naming_it() {
     assert!(stderr.contains("[linux/arm64 2/2] RUN true"), "{stderr}");
     assert!(stderr.contains("exec format error"), "{stderr}");
 }
+
+/// bake's target-to-target context (`contexts = { base = "target:base" }`):
+/// buildx builds `base` first, evaluates it (LLBBridge `Evaluate`), and
+/// hands its result to `app` as a frontend input (`input:base`), which
+/// replaces `FROM base` with its image config.
+#[test]
+fn buildx_bake_passes_one_targets_result_to_another_as_a_context() {
+    let env = TestEnv::get();
+    let s = Setup::new();
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(
+        ctx.path().join("base.Dockerfile"),
+        format!("FROM {}\nRUN echo from-base > /base.txt\nENV FROM_BASE=yes\n", env.base_image),
+    )
+    .unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM base\nRUN cat /base.txt > /copied && echo \"$FROM_BASE\" > /env\n",
+    )
+    .unwrap();
+    std::fs::write(
+        ctx.path().join("docker-bake.hcl"),
+        "target \"base\" {\n  dockerfile = \"base.Dockerfile\"\n}\n\
+         target \"app\" {\n  contexts = { base = \"target:base\" }\n  output = [\"type=local,dest=out\"]\n}\n",
+    )
+    .unwrap();
+    let out = run_unchecked(s.buildx.command().current_dir(ctx.path()).args([
+        "bake",
+        "--builder",
+        "kilnd",
+        "--progress",
+        "plain",
+        "app",
+    ]));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_to_string(ctx.path().join("out/copied")).unwrap(), "from-base\n");
+    assert_eq!(std::fs::read_to_string(ctx.path().join("out/env")).unwrap(), "yes\n");
+}
