@@ -34,10 +34,6 @@ use sha2::{Digest, Sha256};
 const EXCLUDED: &[(&str, &str)] = &[
     // kilnd's layers keep what a step copied up unchanged; not built yet.
     ("47-hardlink-to-base-file", "docs/compatibility.md#hardlinks-to-lower-layer-files"),
-    // One platform per build; not built yet.
-    ("60-multi-platform", "docs/compatibility.md#multi-platform"),
-    // --build-context is ignored; not built yet.
-    ("62-named-contexts", "docs/compatibility.md#named-contexts"),
 ];
 
 /// How many lines of differences a case prints at most per section.
@@ -444,25 +440,47 @@ fn blob(files: &HashMap<String, Vec<u8>>, digest: &str) -> Vec<u8> {
         .clone()
 }
 
-fn read_image(path: &Path) -> Image {
+/// The images of an OCI layout tar: one (its platform not named), or one
+/// per entry of the nested index of a multi-platform build, each with the
+/// platform (`os/arch[/variant]`) the index gives it.
+fn read_images(path: &Path) -> Vec<(String, Image)> {
     let files = read_tar(path);
     let index: Value =
         serde_json::from_slice(files.get("index.json").expect("index.json in the OCI tar")).unwrap();
-    let mut desc = index["manifests"][0].clone();
-    // A builder may wrap the manifest in a nested index.
-    while desc["mediaType"].as_str().is_some_and(|m| m.contains("index") || m.contains("list")) {
-        let nested: Value = serde_json::from_slice(&blob(&files, desc["digest"].as_str().unwrap())).unwrap();
-        desc = nested["manifests"][0].clone();
+    let is_index =
+        |d: &Value| d["mediaType"].as_str().is_some_and(|m| m.contains("index") || m.contains("list"));
+    let top = index["manifests"][0].clone();
+    if !is_index(&top) {
+        return vec![(String::new(), read_image(&files, &top))];
     }
-    let manifest: Value = serde_json::from_slice(&blob(&files, desc["digest"].as_str().unwrap())).unwrap();
+    let nested: Value = serde_json::from_slice(&blob(&files, top["digest"].as_str().unwrap())).unwrap();
+    nested["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|desc| {
+            let p = &desc["platform"];
+            let label = [&p["os"], &p["architecture"], &p["variant"]]
+                .iter()
+                .filter_map(|v| v.as_str())
+                .filter(|v| !v.is_empty())
+                .collect::<Vec<_>>()
+                .join("/");
+            (label, read_image(&files, desc))
+        })
+        .collect()
+}
+
+fn read_image(files: &HashMap<String, Vec<u8>>, desc: &Value) -> Image {
+    let manifest: Value = serde_json::from_slice(&blob(files, desc["digest"].as_str().unwrap())).unwrap();
     let config =
-        serde_json::from_slice(&blob(&files, manifest["config"]["digest"].as_str().unwrap())).unwrap();
+        serde_json::from_slice(&blob(files, manifest["config"]["digest"].as_str().unwrap())).unwrap();
     let layers = manifest["layers"]
         .as_array()
         .unwrap()
         .iter()
         .map(|l| {
-            let data = blob(&files, l["digest"].as_str().unwrap());
+            let data = blob(files, l["digest"].as_str().unwrap());
             let media_type = l["mediaType"].as_str().unwrap_or_default();
             if media_type.ends_with("gzip") {
                 let mut out = Vec::new();
@@ -595,15 +613,17 @@ fn run_case(buildx: &Buildx, case: &Case) -> (Verdict, String, Duration, Duratio
     let ours_time = start.elapsed();
     // A secret must not reach kilnd's outputs, whatever buildkitd did.
     let ours = ours.map(|o| {
-        let image = read_image(&o.image);
-        (o, image)
+        let images = read_images(&o.image);
+        (o, images)
     });
-    if let Ok((o, image)) = &ours {
+    if let Ok((o, images)) = &ours {
         let leaks: Vec<String> = case
             .secrets
             .iter()
             .flat_map(|(id, value)| {
-                secret_leaks(&o.tree, image, value).into_iter().map(move |l| format!("{id}: {l}"))
+                images.iter().flat_map(move |(_, image)| {
+                    secret_leaks(&o.tree, image, value).into_iter().map(move |l| format!("{id}: {l}"))
+                })
             })
             .collect();
         if !leaks.is_empty() {
@@ -611,7 +631,7 @@ fn run_case(buildx: &Buildx, case: &Case) -> (Verdict, String, Duration, Duratio
             return (Verdict::SecretLeaked, report, ours_time, theirs_time);
         }
     }
-    let ((ours, our_image), theirs) = match (ours, theirs) {
+    let ((ours, our_images), theirs) = match (ours, theirs) {
         (_, Err(log)) => {
             return (
                 Verdict::BuildkitdFailed,
@@ -626,18 +646,34 @@ fn run_case(buildx: &Buildx, case: &Case) -> (Verdict, String, Duration, Duratio
         (Ok(o), Ok(t)) => (o, t),
     };
     let mut report = String::new();
-    let their_image = read_image(&theirs.image);
+    let their_images = read_images(&theirs.image);
     let tree_diff = diff_trees(&snapshot(&ours.tree), &snapshot(&theirs.tree));
-    let image_diff = diff_trees(&image_tree(&our_image.layers), &image_tree(&their_image.layers));
-    let config_diff = diff_configs(&config_fields(&our_image), &config_fields(&their_image));
     if !tree_diff.is_empty() {
         let _ = writeln!(report, " file tree (-o type=local):\n{}", truncated(tree_diff));
     }
-    if !image_diff.is_empty() {
-        let _ = writeln!(report, " image file system (the OCI layers applied):\n{}", truncated(image_diff));
+    let labels = |images: &[(String, Image)]| images.iter().map(|(l, _)| l.clone()).collect::<Vec<_>>();
+    if labels(&our_images) != labels(&their_images) {
+        let _ = writeln!(
+            report,
+            " image platforms:\n    kilnd:     {:?}\n    buildkitd: {:?}",
+            labels(&our_images),
+            labels(&their_images)
+        );
     }
-    if !config_diff.is_empty() {
-        let _ = writeln!(report, " image config:\n{}", truncated(config_diff));
+    for ((label, our_image), (_, their_image)) in our_images.iter().zip(&their_images) {
+        let of = if our_images.len() > 1 { format!(" ({label})") } else { String::new() };
+        let image_diff = diff_trees(&image_tree(&our_image.layers), &image_tree(&their_image.layers));
+        let config_diff = diff_configs(&config_fields(our_image), &config_fields(their_image));
+        if !image_diff.is_empty() {
+            let _ = writeln!(
+                report,
+                " image file system{of} (the OCI layers applied):\n{}",
+                truncated(image_diff)
+            );
+        }
+        if !config_diff.is_empty() {
+            let _ = writeln!(report, " image config{of}:\n{}", truncated(config_diff));
+        }
     }
     let verdict = if report.is_empty() { Verdict::Same } else { Verdict::Differs };
     (verdict, report, ours_time, theirs_time)

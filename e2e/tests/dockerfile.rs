@@ -310,3 +310,147 @@ impl Drop for Agent {
         let _ = self.0.wait();
     }
 }
+
+/// `--build-context`: a directory that replaces a stage of the same name
+/// (its own `.dockerignore` applies) and an image that a FROM names.
+#[test]
+fn build_contexts_replace_a_stage_with_a_directory_and_a_from_with_an_image() {
+    let env = TestEnv::get();
+    let s = Setup::new();
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        format!(
+            "FROM {} AS assets\nRUN echo the stage ran instead of the context && exit 1\n\
+             FROM mybase\nCOPY --from=assets . /assets/\n",
+            env.base_image
+        ),
+    )
+    .unwrap();
+    let assets = tempfile::tempdir().unwrap();
+    std::fs::write(assets.path().join("hello.txt"), "from the named context\n").unwrap();
+    std::fs::write(assets.path().join("private.key"), "left out\n").unwrap();
+    std::fs::write(assets.path().join(".dockerignore"), "*.key\n").unwrap();
+    let dest = ctx.path().join("out");
+    s.build(
+        ctx.path(),
+        &[
+            "--build-context",
+            &format!("assets={}", assets.path().display()),
+            "--build-context",
+            &format!("mybase=docker-image://{}", env.base_image),
+            "--output",
+            &format!("type=local,dest={}", dest.display()),
+        ],
+    );
+    assert_eq!(std::fs::read_to_string(dest.join("assets/hello.txt")).unwrap(), "from the named context\n");
+    assert!(!dest.join("assets/private.key").exists(), "the context's .dockerignore was not applied");
+    assert!(dest.join("bin/busybox").is_file(), "FROM mybase did not start from the image");
+}
+
+/// One build for two platforms pushes an index whose entries name their
+/// platforms, each image with that platform's config.
+#[test]
+fn a_two_platform_push_is_an_index_with_one_image_per_platform() {
+    let env = TestEnv::get();
+    let s = Setup::new();
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        format!(
+            "FROM {}\nARG TARGETARCH\nENV BUILT_FOR=$TARGETARCH\nCOPY a.txt /a.txt\n",
+            env.base_image_multi
+        ),
+    )
+    .unwrap();
+    std::fs::write(ctx.path().join("a.txt"), "a\n").unwrap();
+    let image = format!("{}/{}:v1", env.registry, unique("kiln-e2e/multi"));
+    s.build(ctx.path(), &["--platform", "linux/amd64,linux/arm64", "--push", "-t", &image]);
+
+    let (name, tag) = repo_and_tag(&image);
+    let registry = Registry::plain();
+    let index = registry.manifest(name, tag).unwrap();
+    assert!(index.media_type.contains("list") || index.media_type.contains("index"), "{}", index.media_type);
+    let entries = index.json["manifests"].as_array().unwrap();
+    let platforms: Vec<(String, String)> = entries
+        .iter()
+        .map(|m| {
+            let p = &m["platform"];
+            (p["os"].as_str().unwrap().to_owned(), p["architecture"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    assert_eq!(
+        platforms,
+        [("linux".to_owned(), "amd64".to_owned()), ("linux".to_owned(), "arm64".to_owned())]
+    );
+    for (entry, (_, arch)) in entries.iter().zip(&platforms) {
+        let manifest = registry.manifest(name, entry["digest"].as_str().unwrap()).unwrap();
+        let config_digest = manifest.json["config"]["digest"].as_str().unwrap();
+        let url = format!("http://{}/v2/{name}/blobs/{config_digest}", env.registry);
+        let config: serde_json::Value =
+            serde_json::from_str(&ureq::get(&url).call().unwrap().body_mut().read_to_string().unwrap())
+                .unwrap();
+        assert_eq!(config["architecture"], arch.as_str());
+        let built_for = format!("BUILT_FOR={arch}");
+        assert!(
+            config["config"]["Env"].as_array().unwrap().iter().any(|e| e == built_for.as_str()),
+            "{config}"
+        );
+    }
+}
+
+/// Without an emulator a RUN on a foreign platform cannot execute: the
+/// build fails, and the failing step carries its platform.
+#[test]
+fn a_run_for_a_platform_the_host_cannot_execute_fails_naming_it() {
+    if Path::new("/proc/sys/fs/binfmt_misc/qemu-aarch64").exists() {
+        eprintln!("this host runs arm64 binaries through qemu; nothing to check");
+        return;
+    }
+    let env = TestEnv::get();
+    let s = Setup::new();
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(ctx.path().join("Dockerfile"), format!("FROM {}\nRUN true\n", env.base_image_multi))
+        .unwrap();
+    let stderr = s.build_fails(ctx.path(), &["--platform", "linux/amd64,linux/arm64"]);
+    assert!(stderr.contains("[linux/arm64 2/2] RUN true"), "{stderr}");
+    assert!(stderr.contains("exec format error"), "{stderr}");
+}
+
+/// bake's target-to-target context (`contexts = { base = "target:base" }`):
+/// buildx builds `base` first, evaluates it (LLBBridge `Evaluate`), and
+/// hands its result to `app` as a frontend input (`input:base`), which
+/// replaces `FROM base` with its image config.
+#[test]
+fn buildx_bake_passes_one_targets_result_to_another_as_a_context() {
+    let env = TestEnv::get();
+    let s = Setup::new();
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(
+        ctx.path().join("base.Dockerfile"),
+        format!("FROM {}\nRUN echo from-base > /base.txt\nENV FROM_BASE=yes\n", env.base_image),
+    )
+    .unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM base\nRUN cat /base.txt > /copied && echo \"$FROM_BASE\" > /env\n",
+    )
+    .unwrap();
+    std::fs::write(
+        ctx.path().join("docker-bake.hcl"),
+        "target \"base\" {\n  dockerfile = \"base.Dockerfile\"\n}\n\
+         target \"app\" {\n  contexts = { base = \"target:base\" }\n  output = [\"type=local,dest=out\"]\n}\n",
+    )
+    .unwrap();
+    let out = run_unchecked(s.buildx.command().current_dir(ctx.path()).args([
+        "bake",
+        "--builder",
+        "kilnd",
+        "--progress",
+        "plain",
+        "app",
+    ]));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_to_string(ctx.path().join("out/copied")).unwrap(), "from-base\n");
+    assert_eq!(std::fs::read_to_string(ctx.path().join("out/env")).unwrap(), "yes\n");
+}

@@ -19,8 +19,8 @@ use tracing::instrument;
 pub use health::HealthService;
 
 use crate::cache::Snapshot;
-use crate::exporter::Exporters;
-use crate::frontend::dockerfile::builder::{self as dockerfile, FrontendError};
+use crate::exporter::{ExportSource, Exporters};
+use crate::frontend::dockerfile::builder::{self as dockerfile, FrontendError, FrontendRefs, FrontendResult};
 use crate::frontend::gateway::{Bridge, ForwardedBuild};
 use crate::gc;
 use crate::metrics::Metrics;
@@ -105,18 +105,23 @@ impl ControlService {
         let graph = Graph::parse(def).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let (_job, _cancel_on_drop, ctx) = self.start_build(&req)?;
         let result = self.c.solver.solve(&graph, Arc::clone(&ctx)).await.map_err(solve_status)?;
-        self.export(&req, result, None, &ctx).await
+        self.export(&req, &ExportSource::Single { snapshot: result, image_config: None }, &ctx).await
     }
 
     /// `buildctl build --frontend dockerfile.v0`: the frontend runs in the daemon.
     async fn solve_frontend(&self, req: api::SolveRequest) -> Result<api::SolveResponse, Status> {
         let (_job, _cancel_on_drop, ctx) = self.start_build(&req)?;
-        let result =
-            dockerfile::build(&self.c.solver, &self.c.sources, &ctx, &req.frontend_attrs, &req.session)
-                .await
-                .map_err(frontend_status)?;
-        let config = result.metadata.get("containerimage.config").map(Vec::as_slice);
-        self.export(&req, result.snapshot, config, &ctx).await
+        let result = dockerfile::build(
+            &self.c.solver,
+            &self.c.sources,
+            &ctx,
+            &req.frontend_attrs,
+            &req.frontend_inputs,
+            &req.session,
+        )
+        .await
+        .map_err(frontend_status)?;
+        self.export(&req, &frontend_source(result)?, &ctx).await
     }
 
     /// A build driven by the client through the LLBBridge (buildx's path):
@@ -131,17 +136,32 @@ impl ControlService {
         if let Some(err) = ret.error {
             return Err(Status::new(tonic::Code::from_i32(err.code), err.message));
         }
-        let result = match ret.result.as_ref().and_then(|r| r.result.as_ref()) {
-            Some(fe::result::Result::Ref(r)) => self.returned_ref(&build, &r.id, r.def.as_ref()).await?,
-            Some(fe::result::Result::RefDeprecated(id)) => self.returned_ref(&build, id, None).await?,
-            Some(fe::result::Result::Refs(_) | fe::result::Result::RefsDeprecated(_)) => {
-                return Err(not_built("a multi-platform result"));
+        let (single, refs) = match ret.result.as_ref().and_then(|r| r.result.as_ref()) {
+            Some(fe::result::Result::Ref(r)) => {
+                (self.returned_ref(&build, &r.id, r.def.as_ref()).await?, None)
             }
-            None => None,
+            Some(fe::result::Result::RefDeprecated(id)) => (self.returned_ref(&build, id, None).await?, None),
+            Some(fe::result::Result::Refs(map)) => {
+                let mut refs = HashMap::new();
+                for (platform, r) in &map.refs {
+                    refs.insert(platform.clone(), self.returned_ref(&build, &r.id, r.def.as_ref()).await?);
+                }
+                (None, Some(refs))
+            }
+            Some(fe::result::Result::RefsDeprecated(map)) => {
+                let mut refs = HashMap::new();
+                for (platform, id) in &map.refs {
+                    refs.insert(platform.clone(), self.returned_ref(&build, id, None).await?);
+                }
+                (None, Some(refs))
+            }
+            None => (None, None),
         };
-        let config =
-            ret.result.as_ref().and_then(|r| r.metadata.get("containerimage.config")).map(Vec::as_slice);
-        self.export(&req, result, config, &build.ctx).await
+        let no_metadata = HashMap::new();
+        let metadata = ret.result.as_ref().map_or(&no_metadata, |r| &r.metadata);
+        let source = ExportSource::from_result(single, refs, metadata)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.export(&req, &source, &build.ctx).await
     }
 
     /// The snapshot a returned ref names: one the bridge handed out, or the
@@ -169,8 +189,7 @@ impl ControlService {
     async fn export(
         &self,
         req: &api::SolveRequest,
-        result: Option<Snapshot>,
-        image_config: Option<&[u8]>,
+        source: &ExportSource,
         ctx: &BuildContext,
     ) -> Result<api::SolveResponse, Status> {
         let mut exporter_response = HashMap::new();
@@ -178,13 +197,24 @@ impl ControlService {
             let response = self
                 .c
                 .exporters
-                .export(index, exporter, result.as_ref(), image_config, ctx)
+                .export(index, exporter, source, ctx)
                 .await
                 .map_err(|e| Status::unknown(e.to_string()))?;
             exporter_response.extend(response);
         }
         Ok(api::SolveResponse { exporter_response })
     }
+}
+
+/// The exporters' view of what the built-in frontend returned.
+fn frontend_source(result: FrontendResult) -> Result<ExportSource, Status> {
+    let (single, refs) = match result.refs {
+        FrontendRefs::Single(r) => (r.snapshot, None),
+        FrontendRefs::Platforms(list) => {
+            (None, Some(list.into_iter().map(|(id, r)| (id, r.snapshot)).collect()))
+        }
+    };
+    ExportSource::from_result(single, refs, &result.metadata).map_err(|e| Status::internal(e.to_string()))
 }
 
 /// A failed build as the client sees it: the message names the step.
@@ -199,7 +229,7 @@ pub fn solve_status(e: SolveError) -> Status {
 pub fn frontend_status(e: FrontendError) -> Status {
     match e {
         FrontendError::Solve(e) => solve_status(e),
-        FrontendError::Syntax(_) | FrontendError::MultiPlatform(_) => Status::unimplemented(e.to_string()),
+        FrontendError::Syntax(_) => Status::unimplemented(e.to_string()),
         FrontendError::Convert(_) | FrontendError::ReadDockerfile(_) => {
             Status::invalid_argument(e.to_string())
         }

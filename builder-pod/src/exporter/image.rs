@@ -1,7 +1,8 @@
 //! Image building: each layer of the result as a compressed tar blob (made
 //! once per layer and compression, then reused), the image config from the
-//! frontend with the layers' diff ids, and the manifest. Pushing sends the
-//! blobs first and the manifest last, so a failed push never leaves a tag
+//! frontend with the layers' diff ids, and the manifest; for results per
+//! platform one image each and an index over them. Pushing sends the blobs
+//! first and the manifest last, so a failed push never leaves a tag
 //! pointing at missing blobs.
 
 use std::collections::HashMap;
@@ -12,19 +13,22 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::Exporters;
+use super::{ExportSource, Exporters};
 use crate::cache::{CacheError, Snapshot};
 use crate::content::{ContentError, ContentStore, Digest};
 use crate::session::auth::SessionAuth;
 use crate::snapshot::{Compression, DiffOptions, SnapshotError, compress, diff_to_tar};
 use crate::solver::scheduler::BuildContext;
-use crate::source::image::{HostConfig, ImageError as RegistryError, Reference, Registry, RegistryHosts};
+use crate::source::image::{
+    HostConfig, ImageError as RegistryError, Platform, Reference, Registry, RegistryHosts,
+};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -112,14 +116,19 @@ struct LayerBlob {
     diff_id: Digest,
 }
 
-/// An image whose blobs are all in the content store.
+/// An image, or an index of images, whose blobs are all in the content store.
 #[derive(Debug, Clone)]
 pub struct BuiltImage {
+    /// The image manifest, or the index.
     pub manifest: Vec<u8>,
     pub manifest_digest: Digest,
     pub media_type: &'static str,
-    pub config_digest: Digest,
+    /// The config of a single image; an index has one per platform.
+    pub config_digest: Option<Digest>,
+    /// The layers of a single image, for Docker's `manifest.json`.
     layers: Vec<Digest>,
+    /// Every blob under the top manifest: platform manifests, configs, layers.
+    blobs: Vec<Digest>,
 }
 
 impl BuiltImage {
@@ -132,12 +141,14 @@ impl BuiltImage {
         });
         let mut r = HashMap::from([
             ("containerimage.digest".to_owned(), self.manifest_digest.to_string()),
-            ("containerimage.config.digest".to_owned(), self.config_digest.to_string()),
             (
                 "containerimage.descriptor".to_owned(),
                 base64::engine::general_purpose::STANDARD.encode(descriptor.to_string()),
             ),
         ]);
+        if let Some(config) = &self.config_digest {
+            r.insert("containerimage.config.digest".to_owned(), config.to_string());
+        }
         if !names.is_empty() {
             r.insert("image.name".to_owned(), names.join(","));
         }
@@ -181,13 +192,13 @@ impl BuiltImage {
         });
         add("index.json", index.to_string().as_bytes())?;
         add(&format!("blobs/sha256/{}", self.manifest_digest.hex()), &self.manifest)?;
-        for digest in std::iter::once(&self.config_digest).chain(&self.layers) {
+        for digest in &self.blobs {
             let data = std::fs::read(content.blob_path(digest))?;
             add(&format!("blobs/sha256/{}", digest.hex()), &data)?;
         }
-        if docker {
+        if docker && let Some(config) = &self.config_digest {
             let manifest = json!([{
-                "Config": format!("blobs/sha256/{}", self.config_digest.hex()),
+                "Config": format!("blobs/sha256/{}", config.hex()),
                 "RepoTags": names,
                 "Layers": self.layers.iter().map(|d| format!("blobs/sha256/{}", d.hex())).collect::<Vec<_>>(),
             }]);
@@ -277,13 +288,77 @@ pub async fn build(
     let manifest = serde_json::to_vec(&manifest).map_err(ImageError::Config)?;
     let manifest_digest = Digest::of(&manifest);
     ex.content.write_bytes(&manifest_digest, &manifest).await?;
+    let layers: Vec<Digest> = blobs.into_iter().map(|b| b.digest).collect();
+    let mut all = vec![config_digest.clone()];
+    all.extend(layers.iter().cloned());
     Ok(BuiltImage {
         manifest,
         manifest_digest,
         media_type,
-        config_digest,
-        layers: blobs.into_iter().map(|b| b.digest).collect(),
+        config_digest: Some(config_digest),
+        layers,
+        blobs: all,
     })
+}
+
+/// Builds what an export source describes: its image, or one image per
+/// platform and an index whose entries carry their platforms
+/// (`exporter/containerimage/writer.go` `Commit`).
+pub async fn build_source(
+    ex: &Exporters,
+    source: &ExportSource,
+    opts: &ImageOptions,
+) -> Result<BuiltImage, ImageError> {
+    let scratch = Snapshot::default();
+    let platforms = match source {
+        ExportSource::Single { snapshot, image_config } => {
+            return build(ex, snapshot.as_ref().unwrap_or(&scratch), image_config.as_deref(), opts).await;
+        }
+        ExportSource::Platforms(platforms) => platforms,
+    };
+    let mut images = Vec::with_capacity(platforms.len());
+    for p in platforms {
+        let built =
+            build(ex, p.snapshot.as_ref().unwrap_or(&scratch), p.image_config.as_deref(), opts).await?;
+        images.push((p.platform.clone(), built));
+    }
+    let media_type = if opts.oci { OCI_INDEX } else { DOCKER_MANIFEST_LIST };
+    let index = index_document(media_type, &images)?;
+    let manifest_digest = Digest::of(&index);
+    ex.content.write_bytes(&manifest_digest, &index).await?;
+    let mut blobs = Vec::new();
+    for (_, image) in &images {
+        for digest in std::iter::once(&image.manifest_digest).chain(&image.blobs) {
+            if !blobs.contains(digest) {
+                blobs.push(digest.clone());
+            }
+        }
+    }
+    Ok(BuiltImage {
+        manifest: index,
+        manifest_digest,
+        media_type,
+        config_digest: None,
+        layers: Vec::new(),
+        blobs,
+    })
+}
+
+/// The index over images built per platform, each entry with its platform.
+fn index_document(media_type: &str, images: &[(Platform, BuiltImage)]) -> Result<Vec<u8>, ImageError> {
+    let manifests: Vec<Value> = images
+        .iter()
+        .map(|(platform, image)| {
+            json!({
+                "mediaType": image.media_type,
+                "digest": image.manifest_digest.to_string(),
+                "size": image.manifest.len(),
+                "platform": platform,
+            })
+        })
+        .collect();
+    let index = json!({ "schemaVersion": 2, "mediaType": media_type, "manifests": manifests });
+    serde_json::to_vec(&index).map_err(ImageError::Config)
 }
 
 /// The config's history with exactly one non-empty entry per layer: the
@@ -361,6 +436,32 @@ mod tests {
         let bad = HashMap::from([("compression".to_owned(), "lz4".to_owned())]);
         let err = ImageOptions::parse(&bad, false).unwrap_err().to_string();
         assert!(err.contains("compression=\"lz4\""), "{err}");
+    }
+
+    #[test]
+    fn an_index_names_each_images_platform() {
+        let image = |n: u8| BuiltImage {
+            manifest: vec![n; 10],
+            manifest_digest: Digest::of(&[n]),
+            media_type: DOCKER_MANIFEST,
+            config_digest: None,
+            layers: Vec::new(),
+            blobs: Vec::new(),
+        };
+        let images = [
+            (Platform::new("linux", "amd64", None), image(1)),
+            (Platform::new("linux", "arm", Some("v7")), image(2)),
+        ];
+        let index: Value =
+            serde_json::from_slice(&index_document(DOCKER_MANIFEST_LIST, &images).unwrap()).unwrap();
+        assert_eq!(index["mediaType"], DOCKER_MANIFEST_LIST);
+        assert_eq!(index["schemaVersion"], 2);
+        let entries = index["manifests"].as_array().unwrap();
+        assert_eq!(entries[0]["digest"], Digest::of(&[1]).to_string());
+        assert_eq!(entries[0]["size"], 10);
+        assert_eq!(entries[0]["mediaType"], DOCKER_MANIFEST);
+        assert_eq!(entries[0]["platform"], json!({"os": "linux", "architecture": "amd64"}));
+        assert_eq!(entries[1]["platform"], json!({"os": "linux", "architecture": "arm", "variant": "v7"}));
     }
 
     #[test]

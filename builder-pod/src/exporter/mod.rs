@@ -1,20 +1,24 @@
 //! Exporters: what happens to a build's result (buildkit-protocol.md §2.2
 //! "Per-output specifics", §4.3, §5). `local` and `tar` send the file
 //! system back to the client; `image` builds an image and pushes it; `oci`
-//! and `docker` send an image layout as a tar.
+//! and `docker` send an image layout as a tar. A result per platform
+//! exports as one subdirectory per platform (`local`, `tar`) or as an
+//! image index (`image`, `oci`).
 
 pub mod image;
+mod platforms;
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::sync::Arc;
 
+use kiln_proto::buildkit::fsutil::types::Packet;
 use kiln_proto::buildkit::moby::buildkit::v1::{Exporter, Vertex};
 use kiln_proto::buildkit::moby::filesync::v1::BytesMessage;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 
-use crate::cache::mount::{MountError, mount};
+use crate::cache::mount::MountError;
 use crate::cache::{CacheManager, Snapshot};
 use crate::content::ContentStore;
 use crate::fsutil::{self, FsutilError, WalkFilter};
@@ -23,9 +27,10 @@ use crate::session::{SessionError, SessionManager};
 use crate::snapshot::{DiffOptions, SnapshotError, diff_to_tar};
 use crate::solver::progress::now;
 use crate::solver::scheduler::BuildContext;
-use crate::source::image::Registry;
+use crate::source::image::{Platform, Registry};
 
 use self::image::{ImageError, ImageOptions};
+use self::platforms::ExportTree;
 
 /// How long the build's session is waited for.
 const SESSION_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -50,6 +55,79 @@ pub enum ExportError {
     Image(#[from] ImageError),
     #[error("the export task failed")]
     Join,
+    #[error("unable to export multiple refs, missing platforms mapping")]
+    NoPlatforms,
+    #[error("the result's platforms mapping (refs.platforms) is not valid: {0}")]
+    Platforms(#[source] serde_json::Error),
+    #[error("failed to find ref for ID {0}")]
+    MissingRef(String),
+    #[error("docker exporter does not currently support exporting manifest lists")]
+    DockerIndex,
+    #[error("preparing the per-platform directories at {path}: {source}")]
+    PlatformDir { path: std::path::PathBuf, source: std::io::Error },
+    #[error("mounting {platform} at {path}: {source}")]
+    BindMount { platform: String, path: std::path::PathBuf, source: nix::Error },
+    #[error("writing {platform} into the tar: {source}")]
+    PlatformTar { platform: String, source: std::io::Error },
+}
+
+/// What a build hands its exporters (`exporter.Source`): one result, or
+/// one per platform, each with its image config.
+#[derive(Debug)]
+pub enum ExportSource {
+    Single { snapshot: Option<Snapshot>, image_config: Option<Vec<u8>> },
+    Platforms(Vec<PlatformResult>),
+}
+
+/// One platform's part of a multi-platform result.
+#[derive(Debug)]
+pub struct PlatformResult {
+    /// `linux/arm64`: the key of its ref and metadata.
+    pub id: String,
+    pub platform: Platform,
+    pub snapshot: Option<Snapshot>,
+    pub image_config: Option<Vec<u8>>,
+}
+
+/// `exptypes.Platforms`; Go's encoding/json matches keys case-insensitively.
+#[derive(Debug, serde::Deserialize)]
+struct PlatformsMeta {
+    #[serde(rename = "Platforms", alias = "platforms", default)]
+    platforms: Vec<PlatformMeta>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct PlatformMeta {
+    #[serde(rename = "ID", alias = "id", alias = "Id")]
+    id: String,
+    #[serde(rename = "Platform", alias = "platform")]
+    platform: Platform,
+}
+
+impl ExportSource {
+    /// A result as a frontend returns it: a single ref, or `refs` by
+    /// platform id with the `refs.platforms` metadata naming them in order
+    /// (`exptypes.ParsePlatforms`), and `containerimage.config[/<id>]`.
+    pub fn from_result(
+        single: Option<Snapshot>,
+        refs: Option<HashMap<String, Option<Snapshot>>>,
+        metadata: &HashMap<String, Vec<u8>>,
+    ) -> Result<Self, ExportError> {
+        const CONFIG: &str = "containerimage.config";
+        let Some(mut refs) = refs else {
+            return Ok(Self::Single { snapshot: single, image_config: metadata.get(CONFIG).cloned() });
+        };
+        let meta = metadata.get("refs.platforms").ok_or(ExportError::NoPlatforms)?;
+        let parsed: PlatformsMeta = serde_json::from_slice(meta).map_err(ExportError::Platforms)?;
+        let mut platforms = Vec::with_capacity(parsed.platforms.len());
+        for p in parsed.platforms {
+            let snapshot = refs.remove(&p.id).ok_or_else(|| ExportError::MissingRef(p.id.clone()))?;
+            let image_config =
+                metadata.get(&format!("{CONFIG}/{}", p.id)).or_else(|| metadata.get(CONFIG)).cloned();
+            platforms.push(PlatformResult { id: p.id, platform: p.platform, snapshot, image_config });
+        }
+        Ok(Self::Platforms(platforms))
+    }
 }
 
 /// What exporters need of the daemon.
@@ -62,18 +140,14 @@ pub struct Exporters {
 }
 
 impl Exporters {
-    /// Runs exporter `index` on `result` and returns its response values.
-    /// `image_config` is the frontend's `containerimage.config`, if any.
+    /// Runs exporter `index` on `source` and returns its response values.
     pub async fn export(
         &self,
         index: usize,
         exporter: &Exporter,
-        result: Option<&Snapshot>,
-        image_config: Option<&[u8]>,
+        source: &ExportSource,
         ctx: &BuildContext,
     ) -> Result<HashMap<String, String>, ExportError> {
-        let scratch = Snapshot::default();
-        let result = result.unwrap_or(&scratch);
         let attrs = &exporter.attrs;
         let name = match exporter.r#type.as_str() {
             "local" => "exporting to client directory",
@@ -86,12 +160,15 @@ impl Exporters {
         let vertex = progress_vertex(ctx, index, name);
         let outcome = async {
             match exporter.r#type.as_str() {
-                "local" => self.local(index, result, ctx).await,
-                "tar" => self.tar(index, result, ctx).await,
+                "local" => self.local(index, source, ctx).await,
+                "tar" => self.tar(index, source, ctx).await,
                 "oci" | "docker" => {
                     let docker = exporter.r#type == "docker";
+                    if docker && matches!(source, ExportSource::Platforms(_)) {
+                        return Err(ExportError::DockerIndex);
+                    }
                     let opts = ImageOptions::parse(attrs, !docker)?;
-                    let built = image::build(self, result, image_config, &opts).await?;
+                    let built = image::build_source(self, source, &opts).await?;
                     let response = built.response(&opts.names);
                     let session = self.session(ctx).await?;
                     let upload = BytesUpload::open(&session, index, &response)?;
@@ -113,7 +190,7 @@ impl Exporters {
                     if exporter.r#type == "registry" {
                         opts.push = true;
                     }
-                    let built = image::build(self, result, image_config, &opts).await?;
+                    let built = image::build_source(self, source, &opts).await?;
                     if opts.push {
                         image::push(self, &built, &opts, ctx).await?;
                     }
@@ -140,13 +217,31 @@ impl Exporters {
     async fn local(
         &self,
         index: usize,
-        result: &Snapshot,
+        source: &ExportSource,
         ctx: &BuildContext,
     ) -> Result<HashMap<String, String>, ExportError> {
         let session = self.session(ctx).await?;
-        let view = mount(&self.cache, result, None)?;
+        let tree = ExportTree::mount(&self.cache, source)?;
         let (tx, incoming) = open_packets(&session, index)?;
-        fsutil::send(view.path(), &WalkFilter::default(), incoming, tx).await?;
+        if tree.parts.is_empty() {
+            fsutil::send(&tree.root, &WalkFilter::default(), incoming, tx).await?;
+            return Ok(HashMap::new());
+        }
+        // Stats pass through a rewrite on their way to the client.
+        let (inner_tx, mut inner_rx) = mpsc::channel::<Packet>(64);
+        let forward = tokio::spawn(async move {
+            while let Some(mut packet) = inner_rx.recv().await {
+                if let Some(stat) = packet.stat.as_mut() {
+                    platforms::rebase_symlink(stat);
+                }
+                if tx.send(packet).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let sent = fsutil::send(&tree.root, &WalkFilter::default(), incoming, inner_tx).await;
+        forward.await.map_err(|_| ExportError::Join)?;
+        sent?;
         Ok(HashMap::new())
     }
 
@@ -154,21 +249,27 @@ impl Exporters {
     async fn tar(
         &self,
         index: usize,
-        result: &Snapshot,
+        source: &ExportSource,
         ctx: &BuildContext,
     ) -> Result<HashMap<String, String>, ExportError> {
         let session = self.session(ctx).await?;
-        let view = mount(&self.cache, result, None)?;
+        let tree = ExportTree::mount(&self.cache, source)?;
         let upload = BytesUpload::open(&session, index, &HashMap::new())?;
         let tx = upload.sender().ok_or(ExportError::Join)?;
-        let root = view.path().to_owned();
+        let (root, parts, spool) = (tree.root.clone(), tree.parts.clone(), self.cache.root().join("tmp"));
         tokio::task::spawn_blocking(move || {
-            let writer = diff_to_tar(&root, ChannelWriter::new(tx), &DiffOptions::default())?;
-            writer.into_inner().map_err(|source| SnapshotError::WriteTar { source })
+            if parts.is_empty() {
+                let writer = diff_to_tar(&root, ChannelWriter::new(tx), &DiffOptions::default())
+                    .map_err(ExportError::Tar)?;
+                return writer
+                    .into_inner()
+                    .map_err(|source| ExportError::Tar(SnapshotError::WriteTar { source }));
+            }
+            let writer = platforms::platforms_tar(&parts, &spool, ChannelWriter::new(tx))?;
+            writer.into_inner().map_err(|source| ExportError::Tar(SnapshotError::WriteTar { source }))
         })
         .await
-        .map_err(|_| ExportError::Join)?
-        .map_err(ExportError::Tar)?;
+        .map_err(|_| ExportError::Join)??;
         upload.finish().await?;
         Ok(HashMap::new())
     }
@@ -219,5 +320,72 @@ impl Write for ChannelWriter {
         self.tx.blocking_send(BytesMessage { data }).map_err(|_| {
             std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client closed the transfer")
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(layer: &str) -> Option<Snapshot> {
+        Some(Snapshot { layers: vec![layer.to_owned()] })
+    }
+
+    #[test]
+    fn results_per_platform_follow_the_platforms_mapping() {
+        let metadata = HashMap::from([
+            (
+                "refs.platforms".to_owned(),
+                br#"{"platforms":[{"id":"linux/arm64","platform":{"os":"linux","architecture":"arm64"}},
+                    {"ID":"linux/amd64","Platform":{"os":"linux","architecture":"amd64"}}]}"#
+                    .to_vec(),
+            ),
+            ("containerimage.config/linux/arm64".to_owned(), b"arm".to_vec()),
+            ("containerimage.config".to_owned(), b"shared".to_vec()),
+        ]);
+        let refs =
+            HashMap::from([("linux/amd64".to_owned(), snap("a")), ("linux/arm64".to_owned(), snap("b"))]);
+        let ExportSource::Platforms(platforms) =
+            ExportSource::from_result(None, Some(refs), &metadata).unwrap()
+        else {
+            panic!("not per platform")
+        };
+        let seen: Vec<(&str, &str, Option<&[u8]>, &str)> = platforms
+            .iter()
+            .map(|p| {
+                let layer = p.snapshot.as_ref().map_or("", |s| s.layers[0].as_str());
+                (p.id.as_str(), p.platform.architecture.as_str(), p.image_config.as_deref(), layer)
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("linux/arm64", "arm64", Some(&b"arm"[..]), "b"),
+                ("linux/amd64", "amd64", Some(&b"shared"[..]), "a")
+            ]
+        );
+    }
+
+    #[test]
+    fn a_result_per_platform_needs_its_mapping_and_every_ref() {
+        let refs = || Some(HashMap::from([("linux/amd64".to_owned(), snap("a"))]));
+        let err = ExportSource::from_result(None, refs(), &HashMap::new()).unwrap_err();
+        assert_eq!(err.to_string(), "unable to export multiple refs, missing platforms mapping");
+        let metadata = HashMap::from([(
+            "refs.platforms".to_owned(),
+            br#"{"Platforms":[{"ID":"linux/s390x","Platform":{"os":"linux","architecture":"s390x"}}]}"#
+                .to_vec(),
+        )]);
+        let err = ExportSource::from_result(None, refs(), &metadata).unwrap_err();
+        assert_eq!(err.to_string(), "failed to find ref for ID linux/s390x");
+        let bad = HashMap::from([("refs.platforms".to_owned(), b"[".to_vec())]);
+        assert!(matches!(ExportSource::from_result(None, refs(), &bad), Err(ExportError::Platforms(_))));
+        let single = ExportSource::from_result(
+            snap("s"),
+            None,
+            &HashMap::from([("containerimage.config".to_owned(), b"c".to_vec())]),
+        )
+        .unwrap();
+        assert!(matches!(single, ExportSource::Single { image_config: Some(c), .. } if c == b"c"));
     }
 }

@@ -35,9 +35,10 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Frontend API capabilities kilnd implements (`frontend/gateway/pb/caps.go`).
 /// Advertising `return` and `proto.refarray` keeps clients off the legacy
-/// result path (§2.5).
+/// result path (§2.5); `reference.output` says returned refs carry their
+/// definitions, which bake turns into other targets' contexts.
 pub const FRONTEND_CAPS: &[&str] =
-    &["return", "proto.refarray", "returnmap", "frontend.inputs", "gateway.warnings"];
+    &["return", "proto.refarray", "returnmap", "frontend.inputs", "gateway.warnings", "reference.output"];
 
 /// Several exporters in one Solve (`solver/pb/caps.go` `CapMultipleExporters`).
 const EXPORTER_MULTIPLE: &str = "exporter.multiple";
@@ -267,16 +268,12 @@ impl LlbBridge for LlbBridgeService {
                     &self.c.sources,
                     &build.ctx,
                     &req.frontend_opt,
+                    &req.frontend_inputs,
                     &session,
                 )
                 .await
                 .map_err(frontend_status)?;
-                let id = build.add_ref(result.snapshot)?;
-                let r = if req.allow_result_array_ref {
-                    fe::result::Result::Ref(fe::Ref { id, def: Some(result.definition) })
-                } else {
-                    fe::result::Result::RefDeprecated(id)
-                };
+                let r = result.refs.into_gateway(req.allow_result_array_ref, |s| build.add_ref(s))?;
                 return Ok(Response::new(fe::SolveResponse {
                     r#ref: String::new(),
                     result: Some(fe::Result {

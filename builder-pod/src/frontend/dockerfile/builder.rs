@@ -10,11 +10,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use kiln_proto::buildkit::moby::buildkit::v1::frontend as fe;
 use kiln_proto::buildkit::moby::buildkit::v1::{StatusResponse, Vertex, VertexWarning};
 use kiln_proto::buildkit::pb;
 use sha2::{Digest, Sha256};
 
-use super::convert::{BoxError, ConvertOptions, ImageResolver, ResolvedConfig, convert};
+use super::convert::{BoxError, ConvertOptions, Converted, ImageResolver, ResolvedConfig, convert};
 use super::parser::detect_syntax;
 use crate::cache::Snapshot;
 use crate::cache::mount::mount;
@@ -39,19 +40,107 @@ pub enum FrontendError {
          kilnd builds docker/dockerfile:1 syntax natively (remove the directive or use docker/dockerfile:1)"
     )]
     Syntax(String),
-    #[error("building for several platforms at once ({0}) is not supported by kilnd yet")]
-    MultiPlatform(String),
     #[error("internal: {0}")]
     Internal(String),
 }
 
-/// What a frontend build produced: the result and its metadata
-/// (`containerimage.config`, …) for the exporter.
+/// What a frontend build produced: one result, or one per platform, and
+/// the metadata the exporters read (`containerimage.config[/<platform>]`,
+/// `refs.platforms`).
 #[derive(Debug)]
 pub struct FrontendResult {
+    pub refs: FrontendRefs,
+    pub metadata: HashMap<String, Vec<u8>>,
+}
+
+/// `Result.Ref` or `Result.Refs`.
+#[derive(Debug)]
+pub enum FrontendRefs {
+    Single(SolvedRef),
+    /// By platform id (`linux/arm64`), in the order the platforms were asked for.
+    Platforms(Vec<(String, SolvedRef)>),
+}
+
+impl FrontendRefs {
+    /// The result as the LLBBridge returns it, each snapshot registered by
+    /// `add_ref` under the id it returns; `array` is the client's
+    /// `AllowResultArrayRef` (refs with their definitions).
+    pub fn into_gateway<E>(
+        self,
+        array: bool,
+        mut add_ref: impl FnMut(Option<Snapshot>) -> Result<String, E>,
+    ) -> Result<fe::result::Result, E> {
+        Ok(match self {
+            FrontendRefs::Single(r) => {
+                let id = add_ref(r.snapshot)?;
+                if array {
+                    fe::result::Result::Ref(fe::Ref { id, def: Some(r.definition) })
+                } else {
+                    fe::result::Result::RefDeprecated(id)
+                }
+            }
+            FrontendRefs::Platforms(list) if array => {
+                let mut refs = HashMap::new();
+                for (platform, r) in list {
+                    refs.insert(platform, fe::Ref { id: add_ref(r.snapshot)?, def: Some(r.definition) });
+                }
+                fe::result::Result::Refs(fe::RefMap { refs })
+            }
+            FrontendRefs::Platforms(list) => {
+                let mut refs = HashMap::new();
+                for (platform, r) in list {
+                    refs.insert(platform, add_ref(r.snapshot)?);
+                }
+                fe::result::Result::RefsDeprecated(fe::RefMapDeprecated { refs })
+            }
+        })
+    }
+}
+
+/// One solved result and the LLB it came from.
+#[derive(Debug)]
+pub struct SolvedRef {
     pub snapshot: Option<Snapshot>,
     pub definition: pb::Definition,
-    pub metadata: HashMap<String, Vec<u8>>,
+}
+
+/// `exptypes.Platforms` as Go's encoding/json writes it (no JSON tags upstream).
+#[derive(Debug, serde::Serialize)]
+struct ExportPlatforms<'a> {
+    #[serde(rename = "Platforms")]
+    platforms: Vec<ExportPlatform<'a>>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct ExportPlatform<'a> {
+    #[serde(rename = "ID")]
+    id: &'a str,
+    #[serde(rename = "Platform")]
+    platform: &'a Platform,
+}
+
+/// `dockerui.Client.Build` + `Finalize`: the result metadata for results
+/// per platform, as `(id, platform, image config)`. A build that did not
+/// ask for several platforms has one plain `containerimage.config`.
+fn result_metadata(
+    results: &[(String, Platform, Vec<u8>)],
+    multi_platform: bool,
+) -> Result<HashMap<String, Vec<u8>>, FrontendError> {
+    let mut metadata = HashMap::new();
+    for (id, _, config) in results {
+        let key = if multi_platform {
+            format!("containerimage.config/{id}")
+        } else {
+            "containerimage.config".to_owned()
+        };
+        metadata.insert(key, config.clone());
+    }
+    let platforms = ExportPlatforms {
+        platforms: results.iter().map(|(id, platform, _)| ExportPlatform { id, platform }).collect(),
+    };
+    let json = serde_json::to_vec(&platforms).map_err(|e| FrontendError::Internal(e.to_string()))?;
+    metadata.insert("refs.platforms".to_owned(), json);
+    Ok(metadata)
 }
 
 /// Whether `# syntax=` names this frontend: docker/dockerfile[-upstream]:1….
@@ -63,12 +152,14 @@ fn is_native_syntax(image: &str) -> bool {
         && (tag == "1" || tag.starts_with("1.") || tag.starts_with("1-") || tag == "latest")
 }
 
-/// Runs the frontend for a build whose client session is `session_id`.
+/// Runs the frontend for a build whose client session is `session_id`;
+/// `inputs` are the Solve's frontend inputs (`input:NAME` contexts).
 pub async fn build(
     solver: &Arc<Solver>,
     sources: &Sources,
     ctx: &Arc<BuildContext>,
     attrs: &HashMap<String, String>,
+    inputs: &HashMap<String, pb::Definition>,
     session_id: &str,
 ) -> Result<FrontendResult, FrontendError> {
     let attrs: BTreeMap<String, String> = attrs.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
@@ -77,10 +168,7 @@ pub async fn build(
     }
     let (mut opts, platforms) = ConvertOptions::from_frontend_attrs(&attrs, session_id)
         .map_err(|e| FrontendError::Convert(e.to_string()))?;
-    if platforms.len() > 1 {
-        let list: Vec<String> = platforms.iter().map(llb::format_platform).collect();
-        return Err(FrontendError::MultiPlatform(list.join(",")));
-    }
+    opts.named_contexts.inputs = inputs.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     let filename = attrs.get("filename").cloned().unwrap_or_else(|| "Dockerfile".into());
     let dockerfile_local = attrs.get("dockerfilekey").cloned().unwrap_or_else(|| "dockerfile".into());
     let context_local = attrs.get("contextkey").cloned().unwrap_or_else(|| "context".into());
@@ -122,15 +210,68 @@ pub async fn build(
         }
     };
     opts.dockerignore = ignore.map(|b| parse_ignore_file(&String::from_utf8_lossy(&b))).unwrap_or_default();
+    // Each named local directory has its own .dockerignore (dockerui `NamedContext.Load`).
+    for (key, dir, session) in opts.named_contexts.local_dirs(session_id) {
+        let (_, files) = read_local(
+            solver,
+            ctx,
+            &dir,
+            &session,
+            &format!("context:{key}-.dockerignore"),
+            &[".dockerignore"],
+            &format!("[context {key}] load .dockerignore"),
+        )
+        .await?;
+        if let Some(bytes) = files.into_iter().next().flatten() {
+            let patterns = parse_ignore_file(&String::from_utf8_lossy(&bytes));
+            opts.named_contexts.local_excludes.insert(dir, patterns);
+        }
+    }
     opts.dockerfile_name = filename;
     opts.dockerfile_definition = Some(dockerfile_def);
-    if opts.target_platform.is_none() {
-        opts.target_platform = platforms.into_iter().next();
-    }
 
+    // One conversion per target platform; none asked for is the default one.
+    let targets: Vec<Option<Platform>> =
+        if platforms.is_empty() { vec![None] } else { platforms.into_iter().map(Some).collect() };
     let resolver = Resolver { sources, ctx };
-    let converted =
-        convert(&text, &opts, &resolver).await.map_err(|e| FrontendError::Convert(e.to_string()))?;
+    let mut conversions = Vec::with_capacity(targets.len());
+    for (index, target) in targets.into_iter().enumerate() {
+        let mut opts = opts.clone();
+        opts.target_platform.clone_from(&target);
+        let converted =
+            convert(&text, &opts, &resolver).await.map_err(|e| FrontendError::Convert(e.to_string()))?;
+        // The same Dockerfile warns the same for every platform; upstream reports the first's.
+        if index == 0 {
+            report_warnings(ctx, &converted);
+        }
+        let id_platform = target.unwrap_or_else(llb::default_platform).normalize();
+        conversions.push((llb::format_platform_all(&id_platform), id_platform, converted));
+    }
+    let solves =
+        conversions.iter().map(|(_, _, converted)| solve_definition(solver, ctx, &converted.definition));
+    let snapshots = futures::future::try_join_all(solves).await?;
+
+    let described: Vec<(String, Platform, Vec<u8>)> = conversions
+        .iter()
+        .map(|(id, platform, converted)| (id.clone(), platform.clone(), converted.image_config.clone()))
+        .collect();
+    let metadata = result_metadata(&described, opts.multi_platform)?;
+    let mut solved = conversions
+        .into_iter()
+        .zip(snapshots)
+        .map(|((id, _, converted), snapshot)| (id, SolvedRef { snapshot, definition: converted.definition }));
+    let refs = if opts.multi_platform {
+        FrontendRefs::Platforms(solved.collect())
+    } else {
+        let (_, single) =
+            solved.next().ok_or_else(|| FrontendError::Internal("no platform was built".into()))?;
+        FrontendRefs::Single(single)
+    };
+    Ok(FrontendResult { refs, metadata })
+}
+
+/// Shows the Dockerfile's lint warnings in the build's progress.
+fn report_warnings(ctx: &BuildContext, converted: &Converted) {
     for w in &converted.warnings {
         ctx.job.progress.send(StatusResponse {
             warnings: vec![VertexWarning {
@@ -141,15 +282,19 @@ pub async fn build(
             ..StatusResponse::default()
         });
     }
-    let snapshot = if converted.definition.def.is_empty() {
-        None
-    } else {
-        let graph =
-            Graph::parse(&converted.definition).map_err(|e| FrontendError::Internal(e.to_string()))?;
-        solver.solve(&graph, Arc::clone(ctx)).await?
-    };
-    let metadata = HashMap::from([("containerimage.config".to_owned(), converted.image_config.clone())]);
-    Ok(FrontendResult { snapshot, definition: converted.definition, metadata })
+}
+
+/// Solves a converted definition; plain scratch has no ops and no snapshot.
+async fn solve_definition(
+    solver: &Arc<Solver>,
+    ctx: &Arc<BuildContext>,
+    definition: &pb::Definition,
+) -> Result<Option<Snapshot>, FrontendError> {
+    if definition.def.is_empty() {
+        return Ok(None);
+    }
+    let graph = Graph::parse(definition).map_err(|e| FrontendError::Internal(e.to_string()))?;
+    Ok(solver.solve(&graph, Arc::clone(ctx)).await?)
 }
 
 /// Solves a local source that follows `paths` and reads them; a path the
@@ -238,5 +383,68 @@ mod tests {
         }
         let err = FrontendError::Syntax("example.com/frontend:1".into()).to_string();
         assert!(err.contains("example.com/frontend:1") && err.contains("container frontend"), "{err}");
+    }
+
+    fn described() -> Vec<(String, Platform, Vec<u8>)> {
+        vec![
+            (
+                "linux/amd64".into(),
+                Platform::new("linux", "amd64", None),
+                b"{\"architecture\":\"amd64\"}".to_vec(),
+            ),
+            (
+                "linux/arm/v7".into(),
+                Platform::new("linux", "arm", Some("v7")),
+                b"{\"architecture\":\"arm\"}".to_vec(),
+            ),
+        ]
+    }
+
+    #[test]
+    fn results_per_platform_carry_their_configs_and_the_platforms_mapping() {
+        let m = result_metadata(&described(), true).unwrap();
+        assert_eq!(m["containerimage.config/linux/arm/v7"], b"{\"architecture\":\"arm\"}");
+        assert_eq!(m["containerimage.config/linux/amd64"], b"{\"architecture\":\"amd64\"}");
+        assert!(!m.contains_key("containerimage.config"));
+        let platforms: serde_json::Value = serde_json::from_slice(&m["refs.platforms"]).unwrap();
+        assert_eq!(
+            platforms,
+            serde_json::json!({"Platforms": [
+                {"ID": "linux/amd64", "Platform": {"os": "linux", "architecture": "amd64"}},
+                {"ID": "linux/arm/v7", "Platform": {"os": "linux", "architecture": "arm", "variant": "v7"}},
+            ]})
+        );
+        // A single platform not asked for as multi-platform is one plain config.
+        let m = result_metadata(&described()[..1], false).unwrap();
+        assert_eq!(m["containerimage.config"], b"{\"architecture\":\"amd64\"}");
+        assert!(m.contains_key("refs.platforms"));
+    }
+
+    #[test]
+    fn the_gateway_gets_one_ref_per_platform_or_a_single_one() {
+        let solved = || SolvedRef { snapshot: None, definition: pb::Definition::default() };
+        let refs =
+            FrontendRefs::Platforms(vec![("linux/amd64".into(), solved()), ("linux/arm64".into(), solved())]);
+        let mut n = 0;
+        let mut next_id = |_: Option<Snapshot>| -> Result<String, String> {
+            n += 1;
+            Ok(format!("ref-{n}"))
+        };
+        match refs.into_gateway(true, &mut next_id).unwrap() {
+            fe::result::Result::Refs(map) => {
+                let mut ids: Vec<(&str, &str)> =
+                    map.refs.iter().map(|(k, r)| (k.as_str(), r.id.as_str())).collect();
+                ids.sort();
+                assert_eq!(ids, [("linux/amd64", "ref-1"), ("linux/arm64", "ref-2")]);
+                assert!(map.refs.values().all(|r| r.def.is_some()));
+            }
+            other => panic!("{other:?}"),
+        }
+        match FrontendRefs::Single(solved()).into_gateway(false, &mut next_id).unwrap() {
+            fe::result::Result::RefDeprecated(id) => assert_eq!(id, "ref-3"),
+            other => panic!("{other:?}"),
+        }
+        let failing = |_: Option<Snapshot>| -> Result<String, String> { Err("no ids".into()) };
+        assert!(FrontendRefs::Single(solved()).into_gateway(true, failing).is_err());
     }
 }

@@ -16,6 +16,7 @@ mod attrs;
 mod copy;
 mod image;
 pub mod lint;
+mod named;
 mod run;
 #[cfg(test)]
 mod tests;
@@ -30,6 +31,7 @@ use sha2::{Digest as _, Sha256};
 use tracing::instrument;
 
 pub use self::image::{Empty, Healthcheck as ImageHealthcheck, History, Image, ImageConfig, RootFs};
+pub use self::named::NamedContexts;
 
 use super::instructions::{
     self, ArgCommand, Command, Instruction, InstructionError, InstructionErrorKind, KeyValuePair, Stage,
@@ -117,6 +119,8 @@ pub struct ConvertOptions {
     pub llb_caps: BTreeSet<String>,
     /// `BUILDKIT_DOCKERFILE_CHECK`; the `# check=` directive when unset.
     pub check: Option<CheckConfig>,
+    /// `--build-context` contexts that replace stages and images by name.
+    pub named_contexts: NamedContexts,
 }
 
 impl Default for ConvertOptions {
@@ -146,6 +150,7 @@ impl Default for ConvertOptions {
             epoch: None,
             llb_caps: llb::caps::ALL.iter().map(|c| (*c).to_owned()).collect(),
             check: None,
+            named_contexts: NamedContexts::default(),
         }
     }
 }
@@ -285,6 +290,16 @@ pub enum ConvertErrorKind {
     Llb(LlbError),
     #[error("invalid frontend option {key}: {reason}")]
     FrontendAttr { key: String, reason: String },
+    #[error("invalid context name {name}: {reason}")]
+    NamedContextName { name: String, reason: String },
+    #[error("invalid context specifier {value} for {key}")]
+    ContextSpecifier { value: String, key: String },
+    #[error("invalid input {name} for {key}")]
+    ContextInput { name: String, key: String },
+    #[error("unsupported context source {kind} for {key}")]
+    ContextSource { kind: String, key: String },
+    #[error("named context {key}: {reason}")]
+    NamedContext { key: String, reason: String },
 }
 
 fn suggestion_text(s: &Option<String>) -> String {
@@ -347,6 +362,8 @@ struct DispatchState {
     base_image: Option<Image>,
     platform: Option<Platform>,
     base: Option<usize>,
+    /// The named context that replaces this stage (`--build-context NAME=…`).
+    named: Option<named::Found>,
     /// States this one reads from, with the lines of the command that does.
     deps: Vec<(usize, Lines)>,
     commands: Vec<Cmd>,
@@ -376,6 +393,7 @@ impl DispatchState {
             base_image: None,
             platform: None,
             base: None,
+            named: None,
             deps: Vec::new(),
             commands: Vec::new(),
             ctx_paths: BTreeSet::new(),
@@ -719,6 +737,19 @@ impl<'a> Converter<'a> {
 
             let mut ds = DispatchState::new(st, false);
             ds.platform = platform;
+            if !ds.stage.name.is_empty() {
+                let p = ds.platform.clone().unwrap_or_else(|| self.target_platform.clone());
+                let found = named::lookup(&self.opts.named_contexts, &ds.stage.name, &p)
+                    .map_err(|k| Fail::new(k).at(lines))?;
+                if let Some(found) = found {
+                    // The stage is the named context; its own instructions never run.
+                    ds.named = Some(found);
+                    ds.stage_name = ds.stage.name.clone();
+                    let index = self.add_state(ds);
+                    self.states[index].base = None;
+                    continue;
+                }
+            }
             ds.stage_name =
                 if ds.stage.name.is_empty() { format!("stage-{i}") } else { ds.stage.name.clone() };
             let index = self.add_state(ds);
@@ -1051,6 +1082,13 @@ impl<'a> Converter<'a> {
             orig_name: String,
             reference: String,
             platform: Platform,
+            /// A named context to load instead of the image, and whether
+            /// it replaces the whole stage (rather than its base image).
+            named: Option<(named::Found, bool)>,
+        }
+        enum Lookup {
+            Image(Result<ResolvedConfig, BoxError>),
+            Named(Result<Box<named::Loaded>, ConvertErrorKind>),
         }
         let mut requests = Vec::new();
         for i in 0..self.states.len() {
@@ -1060,7 +1098,7 @@ impl<'a> Converter<'a> {
                 continue;
             }
             d.resolved = is_reachable;
-            if d.stage.base_name == SCRATCH {
+            if d.stage.base_name == SCRATCH && d.named.is_none() {
                 d.state = State::scratch();
                 d.image = Image::empty(&self.target_platform);
                 d.platform = Some(self.target_platform.clone());
@@ -1080,11 +1118,32 @@ impl<'a> Converter<'a> {
             };
             let platform = d.platform.clone().unwrap_or_else(|| self.target_platform.clone());
             d.stage.base_name.clone_from(&reference);
-            requests.push(Request { index: i, reachable: is_reachable, orig_name, reference, platform });
+            let named = match &d.named {
+                Some(found) => Some((found.clone(), true)),
+                None if is_reachable => named::lookup(&self.opts.named_contexts, &reference, &platform)
+                    .map_err(|k| Fail::new(k).at(lines))?
+                    .map(|found| (found, false)),
+                None => None,
+            };
+            requests.push(Request {
+                index: i,
+                reachable: is_reachable,
+                orig_name,
+                reference,
+                platform,
+                named,
+            });
         }
 
-        let lookups =
-            requests.iter().filter(|r| r.reachable).map(|r| resolver.resolve(&r.reference, &r.platform));
+        let opts = self.opts;
+        let lookups = requests.iter().filter(|r| r.reachable).map(|r| async move {
+            match &r.named {
+                Some((found, _)) => {
+                    Lookup::Named(named::load(opts, found, &r.platform, resolver).await.map(Box::new))
+                }
+                None => Lookup::Image(resolver.resolve(&r.reference, &r.platform).await),
+            }
+        });
         let mut results = futures::future::join_all(lookups).await.into_iter();
         for req in requests {
             let i = req.index;
@@ -1095,7 +1154,16 @@ impl<'a> Converter<'a> {
             let mut platform = req.platform;
             let mut is_scratch = false;
             if req.reachable {
-                let Some(result) = results.next() else { break };
+                let result = match results.next() {
+                    None => break,
+                    Some(Lookup::Image(result)) => result,
+                    Some(Lookup::Named(loaded)) => {
+                        let loaded = loaded.map_err(|k| Fail::new(k).at(lines))?;
+                        let replaces_stage = req.named.as_ref().is_some_and(|(_, whole)| *whole);
+                        self.use_named_context(i, *loaded, replaces_stage, platform);
+                        continue;
+                    }
+                };
                 let resolved = result.map_err(|source| {
                     let mut options = self.names();
                     options.extend(common_image_names());
@@ -1162,6 +1230,36 @@ impl<'a> Converter<'a> {
             d.platform = Some(platform);
         }
         Ok(())
+    }
+
+    /// `resolveBaseImage` for a named context: it replaces the whole stage
+    /// (which is then done, platform from the image if it has one), or
+    /// the stage's base image (the stage's platform, an empty config for a
+    /// directory).
+    fn use_named_context(
+        &mut self,
+        i: usize,
+        loaded: named::Loaded,
+        replaces_stage: bool,
+        platform: Platform,
+    ) {
+        let d = &mut self.states[i];
+        if replaces_stage {
+            d.dispatched = true;
+            d.state = loaded.state;
+            if let Some(img) = loaded.image {
+                if !img.architecture.is_empty() && !img.os.is_empty() {
+                    d.platform = Some(img.platform());
+                }
+                d.image = img;
+            }
+            return;
+        }
+        let img = loaded.image.unwrap_or_else(|| Image::empty(&platform));
+        d.base_image = Some(img.clone());
+        d.image = img;
+        d.state = loaded.state.platform(&platform);
+        d.platform = Some(platform);
     }
 
     /// Per-line ranges of `lines` in the Dockerfile, as source-map locations;

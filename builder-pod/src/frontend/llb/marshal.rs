@@ -99,19 +99,33 @@ impl<'a> Marshaler<'a> {
         if let Some(m) = self.done.get(&key) {
             return Ok(Arc::clone(m));
         }
-        let (op, metadata) = match &v.kind {
-            VertexKind::Source(s) => marshal_source(s, &v.constraints, self)?,
-            VertexKind::Exec(e) => marshal_exec(e, &v.constraints, self)?,
-            VertexKind::File(f) => marshal_file(f, &v.constraints, self)?,
-            VertexKind::Merge(inputs) => self.merge(inputs, &v.constraints)?,
-            VertexKind::Diff { lower, upper } => self.diff(lower.as_ref(), upper.as_ref(), &v.constraints)?,
+        let built = |(op, metadata): (pb::Op, OpMetadata)| {
+            let bytes = encode_op(&op);
+            Marshalled {
+                digest: digest_of(&bytes),
+                bytes,
+                metadata,
+                locations: v.constraints.locations.clone(),
+            }
         };
-        let bytes = encode_op(&op);
-        let m = Arc::new(Marshalled {
-            digest: digest_of(&bytes),
-            bytes,
-            metadata,
-            locations: v.constraints.locations.clone(),
+        let m = Arc::new(match &v.kind {
+            VertexKind::Source(s) => built(marshal_source(s, &v.constraints, self)?),
+            VertexKind::Exec(e) => built(marshal_exec(e, &v.constraints, self)?),
+            VertexKind::File(f) => built(marshal_file(f, &v.constraints, self)?),
+            VertexKind::Merge(inputs) => built(self.merge(inputs, &v.constraints)?),
+            VertexKind::Diff { lower, upper } => {
+                built(self.diff(lower.as_ref(), upper.as_ref(), &v.constraints)?)
+            }
+            // Marshalled already: the op the definition returns is this vertex.
+            VertexKind::Definition(d) => {
+                let op = d.returned()?;
+                Marshalled {
+                    digest: op.digest.clone(),
+                    bytes: op.bytes.clone(),
+                    metadata: op.metadata.clone(),
+                    locations: Vec::new(),
+                }
+            }
         });
         self.done.insert(key, Arc::clone(&m));
         Ok(m)
@@ -222,10 +236,18 @@ impl Walk<'_, '_> {
             let vertex = Arc::clone(input.vertex()?);
             self.visit(&vertex)?;
         }
+        if let VertexKind::Definition(d) = &v.kind {
+            // Its ops come in its own order, which already has inputs first.
+            for op in &d.ops {
+                self.metadata.entry(op.digest.clone()).or_default().merge(&op.metadata);
+                if self.written.insert(op.digest.clone()) {
+                    self.def.def.push(op.bytes.clone());
+                }
+            }
+        }
         let m = self.m.vertex(v)?;
         self.visited.insert(key);
         self.metadata.entry(m.digest.clone()).or_default().merge(&m.metadata);
-        // Every op gets an entry, empty when it has no location, as upstream's collector does.
         self.locations.push((m.digest.clone(), m.locations.clone()));
         if self.written.insert(m.digest.clone()) {
             self.def.def.push(m.bytes.clone());
@@ -282,6 +304,13 @@ fn source_info(locations: Vec<(String, Vec<SourceLocation>)>) -> pb::Source {
     let mut maps: Vec<Arc<SourceMap>> = Vec::new();
     let mut out = pb::Source::default();
     for (digest, locs) in locations {
+        // Upstream's collector gives every op an entry, empty ones included;
+        // prost leaves an empty message out of a map entry, which Go then
+        // decodes as nil and buildx's `NewDefinitionOp` dereferences. An op
+        // without locations gets no entry.
+        if locs.is_empty() {
+            continue;
+        }
         let entry = out.locations.entry(digest).or_default();
         for loc in locs {
             let index = match maps.iter().position(|m| Arc::ptr_eq(m, &loc.map) || **m == *loc.map) {

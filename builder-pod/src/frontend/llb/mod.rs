@@ -16,6 +16,7 @@
 //! Unlike upstream, nothing here is random: two marshals of equal graphs give
 //! identical bytes.
 
+mod definition;
 mod exec;
 mod file;
 pub mod git;
@@ -24,6 +25,7 @@ mod marshal;
 mod source;
 mod state;
 
+pub use definition::from_definition;
 pub use exec::{
     CacheSharing, CdiDevice, ExecOptions, ExecState, HostIp, Mount, MountContentCache, ProxyEnv, SecretInfo,
     SshInfo, Ulimit,
@@ -227,6 +229,8 @@ pub enum LlbError {
     PlaceholderFill,
     #[error("encoding {what} as JSON: {reason}")]
     Json { what: &'static str, reason: String },
+    #[error("invalid LLB definition: {0}")]
+    Definition(String),
 }
 
 /// containerd's `platforms.Format`: `os/arch[/variant]`.

@@ -181,6 +181,7 @@ pub(super) enum VertexKind {
     File(FileVertex),
     Merge(Vec<Output>),
     Diff { lower: Option<Output>, upper: Option<Output> },
+    Definition(super::definition::DefinitionVertex),
 }
 
 impl Vertex {
@@ -191,6 +192,7 @@ impl Vertex {
             VertexKind::File(_) => "file",
             VertexKind::Merge(_) => "merge",
             VertexKind::Diff { .. } => "diff",
+            VertexKind::Definition(_) => "definition",
         }
     }
 
@@ -198,7 +200,7 @@ impl Vertex {
     /// fixes the order of ops in the definition.
     pub(super) fn inputs(&self) -> Vec<Output> {
         match &self.kind {
-            VertexKind::Source(_) => Vec::new(),
+            VertexKind::Source(_) | VertexKind::Definition(_) => Vec::new(),
             VertexKind::Exec(e) => dedup(e.mounts.iter().filter_map(|m| m.source.clone())),
             VertexKind::File(f) => f.inputs(),
             VertexKind::Merge(inputs) => inputs.clone(),

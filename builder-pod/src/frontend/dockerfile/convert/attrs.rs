@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use super::{ConvertError, ConvertErrorKind, ConvertOptions};
+use super::{ConvertError, ConvertErrorKind, ConvertOptions, NamedContexts};
 use crate::frontend::dockerfile::linter::{CheckConfig, parse_go_bool};
 use crate::frontend::llb::{HostIp, NetMode, Platform, ResolveMode, Ulimit};
 
@@ -139,6 +139,7 @@ impl ConvertOptions {
         if let Some(session) = attrs.get(&format!("local-sessionid:{}", o.context_name)) {
             o.session_id.clone_from(session);
         }
+        o.named_contexts = NamedContexts::from_attrs(attrs);
         Ok((o, platforms))
     }
 }
