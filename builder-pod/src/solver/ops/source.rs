@@ -15,6 +15,7 @@ use crate::content::{ContentError, ContentStore};
 use crate::metrics::Metrics;
 use crate::session::SessionManager;
 use crate::session::auth::SessionAuth;
+use crate::session::upload::{UploadError, UploadSource, Uploads};
 use crate::snapshot::{SnapshotError, apply_layer, decompress};
 use crate::solver::progress::now;
 use crate::solver::scheduler::{BuildContext, Resolved};
@@ -40,6 +41,8 @@ pub enum SourceError {
     Join { digest: String },
     #[error("image {0} was not resolved before it was pulled")]
     NotResolved(String),
+    #[error(transparent)]
+    Upload(#[from] UploadError),
 }
 
 /// Sources: the registry, the content store, and the client's directories.
@@ -55,6 +58,8 @@ pub struct Sources {
     resolved: Mutex<HashMap<String, ResolvedImage>>,
     /// One transfer at a time into each kept local directory; one unpack per layer.
     locks: KeyedLocks,
+    /// Client uploads, pulled once per build.
+    uploads: Uploads,
 }
 
 fn platform_of(op: &pb::Op) -> Platform {
@@ -81,6 +86,7 @@ impl Sources {
             hashes: HashCache::default(),
             resolved: Mutex::new(HashMap::new()),
             locks: KeyedLocks::default(),
+            uploads: Uploads::default(),
         }
     }
 
@@ -114,6 +120,13 @@ impl Sources {
         ctx: &BuildContext,
     ) -> Result<Resolved, SourceError> {
         let id = source.identifier.as_str();
+        if let Some(upload) = UploadSource::parse(id, &source.attrs) {
+            let fetched = self.uploads.fetch(&upload?, &self.cache, &self.sessions, &ctx.session_ids).await?;
+            return Ok(Resolved {
+                key: fetched.key,
+                snapshot: Some(Snapshot::default().with(fetched.layer)),
+            });
+        }
         if let Some(reference) = id.strip_prefix("docker-image://") {
             let reference = Reference::parse(reference)?;
             let image = self.resolve_image(&reference, &platform_of(op), ctx).await?;
