@@ -79,6 +79,20 @@ fn buildx_builds_a_context_tarball_from_stdin() {
         assert_eq!(std::fs::read_to_string(out_dir.path().join("notes.txt")).unwrap(), "notes\n");
     }
 
+    // The same tarball again is a cache hit down to the RUN step, although
+    // each upload has a new id.
+    let stamped = format!("FROM {}\nCOPY a.txt /\nRUN date +%s%N > /stamp\n", env.base_image);
+    let files = [("Dockerfile", stamped.as_str()), ("a.txt", "same\n")];
+    let stamps: Vec<String> = (0..2)
+        .map(|_| {
+            let out_dir = tempfile::tempdir().unwrap();
+            let out = build_from_stdin(&buildx, out_dir.path(), &[], &tar_of(&files, false));
+            assert!(out.status.success(), "{}", streams(&out));
+            std::fs::read_to_string(out_dir.path().join("stamp")).unwrap()
+        })
+        .collect();
+    assert_eq!(stamps[0], stamps[1], "the second build ran the RUN step again");
+
     // A tarball whose Dockerfile has another name, picked with --file.
     let files = [("build/Containerfile", "FROM scratch\nCOPY x /x\n"), ("x", "picked\n")];
     let out_dir = tempfile::tempdir().unwrap();

@@ -519,7 +519,7 @@ impl LlbBridge for LlbBridgeService {
         Ok(Response::new(fe::WarnResponse {}))
     }
 
-    #[instrument(skip_all, fields(image.ref))]
+    #[instrument(skip_all, fields(build.ref, image.ref))]
     async fn resolve_image_config(
         &self,
         request: Request<fe::ResolveImageConfigRequest>,
@@ -527,7 +527,9 @@ impl LlbBridge for LlbBridgeService {
         self.count("ResolveImageConfig");
         let build = self.c.bridge.build_of(&request).await?;
         let req = request.into_inner();
-        tracing::Span::current().record("image.ref", req.r#ref.as_str());
+        tracing::Span::current()
+            .record("build.ref", build.id.as_str())
+            .record("image.ref", req.r#ref.as_str());
         // Resolver type 1 is an OCI layout in the client's session content store.
         if req.resolver_type != 0 {
             return Err(not_built("ResolveImageConfig from an OCI layout"));
@@ -542,7 +544,7 @@ impl LlbBridge for LlbBridgeService {
         }))
     }
 
-    #[instrument(skip_all, fields(source))]
+    #[instrument(skip_all, fields(build.ref, source))]
     async fn resolve_source_meta(
         &self,
         request: Request<fe::ResolveSourceMetaRequest>,
@@ -551,7 +553,9 @@ impl LlbBridge for LlbBridgeService {
         let build = self.c.bridge.build_of(&request).await?;
         let req = request.into_inner();
         let source = req.source.ok_or(BridgeError::NoSource)?;
-        tracing::Span::current().record("source", source.identifier.as_str());
+        tracing::Span::current()
+            .record("build.ref", build.id.as_str())
+            .record("source", source.identifier.as_str());
         // Other sources carry no metadata kilnd resolves ahead of the solve;
         // the op comes back unchanged, as upstream does without a policy.
         let Some(reference) = source.identifier.strip_prefix("docker-image://") else {
@@ -628,7 +632,7 @@ impl LlbBridge for LlbBridgeService {
         }))
     }
 
-    #[instrument(skip_all, fields(build.ref, r#ref = %request.get_ref().r#ref))]
+    #[instrument(skip_all, fields(build.ref, result.ref = %request.get_ref().r#ref))]
     async fn read_file(
         &self,
         request: Request<fe::ReadFileRequest>,
@@ -643,7 +647,7 @@ impl LlbBridge for LlbBridgeService {
         Ok(Response::new(fe::ReadFileResponse { data }))
     }
 
-    #[instrument(skip_all, fields(build.ref, r#ref = %request.get_ref().r#ref))]
+    #[instrument(skip_all, fields(build.ref, result.ref = %request.get_ref().r#ref))]
     async fn read_dir(
         &self,
         request: Request<fe::ReadDirRequest>,
@@ -658,7 +662,7 @@ impl LlbBridge for LlbBridgeService {
         Ok(Response::new(fe::ReadDirResponse { entries }))
     }
 
-    #[instrument(skip_all, fields(build.ref, r#ref = %request.get_ref().r#ref))]
+    #[instrument(skip_all, fields(build.ref, result.ref = %request.get_ref().r#ref))]
     async fn stat_file(
         &self,
         request: Request<fe::StatFileRequest>,
@@ -673,7 +677,7 @@ impl LlbBridge for LlbBridgeService {
 
     /// Refs are solved when LLBBridge.Solve returns them, so evaluating one
     /// only checks that it exists.
-    #[instrument(skip_all, fields(build.ref, r#ref = %request.get_ref().r#ref))]
+    #[instrument(skip_all, fields(build.ref, result.ref = %request.get_ref().r#ref))]
     async fn evaluate(
         &self,
         request: Request<fe::EvaluateRequest>,
