@@ -7,6 +7,7 @@
 //! run, and fails with an error saying so (buildkit-protocol.md §6).
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::Read as _;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -190,11 +191,10 @@ async fn uploaded_context(
     let graph = Graph::parse(&def).map_err(|e| FrontendError::Internal(e.to_string()))?;
     let snapshot = solver.solve(&graph, Arc::clone(ctx)).await?.unwrap_or_default();
     let view = mount(solver.cache(), &snapshot, None).map_err(|e| FrontendError::Internal(e.to_string()))?;
-    use std::io::Read as _;
     let mut head = Vec::with_capacity(1024);
     std::fs::File::open(view.path().join(FILE))
         .and_then(|f| f.take(1024).read_to_end(&mut head))
-        .map_err(|e| FrontendError::ReadDockerfile(format!("reading the uploaded context: {e}")))?;
+        .map_err(|e| FrontendError::Internal(format!("reading the uploaded context: {e}")))?;
     if !is_archive(&head) {
         return Ok(UploadedContext { state: download, dockerfile_name: Some(FILE) });
     }
