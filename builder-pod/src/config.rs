@@ -213,7 +213,9 @@ impl SizeValue {
             "t" => 4,
             "p" => 5,
             _ => {
-                return Err(format!("{text:?}: unknown unit {unit:?} (use B, KB, MB, GB, TB, KiB … or Ki …)"));
+                return Err(format!(
+                    "{text:?}: unknown unit {unit:?} (use B, KB, MB, GB, TB, KiB … or Ki …)"
+                ));
             }
         };
         Ok((number * 1024f64.powi(power)) as u64)

@@ -8,7 +8,7 @@
 
 mod cgroup;
 mod netfiles;
-mod rootpath;
+pub(crate) mod rootpath;
 mod runc;
 mod spec;
 mod stubs;

@@ -14,6 +14,7 @@ pub mod filesync;
 pub mod secrets;
 pub mod sshforward;
 pub mod tunnel;
+pub mod upload;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;

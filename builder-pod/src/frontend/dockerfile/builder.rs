@@ -7,6 +7,7 @@
 //! run, and fails with an error saying so (buildkit-protocol.md §6).
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::Read as _;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -19,8 +20,11 @@ use super::convert::{BoxError, ConvertOptions, Converted, ImageResolver, Resolve
 use super::parser::detect_syntax;
 use crate::cache::Snapshot;
 use crate::cache::mount::mount;
-use crate::frontend::llb::{self, Constraints, DiffType, LocalOptions, MarshalOptions, Platform};
+use crate::frontend::llb::{
+    self, Constraints, CopyInfo, DiffType, FileAction, HttpOptions, LocalOptions, MarshalOptions, Platform,
+};
 use crate::fsutil::patterns::parse_ignore_file;
+use crate::session::upload::upload_path;
 use crate::solver::llb::Graph;
 use crate::solver::ops::source::Sources;
 use crate::solver::progress::now;
@@ -169,23 +173,26 @@ pub async fn build(
     let (mut opts, platforms) = ConvertOptions::from_frontend_attrs(&attrs, session_id)
         .map_err(|e| FrontendError::Convert(e.to_string()))?;
     opts.named_contexts.inputs = inputs.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    let filename = attrs.get("filename").cloned().unwrap_or_else(|| "Dockerfile".into());
+    let mut filename = attrs.get("filename").cloned().unwrap_or_else(|| "Dockerfile".into());
     let dockerfile_local = attrs.get("dockerfilekey").cloned().unwrap_or_else(|| "dockerfile".into());
     let context_local = attrs.get("contextkey").cloned().unwrap_or_else(|| "context".into());
+    let uploaded = match attrs.get(&context_local).filter(|url| upload_path(url).is_some()) {
+        Some(url) => Some(uploaded_context(solver, ctx, url).await?),
+        None => None,
+    };
+    if let Some(name) = uploaded.as_ref().and_then(|u| u.dockerfile_name) {
+        filename = name.to_owned();
+    }
 
-    // The Dockerfile and its own ignore file, from the `dockerfile` local.
+    // The Dockerfile and its own ignore file, from the `dockerfile` local
+    // (or from an uploaded context, unless a local is named for it).
     let ignore_name = format!("{filename}.dockerignore");
     let name = format!("[internal] load build definition from {filename}");
-    let (dockerfile_def, files) = read_local(
-        solver,
-        ctx,
-        &dockerfile_local,
-        session_id,
-        "dockerfile",
-        &[filename.as_str(), ignore_name.as_str()],
-        &name,
-    )
-    .await?;
+    let paths = [filename.as_str(), ignore_name.as_str()];
+    let (dockerfile_def, files) = match uploaded.as_ref().filter(|_| !attrs.contains_key("dockerfilekey")) {
+        Some(up) => read_state(solver, ctx, &up.state, &paths).await?,
+        None => read_local(solver, ctx, &dockerfile_local, session_id, "dockerfile", &paths, &name).await?,
+    };
     let text = files[0].clone().ok_or_else(|| {
         FrontendError::ReadDockerfile(format!("open {filename}: no such file or directory"))
     })?;
@@ -195,6 +202,8 @@ pub async fn build(
     }
     let ignore = match &files[1] {
         Some(bytes) => Some(bytes.clone()),
+        // Only a client directory is filtered by .dockerignore (dockerui `MainContext`).
+        None if uploaded.is_some() => None,
         None => {
             let (_, files) = read_local(
                 solver,
@@ -229,6 +238,7 @@ pub async fn build(
     }
     opts.dockerfile_name = filename;
     opts.dockerfile_definition = Some(dockerfile_def);
+    opts.main_context = uploaded.map(|u| u.state);
 
     // One conversion per target platform; none asked for is the default one.
     let targets: Vec<Option<Platform>> =
@@ -295,6 +305,89 @@ async fn solve_definition(
     }
     let graph = Graph::parse(definition).map_err(|e| FrontendError::Internal(e.to_string()))?;
     Ok(solver.solve(&graph, Arc::clone(ctx)).await?)
+}
+
+/// A build context the client streamed through its session.
+struct UploadedContext {
+    state: llb::State,
+    /// Set when the upload is not an archive: it is the Dockerfile itself.
+    dockerfile_name: Option<&'static str>,
+}
+
+/// The context behind a session upload URL, as dockerui's HTTP context: the
+/// upload lands as file `context`; an archive is unpacked into the context,
+/// anything else is the Dockerfile (`frontend/dockerui/context.go`).
+async fn uploaded_context(
+    solver: &Arc<Solver>,
+    ctx: &Arc<BuildContext>,
+    url: &str,
+) -> Result<UploadedContext, FrontendError> {
+    const FILE: &str = "context";
+    let download = llb::http(
+        url,
+        HttpOptions {
+            filename: FILE.to_owned(),
+            constraints: Constraints::new().custom_name("[internal] load remote build context"),
+            ..HttpOptions::default()
+        },
+    );
+    let def = llb::marshal(&download, &MarshalOptions::default())
+        .map_err(|e| FrontendError::Internal(e.to_string()))?;
+    let graph = Graph::parse(&def).map_err(|e| FrontendError::Internal(e.to_string()))?;
+    let snapshot = solver.solve(&graph, Arc::clone(ctx)).await?.unwrap_or_default();
+    let view = mount(solver.cache(), &snapshot, None).map_err(|e| FrontendError::Internal(e.to_string()))?;
+    let mut head = Vec::with_capacity(1024);
+    std::fs::File::open(view.path().join(FILE))
+        .and_then(|f| f.take(1024).read_to_end(&mut head))
+        .map_err(|e| FrontendError::Internal(format!("reading the uploaded context: {e}")))?;
+    if !is_archive(&head) {
+        return Ok(UploadedContext { state: download, dockerfile_name: Some(FILE) });
+    }
+    let unpack = CopyInfo { attempt_unpack: true, ..CopyInfo::default() };
+    let state = llb::scratch().file(
+        FileAction::new().copy(&download, &format!("/{FILE}"), "/", unpack),
+        Constraints::new().custom_name("[internal] unpack remote build context"),
+    );
+    Ok(UploadedContext { state, dockerfile_name: None })
+}
+
+/// Whether `head` starts a compressed stream or a tar archive (dockerui
+/// `isArchive`: bzip2, gzip, xz magic, else a tar header Go's reader accepts).
+fn is_archive(head: &[u8]) -> bool {
+    const MAGIC: [&[u8]; 3] = [b"BZh", &[0x1f, 0x8b, 0x08], &[0xfd, b'7', b'z', b'X', b'Z', 0x00]];
+    if MAGIC.iter().any(|m| head.starts_with(m)) {
+        return true;
+    }
+    let Some(block) = head.get(..512) else { return false };
+    // An all-zero block is the end marker, not a header.
+    if block.iter().all(|b| *b == 0) {
+        return false;
+    }
+    let field = String::from_utf8_lossy(&block[148..156]);
+    let Ok(recorded) = u32::from_str_radix(field.trim_matches(|c: char| c == ' ' || c == '\0'), 8) else {
+        return false;
+    };
+    // The checksum is the byte sum with its own field read as spaces.
+    let sum: u32 =
+        block.iter().enumerate().map(|(i, b)| if (148..156).contains(&i) { 32 } else { u32::from(*b) }).sum();
+    sum == recorded
+}
+
+/// Solves `state` and reads `paths` from its result; a missing path is `None`.
+async fn read_state(
+    solver: &Arc<Solver>,
+    ctx: &Arc<BuildContext>,
+    state: &llb::State,
+    paths: &[&str],
+) -> Result<(pb::Definition, Vec<Option<Vec<u8>>>), FrontendError> {
+    let def = llb::marshal(state, &MarshalOptions::default())
+        .map_err(|e| FrontendError::Internal(e.to_string()))?;
+    let graph = Graph::parse(&def).map_err(|e| FrontendError::Internal(e.to_string()))?;
+    let snapshot = solver.solve(&graph, Arc::clone(ctx)).await?.unwrap_or_default();
+    let view = mount(solver.cache(), &snapshot, None).map_err(|e| FrontendError::Internal(e.to_string()))?;
+    let files =
+        paths.iter().map(|p| std::fs::read(view.path().join(p.trim_start_matches('/'))).ok()).collect();
+    Ok((def, files))
 }
 
 /// Solves a local source that follows `paths` and reads them; a path the
@@ -365,6 +458,28 @@ impl ImageResolver for Resolver<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uploads_are_archives_when_compressed_or_a_tar() {
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(4);
+        header.set_mode(0o644);
+        header.set_cksum();
+        tar.append_data(&mut header, "Dockerfile", &b"FROM"[..]).unwrap();
+        let bytes = tar.into_inner().unwrap();
+        assert!(is_archive(&bytes[..1024]));
+        assert!(is_archive(&[0x1f, 0x8b, 0x08, 0, 0]));
+        assert!(is_archive(b"BZh91AY&SY"));
+        assert!(is_archive(&[0xfd, b'7', b'z', b'X', b'Z', 0, 0]));
+
+        let mut corrupt = bytes[..1024].to_vec();
+        corrupt[0] ^= 0xff;
+        assert!(!is_archive(&corrupt));
+        assert!(!is_archive(b"FROM busybox\nRUN echo hi\n"));
+        assert!(!is_archive(&[b'#'; 1024]));
+        assert!(!is_archive(&[0; 1024]));
+    }
 
     #[test]
     fn dockerfile_syntax_images_are_this_frontend_and_others_are_not() {

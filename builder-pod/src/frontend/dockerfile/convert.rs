@@ -100,6 +100,9 @@ pub struct ConvertOptions {
     pub dockerfile_definition: Option<pb::Definition>,
     /// `.dockerignore` patterns, already read.
     pub dockerignore: Vec<String>,
+    /// The build context when it is not the client's `context` directory
+    /// (an uploaded archive); used as it is, without `.dockerignore`.
+    pub main_context: Option<State>,
     /// `local.sharedkeyhint` of the context; the context name when unset.
     pub shared_key_hint: Option<String>,
     /// Stages built without cache: `Some(empty)` means all.
@@ -137,6 +140,7 @@ impl Default for ConvertOptions {
             dockerfile_name: "Dockerfile".to_owned(),
             dockerfile_definition: None,
             dockerignore: Vec::new(),
+            main_context: None,
             shared_key_hint: None,
             no_cache_stages: None,
             force_network_mode: NetMode::Unset,
@@ -1782,6 +1786,7 @@ impl<'a> Converter<'a> {
                 ..LocalOptions::default()
             },
         );
+        let context = self.opts.main_context.clone().unwrap_or(context);
         self.context.fill(&context)?;
 
         let tp = self.target_platform.clone();

@@ -896,6 +896,25 @@ fn add_extracts_plain_and_compressed_tars() {
 }
 
 #[test]
+fn add_reads_unset_numeric_fields_as_zero_like_go() {
+    // What bollard's documented context tar looks like: no uid, gid or mtime.
+    let mut h = tar::Header::new_gnu();
+    h.set_path("Dockerfile").unwrap();
+    h.set_size(4);
+    h.set_mode(0o755);
+    h.set_cksum();
+    assert!(h.uid().is_err(), "the fixture must leave uid unset");
+    let mut b = tar::Builder::new(Vec::new());
+    b.append(&h, &b"FROM"[..]).unwrap();
+    let r = Roots::new();
+    fs::write(r.src.join("ctx.tar"), b.into_inner().unwrap()).unwrap();
+    r.copy(&unpack_action("/ctx.tar", "/")).unwrap();
+    assert_eq!(read(&r.dest, "Dockerfile"), "FROM");
+    let m = lmeta(&r.dest, "Dockerfile");
+    assert_eq!((m.mode() & 0o7777, m.uid(), m.gid(), m.mtime()), (0o755, 0, 0, 0));
+}
+
+#[test]
 fn add_with_an_owner_chowns_the_extracted_entries() {
     let r = Roots::new();
     fs::write(r.src.join("a.tar"), simple_tar()).unwrap();

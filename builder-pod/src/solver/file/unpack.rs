@@ -178,7 +178,7 @@ impl Extractor<'_> {
             mkdir_all(self.dest_root, parent, 0o755, None, None)?;
         }
 
-        let mode = header.mode()? & 0o7777;
+        let mode = number(header.mode().map(u64::from), &header.as_old().mode)? as u32 & 0o7777;
         let mut link_target = None;
         match kind {
             tar::EntryType::Directory => {
@@ -224,7 +224,10 @@ impl Extractor<'_> {
 
         let (uid, gid) = match self.owner {
             Some(o) => (o.uid, o.gid),
-            None => (id(header.uid()?)?, id(header.gid()?)?),
+            None => (
+                id(number(header.uid(), &header.as_old().uid)?)?,
+                id(number(header.gid(), &header.as_old().gid)?)?,
+            ),
         };
         chown(self.dest_root, &dst, uid, gid)?;
         self.set_xattrs(entry, &dst)?;
@@ -315,6 +318,16 @@ fn local_name(name: &str) -> Option<String> {
     Some(parts.join("/"))
 }
 
+/// A numeric header field as Go's `archive/tar` reads it: one of only
+/// spaces and NULs is 0. Clients that build a context tar by hand (bollard's
+/// documented way) leave uid, gid and mtime unset.
+fn number(parsed: io::Result<u64>, field: &[u8]) -> io::Result<u64> {
+    if field.iter().all(|b| *b == b' ' || *b == 0) {
+        return Ok(0);
+    }
+    parsed
+}
+
 /// Access and modification time of an entry: PAX records when present
 /// (they keep fractions), else the header's; access never before
 /// modification, and nothing before 1970 (go-archive `boundTime`).
@@ -322,7 +335,8 @@ fn entry_times<R: Read>(
     entry: &mut tar::Entry<'_, R>,
     header: &tar::Header,
 ) -> io::Result<(Timestamp, Timestamp)> {
-    let mut mtime = Timestamp { sec: i64::try_from(header.mtime()?).unwrap_or(0), nsec: 0 };
+    let mtime = number(header.mtime(), &header.as_old().mtime)?;
+    let mut mtime = Timestamp { sec: i64::try_from(mtime).unwrap_or(0), nsec: 0 };
     let mut atime = header
         .as_gnu()
         .and_then(|g| g.atime().ok())

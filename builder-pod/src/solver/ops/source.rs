@@ -19,6 +19,7 @@ use crate::session::SessionManager;
 use crate::session::auth::SessionAuth;
 use crate::session::secrets::{SecretError, get_secret};
 use crate::session::sshforward::{self, AgentSocket, SshError};
+use crate::session::upload::{UploadError, UploadSource, Uploads};
 use crate::snapshot::{SnapshotError, apply_layer, decompress};
 use crate::solver::progress::now;
 use crate::solver::scheduler::{BuildContext, Resolved};
@@ -61,6 +62,8 @@ pub enum SourceError {
     Secret(#[from] SecretError),
     #[error(transparent)]
     Ssh(#[from] SshError),
+    #[error(transparent)]
+    Upload(#[from] UploadError),
 }
 
 /// Sources: the registry, the content store, and the client's directories.
@@ -81,6 +84,8 @@ pub struct Sources {
     http: tokio::sync::OnceCell<reqwest::Client>,
     /// Resolved git refs by the key their op was cached under, until checked out.
     git: Mutex<HashMap<String, git::Resolved>>,
+    /// Client uploads, pulled once per build.
+    uploads: Uploads,
 }
 
 /// What a git command needs of the client while it runs: the forwarded SSH
@@ -117,6 +122,7 @@ impl Sources {
             locks: KeyedLocks::default(),
             http: tokio::sync::OnceCell::new(),
             git: Mutex::new(HashMap::new()),
+            uploads: Uploads::default(),
         }
     }
 
@@ -150,6 +156,13 @@ impl Sources {
         ctx: &BuildContext,
     ) -> Result<Resolved, SourceError> {
         let id = source.identifier.as_str();
+        if let Some(upload) = UploadSource::parse(id, &source.attrs) {
+            let fetched = self.uploads.fetch(&upload?, &self.cache, &self.sessions, &ctx.session_ids).await?;
+            return Ok(Resolved {
+                key: fetched.key,
+                snapshot: Some(Snapshot::default().with(fetched.layer)),
+            });
+        }
         if let Some(reference) = id.strip_prefix("docker-image://") {
             let reference = Reference::parse(reference)?;
             let image = self.resolve_image(&reference, &platform_of(op), ctx).await?;
