@@ -364,7 +364,7 @@ impl Config {
 fn disk_size(path: &Path) -> u64 {
     path.ancestors()
         .find_map(|p| nix::sys::statvfs::statvfs(p).ok())
-        .map_or(0, |st| u64::from(st.blocks()).saturating_mul(st.fragment_size()))
+        .map_or(0, |st| st.blocks().saturating_mul(st.fragment_size()))
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {

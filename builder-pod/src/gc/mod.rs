@@ -234,7 +234,7 @@ impl Entry {
 /// Free bytes of the filesystem holding `path`.
 fn free_space(path: &Path) -> Option<u64> {
     let st = nix::sys::statvfs::statvfs(path).ok()?;
-    Some(u64::from(st.blocks_available()).saturating_mul(st.fragment_size()))
+    Some(st.blocks_available().saturating_mul(st.fragment_size()))
 }
 
 /// Applies `policies` in order; returns what was removed. Like `prune`, the

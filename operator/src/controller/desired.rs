@@ -200,7 +200,7 @@ fn with_platforms(spec: &BuilderSpec) -> Option<Affinity> {
         v.dedup();
         v
     };
-    let requirements = vec![
+    let requirements = [
         NodeSelectorRequirement {
             key: "kubernetes.io/os".into(),
             operator: "In".into(),
