@@ -131,13 +131,18 @@ pub struct Controller {
 impl Controller {
     /// Starts a controller named `identity`; `kilnd_image` is its default image.
     pub fn start(ns: &Namespace, identity: &str, kilnd_image: &str) -> Self {
+        Self::start_as(ns, identity, kilnd_image, &TestEnv::get().kubeconfig())
+    }
+
+    /// The same, with the credentials of `kubeconfig` (a service account's).
+    pub fn start_as(ns: &Namespace, identity: &str, kilnd_image: &str, kubeconfig: &Path) -> Self {
         let dir = tempfile::Builder::new().prefix("kiln-controller-").tempdir().unwrap();
         let metrics_addr = format!("127.0.0.1:{}", free_port());
         let mut cmd = Command::new(workspace_bin("kiln"));
         cmd.args(["controller", "--namespace", ns.name(), "--lease-namespace", ns.name()])
             .args(["--identity", identity, "--kilnd-image", kilnd_image, "--lease-duration", "4"])
             .args(["--metrics-addr", &metrics_addr])
-            .env("KUBECONFIG", TestEnv::get().kubeconfig())
+            .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,kiln_operator=debug");
         let mut daemon =
             Daemon::spawn(&format!("kiln controller {identity}"), &mut cmd, dir.path().join("log"));

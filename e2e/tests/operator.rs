@@ -36,6 +36,10 @@ struct World {
 
 impl World {
     fn new(prefix: &str) -> Self {
+        Self::with_controller(prefix, |ns| Controller::start(ns, "first", IMAGE))
+    }
+
+    fn with_controller(prefix: &str, controller: impl FnOnce(&Namespace) -> Controller) -> Self {
         let turn = serial();
         let env = TestEnv::get();
         let ns = Namespace::new(prefix);
@@ -44,7 +48,7 @@ impl World {
             .node(unique("node"))
             .image("kiln/kilnd", workspace_bin("kilnd"));
         let kubelet = KubeletStandIn::spawn(&options).unwrap();
-        let controller = Controller::start(&ns, "first", IMAGE);
+        let controller = controller(&ns);
         Self { ns, kubelet, controller, _state: state, _turn: turn }
     }
 
@@ -360,4 +364,61 @@ fn one_leader_acts_and_a_crashed_controller_converges_on_restart() {
     assert!(!third.is_leader(), "only one leader");
     assert!(standby.is_leader());
     standby.daemon.stop(Duration::from_secs(10));
+}
+
+/// A kubeconfig that acts as service account `sa` of `ns` (a token from the
+/// TokenRequest API), next to the admin one.
+fn service_account_kubeconfig(ns: &Namespace, sa: &str, dir: &std::path::Path) -> std::path::PathBuf {
+    let token = run(&mut ns.kubectl(&["create", "token", sa, "--duration=1h"])).trim().to_owned();
+    let path = dir.join("sa.kubeconfig");
+    std::fs::copy(TestEnv::get().kubeconfig(), &path).unwrap();
+    let config = |args: &[&str]| {
+        run(TestEnv::get().command("kubectl").arg("--kubeconfig").arg(&path).arg("config").args(args));
+    };
+    config(&["set-credentials", "kiln-controller", &format!("--token={token}")]);
+    config(&["set-context", "--current", "--user=kiln-controller"]);
+    path
+}
+
+#[test]
+fn the_charts_rbac_is_all_the_controller_needs() {
+    let env = TestEnv::get();
+    let chart = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/kiln");
+    let dir = tempfile::tempdir().unwrap();
+    let release = unique("rel");
+    let sa = format!("{release}-controller");
+    // The operator chart goes into the test's namespace with no controller
+    // pods: the controller runs here as a process, as the chart's service account.
+    let w = World::with_controller("op-rbac", |ns| {
+        let rendered = run(env
+            .command("helm")
+            .args(["template", &release])
+            .arg(&chart)
+            .args(["--namespace", ns.name(), "--kube-version", "1.34.4"])
+            .args(["--set", "controller.replicas=0"]));
+        let out = ns.apply(&rendered);
+        assert!(out.status.success(), "the API server takes the chart\n{}", streams(&out));
+        let kubeconfig = service_account_kubeconfig(ns, &sa, dir.path());
+        let can = |args: &[&str]| {
+            let out = run_unchecked(
+                env.command("kubectl")
+                    .arg("--kubeconfig")
+                    .arg(&kubeconfig)
+                    .args(["auth", "can-i"])
+                    .args(args),
+            );
+            String::from_utf8_lossy(&out.stdout).trim() == "yes"
+        };
+        assert!(can(&["patch", "builders.kiln.dev", "--subresource=status", "-n", ns.name()]));
+        assert!(!can(&["get", "secrets", "-n", ns.name()]), "the controller never reads secrets");
+        assert!(!can(&["create", "leases.coordination.k8s.io", "-n", "default"]), "leases only at home");
+        Controller::start_as(ns, "chart", IMAGE, &kubeconfig)
+    });
+    w.apply(&w.builder("pool", "  replicas: {min: 1, max: 2}\n  cache: {retain: false}\n"));
+    w.wait_ready("pool", 1);
+    run(&mut w.ns.kubectl(&["delete", "bldr", "pool", "--wait=true", "--timeout=60s"]));
+    let log = w.controller.daemon.log_text();
+    assert!(!log.contains("forbidden"), "the controller was refused something:\n{log}");
+    let _ =
+        run_unchecked(kiln_e2e::cluster::kubectl().args(["delete", "clusterrole,clusterrolebinding", &sa]));
 }

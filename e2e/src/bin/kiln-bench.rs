@@ -15,14 +15,16 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use kiln_e2e::llb::{Llb, image_and_run};
-use kiln_e2e::{Buildkitd, Kilnd, TestEnv, buildctl_llb};
+use kiln_e2e::{Buildkitd, Gateway, Kilnd, TestEnv, buildctl_llb};
 use kiln_proto::buildkit::pb;
 use serde_json::json;
 
-/// The daemon under test, either kind, started fresh.
+/// The daemon under test, either kind, started fresh; kilnd may sit behind
+/// `kiln gateway` (the path a buildx user of `kiln up` takes).
 enum Daemon {
     Kilnd(Kilnd),
     Buildkitd(Buildkitd),
+    Gateway(Gateway),
 }
 
 impl Daemon {
@@ -33,28 +35,42 @@ impl Daemon {
         }
     }
 
+    /// kilnd behind the gateway, or buildkitd as always.
+    fn start_via_gateway(kind: Kind) -> Self {
+        match kind {
+            Kind::Kilnd => Self::Gateway(Gateway::start(1)),
+            Kind::Buildkitd => Self::Buildkitd(Buildkitd::start()),
+        }
+    }
+
     fn addr(&self) -> &str {
         match self {
             Self::Kilnd(d) => &d.addr,
             Self::Buildkitd(d) => &d.addr,
+            Self::Gateway(g) => &g.addr,
         }
     }
 
-    fn pid(&self) -> u32 {
+    fn pids(&self) -> Vec<u32> {
         match self {
-            Self::Kilnd(d) => d.daemon.pid(),
-            Self::Buildkitd(d) => d.daemon.pid(),
+            Self::Kilnd(d) => vec![d.daemon.pid()],
+            Self::Buildkitd(d) => vec![d.daemon.pid()],
+            Self::Gateway(g) => g.builders.iter().map(|b| b.daemon.pid()).chain([g.daemon.pid()]).collect(),
         }
     }
 
-    /// User + system CPU seconds of the daemon and its reaped children.
+    /// User + system CPU seconds of the daemon(s) and their reaped children.
     fn cpu(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
-        // Fields after the command name (which may hold spaces): utime is the 12th, then stime, cutime, cstime.
-        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-        let f: Vec<f64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0.0)).collect();
-        f.get(11..15).map_or(0.0, |t| t.iter().sum::<f64>()) / 100.0
+        self.pids().into_iter().map(cpu_of).sum()
     }
+}
+
+fn cpu_of(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime is the 12th, then stime, cutime, cstime.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0.0)).collect();
+    f.get(11..15).map_or(0.0, |t| t.iter().sum::<f64>()) / 100.0
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -107,7 +123,8 @@ fn workloads(context: PathBuf) -> Vec<Workload> {
     };
     let ctx_arg = format!("context={}", context.display());
     let (b1, b2) = (build.clone(), build);
-    let (l1, l2, a1, a2) = (local_def.clone(), local_def, ctx_arg.clone(), ctx_arg);
+    let (l1, l2, a1, a2) = (local_def.clone(), local_def.clone(), ctx_arg.clone(), ctx_arg.clone());
+    let (l3, l4, a3, a4) = (local_def.clone(), local_def, ctx_arg.clone(), ctx_arg);
     vec![
         Workload {
             name: "cold-build",
@@ -135,6 +152,20 @@ fn workloads(context: PathBuf) -> Vec<Workload> {
                 let d = Daemon::start(kind);
                 timed(&d, &l2, &["--local", &a2]);
                 timed(&d, &l2, &["--local", &a2])
+            }),
+        },
+        Workload {
+            name: "context-10k-gateway",
+            description: "context-10k with kilnd behind kiln gateway",
+            run: Box::new(move |kind| timed(&Daemon::start_via_gateway(kind), &l3, &["--local", &a3])),
+        },
+        Workload {
+            name: "context-10k-unchanged-gateway",
+            description: "context-10k-unchanged with kilnd behind kiln gateway",
+            run: Box::new(move |kind| {
+                let d = Daemon::start_via_gateway(kind);
+                timed(&d, &l4, &["--local", &a4]);
+                timed(&d, &l4, &["--local", &a4])
             }),
         },
     ]
