@@ -36,6 +36,15 @@ pub const LABEL_DRAINING: &str = "kiln.dev/draining";
 /// When draining started (RFC 3339), for the drain grace period.
 pub const ANNOTATION_DRAIN_STARTED: &str = "kiln.dev/drain-started";
 
+/// Sessions the gateway has open or waiting for this pool (cluster mode).
+pub const ANNOTATION_DEMAND: &str = "kiln.dev/demand";
+/// When the gateway measured the demand (RFC 3339).
+pub const ANNOTATION_DEMAND_AT: &str = "kiln.dev/demand-at";
+/// How often the gateway refreshes a demand above zero.
+pub const DEMAND_REFRESH: std::time::Duration = std::time::Duration::from_secs(30);
+/// A demand older than this is ignored: its gateway is gone.
+pub const DEMAND_TTL: std::time::Duration = std::time::Duration::from_secs(90);
+
 /// kilnd's BuildKit API port in the pod.
 pub const GRPC_PORT: i32 = 1234;
 /// kilnd's debug port: `/metrics`, `/healthz`, `/readyz`, `/load`.
@@ -361,6 +370,24 @@ pub fn pod(b: &Builder, ordinal: u32, defaults: &Defaults, hash: &str) -> Pod {
     Pod { metadata: meta(b, pod_name(b, ordinal), labels, true), spec: Some(spec), status: None }
 }
 
+/// How many pods the pool should run: `spec.replicas.desired` (or `min`),
+/// raised to what the gateway's fresh demand needs at `maxParallelBuilds`
+/// sessions a pod, never above `max`.
+pub fn target(b: &Builder, now: k8s_openapi::jiff::Timestamp) -> u32 {
+    let r = &b.spec.replicas;
+    let base = r.target().clamp(0, r.max.max(0));
+    let annotations = b.annotations();
+    let fresh = annotations
+        .get(ANNOTATION_DEMAND_AT)
+        .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
+        .is_some_and(|at| now.duration_since(at).unsigned_abs() <= DEMAND_TTL);
+    let demand: i64 =
+        if fresh { annotations.get(ANNOTATION_DEMAND).and_then(|d| d.parse().ok()).unwrap_or(0) } else { 0 };
+    let per_pod = i64::from(b.spec.max_parallel_builds.max(1));
+    let needed = i32::try_from((demand.max(0) + per_pod - 1) / per_pod).unwrap_or(i32::MAX);
+    u32::try_from(base.max(needed.min(r.max)).max(0)).unwrap_or(0)
+}
+
 /// The ordinal a pod's name carries, if it is one of `b`'s.
 pub fn ordinal_of(b: &Builder, pod_name: &str) -> Option<u32> {
     pod_name.strip_prefix(&b.name_any())?.strip_prefix('-')?.parse().ok()
@@ -495,6 +522,30 @@ spec:
                 term.match_expressions.unwrap().into_iter().map(|r| (r.key, r.values)).collect();
             assert!(keys.contains(&("kubernetes.io/arch".into(), Some(vec!["arm64".into()]))), "{keys:?}");
         }
+    }
+
+    #[test]
+    fn fresh_demand_raises_the_target_within_the_bounds() {
+        let now = k8s_openapi::jiff::Timestamp::from_second(1_000_000).unwrap();
+        let with = |demand: &str, age: i64| {
+            let mut b = builder(GOLDEN_BUILDER);
+            b.spec.replicas = kiln_crds::builder::Replicas { min: 0, max: 3, desired: None };
+            b.spec.max_parallel_builds = 2;
+            let at = k8s_openapi::jiff::Timestamp::from_second(1_000_000 - age).unwrap().to_string();
+            b.metadata.annotations = Some(
+                [(ANNOTATION_DEMAND.to_owned(), demand.to_owned()), (ANNOTATION_DEMAND_AT.to_owned(), at)]
+                    .into(),
+            );
+            target(&b, now)
+        };
+        assert_eq!(with("0", 1), 0, "an idle pool stays at min");
+        assert_eq!(with("1", 1), 1, "one waiting session brings up a builder: scale from zero");
+        assert_eq!(with("3", 1), 2, "two sessions a builder");
+        assert_eq!(with("40", 1), 3, "never above max");
+        assert_eq!(with("3", 600), 0, "a stale demand counts for nothing");
+        let mut scaled = builder(GOLDEN_BUILDER);
+        scaled.spec.replicas.desired = Some(3);
+        assert_eq!(target(&scaled, now), 3, "kubectl scale sets the floor");
     }
 
     #[test]

@@ -230,7 +230,7 @@ async fn pool(b: &Builder, ctx: &Context, deleting: bool) -> Result<Requeue, Err
         })
         .collect();
 
-    let target = u32::try_from(b.spec.replicas.target()).unwrap_or(0);
+    let target = desired::target(b, now);
     let inputs = Inputs {
         target,
         idle_timeout: parse_duration(&b.spec.idle_timeout).unwrap_or(Duration::from_secs(600)),

@@ -3,8 +3,11 @@
 //! call of each build to the builder that holds its session (see
 //! ARCHITECTURE.md, "The gateway's routing").
 //!
-//! Static mode only so far: the builders are given with `--backend`. Cluster
-//! mode (pools from `Builder`s, SNI and mTLS) is not built yet.
+//! Static mode: the builders are given with `--backend`. Cluster mode
+//! (`--builder NAMESPACE/NAME`): the pool is that `Builder`'s pods, and the
+//! gateway reports its demand so the controller scales it, from zero too.
+//! One pool per gateway so far: choosing the pool by TLS SNI, mTLS and the
+//! `access` list are not built yet.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -17,6 +20,7 @@ use tracing::{debug, error, info};
 
 use crate::metrics::{self, Metrics};
 
+pub mod cluster;
 pub mod grpc;
 pub mod pool;
 pub mod proxy;
@@ -31,8 +35,18 @@ pub struct Args {
     pub addr: String,
 
     /// A builder's BuildKit address (tcp://HOST:PORT); repeat for each.
-    #[arg(long = "backend", value_name = "ADDR", required = true)]
+    #[arg(
+        long = "backend",
+        value_name = "ADDR",
+        required_unless_present = "builder",
+        conflicts_with = "builder"
+    )]
     pub backends: Vec<String>,
+
+    /// Cluster mode: serve the pool of this Builder (NAMESPACE/NAME), found
+    /// through the Kubernetes API (KUBECONFIG or in-cluster).
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    pub builder: Option<String>,
 
     /// Sessions one builder takes at once; further builds wait in the gateway.
     #[arg(long, env = "KILN_MAX_PARALLEL_BUILDS", default_value_t = 4)]
@@ -51,6 +65,10 @@ pub enum Error {
     BadAddr(String),
     #[error("setting up metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("--builder {0:?} is not NAMESPACE/NAME")]
+    BadBuilder(String),
+    #[error("connecting to the Kubernetes API (KUBECONFIG or the in-cluster service account): {0}")]
+    Client(#[source] kube::Error),
 }
 
 /// `tcp://HOST:PORT` → `HOST:PORT`.
@@ -126,9 +144,23 @@ pub async fn run(args: Args) -> Result<(), Error> {
     if let Some(addr) = &args.metrics_addr {
         serve_metrics(addr, Arc::clone(&metrics)).await?;
     }
-    let gateway = start(&args.backends, args.max_parallel_builds, metrics)?;
+    let gateway = match &args.builder {
+        Some(builder) => {
+            let (namespace, name) = builder
+                .split_once('/')
+                .filter(|(ns, n)| !ns.is_empty() && !n.is_empty())
+                .ok_or_else(|| Error::BadBuilder(builder.clone()))?;
+            let client = kube::Client::try_default().await.map_err(Error::Client)?;
+            let pool = pool::Pool::new(Vec::new(), args.max_parallel_builds);
+            let (ns, n) = (namespace.to_owned(), name.to_owned());
+            tokio::spawn(cluster::watch(client.clone(), ns.clone(), n.clone(), Arc::clone(&pool)));
+            tokio::spawn(cluster::report_demand(client, ns, n, Arc::clone(&pool)));
+            Gateway::new(pool, metrics)
+        }
+        None => start(&args.backends, args.max_parallel_builds, metrics)?,
+    };
     let listener = bind(&args.addr).await?;
-    info!(addr = %args.addr, backends = ?args.backends, "gateway serving the BuildKit API");
+    info!(addr = %args.addr, backends = ?args.backends, builder = ?args.builder, "gateway serving the BuildKit API");
     serve(listener, gateway, crate::shutdown_signal()).await;
     Ok(())
 }

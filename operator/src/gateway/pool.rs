@@ -129,10 +129,41 @@ pub struct Pool {
     backends: Mutex<Vec<Arc<Backend>>>,
     bindings: Mutex<Bindings>,
     /// Sessions a builder may hold at once.
-    pub max_sessions: usize,
+    max_sessions: std::sync::atomic::AtomicUsize,
+    /// Sessions waiting for a builder, and the refs of Solves waiting for
+    /// their session: calls naming them wait as long as they do (a pool
+    /// scaling up from zero), not just the usual few seconds.
+    pending: Mutex<Pending>,
     /// Signalled when a builder's state, a session or a binding changes.
     changed: Notify,
 }
+
+#[derive(Debug, Default)]
+struct Pending {
+    sessions: std::collections::HashSet<String>,
+    refs: std::collections::HashSet<String>,
+}
+
+/// Removes a pending id when the wait ends, however it ends.
+struct PendingGuard<'a> {
+    pool: &'a Pool,
+    id: String,
+    session: bool,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        let mut p = lock(&self.pool.pending);
+        if self.session {
+            p.sessions.remove(&self.id);
+        } else {
+            p.refs.remove(&self.id);
+        }
+    }
+}
+
+/// How long a call waits for a pool to get a builder before it fails.
+pub const SCALE_UP_WAIT: Duration = Duration::from_secs(600);
 
 fn score(key: &str, addr: &str) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -146,13 +177,66 @@ impl Pool {
         Arc::new(Self {
             backends: Mutex::new(backends),
             bindings: Mutex::default(),
-            max_sessions: max_sessions.max(1),
+            max_sessions: std::sync::atomic::AtomicUsize::new(max_sessions.max(1)),
+            pending: Mutex::default(),
             changed: Notify::new(),
         })
     }
 
     pub fn backends(&self) -> Vec<Arc<Backend>> {
         lock(&self.backends).clone()
+    }
+
+    pub fn max_sessions(&self) -> usize {
+        self.max_sessions.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn set_max_sessions(&self, n: usize) {
+        self.max_sessions.store(n.max(1), std::sync::atomic::Ordering::Relaxed);
+        self.changed.notify_waiters();
+    }
+
+    /// Replaces the pool's members with `members` (address, ready, draining):
+    /// builders that stay keep their state and sessions; sessions on a builder
+    /// that left end on their own when its connection does.
+    pub fn set_members(&self, members: &[(String, bool, bool)]) {
+        let mut backends = lock(&self.backends);
+        let mut next = Vec::with_capacity(members.len());
+        for (addr, ready, draining) in members {
+            let b = backends.iter().find(|b| &b.addr == addr).cloned().unwrap_or_else(|| Backend::new(addr));
+            {
+                let mut s = lock(&b.state);
+                s.ready = *ready;
+                s.draining = *draining;
+            }
+            next.push(b);
+        }
+        *backends = next;
+        drop(backends);
+        self.changed.notify_waiters();
+    }
+
+    /// Sessions open plus sessions waiting: what the pool should have room for.
+    pub fn demand(&self) -> usize {
+        let open: usize = self.backends().iter().map(|b| b.state().sessions).sum();
+        open + lock(&self.pending).sessions.len()
+    }
+
+    fn pending_guard(&self, id: &str, session: bool) -> PendingGuard<'_> {
+        let mut p = lock(&self.pending);
+        if session {
+            p.sessions.insert(id.to_owned());
+        } else {
+            p.refs.insert(id.to_owned());
+        }
+        drop(p);
+        self.changed.notify_waiters();
+        PendingGuard { pool: self, id: id.to_owned(), session }
+    }
+
+    fn is_pending(&self, id: &str, session: bool) -> bool {
+        let p = lock(&self.pending);
+        if session { p.sessions.contains(id) } else { p.refs.contains(id) }
     }
 
     /// Builders that take new sessions.
@@ -177,7 +261,7 @@ impl Pool {
     fn choose(&self, key: &str) -> Option<(Arc<Backend>, Choice, bool)> {
         let available = self.available();
         let free: Vec<&Arc<Backend>> =
-            available.iter().filter(|b| b.state().sessions < self.max_sessions).collect();
+            available.iter().filter(|b| b.state().sessions < self.max_sessions()).collect();
         if free.is_empty() {
             return None;
         }
@@ -218,12 +302,13 @@ impl Pool {
     /// Places session `id` with shared `key`, waiting while every builder is
     /// full or none is ready; the slot holds the builder's capacity.
     pub async fn open_session(self: &Arc<Self>, id: &str, key: &str) -> (SessionSlot, Choice) {
+        let _pending = self.pending_guard(id, true);
         loop {
             let notified = self.changed.notified();
             // A Solve that came first may have placed the session already.
             let bound = lock(&self.bindings).sessions.get(id).cloned();
             let picked = match bound {
-                Some(b) if b.state().sessions < self.max_sessions => Some((b, Choice::AffinityHit, false)),
+                Some(b) if b.state().sessions < self.max_sessions() => Some((b, Choice::AffinityHit, false)),
                 Some(_) => None,
                 None => self.choose(key),
             };
@@ -260,9 +345,19 @@ impl Pool {
     }
 
     /// The builder of session `id`, waiting up to `wait` for its Session
-    /// call (which may come after the Solve that names it).
-    pub async fn session_backend(&self, id: &str, wait: Duration) -> Option<Arc<Backend>> {
-        self.wait_for(wait, || lock(&self.bindings).sessions.get(id).cloned()).await
+    /// call (which may come after the Solve that names it), and for as long
+    /// as the session itself waits for a builder. `r` is the Solve's ref,
+    /// marked pending meanwhile so its Status waits too.
+    pub async fn session_backend(&self, id: &str, r: &str, wait: Duration) -> Option<Arc<Backend>> {
+        let _pending = self.pending_guard(r, false);
+        let find = || lock(&self.bindings).sessions.get(id).cloned();
+        if let Some(b) = self.wait_for(wait, find).await {
+            return Some(b);
+        }
+        if self.is_pending(id, true) {
+            return self.wait_for(SCALE_UP_WAIT, find).await;
+        }
+        None
     }
 
     /// Binds build `r` (and any further session ids of its Solve) to `backend`.
@@ -280,9 +375,23 @@ impl Pool {
         self.changed.notify_waiters();
     }
 
-    /// The builder of build `r`, waiting up to `wait` for its Solve.
+    /// The builder of build `r`, waiting up to `wait` for its Solve, and
+    /// for as long as that Solve waits for a builder.
     pub async fn ref_backend(&self, r: &str, wait: Duration) -> Option<Arc<Backend>> {
-        self.wait_for(wait, || lock(&self.bindings).refs.get(r).cloned()).await
+        let find = || lock(&self.bindings).refs.get(r).cloned();
+        if let Some(b) = self.wait_for(wait, find).await {
+            return Some(b);
+        }
+        if self.is_pending(r, false) {
+            return self.wait_for(SCALE_UP_WAIT, find).await;
+        }
+        None
+    }
+
+    /// A ready builder for a call that names nothing, waiting up to `wait`
+    /// for one (a pool scaling up).
+    pub async fn any_within(&self, wait: Duration) -> Option<Arc<Backend>> {
+        self.wait_for(wait, || self.any()).await
     }
 
     /// Any ready builder (for calls with no id), least loaded first.
@@ -296,7 +405,7 @@ impl Pool {
         ready.into_iter().min_by_key(|b| b.state().sessions)
     }
 
-    async fn wait_for<T>(&self, wait: Duration, mut find: impl FnMut() -> Option<T>) -> Option<T> {
+    async fn wait_for<T>(&self, wait: Duration, find: impl Fn() -> Option<T>) -> Option<T> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let notified = self.changed.notified();
@@ -416,6 +525,49 @@ mod tests {
         p.notify();
         let addr = tokio::time::timeout(Duration::from_secs(1), pending).await.unwrap().unwrap();
         assert_eq!(addr, backends[1].addr);
+    }
+
+    #[tokio::test]
+    async fn a_pool_at_zero_holds_the_session_and_its_solve_until_a_builder_comes() {
+        let p = Pool::new(Vec::new(), 4);
+        let session = tokio::spawn({
+            let p = Arc::clone(&p);
+            async move { p.open_session("s", "k").await.0 }
+        });
+        let solve = tokio::spawn({
+            let p = Arc::clone(&p);
+            async move { p.session_backend("s", "r", Duration::from_millis(50)).await.map(|b| b.addr.clone()) }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(p.demand(), 1, "the waiting session is demand");
+        assert!(!solve.is_finished(), "the Solve outlives the usual wait while its session waits");
+        let status = tokio::spawn({
+            let p = Arc::clone(&p);
+            async move { p.ref_backend("r", Duration::from_millis(50)).await.map(|b| b.addr.clone()) }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!status.is_finished(), "so does its Status");
+        p.set_members(&[("tcp://10.0.0.9:1234".into(), true, false)]);
+        let slot = tokio::time::timeout(Duration::from_secs(1), session).await.unwrap().unwrap();
+        assert_eq!(slot.backend.addr, "tcp://10.0.0.9:1234");
+        let b = tokio::time::timeout(Duration::from_secs(1), solve).await.unwrap().unwrap().unwrap();
+        p.bind_ref("r", &p.backends()[0]);
+        let found = tokio::time::timeout(Duration::from_secs(1), status).await.unwrap().unwrap();
+        assert_eq!(found.as_deref(), Some(b.as_str()));
+        assert_eq!(p.demand(), 1, "the open session");
+        drop(slot);
+        assert_eq!(p.demand(), 0);
+    }
+
+    #[tokio::test]
+    async fn members_keep_their_sessions_across_updates() {
+        let p = pool(2, 4);
+        let (slot, _) = p.open_session("s", "").await;
+        let addr = slot.backend.addr.clone();
+        p.set_members(&[(addr.clone(), true, true)]);
+        assert_eq!(p.backends().len(), 1);
+        let s = p.backends()[0].state();
+        assert_eq!((s.sessions, s.draining), (1, true));
     }
 
     #[tokio::test]

@@ -47,6 +47,9 @@ pub struct Gateway {
     pub pool: Arc<Pool>,
     metrics: Arc<Metrics>,
     upstreams: Mutex<std::collections::HashMap<String, Arc<Upstream>>>,
+    /// The pool's last ListWorkers answer, given while no builder is ready
+    /// (scale from zero) so buildx still sees a running builder.
+    workers: Mutex<Option<Bytes>>,
 }
 
 /// What a client connection remembers: calls with no id of their own (the
@@ -85,7 +88,7 @@ pub enum ForwardError {
 
 impl Gateway {
     pub fn new(pool: Arc<Pool>, metrics: Arc<Metrics>) -> Arc<Self> {
-        Arc::new(Self { pool, metrics, upstreams: Mutex::default() })
+        Arc::new(Self { pool, metrics, upstreams: Mutex::default(), workers: Mutex::default() })
     }
 
     fn upstream(&self, addr: &str) -> Arc<Upstream> {
@@ -210,14 +213,41 @@ impl Gateway {
             p if p == format!("{CONTROL}Session") => self.session(req, &conn).await,
             p if p == format!("{CONTROL}Solve") => self.solve(req, &conn).await,
             p if p == format!("{CONTROL}Status") => self.by_ref_in_body(req, &conn).await,
-            p if p == format!("{CONTROL}ListWorkers") || p == format!("{CONTROL}DiskUsage") => {
-                self.fan_out(req, false).await
-            }
+            p if p == format!("{CONTROL}ListWorkers") => self.list_workers(req).await,
+            p if p == format!("{CONTROL}Info") && self.pool.any().is_none() => grpc::unary(&info_message()),
+            p if p == format!("{CONTROL}DiskUsage") => self.fan_out(req, false).await,
             p if p == format!("{CONTROL}Prune") => self.fan_out(req, true).await,
             p if p.starts_with(BRIDGE) => self.by_build_header(req, &conn).await,
             _ => self.by_connection(req, &conn).await,
         };
         Ok(response)
+    }
+
+    /// ListWorkers of every ready builder, merged; while none is ready, the
+    /// last answer (or one worker of this machine's platform) so buildx does
+    /// not take a pool scaling up from zero for a dead builder.
+    async fn list_workers(&self, req: Request<Incoming>) -> Response<Body> {
+        let lock =
+            |m: &Mutex<Option<Bytes>>| m.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        if self.pool.any().is_none() {
+            let message = lock(&self.workers).unwrap_or_else(placeholder_workers);
+            return grpc::unary(&message);
+        }
+        let response = self.fan_out(req, false).await;
+        if response.headers().get("grpc-status").is_none() {
+            let (head, body) = response.into_parts();
+            let Ok(collected) = body.collect().await else {
+                return grpc::status(code::UNAVAILABLE, "kiln gateway: reading ListWorkers failed");
+            };
+            let data = collected.to_bytes();
+            if let Some(message) = grpc::messages(&data).and_then(|m| m.into_iter().next()) {
+                *self.workers.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                    Some(message.clone());
+                return grpc::unary(&message);
+            }
+            return Response::from_parts(head, grpc::full(data));
+        }
+        response
     }
 
     async fn session(&self, req: Request<Incoming>, conn: &ClientConn) -> Response<Body> {
@@ -249,9 +279,9 @@ impl Gateway {
             .unwrap_or_default();
         // The session usually opens first; when the Solve wins the race, wait
         // for it so the build goes where its context is.
-        let backend = match self.pool.session_backend(&ids.session, BIND_WAIT).await {
+        let backend = match self.pool.session_backend(&ids.session, &ids.r#ref, BIND_WAIT).await {
             Some(b) => b,
-            None => match self.pool.any() {
+            None => match self.pool.any_within(super::pool::SCALE_UP_WAIT).await {
                 Some(b) => b,
                 None => return grpc::status(code::UNAVAILABLE, "kiln gateway: no builder is ready"),
             },
@@ -350,6 +380,43 @@ impl Gateway {
         }
         if streaming { grpc::streamed(merged) } else { grpc::unary(&merged.concat()) }
     }
+}
+
+/// `InfoResponse` with the gateway's version, for a pool with no builder yet.
+fn info_message() -> Vec<u8> {
+    use kiln_proto::buildkit::moby::buildkit::v1::InfoResponse;
+    use kiln_proto::buildkit::moby::buildkit::v1::types::BuildkitVersion;
+    InfoResponse {
+        buildkit_version: Some(BuildkitVersion {
+            package: "kiln.dev/kilnd".into(),
+            version: concat!("v", env!("CARGO_PKG_VERSION")).into(),
+            revision: String::new(),
+        }),
+    }
+    .encode_to_vec()
+}
+
+/// One worker of this machine's platform: what a pool scaling up from zero
+/// will offer (its builders run where the gateway runs, or alike).
+fn placeholder_workers() -> Bytes {
+    use kiln_proto::buildkit::moby::buildkit::v1::ListWorkersResponse;
+    use kiln_proto::buildkit::moby::buildkit::v1::types::WorkerRecord;
+    use kiln_proto::buildkit::pb::Platform;
+    let architecture = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    let record = WorkerRecord {
+        id: "kiln-pool".into(),
+        platforms: vec![Platform {
+            os: "linux".into(),
+            architecture: architecture.into(),
+            ..Platform::default()
+        }],
+        ..WorkerRecord::default()
+    };
+    Bytes::from(ListWorkersResponse { record: vec![record] }.encode_to_vec())
 }
 
 /// A response body on its way back to the client: counts bytes, and turns a
