@@ -41,7 +41,7 @@ impl MtimePolicy {
 pub struct DiffOptions {
     pub mtime: MtimePolicy,
     /// The merged view of the layers the diff was made over. An entry the
-    /// same as the one there (see [`same_as_below`]) is left out, and a
+    /// same as the one there (by `same_as_below`) is left out, and a
     /// directory only when nothing under it is written, as BuildKit's
     /// overlay differ does (`util/overlay/overlay_linux.go` `Changes`, with
     /// containerd's `ChangeWriter` adding the parents of what it writes).
