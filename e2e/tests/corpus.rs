@@ -31,10 +31,7 @@ use sha2::{Digest, Sha256};
 /// Cases whose difference from buildkitd is known, each with the section of
 /// docs/compatibility.md that gives the reason. They are still built and
 /// compared; their result is reported but does not fail the test.
-const EXCLUDED: &[(&str, &str)] = &[
-    // kilnd's layers keep what a step copied up unchanged; not built yet.
-    ("47-hardlink-to-base-file", "docs/compatibility.md#hardlinks-to-lower-layer-files"),
-];
+const EXCLUDED: &[(&str, &str)] = &[];
 
 /// How many lines of differences a case prints at most per section.
 const MAX_DIFF_LINES: usize = 60;

@@ -33,6 +33,8 @@ pub enum CacheError {
     Db { action: &'static str, source: Box<redb::Error> },
     #[error("cache record {key}: {source}")]
     Record { key: String, source: serde_json::Error },
+    #[error("cache metadata {key}: {source}")]
+    Meta { key: String, source: serde_json::Error },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CacheError + '_ {
@@ -190,6 +192,28 @@ impl CacheManager {
         Ok(pending.id.clone())
     }
 
+    /// Commits a layer that is the upper directory of an overlay over
+    /// `base` and returns `base` with it on top. The base is remembered, so
+    /// the layer's blob can leave out what the kernel copied up unchanged
+    /// (see [`Self::layer_base`]).
+    pub fn commit_layer_over(&self, pending: PendingLayer, base: &Snapshot) -> Result<Snapshot, CacheError> {
+        let key = base_key(&pending.id);
+        let bytes =
+            serde_json::to_vec(base).map_err(|source| CacheError::Meta { key: key.clone(), source })?;
+        // Written before the layer moves into place: a committed layer never lacks it.
+        self.put_meta(&key, &bytes)?;
+        let id = self.commit_layer(pending)?;
+        Ok(base.with(id))
+    }
+
+    /// The snapshot a layer was made over with [`Self::commit_layer_over`];
+    /// none for layers made whole (image layers, sources, uploads).
+    pub fn layer_base(&self, id: &str) -> Result<Option<Snapshot>, CacheError> {
+        let key = base_key(id);
+        let Some(bytes) = self.get_meta(&key)? else { return Ok(None) };
+        serde_json::from_slice(&bytes).map(Some).map_err(|source| CacheError::Meta { key, source })
+    }
+
     pub fn get(&self, key: &str) -> Result<Option<Record>, CacheError> {
         let tx = self.db.begin_read().map_err(db_err("starting a read"))?;
         let table = tx.open_table(RECORDS).map_err(db_err("opening records"))?;
@@ -263,6 +287,10 @@ pub fn dir_size(path: &Path) -> u64 {
     std::fs::read_dir(path).map_or(0, |entries| entries.flatten().map(|e| dir_size(&e.path())).sum())
 }
 
+fn base_key(layer: &str) -> String {
+    format!("base:{layer}")
+}
+
 /// 16 random hex characters: short, because overlayfs mount options must fit in a page.
 fn new_id() -> String {
     let mut bytes = [0u8; 8];
@@ -315,6 +343,23 @@ mod tests {
         cache.put("k", vec![Snapshot { layers: vec![id.clone()] }], "").unwrap();
         std::fs::remove_dir_all(cache.layer_path(&id)).unwrap();
         assert!(cache.get("k").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_layer_made_over_a_base_remembers_it_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (base, on_top, whole) = {
+            let cache = CacheManager::open(dir.path()).unwrap();
+            let base = Snapshot::default().with(cache.commit_layer(cache.new_layer().unwrap()).unwrap());
+            let on_top = cache.commit_layer_over(cache.new_layer().unwrap(), &base).unwrap();
+            cache.put("k", vec![on_top.clone()], "run").unwrap();
+            (base.clone(), on_top, base.layers[0].clone())
+        };
+        let cache = CacheManager::open(dir.path()).unwrap();
+        assert_eq!(on_top.layers[..1], base.layers[..]);
+        assert!(cache.layer_path(&on_top.layers[1]).is_dir());
+        assert_eq!(cache.layer_base(&on_top.layers[1]).unwrap(), Some(base));
+        assert_eq!(cache.layer_base(&whole).unwrap(), None, "a layer committed whole has no base");
     }
 
     #[test]

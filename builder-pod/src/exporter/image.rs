@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{ExportSource, Exporters};
+use crate::cache::mount::{MountError, mount};
 use crate::cache::{CacheError, Snapshot};
 use crate::content::{ContentError, ContentStore, Digest};
 use crate::session::auth::SessionAuth;
@@ -36,6 +37,8 @@ pub enum ImageError {
     Attr { key: String, value: String, reason: &'static str },
     #[error(transparent)]
     Cache(#[from] CacheError),
+    #[error("mounting the layers under a layer: {0}")]
+    Mount(#[from] MountError),
     #[error(transparent)]
     Content(#[from] ContentError),
     #[error("making layer {layer}: {source}")]
@@ -226,11 +229,18 @@ async fn layer_blob(ex: &Exporters, layer: &str, compression: Compression) -> Re
         return Ok(blob);
     }
     let (dir, content, id) = (ex.cache.layer_path(layer), ex.content.clone(), layer.to_owned());
+    let base = ex.cache.layer_base(layer)?.filter(|base| !base.layers.is_empty());
+    let cache = ex.cache.clone();
     let blob = tokio::task::spawn_blocking(move || {
         let err = |source| ImageError::Layer { layer: id.clone(), source };
+        // A step's layer is compared with the view it was made over, as
+        // BuildKit's overlay differ does (util/overlay/overlay_linux.go).
+        let below = base.map(|base| mount(&cache, &base, None)).transpose()?;
+        let options =
+            DiffOptions { lower: below.as_ref().map(|m| m.path().to_owned()), ..DiffOptions::default() };
         let ingest = content.ingest()?;
         let writer = compress(ingest, compression).map_err(err)?;
-        let writer = diff_to_tar(&dir, writer, &DiffOptions::default()).map_err(err)?;
+        let writer = diff_to_tar(&dir, writer, &options).map_err(err)?;
         let (ingest, digests) = writer.finish().map_err(err)?;
         ingest.commit(Some((&digests.digest, digests.size)))?;
         Ok::<_, ImageError>(LayerBlob {

@@ -4,12 +4,13 @@ use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use tar::{EntryType, Header};
 
 use super::{
-    OPAQUE_WHITEOUT, SnapshotError, WHITEOUT_PREFIX, is_opaque, is_whiteout, read_xattrs, sorted_entries,
+    OPAQUE_WHITEOUT, SnapshotError, WHITEOUT_PREFIX, get_xattr, is_opaque, is_whiteout, read_xattrs,
+    sorted_entries,
 };
 
 /// How entry mtimes are written.
@@ -39,6 +40,12 @@ impl MtimePolicy {
 #[derive(Debug, Clone, Default)]
 pub struct DiffOptions {
     pub mtime: MtimePolicy,
+    /// The merged view of the layers the diff was made over. An entry the
+    /// same as the one there (by `same_as_below`) is left out, and a
+    /// directory only when nothing under it is written, as BuildKit's
+    /// overlay differ does (`util/overlay/overlay_linux.go` `Changes`, with
+    /// containerd's `ChangeWriter` adding the parents of what it writes).
+    pub lower: Option<PathBuf>,
 }
 
 /// Writes the overlay upper dir `diff_dir` as an OCI layer tar into
@@ -46,11 +53,15 @@ pub struct DiffOptions {
 /// names, parents before children, so the same tree always gives the same
 /// bytes: 0/0 character devices become `.wh.NAME`, opaque directories get a
 /// `.wh..wh..opq` entry, xattrs travel as PAX `SCHILY.xattr.*` records, and
-/// files sharing an inode become hardlinks to the first one written. Sockets
-/// cannot be stored in a tar and are left out, as containerd does.
+/// files sharing an inode become hardlinks to the first one written (so a
+/// file whose other names were left out as unchanged is written whole).
+/// Sockets cannot be stored in a tar and are left out, as containerd does.
+/// Whiteouts and opaque directories are always written, and nothing under
+/// an opaque directory is compared with the lower view, which it hides.
 pub fn diff_to_tar<W: Write>(diff_dir: &Path, writer: W, options: &DiffOptions) -> Result<W, SnapshotError> {
-    let mut walker = Walker { builder: tar::Builder::new(writer), options, links: HashMap::new() };
-    walker.walk(diff_dir, b"")?;
+    let mut walker =
+        Walker { builder: tar::Builder::new(writer), options, links: HashMap::new(), unwritten: Vec::new() };
+    walker.walk(diff_dir, b"", options.lower.as_deref())?;
     walker.builder.into_inner().map_err(|source| SnapshotError::WriteTar { source })
 }
 
@@ -59,10 +70,22 @@ struct Walker<'a, W: Write> {
     options: &'a DiffOptions,
     /// (dev, inode) of multiply-linked files → the name written first.
     links: HashMap<(u64, u64), Vec<u8>>,
+    /// Unchanged directories on the way to the current entry, outermost
+    /// first, written only once something under them is.
+    unwritten: Vec<UnwrittenDir>,
+}
+
+struct UnwrittenDir {
+    path: PathBuf,
+    /// The name without its trailing slash.
+    rel: Vec<u8>,
+    header: Header,
 }
 
 impl<W: Write> Walker<'_, W> {
-    fn walk(&mut self, dir: &Path, prefix: &[u8]) -> Result<(), SnapshotError> {
+    /// `lower` is the directory of the lower view at `dir`, when there is
+    /// one to compare with.
+    fn walk(&mut self, dir: &Path, prefix: &[u8], lower: Option<&Path>) -> Result<(), SnapshotError> {
         for name in sorted_entries(dir)? {
             let path = dir.join(&name);
             let meta = std::fs::symlink_metadata(&path)
@@ -73,6 +96,7 @@ impl<W: Write> Walker<'_, W> {
             let mut header = self.header(&meta);
 
             if is_whiteout(&meta) {
+                self.write_unwritten_dirs()?;
                 let mut whiteout = prefix.to_vec();
                 whiteout.extend_from_slice(WHITEOUT_PREFIX.as_bytes());
                 whiteout.extend_from_slice(name.as_bytes());
@@ -85,20 +109,56 @@ impl<W: Write> Walker<'_, W> {
                 tracing::debug!(path = %path.display(), "socket left out of the layer");
                 continue;
             }
-            self.append_xattrs(&path, &rel)?;
+            let below = match lower {
+                Some(lower) => {
+                    let lower_path = lower.join(&name);
+                    lower_entry(&lower_path)?.map(|lower_meta| (lower_path, lower_meta))
+                }
+                None => None,
+            };
+            let unchanged = match &below {
+                Some((lower_path, lower_meta)) => same_as_below(lower_meta, &meta, lower_path, &path)?,
+                None => false,
+            };
             if file_type.is_dir() {
                 let mut dir_name = rel.clone();
                 dir_name.push(b'/');
                 header.set_entry_type(EntryType::Directory);
+                let opaque = is_opaque(&path)?;
+                // Only a real directory below is walked along: a symlink
+                // there must never be followed out of the lower view.
+                let lower_dir = match &below {
+                    Some((lower_path, lower_meta)) if !opaque && lower_meta.is_dir() => {
+                        Some(lower_path.as_path())
+                    }
+                    _ => None,
+                };
+                if unchanged && !opaque {
+                    self.unwritten.push(UnwrittenDir { path: path.clone(), rel, header });
+                    let depth = self.unwritten.len();
+                    self.walk(&path, &dir_name, lower_dir)?;
+                    // Still there when nothing under it was written.
+                    self.unwritten.truncate(depth - 1);
+                    continue;
+                }
+                self.write_unwritten_dirs()?;
+                self.append_xattrs(&path, &rel)?;
                 self.append(header.clone(), &dir_name, None, io::empty())?;
-                if is_opaque(&path)? {
+                if opaque {
                     let mut marker = dir_name.clone();
                     marker.extend_from_slice(OPAQUE_WHITEOUT.as_bytes());
                     header.set_entry_type(EntryType::Regular);
                     self.append(header, &marker, None, io::empty())?;
                 }
-                self.walk(&path, &dir_name)?;
-            } else if file_type.is_file() {
+                self.walk(&path, &dir_name, lower_dir)?;
+                continue;
+            }
+            if unchanged {
+                continue;
+            }
+            self.write_unwritten_dirs()?;
+            self.append_xattrs(&path, &rel)?;
+            if file_type.is_file() {
                 if meta.nlink() > 1 {
                     if let Some(first) = self.links.get(&(meta.dev(), meta.ino())).cloned() {
                         header.set_entry_type(EntryType::Link);
@@ -136,6 +196,17 @@ impl<W: Write> Walker<'_, W> {
                 set.map_err(|source| SnapshotError::WriteTar { source })?;
                 self.append(header, &rel, None, io::empty())?;
             }
+        }
+        Ok(())
+    }
+
+    /// Writes the unchanged directories the next entry is under.
+    fn write_unwritten_dirs(&mut self) -> Result<(), SnapshotError> {
+        for dir in std::mem::take(&mut self.unwritten) {
+            self.append_xattrs(&dir.path, &dir.rel)?;
+            let mut name = dir.rel;
+            name.push(b'/');
+            self.append(dir.header, &name, None, io::empty())?;
         }
         Ok(())
     }
@@ -220,6 +291,84 @@ fn set_name_field(header: &mut Header, name: &[u8]) {
     field[..len].copy_from_slice(&name[..len]);
 }
 
+/// What the lower view has at `path`: nothing when the path or one of its
+/// parents is missing or not a directory there.
+fn lower_entry(path: &Path) -> Result<Option<std::fs::Metadata>, SnapshotError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) => Ok(Some(meta)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound || e.kind() == io::ErrorKind::NotADirectory => Ok(None),
+        Err(source) => Err(SnapshotError::ReadTree { path: path.to_owned(), source }),
+    }
+}
+
+/// The capability xattr is the one xattr the overlay differ compares.
+const CAPABILITY_XATTR: &str = "security.capability";
+
+/// Whether the upper entry is the lower one unchanged, by the rule of
+/// BuildKit's overlay differ (`util/overlay/overlay_linux.go` `sameDirent`):
+/// the same type and permission bits, owners, device number and
+/// `security.capability`; for a directory nothing more (its mtime moves
+/// whenever something under it does); otherwise the same size and mtime, and
+/// when both mtimes have no nanoseconds (as after a tar was unpacked, so
+/// equal seconds prove little) the same symlink target or file content.
+fn same_as_below(
+    lower: &std::fs::Metadata,
+    upper: &std::fs::Metadata,
+    lower_path: &Path,
+    upper_path: &Path,
+) -> Result<bool, SnapshotError> {
+    if (lower.mode(), lower.uid(), lower.gid(), lower.rdev())
+        != (upper.mode(), upper.uid(), upper.gid(), upper.rdev())
+    {
+        return Ok(false);
+    }
+    if get_xattr(lower_path, CAPABILITY_XATTR)? != get_xattr(upper_path, CAPABILITY_XATTR)? {
+        return Ok(false);
+    }
+    if lower.is_dir() {
+        return Ok(true);
+    }
+    if lower.len() != upper.len()
+        || lower.mtime() != upper.mtime()
+        || lower.mtime_nsec() != upper.mtime_nsec()
+    {
+        return Ok(false);
+    }
+    if lower.mtime_nsec() != 0 {
+        return Ok(true);
+    }
+    let read_err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| SnapshotError::ReadTree { path, source }
+    };
+    if lower.file_type().is_symlink() {
+        let lower_target = std::fs::read_link(lower_path).map_err(read_err(lower_path))?;
+        return Ok(lower_target == std::fs::read_link(upper_path).map_err(read_err(upper_path))?);
+    }
+    if !lower.is_file() || lower.len() == 0 {
+        return Ok(true);
+    }
+    let lower_file = std::fs::File::open(lower_path).map_err(read_err(lower_path))?;
+    let upper_file = std::fs::File::open(upper_path).map_err(read_err(upper_path))?;
+    same_content(lower_file, upper_file, lower.len()).map_err(read_err(upper_path))
+}
+
+/// Compares two readers of `len` bytes each, stopping at the first difference.
+fn same_content(mut a: impl Read, mut b: impl Read, len: u64) -> io::Result<bool> {
+    let (mut buf_a, mut buf_b) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
+    let mut left = len;
+    while left > 0 {
+        let n = usize::try_from(left).map_or(buf_a.len(), |l| l.min(buf_a.len()));
+        a.read_exact(&mut buf_a[..n])?;
+        b.read_exact(&mut buf_b[..n])?;
+        if buf_a[..n] != buf_b[..n] {
+            return Ok(false);
+        }
+        left -= n as u64;
+    }
+    Ok(true)
+}
+
 /// One PAX extended-header record: `"<len> <key>=<value>\n"`, where `<len>`
 /// counts the whole record including its own digits.
 pub(super) fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
@@ -262,7 +411,7 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::super::test_support::TarBuilder;
-    use super::super::{OPAQUE_XATTR, apply_layer, make_node, make_whiteout, set_xattr};
+    use super::super::{OPAQUE_XATTR, apply_layer, flatten, make_node, make_whiteout, set_xattr};
     use super::*;
 
     /// An upper dir with one of everything.
@@ -349,7 +498,7 @@ mod tests {
         let (a, b) = (dir.path().join("a"), dir.path().join("b"));
         sample_tree(&a);
         sample_tree(&b);
-        let options = DiffOptions { mtime: MtimePolicy::Fixed(1_700_000_000) };
+        let options = DiffOptions { mtime: MtimePolicy::Fixed(1_700_000_000), ..DiffOptions::default() };
         let tar_a = diff_to_tar(&a, Vec::new(), &options).unwrap();
         let tar_b = diff_to_tar(&b, Vec::new(), &options).unwrap();
         assert_eq!(tar_a, tar_b, "trees made at different times differ only in mtimes, which are fixed");
@@ -387,10 +536,7 @@ mod tests {
             std::fs::metadata(out.join("etc/hosts")).unwrap().ino(),
             std::fs::metadata(out.join("etc/hosts.bak")).unwrap().ino()
         );
-        assert_eq!(
-            super::super::get_xattr(&out.join("etc/hosts"), "user.origin").unwrap().as_deref(),
-            Some(&b"kiln"[..])
-        );
+        assert_eq!(get_xattr(&out.join("etc/hosts"), "user.origin").unwrap().as_deref(), Some(&b"kiln"[..]));
         assert!(out.join("etc/.wh.removed").is_file() && out.join("opt/.wh..wh..opq").is_file());
     }
 
@@ -425,6 +571,252 @@ mod tests {
             entry_names(&out),
             vec![("d/".into(), EntryType::Directory), ("d/f".into(), EntryType::Regular)]
         );
+    }
+
+    /// A file with the given content, mode and mtime (seconds, nanoseconds).
+    fn put(path: &Path, data: &[u8], mode: u32, mtime: (i64, u32)) {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        std::fs::write(path, data).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+        stamp(path, mtime);
+    }
+
+    fn stamp(path: &Path, (secs, nanos): (i64, u32)) {
+        super::super::set_mtime(path, super::super::Timestamp { secs, nanos }).unwrap();
+    }
+
+    fn diff_over(lower: &Path, upper: &Path) -> Vec<u8> {
+        let options = DiffOptions { lower: Some(lower.to_owned()), ..DiffOptions::default() };
+        diff_to_tar(upper, Vec::new(), &options).unwrap()
+    }
+
+    fn names(tar: &[u8]) -> Vec<String> {
+        entry_names(tar).into_iter().filter(|(_, k)| *k != EntryType::XHeader).map(|(n, _)| n).collect()
+    }
+
+    const T: (i64, u32) = (1_600_000_000, 250);
+    const WHOLE: (i64, u32) = (1_600_000_000, 0);
+
+    #[test]
+    fn entries_the_same_as_below_are_left_out_and_changed_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (lower, upper) = (dir.path().join("lower"), dir.path().join("upper"));
+        for root in [&lower, &upper] {
+            put(&root.join("bin/same"), b"same", 0o755, T);
+            // Unpacked from a tar: whole seconds, so only the content tells.
+            put(&root.join("bin/same-whole"), b"whole", 0o644, WHOLE);
+            std::os::unix::fs::symlink("same", root.join("bin/sh")).unwrap();
+            stamp(&root.join("bin/sh"), WHOLE);
+            std::os::unix::fs::symlink("same", root.join("bin/sh2")).unwrap();
+            stamp(&root.join("bin/sh2"), WHOLE);
+        }
+        put(&lower.join("bin/content"), b"abc", 0o644, WHOLE);
+        put(&upper.join("bin/content"), b"xyz", 0o644, WHOLE);
+        put(&lower.join("bin/mtime"), b"m", 0o644, T);
+        put(&upper.join("bin/mtime"), b"m", 0o644, (T.0, T.1 + 1));
+        put(&lower.join("bin/mode"), b"m", 0o644, T);
+        put(&upper.join("bin/mode"), b"m", 0o600, T);
+        put(&lower.join("bin/owner"), b"o", 0o644, T);
+        put(&upper.join("bin/owner"), b"o", 0o644, T);
+        std::os::unix::fs::lchown(upper.join("bin/owner"), Some(1), Some(1)).unwrap();
+        stamp(&upper.join("bin/owner"), T);
+        put(&lower.join("bin/size"), b"s", 0o644, T);
+        put(&upper.join("bin/size"), b"ss", 0o644, T);
+        put(&lower.join("bin/cap"), b"c", 0o755, T);
+        put(&upper.join("bin/cap"), b"c", 0o755, T);
+        // A version 2 capability set (CAP_NET_BIND_SERVICE permitted).
+        let cap = [0, 0, 0, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        set_xattr(&upper.join("bin/cap"), "security.capability", &cap).unwrap();
+        std::fs::remove_file(upper.join("bin/sh2")).unwrap();
+        std::os::unix::fs::symlink("sam3", upper.join("bin/sh2")).unwrap();
+        stamp(&upper.join("bin/sh2"), WHOLE);
+        put(&upper.join("bin/new"), b"n", 0o644, T);
+        stamp(&upper.join("bin"), (T.0 + 60, 0));
+
+        let tar = diff_over(&lower, &upper);
+        assert_eq!(
+            names(&tar),
+            [
+                "bin/",
+                "bin/cap",
+                "bin/content",
+                "bin/mode",
+                "bin/mtime",
+                "bin/new",
+                "bin/owner",
+                "bin/sh2",
+                "bin/size"
+            ]
+        );
+        // Without a lower view everything is written, as before.
+        let all = diff_to_tar(&upper, Vec::new(), &DiffOptions::default()).unwrap();
+        assert!(names(&all).contains(&"bin/same".to_owned()) && names(&all).contains(&"bin/sh".to_owned()));
+    }
+
+    #[test]
+    fn a_directory_is_written_only_when_it_changed_or_something_under_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let (lower, upper) = (dir.path().join("lower"), dir.path().join("upper"));
+        for root in [&lower, &upper] {
+            for d in ["etc", "usr/lib", "opt", "srv"] {
+                std::fs::create_dir_all(root.join(d)).unwrap();
+            }
+            put(&root.join("etc/passwd"), b"root:x:0:0::/root:/bin/sh\n", 0o644, T);
+            put(&root.join("opt/gone"), b"g", 0o644, T);
+        }
+        // /etc was only passed through: its mtime moved, nothing in it changed.
+        stamp(&upper.join("etc"), (T.0 + 60, 0));
+        put(&upper.join("usr/lib/libnew.so"), b"new", 0o755, T);
+        std::fs::remove_file(upper.join("opt/gone")).unwrap();
+        make_whiteout(&upper.join("opt/gone")).unwrap();
+        std::fs::set_permissions(upper.join("srv"), std::fs::Permissions::from_mode(0o700)).unwrap();
+
+        let tar = diff_over(&lower, &upper);
+        assert_eq!(names(&tar), ["opt/", "opt/.wh.gone", "srv/", "usr/", "usr/lib/", "usr/lib/libnew.so"]);
+        // The parents carry the upper directory's own metadata.
+        let mut archive = tar::Archive::new(&tar[..]);
+        let usr =
+            archive.entries().unwrap().map(|e| e.unwrap()).find(|e| &*e.path_bytes() == b"usr/").unwrap();
+        let upper_usr = std::fs::metadata(upper.join("usr")).unwrap();
+        assert_eq!(usr.header().mtime().unwrap(), u64::try_from(upper_usr.mtime()).unwrap());
+    }
+
+    #[test]
+    fn an_opaque_directory_is_written_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let (lower, upper) = (dir.path().join("lower"), dir.path().join("upper"));
+        for root in [&lower, &upper] {
+            put(&root.join("data/keep"), b"k", 0o644, T);
+        }
+        put(&lower.join("data/old"), b"o", 0o644, T);
+        set_xattr(&upper.join("data"), OPAQUE_XATTR, b"y").unwrap();
+        let tar = diff_over(&lower, &upper);
+        assert_eq!(names(&tar), ["data/", "data/.wh..wh..opq", "data/keep"]);
+    }
+
+    #[test]
+    fn a_hardlink_whose_other_name_is_unchanged_becomes_a_whole_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (lower, upper) = (dir.path().join("lower"), dir.path().join("upper"));
+        put(&lower.join("bin/busybox"), b"#!busybox", 0o755, T);
+        put(&upper.join("bin/busybox"), b"#!busybox", 0o755, T);
+        std::fs::hard_link(upper.join("bin/busybox"), upper.join("bin/busybox-hardlink")).unwrap();
+        // Both names new: the second stays a link to the first.
+        put(&upper.join("bin/a"), b"pair", 0o755, T);
+        std::fs::hard_link(upper.join("bin/a"), upper.join("bin/b")).unwrap();
+
+        let tar = diff_over(&lower, &upper);
+        let mut archive = tar::Archive::new(&tar[..]);
+        let mut seen = Vec::new();
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let mut data = Vec::new();
+            entry.read_to_end(&mut data).unwrap();
+            let name = String::from_utf8(entry.path_bytes().into_owned()).unwrap();
+            seen.push((name, entry.header().entry_type(), String::from_utf8(data).unwrap()));
+        }
+        let seen: Vec<(&str, EntryType, &str)> =
+            seen.iter().map(|(n, k, d)| (n.as_str(), *k, d.as_str())).collect();
+        assert_eq!(
+            seen,
+            [
+                ("bin/", EntryType::Directory, ""),
+                ("bin/a", EntryType::Regular, "pair"),
+                ("bin/b", EntryType::Link, ""),
+                ("bin/busybox-hardlink", EntryType::Regular, "#!busybox"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_symlinked_directory_below_is_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (lower, upper, outside) =
+            (dir.path().join("lower"), dir.path().join("upper"), dir.path().join("out"));
+        put(&outside.join("f"), b"x", 0o644, T);
+        std::fs::create_dir_all(&lower).unwrap();
+        std::os::unix::fs::symlink(&outside, lower.join("d")).unwrap();
+        // The same file as outside/f, reached through the lower symlink, would be dropped.
+        put(&upper.join("d/f"), b"x", 0o644, T);
+        assert_eq!(names(&diff_over(&lower, &upper)), ["d/", "d/f"]);
+    }
+
+    /// An overlay mount of `lower` with `upper` over it, unmounted on drop.
+    struct Overlay(PathBuf);
+
+    impl Overlay {
+        fn mount(lower: &Path, upper: &Path, work: &Path, target: &Path) -> Self {
+            for d in [upper, work, target] {
+                std::fs::create_dir_all(d).unwrap();
+            }
+            let options = format!(
+                "lowerdir={},upperdir={},workdir={}",
+                lower.display(),
+                upper.display(),
+                work.display()
+            );
+            nix::mount::mount(
+                Some("overlay"),
+                target,
+                Some("overlay"),
+                nix::mount::MsFlags::empty(),
+                Some(options.as_str()),
+            )
+            .unwrap();
+            Self(target.to_owned())
+        }
+    }
+
+    impl Drop for Overlay {
+        fn drop(&mut self) {
+            nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH).unwrap();
+        }
+    }
+
+    /// Paths, types, contents, modes and owners: what the corpus compares.
+    fn contents(root: &Path) -> Vec<String> {
+        describe(root).into_iter().map(|line| line.split(" mtime=").next().unwrap().to_owned()).collect()
+    }
+
+    #[test]
+    fn real_copy_ups_give_the_layers_buildkit_makes() {
+        let dir = tempfile::tempdir().unwrap();
+        let lower = dir.path().join("lower");
+        put(&lower.join("bin/busybox"), b"#!busybox", 0o755, WHOLE);
+        std::fs::hard_link(lower.join("bin/busybox"), lower.join("bin/ls")).unwrap();
+        put(&lower.join("etc/passwd"), b"root:x:0:0::/root:/bin/sh\n", 0o644, WHOLE);
+        put(&lower.join("usr/bin/env"), b"#!env", 0o755, WHOLE);
+
+        // RUN ln /bin/busybox /bin/busybox-hardlink
+        let ln = dir.path().join("ln");
+        {
+            let root = Overlay::mount(&lower, &ln.join("upper"), &ln.join("work"), &ln.join("root"));
+            std::fs::hard_link(root.0.join("bin/busybox"), root.0.join("bin/busybox-hardlink")).unwrap();
+        }
+        let upper = ln.join("upper");
+        assert!(upper.join("bin/busybox").is_file(), "the kernel copied the link target up");
+        let tar = diff_over(&lower, &upper);
+        assert_eq!(names(&tar), ["bin/", "bin/busybox-hardlink"]);
+        // The image's view (lower + this layer) has what the step's merged view has.
+        let applied = dir.path().join("applied");
+        apply_layer(&tar[..], &applied).unwrap();
+        let (image, merged) = (dir.path().join("image"), dir.path().join("merged"));
+        flatten(&[&lower, &applied], &image).unwrap();
+        flatten(&[&lower, &upper], &merged).unwrap();
+        assert_eq!(contents(&image), contents(&merged));
+
+        // RUN chown -R root:root /bin /etc /usr, owners unchanged: an empty layer.
+        let chown = dir.path().join("chown");
+        {
+            let root = Overlay::mount(&lower, &chown.join("upper"), &chown.join("work"), &chown.join("root"));
+            for p in ["bin", "bin/busybox", "bin/ls", "etc", "etc/passwd", "usr", "usr/bin", "usr/bin/env"] {
+                std::os::unix::fs::lchown(root.0.join(p), Some(0), Some(0)).unwrap();
+            }
+        }
+        assert!(chown.join("upper/usr/bin/env").is_file(), "chown copies files up");
+        assert_eq!(names(&diff_over(&lower, &chown.join("upper"))), Vec::<String>::new());
     }
 
     /// Everything a user could observe about a tree, as text.

@@ -230,7 +230,7 @@ pub async fn run(
     held.mounts.clear();
     let mut outputs: Vec<(i64, Snapshot)> = Vec::new();
     for (index, base, layer) in held.outputs.drain(..) {
-        outputs.push((index, base.with(cx.cache.commit_layer(layer)?)));
+        outputs.push((index, cx.cache.commit_layer_over(layer, &base)?));
     }
     outputs.sort_by_key(|(i, _)| *i);
     Ok(outputs.into_iter().map(|(_, s)| s).collect())

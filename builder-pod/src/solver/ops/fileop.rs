@@ -170,7 +170,7 @@ pub async fn run(
             results.push(Slot::Open { base, upper });
             continue;
         }
-        let result = base.with(cache.commit_layer(upper)?);
+        let result = cache.commit_layer_over(upper, &base)?;
         if action.output >= 0 {
             outputs.push((action.output, result.clone()));
         }
@@ -224,7 +224,7 @@ fn committed(
             Ok(s)
         }
         Slot::Open { base, upper } => {
-            let s = base.with(cache.commit_layer(upper)?);
+            let s = cache.commit_layer_over(upper, &base)?;
             *slot = Slot::Done(s.clone());
             Ok(s)
         }

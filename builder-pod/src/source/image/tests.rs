@@ -280,7 +280,7 @@ fn build_image(
         }
         let compression = Compression::Gzip { level: 6 };
         let writer = snapshot::compress(store.ingest().unwrap(), compression).unwrap();
-        let options = DiffOptions { mtime: MtimePolicy::Fixed(0) };
+        let options = DiffOptions { mtime: MtimePolicy::Fixed(0), ..DiffOptions::default() };
         let writer = snapshot::diff_to_tar(dir.path(), writer, &options).unwrap();
         let (ingest, digests) = writer.finish().unwrap();
         ingest.commit(Some((&digests.digest, digests.size))).unwrap();
