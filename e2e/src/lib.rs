@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 pub mod cluster;
+pub mod grpc;
 pub mod kubelet;
 pub mod llb;
 

@@ -5,29 +5,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use kiln_e2e::grpc::bridge_for;
 use kiln_e2e::{Kilnd, Registry, TestEnv, repo_and_tag, unique};
 use kiln_proto::buildkit::moby::buildkit::v1::control_client::ControlClient;
 use kiln_proto::buildkit::moby::buildkit::v1::frontend as fe;
-use kiln_proto::buildkit::moby::buildkit::v1::frontend::llb_bridge_client::LlbBridgeClient;
 use kiln_proto::buildkit::moby::buildkit::v1::{SolveRequest, SolveResponse};
 use kiln_proto::buildkit::pb;
 use prost::Message;
-use tonic::metadata::MetadataValue;
-use tonic::service::Interceptor;
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
-
-/// An LLBBridge client whose calls name the forwarded build `build_ref`.
-fn bridge_for(
-    channel: Channel,
-    build_ref: &str,
-) -> LlbBridgeClient<InterceptedService<Channel, impl Interceptor>> {
-    let value: MetadataValue<_> = build_ref.parse().unwrap();
-    LlbBridgeClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
-        req.metadata_mut().insert("buildkit-controlapi-buildid", value.clone());
-        Ok(req)
-    })
-}
 
 /// A FileOp on scratch: `/dir/hello.txt`, `/dir/b.md` and `/dir/sub/deep/x.txt`.
 fn files_definition() -> pb::Definition {

@@ -62,7 +62,15 @@ where
                 Some(Ok(msg)) => self.pending = Bytes::from(msg.data),
                 // The peer cancelling or closing its side ends the connection.
                 Some(Err(status)) if status.code() == tonic::Code::Cancelled => self.eof = true,
-                Some(Err(status)) => return Poll::Ready(Err(io::Error::other(status))),
+                Some(Err(status)) => {
+                    // A stream cut by an oversized or corrupt message ends
+                    // with that status, so the peer learns why instead of
+                    // seeing a clean close.
+                    if let Some(out) = self.outgoing.get_ref() {
+                        let _ = out.try_send(Err(status.clone()));
+                    }
+                    return Poll::Ready(Err(io::Error::other(status)));
+                }
                 None => self.eof = true,
             }
         }
@@ -132,6 +140,9 @@ mod tests {
         tx.send(Err(tonic::Status::internal("boom"))).await.unwrap();
         let err = t.read(&mut [0u8; 8]).await.unwrap_err();
         assert!(err.to_string().contains("boom"), "{err}");
+        let mut out_rx = out_rx;
+        let told = out_rx.recv().await.unwrap().unwrap_err();
+        assert_eq!((told.code(), told.message()), (tonic::Code::Internal, "boom"), "the peer is told why");
         drop(out_rx);
         assert_eq!(t.write(b"x").await.unwrap_err().kind(), io::ErrorKind::BrokenPipe);
     }

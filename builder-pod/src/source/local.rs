@@ -105,9 +105,15 @@ pub async fn find_session(
     session_ids: &[String],
     src: &LocalSource,
 ) -> Result<Arc<Session>, LocalError> {
-    let ids: Vec<String> = src.session.iter().cloned().chain(session_ids.iter().cloned()).collect();
+    let mut ids: Vec<&String> = Vec::new();
+    // The op usually names the build's own session: wait for each id once.
+    for id in src.session.iter().chain(session_ids).filter(|s| !s.is_empty()) {
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
     let mut last_err = String::from("the build names no session");
-    for id in ids.iter().filter(|s| !s.is_empty()) {
+    for id in ids {
         match sessions.get(id, SESSION_WAIT).await {
             Ok(s) => return Ok(s),
             Err(e) => last_err = e.to_string(),
