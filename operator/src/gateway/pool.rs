@@ -11,7 +11,7 @@
 //! not move its key's home. Beyond a builder's `max_sessions`, sessions wait
 //! in the gateway.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -119,6 +119,39 @@ struct Bindings {
     /// Shared key → builder, most recent last.
     keys: HashMap<String, String>,
     key_order: std::collections::VecDeque<String>,
+    /// Sessions waiting in the queue for a builder.
+    queued_sessions: HashSet<String>,
+    /// Builds whose Solve waits for its session's builder.
+    queued_refs: HashSet<String>,
+}
+
+/// Which kind of id a [`Queued`] marks.
+#[derive(Debug, Clone, Copy)]
+enum QueuedKind {
+    Session,
+    Ref,
+}
+
+/// Marks an id as waiting in the gateway; calls naming it wait as long as it
+/// is marked. Dropped when the wait ends or the caller gives up.
+#[derive(Debug)]
+pub struct Queued {
+    pool: Arc<Pool>,
+    id: String,
+    kind: QueuedKind,
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        {
+            let mut b = lock(&self.pool.bindings);
+            match self.kind {
+                QueuedKind::Session => b.queued_sessions.remove(&self.id),
+                QueuedKind::Ref => b.queued_refs.remove(&self.id),
+            };
+        }
+        self.pool.changed.notify_waiters();
+    }
 }
 
 /// Build refs remembered after their Solve (a late Status still finds them).
@@ -218,6 +251,7 @@ impl Pool {
     /// Places session `id` with shared `key`, waiting while every builder is
     /// full or none is ready; the slot holds the builder's capacity.
     pub async fn open_session(self: &Arc<Self>, id: &str, key: &str) -> (SessionSlot, Choice) {
+        let _queued = self.queued(id, QueuedKind::Session);
         loop {
             let notified = self.changed.notified();
             // A Solve that came first may have placed the session already.
@@ -259,10 +293,35 @@ impl Pool {
         }
     }
 
+    fn queued(self: &Arc<Self>, id: &str, kind: QueuedKind) -> Queued {
+        {
+            let mut b = lock(&self.bindings);
+            match kind {
+                QueuedKind::Session => b.queued_sessions.insert(id.to_owned()),
+                QueuedKind::Ref => b.queued_refs.insert(id.to_owned()),
+            };
+        }
+        self.changed.notify_waiters();
+        Queued { pool: Arc::clone(self), id: id.to_owned(), kind }
+    }
+
+    /// Marks build `r` as waiting for its session's builder, so its Status
+    /// and bridge calls wait too (however long the queue is) rather than
+    /// giving up after their usual wait.
+    pub fn queue_ref(self: &Arc<Self>, r: &str) -> Queued {
+        self.queued(r, QueuedKind::Ref)
+    }
+
     /// The builder of session `id`, waiting up to `wait` for its Session
-    /// call (which may come after the Solve that names it).
+    /// call (which may come after the Solve that names it), and for as long
+    /// as that session waits in the queue.
     pub async fn session_backend(&self, id: &str, wait: Duration) -> Option<Arc<Backend>> {
-        self.wait_for(wait, || lock(&self.bindings).sessions.get(id).cloned()).await
+        self.wait_for(
+            wait,
+            || lock(&self.bindings).sessions.get(id).cloned(),
+            || lock(&self.bindings).queued_sessions.contains(id),
+        )
+        .await
     }
 
     /// Binds build `r` (and any further session ids of its Solve) to `backend`.
@@ -280,9 +339,15 @@ impl Pool {
         self.changed.notify_waiters();
     }
 
-    /// The builder of build `r`, waiting up to `wait` for its Solve.
+    /// The builder of build `r`, waiting up to `wait` for its Solve, and for
+    /// as long as that Solve waits for its session.
     pub async fn ref_backend(&self, r: &str, wait: Duration) -> Option<Arc<Backend>> {
-        self.wait_for(wait, || lock(&self.bindings).refs.get(r).cloned()).await
+        self.wait_for(
+            wait,
+            || lock(&self.bindings).refs.get(r).cloned(),
+            || lock(&self.bindings).queued_refs.contains(r),
+        )
+        .await
     }
 
     /// Any ready builder (for calls with no id), least loaded first.
@@ -296,14 +361,23 @@ impl Pool {
         ready.into_iter().min_by_key(|b| b.state().sessions)
     }
 
-    async fn wait_for<T>(&self, wait: Duration, mut find: impl FnMut() -> Option<T>) -> Option<T> {
+    /// Waits for `find` to find something: up to `wait`, and beyond it for
+    /// as long as `queued` says what it looks for waits in the gateway.
+    async fn wait_for<T>(
+        &self,
+        wait: Duration,
+        mut find: impl FnMut() -> Option<T>,
+        queued: impl Fn() -> bool,
+    ) -> Option<T> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let notified = self.changed.notified();
             if let Some(found) = find() {
                 return Some(found);
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            if queued() {
+                notified.await;
+            } else if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return find();
             }
         }
@@ -416,6 +490,48 @@ mod tests {
         p.notify();
         let addr = tokio::time::timeout(Duration::from_secs(1), pending).await.unwrap().unwrap();
         assert_eq!(addr, backends[1].addr);
+    }
+
+    #[tokio::test]
+    async fn calls_for_a_queued_build_wait_past_their_usual_wait() {
+        let p = pool(1, 1);
+        let (first, _) = p.open_session("a", "k1").await;
+        let session = tokio::spawn({
+            let p = Arc::clone(&p);
+            async move { p.open_session("b", "k2").await.0 }
+        });
+        let solve = tokio::spawn({
+            let p = Arc::clone(&p);
+            async move {
+                let queued = p.queue_ref("rb");
+                let backend = p.session_backend("b", Duration::from_millis(20)).await;
+                if let Some(backend) = &backend {
+                    p.bind_ref("rb", backend);
+                }
+                drop(queued);
+                backend.is_some()
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let status = tokio::spawn({
+            let p = Arc::clone(&p);
+            async move { p.ref_backend("rb", Duration::from_millis(20)).await.is_some() }
+        });
+        // Well past both waits, the session is still queued and nobody gave up.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!solve.is_finished() && !status.is_finished());
+        drop(first);
+        let _slot = tokio::time::timeout(Duration::from_secs(1), session).await.unwrap().unwrap();
+        assert!(
+            tokio::time::timeout(Duration::from_secs(1), solve).await.unwrap().unwrap(),
+            "the Solve found it"
+        );
+        assert!(
+            tokio::time::timeout(Duration::from_secs(1), status).await.unwrap().unwrap(),
+            "the Status too"
+        );
+        // Once nothing is queued, an unknown build is given up on as before.
+        assert!(p.ref_backend("rc", Duration::from_millis(20)).await.is_none());
     }
 
     #[tokio::test]

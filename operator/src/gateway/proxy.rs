@@ -247,8 +247,10 @@ impl Gateway {
             .and_then(|m| m.into_iter().next())
             .and_then(|m| SolveIds::decode(m).ok())
             .unwrap_or_default();
-        // The session usually opens first; when the Solve wins the race, wait
-        // for it so the build goes where its context is.
+        // The session usually opens first; when the Solve wins the race, or
+        // the session waits in the queue, wait for it so the build goes where
+        // its context is. Meanwhile the build's Status waits too.
+        let queued = self.pool.queue_ref(&ids.r#ref);
         let backend = match self.pool.session_backend(&ids.session, BIND_WAIT).await {
             Some(b) => b,
             None => match self.pool.any() {
@@ -257,6 +259,7 @@ impl Gateway {
             },
         };
         self.pool.bind_ref(&ids.r#ref, &backend);
+        drop(queued);
         self.metrics.gateway_solve(&backend.addr);
         info!(build = %ids.r#ref, session = %ids.session, builder = %backend.addr, "solve");
         conn.remember(&backend);
