@@ -172,6 +172,13 @@ fn rebuilding_a_project_lands_on_its_builder_and_sends_only_what_changed() {
     for (i, b) in s.gw.builders.iter().enumerate().filter(|(i, _)| *i != home) {
         assert_eq!(builder_metric(b, CONTEXT_FILES), 0.0, "builder {i} received the context too");
     }
+    let hits = s
+        .gateway_metrics()
+        .lines()
+        .filter(|l| l.starts_with("kiln_gateway_sessions_total{") && l.contains("choice=\"affinity_hit\""))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum::<f64>();
+    assert_eq!(hits, 2.0, "both rebuilds are counted as affinity hits");
 }
 
 #[test]
