@@ -332,6 +332,18 @@ fn with_one_slot_a_second_build_waits_in_the_gateway_and_both_succeed() {
     });
     let load: serde_json::Value = serde_json::from_str(&s.gw.builders[0].debug_get("/load").1).unwrap();
     assert_eq!(load["sessions"], 1, "the builder holds one session, not two: {load}");
+    // A third client gives up while queued: it leaves the queue.
+    let third_ctx = context("RUN echo third\n", &[]);
+    let third_log = logs.path().join("third.log");
+    let mut third = s.spawn_build(third_ctx.path(), &third_log);
+    wait_for("the third session is queued", Duration::from_secs(10), || {
+        sample(&s.gateway_metrics(), "kiln_gateway_queued_sessions") == 2.0
+    });
+    third.kill().unwrap();
+    third.wait().unwrap();
+    wait_for("the gateway forgets the third session", Duration::from_secs(5), || {
+        sample(&s.gateway_metrics(), "kiln_gateway_queued_sessions") == 1.0
+    });
 
     let (ok, progress) = finish(first, &first_log);
     assert!(ok, "{progress}");

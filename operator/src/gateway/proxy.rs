@@ -226,9 +226,10 @@ impl Gateway {
         let id = header("x-docker-expose-session-uuid");
         let key = header("x-docker-expose-session-sharedkey");
         let queued = Instant::now();
-        self.metrics.gateway_queue(1);
-        let (slot, choice) = self.pool.open_session(&id, &key).await;
-        self.metrics.gateway_queue(-1);
+        let (slot, choice) = {
+            let _waiting = QueueGauge::enter(&self.metrics);
+            self.pool.open_session(&id, &key).await
+        };
         self.metrics.gateway_session(&slot.backend.addr, choice.as_str(), queued.elapsed());
         info!(session = %id, shared_key = %key, builder = %slot.backend.addr, choice = choice.as_str(), "session");
         let backend = Arc::clone(&slot.backend);
@@ -352,6 +353,23 @@ impl Gateway {
             }
         }
         if streaming { grpc::streamed(merged) } else { grpc::unary(&merged.concat()) }
+    }
+}
+
+/// A session counted as queued while it waits for a builder, also when its
+/// client gives up meanwhile (the call's future is dropped).
+struct QueueGauge<'a>(&'a Metrics);
+
+impl<'a> QueueGauge<'a> {
+    fn enter(metrics: &'a Metrics) -> Self {
+        metrics.gateway_queue(1);
+        Self(metrics)
+    }
+}
+
+impl Drop for QueueGauge<'_> {
+    fn drop(&mut self) {
+        self.0.gateway_queue(-1);
     }
 }
 
