@@ -259,9 +259,17 @@ fn a_builder_killed_mid_build_fails_only_its_build_and_is_avoided_afterwards() {
             (ctx, log, child)
         })
         .collect();
+    // Their project sessions placed (after buildx's probes) and their builds running.
     wait_for("the other builds run on the other builders", Duration::from_secs(30), || {
-        s.gw.builders.iter().enumerate().all(|(i, b)| i == victim || running_builds(b) == 1)
+        let placed = s.gw.sessions();
+        others.iter().all(|(ctx, _, _)| {
+            let name = format!("{}:", ctx.path().file_name().unwrap().to_string_lossy());
+            placed.iter().any(|(key, _)| key.starts_with(&name))
+        }) && s.gw.builders.iter().enumerate().all(|(i, b)| i == victim || running_builds(b) == 1)
     });
+    let mut placed: Vec<usize> = others.iter().map(|(ctx, _, _)| s.builder_of(ctx.path())).collect();
+    placed.sort_unstable();
+    assert!(!placed.contains(&victim) && placed[0] != placed[1], "not one build per builder: {placed:?}");
 
     kill(s.gw.builders[victim].daemon.pid(), nix::sys::signal::Signal::SIGKILL);
     let killed_at = Instant::now();
