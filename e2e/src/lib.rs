@@ -358,6 +358,11 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn start(n: usize) -> Self {
+        Self::start_with(n, &[])
+    }
+
+    /// Like `start`, with `args` added to `kiln gateway`'s command line.
+    pub fn start_with(n: usize, args: &[&str]) -> Self {
         let builders: Vec<Kilnd> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..n).map(|_| s.spawn(Kilnd::start)).collect();
             handles.into_iter().map(|h| h.join().unwrap()).collect()
@@ -370,6 +375,7 @@ impl Gateway {
         for b in &builders {
             cmd.args(["--backend", &b.addr]);
         }
+        cmd.args(args);
         let mut daemon = Daemon::spawn("kiln gateway", &mut cmd, dir.path().join("gateway.log"));
         // Ready once every builder passed its first health check.
         let url = format!("http://{metrics_addr}/healthz");
@@ -391,6 +397,22 @@ impl Gateway {
             .filter(|l| l.contains(" solve build="))
             .filter_map(|l| l.split("builder=").nth(1))
             .filter_map(|a| self.builder_index(a.split_whitespace().next().unwrap_or_default()))
+            .collect()
+    }
+
+    /// The sessions the gateway placed, in order: (shared key, builder index).
+    /// buildx opens a probe session with an empty key before each build.
+    pub fn sessions(&self) -> Vec<(String, usize)> {
+        self.daemon
+            .log_text()
+            .lines()
+            .filter(|l| l.contains(" session session="))
+            .filter_map(|l| {
+                let field = |name: &str| {
+                    l.split(&format!(" {name}=")).nth(1).and_then(|v| v.split(' ').next()).unwrap_or_default()
+                };
+                Some((field("shared_key").to_owned(), self.builder_index(field("builder"))?))
+            })
             .collect()
     }
 }

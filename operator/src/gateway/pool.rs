@@ -145,7 +145,8 @@ struct Pending {
 }
 
 /// Removes a pending id when the wait ends, however it ends.
-struct PendingGuard<'a> {
+#[derive(Debug)]
+pub struct PendingGuard<'a> {
     pool: &'a Pool,
     id: String,
     session: bool,
@@ -344,12 +345,16 @@ impl Pool {
         }
     }
 
+    /// Marks build `r` as waiting for its session's builder until the guard
+    /// is dropped, so its Status and bridge calls wait as long as it does.
+    pub fn queue_ref(&self, r: &str) -> PendingGuard<'_> {
+        self.pending_guard(r, false)
+    }
+
     /// The builder of session `id`, waiting up to `wait` for its Session
     /// call (which may come after the Solve that names it), and for as long
-    /// as the session itself waits for a builder. `r` is the Solve's ref,
-    /// marked pending meanwhile so its Status waits too.
-    pub async fn session_backend(&self, id: &str, r: &str, wait: Duration) -> Option<Arc<Backend>> {
-        let _pending = self.pending_guard(r, false);
+    /// as the session itself waits for a builder.
+    pub async fn session_backend(&self, id: &str, wait: Duration) -> Option<Arc<Backend>> {
         let find = || lock(&self.bindings).sessions.get(id).cloned();
         if let Some(b) = self.wait_for(wait, find).await {
             return Some(b);
@@ -536,7 +541,10 @@ mod tests {
         });
         let solve = tokio::spawn({
             let p = Arc::clone(&p);
-            async move { p.session_backend("s", "r", Duration::from_millis(50)).await.map(|b| b.addr.clone()) }
+            async move {
+                let _queued = p.queue_ref("r");
+                p.session_backend("s", Duration::from_millis(50)).await.map(|b| b.addr.clone())
+            }
         });
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(p.demand(), 1, "the waiting session is demand");
@@ -568,6 +576,48 @@ mod tests {
         assert_eq!(p.backends().len(), 1);
         let s = p.backends()[0].state();
         assert_eq!((s.sessions, s.draining), (1, true));
+    }
+
+    #[tokio::test]
+    async fn calls_for_a_queued_build_wait_past_their_usual_wait() {
+        let p = pool(1, 1);
+        let (first, _) = p.open_session("a", "k1").await;
+        let session = tokio::spawn({
+            let p = Arc::clone(&p);
+            async move { p.open_session("b", "k2").await.0 }
+        });
+        let solve = tokio::spawn({
+            let p = Arc::clone(&p);
+            async move {
+                let queued = p.queue_ref("rb");
+                let backend = p.session_backend("b", Duration::from_millis(20)).await;
+                if let Some(backend) = &backend {
+                    p.bind_ref("rb", backend);
+                }
+                drop(queued);
+                backend.is_some()
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let status = tokio::spawn({
+            let p = Arc::clone(&p);
+            async move { p.ref_backend("rb", Duration::from_millis(20)).await.is_some() }
+        });
+        // Well past both waits, the session is still queued and nobody gave up.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!solve.is_finished() && !status.is_finished());
+        drop(first);
+        let _slot = tokio::time::timeout(Duration::from_secs(1), session).await.unwrap().unwrap();
+        assert!(
+            tokio::time::timeout(Duration::from_secs(1), solve).await.unwrap().unwrap(),
+            "the Solve found it"
+        );
+        assert!(
+            tokio::time::timeout(Duration::from_secs(1), status).await.unwrap().unwrap(),
+            "the Status too"
+        );
+        // Once nothing is queued, an unknown build is given up on as before.
+        assert!(p.ref_backend("rc", Duration::from_millis(20)).await.is_none());
     }
 
     #[tokio::test]

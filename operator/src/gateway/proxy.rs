@@ -256,9 +256,10 @@ impl Gateway {
         let id = header("x-docker-expose-session-uuid");
         let key = header("x-docker-expose-session-sharedkey");
         let queued = Instant::now();
-        self.metrics.gateway_queue(1);
-        let (slot, choice) = self.pool.open_session(&id, &key).await;
-        self.metrics.gateway_queue(-1);
+        let (slot, choice) = {
+            let _waiting = QueueGauge::enter(&self.metrics);
+            self.pool.open_session(&id, &key).await
+        };
         self.metrics.gateway_session(&slot.backend.addr, choice.as_str(), queued.elapsed());
         info!(session = %id, shared_key = %key, builder = %slot.backend.addr, choice = choice.as_str(), "session");
         let backend = Arc::clone(&slot.backend);
@@ -277,9 +278,11 @@ impl Gateway {
             .and_then(|m| m.into_iter().next())
             .and_then(|m| SolveIds::decode(m).ok())
             .unwrap_or_default();
-        // The session usually opens first; when the Solve wins the race, wait
-        // for it so the build goes where its context is.
-        let backend = match self.pool.session_backend(&ids.session, &ids.r#ref, BIND_WAIT).await {
+        // The session usually opens first; when the Solve wins the race, or
+        // the session waits in the queue, wait for it so the build goes where
+        // its context is. Meanwhile the build's Status waits too.
+        let queued = self.pool.queue_ref(&ids.r#ref);
+        let backend = match self.pool.session_backend(&ids.session, BIND_WAIT).await {
             Some(b) => b,
             None => match self.pool.any_within(super::pool::SCALE_UP_WAIT).await {
                 Some(b) => b,
@@ -287,6 +290,7 @@ impl Gateway {
             },
         };
         self.pool.bind_ref(&ids.r#ref, &backend);
+        drop(queued);
         self.metrics.gateway_solve(&backend.addr);
         info!(build = %ids.r#ref, session = %ids.session, builder = %backend.addr, "solve");
         conn.remember(&backend);
@@ -417,6 +421,23 @@ fn placeholder_workers() -> Bytes {
         ..WorkerRecord::default()
     };
     Bytes::from(ListWorkersResponse { record: vec![record] }.encode_to_vec())
+}
+
+/// A session counted as queued while it waits for a builder, also when its
+/// client gives up meanwhile (the call's future is dropped).
+struct QueueGauge<'a>(&'a Metrics);
+
+impl<'a> QueueGauge<'a> {
+    fn enter(metrics: &'a Metrics) -> Self {
+        metrics.gateway_queue(1);
+        Self(metrics)
+    }
+}
+
+impl Drop for QueueGauge<'_> {
+    fn drop(&mut self) {
+        self.0.gateway_queue(-1);
+    }
 }
 
 /// A response body on its way back to the client: counts bytes, and turns a
