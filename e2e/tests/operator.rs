@@ -422,3 +422,63 @@ fn the_charts_rbac_is_all_the_controller_needs() {
     let _ =
         run_unchecked(kiln_e2e::cluster::kubectl().args(["delete", "clusterrole,clusterrolebinding", &sa]));
 }
+
+#[test]
+fn a_pool_at_zero_scales_up_for_a_build_through_the_gateway_and_back_down() {
+    let w = World::new("op-zero");
+    w.apply(&w.builder("pool", "  replicas: {min: 0, max: 2}\n  idleTimeout: 2s\n"));
+    wait_for(
+        WAIT,
+        "the pool is scaled to zero and Ready",
+        || (w.status("pool")["phase"] == "Idle").then_some(()),
+        || w.describe(),
+    );
+    assert!(w.pods("pool").is_empty());
+
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("tcp://127.0.0.1:{}", kiln_e2e::free_port());
+    let mut gateway = kiln_e2e::Daemon::spawn(
+        "kiln gateway (cluster mode)",
+        std::process::Command::new(workspace_bin("kiln"))
+            .args(["gateway", "--addr", &addr, "--builder", &format!("{}/pool", w.ns.name())])
+            .env("KUBECONFIG", TestEnv::get().kubeconfig()),
+        dir.path().join("gateway.log"),
+    );
+    let port = addr.trim_start_matches("tcp://").to_owned();
+    gateway.wait_until(Duration::from_secs(20), || std::net::TcpStream::connect(&port).is_ok());
+
+    // buildx sees a running builder although no pod runs yet, and its build
+    // waits in the gateway while the controller scales the pool up.
+    let buildx = kiln_e2e::Buildx::new();
+    buildx.create_remote("zero", &addr);
+    let context = dir.path().join("ctx");
+    std::fs::create_dir_all(&context).unwrap();
+    std::fs::write(context.join("Dockerfile"), dockerfile("echo from-zero > /out.txt")).unwrap();
+    let out = run_unchecked(
+        buildx
+            .command()
+            .args(["build", "--builder", "zero", "--progress", "plain", "-o"])
+            .arg(format!("type=local,dest={}", dir.path().join("out").display()))
+            .arg(&context),
+    );
+    assert!(
+        out.status.success(),
+        "the client saw an error\n{}\n--- gateway log\n{}\n{}",
+        streams(&out),
+        gateway.log_text(),
+        w.describe()
+    );
+    assert_eq!(std::fs::read_to_string(dir.path().join("out/out.txt")).unwrap(), "from-zero\n");
+    let log = gateway.log_text();
+    assert!(log.contains("reported demand builder=pool demand=1"), "{log}");
+
+    // With no demand left, the pool goes back to zero after its idle timeout.
+    wait_for(
+        WAIT,
+        "the pool scales back to zero",
+        || (w.pods("pool").is_empty() && w.status("pool")["phase"] == "Idle").then_some(()),
+        || format!("{}\n--- gateway log\n{}", w.describe(), gateway.log_text()),
+    );
+    let events = run(&mut w.ns.kubectl(&["get", "events", "--field-selector", "involvedObject.name=pool"]));
+    assert!(events.contains("Created") && events.contains("Deleted"), "{events}");
+}
