@@ -324,6 +324,35 @@ fn garbage_collection_by_policy_keeps_the_cache_under_its_limit() {
     );
 }
 
+/// Two stages whose images resolve to the same manifest (the seeded index's
+/// amd64 entry is the plain image) are pulled at once on an empty daemon:
+/// both loads must find the resolved image.
+#[test]
+fn two_stages_resolving_to_one_image_pull_it_at_once() {
+    let env = TestEnv::get();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        format!(
+            "FROM {} AS a\nRUN echo a > /a\nFROM {} AS b\nRUN echo b > /b\n\
+             FROM scratch\nCOPY --from=a /a /a\nCOPY --from=b /b /b\n",
+            env.base_image, env.base_image_multi
+        ),
+    )
+    .unwrap();
+    for _ in 0..4 {
+        let kilnd = Kilnd::start();
+        let out = run_unchecked(
+            env.command("buildctl")
+                .args(["--addr", &kilnd.addr, "build", "--frontend", "dockerfile.v0", "--local"])
+                .arg(format!("context={}", dir.path().display()))
+                .arg("--local")
+                .arg(format!("dockerfile={}", dir.path().display())),
+        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
 #[test]
 fn buildctl_builds_with_the_dockerfile_frontend() {
     let env = TestEnv::get();

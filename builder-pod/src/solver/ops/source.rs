@@ -76,7 +76,11 @@ pub struct Sources {
     pub sessions: Arc<SessionManager>,
     hashes: HashCache,
     /// Resolved images by the key their op was cached under, until pulled.
-    resolved: Mutex<HashMap<String, ResolvedImage>>,
+    /// Images resolved recently, by manifest digest, for the load that may
+    /// follow. Loads read them without taking them out: two vertices (of one
+    /// build or of concurrent builds) can resolve to the same image and load
+    /// at the same time.
+    resolved: Mutex<RecentImages>,
     /// One transfer at a time into each kept local directory; one unpack per
     /// layer; one download per URL; one checkout per git key.
     locks: KeyedLocks,
@@ -94,6 +98,32 @@ struct GitAccess {
     access: git::Access,
     _agent: Option<AgentSocket>,
     _scratch: Option<tempfile::TempDir>,
+}
+
+/// The last `RECENT_IMAGES` resolved images, oldest dropped first.
+#[derive(Debug, Default)]
+struct RecentImages {
+    images: HashMap<String, ResolvedImage>,
+    order: std::collections::VecDeque<String>,
+}
+
+const RECENT_IMAGES: usize = 256;
+
+impl RecentImages {
+    fn insert(&mut self, key: String, image: ResolvedImage) {
+        if self.images.insert(key.clone(), image).is_none() {
+            self.order.push_back(key);
+        }
+        while self.order.len() > RECENT_IMAGES {
+            if let Some(old) = self.order.pop_front() {
+                self.images.remove(&old);
+            }
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<ResolvedImage> {
+        self.images.get(key).cloned()
+    }
 }
 
 fn platform_of(op: &pb::Op) -> Platform {
@@ -118,7 +148,7 @@ impl Sources {
             registry,
             sessions,
             hashes: HashCache::default(),
-            resolved: Mutex::new(HashMap::new()),
+            resolved: Mutex::new(RecentImages::default()),
             locks: KeyedLocks::default(),
             http: tokio::sync::OnceCell::new(),
             git: Mutex::new(HashMap::new()),
@@ -331,7 +361,7 @@ impl Sources {
             .resolved
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&resolved.key)
+            .get(&resolved.key)
             .ok_or_else(|| SourceError::NotResolved(source.identifier.clone()))?;
         self.client(ctx).pull(&image, &self.content).await?;
         let mut snapshot = Snapshot::default();
