@@ -37,6 +37,36 @@ pub type AuthError = Box<dyn std::error::Error + Send + Sync>;
 #[async_trait]
 pub trait RegistryAuth: Send + Sync + fmt::Debug {
     async fn credentials(&self, host: &str) -> Result<Option<Credentials>, AuthError>;
+
+    /// A token for `scopes` from `realm`, fetched by the credentials' owner
+    /// itself (the client's `Auth.FetchToken`); `None` when it cannot, and
+    /// the daemon then fetches one with `credentials`.
+    async fn fetch_token(
+        &self,
+        _host: &str,
+        _realm: &str,
+        _service: Option<&str>,
+        _scopes: &[String],
+    ) -> Result<Option<ClientToken>, AuthError> {
+        Ok(None)
+    }
+}
+
+/// A registry token the client fetched.
+#[derive(Clone)]
+pub struct ClientToken {
+    pub token: String,
+    /// Seconds it lasts, when the client said.
+    pub expires_in: Option<u64>,
+}
+
+impl fmt::Debug for ClientToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientToken")
+            .field("token", &"<redacted>")
+            .field("expires_in", &self.expires_in)
+            .finish()
+    }
 }
 
 /// No credentials: anonymous access only.

@@ -33,7 +33,7 @@ use futures::{StreamExt, TryStreamExt};
 use tokio::io::AsyncRead;
 use tracing::instrument;
 
-pub use auth::{Anonymous, AuthError, Credentials, RegistryAuth, StaticCredentials};
+pub use auth::{Anonymous, AuthError, ClientToken, Credentials, RegistryAuth, StaticCredentials};
 pub use manifest::{
     DOCKER_CONFIG, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, Descriptor, Index, Manifest, OCI_CONFIG, OCI_INDEX,
     OCI_MANIFEST,

@@ -398,6 +398,33 @@ impl RegistryClient {
             Challenge::Basic => None,
         });
         let mut cache = self.cache.lock().await;
+        if let Some((realm, service, challenge_scope)) = &bearer {
+            let mut scopes = vec![scope.to_string()];
+            if let Some(extra) = challenge_scope.as_ref().filter(|s| **s != scopes[0]) {
+                scopes.push(extra.clone());
+            }
+            // The client fetches the token itself when it can, so its
+            // secrets never reach the daemon (buildkit-protocol.md §4.6).
+            let from_client = self
+                .auth
+                .fetch_token(host, realm, service.as_deref(), &scopes)
+                .await
+                .map_err(|source| RequestError::Credentials { host: host.to_owned(), source })?;
+            if let Some(token) = from_client {
+                let token = TokenResponse {
+                    token: Some(token.token),
+                    access_token: None,
+                    expires_in: token.expires_in,
+                }
+                .into_cached()
+                .ok_or_else(|| RequestError::Token {
+                    realm: realm.to_string(),
+                    detail: "the client fetched an empty token".into(),
+                })?;
+                cache.store_token(host, scope, token.clone());
+                return Ok(Authorization::Bearer(token.token));
+            }
+        }
         let credentials = match cache.credentials.get(host) {
             Some(known) => known.clone(),
             None => {

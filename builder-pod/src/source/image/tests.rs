@@ -591,6 +591,79 @@ async fn bearer_tokens_are_fetched_per_scope_and_reused() {
     );
 }
 
+/// A client that fetches registry tokens itself (buildx's `FetchToken`): its
+/// password never reaches the daemon.
+#[derive(Debug, Default)]
+struct ClientSide {
+    user: String,
+    password: String,
+    credentials_asked: AtomicUsize,
+    tokens_fetched: AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl RegistryAuth for ClientSide {
+    async fn credentials(&self, _host: &str) -> Result<Option<Credentials>, AuthError> {
+        self.credentials_asked.fetch_add(1, Ordering::SeqCst);
+        Ok(None)
+    }
+
+    async fn fetch_token(
+        &self,
+        _host: &str,
+        realm: &str,
+        service: Option<&str>,
+        scopes: &[String],
+    ) -> Result<Option<ClientToken>, AuthError> {
+        self.tokens_fetched.fetch_add(1, Ordering::SeqCst);
+        let mut query: Vec<(&str, &str)> = scopes.iter().map(|s| ("scope", s.as_str())).collect();
+        if let Some(service) = service {
+            query.push(("service", service));
+        }
+        let body: serde_json::Value = reqwest::Client::new()
+            .get(realm)
+            .query(&query)
+            .basic_auth(&self.user, Some(&self.password))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        Ok(Some(ClientToken {
+            token: body["token"].as_str().unwrap_or_default().to_owned(),
+            expires_in: Some(300),
+        }))
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_fetches_tokens_itself_is_never_asked_for_its_password() {
+    let registry = TestRegistry::start().await;
+    let front = TokenFront::start(&registry, "kiln", "t0ken").await;
+    let (_dir, source) = new_store();
+    let (media_type, manifest) = build_image(&source, &[&[("f", "client token")]], "amd64", false);
+    let reference = front.reference("kiln/client-tokens:v1");
+    let pusher = client(&[&front.addr], StaticCredentials::new().with(&front.addr, "kiln", "t0ken"));
+    pusher.push_image(&reference, &source, &media_type, &manifest).await.unwrap();
+
+    let auth =
+        Arc::new(ClientSide { user: "kiln".into(), password: "t0ken".into(), ..ClientSide::default() });
+    let puller =
+        Registry::new(plain_http(&[&front.addr])).unwrap().client(Arc::clone(&auth) as Arc<dyn RegistryAuth>);
+    let image = puller.resolve(&reference, &Platform::linux_amd64()).await.unwrap();
+    let (_dir2, store) = new_store();
+    puller.pull(&image, &store).await.unwrap();
+    assert_eq!(unpack(&image, &store, "f"), "client token");
+    assert!(auth.tokens_fetched.load(Ordering::SeqCst) >= 1);
+    assert_eq!(auth.credentials_asked.load(Ordering::SeqCst), 0, "the password stayed with the client");
+
+    // A client whose token fetch fails: the error names the realm and host.
+    let wrong = Arc::new(ClientSide { user: "kiln".into(), password: "bad".into(), ..ClientSide::default() });
+    let wrong = Registry::new(plain_http(&[&front.addr])).unwrap().client(wrong as Arc<dyn RegistryAuth>);
+    let err = wrong.resolve(&reference, &Platform::linux_amd64()).await.unwrap_err();
+    assert!(err.to_string().contains(&front.addr), "{err}");
+}
+
 #[tokio::test]
 async fn an_identity_token_is_exchanged_with_the_oauth_post() {
     let registry = TestRegistry::start().await;
