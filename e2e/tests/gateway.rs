@@ -522,3 +522,119 @@ fn kiln_up_runs_a_local_pool_that_buildx_builds_on_and_stops_it_on_sigterm() {
         "processes of the pool still run after kiln up stopped: {left:?} (were {running:?})"
     );
 }
+
+/// A CA and certificates it signed for the gateway (`pool-a`, 127.0.0.1)
+/// and for two clients, made with the openssl CLI in `dir`.
+fn certificates(dir: &Path) {
+    let openssl = |args: &[&str]| {
+        let out = run_unchecked(Command::new("openssl").current_dir(dir).args(args));
+        assert!(out.status.success(), "openssl {args:?}\n{}", streams(&out));
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &["-days", "1", "-subj", "/CN=kiln-test-ca", "-keyout", "ca.key", "-out", "ca.crt"],
+        ]
+        .concat(),
+    );
+    for (name, cn, ext) in [
+        ("server", "gateway", "subjectAltName=DNS:pool-a,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"),
+        ("ci", "ci", "extendedKeyUsage=clientAuth\n"),
+        ("intruder", "intruder", "extendedKeyUsage=clientAuth\n"),
+    ] {
+        std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
+        let subject = format!("/CN={cn}");
+        let (key, csr, crt, extfile) =
+            (format!("{name}.key"), format!("{name}.csr"), format!("{name}.crt"), format!("{name}.ext"));
+        openssl(&[&["req"][..], &ec, &["-subj", &subject, "-keyout", &key, "-out", &csr]].concat());
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-out",
+            &crt,
+            "-extfile",
+            &extfile,
+        ]);
+    }
+}
+
+#[test]
+fn tls_with_client_certificates_admits_only_the_pools_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    certificates(dir.path());
+    let file = |name: &str| dir.path().join(name).display().to_string();
+    let gw = Gateway::start_with(
+        1,
+        &[
+            "--tls-cert",
+            &file("server.crt"),
+            "--tls-key",
+            &file("server.key"),
+            "--tls-ca",
+            &file("ca.crt"),
+            "--allow-client",
+            "ci",
+        ],
+    );
+
+    // buildx's remote driver with the client's certificate and the server
+    // name (it offers no ALPN; the gateway speaks HTTP/2 anyway).
+    let buildx = Buildx::new();
+    run(buildx
+        .command()
+        .args(["create", "--name", "tls", "--driver", "remote"])
+        .arg(format!(
+            "--driver-opt=cacert={},cert={},key={},servername=pool-a",
+            file("ca.crt"),
+            file("ci.crt"),
+            file("ci.key")
+        ))
+        .arg(&gw.addr));
+    let ctx = context("RUN echo over-tls > /out.txt\n", &[]);
+    let out_dir = dir.path().join("out");
+    let out = run_unchecked(
+        buildx
+            .command()
+            .args(["build", "--builder", "tls", "--progress", "plain", "-o"])
+            .arg(format!("type=local,dest={}", out_dir.display()))
+            .arg(ctx.path()),
+    );
+    assert!(out.status.success(), "{}", streams(&out));
+    assert_eq!(read(&out_dir.join("out.txt")), "over-tls\n");
+
+    // buildctl (which does offer ALPN h2) with another client's certificate:
+    // the handshake succeeds, the pool refuses it by name.
+    let buildctl = |cert: &str, key: &str| {
+        run_unchecked(
+            TestEnv::get()
+                .command("buildctl")
+                .args(["--addr", &gw.addr, "--tlscacert", &file("ca.crt"), "--tlsservername", "pool-a"])
+                .args(["--tlscert", &file(cert), "--tlskey", &file(key), "debug", "workers"]),
+        )
+    };
+    assert!(buildctl("ci.crt", "ci.key").status.success(), "the allowed client lists the workers");
+    let refused = buildctl("intruder.crt", "intruder.key");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(stderr.contains(r#"client "intruder" may not use pool"#), "{stderr}");
+
+    // Without a client certificate the handshake itself fails.
+    let anonymous = run_unchecked(
+        TestEnv::get()
+            .command("buildctl")
+            .args(["--addr", &gw.addr, "--tlscacert", &file("ca.crt"), "--tlsservername", "pool-a"])
+            .args(["--timeout", "10", "debug", "workers"]),
+    );
+    assert!(!anonymous.status.success(), "{}", streams(&anonymous));
+}

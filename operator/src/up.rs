@@ -193,7 +193,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
         gateway::serve_metrics(addr, Arc::clone(&metrics)).await?;
     }
     let backends: Vec<String> = builders.iter().map(|b| b.addr.clone()).collect();
-    let gw = gateway::start(&backends, args.max_parallel_builds, metrics)?;
+    let gw = gateway::start(&backends, args.max_parallel_builds, Vec::new(), metrics)?;
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
@@ -210,7 +210,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
     let _ = out.flush();
     drop(out);
 
-    gateway::serve(listener, gw, crate::shutdown_signal()).await;
+    gateway::serve(listener, gw, None, crate::shutdown_signal()).await;
     info!("stopping the builders");
     stop(&mut builders, Duration::from_secs(60)).await;
     Ok(())

@@ -20,6 +20,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use tracing::{info, warn};
 
+use super::PoolEntry;
 use super::pool::Pool;
 use crate::controller::desired::{
     ANNOTATION_DEMAND, ANNOTATION_DEMAND_AT, DEMAND_REFRESH, GRPC_PORT, LABEL_BUILDER, LABEL_DRAINING,
@@ -49,9 +50,11 @@ pub fn members(pods: &[Arc<Pod>]) -> Vec<(String, bool, bool)> {
     out
 }
 
-/// Keeps `pool` equal to the pods of Builder `name` in `namespace`, and its
-/// per-builder session limit equal to the Builder's `maxParallelBuilds`.
-pub async fn watch(client: Client, namespace: String, name: String, pool: Arc<Pool>) {
+/// Keeps the pool equal to the pods of Builder `name` in `namespace`, its
+/// per-builder session limit equal to the Builder's `maxParallelBuilds`, and
+/// its access list equal to `access.clients`.
+pub async fn watch(client: Client, namespace: String, name: String, entry: Arc<PoolEntry>) {
+    let pool = Arc::clone(&entry.pool);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
     let (store, writer) = reflector::store();
     let config = watcher::Config::default().labels(&format!("{LABEL_BUILDER}={name}"));
@@ -72,7 +75,10 @@ pub async fn watch(client: Client, namespace: String, name: String, pool: Arc<Po
                 None => return,
             },
             event = builder_events.next() => match event {
-                Some(Ok(b)) => pool.set_max_sessions(usize::try_from(b.spec.max_parallel_builds).unwrap_or(1)),
+                Some(Ok(b)) => {
+                    pool.set_max_sessions(usize::try_from(b.spec.max_parallel_builds).unwrap_or(1));
+                    entry.set_access(b.spec.access.clients.clone());
+                }
                 Some(Err(e)) => warn!(error = %e, "watching the Builder"),
                 None => return,
             },

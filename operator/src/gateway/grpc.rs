@@ -19,6 +19,7 @@ pub type Body = BoxBody<Bytes, BoxError>;
 pub mod code {
     pub const OK: u32 = 0;
     pub const NOT_FOUND: u32 = 5;
+    pub const PERMISSION_DENIED: u32 = 7;
     pub const INTERNAL: u32 = 13;
     pub const UNAVAILABLE: u32 = 14;
 }

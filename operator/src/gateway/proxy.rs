@@ -42,24 +42,66 @@ struct Upstream {
     sender: tokio::sync::Mutex<Option<SendRequest<Body>>>,
 }
 
+/// One pool the gateway serves, and who may use it.
 #[derive(Debug)]
-pub struct Gateway {
+pub struct PoolEntry {
+    /// What names it: the `Builder` (`name` and `name.namespace`), chosen by
+    /// the TLS server name (buildx `--driver-opt servername=…`).
+    pub names: Vec<String>,
     pub pool: Arc<Pool>,
-    metrics: Arc<Metrics>,
-    upstreams: Mutex<std::collections::HashMap<String, Arc<Upstream>>>,
+    /// Client certificate common names that may use it; empty: every client
+    /// the gateway admits.
+    pub access: Mutex<Vec<String>>,
     /// The pool's last ListWorkers answer, given while no builder is ready
     /// (scale from zero) so buildx still sees a running builder.
     workers: Mutex<Option<Bytes>>,
 }
 
-/// What a client connection remembers: calls with no id of their own (the
-/// history API, Content reads) follow the connection's last build.
-#[derive(Debug, Default)]
+impl PoolEntry {
+    pub fn new(names: Vec<String>, pool: Arc<Pool>, access: Vec<String>) -> Arc<Self> {
+        Arc::new(Self { names, pool, access: Mutex::new(access), workers: Mutex::default() })
+    }
+
+    pub fn set_access(&self, clients: Vec<String>) {
+        *self.access.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = clients;
+    }
+
+    fn admits(&self, client: Option<&str>) -> bool {
+        let access = self.access.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        access.is_empty() || client.is_some_and(|c| access.iter().any(|a| a == c))
+    }
+
+    fn label(&self) -> &str {
+        self.names.first().map_or("default", String::as_str)
+    }
+}
+
+#[derive(Debug)]
+pub struct Gateway {
+    pub pools: Vec<Arc<PoolEntry>>,
+    metrics: Arc<Metrics>,
+    upstreams: Mutex<std::collections::HashMap<String, Arc<Upstream>>>,
+}
+
+/// What a client connection is: the pool its TLS server name chose, the
+/// client certificate's name, and the connection's last builder (calls with
+/// no id of their own, such as the history API, follow it).
+#[derive(Debug)]
 pub struct ClientConn {
+    entry: Result<Arc<PoolEntry>, String>,
+    client: Option<String>,
     last: Mutex<Option<Arc<Backend>>>,
 }
 
 impl ClientConn {
+    fn pool(&self) -> &Arc<Pool> {
+        match &self.entry {
+            Ok(e) => &e.pool,
+            // `handle` answers every call of a pool-less connection itself.
+            Err(_) => unreachable_pool(),
+        }
+    }
+
     fn remember(&self, backend: &Arc<Backend>) {
         *self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::clone(backend));
     }
@@ -86,9 +128,35 @@ pub enum ForwardError {
     Request { addr: String, source: http::Error },
 }
 
+/// A pool with no builders, for the impossible case of a call reaching a
+/// connection without one.
+fn unreachable_pool() -> &'static Arc<Pool> {
+    static EMPTY: std::sync::OnceLock<Arc<Pool>> = std::sync::OnceLock::new();
+    EMPTY.get_or_init(|| Pool::new(Vec::new(), 1))
+}
+
 impl Gateway {
-    pub fn new(pool: Arc<Pool>, metrics: Arc<Metrics>) -> Arc<Self> {
-        Arc::new(Self { pool, metrics, upstreams: Mutex::default(), workers: Mutex::default() })
+    pub fn new(pools: Vec<Arc<PoolEntry>>, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Self { pools, metrics, upstreams: Mutex::default() })
+    }
+
+    /// The state of a new client connection: its pool by TLS server name
+    /// (any pool when there is only one), and its certificate's name.
+    pub fn connection(&self, server_name: Option<&str>, client: Option<String>) -> ClientConn {
+        let chosen = match server_name {
+            Some(name) => self.pools.iter().find(|p| p.names.iter().any(|n| n == name)).cloned(),
+            None => None,
+        };
+        let entry =
+            chosen.or_else(|| (self.pools.len() == 1).then(|| Arc::clone(&self.pools[0]))).ok_or_else(|| {
+                let names: Vec<&str> = self.pools.iter().map(|p| p.label()).collect();
+                format!(
+                    "kiln gateway: no pool is named {:?}; set buildx's --driver-opt servername= to one of {}",
+                    server_name.unwrap_or_default(),
+                    names.join(", ")
+                )
+            });
+        ClientConn { entry, client, last: Mutex::default() }
     }
 
     fn upstream(&self, addr: &str) -> Arc<Upstream> {
@@ -208,15 +276,34 @@ impl Gateway {
         conn: Arc<ClientConn>,
     ) -> Result<Response<Body>, Infallible> {
         let path = req.uri().path().to_owned();
+        if path == "/grpc.health.v1.Health/Check" {
+            return Ok(grpc::unary(&[0x08, 0x01]));
+        }
+        let entry = match &conn.entry {
+            Ok(entry) => Arc::clone(entry),
+            Err(message) => {
+                self.metrics.gateway_error("no_pool");
+                return Ok(grpc::status(code::NOT_FOUND, message));
+            }
+        };
+        if !entry.admits(conn.client.as_deref()) {
+            self.metrics.gateway_error("access_denied");
+            let who = conn
+                .client
+                .as_deref()
+                .map_or("a client without a certificate".to_owned(), |c| format!("client {c:?}"));
+            let message =
+                format!("kiln gateway: {who} may not use pool {} (not in its access list)", entry.label());
+            return Ok(grpc::status(code::PERMISSION_DENIED, &message));
+        }
         let response = match path.as_str() {
-            "/grpc.health.v1.Health/Check" => grpc::unary(&[0x08, 0x01]),
             p if p == format!("{CONTROL}Session") => self.session(req, &conn).await,
             p if p == format!("{CONTROL}Solve") => self.solve(req, &conn).await,
             p if p == format!("{CONTROL}Status") => self.by_ref_in_body(req, &conn).await,
-            p if p == format!("{CONTROL}ListWorkers") => self.list_workers(req).await,
-            p if p == format!("{CONTROL}Info") && self.pool.any().is_none() => grpc::unary(&info_message()),
-            p if p == format!("{CONTROL}DiskUsage") => self.fan_out(req, false).await,
-            p if p == format!("{CONTROL}Prune") => self.fan_out(req, true).await,
+            p if p == format!("{CONTROL}ListWorkers") => self.list_workers(req, &entry).await,
+            p if p == format!("{CONTROL}Info") && entry.pool.any().is_none() => grpc::unary(&info_message()),
+            p if p == format!("{CONTROL}DiskUsage") => self.fan_out(req, &entry.pool, false).await,
+            p if p == format!("{CONTROL}Prune") => self.fan_out(req, &entry.pool, true).await,
             p if p.starts_with(BRIDGE) => self.by_build_header(req, &conn).await,
             _ => self.by_connection(req, &conn).await,
         };
@@ -226,14 +313,14 @@ impl Gateway {
     /// ListWorkers of every ready builder, merged; while none is ready, the
     /// last answer (or one worker of this machine's platform) so buildx does
     /// not take a pool scaling up from zero for a dead builder.
-    async fn list_workers(&self, req: Request<Incoming>) -> Response<Body> {
+    async fn list_workers(&self, req: Request<Incoming>, entry: &PoolEntry) -> Response<Body> {
         let lock =
             |m: &Mutex<Option<Bytes>>| m.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-        if self.pool.any().is_none() {
-            let message = lock(&self.workers).unwrap_or_else(placeholder_workers);
+        if entry.pool.any().is_none() {
+            let message = lock(&entry.workers).unwrap_or_else(placeholder_workers);
             return grpc::unary(&message);
         }
-        let response = self.fan_out(req, false).await;
+        let response = self.fan_out(req, &entry.pool, false).await;
         if response.headers().get("grpc-status").is_none() {
             let (head, body) = response.into_parts();
             let Ok(collected) = body.collect().await else {
@@ -241,7 +328,7 @@ impl Gateway {
             };
             let data = collected.to_bytes();
             if let Some(message) = grpc::messages(&data).and_then(|m| m.into_iter().next()) {
-                *self.workers.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                *entry.workers.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
                     Some(message.clone());
                 return grpc::unary(&message);
             }
@@ -258,7 +345,7 @@ impl Gateway {
         let queued = Instant::now();
         let (slot, choice) = {
             let _waiting = QueueGauge::enter(&self.metrics);
-            self.pool.open_session(&id, &key).await
+            conn.pool().open_session(&id, &key).await
         };
         self.metrics.gateway_session(&slot.backend.addr, choice.as_str(), queued.elapsed());
         info!(session = %id, shared_key = %key, builder = %slot.backend.addr, choice = choice.as_str(), "session");
@@ -281,15 +368,15 @@ impl Gateway {
         // The session usually opens first; when the Solve wins the race, or
         // the session waits in the queue, wait for it so the build goes where
         // its context is. Meanwhile the build's Status waits too.
-        let queued = self.pool.queue_ref(&ids.r#ref);
-        let backend = match self.pool.session_backend(&ids.session, BIND_WAIT).await {
+        let queued = conn.pool().queue_ref(&ids.r#ref);
+        let backend = match conn.pool().session_backend(&ids.session, BIND_WAIT).await {
             Some(b) => b,
-            None => match self.pool.any_within(super::pool::SCALE_UP_WAIT).await {
+            None => match conn.pool().any_within(super::pool::SCALE_UP_WAIT).await {
                 Some(b) => b,
                 None => return grpc::status(code::UNAVAILABLE, "kiln gateway: no builder is ready"),
             },
         };
-        self.pool.bind_ref(&ids.r#ref, &backend);
+        conn.pool().bind_ref(&ids.r#ref, &backend);
         drop(queued);
         self.metrics.gateway_solve(&backend.addr);
         info!(build = %ids.r#ref, session = %ids.session, builder = %backend.addr, "solve");
@@ -307,7 +394,7 @@ impl Gateway {
             .and_then(|m| RefOnly::decode(m).ok())
             .unwrap_or_default()
             .r#ref;
-        match self.pool.ref_backend(&r, BIND_WAIT).await {
+        match conn.pool().ref_backend(&r, BIND_WAIT).await {
             Some(backend) => {
                 conn.remember(&backend);
                 self.forward(&backend, parts, grpc::full(bytes), None).await
@@ -318,7 +405,7 @@ impl Gateway {
 
     async fn by_build_header(&self, req: Request<Incoming>, conn: &ClientConn) -> Response<Body> {
         let r = req.headers().get(BUILD_ID).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
-        match self.pool.ref_backend(&r, BIND_WAIT).await {
+        match conn.pool().ref_backend(&r, BIND_WAIT).await {
             Some(backend) => {
                 conn.remember(&backend);
                 let (parts, body) = req.into_parts();
@@ -329,7 +416,7 @@ impl Gateway {
     }
 
     async fn by_connection(&self, req: Request<Incoming>, conn: &ClientConn) -> Response<Body> {
-        let Some(backend) = conn.last().or_else(|| self.pool.any()) else {
+        let Some(backend) = conn.last().or_else(|| conn.pool().any()) else {
             return grpc::status(code::UNAVAILABLE, "kiln gateway: no builder is ready");
         };
         let (parts, body) = req.into_parts();
@@ -339,12 +426,12 @@ impl Gateway {
     /// Sends a per-daemon call (ListWorkers, DiskUsage, Prune) to every ready
     /// builder and merges the answers: protobuf messages concatenate into
     /// one whose repeated fields hold every builder's entries.
-    async fn fan_out(&self, req: Request<Incoming>, streaming: bool) -> Response<Body> {
+    async fn fan_out(&self, req: Request<Incoming>, pool: &Pool, streaming: bool) -> Response<Body> {
         let (parts, body) = req.into_parts();
         let Some(bytes) = self.read_unary(body).await else {
             return grpc::status(code::INTERNAL, "kiln gateway: reading the request failed");
         };
-        let backends: Vec<_> = self.pool.backends().into_iter().filter(|b| b.state().ready).collect();
+        let backends: Vec<_> = pool.backends().into_iter().filter(|b| b.state().ready).collect();
         if backends.is_empty() {
             return grpc::status(code::UNAVAILABLE, "kiln gateway: no builder is ready");
         }
@@ -527,12 +614,14 @@ impl hyper::body::Body for Counted {
 /// Keeps each builder's readiness current with gRPC health checks.
 pub async fn watch_health(gateway: Arc<Gateway>, every: Duration) {
     loop {
-        for backend in gateway.pool.backends() {
-            let ready = check(&gateway, &backend).await;
-            if ready != backend.state().ready {
-                info!(builder = %backend.addr, ready, "builder readiness changed");
-                backend.set_ready(ready);
-                gateway.pool.notify();
+        for entry in &gateway.pools {
+            for backend in entry.pool.backends() {
+                let ready = check(&gateway, &backend).await;
+                if ready != backend.state().ready {
+                    info!(builder = %backend.addr, ready, "builder readiness changed");
+                    backend.set_ready(ready);
+                    entry.pool.notify();
+                }
             }
         }
         tokio::time::sleep(every).await;
