@@ -207,9 +207,7 @@ impl Gateway {
         match self.try_forward(backend, parts, body).await {
             Ok(response) => {
                 let metrics = Arc::clone(&self.metrics);
-                response.map(|inner| {
-                    Relay { inner, addr: backend.addr.clone(), metrics, done: false, _hold: hold }.boxed()
-                })
+                response.map(|inner| Tap::to_client(inner, &backend.addr, metrics, hold).boxed())
             }
             Err(e) => {
                 self.metrics.gateway_error("forward");
@@ -352,7 +350,7 @@ impl Gateway {
         let backend = Arc::clone(&slot.backend);
         conn.remember(&backend);
         let (parts, body) = req.into_parts();
-        let body = Counted { inner: body, metrics: Arc::clone(&self.metrics) }.boxed();
+        let body = Tap::to_builder(body, Arc::clone(&self.metrics)).boxed();
         self.forward(&backend, parts, body, Some(slot)).await
     }
 
@@ -527,17 +525,35 @@ impl Drop for QueueGauge<'_> {
     }
 }
 
-/// A response body on its way back to the client: counts bytes, and turns a
-/// lost builder into a gRPC status the client can read.
-struct Relay {
-    inner: Body,
-    addr: String,
+/// A body relayed through the gateway: counts its bytes; on the way back to
+/// the client (`lost_builder` set) a builder lost mid-call becomes a gRPC
+/// status the client can read, naming the builder.
+struct Tap<B> {
+    inner: B,
+    direction: &'static str,
+    lost_builder: Option<String>,
     metrics: Arc<Metrics>,
     done: bool,
+    /// What must live as long as the body (a session's slot).
     _hold: Option<SessionSlot>,
 }
 
-impl hyper::body::Body for Relay {
+impl<B> Tap<B> {
+    fn to_builder(inner: B, metrics: Arc<Metrics>) -> Self {
+        Self { inner, direction: "to_builder", lost_builder: None, metrics, done: false, _hold: None }
+    }
+
+    fn to_client(inner: B, builder: &str, metrics: Arc<Metrics>, hold: Option<SessionSlot>) -> Self {
+        let lost_builder = Some(builder.to_owned());
+        Self { inner, direction: "to_client", lost_builder, metrics, done: false, _hold: hold }
+    }
+}
+
+impl<B> hyper::body::Body for Tap<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError> + std::fmt::Display,
+{
     type Data = Bytes;
     type Error = BoxError;
 
@@ -551,59 +567,27 @@ impl hyper::body::Body for Relay {
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    self.metrics.gateway_bytes("to_client", data.len());
+                    self.metrics.gateway_bytes(self.direction, data.len());
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => {
-                self.done = true;
-                self.metrics.gateway_error("builder_lost");
-                warn!(builder = %self.addr, error = %e, "builder lost mid-call");
-                let message = format!("kiln gateway: builder {} was lost mid-build: {e}", self.addr);
-                Poll::Ready(Some(Ok(Frame::trailers(grpc::trailers(code::UNAVAILABLE, &message)))))
-            }
-            other => other,
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.done || self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// A client's request stream on its way to a builder, counted.
-struct Counted {
-    inner: Incoming,
-    metrics: Arc<Metrics>,
-}
-
-impl hyper::body::Body for Counted {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match Pin::new(&mut self.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    self.metrics.gateway_bytes("to_builder", data.len());
+            Poll::Ready(Some(Err(e))) => match self.lost_builder.clone() {
+                Some(builder) => {
+                    self.done = true;
+                    self.metrics.gateway_error("builder_lost");
+                    warn!(%builder, error = %e, "builder lost mid-call");
+                    let message = format!("kiln gateway: builder {builder} was lost mid-build: {e}");
+                    Poll::Ready(Some(Ok(Frame::trailers(grpc::trailers(code::UNAVAILABLE, &message)))))
                 }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+                None => Poll::Ready(Some(Err(e.into()))),
+            },
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.done || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
