@@ -426,7 +426,7 @@ fn the_charts_rbac_is_all_the_controller_needs() {
 #[test]
 fn a_pool_at_zero_scales_up_for_a_build_through_the_gateway_and_back_down() {
     let w = World::new("op-zero");
-    w.apply(&w.builder("pool", "  replicas: {min: 0, max: 2}\n  idleTimeout: 2s\n"));
+    w.apply(&w.builder("pool", "  replicas: {min: 0, max: 2}\n  idleTimeout: 5s\n"));
     wait_for(
         WAIT,
         "the pool is scaled to zero and Ready",
@@ -437,15 +437,19 @@ fn a_pool_at_zero_scales_up_for_a_build_through_the_gateway_and_back_down() {
 
     let dir = tempfile::tempdir().unwrap();
     let addr = format!("tcp://127.0.0.1:{}", kiln_e2e::free_port());
-    let mut gateway = kiln_e2e::Daemon::spawn(
-        "kiln gateway (cluster mode)",
-        std::process::Command::new(workspace_bin("kiln"))
-            .args(["gateway", "--addr", &addr, "--builder", &format!("{}/pool", w.ns.name())])
-            .env("KUBECONFIG", TestEnv::get().kubeconfig()),
-        dir.path().join("gateway.log"),
-    );
     let port = addr.trim_start_matches("tcp://").to_owned();
-    gateway.wait_until(Duration::from_secs(20), || std::net::TcpStream::connect(&port).is_ok());
+    let start_gateway = |log: &str| {
+        let mut gateway = kiln_e2e::Daemon::spawn(
+            "kiln gateway (cluster mode)",
+            std::process::Command::new(workspace_bin("kiln"))
+                .args(["gateway", "--addr", &addr, "--builder", &format!("{}/pool", w.ns.name())])
+                .env("KUBECONFIG", TestEnv::get().kubeconfig()),
+            dir.path().join(log),
+        );
+        gateway.wait_until(Duration::from_secs(20), || std::net::TcpStream::connect(&port).is_ok());
+        gateway
+    };
+    let mut gateway = start_gateway("gateway.log");
 
     // buildx sees a running builder although no pod runs yet, and its build
     // waits in the gateway while the controller scales the pool up.
@@ -454,23 +458,33 @@ fn a_pool_at_zero_scales_up_for_a_build_through_the_gateway_and_back_down() {
     let context = dir.path().join("ctx");
     std::fs::create_dir_all(&context).unwrap();
     std::fs::write(context.join("Dockerfile"), dockerfile("echo from-zero > /out.txt")).unwrap();
-    let out = run_unchecked(
-        buildx
-            .command()
-            .args(["build", "--builder", "zero", "--progress", "plain", "-o"])
-            .arg(format!("type=local,dest={}", dir.path().join("out").display()))
-            .arg(&context),
-    );
-    assert!(
-        out.status.success(),
-        "the client saw an error\n{}\n--- gateway log\n{}\n{}",
-        streams(&out),
-        gateway.log_text(),
-        w.describe()
-    );
-    assert_eq!(std::fs::read_to_string(dir.path().join("out/out.txt")).unwrap(), "from-zero\n");
+    let build = |gateway: &kiln_e2e::Daemon| {
+        let out = run_unchecked(
+            buildx
+                .command()
+                .args(["build", "--builder", "zero", "--progress", "plain", "-o"])
+                .arg(format!("type=local,dest={}", dir.path().join("out").display()))
+                .arg(&context),
+        );
+        assert!(
+            out.status.success(),
+            "the client saw an error\n{}\n--- gateway log\n{}\n{}",
+            streams(&out),
+            gateway.log_text(),
+            w.describe()
+        );
+        assert_eq!(std::fs::read_to_string(dir.path().join("out/out.txt")).unwrap(), "from-zero\n");
+    };
+    build(&gateway);
     let log = gateway.log_text();
     assert!(log.contains("reported demand builder=pool demand=1"), "{log}");
+
+    // The gateway restarts without losing the pool: it is rebuilt from the
+    // API server, and the next build goes through at once.
+    let _ = std::process::Command::new("kill").arg("-KILL").arg(gateway.pid().to_string()).status();
+    gateway.wait_exit(Duration::from_secs(5));
+    let gateway = start_gateway("gateway-2.log");
+    build(&gateway);
 
     // With no demand left, the pool goes back to zero after its idle timeout.
     wait_for(
