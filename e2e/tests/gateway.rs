@@ -627,7 +627,11 @@ fn tls_with_client_certificates_admits_only_the_pools_clients() {
     let refused = buildctl("intruder.crt", "intruder.key");
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success());
-    assert!(stderr.contains(r#"client "intruder" may not use pool"#), "{stderr}");
+    assert!(stderr.contains(r#"client "intruder" may not use this pool"#), "{stderr}");
+    assert!(
+        !stderr.contains("linux/") && !stderr.contains("127.0.0.1:"),
+        "nothing about the pool leaks: {stderr}"
+    );
 
     // Without a client certificate the handshake itself fails.
     let anonymous = run_unchecked(

@@ -496,3 +496,68 @@ fn a_pool_at_zero_scales_up_for_a_build_through_the_gateway_and_back_down() {
     let events = run(&mut w.ns.kubectl(&["get", "events", "--field-selector", "involvedObject.name=pool"]));
     assert!(events.contains("Created") && events.contains("Deleted"), "{events}");
 }
+
+#[test]
+fn a_rolling_update_under_ten_concurrent_builds_fails_none() {
+    let w = World::new("op-rollload");
+    let spec = "  replicas: {min: 2, max: 2}\n  maxParallelBuilds: 3\n";
+    w.apply(&w.builder("pool", spec));
+    w.wait_ready("pool", 2);
+    let hash_of =
+        |pod: &Value| pod["metadata"]["labels"]["kiln.dev/template-hash"].as_str().unwrap().to_owned();
+    let old_hash = hash_of(&w.pods("pool")[0]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("tcp://127.0.0.1:{}", kiln_e2e::free_port());
+    let port = addr.trim_start_matches("tcp://").to_owned();
+    let mut gateway = kiln_e2e::Daemon::spawn(
+        "kiln gateway (cluster mode)",
+        std::process::Command::new(workspace_bin("kiln"))
+            .args(["gateway", "--addr", &addr, "--builder", &format!("{}/pool", w.ns.name())])
+            .env("KUBECONFIG", TestEnv::get().kubeconfig()),
+        dir.path().join("gateway.log"),
+    );
+    gateway.wait_until(Duration::from_secs(20), || std::net::TcpStream::connect(&port).is_ok());
+    let buildx = kiln_e2e::Buildx::new();
+    buildx.create_remote("roll", &addr);
+
+    // Ten builds of ten projects, each running a few seconds.
+    let builds: Vec<_> = (0..10)
+        .map(|i| {
+            let context = dir.path().join(format!("project-{i}"));
+            std::fs::create_dir_all(&context).unwrap();
+            std::fs::write(context.join("Dockerfile"), dockerfile(&format!("sleep 4 && echo {i} > /n")))
+                .unwrap();
+            let out = dir.path().join(format!("out-{i}"));
+            buildx
+                .command()
+                .args(["build", "--builder", "roll", "--progress", "plain", "-o"])
+                .arg(format!("type=local,dest={}", out.display()))
+                .arg(&context)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    // The template changes while they run.
+    std::thread::sleep(Duration::from_secs(2));
+    w.apply(
+        &w.builder("pool", spec)
+            .replace("http = true\n", "http = true\n    [worker.oci]\n    labels = { rolled = \"yes\" }\n"),
+    );
+
+    for (i, child) in builds.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "build {i} failed during the rollout\n{}\n--- gateway log (tail)\n{}\n{}",
+            streams(&out),
+            tail(&gateway.log_text(), 60),
+            w.describe()
+        );
+        assert_eq!(std::fs::read_to_string(dir.path().join(format!("out-{i}/n"))).unwrap(), format!("{i}\n"));
+    }
+    w.wait_ready("pool", 2);
+    assert!(w.pods("pool").iter().all(|p| hash_of(p) != old_hash), "the rollout finished: {}", w.describe());
+}

@@ -56,12 +56,15 @@ impl Metrics {
         )?;
         let leader = IntGauge::new("kiln_controller_leader", "1 while this controller holds the lease")?;
         let sessions = IntCounterVec::new(
-            Opts::new("kiln_gateway_sessions_total", "Sessions placed, by builder and how it was chosen"),
-            &["builder", "choice"],
+            Opts::new(
+                "kiln_gateway_sessions_total",
+                "Sessions placed, by pool, builder and how it was chosen",
+            ),
+            &["pool", "builder", "choice"],
         )?;
         let solves = IntCounterVec::new(
-            Opts::new("kiln_gateway_solves_total", "Builds routed, by builder"),
-            &["builder"],
+            Opts::new("kiln_gateway_solves_total", "Builds routed, by pool and builder"),
+            &["pool", "builder"],
         )?;
         let queue = IntGauge::new("kiln_gateway_queued_sessions", "Sessions waiting for a free builder")?;
         let queue_wait = prometheus::Histogram::with_opts(
@@ -107,13 +110,13 @@ impl Metrics {
         })
     }
 
-    pub fn gateway_session(&self, builder: &str, choice: &str, waited: Duration) {
-        self.sessions.with_label_values(&[builder, choice]).inc();
+    pub fn gateway_session(&self, pool: &str, builder: &str, choice: &str, waited: Duration) {
+        self.sessions.with_label_values(&[pool, builder, choice]).inc();
         self.queue_wait.observe(waited.as_secs_f64());
     }
 
-    pub fn gateway_solve(&self, builder: &str) {
-        self.solves.with_label_values(&[builder]).inc();
+    pub fn gateway_solve(&self, pool: &str, builder: &str) {
+        self.solves.with_label_values(&[pool, builder]).inc();
     }
 
     pub fn gateway_queue(&self, delta: i64) {
@@ -196,6 +199,21 @@ mod tests {
             r#"kiln_builder_pods{builder="ci",namespace="builds",state="busy"} 1"#,
             r#"kiln_controller_pod_actions_total{action="create"} 1"#,
             "kiln_controller_leader 1",
+        ] {
+            assert!(text.contains(line), "{line} missing in\n{text}");
+        }
+        m.gateway_session("ci", "tcp://10.0.0.1:1234", "affinity_hit", Duration::from_millis(3));
+        m.gateway_solve("ci", "tcp://10.0.0.1:1234");
+        m.gateway_queue(1);
+        m.gateway_bytes("to_builder", 10);
+        m.gateway_error("builder_lost");
+        let text = m.encode();
+        for line in [
+            r#"kiln_gateway_sessions_total{builder="tcp://10.0.0.1:1234",choice="affinity_hit",pool="ci"} 1"#,
+            r#"kiln_gateway_solves_total{builder="tcp://10.0.0.1:1234",pool="ci"} 1"#,
+            "kiln_gateway_queued_sessions 1",
+            r#"kiln_gateway_bytes_total{direction="to_builder"} 10"#,
+            r#"kiln_gateway_errors_total{kind="builder_lost"} 1"#,
         ] {
             assert!(text.contains(line), "{line} missing in\n{text}");
         }

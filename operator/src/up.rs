@@ -89,8 +89,11 @@ fn free_port() -> Result<u16, Error> {
     Ok(listener.local_addr().map_err(Error::Port)?.port())
 }
 
+/// The end of a builder's log, without a backtrace that would push the
+/// error itself out of view.
 fn tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
+    let text = text.split("Stack backtrace:").next().unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")
 }
@@ -176,16 +179,27 @@ pub async fn run(args: Args) -> Result<(), Error> {
         .ok()
         .unwrap_or_default();
 
-    let mut builders = Vec::new();
+    let mut builders: Vec<Builder> = Vec::new();
     for index in 0..usize::from(args.builders) {
-        builders.push(start_builder(index, &args, &kilnd, &state).await?);
-    }
-    for b in &mut builders {
-        if let Err(e) = wait_ready(b, &http).await {
-            stop(&mut builders, Duration::from_secs(5)).await;
-            return Err(e);
-        }
-        info!(builder = b.index, addr = %b.addr, log = %b.log.display(), "builder ready");
+        // A free port can be taken by another program between our probe and
+        // kilnd's bind: a builder that exits while starting gets new ports.
+        let mut attempt = 0;
+        let builder = loop {
+            attempt += 1;
+            let mut b = start_builder(index, &args, &kilnd, &state).await?;
+            match wait_ready(&mut b, &http).await {
+                Ok(()) => break b,
+                Err(e @ Error::Exited { .. }) if attempt < 3 => {
+                    warn!(builder = index, attempt, error = %e, "builder exited while starting; trying new ports");
+                }
+                Err(e) => {
+                    stop(&mut builders, Duration::from_secs(5)).await;
+                    return Err(e);
+                }
+            }
+        };
+        info!(builder = index, addr = %builder.addr, log = %builder.log.display(), "builder ready");
+        builders.push(builder);
     }
 
     let metrics = Arc::new(Metrics::new()?);

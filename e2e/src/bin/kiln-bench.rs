@@ -171,6 +171,91 @@ fn workloads(context: PathBuf) -> Vec<Workload> {
     ]
 }
 
+/// The `q` quantile (0..=1) of `v`, sorted in place.
+fn quantile(v: &mut [f64], q: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let i = ((v.len() as f64 - 1.0) * q).round() as usize;
+    v[i.min(v.len() - 1)]
+}
+
+/// What the gateway costs: the same build on one kilnd, direct and through
+/// `kiln gateway` (the gateway's own kilnd, so the daemon is the same), and
+/// the latency of a forwarded unary call (`Control.Info`).
+fn gateway_overhead(runs: usize, context: &Path, records: &mut Vec<serde_json::Value>) {
+    let base = TestEnv::get().base_image.clone();
+    let build = image_and_run(&base, "echo hi > /hello");
+    let local_def = {
+        let mut llb = Llb::default();
+        let ctx = llb.local("context");
+        llb.finish(&ctx)
+    };
+    let ctx_arg = format!("context={}", context.display());
+    println!();
+    println!(
+        "| gateway overhead | direct median (min–max) s | through the gateway median (min–max) s | ratio |"
+    );
+    println!("| --- | --- | --- | --- |");
+    type Case<'a> = (&'static str, &'a pb::Definition, Vec<&'a str>);
+    let cases: [Case<'_>; 2] =
+        [("cold-build", &build, Vec::new()), ("context-10k", &local_def, vec!["--local", ctx_arg.as_str()])];
+    for (name, def, args) in cases {
+        let (mut direct, mut through) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            // A fresh kilnd each time, so both paths start equally cold.
+            let gw = Gateway::start(1);
+            let d = Daemon::Kilnd(Kilnd::start());
+            direct.push(timed(&d, def, &args).wall);
+            through.push(timed(&Daemon::Gateway(gw), def, &args).wall);
+        }
+        let range =
+            |v: &[f64]| (v.iter().copied().fold(f64::MAX, f64::min), v.iter().copied().fold(0.0, f64::max));
+        let ((dmin, dmax), (tmin, tmax)) = (range(&direct), range(&through));
+        let (d, t) = (median(&mut direct), median(&mut through));
+        println!("| {name} | {d:.3} ({dmin:.3}–{dmax:.3}) | {t:.3} ({tmin:.3}–{tmax:.3}) | {:.2} |", t / d);
+        records.push(json!({
+            "name": format!("gateway-overhead/{name}"),
+            "kilnd_direct_median_s": d, "gateway_median_s": t, "ratio": t / d, "runs": runs,
+        }));
+    }
+
+    // Unary latency: 2,000 `Info` calls on one connection each way, in
+    // alternating blocks, against the same kilnd.
+    let gw = Gateway::start(1);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (direct, through) = runtime.block_on(async {
+        use kiln_proto::buildkit::moby::buildkit::v1::InfoRequest;
+        let mut direct_client = kiln_e2e::grpc::control(kiln_e2e::grpc::connect(&gw.builders[0].addr).await);
+        let mut gateway_client = kiln_e2e::grpc::control(kiln_e2e::grpc::connect(&gw.addr).await);
+        let (mut direct, mut through) = (Vec::new(), Vec::new());
+        for block in 0..20 {
+            for _ in 0..100 {
+                let (client, out) = if block % 2 == 0 {
+                    (&mut direct_client, &mut direct)
+                } else {
+                    (&mut gateway_client, &mut through)
+                };
+                let start = Instant::now();
+                client.info(InfoRequest {}).await.unwrap();
+                out.push(start.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+        (direct, through)
+    });
+    let (mut direct, mut through) = (direct, through);
+    let (d50, d99) = (quantile(&mut direct, 0.5), quantile(&mut direct, 0.99));
+    let (t50, t99) = (quantile(&mut through, 0.5), quantile(&mut through, 0.99));
+    println!(
+        "| unary Info latency | p50 {d50:.3} ms, p99 {d99:.3} ms | p50 {t50:.3} ms, p99 {t99:.3} ms | +{:.3} ms p50, +{:.3} ms p99 |",
+        t50 - d50,
+        t99 - d99
+    );
+    records.push(json!({
+        "name": "gateway-overhead/unary-info",
+        "direct_p50_ms": d50, "direct_p99_ms": d99, "gateway_p50_ms": t50, "gateway_p99_ms": t99,
+        "added_p50_ms": t50 - d50, "added_p99_ms": t99 - d99, "calls": direct.len() + through.len(),
+    }));
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -246,6 +331,9 @@ fn main() {
             "buildkitd_min_s": bmin, "buildkitd_max_s": bmax,
             "kilnd_cpu_s": kcpu, "buildkitd_cpu_s": bcpu,
         }));
+    }
+    if only.is_empty() || only.iter().any(|o| o == "gateway-overhead") {
+        gateway_overhead(runs, dir.path(), &mut records);
     }
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&out).unwrap();

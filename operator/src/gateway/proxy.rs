@@ -94,6 +94,11 @@ pub struct ClientConn {
 }
 
 impl ClientConn {
+    /// The pool's name in metrics.
+    fn pool_label(&self) -> &str {
+        self.entry.as_ref().map_or("none", |e| e.label())
+    }
+
     fn pool(&self) -> &Arc<Pool> {
         match &self.entry {
             Ok(e) => &e.pool,
@@ -147,13 +152,14 @@ impl Gateway {
             Some(name) => self.pools.iter().find(|p| p.names.iter().any(|n| n == name)).cloned(),
             None => None,
         };
+        // The messages name only what the client asked for: a client learns
+        // nothing about the pools it may not use.
         let entry =
             chosen.or_else(|| (self.pools.len() == 1).then(|| Arc::clone(&self.pools[0]))).ok_or_else(|| {
-                let names: Vec<&str> = self.pools.iter().map(|p| p.label()).collect();
                 format!(
-                    "kiln gateway: no pool is named {:?}; set buildx's --driver-opt servername= to one of {}",
-                    server_name.unwrap_or_default(),
-                    names.join(", ")
+                    "kiln gateway: no pool is named {:?}; ask the gateway's operator which server name to set \
+                     with buildx --driver-opt servername=",
+                    server_name.unwrap_or_default()
                 )
             });
         ClientConn { entry, client, last: Mutex::default() }
@@ -290,8 +296,9 @@ impl Gateway {
                 .client
                 .as_deref()
                 .map_or("a client without a certificate".to_owned(), |c| format!("client {c:?}"));
-            let message =
-                format!("kiln gateway: {who} may not use pool {} (not in its access list)", entry.label());
+            let message = format!(
+                "kiln gateway: {who} may not use this pool: the certificate's name is not in its access list"
+            );
             return Ok(grpc::status(code::PERMISSION_DENIED, &message));
         }
         let response = match path.as_str() {
@@ -345,7 +352,12 @@ impl Gateway {
             let _waiting = QueueGauge::enter(&self.metrics);
             conn.pool().open_session(&id, &key).await
         };
-        self.metrics.gateway_session(&slot.backend.addr, choice.as_str(), queued.elapsed());
+        self.metrics.gateway_session(
+            conn.pool_label(),
+            &slot.backend.addr,
+            choice.as_str(),
+            queued.elapsed(),
+        );
         info!(session = %id, shared_key = %key, builder = %slot.backend.addr, choice = choice.as_str(), "session");
         let backend = Arc::clone(&slot.backend);
         conn.remember(&backend);
@@ -376,7 +388,7 @@ impl Gateway {
         };
         conn.pool().bind_ref(&ids.r#ref, &backend);
         drop(queued);
-        self.metrics.gateway_solve(&backend.addr);
+        self.metrics.gateway_solve(conn.pool_label(), &backend.addr);
         info!(build = %ids.r#ref, session = %ids.session, builder = %backend.addr, "solve");
         conn.remember(&backend);
         self.forward(&backend, parts, grpc::full(bytes), None).await
