@@ -107,68 +107,71 @@ fn make_context(root: &Path, dirs: usize, files: usize) {
 }
 
 struct Workload {
-    name: &'static str,
-    description: &'static str,
+    name: String,
+    description: String,
     /// Runs the workload once on a fresh daemon and returns the timed sample.
     run: Box<dyn Fn(Kind) -> Sample>,
+}
+
+/// The LLB of a `local://context` source and the `--local` value that
+/// points it at `context`.
+fn local_build(context: &Path) -> (pb::Definition, String) {
+    let mut llb = Llb::default();
+    let ctx = llb.local("context");
+    (llb.finish(&ctx), format!("context={}", context.display()))
+}
+
+/// The two context workloads (first upload, unchanged re-send) on daemons
+/// that `start` makes.
+fn context_workloads(suffix: &str, how: &str, start: fn(Kind) -> Daemon, context: &Path) -> [Workload; 2] {
+    let (def, arg) = local_build(context);
+    let (d1, d2, a1, a2) = (def.clone(), def, arg.clone(), arg);
+    [
+        Workload {
+            name: format!("context-10k{suffix}"),
+            description: format!("upload of a 10,000-file context, first time{how}"),
+            run: Box::new(move |kind| timed(&start(kind), &d1, &["--local", &a1])),
+        },
+        Workload {
+            name: format!("context-10k-unchanged{suffix}"),
+            description: format!("the same context sent again (incremental){how}"),
+            run: Box::new(move |kind| {
+                let d = start(kind);
+                timed(&d, &d2, &["--local", &a2]);
+                timed(&d, &d2, &["--local", &a2])
+            }),
+        },
+    ]
 }
 
 fn workloads(context: PathBuf) -> Vec<Workload> {
     let base = TestEnv::get().base_image.clone();
     let build = image_and_run(&base, "echo hi > /hello");
-    let local_def = {
-        let mut llb = Llb::default();
-        let ctx = llb.local("context");
-        llb.finish(&ctx)
-    };
-    let ctx_arg = format!("context={}", context.display());
     let (b1, b2) = (build.clone(), build);
-    let (l1, l2, a1, a2) = (local_def.clone(), local_def.clone(), ctx_arg.clone(), ctx_arg.clone());
-    let (l3, l4, a3, a4) = (local_def.clone(), local_def, ctx_arg.clone(), ctx_arg);
-    vec![
+    let mut all = vec![
         Workload {
-            name: "cold-build",
-            description: "FROM base + RUN, empty cache (pull, unpack, run)",
+            name: "cold-build".into(),
+            description: "FROM base + RUN, empty cache (pull, unpack, run)".into(),
             run: Box::new(move |kind| timed(&Daemon::start(kind), &b1, &[])),
         },
         Workload {
-            name: "cached-rebuild",
-            description: "the same build again on the same daemon",
+            name: "cached-rebuild".into(),
+            description: "the same build again on the same daemon".into(),
             run: Box::new(move |kind| {
                 let d = Daemon::start(kind);
                 timed(&d, &b2, &[]);
                 timed(&d, &b2, &[])
             }),
         },
-        Workload {
-            name: "context-10k",
-            description: "upload of a 10,000-file context, first time",
-            run: Box::new(move |kind| timed(&Daemon::start(kind), &l1, &["--local", &a1])),
-        },
-        Workload {
-            name: "context-10k-unchanged",
-            description: "the same context sent again (incremental)",
-            run: Box::new(move |kind| {
-                let d = Daemon::start(kind);
-                timed(&d, &l2, &["--local", &a2]);
-                timed(&d, &l2, &["--local", &a2])
-            }),
-        },
-        Workload {
-            name: "context-10k-gateway",
-            description: "context-10k with kilnd behind kiln gateway",
-            run: Box::new(move |kind| timed(&Daemon::start_via_gateway(kind), &l3, &["--local", &a3])),
-        },
-        Workload {
-            name: "context-10k-unchanged-gateway",
-            description: "context-10k-unchanged with kilnd behind kiln gateway",
-            run: Box::new(move |kind| {
-                let d = Daemon::start_via_gateway(kind);
-                timed(&d, &l4, &["--local", &a4]);
-                timed(&d, &l4, &["--local", &a4])
-            }),
-        },
-    ]
+    ];
+    all.extend(context_workloads("", "", Daemon::start, &context));
+    all.extend(context_workloads(
+        "-gateway",
+        ", kilnd behind kiln gateway",
+        Daemon::start_via_gateway,
+        &context,
+    ));
+    all
 }
 
 /// The `q` quantile (0..=1) of `v`, sorted in place.
@@ -184,12 +187,7 @@ fn quantile(v: &mut [f64], q: f64) -> f64 {
 fn gateway_overhead(runs: usize, context: &Path, records: &mut Vec<serde_json::Value>) {
     let base = TestEnv::get().base_image.clone();
     let build = image_and_run(&base, "echo hi > /hello");
-    let local_def = {
-        let mut llb = Llb::default();
-        let ctx = llb.local("context");
-        llb.finish(&ctx)
-    };
-    let ctx_arg = format!("context={}", context.display());
+    let (local_def, ctx_arg) = local_build(context);
     println!();
     println!(
         "| gateway overhead | direct median (min–max) s | through the gateway median (min–max) s | ratio |"
@@ -293,7 +291,7 @@ fn main() {
     );
     println!("| --- | --- | --- | --- | --- | --- |");
     for w in workloads(dir.path().to_owned()) {
-        if !only.is_empty() && !only.iter().any(|o| o == w.name) {
+        if !only.is_empty() && !only.contains(&w.name) {
             continue;
         }
         let mut samples = [Vec::new(), Vec::new()];
