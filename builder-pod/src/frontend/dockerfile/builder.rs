@@ -331,11 +331,7 @@ async fn uploaded_context(
             ..HttpOptions::default()
         },
     );
-    let def = llb::marshal(&download, &MarshalOptions::default())
-        .map_err(|e| FrontendError::Internal(e.to_string()))?;
-    let graph = Graph::parse(&def).map_err(|e| FrontendError::Internal(e.to_string()))?;
-    let snapshot = solver.solve(&graph, Arc::clone(ctx)).await?.unwrap_or_default();
-    let view = mount(solver.cache(), &snapshot, None).map_err(|e| FrontendError::Internal(e.to_string()))?;
+    let (_, view) = solve_and_mount(solver, ctx, &download).await?;
     let mut head = Vec::with_capacity(1024);
     std::fs::File::open(view.path().join(FILE))
         .and_then(|f| f.take(1024).read_to_end(&mut head))
@@ -373,6 +369,21 @@ fn is_archive(head: &[u8]) -> bool {
     sum == recorded
 }
 
+/// Solves `state` within the build and mounts its result read-only; the
+/// definition comes back too, for callers that hand it on.
+async fn solve_and_mount(
+    solver: &Arc<Solver>,
+    ctx: &Arc<BuildContext>,
+    state: &llb::State,
+) -> Result<(pb::Definition, crate::cache::mount::Mounted), FrontendError> {
+    let def = llb::marshal(state, &MarshalOptions::default())
+        .map_err(|e| FrontendError::Internal(e.to_string()))?;
+    let graph = Graph::parse(&def).map_err(|e| FrontendError::Internal(e.to_string()))?;
+    let snapshot = solver.solve(&graph, Arc::clone(ctx)).await?.unwrap_or_default();
+    let view = mount(solver.cache(), &snapshot, None).map_err(|e| FrontendError::Internal(e.to_string()))?;
+    Ok((def, view))
+}
+
 /// Solves `state` and reads `paths` from its result; a missing path is `None`.
 async fn read_state(
     solver: &Arc<Solver>,
@@ -380,11 +391,7 @@ async fn read_state(
     state: &llb::State,
     paths: &[&str],
 ) -> Result<(pb::Definition, Vec<Option<Vec<u8>>>), FrontendError> {
-    let def = llb::marshal(state, &MarshalOptions::default())
-        .map_err(|e| FrontendError::Internal(e.to_string()))?;
-    let graph = Graph::parse(&def).map_err(|e| FrontendError::Internal(e.to_string()))?;
-    let snapshot = solver.solve(&graph, Arc::clone(ctx)).await?.unwrap_or_default();
-    let view = mount(solver.cache(), &snapshot, None).map_err(|e| FrontendError::Internal(e.to_string()))?;
+    let (def, view) = solve_and_mount(solver, ctx, state).await?;
     let files =
         paths.iter().map(|p| std::fs::read(view.path().join(p.trim_start_matches('/'))).ok()).collect();
     Ok((def, files))
@@ -412,14 +419,7 @@ async fn read_local(
             ..LocalOptions::default()
         },
     );
-    let def = llb::marshal(&state, &MarshalOptions::default())
-        .map_err(|e| FrontendError::Internal(e.to_string()))?;
-    let graph = Graph::parse(&def).map_err(|e| FrontendError::Internal(e.to_string()))?;
-    let snapshot = solver.solve(&graph, Arc::clone(ctx)).await?.unwrap_or_default();
-    let view = mount(solver.cache(), &snapshot, None).map_err(|e| FrontendError::Internal(e.to_string()))?;
-    let files =
-        paths.iter().map(|p| std::fs::read(view.path().join(p.trim_start_matches('/'))).ok()).collect();
-    Ok((def, files))
+    read_state(solver, ctx, &state, paths).await
 }
 
 /// Base image lookups through the registry, with the client's credentials.
