@@ -99,14 +99,6 @@ impl ClientConn {
         self.entry.as_ref().map_or("none", |e| e.label())
     }
 
-    fn pool(&self) -> &Arc<Pool> {
-        match &self.entry {
-            Ok(e) => &e.pool,
-            // `handle` answers every call of a pool-less connection itself.
-            Err(_) => unreachable_pool(),
-        }
-    }
-
     fn remember(&self, backend: &Arc<Backend>) {
         *self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::clone(backend));
     }
@@ -131,13 +123,6 @@ pub enum ForwardError {
     Lost { addr: String, source: hyper::Error },
     #[error("building the request for {addr}: {source}")]
     Request { addr: String, source: http::Error },
-}
-
-/// A pool with no builders, for the impossible case of a call reaching a
-/// connection without one.
-fn unreachable_pool() -> &'static Arc<Pool> {
-    static EMPTY: std::sync::OnceLock<Arc<Pool>> = std::sync::OnceLock::new();
-    EMPTY.get_or_init(|| Pool::new(Vec::new(), 1))
 }
 
 impl Gateway {
@@ -302,15 +287,15 @@ impl Gateway {
             return Ok(grpc::status(code::PERMISSION_DENIED, &message));
         }
         let response = match path.as_str() {
-            p if p == format!("{CONTROL}Session") => self.session(req, &conn).await,
-            p if p == format!("{CONTROL}Solve") => self.solve(req, &conn).await,
-            p if p == format!("{CONTROL}Status") => self.by_ref_in_body(req, &conn).await,
+            p if p == format!("{CONTROL}Session") => self.session(req, &entry.pool, &conn).await,
+            p if p == format!("{CONTROL}Solve") => self.solve(req, &entry.pool, &conn).await,
+            p if p == format!("{CONTROL}Status") => self.by_ref_in_body(req, &entry.pool, &conn).await,
             p if p == format!("{CONTROL}ListWorkers") => self.list_workers(req, &entry).await,
             p if p == format!("{CONTROL}Info") && entry.pool.any().is_none() => grpc::unary(&info_message()),
             p if p == format!("{CONTROL}DiskUsage") => self.fan_out(req, &entry.pool, false).await,
             p if p == format!("{CONTROL}Prune") => self.fan_out(req, &entry.pool, true).await,
-            p if p.starts_with(BRIDGE) => self.by_build_header(req, &conn).await,
-            _ => self.by_connection(req, &conn).await,
+            p if p.starts_with(BRIDGE) => self.by_build_header(req, &entry.pool, &conn).await,
+            _ => self.by_connection(req, &entry.pool, &conn).await,
         };
         Ok(response)
     }
@@ -342,7 +327,7 @@ impl Gateway {
         response
     }
 
-    async fn session(&self, req: Request<Incoming>, conn: &ClientConn) -> Response<Body> {
+    async fn session(&self, req: Request<Incoming>, pool: &Arc<Pool>, conn: &ClientConn) -> Response<Body> {
         let header =
             |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
         let id = header("x-docker-expose-session-uuid");
@@ -350,7 +335,7 @@ impl Gateway {
         let queued = Instant::now();
         let (slot, choice) = {
             let _waiting = QueueGauge::enter(&self.metrics);
-            conn.pool().open_session(&id, &key).await
+            pool.open_session(&id, &key).await
         };
         self.metrics.gateway_session(
             conn.pool_label(),
@@ -366,7 +351,7 @@ impl Gateway {
         self.forward(&backend, parts, body, Some(slot)).await
     }
 
-    async fn solve(&self, req: Request<Incoming>, conn: &ClientConn) -> Response<Body> {
+    async fn solve(&self, req: Request<Incoming>, pool: &Arc<Pool>, conn: &ClientConn) -> Response<Body> {
         let (parts, body) = req.into_parts();
         let Some(bytes) = self.read_unary(body).await else {
             return grpc::status(code::INTERNAL, "kiln gateway: reading the Solve request failed");
@@ -378,15 +363,15 @@ impl Gateway {
         // The session usually opens first; when the Solve wins the race, or
         // the session waits in the queue, wait for it so the build goes where
         // its context is. Meanwhile the build's Status waits too.
-        let queued = conn.pool().queue_ref(&ids.r#ref);
-        let backend = match conn.pool().session_backend(&ids.session, BIND_WAIT).await {
+        let queued = pool.queue_ref(&ids.r#ref);
+        let backend = match pool.session_backend(&ids.session, BIND_WAIT).await {
             Some(b) => b,
-            None => match conn.pool().any_within(super::pool::SCALE_UP_WAIT).await {
+            None => match pool.any_within(super::pool::SCALE_UP_WAIT).await {
                 Some(b) => b,
                 None => return grpc::status(code::UNAVAILABLE, "kiln gateway: no builder is ready"),
             },
         };
-        conn.pool().bind_ref(&ids.r#ref, &backend);
+        pool.bind_ref(&ids.r#ref, &backend);
         drop(queued);
         self.metrics.gateway_solve(conn.pool_label(), &backend.addr);
         info!(build = %ids.r#ref, session = %ids.session, builder = %backend.addr, "solve");
@@ -394,7 +379,12 @@ impl Gateway {
         self.forward(&backend, parts, grpc::full(bytes), None).await
     }
 
-    async fn by_ref_in_body(&self, req: Request<Incoming>, conn: &ClientConn) -> Response<Body> {
+    async fn by_ref_in_body(
+        &self,
+        req: Request<Incoming>,
+        pool: &Arc<Pool>,
+        conn: &ClientConn,
+    ) -> Response<Body> {
         let (parts, body) = req.into_parts();
         let Some(bytes) = self.read_unary(body).await else {
             return grpc::status(code::INTERNAL, "kiln gateway: reading the request failed");
@@ -404,7 +394,7 @@ impl Gateway {
             .and_then(|m| RefOnly::decode(m).ok())
             .unwrap_or_default()
             .r#ref;
-        match conn.pool().ref_backend(&r, BIND_WAIT).await {
+        match pool.ref_backend(&r, BIND_WAIT).await {
             Some(backend) => {
                 conn.remember(&backend);
                 self.forward(&backend, parts, grpc::full(bytes), None).await
@@ -413,9 +403,14 @@ impl Gateway {
         }
     }
 
-    async fn by_build_header(&self, req: Request<Incoming>, conn: &ClientConn) -> Response<Body> {
+    async fn by_build_header(
+        &self,
+        req: Request<Incoming>,
+        pool: &Pool,
+        conn: &ClientConn,
+    ) -> Response<Body> {
         let r = req.headers().get(BUILD_ID).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
-        match conn.pool().ref_backend(&r, BIND_WAIT).await {
+        match pool.ref_backend(&r, BIND_WAIT).await {
             Some(backend) => {
                 conn.remember(&backend);
                 let (parts, body) = req.into_parts();
@@ -425,8 +420,13 @@ impl Gateway {
         }
     }
 
-    async fn by_connection(&self, req: Request<Incoming>, conn: &ClientConn) -> Response<Body> {
-        let Some(backend) = conn.last().or_else(|| conn.pool().any()) else {
+    async fn by_connection(
+        &self,
+        req: Request<Incoming>,
+        pool: &Arc<Pool>,
+        conn: &ClientConn,
+    ) -> Response<Body> {
+        let Some(backend) = conn.last().or_else(|| pool.any()) else {
             return grpc::status(code::UNAVAILABLE, "kiln gateway: no builder is ready");
         };
         let (parts, body) = req.into_parts();
