@@ -106,7 +106,13 @@ pub async fn serve(
     services: Services,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
+    // The client's uploads (context, files) arrive on its Session stream: a
+    // receive window the size of tonic's default would cap them far below
+    // what loopback and the fsutil stream can carry.
     let mut builder = Server::builder()
+        .initial_stream_window_size(crate::session::STREAM_WINDOW)
+        .initial_connection_window_size(crate::session::CONNECTION_WINDOW)
+        .max_frame_size(crate::session::MAX_FRAME)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)));
     if let Some(tls) = services.tls {

@@ -47,8 +47,9 @@ pub const HEADER_METHOD: &str = "x-docker-expose-session-grpc-method";
 const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 /// HTTP/2 windows on the session connection: file data flows client → daemon
 /// on it, and the 64 KiB defaults cap a loopback transfer far below the link.
-const STREAM_WINDOW: u32 = 4 << 20;
-const CONNECTION_WINDOW: u32 = 16 << 20;
+pub(crate) const STREAM_WINDOW: u32 = 4 << 20;
+pub(crate) const CONNECTION_WINDOW: u32 = 16 << 20;
+pub(crate) const MAX_FRAME: u32 = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -162,7 +163,7 @@ impl SessionManager {
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
-            .max_frame_size(1 << 20)
+            .max_frame_size(MAX_FRAME)
             .handshake(io)
             .await
             .map_err(|source| SessionError::Handshake { id: id.clone(), source })?;

@@ -5,10 +5,10 @@
 use std::io::{self, BufRead, BufReader, Read, Write};
 
 use flate2::read::MultiGzDecoder;
-use flate2::write::GzEncoder;
 use sha2::{Digest as _, Sha256};
 
 use super::SnapshotError;
+use super::pgzip::{self, GzipWriter};
 use crate::content::Digest;
 
 const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b];
@@ -62,7 +62,17 @@ pub struct LayerDigests {
 
 /// Wraps `writer` so that an uncompressed layer tar written into it comes out
 /// compressed; [`CompressWriter::finish`] returns the digests of both forms.
+/// Compression runs on up to [`pgzip::default_threads`] threads; the bytes
+/// are the same whatever that number is.
 pub fn compress<W: Write>(writer: W, compression: Compression) -> Result<CompressWriter<W>, SnapshotError> {
+    compress_on(writer, compression, pgzip::default_threads())
+}
+
+fn compress_on<W: Write>(
+    writer: W,
+    compression: Compression,
+    threads: usize,
+) -> Result<CompressWriter<W>, SnapshotError> {
     let sink = HashingWriter { inner: writer, hasher: Sha256::new(), size: 0 };
     let encoder = match compression {
         Compression::None => Encoder::None(sink),
@@ -74,16 +84,21 @@ pub fn compress<W: Write>(writer: W, compression: Compression) -> Result<Compres
                     range: "0-9",
                 });
             }
-            // The default GzBuilder header has mtime 0 and no file name, so
-            // the same tar always compresses to the same bytes.
-            Encoder::Gzip(GzEncoder::new(sink, flate2::Compression::new(level)))
+            let encoder =
+                GzipWriter::new(sink, level, threads).map_err(|source| SnapshotError::Compress { source })?;
+            Encoder::Gzip(encoder)
         }
         Compression::Zstd { level } => {
             if !(1..=22).contains(&level) {
                 return Err(SnapshotError::CompressionLevel { algorithm: "zstd", level, range: "1-22" });
             }
-            let encoder = zstd::stream::write::Encoder::new(sink, level)
+            // zstd's multi-threaded mode writes the same frames for any
+            // number of workers from one up (but not for zero, its
+            // single-threaded mode): always at least one.
+            let workers = u32::try_from(threads.max(1)).unwrap_or(1);
+            let mut encoder = zstd::stream::write::Encoder::new(sink, level)
                 .map_err(|source| SnapshotError::Compress { source })?;
+            encoder.multithread(workers).map_err(|source| SnapshotError::Compress { source })?;
             Encoder::Zstd(encoder)
         }
     };
@@ -92,7 +107,7 @@ pub fn compress<W: Write>(writer: W, compression: Compression) -> Result<Compres
 
 enum Encoder<W: Write> {
     None(HashingWriter<W>),
-    Gzip(GzEncoder<HashingWriter<W>>),
+    Gzip(GzipWriter<HashingWriter<W>>),
     Zstd(zstd::stream::write::Encoder<'static, HashingWriter<W>>),
 }
 
@@ -275,6 +290,28 @@ mod tests {
                 writer.finish().unwrap().1
             };
             assert_eq!(run(), run(), "{compression:?}");
+        }
+    }
+
+    #[test]
+    fn the_thread_count_does_not_change_the_blob() {
+        // Several zstd jobs' worth (a job is a few MiB at these levels).
+        let mut tar = TarBuilder::new();
+        let text: Vec<u8> = (0..400_000u32).flat_map(|i| format!("{i} {}\n", i % 97).into_bytes()).collect();
+        tar.file("data/text", &text, 0o644, 0, 0, 1);
+        let tar = tar.finish();
+        for compression in [Compression::Gzip { level: 6 }, Compression::Zstd { level: 3 }] {
+            let blob = |threads| {
+                let mut writer = compress_on(Vec::new(), compression, threads).unwrap();
+                writer.write_all(&tar).unwrap();
+                writer.finish().unwrap()
+            };
+            let (one, digests) = blob(1);
+            assert!(blob(2).0 == one && blob(4).0 == one, "{compression:?}");
+            let mut back = Vec::new();
+            decompress(&one[..], None).unwrap().read_to_end(&mut back).unwrap();
+            assert!(back == tar, "{compression:?}");
+            assert_eq!(digests.diff_id, Digest::of(&tar));
         }
     }
 

@@ -18,6 +18,7 @@ mod apply;
 mod compression;
 mod diff;
 mod flatten;
+mod pgzip;
 
 use std::io;
 use std::path::{Path, PathBuf};
