@@ -44,6 +44,12 @@ impl HashCache {
         last.get(dir).filter(|(k, _)| k == key).map(|(_, layer)| layer.clone())
     }
 
+    /// Records the content hash of a file just written, by its identity.
+    pub(crate) fn record(&self, meta: &std::fs::Metadata, digest: [u8; 32]) {
+        let mut known = self.known.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        known.insert(identity(meta), digest);
+    }
+
     pub(crate) fn remember(&self, dir: &Path, key: &str, layer: &str) {
         let mut last = self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         last.insert(dir.to_owned(), (key.to_owned(), layer.to_owned()));
@@ -52,6 +58,10 @@ impl HashCache {
 
 /// Inode, device, size and mtime in ns.
 type FileIdentity = (u64, u64, u64, i64);
+
+fn identity(meta: &std::fs::Metadata) -> FileIdentity {
+    (meta.ino(), meta.dev(), meta.size(), meta.mtime() * 1_000_000_000 + meta.mtime_nsec())
+}
 
 /// The hash of the entries `paths` (relative to `root`; "" is the root
 /// itself) with everything below them. A missing path hashes as missing.
@@ -109,7 +119,7 @@ fn hash_entry(src: &Path, rel: &Path, h: &mut Sha256, hashes: &HashCache) -> Res
 }
 
 fn file_hash(path: &Path, meta: &std::fs::Metadata, hashes: &HashCache) -> std::io::Result<[u8; 32]> {
-    let key = (meta.ino(), meta.dev(), meta.size(), meta.mtime() * 1_000_000_000 + meta.mtime_nsec());
+    let key = identity(meta);
     if let Some(h) = hashes.known.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&key) {
         return Ok(*h);
     }

@@ -6,13 +6,15 @@ use std::collections::{HashMap, HashSet};
 use std::fs::{DirBuilder, Metadata, Permissions};
 use std::io::{self, Write};
 use std::os::fd::AsFd;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use kiln_proto::buildkit::fsutil::types::packet::PacketType;
 use kiln_proto::buildkit::fsutil::types::{Packet, Stat};
 use rustix::fs::{AtFlags, CWD, FileType, Mode, Timespec, Timestamps, XattrFlags};
+use sha2::{Digest as _, Sha256};
 use tempfile::NamedTempFile;
 use tokio::sync::mpsc;
 use tracing::{Instrument, debug, instrument};
@@ -21,6 +23,7 @@ use super::patterns::clean_path;
 use super::stat::{Detail, EntryKind, InodeMap, kind_of, stat_of, unix_permissions};
 use super::walk::{DestWalker, compare_path};
 use super::{AbortOnDrop, FsutilError, notify_peer, packet};
+use crate::cache::contenthash::HashCache;
 
 /// How the receiver decides which files it already has (BuildKit's
 /// `local.differ` attribute).
@@ -52,6 +55,9 @@ pub struct ReceiveOptions {
     /// file anew (the client side of a local export).
     pub merge: bool,
     pub ownership: Ownership,
+    /// Where to record each received file's content hash, computed as its
+    /// data arrives, so the content key need not read the file again.
+    pub hashes: Option<Arc<HashCache>>,
 }
 
 /// What a finished transfer did.
@@ -138,11 +144,57 @@ async fn forward(mut rx: mpsc::UnboundedReceiver<Packet>, outgoing: mpsc::Sender
     }
 }
 
-/// A requested file: its stat and, once data starts, the temporary file
-/// the data goes to. Dropping it removes the temporary file.
+/// A requested file: its stat, whether a previous copy is in the way, the
+/// file its data goes to once data starts, and the hash of what came so far.
 struct PendingFile {
     stat: Stat,
-    temp: Option<NamedTempFile>,
+    replaces: bool,
+    target: Option<Target>,
+    hasher: Option<Sha256>,
+}
+
+/// Where a file's data is written: a path nothing is at yet is written in
+/// place; one that replaces a previous copy goes to a temporary file renamed
+/// over it at the end, as the old copy may be hard-linked into a snapshot.
+/// A half-written file left by a failed transfer has no final mtime, so the
+/// next transfer does not take it as unchanged.
+enum Target {
+    Direct(std::fs::File),
+    /// Dropping it removes the temporary file.
+    Temp(NamedTempFile),
+}
+
+impl Target {
+    fn open(abs: &Path, replaces: bool) -> Result<Self, FsutilError> {
+        if replaces {
+            return temp_file_for(abs).map(Self::Temp);
+        }
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(abs)
+            .map(Self::Direct)
+            .map_err(|source| FsutilError::CreateFile { path: abs.into(), source })
+    }
+
+    fn file(&self) -> &std::fs::File {
+        match self {
+            Self::Direct(f) => f,
+            Self::Temp(t) => t.as_file(),
+        }
+    }
+
+    /// Puts the file under its final name.
+    fn finish(self, abs: &Path) -> Result<(), FsutilError> {
+        match self {
+            Self::Direct(_) => Ok(()),
+            Self::Temp(t) => t
+                .persist(abs)
+                .map(drop)
+                .map_err(|e| FsutilError::Rename { path: abs.into(), source: e.error }),
+        }
+    }
 }
 
 /// A directory whose mode and mtime are set last, after its children were
@@ -360,7 +412,9 @@ impl Receiver {
             }
             EntryKind::Regular => {
                 self.pending_paths.insert(stat.path.clone());
-                self.pending.insert(id, PendingFile { stat, temp: None });
+                let hasher = self.opts.hashes.as_ref().map(|_| Sha256::new());
+                let replaces = existing.is_some();
+                self.pending.insert(id, PendingFile { stat, replaces, target: None, hasher });
                 self.report.files_requested += 1;
                 self.send(Packet { r#type: PacketType::PacketReq.into(), id, ..Packet::default() })?;
             }
@@ -445,17 +499,20 @@ impl Receiver {
             return self.finish_file(id);
         }
         let abs = self.dest.join(&file.stat.path);
-        let temp = match &mut file.temp {
-            Some(temp) => temp,
+        let target = match &mut file.target {
+            Some(target) => target,
             None => {
                 if self.open_files >= MAX_OPEN_FILES {
                     return Err(FsutilError::TooManyOpenFiles { limit: MAX_OPEN_FILES });
                 }
                 self.open_files += 1;
-                file.temp.insert(temp_file_for(&abs)?)
+                file.target.insert(Target::open(&abs, file.replaces)?)
             }
         };
-        temp.write_all(data).map_err(|source| FsutilError::WriteFile { path: abs, source })?;
+        target.file().write_all(data).map_err(|source| FsutilError::WriteFile { path: abs, source })?;
+        if let Some(hasher) = &mut file.hasher {
+            hasher.update(data);
+        }
         self.report.bytes_received += data.len() as u64;
         Ok(())
     }
@@ -466,17 +523,17 @@ impl Receiver {
         let Some(file) = self.pending.remove(&id) else {
             return Err(FsutilError::UnexpectedData { id });
         };
-        let stat = file.stat;
+        let (stat, hasher) = (file.stat, file.hasher);
         let abs = self.dest.join(&stat.path);
-        let temp = match file.temp {
-            Some(temp) => {
+        let target = match file.target {
+            Some(target) => {
                 self.open_files -= 1;
-                temp
+                target
             }
-            None => temp_file_for(&abs)?,
+            None => Target::open(&abs, file.replaces)?,
         };
         // Owner before mode: a chown clears the setuid and setgid bits.
-        let file = temp.as_file();
+        let file = target.file();
         std::os::unix::fs::fchown(file, Some(stat.uid), Some(stat.gid))
             .map_err(|source| FsutilError::SetOwner { path: abs.clone(), source })?;
         file.set_permissions(Permissions::from_mode(unix_permissions(stat.mode)))
@@ -488,7 +545,12 @@ impl Receiver {
         }
         rustix::fs::futimens(file.as_fd(), &timestamps(stat.mod_time))
             .map_err(|e| FsutilError::SetTimes { path: abs.clone(), source: e.into() })?;
-        temp.persist(&abs).map_err(|e| FsutilError::Rename { path: abs, source: e.error })?;
+        if let (Some(hashes), Some(hasher)) = (&self.opts.hashes, hasher) {
+            // The identity after the last change; a rename keeps it.
+            let meta = file.metadata().map_err(|source| FsutilError::Stat { path: abs.clone(), source })?;
+            hashes.record(&meta, hasher.finalize().into());
+        }
+        target.finish(&abs)?;
 
         self.pending_paths.remove(&stat.path);
         for link in self.pending_links.remove(&stat.path).unwrap_or_default() {

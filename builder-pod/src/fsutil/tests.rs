@@ -713,3 +713,38 @@ async fn a_symlink_swapped_in_after_the_walk_is_not_followed() {
     assert!(sent.iter().all(|p| !p.data.starts_with(b"outside")), "{sent:?}");
     assert!(error_packet_text(&sent).starts_with("opening "));
 }
+
+#[tokio::test]
+async fn received_files_have_their_content_hash_recorded_as_they_arrive() {
+    use crate::cache::contenthash::{HashCache, content_hash};
+    let src = tempfile::tempdir().unwrap();
+    let dest = tempfile::tempdir().unwrap();
+    rich_tree(src.path());
+    let hashes = std::sync::Arc::new(HashCache::default());
+    let opts = ReceiveOptions { hashes: Some(hashes.clone()), ..ReceiveOptions::default() };
+    transfer(src.path(), dest.path(), &WalkFilter::default(), opts.clone()).await;
+    // The recorded hashes give the key a fresh read of every file gives.
+    let key = content_hash(dest.path(), &[""], &hashes).unwrap();
+    assert_eq!(key, content_hash(dest.path(), &[""], &HashCache::default()).unwrap());
+
+    // A changed file arrives (in place of its old copy) with its new hash.
+    std::fs::write(src.path().join("src/a.txt"), "changed, and longer than before\n").unwrap();
+    transfer(src.path(), dest.path(), &WalkFilter::default(), opts).await;
+    let key2 = content_hash(dest.path(), &[""], &hashes).unwrap();
+    assert_ne!(key2, key);
+    assert_eq!(key2, content_hash(dest.path(), &[""], &HashCache::default()).unwrap());
+
+    // And the key really comes from the record: rewrite a file's bytes
+    // behind the cache's back, keeping its identity (inode, size, mtime).
+    let path = dest.path().join("README.md");
+    let meta = std::fs::metadata(&path).unwrap();
+    let same_size = vec![b'x'; meta.len() as usize];
+    std::fs::write(&path, &same_size).unwrap();
+    let times = Timestamps {
+        last_access: Timespec { tv_sec: meta.atime(), tv_nsec: meta.atime_nsec() },
+        last_modification: Timespec { tv_sec: meta.mtime(), tv_nsec: meta.mtime_nsec() },
+    };
+    rustix::fs::utimensat(CWD, &path, &times, AtFlags::empty()).unwrap();
+    assert_eq!(content_hash(dest.path(), &[""], &hashes).unwrap(), key2);
+    assert_ne!(content_hash(dest.path(), &[""], &HashCache::default()).unwrap(), key2);
+}

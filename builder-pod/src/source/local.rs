@@ -129,7 +129,7 @@ pub async fn transfer(
     cache: &CacheManager,
     session: &Session,
     src: &LocalSource,
-    hashes: &HashCache,
+    hashes: &Arc<HashCache>,
 ) -> Result<Transferred, LocalError> {
     let dir = sync_dir(cache, src, &session.shared_key);
     std::fs::create_dir_all(&dir).map_err(|source| LocalError::Snapshot {
@@ -137,7 +137,8 @@ pub async fn transfer(
         path: dir.clone(),
         source,
     })?;
-    let opts = ReceiveOptions { differ: src.differ, ..ReceiveOptions::default() };
+    let opts =
+        ReceiveOptions { differ: src.differ, hashes: Some(Arc::clone(hashes)), ..ReceiveOptions::default() };
     let report = sync(session, &src.request, &dir, opts).await?;
 
     let (name, sync) = (src.name.clone(), dir.clone());

@@ -74,7 +74,7 @@ pub struct Sources {
     pub content: ContentStore,
     pub registry: Registry,
     pub sessions: Arc<SessionManager>,
-    hashes: HashCache,
+    hashes: Arc<HashCache>,
     /// Resolved images by the key their op was cached under, until pulled.
     /// Images resolved recently, by manifest digest, for the load that may
     /// follow. Loads read them without taking them out: two vertices (of one
@@ -147,7 +147,7 @@ impl Sources {
             content,
             registry,
             sessions,
-            hashes: HashCache::default(),
+            hashes: Arc::default(),
             resolved: Mutex::new(RecentImages::default()),
             locks: KeyedLocks::default(),
             http: tokio::sync::OnceCell::new(),
