@@ -50,6 +50,11 @@ impl HashCache {
         known.insert(identity(meta), digest);
     }
 
+    /// The content key and layer of `dir`'s last snapshot, whatever the key.
+    pub(crate) fn last_of(&self, dir: &Path) -> Option<(String, String)> {
+        self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(dir).cloned()
+    }
+
     pub(crate) fn remember(&self, dir: &Path, key: &str, layer: &str) {
         let mut last = self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         last.insert(dir.to_owned(), (key.to_owned(), layer.to_owned()));

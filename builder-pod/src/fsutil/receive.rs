@@ -71,6 +71,8 @@ pub struct ReceiveReport {
     pub bytes_received: u64,
     /// Entries of the previous copy removed because the sender no longer has them.
     pub deleted: u64,
+    /// Entries created or rewritten (everything not taken as unchanged).
+    pub written: u64,
 }
 
 /// Files whose data may be arriving at the same time. Senders send a few
@@ -365,6 +367,7 @@ impl Receiver {
             }
             return Ok(());
         }
+        self.report.written += 1;
         if let Some(meta) = &existing
             && !keep_dir
             && (kind != EntryKind::Regular || hardlink || meta.is_dir())
@@ -413,7 +416,9 @@ impl Receiver {
             EntryKind::Regular => {
                 self.pending_paths.insert(stat.path.clone());
                 let hasher = self.opts.hashes.as_ref().map(|_| Sha256::new());
-                let replaces = existing.is_some();
+                // A client's own directory (merge mode) never shows a
+                // half-written file: there every file goes through a rename.
+                let replaces = existing.is_some() || self.opts.merge;
                 self.pending.insert(id, PendingFile { stat, replaces, target: None, hasher });
                 self.report.files_requested += 1;
                 self.send(Packet { r#type: PacketType::PacketReq.into(), id, ..Packet::default() })?;

@@ -218,7 +218,7 @@ async fn resending_an_unchanged_tree_transfers_nothing() {
 
     let again = copy(src.path(), dest.path()).await;
 
-    assert_eq!((again.files_requested, again.bytes_received, again.deleted), (0, 0, 0));
+    assert_eq!((again.files_requested, again.bytes_received, again.deleted, again.written), (0, 0, 0, 0));
     assert_eq!(snapshot(dest.path()), snapshot(src.path()));
 }
 
@@ -564,6 +564,23 @@ async fn a_truncated_upload_leaves_no_half_written_file() {
     let names: Vec<_> = std::fs::read_dir(dest.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names, ["f"], "no temporary file is left behind");
     assert_eq!(std::fs::read(dest.path().join("f")).unwrap(), b"old");
+}
+
+#[tokio::test]
+async fn a_new_file_cut_short_is_taken_anew_by_the_next_transfer() {
+    let dest = tempfile::tempdir().unwrap();
+    let mut script = script_receiver(dest.path(), ReceiveOptions::default());
+    script.push(file("f", 10)).await;
+    assert_eq!(kind(&script.next().await), PacketType::PacketReq);
+    script.push(data(0, b"hello")).await;
+    assert!(script.end().await.0.is_err());
+
+    // The sender now has the whole file, same size as announced before.
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("f"), b"helloworld").unwrap();
+    let report = copy(src.path(), dest.path()).await;
+    assert_eq!(report.files_requested, 1, "the half-written copy is not taken as unchanged");
+    assert_eq!(std::fs::read(dest.path().join("f")).unwrap(), b"helloworld");
 }
 
 #[tokio::test]
