@@ -40,7 +40,7 @@ pub use manifest::{
 };
 pub use platform::Platform;
 pub use reference::{DOCKER_HUB, Reference};
-pub use registry::{HostConfig, Registry, RegistryClient, RegistryHosts, RequestError};
+pub use registry::{BlobPush, HostConfig, Registry, RegistryClient, RegistryHosts, RequestError};
 
 use crate::content::{ContentStore, Digest};
 
@@ -206,6 +206,7 @@ impl RegistryClient {
                 layers.push(layer.clone());
             }
         }
+        self.note_sources(&image.reference, layers.iter().map(|l| &l.digest));
         let name = &name;
         let results: Vec<Option<u64>> = futures::stream::iter(layers)
             .map(|layer: Descriptor| async move {
@@ -232,7 +233,7 @@ impl RegistryClient {
     }
 
     /// Pushes one blob to `reference`'s repository unless it is there
-    /// already; `true` when it was uploaded.
+    /// already, mounting it from another repository when one is known.
     #[instrument(skip_all, fields(image.ref = %reference, blob.digest = %digest, blob.size = size))]
     pub async fn push_blob(
         &self,
@@ -240,17 +241,18 @@ impl RegistryClient {
         digest: &Digest,
         size: u64,
         body: impl AsyncRead + Send + Sync + 'static,
-    ) -> Result<bool, ImageError> {
+    ) -> Result<BlobPush, ImageError> {
         let err = |source| ImageError::PushBlob {
             reference: reference.to_string(),
             digest: digest.clone(),
             source: Box::new(source),
         };
         if self.blob_exists(reference, digest).await.map_err(err)? {
-            return Ok(false);
+            return Ok(BlobPush::Present);
         }
-        self.upload_blob(reference, digest, size, body).await.map_err(err)?;
-        Ok(true)
+        let pushed = self.upload_blob(reference, digest, size, body).await.map_err(err)?;
+        self.note_sources(reference, [digest]);
+        Ok(pushed)
     }
 
     /// Pushes a blob from the content store.
@@ -259,7 +261,7 @@ impl RegistryClient {
         reference: &Reference,
         store: &ContentStore,
         digest: &Digest,
-    ) -> Result<bool, ImageError> {
+    ) -> Result<BlobPush, ImageError> {
         let err = |source: crate::content::ContentError| ImageError::PushBlob {
             reference: reference.to_string(),
             digest: digest.clone(),

@@ -116,6 +116,30 @@ pub struct Registry {
     hosts: Arc<RegistryHosts>,
     http: reqwest::Client,
     insecure: reqwest::Client,
+    sources: Arc<std::sync::Mutex<BlobSources>>,
+}
+
+/// Repositories known to hold a blob (pulled from or pushed to), so a push
+/// to another repository of the same registry can mount it instead of
+/// uploading it again, as BuildKit does with its distribution-source labels.
+/// Kept in memory: after a restart blobs are uploaded until seen again.
+#[derive(Debug, Default)]
+struct BlobSources {
+    by_digest: HashMap<Digest, Vec<(String, String)>>,
+}
+
+/// Past this many blobs the record starts over rather than grow for ever.
+const MAX_BLOB_SOURCES: usize = 16_384;
+
+/// How a blob came to be in the repository a push names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobPush {
+    /// It was there already.
+    Present,
+    /// The registry linked it from another of its repositories.
+    Mounted,
+    /// Its bytes were sent.
+    Uploaded,
 }
 
 impl Registry {
@@ -131,6 +155,7 @@ impl Registry {
             hosts: Arc::new(hosts),
             http: builder().build().map_err(err)?,
             insecure: builder().danger_accept_invalid_certs(true).build().map_err(err)?,
+            sources: Arc::default(),
         })
     }
 
@@ -175,6 +200,35 @@ impl RegistryClient {
     fn url(&self, reference: &Reference, tail: &str) -> String {
         let scheme = if self.registry.hosts.get(&reference.registry).http { "http" } else { "https" };
         format!("{scheme}://{}/v2/{}/{tail}", reference.endpoint_host(), reference.repository)
+    }
+
+    /// Records that `reference`'s repository holds these blobs.
+    pub(super) fn note_sources<'a>(
+        &self,
+        reference: &Reference,
+        digests: impl IntoIterator<Item = &'a Digest>,
+    ) {
+        let mut sources = self.registry.sources.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for digest in digests {
+            if sources.by_digest.len() >= MAX_BLOB_SOURCES && !sources.by_digest.contains_key(digest) {
+                sources.by_digest.clear();
+            }
+            let repos = sources.by_digest.entry(digest.clone()).or_default();
+            let source = (reference.registry.clone(), reference.repository.clone());
+            if !repos.contains(&source) {
+                repos.push(source);
+            }
+        }
+    }
+
+    /// Another repository of `reference`'s registry known to hold `digest`.
+    fn mount_source(&self, reference: &Reference, digest: &Digest) -> Option<String> {
+        let sources = self.registry.sources.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let repos = sources.by_digest.get(digest)?;
+        repos
+            .iter()
+            .find(|(registry, repo)| *registry == reference.registry && *repo != reference.repository)
+            .map(|(_, repo)| repo.clone())
     }
 
     fn scope(reference: &Reference, push: bool) -> Scope {
@@ -274,22 +328,37 @@ impl RegistryClient {
 
     /// Uploads a blob the registry does not have yet: POST opens an upload
     /// session, one PUT with the digest completes it (spec.md "Pushing a
-    /// blob monolithically", the POST-then-PUT form).
+    /// blob monolithically", the POST-then-PUT form). When another
+    /// repository of the registry is known to hold the blob, the POST asks
+    /// to mount it from there first ("Mounting a blob from another
+    /// repository"); a registry that cannot answers with a plain session.
     pub(super) async fn upload_blob(
         &self,
         reference: &Reference,
         digest: &Digest,
         size: u64,
         body: impl AsyncRead + Send + Sync + 'static,
-    ) -> Result<(), RequestError> {
+    ) -> Result<BlobPush, RequestError> {
         let scope = Self::scope(reference, true);
-        let start_url = self.url(reference, "blobs/uploads/");
+        let mut start_url = self.url(reference, "blobs/uploads/");
+        let from = self.mount_source(reference, digest);
+        if let Some(from) = &from {
+            let mut url = Url::parse(&start_url).map_err(|e| RequestError::Protocol {
+                url: start_url.clone(),
+                detail: format!("bad URL: {e}"),
+            })?;
+            url.query_pairs_mut().append_pair("mount", &digest.to_string()).append_pair("from", from);
+            start_url = url.to_string();
+        }
         let http = self.http(reference);
         let started = self
             .send(reference, &scope, Method::POST, &start_url, &|| {
                 http.post(&start_url).header(CONTENT_LENGTH, 0)
             })
             .await?;
+        if from.is_some() && started.status() == StatusCode::CREATED {
+            return Ok(BlobPush::Mounted);
+        }
         let location = started.headers().get(LOCATION).and_then(|v| v.to_str().ok()).ok_or_else(|| {
             RequestError::Protocol {
                 url: start_url.clone(),
@@ -321,7 +390,7 @@ impl RegistryClient {
             .await
             .map_err(|source| RequestError::Send { method: Method::PUT, url: put_url.clone(), source })?;
         check_status(response, reference.endpoint_host(), Method::PUT, &put_url).await?;
-        Ok(())
+        Ok(BlobPush::Uploaded)
     }
 
     /// PUTs a manifest under `key` (a tag or its digest).

@@ -414,7 +414,35 @@ async fn an_oci_image_pushes_resolves_and_pulls() {
     assert_eq!(pinned.manifest_digest, pushed);
 
     // A second push finds every blob in place.
-    assert!(!pusher.push_blob_from_store(&reference, &source, &image.layers()[0].digest).await.unwrap());
+    let again = pusher.push_blob_from_store(&reference, &source, &image.layers()[0].digest).await.unwrap();
+    assert_eq!(again, BlobPush::Present);
+}
+
+#[tokio::test]
+async fn a_blob_pulled_from_one_repository_is_mounted_into_another() {
+    let registry = TestRegistry::start().await;
+    let (_dir, source) = new_store();
+    let (media_type, manifest) = build_image(&source, &[&[("base", "layer")]], "amd64", false);
+    let base = registry.reference("kiln/base:v1");
+    client(&[&registry.addr], Anonymous).push_image(&base, &source, &media_type, &manifest).await.unwrap();
+
+    // One daemon's registry client: pulls the base, then pushes its layer
+    // to another repository of the same registry.
+    let shared = Registry::new(plain_http(&[&registry.addr])).unwrap();
+    let puller = shared.client(Arc::new(Anonymous));
+    let image = puller.resolve(&base, &Platform::linux_amd64()).await.unwrap();
+    let (_dir2, store) = new_store();
+    puller.pull(&image, &store).await.unwrap();
+    let layer = &image.layers()[0].digest;
+    let app = registry.reference("kiln/app:v1");
+    let pusher = shared.client(Arc::new(Anonymous));
+    assert_eq!(pusher.push_blob_from_store(&app, &store, layer).await.unwrap(), BlobPush::Mounted);
+    assert_eq!(pusher.push_blob_from_store(&app, &store, layer).await.unwrap(), BlobPush::Present);
+
+    // A client that never saw the blob uploads it.
+    let other = registry.reference("kiln/other:v1");
+    let fresh = client(&[&registry.addr], Anonymous);
+    assert_eq!(fresh.push_blob_from_store(&other, &store, layer).await.unwrap(), BlobPush::Uploaded);
 }
 
 #[tokio::test]
