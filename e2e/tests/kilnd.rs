@@ -267,6 +267,13 @@ fn buildctl_exports_local_tar_oci_and_pushes_an_image() {
     eprintln!("pushed {image}@{}", manifest.digest);
     assert_eq!(manifest.digest, digest);
     assert_eq!(manifest.json["layers"].as_array().unwrap().len(), 2, "base + RUN: {}", manifest.json);
+    // The export's parts show under its step, as BuildKit's do.
+    let progress = String::from_utf8_lossy(&out.stderr);
+    for part in
+        ["exporting layers", &format!("exporting manifest {digest}"), "pushing layers and manifest for"]
+    {
+        assert!(progress.lines().any(|l| l.contains(part) && l.ends_with("done")), "{part}:\n{progress}");
+    }
 }
 
 #[test]

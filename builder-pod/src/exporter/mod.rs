@@ -13,7 +13,7 @@ use std::io::Write;
 use std::sync::Arc;
 
 use kiln_proto::buildkit::fsutil::types::Packet;
-use kiln_proto::buildkit::moby::buildkit::v1::{Exporter, Vertex};
+use kiln_proto::buildkit::moby::buildkit::v1::{Exporter, Vertex, VertexStatus};
 use kiln_proto::buildkit::moby::filesync::v1::BytesMessage;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
@@ -190,9 +190,23 @@ impl Exporters {
                     if exporter.r#type == "registry" {
                         opts.push = true;
                     }
-                    let built = image::build_source(self, source, &opts).await?;
+                    let on = &vertex.digest;
+                    let built =
+                        step(ctx, on, "exporting layers".into(), image::build_source(self, source, &opts))
+                            .await?;
+                    let digest = &built.manifest_digest;
+                    step(ctx, on, format!("exporting manifest {digest}"), async { Ok::<_, ExportError>(()) })
+                        .await?;
+                    if let Some(config) = &built.config_digest {
+                        step(ctx, on, format!("exporting config {config}"), async {
+                            Ok::<_, ExportError>(())
+                        })
+                        .await?;
+                    }
                     if opts.push {
-                        image::push(self, &built, &opts, ctx).await?;
+                        let what =
+                            format!("pushing layers and manifest for {}@{digest}", opts.names.join(", "));
+                        step(ctx, on, what, image::push(self, &built, &opts, ctx)).await?;
                     }
                     Ok(built.response(&opts.names))
                 }
@@ -276,6 +290,33 @@ impl Exporters {
 }
 
 /// A vertex of its own for the export step, as BuildKit shows one.
+/// A part of an export, shown under its vertex as buildctl and buildx show
+/// BuildKit's ("exporting layers 0.3s done"); it completes only on success,
+/// the vertex carries the error.
+async fn step<T, E>(
+    ctx: &BuildContext,
+    vertex: &str,
+    name: String,
+    work: impl Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    let started = Some(now());
+    let status = VertexStatus {
+        id: name.clone(),
+        vertex: vertex.to_owned(),
+        name,
+        started,
+        timestamp: started,
+        ..VertexStatus::default()
+    };
+    ctx.job.progress.status(status.clone());
+    let out = work.await;
+    if out.is_ok() {
+        let done = Some(now());
+        ctx.job.progress.status(VertexStatus { completed: done, timestamp: done, ..status });
+    }
+    out
+}
+
 fn progress_vertex(ctx: &BuildContext, index: usize, name: &str) -> Vertex {
     let digest = format!("sha256:{}", hex::encode(Sha256::digest(format!("export:{}:{index}", ctx.job.id))));
     let vertex = Vertex { digest, name: name.to_owned(), started: Some(now()), ..Vertex::default() };
