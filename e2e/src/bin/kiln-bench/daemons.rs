@@ -36,7 +36,11 @@ pub enum Daemon {
     Buildkitd(Buildkitd),
     Gateway(Gateway),
     /// Spawned by the bench itself, to time its startup (see `spawn_bare`).
-    Bare { addr: String, daemon: kiln_e2e::Daemon, _root: tempfile::TempDir },
+    Bare {
+        addr: String,
+        daemon: kiln_e2e::Daemon,
+        _root: tempfile::TempDir,
+    },
 }
 
 impl Daemon {
@@ -212,8 +216,11 @@ pub fn spawn_bare(kind: Kind) -> (Daemon, f64) {
             Command::new(workspace_bin("kilnd"))
         }
         Kind::Buildkitd => {
-            std::fs::write(&config, format!("{KILND_CONFIG}[worker.containerd]\nenabled = false\n{registries}"))
-                .unwrap();
+            std::fs::write(
+                &config,
+                format!("{KILND_CONFIG}[worker.containerd]\nenabled = false\n{registries}"),
+            )
+            .unwrap();
             let mut cmd = env.command("buildkitd");
             cmd.args(["--oci-worker-binary", "runc"]);
             cmd
@@ -228,7 +235,8 @@ pub fn spawn_bare(kind: Kind) -> (Daemon, f64) {
     let url = format!("http://{}", addr.trim_start_matches("tcp://"));
     let served = runtime.block_on(async {
         while start.elapsed() < Duration::from_secs(30) {
-            if let Ok(channel) = tonic::transport::Channel::from_shared(url.clone()).unwrap().connect().await {
+            if let Ok(channel) = tonic::transport::Channel::from_shared(url.clone()).unwrap().connect().await
+            {
                 let mut control = kiln_e2e::grpc::control(channel);
                 let request = kiln_proto::buildkit::moby::buildkit::v1::ListWorkersRequest::default();
                 if control.list_workers(request).await.is_ok_and(|r| !r.into_inner().record.is_empty()) {

@@ -103,7 +103,10 @@ impl Read for Mixed {
         if self.pos == self.buf.len() {
             self.next_block();
         }
-        let n = out.len().min(self.buf.len() - self.pos).min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+        let n = out
+            .len()
+            .min(self.buf.len() - self.pos)
+            .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
         out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
         self.pos += n;
         self.remaining -= n as u64;
@@ -305,11 +308,14 @@ impl Inputs {
             let context = p.join("context");
             std::fs::create_dir_all(&context).unwrap();
             std::fs::write(context.join("foo"), "foo: a small source file\n").unwrap();
-            let secret_file = p.join("secret");
+            let secret_file = p.join("secret.txt");
             std::fs::write(&secret_file, "s3cr3t-value\n").unwrap();
             Simple {
                 context,
-                simple: dockerfile(&p.join("simple"), &format!("FROM {base}\nCOPY foo /foo\nRUN cp /foo /bar\n")),
+                simple: dockerfile(
+                    &p.join("simple"),
+                    &format!("FROM {base}\nCOPY foo /foo\nRUN cp /foo /bar\n"),
+                ),
                 multi_stage: dockerfile(
                     &p.join("multi-stage"),
                     &format!(
@@ -333,7 +339,11 @@ impl Inputs {
             let context = p.join("context");
             small_files(&context, 50, scale.n(5000) / 50, 120);
             for (i, mb) in [1u64, 10, 50, 100].into_iter().enumerate() {
-                write_random(&context.join(format!("blob-{mb}m.bin")), 100 + i as u64, scale.bytes(mb * 1_000_000));
+                write_random(
+                    &context.join(format!("blob-{mb}m.bin")),
+                    100 + i as u64,
+                    scale.bytes(mb * 1_000_000),
+                );
             }
             DockerfileInput {
                 context,
@@ -348,13 +358,18 @@ impl Inputs {
         self.make(&self.add_tar_10k, "add-tar-10k", |p| {
             let context = p.join("context");
             std::fs::create_dir_all(&context).unwrap();
-            let file = BufWriter::with_capacity(1 << 20, std::fs::File::create(context.join("files.tar")).unwrap());
+            let file =
+                BufWriter::with_capacity(1 << 20, std::fs::File::create(context.join("files.tar")).unwrap());
             let mut tar = tar::Builder::new(file);
             let mut rng = Rng::new(7);
             let mut text = Vec::new();
             for d in 0..side {
-                tar.append_data(&mut header(tar::EntryType::Directory, 0o755, 0), format!("d{d:03}/"), std::io::empty())
-                    .unwrap();
+                tar.append_data(
+                    &mut header(tar::EntryType::Directory, 0o755, 0),
+                    format!("d{d:03}/"),
+                    std::io::empty(),
+                )
+                .unwrap();
                 for f in 0..side {
                     let size = 1024 + rng.below(7 * 1024) as usize;
                     text.clear();
@@ -377,7 +392,8 @@ impl Inputs {
         self.make(&self.add_tar_big, "add-tar-big", |p| {
             let context = p.join("context");
             std::fs::create_dir_all(&context).unwrap();
-            let file = BufWriter::with_capacity(1 << 20, std::fs::File::create(context.join("big.tar")).unwrap());
+            let file =
+                BufWriter::with_capacity(1 << 20, std::fs::File::create(context.join("big.tar")).unwrap());
             let mut tar = tar::Builder::new(file);
             tar.append_data(&mut header(tar::EntryType::Regular, 0o644, len), "big.bin", Mixed::new(11, len))
                 .unwrap();
@@ -395,7 +411,8 @@ impl Inputs {
         self.make(&self.export, "export", |p| {
             let context = p.join("context");
             std::fs::create_dir_all(&context).unwrap();
-            let mut file = BufWriter::with_capacity(1 << 20, std::fs::File::create(context.join("data.bin")).unwrap());
+            let mut file =
+                BufWriter::with_capacity(1 << 20, std::fs::File::create(context.join("data.bin")).unwrap());
             std::io::copy(&mut Mixed::new(5, len), &mut file).unwrap();
             file.flush().unwrap();
             DockerfileInput {

@@ -77,8 +77,12 @@ fn run_workload(w: &Workload, inputs: &Inputs, runs: usize) -> Outcome {
             match result {
                 Ok(samples) => {
                     assert_eq!(samples.len(), w.rows.len(), "{} yielded the wrong number of rows", w.name());
-                    let shown: Vec<String> =
-                        w.rows.iter().zip(&samples).map(|(r, s)| format!("{} {}", r.name, show(r.unit, s.value))).collect();
+                    let shown: Vec<String> = w
+                        .rows
+                        .iter()
+                        .zip(&samples)
+                        .map(|(r, s)| format!("{} {}", r.name, show(r.unit, s.value)))
+                        .collect();
                     eprintln!(
                         "[bench] {} run {}/{runs} {}: {} (whole run {took:.1} s)",
                         w.name(),
@@ -90,7 +94,12 @@ fn run_workload(w: &Workload, inputs: &Inputs, runs: usize) -> Outcome {
                 }
                 Err(payload) => {
                     let text = panic_text(payload.as_ref());
-                    eprintln!("[bench] {} run {}/{runs} {}: FAILED after {took:.1} s", w.name(), i + 1, kind.label());
+                    eprintln!(
+                        "[bench] {} run {}/{runs} {}: FAILED after {took:.1} s",
+                        w.name(),
+                        i + 1,
+                        kind.label()
+                    );
                     out.errors.insert(kind, text);
                 }
             }
@@ -131,7 +140,9 @@ fn report(w: &Workload, out: &Outcome, quick: bool, records: &mut Vec<Value>) {
         let (k, kcpu, kruns) = row_stats(out, Kind::Kilnd, i);
         let (b, bcpu, bruns) = row_stats(out, Kind::Buildkitd, i);
         let cell = |s: Option<Stats>, kind: Kind| match s {
-            Some(s) => format!("{} ({}–{})", show(row.unit, s.median), show(row.unit, s.min), show(row.unit, s.max)),
+            Some(s) => {
+                format!("{} ({}–{})", show(row.unit, s.median), show(row.unit, s.min), show(row.unit, s.max))
+            }
             None if out.errors.contains_key(&kind) => "FAILED".to_owned(),
             None => "–".to_owned(),
         };
@@ -144,7 +155,10 @@ fn report(w: &Workload, out: &Outcome, quick: bool, records: &mut Vec<Value>) {
             "ratio": ratio,
         });
         let fields = record.as_object_mut().unwrap();
-        let put = |fields: &mut serde_json::Map<String, Value>, prefix: &str, s: Option<Stats>, cpu: Option<f64>| {
+        let put = |fields: &mut serde_json::Map<String, Value>,
+                   prefix: &str,
+                   s: Option<Stats>,
+                   cpu: Option<f64>| {
             let Some(s) = s else { return };
             match row.unit {
                 Unit::Seconds => {
@@ -175,7 +189,9 @@ fn report(w: &Workload, out: &Outcome, quick: bool, records: &mut Vec<Value>) {
                 _ => cell(g, Kind::KilndViaGateway),
             };
         }
-        for (kind, prefix) in [(Kind::Kilnd, "kilnd"), (Kind::Buildkitd, "buildkitd"), (Kind::KilndViaGateway, "gateway")] {
+        for (kind, prefix) in
+            [(Kind::Kilnd, "kilnd"), (Kind::Buildkitd, "buildkitd"), (Kind::KilndViaGateway, "gateway")]
+        {
             if let Some(e) = out.errors.get(&kind) {
                 fields.insert(format!("{prefix}_error"), json!(tail(e, 4000)));
             }
@@ -233,7 +249,12 @@ fn gateway_overhead(runs: usize, inputs: &Inputs, records: &mut Vec<Value>) {
             let d = Daemon::Kilnd(Kilnd::start());
             direct.push(build.timed(&d).value);
             through.push(build.timed(&Daemon::Gateway(gw)).value);
-            eprintln!("[bench] gateway-overhead/{name} run {}/{runs}: direct {:.3}, through {:.3}", i + 1, direct[i], through[i]);
+            eprintln!(
+                "[bench] gateway-overhead/{name} run {}/{runs}: direct {:.3}, through {:.3}",
+                i + 1,
+                direct[i],
+                through[i]
+            );
         }
         let (d, t) = (stats(&direct).unwrap(), stats(&through).unwrap());
         println!(
@@ -309,7 +330,10 @@ fn list(all: &[Workload]) {
         }
     }
     println!("workload {GATEWAY_OVERHEAD}:");
-    println!("  {:<28} cold-build and context-10k direct vs through the gateway on one kilnd; unary Info latency", GATEWAY_OVERHEAD);
+    println!(
+        "  {:<28} cold-build and context-10k direct vs through the gateway on one kilnd; unary Info latency",
+        GATEWAY_OVERHEAD
+    );
 }
 
 fn main() {
@@ -320,7 +344,9 @@ fn main() {
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
-            "--runs" => runs = args.next().and_then(|n| n.parse().ok()).filter(|&n| n > 0).expect("--runs N (N ≥ 1)"),
+            "--runs" => {
+                runs = args.next().and_then(|n| n.parse().ok()).filter(|&n| n > 0).expect("--runs N (N ≥ 1)")
+            }
             "--quick" => quick = true,
             "--list" => return list(&all),
             // For profiling one daemon by hand: the LLB of the image build, for `buildctl build < FILE`.
@@ -333,7 +359,8 @@ fn main() {
             "--help" | "-h" => return usage(),
             name => {
                 let name = RENAMED.iter().find(|(old, _)| *old == name).map_or(name, |(_, new)| new);
-                let known = name == GATEWAY_OVERHEAD || all.iter().any(|w| w.rows.iter().any(|r| r.name == name));
+                let known =
+                    name == GATEWAY_OVERHEAD || all.iter().any(|w| w.rows.iter().any(|r| r.name == name));
                 if !known {
                     eprintln!("unknown row {name}; `kiln-bench --list` names them");
                     std::process::exit(2);

@@ -9,9 +9,7 @@ use kiln_e2e::llb::{Llb, image_and_run};
 use kiln_e2e::{TestEnv, unique};
 
 use crate::daemons::{Build, Daemon, Kind, Sample, spawn_bare};
-use crate::inputs::{
-    CHANGED_100K, Inputs, REBUILD_CHANGED, REBUILD_EDITED, REBUILD_ORIGINAL, small_content,
-};
+use crate::inputs::{CHANGED_100K, Inputs, REBUILD_CHANGED, REBUILD_EDITED, REBUILD_ORIGINAL, small_content};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Unit {
@@ -68,7 +66,10 @@ pub fn all() -> Vec<Workload> {
             run: simple,
         },
         Workload {
-            rows: vec![secs("multi-stage", "Dockerfile: busybox stage, then FROM scratch + COPY --from; empty cache")],
+            rows: vec![secs(
+                "multi-stage",
+                "Dockerfile: busybox stage, then FROM scratch + COPY --from; empty cache",
+            )],
             kinds: BOTH,
             run: multi_stage,
         },
@@ -80,14 +81,20 @@ pub fn all() -> Vec<Workload> {
         Workload {
             rows: vec![
                 secs("context-10k", "local:// source of 10,000 files of ~100 B (LLB), first transfer"),
-                secs("context-10k-unchanged", "the same context sent again to the same daemon: nothing changed"),
+                secs(
+                    "context-10k-unchanged",
+                    "the same context sent again to the same daemon: nothing changed",
+                ),
             ],
             kinds: WITH_GATEWAY,
             run: context_10k,
         },
         Workload {
             rows: vec![
-                secs("rebuild-20-step-noop", "cached rebuild of a 3-stage, 20-step Dockerfile (first build untimed)"),
+                secs(
+                    "rebuild-20-step-noop",
+                    "cached rebuild of a 3-stage, 20-step Dockerfile (first build untimed)",
+                ),
                 secs("rebuild-20-step-one-change", "the same after editing a file a late COPY reads"),
             ],
             kinds: BOTH,
@@ -95,7 +102,10 @@ pub fn all() -> Vec<Workload> {
         },
         Workload {
             rows: vec![
-                secs("parallel-16", "16 distinct FROM base + RUN builds at once (base pulled by an untimed build)"),
+                secs(
+                    "parallel-16",
+                    "16 distinct FROM base + RUN builds at once (base pulled by an untimed build)",
+                ),
                 secs("parallel-32", "then 32 more at once on the same daemon"),
             ],
             kinds: BOTH,
@@ -112,7 +122,10 @@ pub fn all() -> Vec<Workload> {
         },
         Workload {
             rows: vec![
-                secs("transfer-160m", "Dockerfile COPY . /ctx of 5,000 files of ~120 B + 1, 10, 50, 100 MB files"),
+                secs(
+                    "transfer-160m",
+                    "Dockerfile COPY . /ctx of 5,000 files of ~120 B + 1, 10, 50, 100 MB files",
+                ),
                 secs("transfer-160m-warm", "the same build again on the same daemon, nothing changed"),
             ],
             kinds: WITH_GATEWAY,
@@ -127,7 +140,10 @@ pub fn all() -> Vec<Workload> {
             rows: vec![
                 secs("context-100k", "local:// source of 100,000 files of ~100 B (LLB), first transfer"),
                 secs("context-100k-incremental", "the same context with 2 files changed, same daemon"),
-                secs("export-local-100k", "then the same context exported with --output type=local to a fresh dir"),
+                secs(
+                    "export-local-100k",
+                    "then the same context exported with --output type=local to a fresh dir",
+                ),
             ],
             kinds: WITH_GATEWAY,
             run: context_100k,
@@ -143,7 +159,10 @@ pub fn all() -> Vec<Workload> {
                     "export-push-gzip",
                     "export + push (gzip) of a cached image with one 512 MiB layer of mixed data, fresh repository",
                 ),
-                bytes("peak-rss-export", "VmHWM of the daemon after the gzip export (warm-up build included)"),
+                bytes(
+                    "peak-rss-export",
+                    "VmHWM of the daemon after the gzip export (warm-up build included)",
+                ),
             ],
             kinds: BOTH,
             run: export_gzip,
@@ -177,8 +196,8 @@ fn multi_stage(inputs: &Inputs, kind: Kind) -> Vec<Sample> {
 fn secret_mount(inputs: &Inputs, kind: Kind) -> Vec<Sample> {
     let s = inputs.simple();
     let d = Daemon::start(kind);
-    let build =
-        Build::dockerfile(&s.context, &s.secret).with("--secret", format!("id=s,src={}", s.secret_file.display()));
+    let build = Build::dockerfile(&s.context, &s.secret)
+        .with("--secret", format!("id=s,src={}", s.secret_file.display()));
     vec![build.timed(&d)]
 }
 
@@ -319,7 +338,8 @@ fn footprint(inputs: &Inputs, kind: Kind) -> Vec<Sample> {
     let builds = if inputs.scale.quick { 5 } else { 50 };
     let mut after_first = 0.0;
     for i in 0..builds {
-        if let Err(err) = Build::llb(image_and_run(inputs.base(), &format!("echo {i} > /out"))).run(d.addr()) {
+        if let Err(err) = Build::llb(image_and_run(inputs.base(), &format!("echo {i} > /out"))).run(d.addr())
+        {
             panic!("{err}");
         }
         if i == 0 {
