@@ -185,15 +185,23 @@ impl Build {
         }
     }
 
-    /// Runs the build on `daemon` and times it; a failure panics with buildctl's output.
-    pub fn timed(&self, daemon: &Daemon) -> Sample {
+    /// Runs the build on `daemon` and times it; a failure panics with the
+    /// step's name (the row, or what an untimed build was for) and buildctl's output.
+    pub fn timed(&self, daemon: &Daemon, step: &str) -> Sample {
         let cpu = daemon.cpu();
         let start = Instant::now();
         if let Err(e) = self.run(daemon.addr()) {
-            panic!("{e}");
+            panic!("{step}: {e}");
         }
         let wall = start.elapsed().as_secs_f64();
         Sample { value: wall, cpu: Some(daemon.cpu() - cpu) }
+    }
+
+    /// Runs the build on `daemon`, untimed; a failure panics like `timed`'s.
+    pub fn untimed(&self, daemon: &Daemon, step: &str) {
+        if let Err(e) = self.run(daemon.addr()) {
+            panic!("{step}: {e}");
+        }
     }
 }
 

@@ -56,6 +56,8 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
 fn show(unit: Unit, v: f64) -> String {
     match unit {
         Unit::Seconds => format!("{v:.3}"),
+        // Per-build growth is often a few KiB (or negative); sizes of a daemon are MiB.
+        Unit::Bytes if v.abs() < 1024.0 * 1024.0 => format!("{:.1} KiB", v / 1024.0),
         Unit::Bytes => format!("{:.1} MiB", v / (1024.0 * 1024.0)),
     }
 }
@@ -247,8 +249,8 @@ fn gateway_overhead(runs: usize, inputs: &Inputs, records: &mut Vec<Value>) {
             // A fresh kilnd each time, so both paths start equally cold.
             let gw = kiln_e2e::Gateway::start(1);
             let d = Daemon::Kilnd(Kilnd::start());
-            direct.push(build.timed(&d).value);
-            through.push(build.timed(&Daemon::Gateway(gw)).value);
+            direct.push(build.timed(&d, name).value);
+            through.push(build.timed(&Daemon::Gateway(gw), name).value);
             eprintln!(
                 "[bench] gateway-overhead/{name} run {}/{runs}: direct {:.3}, through {:.3}",
                 i + 1,

@@ -178,19 +178,19 @@ pub fn all() -> Vec<Workload> {
 fn cold_and_cached(inputs: &Inputs, kind: Kind) -> Vec<Sample> {
     let d = Daemon::start(kind);
     let build = Build::llb(image_and_run(inputs.base(), "echo hi > /hello"));
-    vec![build.timed(&d), build.timed(&d)]
+    vec![build.timed(&d, "cold-build"), build.timed(&d, "cached-rebuild")]
 }
 
 fn simple(inputs: &Inputs, kind: Kind) -> Vec<Sample> {
     let s = inputs.simple();
     let d = Daemon::start(kind);
-    vec![Build::dockerfile(&s.context, &s.simple).timed(&d)]
+    vec![Build::dockerfile(&s.context, &s.simple).timed(&d, "simple")]
 }
 
 fn multi_stage(inputs: &Inputs, kind: Kind) -> Vec<Sample> {
     let s = inputs.simple();
     let d = Daemon::start(kind);
-    vec![Build::dockerfile(&s.context, &s.multi_stage).timed(&d)]
+    vec![Build::dockerfile(&s.context, &s.multi_stage).timed(&d, "multi-stage")]
 }
 
 fn secret_mount(inputs: &Inputs, kind: Kind) -> Vec<Sample> {
@@ -198,7 +198,7 @@ fn secret_mount(inputs: &Inputs, kind: Kind) -> Vec<Sample> {
     let d = Daemon::start(kind);
     let build = Build::dockerfile(&s.context, &s.secret)
         .with("--secret", format!("id=s,src={}", s.secret_file.display()));
-    vec![build.timed(&d)]
+    vec![build.timed(&d, "secret-mount")]
 }
 
 /// The LLB of a `local://context` source on `dir`: the transfer and nothing else.
@@ -211,7 +211,7 @@ pub fn local_context(dir: &Path) -> Build {
 fn context_10k(inputs: &Inputs, kind: Kind) -> Vec<Sample> {
     let build = local_context(&inputs.context_10k());
     let d = Daemon::start(kind);
-    vec![build.timed(&d), build.timed(&d)]
+    vec![build.timed(&d, "context-10k"), build.timed(&d, "context-10k-unchanged")]
 }
 
 fn context_100k(inputs: &Inputs, kind: Kind) -> Vec<Sample> {
@@ -223,13 +223,15 @@ fn context_100k(inputs: &Inputs, kind: Kind) -> Vec<Sample> {
     }
     let build = local_context(&dir);
     let d = Daemon::start(kind);
-    let first = build.timed(&d);
+    let first = build.timed(&d, "context-100k");
     for (d, f) in CHANGED_100K {
         std::fs::write(inputs.context_100k_file((d, f)), format!("edited {d}/{f}\n")).unwrap();
     }
-    let incremental = build.timed(&d);
+    let incremental = build.timed(&d, "context-100k-incremental");
     let dest = tempfile::Builder::new().prefix("kiln-bench-export-").tempdir().unwrap();
-    let export = build.with("--output", format!("type=local,dest={}", dest.path().display())).timed(&d);
+    let export = build
+        .with("--output", format!("type=local,dest={}", dest.path().display()))
+        .timed(&d, "export-local-100k");
     let files = walkdir_count(dest.path());
     assert_eq!(files, inputs.scale.n(100_000), "export-local-100k wrote {files} files");
     vec![first, incremental, export]
@@ -250,19 +252,19 @@ fn transfer(inputs: &Inputs, kind: Kind) -> Vec<Sample> {
     let t = inputs.transfer();
     let build = Build::dockerfile(&t.context, &t.dockerfile);
     let d = Daemon::start(kind);
-    vec![build.timed(&d), build.timed(&d)]
+    vec![build.timed(&d, "transfer-160m"), build.timed(&d, "transfer-160m-warm")]
 }
 
 fn add_tar_10k(inputs: &Inputs, kind: Kind) -> Vec<Sample> {
     let t = inputs.add_tar_10k();
     let d = Daemon::start(kind);
-    vec![Build::dockerfile(&t.context, &t.dockerfile).timed(&d)]
+    vec![Build::dockerfile(&t.context, &t.dockerfile).timed(&d, "add-tar-10k")]
 }
 
 fn add_tar_big(inputs: &Inputs, kind: Kind) -> Vec<Sample> {
     let t = inputs.add_tar_big();
     let d = Daemon::start(kind);
-    vec![Build::dockerfile(&t.context, &t.dockerfile).timed(&d)]
+    vec![Build::dockerfile(&t.context, &t.dockerfile).timed(&d, "add-tar-512m")]
 }
 
 /// Times only the export: an untimed build without an output transfers the
@@ -272,12 +274,10 @@ fn export_push(inputs: &Inputs, kind: Kind, compression: &str) -> (Daemon, Sampl
     let e = inputs.export();
     let build = Build::dockerfile(&e.context, &e.dockerfile);
     let d = Daemon::start(kind);
-    if let Err(err) = build.run(d.addr()) {
-        panic!("{err}");
-    }
+    build.untimed(&d, "export warm-up (no output)");
     let name = format!("{}/bench/{}", TestEnv::get().registry, unique(&format!("export-{compression}")));
     let output = format!("type=image,name={name},push=true,compression={compression}");
-    let sample = build.with("--output", output).timed(&d);
+    let sample = build.with("--output", output).timed(&d, &format!("export-push-{compression}"));
     (d, sample)
 }
 
@@ -296,12 +296,10 @@ fn rebuild_20_step(inputs: &Inputs, kind: Kind) -> Vec<Sample> {
     std::fs::write(&changed, REBUILD_ORIGINAL).unwrap();
     let build = Build::dockerfile(&r.context, &r.dockerfile);
     let d = Daemon::start(kind);
-    if let Err(err) = build.run(d.addr()) {
-        panic!("{err}");
-    }
-    let noop = build.timed(&d);
+    build.untimed(&d, "rebuild-20-step first build");
+    let noop = build.timed(&d, "rebuild-20-step-noop");
     std::fs::write(&changed, REBUILD_EDITED).unwrap();
-    let one_change = build.timed(&d);
+    let one_change = build.timed(&d, "rebuild-20-step-one-change");
     vec![noop, one_change]
 }
 
@@ -325,9 +323,7 @@ fn batch(d: &Daemon, base: &str, first: usize, n: usize) -> Sample {
 
 fn parallel(inputs: &Inputs, kind: Kind) -> Vec<Sample> {
     let d = Daemon::start(kind);
-    if let Err(err) = Build::llb(image_and_run(inputs.base(), "echo warm > /out")).run(d.addr()) {
-        panic!("{err}");
-    }
+    Build::llb(image_and_run(inputs.base(), "echo warm > /out")).untimed(&d, "parallel warm-up");
     vec![batch(&d, inputs.base(), 0, 16), batch(&d, inputs.base(), 16, 32)]
 }
 
@@ -338,10 +334,7 @@ fn footprint(inputs: &Inputs, kind: Kind) -> Vec<Sample> {
     let builds = if inputs.scale.quick { 5 } else { 50 };
     let mut after_first = 0.0;
     for i in 0..builds {
-        if let Err(err) = Build::llb(image_and_run(inputs.base(), &format!("echo {i} > /out"))).run(d.addr())
-        {
-            panic!("{err}");
-        }
+        Build::llb(image_and_run(inputs.base(), &format!("echo {i} > /out"))).untimed(&d, "footprint build");
         if i == 0 {
             after_first = d.memory("VmRSS");
         }
