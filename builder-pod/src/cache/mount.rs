@@ -53,6 +53,13 @@ pub fn mount(cache: &CacheManager, snapshot: &Snapshot, upper: Option<&Path>) ->
     for d in [&target, &work] {
         std::fs::create_dir(d).map_err(|source| CacheError::Io { path: d.clone(), source })?;
     }
+    // Nothing below a writable view: the upper directory itself is the view
+    // (BuildKit's overlay snapshotter bind-mounts a parentless snapshot too).
+    if let (Some(upper), true) = (upper, snapshot.layers.is_empty()) {
+        nix::mount::mount(Some(upper), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            .map_err(|source| MountError::Mount { target: target.clone(), options: "bind".into(), source })?;
+        return Ok(Mounted { dir, target });
+    }
     let mut lowers: Vec<PathBuf> = snapshot.layers.iter().rev().map(|l| cache.layer_path(l)).collect();
     // Overlayfs needs a lower directory, and two when there is no upper one.
     let needed = if upper.is_some() { 1 } else { 2 };
@@ -107,6 +114,28 @@ mod tests {
         assert!(!view.path().join("a").exists());
         assert_eq!(std::fs::read_to_string(view.path().join("b")).unwrap(), "new");
         assert!(std::fs::write(view.path().join("c"), "x").is_err(), "a read-only view took a write");
+    }
+
+    #[test]
+    fn a_writable_view_of_scratch_writes_straight_into_the_layer() {
+        let root = tempfile::tempdir().unwrap();
+        let cache = CacheManager::open(root.path()).unwrap();
+        let upper = cache.new_layer().unwrap();
+        {
+            let m = mount(&cache, &Snapshot::default(), Some(upper.path())).unwrap();
+            // Not an overlay: creating many files through one with nothing
+            // below measured 5× slower than in the directory itself.
+            let fs = nix::sys::statfs::statfs(m.path()).unwrap().filesystem_type();
+            assert_ne!(fs, nix::sys::statfs::OVERLAYFS_SUPER_MAGIC);
+            std::fs::create_dir(m.path().join("d")).unwrap();
+            std::fs::write(m.path().join("d/f"), "new").unwrap();
+            std::fs::write(m.path().join("gone"), "x").unwrap();
+            std::fs::remove_file(m.path().join("gone")).unwrap();
+        }
+        let top = cache.layer_path(&cache.commit_layer(upper).unwrap());
+        assert_eq!(std::fs::read_to_string(top.join("d/f")).unwrap(), "new");
+        let names: Vec<_> = std::fs::read_dir(&top).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["d"]);
     }
 
     #[test]

@@ -47,8 +47,16 @@ pub const HEADER_METHOD: &str = "x-docker-expose-session-grpc-method";
 const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 /// HTTP/2 windows on the session connection: file data flows client → daemon
 /// on it, and the 64 KiB defaults cap a loopback transfer far below the link.
+/// The stream window bounds what one stream may have buffered here. The
+/// connection window is much larger on purpose: h2 closes a connection
+/// (`too_many_data_frames`) once the small DATA frames it holds unread cost
+/// more than half of it (each frame under 256 bytes costs 256 minus its
+/// length), and a 100,000-file context is exactly that, two frames per file,
+/// ~3 bytes of cost per byte of window; 256 MiB leaves room for a few
+/// transfers at once whose receivers lag a full window behind, while a flood
+/// of near-empty frames still ends the connection.
 pub(crate) const STREAM_WINDOW: u32 = 4 << 20;
-pub(crate) const CONNECTION_WINDOW: u32 = 16 << 20;
+pub(crate) const CONNECTION_WINDOW: u32 = 256 << 20;
 pub(crate) const MAX_FRAME: u32 = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]

@@ -31,9 +31,13 @@ const BRIDGE: &str = "/moby.buildkit.v1.frontend.LLBBridge/";
 const BUILD_ID: &str = "buildkit-controlapi-buildid";
 
 /// HTTP/2 windows: tonic's and hyper's defaults (64 KiB streams) cap a
-/// context upload far below loopback speed (performance-anchors.md).
+/// context upload far below loopback speed (performance-anchors.md). The
+/// connection window is far above the stream window because h2 ends a
+/// connection whose unread small DATA frames cost more than half of it, and
+/// a many-file context relayed here is mostly small frames (kilnd's
+/// session/mod.rs has the arithmetic); memory stays bounded by the streams.
 pub const STREAM_WINDOW: u32 = 8 << 20;
-pub const CONNECTION_WINDOW: u32 = 32 << 20;
+pub const CONNECTION_WINDOW: u32 = 256 << 20;
 pub const MAX_FRAME: u32 = 1 << 20;
 
 /// One HTTP/2 connection per builder, shared by every call to it.
