@@ -60,6 +60,24 @@ pub fn mount(cache: &CacheManager, snapshot: &Snapshot, upper: Option<&Path>) ->
             .map_err(|source| MountError::Mount { target: target.clone(), options: "bind".into(), source })?;
         return Ok(Mounted { dir, target });
     }
+    // One layer read-only: that directory is the view (nothing below it for
+    // whiteouts or opaque markers to hide), without overlayfs on every lookup.
+    if let (None, [layer]) = (upper, snapshot.layers.as_slice()) {
+        let layer = cache.layer_path(layer);
+        let bind = |flags: MsFlags| {
+            nix::mount::mount(Some(&layer), &target, None::<&str>, flags, None::<&str>).map_err(|source| {
+                MountError::Mount {
+                    target: target.clone(),
+                    options: format!("bind {}", layer.display()),
+                    source,
+                }
+            })
+        };
+        bind(MsFlags::MS_BIND)?;
+        let mounted = Mounted { dir, target: target.clone() };
+        bind(MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY)?;
+        return Ok(mounted);
+    }
     let mut lowers: Vec<PathBuf> = snapshot.layers.iter().rev().map(|l| cache.layer_path(l)).collect();
     // Overlayfs needs a lower directory, and two when there is no upper one.
     let needed = if upper.is_some() { 1 } else { 2 };
@@ -109,6 +127,11 @@ mod tests {
         use std::os::unix::fs::FileTypeExt;
         assert!(std::fs::symlink_metadata(top.join("a")).unwrap().file_type().is_char_device());
         assert_eq!(std::fs::read_to_string(cache.layer_path(&base.layers[0]).join("a")).unwrap(), "base");
+
+        let one = mount(&cache, &base, None).unwrap();
+        assert_eq!(std::fs::read_to_string(one.path().join("a")).unwrap(), "base");
+        assert!(std::fs::write(one.path().join("c"), "x").is_err(), "a one-layer view took a write");
+        drop(one);
 
         let view = mount(&cache, &next, None).unwrap();
         assert!(!view.path().join("a").exists());

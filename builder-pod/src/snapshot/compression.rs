@@ -38,13 +38,14 @@ impl Compression {
         }
     }
 
-    /// The Docker schema 2 layer media type; Docker has none for zstd, where
-    /// BuildKit falls back to the OCI one.
+    /// The Docker schema 2 layer media type; for zstd the one containerd
+    /// defines and BuildKit writes into Docker manifests
+    /// (`util/compression/compression.go`, `MediaTypeDockerSchema2LayerZstd`).
     pub fn docker_media_type(self) -> &'static str {
         match self {
             Self::None => "application/vnd.docker.image.rootfs.diff.tar",
             Self::Gzip { .. } => "application/vnd.docker.image.rootfs.diff.tar.gzip",
-            Self::Zstd { .. } => "application/vnd.oci.image.layer.v1.tar+zstd",
+            Self::Zstd { .. } => "application/vnd.docker.image.rootfs.diff.tar.zstd",
         }
     }
 }
@@ -222,6 +223,7 @@ fn is_layer_media_type(media_type: &str) -> bool {
             | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd"
             | "application/vnd.docker.image.rootfs.diff.tar"
             | "application/vnd.docker.image.rootfs.diff.tar.gzip"
+            | "application/vnd.docker.image.rootfs.diff.tar.zstd"
             | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
     )
 }
@@ -277,7 +279,19 @@ mod tests {
                 .read_to_end(&mut back)
                 .unwrap();
             assert_eq!(back, tar, "{compression:?}");
+            // The Docker manifest's layer type is one a pull accepts, too.
+            let mut back = Vec::new();
+            decompress(&blob[..], Some(compression.docker_media_type()))
+                .unwrap()
+                .read_to_end(&mut back)
+                .unwrap();
+            assert_eq!(back, tar, "{compression:?}");
         }
+        assert_eq!(
+            Compression::Zstd { level: 3 }.docker_media_type(),
+            "application/vnd.docker.image.rootfs.diff.tar.zstd",
+            "what BuildKit writes into a Docker manifest"
+        );
     }
 
     #[test]

@@ -105,7 +105,15 @@ fn run_workload(w: &Workload, inputs: &Inputs, runs: usize) -> Outcome {
                     out.errors.insert(kind, text);
                 }
             }
-            std::thread::sleep(Duration::from_millis(200));
+            // The run's state was just deleted: write back what it left dirty
+            // now, so the next run does not pay for this one's writeback. And
+            // after a run that made and removed many files, wait out ext4's
+            // window in which freshly freed inodes are skipped one by one
+            // (without a journal, `recently_deleted`: 5 s once written back);
+            // otherwise the next run's file creations slow down many times.
+            let _ = std::process::Command::new("sync").status();
+            let pause = if took > 5.0 { 5.5 } else { 0.2 };
+            std::thread::sleep(Duration::from_secs_f64(pause));
         }
     }
     out
