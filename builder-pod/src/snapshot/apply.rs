@@ -72,7 +72,10 @@ fn apply_entry<R: Read>(
         }
         let target = parent.join(hidden);
         remove_any(&target)?;
-        return make_whiteout(&target);
+        make_whiteout(&target)?;
+        // The marker keeps the time it was archived with, so a layer applied
+        // and archived again gives the same bytes.
+        return set_mtime(&target, entry_attrs(entry, &display)?.mtime);
     }
 
     let attrs = entry_attrs(entry, &display)?;
