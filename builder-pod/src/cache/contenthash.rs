@@ -39,20 +39,15 @@ pub struct HashCache {
 }
 
 impl HashCache {
-    pub(crate) fn last_layer(&self, dir: &Path, key: &str) -> Option<String> {
-        let last = self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        last.get(dir).filter(|(k, _)| k == key).map(|(_, layer)| layer.clone())
-    }
-
     /// Records the content hash of a file just written, by its identity.
     pub(crate) fn record(&self, meta: &std::fs::Metadata, digest: [u8; 32]) {
         let mut known = self.known.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         known.insert(identity(meta), digest);
     }
 
-    /// The content key and layer of `dir`'s last snapshot, whatever the key.
-    pub(crate) fn last_of(&self, dir: &Path) -> Option<(String, String)> {
-        self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(dir).cloned()
+    /// Takes out the content key and layer of `dir`'s last snapshot.
+    pub(crate) fn take_last(&self, dir: &Path) -> Option<(String, String)> {
+        self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(dir)
     }
 
     pub(crate) fn remember(&self, dir: &Path, key: &str, layer: &str) {

@@ -139,23 +139,28 @@ pub async fn transfer(
     })?;
     let opts =
         ReceiveOptions { differ: src.differ, hashes: Some(Arc::clone(hashes)), ..ReceiveOptions::default() };
+    // The last snapshot's record is taken out while the directory changes: a
+    // transfer that fails half-way leaves a tree that is neither that
+    // snapshot nor the sender's, and must not be taken for the first.
+    let previous = hashes.take_last(&dir).filter(|(_, layer)| cache.layer_path(layer).is_dir());
     let report = sync(session, &src.request, &dir, opts).await?;
     // Nothing written or removed: the tree is the one last snapshotted (the
     // receiver is the only writer of this directory), so is its key; this
     // spares a walk of every entry on an unchanged re-send.
     if report.written == 0
         && report.deleted == 0
-        && let Some((content_key, layer)) = hashes.last_of(&dir)
-        && cache.layer_path(&layer).is_dir()
+        && let Some((content_key, layer)) = previous.clone()
     {
+        hashes.remember(&dir, &content_key, &layer);
         return Ok(Transferred { layer, content_key, report });
     }
 
     let (name, sync) = (src.name.clone(), dir.clone());
     let content_key = tokio::task::block_in_place(|| content_hash(&sync, &[""], hashes))
         .map_err(|(path, source)| LocalError::Snapshot { name, path, source })?;
-    // Unchanged since the last transfer: its layer is still exactly this tree.
-    if let Some(layer) = hashes.last_layer(&dir, &content_key).filter(|l| cache.layer_path(l).is_dir()) {
+    // The same content as last time (only mtimes moved): its layer is still exactly this tree.
+    if let Some((_, layer)) = previous.filter(|(key, _)| *key == content_key) {
+        hashes.remember(&dir, &content_key, &layer);
         return Ok(Transferred { layer, content_key, report });
     }
     let pending = cache.new_layer()?;
