@@ -56,27 +56,14 @@ pub fn mount(cache: &CacheManager, snapshot: &Snapshot, upper: Option<&Path>) ->
     // Nothing below a writable view: the upper directory itself is the view
     // (BuildKit's overlay snapshotter bind-mounts a parentless snapshot too).
     if let (Some(upper), true) = (upper, snapshot.layers.is_empty()) {
-        nix::mount::mount(Some(upper), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .map_err(|source| MountError::Mount { target: target.clone(), options: "bind".into(), source })?;
+        bind(upper, &target, false)?;
         return Ok(Mounted { dir, target });
     }
     // One layer read-only: that directory is the view (nothing below it for
     // whiteouts or opaque markers to hide), without overlayfs on every lookup.
     if let (None, [layer]) = (upper, snapshot.layers.as_slice()) {
-        let layer = cache.layer_path(layer);
-        let bind = |flags: MsFlags| {
-            nix::mount::mount(Some(&layer), &target, None::<&str>, flags, None::<&str>).map_err(|source| {
-                MountError::Mount {
-                    target: target.clone(),
-                    options: format!("bind {}", layer.display()),
-                    source,
-                }
-            })
-        };
-        bind(MsFlags::MS_BIND)?;
-        let mounted = Mounted { dir, target: target.clone() };
-        bind(MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY)?;
-        return Ok(mounted);
+        bind(&cache.layer_path(layer), &target, true)?;
+        return Ok(Mounted { dir, target });
     }
     let mut lowers: Vec<PathBuf> = snapshot.layers.iter().rev().map(|l| cache.layer_path(l)).collect();
     // Overlayfs needs a lower directory, and two when there is no upper one.
@@ -99,6 +86,26 @@ pub fn mount(cache: &CacheManager, snapshot: &Snapshot, upper: Option<&Path>) ->
     nix::mount::mount(Some("overlay"), &target, Some("overlay"), flags, Some(options.as_str()))
         .map_err(|source| MountError::Mount { target: target.clone(), options, source })?;
     Ok(Mounted { dir, target })
+}
+
+/// Bind-mounts `source` at `target`, read-only when asked (a second,
+/// remounting call: the kernel ignores read-only on the bind itself).
+fn bind(source: &Path, target: &Path, read_only: bool) -> Result<(), MountError> {
+    let mount = |flags: MsFlags| {
+        nix::mount::mount(Some(source), target, None::<&str>, flags, None::<&str>).map_err(|source_err| {
+            MountError::Mount {
+                target: target.to_owned(),
+                options: format!("bind {}", source.display()),
+                source: source_err,
+            }
+        })
+    };
+    mount(MsFlags::MS_BIND)?;
+    if read_only && let Err(e) = mount(MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY) {
+        let _ = nix::mount::umount2(target, MntFlags::MNT_DETACH);
+        return Err(e);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

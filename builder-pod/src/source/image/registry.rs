@@ -340,16 +340,14 @@ impl RegistryClient {
         body: impl AsyncRead + Send + Sync + 'static,
     ) -> Result<BlobPush, RequestError> {
         let scope = Self::scope(reference, true);
-        let mut start_url = self.url(reference, "blobs/uploads/");
+        let start = self.url(reference, "blobs/uploads/");
+        let mut base = Url::parse(&start)
+            .map_err(|e| RequestError::Protocol { url: start.clone(), detail: format!("bad URL: {e}") })?;
         let from = self.mount_source(reference, digest);
         if let Some(from) = &from {
-            let mut url = Url::parse(&start_url).map_err(|e| RequestError::Protocol {
-                url: start_url.clone(),
-                detail: format!("bad URL: {e}"),
-            })?;
-            url.query_pairs_mut().append_pair("mount", &digest.to_string()).append_pair("from", from);
-            start_url = url.to_string();
+            base.query_pairs_mut().append_pair("mount", &digest.to_string()).append_pair("from", from);
         }
+        let start_url = base.to_string();
         let http = self.http(reference);
         let started = self
             .send(reference, &scope, Method::POST, &start_url, &|| {
@@ -364,10 +362,6 @@ impl RegistryClient {
                 url: start_url.clone(),
                 detail: "upload started without a Location".into(),
             }
-        })?;
-        let base = Url::parse(&start_url).map_err(|e| RequestError::Protocol {
-            url: start_url.clone(),
-            detail: format!("bad URL: {e}"),
         })?;
         let mut put_url = base.join(location).map_err(|e| RequestError::Protocol {
             url: start_url.clone(),
