@@ -10,6 +10,8 @@ use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
 
+use super::Snapshot;
+
 /// A failed walk: the path and what went wrong there.
 pub type WalkError = (PathBuf, std::io::Error);
 
@@ -34,8 +36,8 @@ pub(crate) fn sorted_entries(dir: &Path) -> Result<Vec<std::ffi::OsString>, Walk
 #[derive(Debug, Default)]
 pub struct HashCache {
     known: Mutex<HashMap<FileIdentity, [u8; 32]>>,
-    /// Per kept directory: the content key and layer of its last snapshot.
-    last: Mutex<HashMap<PathBuf, (String, String)>>,
+    /// Per kept directory: the content key and snapshot last made of it.
+    last: Mutex<HashMap<PathBuf, (String, Snapshot)>>,
 }
 
 impl HashCache {
@@ -45,14 +47,14 @@ impl HashCache {
         known.insert(identity(meta), digest);
     }
 
-    /// Takes out the content key and layer of `dir`'s last snapshot.
-    pub(crate) fn take_last(&self, dir: &Path) -> Option<(String, String)> {
+    /// Takes out the content key and snapshot last made of `dir`.
+    pub(crate) fn take_last(&self, dir: &Path) -> Option<(String, Snapshot)> {
         self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(dir)
     }
 
-    pub(crate) fn remember(&self, dir: &Path, key: &str, layer: &str) {
+    pub(crate) fn remember(&self, dir: &Path, key: &str, snapshot: &Snapshot) {
         let mut last = self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        last.insert(dir.to_owned(), (key.to_owned(), layer.to_owned()));
+        last.insert(dir.to_owned(), (key.to_owned(), snapshot.clone()));
     }
 }
 
@@ -61,6 +63,22 @@ type FileIdentity = (u64, u64, u64, i64);
 
 fn identity(meta: &std::fs::Metadata) -> FileIdentity {
     (meta.ino(), meta.dev(), meta.size(), meta.mtime() * 1_000_000_000 + meta.mtime_nsec())
+}
+
+/// What the content key takes from an entry's metadata: its mode (with the
+/// type bits), owner and, for a file, its identity in the hash cache.
+#[derive(Debug, Clone, Copy)]
+pub struct EntryInfo {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    identity: FileIdentity,
+}
+
+impl EntryInfo {
+    pub fn of(meta: &std::fs::Metadata) -> Self {
+        Self { mode: meta.mode(), uid: meta.uid(), gid: meta.gid(), identity: identity(meta) }
+    }
 }
 
 /// The hash of the entries `paths` (relative to `root`; "" is the root
@@ -97,29 +115,71 @@ pub fn hash_tree(src: &Path, rel: &Path, h: &mut Sha256, hashes: &HashCache) -> 
 fn hash_entry(src: &Path, rel: &Path, h: &mut Sha256, hashes: &HashCache) -> Result<(), WalkError> {
     let path = src.join(rel);
     let meta = std::fs::symlink_metadata(&path).map_err(err(&path))?;
-    let ft = meta.file_type();
+    hash_one(src, rel, &EntryInfo::of(&meta), h, hashes)?;
+    if meta.is_dir() {
+        hash_tree(src, rel, h, hashes)?;
+    }
+    Ok(())
+}
+
+/// One entry alone, with its metadata already read; a directory's entries
+/// follow it in the hash.
+fn hash_one(
+    src: &Path,
+    rel: &Path,
+    e: &EntryInfo,
+    h: &mut Sha256,
+    hashes: &HashCache,
+) -> Result<(), WalkError> {
+    let path = src.join(rel);
     h.update(rel.as_os_str().as_encoded_bytes());
     h.update([0]);
-    h.update(format!("{:o} {} {} ", meta.mode(), meta.uid(), meta.gid()).as_bytes());
-    if ft.is_dir() {
+    h.update(format!("{:o} {} {} ", e.mode, e.uid, e.gid).as_bytes());
+    let kind = rustix::fs::FileType::from_raw_mode(e.mode);
+    if kind == rustix::fs::FileType::Directory {
         h.update(b"dir\n");
-        hash_tree(src, rel, h, hashes)?;
-    } else if ft.is_symlink() {
+    } else if kind == rustix::fs::FileType::Symlink {
         let target = std::fs::read_link(&path).map_err(err(&path))?;
         h.update(b"symlink ");
         h.update(target.as_os_str().as_encoded_bytes());
         h.update(b"\n");
     } else {
-        if ft.is_file() {
-            h.update(file_hash(&path, &meta, hashes).map_err(err(&path))?);
+        if kind == rustix::fs::FileType::RegularFile {
+            h.update(file_hash(&path, e.identity, hashes).map_err(err(&path))?);
         }
         h.update(b"\n");
     }
     Ok(())
 }
 
-fn file_hash(path: &Path, meta: &std::fs::Metadata, hashes: &HashCache) -> std::io::Result<[u8; 32]> {
-    let key = identity(meta);
+/// The key `content_hash(root, &[""])` gives, made from the tree's entries
+/// in pre-order with siblings by name, as a receiver that has just walked
+/// the tree already has them: no second walk.
+#[derive(Debug)]
+pub struct TreeKey<'a> {
+    root: &'a Path,
+    hashes: &'a HashCache,
+    h: Sha256,
+}
+
+impl<'a> TreeKey<'a> {
+    pub fn new(root: &'a Path, hashes: &'a HashCache) -> Self {
+        let mut h = Sha256::new();
+        h.update(b"\0path\0");
+        Self { root, hashes, h }
+    }
+
+    /// The next entry, `rel` relative to the root, with its metadata.
+    pub fn entry(&mut self, rel: &Path, info: &EntryInfo) -> Result<(), WalkError> {
+        hash_one(self.root, rel, info, &mut self.h, self.hashes)
+    }
+
+    pub fn finish(self) -> String {
+        format!("sha256:{}", hex::encode(self.h.finalize()))
+    }
+}
+
+fn file_hash(path: &Path, key: FileIdentity, hashes: &HashCache) -> std::io::Result<[u8; 32]> {
     if let Some(h) = hashes.known.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&key) {
         return Ok(*h);
     }

@@ -24,7 +24,7 @@ use kiln_proto::buildkit::fsutil::types::Packet;
 use kiln_proto::buildkit::fsutil::types::packet::PacketType;
 
 pub use patterns::{PatternError, PatternMatcher};
-pub use receive::{Differ, Ownership, ReceiveOptions, ReceiveReport, receive};
+pub use receive::{Change, Differ, Ownership, ReceiveOptions, ReceiveReport, receive};
 pub use send::{SendReport, WalkFilter, send};
 
 /// Largest `PACKET_DATA` payload a sender writes (fsutil `send.go` buffer).

@@ -3,10 +3,12 @@
 //! client for a local export (buildkit-protocol.md §4.1, §4.3).
 
 use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
 use std::fs::{DirBuilder, Metadata, Permissions};
 use std::io::{self, Write};
 use std::os::fd::AsFd;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -23,7 +25,7 @@ use super::patterns::clean_path;
 use super::stat::{Detail, EntryKind, InodeMap, kind_of, stat_of, unix_permissions};
 use super::walk::{DestWalker, compare_path};
 use super::{AbortOnDrop, FsutilError, notify_peer, packet};
-use crate::cache::contenthash::HashCache;
+use crate::cache::contenthash::{EntryInfo, HashCache, TreeKey};
 
 /// How the receiver decides which files it already has (BuildKit's
 /// `local.differ` attribute).
@@ -73,7 +75,27 @@ pub struct ReceiveReport {
     pub deleted: u64,
     /// Entries created or rewritten (everything not taken as unchanged).
     pub written: u64,
+    /// The paths changed, in the order met, when they are few (at most
+    /// [`MAX_CHANGES`]) and the receiver diffed against a previous copy.
+    pub changes: Option<Vec<Change>>,
+    /// The tree's content key (`content_hash(dest, &[""])`), made from the
+    /// walk the receiver did anyway, when it was given a hash cache.
+    pub content_key: Option<String>,
 }
+
+/// A path of the previous copy a transfer changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Created or rewritten; for a directory also one kept with another
+    /// mode, owner or mtime.
+    Written(PathBuf),
+    /// Removed, with everything below it.
+    Deleted(PathBuf),
+}
+
+/// More changed paths than this are not listed: past it a caller copies the
+/// whole tree rather than a difference.
+pub const MAX_CHANGES: usize = 16_384;
 
 /// Files whose data may be arriving at the same time. Senders send a few
 /// files at once (fsutil's sender uses 4 workers); more means a peer that
@@ -226,6 +248,10 @@ struct Receiver {
     pending_links: HashMap<String, Vec<String>>,
     open_files: usize,
     dirs: Vec<DirMeta>,
+    /// Every entry of the tree in order, with its metadata when it was kept
+    /// unchanged (a written one is looked at once all is written): what the
+    /// content key is made of.
+    tree: Option<Vec<(PathBuf, Option<EntryInfo>)>>,
     stats_done: bool,
     fin_sent: bool,
     report: ReceiveReport,
@@ -246,6 +272,8 @@ impl Receiver {
             return Err(FsutilError::NotADirectory { path: dest });
         }
         let existing = if opts.merge { None } else { Some(DestWalker::new(&dest)?) };
+        let tree = (opts.hashes.is_some() && !opts.merge).then(Vec::new);
+        let changes = (!opts.merge).then(Vec::new);
         Ok(Self {
             dest,
             opts,
@@ -261,9 +289,10 @@ impl Receiver {
             pending_links: HashMap::new(),
             open_files: 0,
             dirs: Vec::new(),
+            tree,
             stats_done: false,
             fin_sent: false,
-            report: ReceiveReport::default(),
+            report: ReceiveReport { changes, ..ReceiveReport::default() },
         })
     }
 
@@ -291,7 +320,7 @@ impl Receiver {
                     None => self.end_of_stats()?,
                 },
                 Ok(PacketType::PacketData) => self.on_data(packet.id, &packet.data)?,
-                Ok(PacketType::PacketFin) if self.fin_sent => return Ok(self.report),
+                Ok(PacketType::PacketFin) if self.fin_sent => return self.finish(),
                 Ok(PacketType::PacketFin) => {
                     return Err(FsutilError::UnexpectedPacket {
                         packet: "PACKET_FIN",
@@ -312,6 +341,27 @@ impl Receiver {
                 Err(_) => return Err(FsutilError::UnknownPacketType(packet.r#type)),
             }
         }
+    }
+
+    /// The report, with the content key made from the entries met.
+    fn finish(mut self) -> Result<ReceiveReport, FsutilError> {
+        if let (Some(tree), Some(hashes)) = (self.tree.take(), &self.opts.hashes) {
+            let mut key = TreeKey::new(&self.dest, hashes);
+            for (rel, info) in tree {
+                let info = match info {
+                    Some(info) => info,
+                    None => {
+                        let abs = self.dest.join(&rel);
+                        let meta = std::fs::symlink_metadata(&abs)
+                            .map_err(|source| FsutilError::Stat { path: abs, source })?;
+                        EntryInfo::of(&meta)
+                    }
+                };
+                key.entry(&rel, &info).map_err(|(path, source)| FsutilError::Stat { path, source })?;
+            }
+            self.report.content_key = Some(key.finish());
+        }
+        Ok(self.report)
     }
 
     fn state(&self) -> String {
@@ -361,13 +411,23 @@ impl Receiver {
         if from_walker && let Some(walker) = &mut self.existing {
             walker.advance(keep_dir)?;
         }
-        if unchanged {
+        if let (true, Some(meta)) = (unchanged, &existing) {
+            if let Some(tree) = &mut self.tree {
+                tree.push((PathBuf::from(&stat.path), Some(EntryInfo::of(meta))));
+            }
             if kind == EntryKind::Dir {
+                if mtime_ns(meta) != stat.mod_time {
+                    note(&mut self.report.changes, Change::Written(PathBuf::from(&stat.path)));
+                }
                 self.dirs.push(DirMeta { abs, chmod: None, mtime: stat.mod_time });
             }
             return Ok(());
         }
         self.report.written += 1;
+        note(&mut self.report.changes, Change::Written(PathBuf::from(&stat.path)));
+        if let Some(tree) = &mut self.tree {
+            tree.push((PathBuf::from(&stat.path), None));
+        }
         if let Some(meta) = &existing
             && !keep_dir
             && (kind != EntryKind::Regular || hardlink || meta.is_dir())
@@ -443,8 +503,10 @@ impl Receiver {
             match compare_path(&entry.rel, rel.as_bytes()) {
                 std::cmp::Ordering::Less => {
                     remove_entry(&entry.abs, &entry.meta)?;
-                    self.report.deleted += 1;
+                    let gone = Change::Deleted(PathBuf::from(OsStr::from_bytes(&entry.rel)));
                     walker.advance(false)?;
+                    self.report.deleted += 1;
+                    note(&mut self.report.changes, gone);
                 }
                 std::cmp::Ordering::Equal => return Ok((Some(entry.meta.clone()), true)),
                 std::cmp::Ordering::Greater => break,
@@ -489,8 +551,10 @@ impl Receiver {
         if let Some(walker) = &mut self.existing {
             while let Some(entry) = walker.peek() {
                 remove_entry(&entry.abs, &entry.meta)?;
-                self.report.deleted += 1;
+                let gone = Change::Deleted(PathBuf::from(OsStr::from_bytes(&entry.rel)));
                 walker.advance(false)?;
+                self.report.deleted += 1;
+                note(&mut self.report.changes, gone);
             }
         }
         Ok(())
@@ -698,6 +762,18 @@ fn timestamps(ns: i64) -> Timestamps {
 }
 
 /// Sets atime and mtime to `ns` without following a symlink.
+/// Lists a change while there are few; past [`MAX_CHANGES`] the list is dropped.
+fn note(changes: &mut Option<Vec<Change>>, change: Change) {
+    match changes {
+        Some(list) if list.len() < MAX_CHANGES => list.push(change),
+        _ => *changes = None,
+    }
+}
+
+fn mtime_ns(meta: &Metadata) -> i64 {
+    meta.mtime().saturating_mul(1_000_000_000).saturating_add(meta.mtime_nsec())
+}
+
 fn set_times(abs: &Path, ns: i64) -> Result<(), FsutilError> {
     rustix::fs::utimensat(CWD, abs, &timestamps(ns), AtFlags::SYMLINK_NOFOLLOW)
         .map_err(|e| FsutilError::SetTimes { path: abs.into(), source: e.into() })

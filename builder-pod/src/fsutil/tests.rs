@@ -261,6 +261,18 @@ async fn entries_deleted_at_the_source_are_deleted_at_the_destination() {
     assert_eq!(report.files_requested, 0);
     assert_eq!(snapshot(dest.path()), snapshot(src.path()));
     assert!(!dest.path().join("src/a").exists());
+    // Listed as changes in walk order, with the directories whose mtime
+    // moved (the root's own is not an entry).
+    let changes = report.changes.unwrap();
+    assert_eq!(
+        changes,
+        [
+            Change::Deleted("README.md".into()),
+            Change::Deleted("fifo".into()),
+            Change::Written("src".into()),
+            Change::Deleted("src/a".into()),
+        ]
+    );
 }
 
 #[tokio::test]
@@ -739,17 +751,26 @@ async fn received_files_have_their_content_hash_recorded_as_they_arrive() {
     rich_tree(src.path());
     let hashes = std::sync::Arc::new(HashCache::default());
     let opts = ReceiveOptions { hashes: Some(hashes.clone()), ..ReceiveOptions::default() };
-    transfer(src.path(), dest.path(), &WalkFilter::default(), opts.clone()).await;
-    // The recorded hashes give the key a fresh read of every file gives.
+    let (_, report) = transfer(src.path(), dest.path(), &WalkFilter::default(), opts.clone()).await;
+    // The recorded hashes give the key a fresh read of every file gives, and
+    // so does the key the receiver made from its own walk.
     let key = content_hash(dest.path(), &[""], &hashes).unwrap();
     assert_eq!(key, content_hash(dest.path(), &[""], &HashCache::default()).unwrap());
+    assert_eq!(report.content_key.as_deref(), Some(key.as_str()));
 
     // A changed file arrives (in place of its old copy) with its new hash.
     std::fs::write(src.path().join("src/a.txt"), "changed, and longer than before\n").unwrap();
-    transfer(src.path(), dest.path(), &WalkFilter::default(), opts).await;
+    let (_, report) = transfer(src.path(), dest.path(), &WalkFilter::default(), opts.clone()).await;
     let key2 = content_hash(dest.path(), &[""], &hashes).unwrap();
     assert_ne!(key2, key);
     assert_eq!(key2, content_hash(dest.path(), &[""], &HashCache::default()).unwrap());
+    assert_eq!(report.content_key.as_deref(), Some(key2.as_str()));
+    assert_eq!(report.changes, Some(vec![Change::Written("src/a.txt".into())]));
+
+    // Unchanged: the key of a walk of entries all kept, and no changes.
+    let (_, report) = transfer(src.path(), dest.path(), &WalkFilter::default(), opts).await;
+    assert_eq!(report.content_key.as_deref(), Some(key2.as_str()));
+    assert_eq!(report.changes, Some(vec![]));
 
     // And the key really comes from the record: rewrite a file's bytes
     // behind the cache's back, keeping its identity (inode, size, mtime).

@@ -180,7 +180,7 @@ fn is_opaque(path: &Path) -> Result<bool, SnapshotError> {
 }
 
 /// Makes a 0/0 character device, overlayfs' mark of a deleted path.
-fn make_whiteout(path: &Path) -> Result<(), SnapshotError> {
+pub(crate) fn make_whiteout(path: &Path) -> Result<(), SnapshotError> {
     make_node(path, rustix::fs::FileType::CharacterDevice, 0, 0)
 }
 

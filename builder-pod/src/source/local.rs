@@ -9,7 +9,8 @@
 //! under a build. The source's cache key is the hash of the tree's content
 //! and metadata, not of the session, so an identical context is `CACHED`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,8 +19,8 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use crate::cache::contenthash::{HashCache, WalkError, content_hash, err, sorted_entries};
-use crate::cache::{CacheError, CacheManager};
-use crate::fsutil::{Differ, ReceiveOptions, ReceiveReport};
+use crate::cache::{CacheError, CacheManager, Snapshot};
+use crate::fsutil::{Change, Differ, ReceiveOptions, ReceiveReport};
 use crate::session::filesync::{FileSyncError, SyncRequest, sync};
 use crate::session::{Session, SessionManager};
 
@@ -37,7 +38,7 @@ pub enum LocalError {
     #[error("local {name:?}: attribute {attr} is not a JSON list of strings: {source}")]
     Attr { name: String, attr: String, source: serde_json::Error },
     #[error("snapshotting local {name:?} at {path}: {source}")]
-    Snapshot { name: String, path: PathBuf, source: std::io::Error },
+    Snapshot { name: String, path: PathBuf, source: io::Error },
 }
 
 /// What the source op asks for.
@@ -89,14 +90,23 @@ impl LocalSource {
     }
 }
 
-/// A transferred local directory, as a layer and a content key.
+/// A transferred local directory, as a snapshot and a content key.
 #[derive(Debug)]
 pub struct Transferred {
-    /// The committed layer holding the tree.
-    pub layer: String,
+    /// The whole tree in one layer, or the last snapshot with a layer of
+    /// the difference on top.
+    pub snapshot: Snapshot,
     pub content_key: String,
     pub report: ReceiveReport,
 }
+
+/// A snapshot made as a difference over the last one is stacked at most
+/// this deep; the next is the whole tree in one layer again.
+const MAX_STACKED: usize = 8;
+
+/// A difference is made when at most one entry in this many changed: past
+/// that, linking the whole tree costs little more than the difference.
+const DIFFERENCE_RATIO: u64 = 8;
 
 /// The session to read `src` from: the one its op names, else the build's,
 /// each waited for a bounded time (§3.3).
@@ -142,34 +152,41 @@ pub async fn transfer(
     // The last snapshot's record is taken out while the directory changes: a
     // transfer that fails half-way leaves a tree that is neither that
     // snapshot nor the sender's, and must not be taken for the first.
-    let previous = hashes.take_last(&dir).filter(|(_, layer)| cache.layer_path(layer).is_dir());
+    let previous = hashes
+        .take_last(&dir)
+        .filter(|(_, snapshot)| snapshot.layers.iter().all(|l| cache.layer_path(l).is_dir()));
     let report = sync(session, &src.request, &dir, opts).await?;
+    let snap_err = |(path, source)| LocalError::Snapshot { name: src.name.clone(), path, source };
     // Nothing written or removed: the tree is the one last snapshotted (the
-    // receiver is the only writer of this directory), so is its key; this
-    // spares a walk of every entry on an unchanged re-send.
-    if report.written == 0
-        && report.deleted == 0
-        && let Some((content_key, layer)) = previous.clone()
-    {
-        hashes.remember(&dir, &content_key, &layer);
-        return Ok(Transferred { layer, content_key, report });
-    }
-
-    let (name, sync) = (src.name.clone(), dir.clone());
-    let content_key = tokio::task::block_in_place(|| content_hash(&sync, &[""], hashes))
-        .map_err(|(path, source)| LocalError::Snapshot { name, path, source })?;
-    // The same content as last time (only mtimes moved): its layer is still exactly this tree.
-    if let Some((_, layer)) = previous.filter(|(key, _)| *key == content_key) {
-        hashes.remember(&dir, &content_key, &layer);
-        return Ok(Transferred { layer, content_key, report });
+    // receiver is the only writer of this directory), so is its key.
+    let content_key = match (&previous, report.written + report.deleted, &report.content_key) {
+        (Some((key, _)), 0, _) => key.clone(),
+        (_, _, Some(key)) => key.clone(),
+        _ => tokio::task::block_in_place(|| content_hash(&dir, &[""], hashes)).map_err(snap_err)?,
+    };
+    // The same content as last time (only mtimes moved): that snapshot is still exactly this tree.
+    if let Some((_, snapshot)) = previous.as_ref().filter(|(key, _)| *key == content_key) {
+        hashes.remember(&dir, &content_key, snapshot);
+        return Ok(Transferred { snapshot: snapshot.clone(), content_key, report });
     }
     let pending = cache.new_layer()?;
-    let layer_path = pending.path().to_owned();
-    tokio::task::block_in_place(|| link_tree(&dir, &layer_path, Path::new("")))
-        .map_err(|(path, source)| LocalError::Snapshot { name: src.name.clone(), path, source })?;
-    let id = cache.commit_layer(pending)?;
-    hashes.remember(&dir, &content_key, &id);
-    Ok(Transferred { layer: id, content_key, report })
+    let snapshot = match (previous, &report.changes) {
+        (Some((_, base)), Some(changes))
+            if base.layers.len() < MAX_STACKED
+                && changes.len() as u64 * DIFFERENCE_RATIO <= report.entries =>
+        {
+            tokio::task::block_in_place(|| difference_tree(&dir, pending.path(), changes))
+                .map_err(snap_err)?;
+            cache.commit_layer_over(pending, &base)?
+        }
+        _ => {
+            tokio::task::block_in_place(|| link_tree(&dir, pending.path(), Path::new("")))
+                .map_err(snap_err)?;
+            Snapshot::default().with(cache.commit_layer(pending)?)
+        }
+    };
+    hashes.remember(&dir, &content_key, &snapshot);
+    Ok(Transferred { snapshot, content_key, report })
 }
 
 /// The directory kept for one client project: `<name>:<hint>:<shared key>` (§3.3).
@@ -185,23 +202,79 @@ fn link_tree(src: &Path, dest: &Path, rel: &Path) -> Result<(), WalkError> {
         let rel = rel.join(&name);
         let (from, to) = (src.join(&rel), dest.join(&rel));
         let meta = std::fs::symlink_metadata(&from).map_err(err(&from))?;
-        let ft = meta.file_type();
-        if ft.is_dir() {
+        if meta.is_dir() {
             std::fs::create_dir(&to).map_err(err(&to))?;
             link_tree(src, dest, &rel)?;
             copy_dir_metadata(&to, &meta).map_err(err(&to))?;
-        } else if ft.is_symlink() {
-            let target = std::fs::read_link(&from).map_err(err(&from))?;
-            std::os::unix::fs::symlink(&target, &to).map_err(err(&to))?;
-            std::os::unix::fs::lchown(&to, Some(meta.uid()), Some(meta.gid())).map_err(err(&to))?;
         } else {
-            std::fs::hard_link(&from, &to).map_err(err(&to))?;
+            link_entry(&from, &to, &meta)?;
         }
     }
     Ok(())
 }
 
-fn copy_dir_metadata(to: &Path, meta: &std::fs::Metadata) -> std::io::Result<()> {
+/// A symlink anew with its owner; anything else but a directory as a hard link.
+fn link_entry(from: &Path, to: &Path, meta: &std::fs::Metadata) -> Result<(), WalkError> {
+    if meta.file_type().is_symlink() {
+        let target = std::fs::read_link(from).map_err(err(from))?;
+        std::os::unix::fs::symlink(&target, to).map_err(err(to))?;
+        std::os::unix::fs::lchown(to, Some(meta.uid()), Some(meta.gid())).map_err(err(to))
+    } else {
+        std::fs::hard_link(from, to).map_err(err(to))
+    }
+}
+
+/// Makes in `dest` the layer that turns the last snapshot of `src` into
+/// `src` as it is now, from the receiver's list of changes: each written
+/// entry as `link_tree` would make it, a whiteout for each removed one, and
+/// the directories above them with their metadata.
+fn difference_tree(src: &Path, dest: &Path, changes: &[Change]) -> Result<(), WalkError> {
+    // The directories made, in the order made.
+    let mut dirs: Vec<&Path> = Vec::new();
+    let mut made: HashSet<&Path> = HashSet::new();
+    let mut make_dir = |rel| -> Result<(), WalkError> {
+        if made.insert(rel) {
+            let to = dest.join(rel);
+            std::fs::create_dir(&to).map_err(err(&to))?;
+            dirs.push(rel);
+        }
+        Ok(())
+    };
+    for change in changes {
+        let (Change::Written(rel) | Change::Deleted(rel)) = change;
+        let mut parents: Vec<&Path> =
+            rel.ancestors().skip(1).take_while(|p| !p.as_os_str().is_empty()).collect();
+        parents.reverse();
+        for parent in parents {
+            make_dir(parent)?;
+        }
+        let to = dest.join(rel);
+        match change {
+            Change::Deleted(_) => {
+                crate::snapshot::make_whiteout(&to).map_err(|e| (to, io::Error::other(e)))?
+            }
+            Change::Written(_) => {
+                let from = src.join(rel);
+                let meta = std::fs::symlink_metadata(&from).map_err(err(&from))?;
+                if meta.is_dir() {
+                    make_dir(rel)?;
+                } else {
+                    link_entry(&from, &to, &meta)?;
+                }
+            }
+        }
+    }
+    // Deepest first: making an entry in a directory moves its mtime.
+    for rel in dirs.into_iter().rev() {
+        let from = src.join(rel);
+        let meta = std::fs::symlink_metadata(&from).map_err(err(&from))?;
+        let to = dest.join(rel);
+        copy_dir_metadata(&to, &meta).map_err(err(&to))?;
+    }
+    Ok(())
+}
+
+fn copy_dir_metadata(to: &Path, meta: &std::fs::Metadata) -> io::Result<()> {
     std::os::unix::fs::chown(to, Some(meta.uid()), Some(meta.gid()))?;
     std::fs::set_permissions(to, std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
     let times = std::fs::FileTimes::new().set_modified(meta.modified()?).set_accessed(meta.accessed()?);
@@ -270,5 +343,94 @@ mod tests {
         assert_ne!(snapshot(src.path(), &hashes).1, key1);
         // And the earlier snapshot still has the old bytes.
         assert_eq!(std::fs::read_to_string(dest.path().join("b.txt")).unwrap(), "b");
+    }
+
+    /// Sends `client` into `kept` as a build's context transfer does.
+    async fn receive_into(client: &Path, kept: &Path, hashes: &Arc<HashCache>) -> ReceiveReport {
+        use futures::StreamExt;
+        use tokio_stream::wrappers::ReceiverStream;
+        let (to_receiver, from_sender) = tokio::sync::mpsc::channel(16);
+        let (to_sender, from_receiver) = tokio::sync::mpsc::channel(16);
+        let opts = ReceiveOptions { hashes: Some(Arc::clone(hashes)), ..ReceiveOptions::default() };
+        let filter = crate::fsutil::WalkFilter::default();
+        let (sent, received) = tokio::join!(
+            crate::fsutil::send(client, &filter, ReceiverStream::new(from_receiver).map(Ok), to_receiver),
+            crate::fsutil::receive(kept, ReceiverStream::new(from_sender).map(Ok), to_sender, opts),
+        );
+        sent.unwrap();
+        received.unwrap()
+    }
+
+    /// Every entry below `root`: mode, owner, mtime (but a symlink's) and content or target.
+    fn listing(root: &Path) -> BTreeMap<PathBuf, String> {
+        let mut out = BTreeMap::new();
+        let mut todo = vec![PathBuf::new()];
+        while let Some(rel) = todo.pop() {
+            for name in sorted_entries(&root.join(&rel)).unwrap() {
+                let rel = rel.join(name);
+                let path = root.join(&rel);
+                let meta = std::fs::symlink_metadata(&path).unwrap();
+                let what = if meta.is_dir() {
+                    todo.push(rel.clone());
+                    format!("dir {}", meta.mtime_nsec() + meta.mtime() * 1_000_000_000)
+                } else if meta.is_symlink() {
+                    format!("-> {}", std::fs::read_link(&path).unwrap().display())
+                } else {
+                    format!("{:?} {}", std::fs::read(&path).unwrap(), meta.mtime())
+                };
+                out.insert(rel, format!("{:o} {}:{} {what}", meta.mode(), meta.uid(), meta.gid()));
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_layer_of_the_changes_over_the_last_snapshot_shows_the_tree_sent() {
+        let root = tempfile::tempdir().unwrap();
+        let cache = CacheManager::open(root.path()).unwrap();
+        let (client, kept) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let c = |rel: &str| client.path().join(rel);
+        for dir in ["a", "b/deep", "gone-dir/sub", "to-file", "kept-dir"] {
+            std::fs::create_dir_all(c(dir)).unwrap();
+        }
+        for file in ["a/1.txt", "a/2.txt", "b/deep/x", "gone.txt", "gone-dir/sub/y", "to-dir", "to-file/z"] {
+            std::fs::write(c(file), format!("{file} first")).unwrap();
+        }
+        std::os::unix::fs::symlink("a/1.txt", c("link")).unwrap();
+        let hashes = Arc::new(HashCache::default());
+        receive_into(client.path(), kept.path(), &hashes).await;
+        let pending = cache.new_layer().unwrap();
+        link_tree(kept.path(), pending.path(), Path::new("")).unwrap();
+        let base = Snapshot::default().with(cache.commit_layer(pending).unwrap());
+        let before = listing(client.path());
+
+        // Every kind of change: content, removal (of a file and of a tree),
+        // a file turned directory and back, new entries deep down, a mode.
+        std::fs::write(c("a/1.txt"), "a/1.txt second, longer").unwrap();
+        std::fs::remove_file(c("gone.txt")).unwrap();
+        std::fs::remove_dir_all(c("gone-dir")).unwrap();
+        std::fs::remove_file(c("to-dir")).unwrap();
+        std::fs::create_dir(c("to-dir")).unwrap();
+        std::fs::write(c("to-dir/inside"), "inside").unwrap();
+        std::fs::remove_dir_all(c("to-file")).unwrap();
+        std::fs::write(c("to-file"), "now a file").unwrap();
+        std::fs::create_dir_all(c("new/deeper")).unwrap();
+        std::fs::write(c("new/deeper/f"), "new").unwrap();
+        std::fs::set_permissions(c("b"), std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::remove_file(c("link")).unwrap();
+        std::os::unix::fs::symlink("a/2.txt", c("link")).unwrap();
+        let report = receive_into(client.path(), kept.path(), &hashes).await;
+        let changes = report.changes.unwrap();
+        assert!(changes.len() < 20, "{changes:?}");
+        let pending = cache.new_layer().unwrap();
+        difference_tree(kept.path(), pending.path(), &changes).unwrap();
+        let snapshot = cache.commit_layer_over(pending, &base).unwrap();
+        assert_eq!(snapshot.layers.len(), 2);
+
+        let view = crate::cache::mount::mount(&cache, &snapshot, None).unwrap();
+        assert_eq!(listing(view.path()), listing(client.path()));
+        // The earlier snapshot is untouched.
+        let old = crate::cache::mount::mount(&cache, &base, None).unwrap();
+        assert_eq!(listing(old.path()), before);
     }
 }

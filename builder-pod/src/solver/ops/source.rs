@@ -229,8 +229,7 @@ impl Sources {
                 bytes = t.report.bytes_received,
                 "local source transferred"
             );
-            let snapshot = Snapshot::default().with(t.layer);
-            return Ok(Resolved { key: t.content_key, snapshot: Some(snapshot) });
+            return Ok(Resolved { key: t.content_key, snapshot: Some(t.snapshot) });
         }
         if id.starts_with("http://") || id.starts_with("https://") {
             let src = HttpSource::parse(id, &source.attrs)?;
