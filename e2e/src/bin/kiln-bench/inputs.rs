@@ -246,7 +246,11 @@ pub const CHANGED_100K: [(usize, usize); 2] = [(0, 7), (123, 45)];
 impl Inputs {
     pub fn new(scale: Scale, base: &str) -> Self {
         Self {
-            dir: tempfile::Builder::new().prefix("kiln-bench-inputs-").tempdir().unwrap(),
+            // Kept for the whole suite, off the runs' scratch file systems.
+            dir: tempfile::Builder::new()
+                .prefix("kiln-bench-inputs-")
+                .tempdir_in(std::env::temp_dir())
+                .unwrap(),
             scale,
             base: base.to_owned(),
             context_10k: OnceLock::new(),

@@ -18,6 +18,7 @@
 
 mod daemons;
 mod inputs;
+mod scratch;
 mod workloads;
 
 use std::collections::HashMap;
@@ -31,6 +32,7 @@ use serde_json::{Value, json};
 
 use daemons::{Build, Daemon, Kind, Sample};
 use inputs::{Inputs, Scale};
+use scratch::Scratch;
 use workloads::{Unit, Workload};
 
 /// Row names of earlier versions, now columns of the row they compared against.
@@ -62,7 +64,7 @@ fn show(unit: Unit, v: f64) -> String {
     }
 }
 
-fn run_workload(w: &Workload, inputs: &Inputs, runs: usize) -> Outcome {
+fn run_workload(w: &Workload, inputs: &Inputs, scratch: &Scratch, runs: usize) -> Outcome {
     let mut out = Outcome::default();
     for i in 0..runs {
         // Rotate which kind goes first, so none always runs on a warmer machine.
@@ -73,6 +75,7 @@ fn run_workload(w: &Workload, inputs: &Inputs, runs: usize) -> Outcome {
             if out.errors.contains_key(&kind) {
                 continue;
             }
+            let fs = scratch.fresh();
             let start = Instant::now();
             let result = std::panic::catch_unwind(AssertUnwindSafe(|| (w.run)(inputs, kind)));
             let took = start.elapsed().as_secs_f64();
@@ -105,12 +108,17 @@ fn run_workload(w: &Workload, inputs: &Inputs, runs: usize) -> Outcome {
                     out.errors.insert(kind, text);
                 }
             }
-            // The run's state was just deleted: write back what it left dirty
-            // now, so the next run does not pay for this one's writeback. And
-            // after a run that made and removed many files, wait out ext4's
-            // window in which freshly freed inodes are skipped one by one
-            // (without a journal, `recently_deleted`: 5 s once written back);
-            // otherwise the next run's file creations slow down many times.
+            if fs.is_some() {
+                drop(fs);
+                continue;
+            }
+            // All runs share one file system: the run's state was just
+            // deleted, so write back what it left dirty now, so the next run
+            // does not pay for this one's writeback. And after a run that
+            // made and removed many files, wait out ext4's window in which
+            // freshly freed inodes are skipped one by one (without a journal,
+            // `recently_deleted`: 5 s once written back); otherwise the next
+            // run's file creations slow down many times.
             let _ = std::process::Command::new("sync").status();
             let pause = if took > 5.0 { 5.5 } else { 0.2 };
             std::thread::sleep(Duration::from_secs_f64(pause));
@@ -383,6 +391,8 @@ fn main() {
         .iter()
         .filter(|w| only.is_empty() || w.rows.iter().any(|r| only.iter().any(|o| o == r.name)))
         .collect();
+    let scratch = Scratch::new();
+    eprintln!("[bench] daemon state and client outputs on {}", scratch.describe());
     let inputs = Inputs::new(Scale { quick }, &TestEnv::get().base_image);
     let suite = Instant::now();
     let mut records = Vec::new();
@@ -398,14 +408,16 @@ fn main() {
     }
     for w in selected {
         let start = Instant::now();
-        let out = run_workload(w, &inputs, runs);
+        let out = run_workload(w, &inputs, &scratch, runs);
         eprintln!("[bench] workload {} took {:.1} s", w.name(), start.elapsed().as_secs_f64());
         failed |= !out.errors.is_empty();
         report(w, &out, quick, &mut records);
     }
     if only.is_empty() || only.iter().any(|o| o == GATEWAY_OVERHEAD) {
         let start = Instant::now();
+        let fs = scratch.fresh();
         gateway_overhead(runs, &inputs, &mut records);
+        drop(fs);
         eprintln!("[bench] gateway-overhead took {:.1} s", start.elapsed().as_secs_f64());
     }
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
