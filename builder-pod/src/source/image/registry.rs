@@ -26,6 +26,9 @@ use crate::content::{ContentError, ContentStore, Digest};
 /// histories get more room).
 const DOCUMENT_LIMIT: usize = 16 << 20;
 
+/// Bytes read from a blob per piece of an upload's body.
+const UPLOAD_CHUNK: usize = 1 << 20;
+
 /// How one registry host is reached; the keys of `[registry."host"]` in
 /// buildkitd.toml.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -372,7 +375,10 @@ impl RegistryClient {
 
         // The body streams once, so this request cannot be replayed after a
         // challenge; the POST above already settled the authorisation.
-        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(body));
+        // Large reads: with ReaderStream's default 4 KiB, a blob read from a
+        // file is one blocking-pool round trip and one HTTP/1 chunk per 4 KiB
+        // (a 200 MB layer: 50,000 of each, half the push's time).
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(body, UPLOAD_CHUNK));
         let request = http
             .put(&put_url)
             .header(CONTENT_TYPE, "application/octet-stream")
