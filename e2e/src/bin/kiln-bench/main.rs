@@ -337,6 +337,9 @@ fn usage() {
     println!("  ROW          runs the workloads that yield these rows (see --list); default: all");
     println!("kiln-bench --list: the rows and what each measures");
     println!("kiln-bench --write-llb FILE: write the image build's LLB, for profiling by hand");
+    println!(
+        "kiln-bench --write-context-llb FILE: write the LLB of the context workloads (local \"context\")"
+    );
 }
 
 fn list(all: &[Workload]) {
@@ -372,6 +375,12 @@ fn main() {
                 let path = args.next().expect("--write-llb FILE");
                 let def = image_and_run(&TestEnv::get().base_image, "echo hi > /hello");
                 std::fs::write(&path, prost::Message::encode_to_vec(&def)).unwrap();
+                return;
+            }
+            // The LLB of the context workloads (one `local://context`), for `--local context=DIR`.
+            "--write-context-llb" => {
+                let path = args.next().expect("--write-context-llb FILE");
+                std::fs::write(&path, prost::Message::encode_to_vec(&workloads::context_llb())).unwrap();
                 return;
             }
             "--help" | "-h" => return usage(),

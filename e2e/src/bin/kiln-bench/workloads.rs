@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use kiln_e2e::llb::{Llb, image_and_run};
 use kiln_e2e::{TestEnv, unique};
+use kiln_proto::buildkit::pb;
 
 use crate::daemons::{Build, Daemon, Kind, Sample, spawn_bare};
 use crate::inputs::{CHANGED_100K, Inputs, REBUILD_CHANGED, REBUILD_EDITED, REBUILD_ORIGINAL, small_content};
@@ -203,9 +204,14 @@ fn secret_mount(inputs: &Inputs, kind: Kind) -> Vec<Sample> {
 
 /// The LLB of a `local://context` source on `dir`: the transfer and nothing else.
 pub fn local_context(dir: &Path) -> Build {
+    Build::llb(context_llb()).with("--local", format!("context={}", dir.display()))
+}
+
+/// The context workloads' LLB: the local `context`, nothing done with it.
+pub fn context_llb() -> pb::Definition {
     let mut llb = Llb::default();
     let ctx = llb.local("context");
-    Build::llb(llb.finish(&ctx)).with("--local", format!("context={}", dir.display()))
+    llb.finish(&ctx)
 }
 
 fn context_10k(inputs: &Inputs, kind: Kind) -> Vec<Sample> {
