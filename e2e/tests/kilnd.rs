@@ -408,3 +408,84 @@ fn a_local_source_naming_an_unknown_session_fails_clearly() {
     assert!(stderr.contains("offers no local files"), "{stderr}");
     assert!(!kilnd.daemon.log_text().contains("panicked"));
 }
+
+/// Every path under `root` with what a user would compare: the type, and a
+/// file's bytes or a link's target.
+fn tree_of(root: &std::path::Path) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut todo = vec![std::path::PathBuf::new()];
+    while let Some(rel) = todo.pop() {
+        for entry in std::fs::read_dir(root.join(&rel)).unwrap() {
+            let entry = entry.unwrap();
+            let rel = rel.join(entry.file_name());
+            let meta = std::fs::symlink_metadata(entry.path()).unwrap();
+            let what = if meta.is_dir() {
+                todo.push(rel.clone());
+                "dir".to_owned()
+            } else if meta.is_symlink() {
+                format!("-> {}", std::fs::read_link(entry.path()).unwrap().display())
+            } else {
+                String::from_utf8_lossy(&std::fs::read(entry.path()).unwrap()).into_owned()
+            };
+            out.insert(rel.display().to_string(), what);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_context_sent_again_after_edits_and_removals_is_exported_as_it_now_is() {
+    let kilnd = Kilnd::start();
+    let ctx = tempfile::tempdir().unwrap();
+    let c = |rel: &str| ctx.path().join(rel);
+    for i in 0..200 {
+        std::fs::create_dir_all(c(&format!("d{}", i % 4))).unwrap();
+        std::fs::write(c(&format!("d{}/f{i}.txt", i % 4)), format!("file {i}\n")).unwrap();
+    }
+    std::os::unix::fs::symlink("d0/f0.txt", c("link")).unwrap();
+    let mut llb = kiln_e2e::llb::Llb::default();
+    let local = llb.local("context");
+    let def = llb.finish(&local);
+    let context = format!("context={}", ctx.path().display());
+    // Twelve generations of edits: more than kilnd stacks as layers of
+    // changes before it snapshots the whole tree again.
+    for generation in 0..12 {
+        match generation {
+            0 => {}
+            1 => std::fs::remove_dir_all(c("d3")).unwrap(),
+            2 => {
+                std::fs::remove_file(c("link")).unwrap();
+                std::os::unix::fs::symlink("d1/f1.txt", c("link")).unwrap();
+            }
+            3 => {
+                std::fs::remove_file(c("d2/f2.txt")).unwrap();
+                std::fs::create_dir(c("d2/f2.txt")).unwrap();
+                std::fs::write(c("d2/f2.txt/inside"), "now a directory\n").unwrap();
+            }
+            4 => {
+                std::fs::remove_dir_all(c("d2/f2.txt")).unwrap();
+                std::fs::write(c("d2/f2.txt"), "a file again\n").unwrap();
+            }
+            g => {
+                std::fs::write(c(&format!("d0/f{}.txt", g * 4)), format!("edited in {g}, longer\n")).unwrap();
+                std::fs::remove_file(c(&format!("d1/f{}.txt", 1 + (g - 5) * 4))).unwrap();
+                std::fs::create_dir_all(c(&format!("new/{g}"))).unwrap();
+                std::fs::write(c(&format!("new/{g}/added")), format!("added in {g}\n")).unwrap();
+            }
+        }
+        let out = tempfile::tempdir().unwrap();
+        let dest = format!("type=local,dest={}", out.path().display());
+        let built = buildctl_llb(&kilnd.addr, &def, &["--local", &context, "--output", &dest]);
+        assert!(built.status.success(), "generation {generation}");
+        assert_eq!(tree_of(out.path()), tree_of(ctx.path()), "generation {generation}");
+    }
+    // The snapshots were stacked up to the limit, then made whole again.
+    let log = kilnd.daemon.log_text();
+    let layers: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("local source transferred"))
+        .filter_map(|l| l.split("layers=").nth(1)?.split_whitespace().next())
+        .collect();
+    assert_eq!(layers, ["1", "2", "3", "4", "5", "6", "7", "8", "1", "2", "3", "4"], "{log}");
+    assert!(!log.contains("panicked"));
+}

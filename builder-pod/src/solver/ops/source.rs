@@ -227,6 +227,7 @@ impl Sources {
                 local = %name,
                 files = t.report.files_requested,
                 bytes = t.report.bytes_received,
+                layers = t.snapshot.layers.len(),
                 "local source transferred"
             );
             return Ok(Resolved { key: t.content_key, snapshot: Some(t.snapshot) });

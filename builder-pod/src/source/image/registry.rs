@@ -378,7 +378,8 @@ impl RegistryClient {
         // Large reads: with ReaderStream's default 4 KiB, a blob read from a
         // file is one blocking-pool round trip and one HTTP/1 chunk per 4 KiB
         // (a 200 MB layer: 50,000 of each, half the push's time).
-        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(body, UPLOAD_CHUNK));
+        let body =
+            reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(body, UPLOAD_CHUNK));
         let request = http
             .put(&put_url)
             .header(CONTENT_TYPE, "application/octet-stream")
