@@ -21,7 +21,8 @@ use crate::session::auth::SessionAuth;
 use crate::snapshot::{Compression, DiffOptions, SnapshotError, compress, diff_to_tar};
 use crate::solver::scheduler::BuildContext;
 use crate::source::image::{
-    HostConfig, ImageError as RegistryError, Platform, Reference, Registry, RegistryHosts,
+    EarlyUpload, HostConfig, ImageError as RegistryError, Platform, Reference, Registry, RegistryClient,
+    RegistryHosts,
 };
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -220,7 +221,14 @@ fn compression_tag(c: Compression) -> String {
 }
 
 /// The blob of one layer, made now or found from an earlier export.
-async fn layer_blob(ex: &Exporters, layer: &str, compression: Compression) -> Result<LayerBlob, ImageError> {
+/// A layer made for a push is uploaded to the push's first repository while
+/// it is compressed, so the push that follows finds it there.
+async fn layer_blob(
+    ex: &Exporters,
+    layer: &str,
+    compression: Compression,
+    target: Option<&PushTarget>,
+) -> Result<LayerBlob, ImageError> {
     let key = format!("blob:{layer}:{}", compression_tag(compression));
     if let Some(bytes) = ex.cache.get_meta(&key)?
         && let Ok(blob) = serde_json::from_slice::<LayerBlob>(&bytes)
@@ -231,6 +239,8 @@ async fn layer_blob(ex: &Exporters, layer: &str, compression: Compression) -> Re
     let (dir, content, id) = (ex.cache.layer_path(layer), ex.content.clone(), layer.to_owned());
     let base = ex.cache.layer_base(layer)?.filter(|base| !base.layers.is_empty());
     let cache = ex.cache.clone();
+    let early = target.map(|t| t.client.upload_while_made(&t.reference));
+    let side = early.as_ref().map(EarlyUpload::sender);
     let blob = tokio::task::spawn_blocking(move || {
         let err = |source| ImageError::Layer { layer: id.clone(), source };
         // A step's layer is compared with the view it was made over, as
@@ -238,11 +248,11 @@ async fn layer_blob(ex: &Exporters, layer: &str, compression: Compression) -> Re
         let below = base.map(|base| mount(&cache, &base, None)).transpose()?;
         let options =
             DiffOptions { lower: below.as_ref().map(|m| m.path().to_owned()), ..DiffOptions::default() };
-        let ingest = content.ingest()?;
+        let ingest = PassOn::new(content.ingest()?, side);
         let writer = compress(ingest, compression).map_err(err)?;
         let writer = diff_to_tar(&dir, writer, &options).map_err(err)?;
         let (ingest, digests) = writer.finish().map_err(err)?;
-        ingest.commit(Some((&digests.digest, digests.size)))?;
+        ingest.into_inner().commit(Some((&digests.digest, digests.size)))?;
         Ok::<_, ImageError>(LayerBlob {
             digest: digests.digest,
             size: digests.size,
@@ -251,6 +261,12 @@ async fn layer_blob(ex: &Exporters, layer: &str, compression: Compression) -> Re
     })
     .await
     .map_err(|_| ImageError::Join)??;
+    if let Some(early) = early
+        && let Err(e) = early.complete(&blob.digest).await
+    {
+        // Not the export's failure: the push that follows uploads the blob.
+        tracing::debug!(layer, error = %e, "uploading a layer while compressing it failed");
+    }
     let bytes = serde_json::to_vec(&blob).map_err(ImageError::Config)?;
     ex.cache.put_meta(&key, &bytes)?;
     Ok(blob)
@@ -262,10 +278,11 @@ pub async fn build(
     snapshot: &Snapshot,
     config: Option<&[u8]>,
     opts: &ImageOptions,
+    target: Option<&PushTarget>,
 ) -> Result<BuiltImage, ImageError> {
     let mut blobs = Vec::with_capacity(snapshot.layers.len());
     for layer in &snapshot.layers {
-        blobs.push(layer_blob(ex, layer, opts.compression).await?);
+        blobs.push(layer_blob(ex, layer, opts.compression, target).await?);
     }
     let mut cfg: Value = match config {
         Some(bytes) => serde_json::from_slice(bytes).map_err(ImageError::Config)?,
@@ -318,18 +335,21 @@ pub async fn build_source(
     ex: &Exporters,
     source: &ExportSource,
     opts: &ImageOptions,
+    target: Option<&PushTarget>,
 ) -> Result<BuiltImage, ImageError> {
     let scratch = Snapshot::default();
     let platforms = match source {
         ExportSource::Single { snapshot, image_config } => {
-            return build(ex, snapshot.as_ref().unwrap_or(&scratch), image_config.as_deref(), opts).await;
+            return build(ex, snapshot.as_ref().unwrap_or(&scratch), image_config.as_deref(), opts, target)
+                .await;
         }
         ExportSource::Platforms(platforms) => platforms,
     };
     let mut images = Vec::with_capacity(platforms.len());
     for p in platforms {
         let built =
-            build(ex, p.snapshot.as_ref().unwrap_or(&scratch), p.image_config.as_deref(), opts).await?;
+            build(ex, p.snapshot.as_ref().unwrap_or(&scratch), p.image_config.as_deref(), opts, target)
+                .await?;
         images.push((p.platform.clone(), built));
     }
     let media_type = if opts.oci { OCI_INDEX } else { DOCKER_MANIFEST_LIST };
@@ -408,20 +428,97 @@ pub async fn push(
     }
     for name in &opts.names {
         let reference = Reference::parse(name)?;
-        let registry = if opts.insecure {
-            let hosts = RegistryHosts::new()
-                .with(reference.registry.clone(), HostConfig { http: true, insecure: true });
-            Registry::new(hosts)?
-        } else {
-            ex.registry.clone()
-        };
-        let auth = SessionAuth { sessions: Arc::clone(&ex.sessions), session_ids: ctx.session_ids.clone() };
-        registry
-            .client(Arc::new(auth))
+        push_client(ex, opts, &reference, ctx)?
             .push_image(&reference, &ex.content, built.media_type, &built.manifest)
             .await?;
     }
     Ok(())
+}
+
+/// Where the layers made for a push are uploaded while they are compressed.
+#[derive(Debug)]
+pub struct PushTarget {
+    client: RegistryClient,
+    reference: Reference,
+}
+
+/// The push's first repository, when the export pushes.
+pub fn push_target(
+    ex: &Exporters,
+    opts: &ImageOptions,
+    ctx: &BuildContext,
+) -> Result<Option<PushTarget>, ImageError> {
+    let Some(name) = opts.names.first().filter(|_| opts.push) else { return Ok(None) };
+    let reference = Reference::parse(name)?;
+    Ok(Some(PushTarget { client: push_client(ex, opts, &reference, ctx)?, reference }))
+}
+
+/// The exporter's registries (plain HTTP for an `insecure` push) with the
+/// build's session credentials.
+fn push_client(
+    ex: &Exporters,
+    opts: &ImageOptions,
+    reference: &Reference,
+    ctx: &BuildContext,
+) -> Result<RegistryClient, ImageError> {
+    let registry = if opts.insecure {
+        let hosts =
+            RegistryHosts::new().with(reference.registry.clone(), HostConfig { http: true, insecure: true });
+        Registry::new(hosts)?
+    } else {
+        ex.registry.clone()
+    };
+    let auth = SessionAuth { sessions: Arc::clone(&ex.sessions), session_ids: ctx.session_ids.clone() };
+    Ok(registry.client(Arc::new(auth)))
+}
+
+/// Writes through to `inner` and passes the same bytes on, in pieces of
+/// about [`PASS_ON_PIECE`], to an upload running at the same time. An
+/// upload that has gone away is left behind; the writes go on.
+struct PassOn<W> {
+    inner: W,
+    side: Option<tokio::sync::mpsc::Sender<bytes::Bytes>>,
+    piece: bytes::BytesMut,
+}
+
+const PASS_ON_PIECE: usize = 1 << 20;
+
+impl<W: Write> PassOn<W> {
+    fn new(inner: W, side: Option<tokio::sync::mpsc::Sender<bytes::Bytes>>) -> Self {
+        Self { inner, side, piece: bytes::BytesMut::new() }
+    }
+
+    fn pass_on(&mut self) {
+        let piece = self.piece.split().freeze();
+        if let Some(side) = &self.side
+            && side.blocking_send(piece).is_err()
+        {
+            self.side = None;
+        }
+    }
+
+    /// The writer, after the last piece was passed on.
+    fn into_inner(mut self) -> W {
+        self.pass_on();
+        self.inner
+    }
+}
+
+impl<W: Write> Write for PassOn<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        if self.side.is_some() {
+            self.piece.extend_from_slice(&buf[..n]);
+            if self.piece.len() >= PASS_ON_PIECE {
+                self.pass_on();
+            }
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 #[cfg(test)]

@@ -168,7 +168,7 @@ impl Exporters {
                         return Err(ExportError::DockerIndex);
                     }
                     let opts = ImageOptions::parse(attrs, !docker)?;
-                    let built = image::build_source(self, source, &opts).await?;
+                    let built = image::build_source(self, source, &opts, None).await?;
                     let response = built.response(&opts.names);
                     let session = self.session(ctx).await?;
                     let upload = BytesUpload::open(&session, index, &response)?;
@@ -191,9 +191,9 @@ impl Exporters {
                         opts.push = true;
                     }
                     let on = &vertex.digest;
-                    let built =
-                        step(ctx, on, "exporting layers".into(), image::build_source(self, source, &opts))
-                            .await?;
+                    let target = image::push_target(self, &opts, ctx)?;
+                    let layers = image::build_source(self, source, &opts, target.as_ref());
+                    let built = step(ctx, on, "exporting layers".into(), layers).await?;
                     let digest = &built.manifest_digest;
                     step(ctx, on, format!("exporting manifest {digest}"), async { Ok::<_, ExportError>(()) })
                         .await?;

@@ -255,6 +255,21 @@ impl RegistryClient {
         Ok(pushed)
     }
 
+    /// Starts uploading a blob that is still being made: the bytes sent on
+    /// [`EarlyUpload::sender`] stream into an upload session of
+    /// `reference`'s repository as they come, and [`EarlyUpload::complete`]
+    /// names the blob once its digest is known. Until then the registry
+    /// holds an unfinished upload, never a blob or an image.
+    pub fn upload_while_made(&self, reference: &Reference) -> EarlyUpload {
+        let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(EARLY_UPLOAD_QUEUE);
+        let body = reqwest::Body::wrap_stream(
+            tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, std::io::Error>),
+        );
+        let (client, target) = (self.clone(), reference.clone());
+        let task = tokio::spawn(async move { client.upload_unfinished(&target, body).await });
+        EarlyUpload { tx, task, client: self.clone(), reference: reference.clone() }
+    }
+
     /// Pushes a blob from the content store.
     pub async fn push_blob_from_store(
         &self,
@@ -340,6 +355,41 @@ impl RegistryClient {
         for layer in &manifest.layers {
             self.push_blob_from_store(reference, store, &layer.digest).await?;
         }
+        Ok(())
+    }
+}
+
+/// Pieces (of about 1 MiB) an early upload may hold before its producer waits.
+const EARLY_UPLOAD_QUEUE: usize = 8;
+
+/// A blob being uploaded while it is made; see
+/// [`RegistryClient::upload_while_made`].
+#[derive(Debug)]
+pub struct EarlyUpload {
+    tx: tokio::sync::mpsc::Sender<bytes::Bytes>,
+    task: tokio::task::JoinHandle<Result<reqwest::Url, RequestError>>,
+    client: RegistryClient,
+    reference: Reference,
+}
+
+impl EarlyUpload {
+    /// Where the blob's bytes go, in order. A send fails once the upload
+    /// has failed; the producer then goes on without it.
+    pub fn sender(&self) -> tokio::sync::mpsc::Sender<bytes::Bytes> {
+        self.tx.clone()
+    }
+
+    /// Ends the upload's body and completes it as `digest`. Every sender
+    /// must have been dropped (the body ends when the last one is).
+    pub async fn complete(self, digest: &Digest) -> Result<(), RequestError> {
+        let EarlyUpload { tx, task, client, reference } = self;
+        drop(tx);
+        let url = task.await.map_err(|e| RequestError::Protocol {
+            url: reference.to_string(),
+            detail: format!("the upload task ended: {e}"),
+        })??;
+        client.complete_upload(&reference, url, digest).await?;
+        client.note_sources(&reference, [digest]);
         Ok(())
     }
 }

@@ -26,6 +26,12 @@ use crate::content::{ContentError, ContentStore, Digest};
 /// histories get more room).
 const DOCUMENT_LIMIT: usize = 16 << 20;
 
+/// Where an upload session was opened, or that the blob was mounted instead.
+enum Started {
+    Mounted,
+    At(Url),
+}
+
 /// Bytes read from a blob per piece of an upload's body.
 const UPLOAD_CHUNK: usize = 1 << 20;
 
@@ -342,12 +348,89 @@ impl RegistryClient {
         size: u64,
         body: impl AsyncRead + Send + Sync + 'static,
     ) -> Result<BlobPush, RequestError> {
+        let mut put_url = match self.start_upload(reference, Some(digest)).await? {
+            Started::Mounted => return Ok(BlobPush::Mounted),
+            Started::At(url) => url,
+        };
+        put_url.query_pairs_mut().append_pair("digest", &digest.to_string());
+        // The body streams once, so this request cannot be replayed after a
+        // challenge; the POST above already settled the authorisation.
+        // Large reads: with ReaderStream's default 4 KiB, a blob read from a
+        // file is one blocking-pool round trip and one HTTP/1 chunk per 4 KiB
+        // (a 200 MB layer: 50,000 of each, half the push's time).
+        let body =
+            reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(body, UPLOAD_CHUNK));
+        let request = self
+            .http(reference)
+            .put(put_url.as_str())
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .header(CONTENT_LENGTH, size)
+            .body(body);
+        self.send_once(reference, Method::PUT, &put_url, request).await?;
+        Ok(BlobPush::Uploaded)
+    }
+
+    /// Streams a blob whose digest is not known yet into a new upload
+    /// session, as one PATCH ("Streamed upload"); returns where to complete it.
+    pub(super) async fn upload_unfinished(
+        &self,
+        reference: &Reference,
+        body: reqwest::Body,
+    ) -> Result<Url, RequestError> {
+        let url = match self.start_upload(reference, None).await? {
+            Started::At(url) => url,
+            Started::Mounted => {
+                return Err(RequestError::Protocol {
+                    url: reference.to_string(),
+                    detail: "an upload without a mount was answered as mounted".into(),
+                });
+            }
+        };
+        let request = self
+            .http(reference)
+            .patch(url.as_str())
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .body(body);
+        let response = self.send_once(reference, Method::PATCH, &url, request).await?;
+        let location = response.headers().get(LOCATION).and_then(|v| v.to_str().ok()).ok_or_else(|| {
+            RequestError::Protocol {
+                url: url.to_string(),
+                detail: "upload answered without a Location".into(),
+            }
+        })?;
+        url.join(location).map_err(|e| RequestError::Protocol {
+            url: url.to_string(),
+            detail: format!("bad upload Location {location:?}: {e}"),
+        })
+    }
+
+    /// Completes an upload session as blob `digest`; the registry checks
+    /// the bytes it received against it.
+    pub(super) async fn complete_upload(
+        &self,
+        reference: &Reference,
+        mut url: Url,
+        digest: &Digest,
+    ) -> Result<(), RequestError> {
+        url.query_pairs_mut().append_pair("digest", &digest.to_string());
+        let request = self.http(reference).put(url.as_str()).header(CONTENT_LENGTH, 0);
+        self.send_once(reference, Method::PUT, &url, request).await?;
+        Ok(())
+    }
+
+    /// Opens an upload session in `reference`'s repository; with `mount`,
+    /// asks to mount that blob from a repository known to have it instead.
+    async fn start_upload(
+        &self,
+        reference: &Reference,
+        mount: Option<&Digest>,
+    ) -> Result<Started, RequestError> {
         let scope = Self::scope(reference, true);
         let start = self.url(reference, "blobs/uploads/");
         let mut base = Url::parse(&start)
             .map_err(|e| RequestError::Protocol { url: start.clone(), detail: format!("bad URL: {e}") })?;
-        let from = self.mount_source(reference, digest);
-        if let Some(from) = &from {
+        let from = mount.and_then(|digest| Some((digest, self.mount_source(reference, digest)?)));
+        if let Some((digest, from)) = &from {
             base.query_pairs_mut().append_pair("mount", &digest.to_string()).append_pair("from", from);
         }
         let start_url = base.to_string();
@@ -358,7 +441,7 @@ impl RegistryClient {
             })
             .await?;
         if from.is_some() && started.status() == StatusCode::CREATED {
-            return Ok(BlobPush::Mounted);
+            return Ok(Started::Mounted);
         }
         let location = started.headers().get(LOCATION).and_then(|v| v.to_str().ok()).ok_or_else(|| {
             RequestError::Protocol {
@@ -366,32 +449,30 @@ impl RegistryClient {
                 detail: "upload started without a Location".into(),
             }
         })?;
-        let mut put_url = base.join(location).map_err(|e| RequestError::Protocol {
+        let url = base.join(location).map_err(|e| RequestError::Protocol {
             url: start_url.clone(),
             detail: format!("bad upload Location {location:?}: {e}"),
         })?;
-        put_url.query_pairs_mut().append_pair("digest", &digest.to_string());
-        let put_url = put_url.to_string();
+        Ok(Started::At(url))
+    }
 
-        // The body streams once, so this request cannot be replayed after a
-        // challenge; the POST above already settled the authorisation.
-        // Large reads: with ReaderStream's default 4 KiB, a blob read from a
-        // file is one blocking-pool round trip and one HTTP/1 chunk per 4 KiB
-        // (a 200 MB layer: 50,000 of each, half the push's time).
-        let body =
-            reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(body, UPLOAD_CHUNK));
-        let request = http
-            .put(&put_url)
-            .header(CONTENT_TYPE, "application/octet-stream")
-            .header(CONTENT_LENGTH, size)
-            .body(body);
+    /// Sends a request whose body streams once, with the authorisation an
+    /// earlier request of the session settled (it cannot be replayed after
+    /// a challenge).
+    async fn send_once(
+        &self,
+        reference: &Reference,
+        method: Method,
+        url: &Url,
+        request: RequestBuilder,
+    ) -> Result<Response, RequestError> {
+        let scope = Self::scope(reference, true);
         let authorization = self.cache.lock().await.authorization(reference.endpoint_host(), &scope);
         let response = apply(request, authorization.as_ref())
             .send()
             .await
-            .map_err(|source| RequestError::Send { method: Method::PUT, url: put_url.clone(), source })?;
-        check_status(response, reference.endpoint_host(), Method::PUT, &put_url).await?;
-        Ok(BlobPush::Uploaded)
+            .map_err(|source| RequestError::Send { method: method.clone(), url: url.to_string(), source })?;
+        check_status(response, reference.endpoint_host(), method, url.as_str()).await
     }
 
     /// PUTs a manifest under `key` (a tag or its digest).

@@ -807,3 +807,35 @@ fn the_index_entry_is_chosen_like_containerd() {
     let chosen = choose_platform("r", &Digest::of(b"i"), &only_386, &Platform::linux_amd64()).unwrap();
     assert_eq!(chosen.digest, Digest::of(&[1]), "amd64 falls back to 386");
 }
+
+#[tokio::test]
+async fn a_blob_uploaded_while_it_is_made_is_a_blob_only_once_completed() {
+    let registry = TestRegistry::start().await;
+    let reference = registry.reference("kiln/early:v1");
+    let client = client(&[&registry.addr], Anonymous);
+    let bytes: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let digest = Digest::of(&bytes);
+
+    let upload = client.upload_while_made(&reference);
+    let tx = upload.sender();
+    for piece in bytes.chunks(1 << 20) {
+        tx.send(bytes::Bytes::copy_from_slice(piece)).await.unwrap();
+    }
+    drop(tx);
+    assert!(!client.blob_exists(&reference, &digest).await.unwrap(), "not a blob before it is completed");
+    upload.complete(&digest).await.unwrap();
+    assert!(client.blob_exists(&reference, &digest).await.unwrap());
+    assert_eq!(client.fetch_blob_bytes(&reference, &digest, bytes.len() as u64).await.unwrap(), bytes);
+    // The push that follows finds it there.
+    let (_dir, store) = new_store();
+    store.write_bytes(&digest, &bytes).await.unwrap();
+    assert_eq!(client.push_blob_from_store(&reference, &store, &digest).await.unwrap(), BlobPush::Present);
+
+    // Completed under a digest its bytes do not have: refused, and no such blob.
+    let upload = client.upload_while_made(&reference);
+    upload.sender().send(bytes::Bytes::from_static(b"half a layer")).await.unwrap();
+    let wrong = Digest::of(b"a whole layer");
+    let err = upload.complete(&wrong).await.unwrap_err().to_string();
+    assert!(err.contains("DIGEST_INVALID") || err.contains("digest"), "{err}");
+    assert!(!client.blob_exists(&reference, &wrong).await.unwrap());
+}
