@@ -4,7 +4,7 @@
 //! dirty pages. On one long-lived file system the 100,000-file runs varied
 //! 3–5× with how recently the previous run had deleted its files.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Size of the sparse image: room for the largest workload (a 512 MiB layer
@@ -26,6 +26,7 @@ impl Scratch {
     /// `mountpoint`, under the system's temporary directory.
     pub fn new() -> Self {
         let tmp = std::env::temp_dir();
+        clean_up_after_killed_runs(&tmp);
         let mountpoint = tmp.join(format!("kiln-bench-scratch-{}", std::process::id()));
         let image = tmp.join(format!("kiln-bench-scratch-{}.img", std::process::id()));
         std::fs::create_dir_all(&mountpoint).unwrap();
@@ -93,6 +94,25 @@ pub struct Mounted<'a>(&'a Scratch);
 impl Drop for Mounted<'_> {
     fn drop(&mut self) {
         self.0.unmount();
+    }
+}
+
+/// Unmounts and deletes the scratch file systems of bench processes that
+/// were killed (a guard that never dropped leaves its mount behind).
+fn clean_up_after_killed_runs(tmp: &Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix("kiln-bench-scratch-").and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let _ = run(Command::new("umount").arg("-l").arg(entry.path()));
+        let _ = std::fs::remove_dir(entry.path());
+        let _ = std::fs::remove_file(tmp.join(format!("kiln-bench-scratch-{pid}.img")));
+        eprintln!("[bench] removed the scratch file system of killed run {pid}");
     }
 }
 
