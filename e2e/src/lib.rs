@@ -363,8 +363,15 @@ impl Gateway {
 
     /// Like `start`, with `args` added to `kiln gateway`'s command line.
     pub fn start_with(n: usize, args: &[&str]) -> Self {
+        Self::start_configured(n, "", args)
+    }
+
+    /// Like `start_with`, each builder with `kilnd_extra` TOML appended to
+    /// its configuration file.
+    pub fn start_configured(n: usize, kilnd_extra: &str, args: &[&str]) -> Self {
         let builders: Vec<Kilnd> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..n).map(|_| s.spawn(Kilnd::start)).collect();
+            let handles: Vec<_> =
+                (0..n).map(|_| s.spawn(|| Kilnd::start_configured(kilnd_extra, |_| {}))).collect();
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
         let dir = tempfile::Builder::new().prefix("kiln-gateway-").tempdir().unwrap();

@@ -49,7 +49,7 @@ impl Daemon {
         match kind {
             Kind::Kilnd => Self::Kilnd(Kilnd::start_configured(KILND_CONFIG, |_| {})),
             Kind::Buildkitd => Self::Buildkitd(Buildkitd::start()),
-            Kind::KilndViaGateway => Self::Gateway(Gateway::start(1)),
+            Kind::KilndViaGateway => Self::Gateway(Gateway::start_configured(1, KILND_CONFIG, &[])),
         }
     }
 

@@ -26,8 +26,8 @@ use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use kiln_e2e::TestEnv;
 use kiln_e2e::llb::image_and_run;
-use kiln_e2e::{Kilnd, TestEnv};
 use serde_json::{Value, json};
 
 use daemons::{Build, Daemon, Kind, Sample};
@@ -263,10 +263,10 @@ fn gateway_overhead(runs: usize, inputs: &Inputs, records: &mut Vec<Value>) {
         let (mut direct, mut through) = (Vec::new(), Vec::new());
         for i in 0..runs {
             // A fresh kilnd each time, so both paths start equally cold.
-            let gw = kiln_e2e::Gateway::start(1);
-            let d = Daemon::Kilnd(Kilnd::start());
+            let gw = Daemon::start(Kind::KilndViaGateway);
+            let d = Daemon::start(Kind::Kilnd);
             direct.push(build.timed(&d, name).value);
-            through.push(build.timed(&Daemon::Gateway(gw), name).value);
+            through.push(build.timed(&gw, name).value);
             eprintln!(
                 "[bench] gateway-overhead/{name} run {}/{runs}: direct {:.3}, through {:.3}",
                 i + 1,
@@ -293,7 +293,7 @@ fn gateway_overhead(runs: usize, inputs: &Inputs, records: &mut Vec<Value>) {
 
     // Unary latency: 2,000 `Info` calls on one connection each way, in
     // alternating blocks, against the same kilnd.
-    let gw = kiln_e2e::Gateway::start(1);
+    let gw = kiln_e2e::Gateway::start_configured(1, daemons::KILND_CONFIG, &[]);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (direct, through) = runtime.block_on(async {
         use kiln_proto::buildkit::moby::buildkit::v1::InfoRequest;
