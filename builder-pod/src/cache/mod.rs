@@ -12,7 +12,7 @@
 pub mod contenthash;
 pub mod mount;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -95,6 +95,8 @@ impl Drop for PendingLayer {
 pub struct CacheManager {
     root: PathBuf,
     db: redb::Database,
+    /// Sizes of committed layers, measured once: a layer never changes.
+    sizes: std::sync::Mutex<HashMap<String, u64>>,
 }
 
 impl CacheManager {
@@ -111,7 +113,7 @@ impl CacheManager {
         tx.open_table(RECORDS).map_err(db_err("creating the records table"))?;
         tx.open_table(META).map_err(db_err("creating the meta table"))?;
         tx.commit().map_err(db_err("committing"))?;
-        let manager = Self { root: root.to_owned(), db };
+        let manager = Self { root: root.to_owned(), db, sizes: Default::default() };
         manager.remove_leftovers()?;
         Ok(manager)
     }
@@ -134,19 +136,29 @@ impl CacheManager {
 
     /// Removes every layer no record names; returns the bytes freed.
     pub fn remove_unreferenced_layers(&self) -> Result<u64, CacheError> {
+        let mut freed = 0;
+        for id in self.unreferenced_layers()? {
+            let path = self.layer_path(&id);
+            freed += self.layer_size(&id);
+            std::fs::remove_dir_all(&path).map_err(io_err(&path))?;
+            self.sizes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&id);
+        }
+        Ok(freed)
+    }
+
+    /// The layers no record names.
+    pub fn unreferenced_layers(&self) -> Result<Vec<String>, CacheError> {
         let live: HashSet<String> =
             self.records()?.into_iter().flat_map(|(_, r)| r.outputs).flat_map(|s| s.layers).collect();
         let layers = self.root.join("layers");
-        let mut freed = 0;
+        let mut out = Vec::new();
         for entry in std::fs::read_dir(&layers).map_err(io_err(&layers))? {
-            let entry = entry.map_err(io_err(&layers))?;
-            if !live.contains(entry.file_name().to_string_lossy().as_ref()) {
-                let path = entry.path();
-                freed += dir_size(&path);
-                std::fs::remove_dir_all(&path).map_err(io_err(&path))?;
+            let id = entry.map_err(io_err(&layers))?.file_name().to_string_lossy().into_owned();
+            if !live.contains(&id) {
+                out.push(id);
             }
         }
-        Ok(freed)
+        Ok(out)
     }
 
     pub fn remove_record(&self, key: &str) -> Result<(), CacheError> {
@@ -165,6 +177,16 @@ impl CacheManager {
     /// An empty directory, the lower layer of scratch.
     pub fn empty_dir(&self) -> PathBuf {
         self.root.join("empty")
+    }
+
+    /// Bytes a committed layer uses, walked the first time only.
+    pub fn layer_size(&self, id: &str) -> u64 {
+        if let Some(size) = self.sizes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(id) {
+            return *size;
+        }
+        let size = dir_size(&self.layer_path(id));
+        self.sizes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id.to_owned(), size);
+        size
     }
 
     pub fn layer_path(&self, id: &str) -> PathBuf {

@@ -23,8 +23,7 @@ fn timestamp(secs: u64) -> Timestamp {
 
 fn record_usage(cache: &CacheManager, key: &str, record: &Record) -> UsageRecord {
     // A record's size is that of the layer it added; the layers below belong to its inputs.
-    let size =
-        record.outputs.first().and_then(|s| s.layers.last()).map_or(0, |l| dir_size(&cache.layer_path(l)));
+    let size = record.outputs.first().and_then(|s| s.layers.last()).map_or(0, |l| cache.layer_size(l));
     UsageRecord {
         id: key.trim_start_matches("sha256:").to_owned(),
         size: i64::try_from(size).unwrap_or(i64::MAX),
@@ -183,7 +182,20 @@ impl Collector {
             return;
         }
         loop {
-            if let Some(exclusive) = self.exclusive() {
+            // Looked at first without the lock, so a build that starts
+            // meanwhile does not wait for the sizes to be added up; the lock
+            // is taken only when something is to go.
+            let (c, policies) = (std::sync::Arc::clone(&cache), self.policies.clone());
+            let due = tokio::task::spawn_blocking(move || collection_due(&c, &policies)).await;
+            let due = match due {
+                Ok(Ok(due)) => due,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "garbage collection");
+                    true
+                }
+                Err(_) => true,
+            };
+            if let Some(exclusive) = self.exclusive().filter(|_| due) {
                 let (cache, policies) = (std::sync::Arc::clone(&cache), self.policies.clone());
                 let result = tokio::task::spawn_blocking(move || {
                     let _exclusive = exclusive;
@@ -242,40 +254,7 @@ fn free_space(path: &Path) -> Option<u64> {
 pub fn collect(cache: &CacheManager, policies: &[Policy]) -> Result<Vec<UsageRecord>, CacheError> {
     let mut removed = Vec::new();
     for policy in policies {
-        let mut entries: Vec<Entry> = cache
-            .records()?
-            .into_iter()
-            .map(|(key, record)| {
-                let usage = record_usage(cache, &key, &record);
-                Entry::Record { key, usage }
-            })
-            .collect();
-        if policy.all {
-            entries.extend(kept_dirs(cache).into_iter().map(|(path, kind)| {
-                let usage = dir_usage(&path, kind);
-                Entry::Dir { path, usage }
-            }));
-        }
-        entries.sort_by_key(Entry::created);
-        let mut total: u64 = entries.iter().map(Entry::size).sum();
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let cutoff =
-            policy.keep_duration.map(|keep| i64::try_from(now.saturating_sub(keep.as_secs())).unwrap_or(0));
-        let reserved = policy.reserved_space.unwrap_or(0);
-        let mut freed_here = 0u64;
-        let free_at_start = policy.min_free_space.and_then(|_| free_space(cache.root()));
-        for entry in entries {
-            let too_old = cutoff.is_some_and(|c| entry.created() < c);
-            let too_big = policy.max_used_space.is_some_and(|max| total > max);
-            let too_full = policy
-                .min_free_space
-                .zip(free_at_start)
-                .is_some_and(|(min, free)| free.saturating_add(freed_here) < min);
-            if !(too_old || too_big || too_full) || total <= reserved {
-                continue;
-            }
-            total = total.saturating_sub(entry.size());
-            freed_here = freed_here.saturating_add(entry.size());
+        for entry in select(cache, policy)? {
             match entry {
                 Entry::Record { key, usage } => {
                     cache.remove_record(&key)?;
@@ -291,6 +270,59 @@ pub fn collect(cache: &CacheManager, policies: &[Policy]) -> Result<Vec<UsageRec
         cache.remove_unreferenced_layers()?;
     }
     Ok(removed)
+}
+
+/// Whether [`collect`] would remove anything now. Only reads: a policy that
+/// selects nothing leaves the cache as it was for the next one.
+pub fn collection_due(cache: &CacheManager, policies: &[Policy]) -> Result<bool, CacheError> {
+    for policy in policies {
+        if !select(cache, policy)?.is_empty() {
+            return Ok(true);
+        }
+    }
+    Ok(!cache.unreferenced_layers()?.is_empty())
+}
+
+/// What `policy` removes, oldest first.
+fn select(cache: &CacheManager, policy: &Policy) -> Result<Vec<Entry>, CacheError> {
+    let mut entries: Vec<Entry> = cache
+        .records()?
+        .into_iter()
+        .map(|(key, record)| {
+            let usage = record_usage(cache, &key, &record);
+            Entry::Record { key, usage }
+        })
+        .collect();
+    if policy.all {
+        entries.extend(kept_dirs(cache).into_iter().map(|(path, kind)| {
+            let usage = dir_usage(&path, kind);
+            Entry::Dir { path, usage }
+        }));
+    }
+    entries.sort_by_key(Entry::created);
+    let mut total: u64 = entries.iter().map(Entry::size).sum();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let cutoff =
+        policy.keep_duration.map(|keep| i64::try_from(now.saturating_sub(keep.as_secs())).unwrap_or(0));
+    let reserved = policy.reserved_space.unwrap_or(0);
+    let mut freed = 0u64;
+    let free_at_start = policy.min_free_space.and_then(|_| free_space(cache.root()));
+    let mut selected = Vec::new();
+    for entry in entries {
+        let too_old = cutoff.is_some_and(|c| entry.created() < c);
+        let too_big = policy.max_used_space.is_some_and(|max| total > max);
+        let too_full = policy
+            .min_free_space
+            .zip(free_at_start)
+            .is_some_and(|(min, free)| free.saturating_add(freed) < min);
+        if !(too_old || too_big || too_full) || total <= reserved {
+            continue;
+        }
+        total = total.saturating_sub(entry.size());
+        freed = freed.saturating_add(entry.size());
+        selected.push(entry);
+    }
+    Ok(selected)
 }
 
 #[cfg(test)]
@@ -331,6 +363,26 @@ mod tests {
         assert!(collect(&cache, &[aged]).unwrap().is_empty());
         let aged = Policy { keep_duration: Some(Duration::ZERO), ..Policy::default() };
         assert_eq!(collect(&cache, &[aged]).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn collection_is_due_only_when_a_policy_would_remove_something() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = CacheManager::open(dir.path()).unwrap();
+        let limit = Policy { max_used_space: Some(6000), ..Policy::default() };
+        assert!(!collection_due(&cache, &[limit]).unwrap(), "an empty cache");
+        record(&cache, "sha256:a", 4000);
+        assert!(!collection_due(&cache, &[limit]).unwrap(), "under the limit");
+        record(&cache, "sha256:b", 4000);
+        assert!(collection_due(&cache, &[limit]).unwrap(), "over it");
+        assert_eq!(collect(&cache, &[limit]).unwrap().len(), 1);
+        assert!(!collection_due(&cache, &[limit]).unwrap(), "under it again");
+        // A layer no record names (a build's leftover) is due too.
+        let orphan = cache.new_layer().unwrap();
+        cache.commit_layer(orphan).unwrap();
+        assert!(collection_due(&cache, &[limit]).unwrap());
+        collect(&cache, &[limit]).unwrap();
+        assert!(!collection_due(&cache, &[limit]).unwrap());
     }
 
     #[test]
