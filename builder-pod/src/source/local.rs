@@ -3,11 +3,14 @@
 //!
 //! Each (name, shared-key hint, client shared key) has a directory under the
 //! cache root that keeps the last transfer, so sending the same project again
-//! moves only what changed. A build gets an immutable layer made of hard links
-//! to that directory: the receiver replaces changed files by renaming new
-//! ones in, never writing into an existing inode, so a layer never changes
-//! under a build. The source's cache key is the hash of the tree's content
-//! and metadata, not of the session, so an identical context is `CACHED`.
+//! moves only what changed. A build gets an immutable snapshot made of hard
+//! links to that directory: the whole tree in one layer, or, when few entries
+//! changed, the last snapshot with a layer of just the changes on top
+//! (whiteouts for what was removed). The receiver replaces changed files by
+//! renaming new ones in, never writing into an existing inode, so a layer
+//! never changes under a build. The source's cache key is the hash of the
+//! tree's content and metadata, not of the session, so an identical context
+//! is `CACHED`.
 
 use std::collections::{BTreeMap, HashSet};
 use std::io;
