@@ -8,7 +8,7 @@ use std::fs::{DirBuilder, Metadata, Permissions};
 use std::io::{self, Write};
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use tracing::{Instrument, debug, instrument};
 
 use super::patterns::clean_path;
-use super::stat::{Detail, EntryKind, InodeMap, kind_of, stat_of, unix_permissions};
+use super::stat::{Detail, EntryKind, InodeMap, kind_of, mtime_ns, stat_of, unix_permissions};
 use super::walk::{DestWalker, compare_path};
 use super::{AbortOnDrop, FsutilError, notify_peer, packet};
 use crate::cache::contenthash::{EntryInfo, HashCache, TreeKey};
@@ -761,7 +761,6 @@ fn timestamps(ns: i64) -> Timestamps {
     Timestamps { last_access: ts, last_modification: ts }
 }
 
-/// Sets atime and mtime to `ns` without following a symlink.
 /// Lists a change while there are few; past [`MAX_CHANGES`] the list is dropped.
 fn note(changes: &mut Option<Vec<Change>>, change: Change) {
     match changes {
@@ -770,10 +769,7 @@ fn note(changes: &mut Option<Vec<Change>>, change: Change) {
     }
 }
 
-fn mtime_ns(meta: &Metadata) -> i64 {
-    meta.mtime().saturating_mul(1_000_000_000).saturating_add(meta.mtime_nsec())
-}
-
+/// Sets atime and mtime to `ns` without following a symlink.
 fn set_times(abs: &Path, ns: i64) -> Result<(), FsutilError> {
     rustix::fs::utimensat(CWD, abs, &timestamps(ns), AtFlags::SYMLINK_NOFOLLOW)
         .map_err(|e| FsutilError::SetTimes { path: abs.into(), source: e.into() })

@@ -392,16 +392,7 @@ impl RegistryClient {
             .header(CONTENT_TYPE, "application/octet-stream")
             .body(body);
         let response = self.send_once(reference, Method::PATCH, &url, request).await?;
-        let location = response.headers().get(LOCATION).and_then(|v| v.to_str().ok()).ok_or_else(|| {
-            RequestError::Protocol {
-                url: url.to_string(),
-                detail: "upload answered without a Location".into(),
-            }
-        })?;
-        url.join(location).map_err(|e| RequestError::Protocol {
-            url: url.to_string(),
-            detail: format!("bad upload Location {location:?}: {e}"),
-        })
+        upload_location(&url, &response, "upload answered without a Location")
     }
 
     /// Completes an upload session as blob `digest`; the registry checks
@@ -443,17 +434,7 @@ impl RegistryClient {
         if from.is_some() && started.status() == StatusCode::CREATED {
             return Ok(Started::Mounted);
         }
-        let location = started.headers().get(LOCATION).and_then(|v| v.to_str().ok()).ok_or_else(|| {
-            RequestError::Protocol {
-                url: start_url.clone(),
-                detail: "upload started without a Location".into(),
-            }
-        })?;
-        let url = base.join(location).map_err(|e| RequestError::Protocol {
-            url: start_url.clone(),
-            detail: format!("bad upload Location {location:?}: {e}"),
-        })?;
-        Ok(Started::At(url))
+        upload_location(&base, &started, "upload started without a Location").map(Started::At)
     }
 
     /// Sends a request whose body streams once, with the authorisation an
@@ -694,6 +675,20 @@ fn parse_challenges_of(response: &Response) -> Vec<Challenge> {
     super::auth::parse_challenges(
         response.headers().get_all(WWW_AUTHENTICATE).iter().filter_map(|v| v.to_str().ok()),
     )
+}
+
+/// Where an upload session continues: the response's `Location`, relative
+/// to the URL it answered; `missing` says what happened when there is none.
+fn upload_location(url: &Url, response: &Response, missing: &str) -> Result<Url, RequestError> {
+    let location = response
+        .headers()
+        .get(LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| RequestError::Protocol { url: url.to_string(), detail: missing.to_owned() })?;
+    url.join(location).map_err(|e| RequestError::Protocol {
+        url: url.to_string(),
+        detail: format!("bad upload Location {location:?}: {e}"),
+    })
 }
 
 /// Turns unsuccessful statuses into errors that say what happened.
