@@ -522,6 +522,38 @@ fn basic_auth(user: &str, password: &str) -> String {
 }
 
 /// The hex sha256 of `bytes`.
+/// Every path under `dir` with its mode (file type bits included), its
+/// content (a symlink's target; nothing for a directory), and its mtime in
+/// seconds when `mtimes` says so for that path; sorted by path.
+pub fn file_tree(
+    dir: &std::path::Path,
+    mtimes: impl Fn(&str) -> bool,
+) -> Vec<(String, u32, Vec<u8>, Option<u64>)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let path = e.unwrap().path();
+            let rel = path.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let content = if meta.is_symlink() {
+                std::fs::read_link(&path).unwrap().into_os_string().into_encoded_bytes()
+            } else if meta.is_file() {
+                std::fs::read(&path).unwrap()
+            } else {
+                stack.push(path.clone());
+                Vec::new()
+            };
+            let mtime = mtimes(&rel)
+                .then(|| meta.modified().unwrap().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs());
+            out.push((rel, meta.mode() & 0o177_777, content, mtime));
+        }
+    }
+    out.sort();
+    out
+}
+
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }

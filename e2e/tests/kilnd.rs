@@ -409,30 +409,6 @@ fn a_local_source_naming_an_unknown_session_fails_clearly() {
     assert!(!kilnd.daemon.log_text().contains("panicked"));
 }
 
-/// Every path under `root` with what a user would compare: the type, and a
-/// file's bytes or a link's target.
-fn tree_of(root: &std::path::Path) -> std::collections::BTreeMap<String, String> {
-    let mut out = std::collections::BTreeMap::new();
-    let mut todo = vec![std::path::PathBuf::new()];
-    while let Some(rel) = todo.pop() {
-        for entry in std::fs::read_dir(root.join(&rel)).unwrap() {
-            let entry = entry.unwrap();
-            let rel = rel.join(entry.file_name());
-            let meta = std::fs::symlink_metadata(entry.path()).unwrap();
-            let what = if meta.is_dir() {
-                todo.push(rel.clone());
-                "dir".to_owned()
-            } else if meta.is_symlink() {
-                format!("-> {}", std::fs::read_link(entry.path()).unwrap().display())
-            } else {
-                String::from_utf8_lossy(&std::fs::read(entry.path()).unwrap()).into_owned()
-            };
-            out.insert(rel.display().to_string(), what);
-        }
-    }
-    out
-}
-
 #[test]
 fn a_context_sent_again_after_edits_and_removals_is_exported_as_it_now_is() {
     let kilnd = Kilnd::start();
@@ -477,7 +453,8 @@ fn a_context_sent_again_after_edits_and_removals_is_exported_as_it_now_is() {
         let dest = format!("type=local,dest={}", out.path().display());
         let built = buildctl_llb(&kilnd.addr, &def, &["--local", &context, "--output", &dest]);
         assert!(built.status.success(), "generation {generation}");
-        assert_eq!(tree_of(out.path()), tree_of(ctx.path()), "generation {generation}");
+        let tree = |dir: &std::path::Path| kiln_e2e::file_tree(dir, |_| false);
+        assert_eq!(tree(out.path()), tree(ctx.path()), "generation {generation}");
     }
     // The snapshots were stacked up to the limit, then made whole again.
     let log = kilnd.daemon.log_text();

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
-use kiln_e2e::{Buildkitd, Buildx, Daemon, Kilnd, free_port, run, run_unchecked, sha256_hex};
+use kiln_e2e::{Buildkitd, Buildx, Daemon, Kilnd, file_tree, free_port, run, run_unchecked, sha256_hex};
 
 /// A kilnd (or the reference buildkitd) with a buildx builder pointing at it.
 struct Setup {
@@ -299,34 +299,6 @@ fn add_from_git_with_a_ref_the_repository_lacks_fails_clearly() {
     );
 }
 
-/// Every path under `dir` with its mode and content (a symlink's target),
-/// and its mtime when `mtimes` says so for that path.
-fn tree(dir: &Path, mtimes: impl Fn(&str) -> bool) -> Vec<(String, u32, Vec<u8>, Option<u64>)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            let path = e.path();
-            let rel = path.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
-            let meta = std::fs::symlink_metadata(&path).unwrap();
-            let content = if meta.is_symlink() {
-                std::fs::read_link(&path).unwrap().into_os_string().into_encoded_bytes()
-            } else if meta.is_file() {
-                std::fs::read(&path).unwrap()
-            } else {
-                stack.push(path.clone());
-                Vec::new()
-            };
-            let mtime =
-                mtimes(&rel).then(|| meta.modified().unwrap().duration_since(UNIX_EPOCH).unwrap().as_secs());
-            out.push((rel, meta.permissions().mode() & 0o7777, content, mtime));
-        }
-    }
-    out.sort();
-    out
-}
-
 #[test]
 fn kilnd_and_buildkitd_give_the_same_files_for_http_and_git_sources() {
     let http = FileServer::start(b"same on both\n");
@@ -351,7 +323,10 @@ fn kilnd_and_buildkitd_give_the_same_files_for_http_and_git_sources() {
     let without_git_dir = |t: Vec<(String, u32, Vec<u8>, Option<u64>)>| -> Vec<_> {
         t.into_iter().filter(|(rel, ..)| !rel.starts_with("kept/.git/")).collect()
     };
-    assert_eq!(without_git_dir(tree(ours.path(), download)), without_git_dir(tree(theirs.path(), download)));
+    assert_eq!(
+        without_git_dir(file_tree(ours.path(), download)),
+        without_git_dir(file_tree(theirs.path(), download))
+    );
     let head = |dir: &Path| git(&dir.join("kept"), &["rev-parse", "HEAD"]);
     assert_eq!(head(ours.path()), head(theirs.path()));
 }
