@@ -10,6 +10,8 @@ use std::time::Duration;
 use clap::Parser;
 use serde::Deserialize;
 
+use crate::executor::network::{self, DefaultNetwork, Egress, NetworkConfig};
+use crate::solver::entitlements::Entitlements;
 use crate::source::image::HostConfig;
 
 /// Where kilnd keeps its state when neither `--root` nor the file says.
@@ -59,6 +61,18 @@ pub struct Args {
     /// [default: runc]
     #[arg(long, value_name = "PATH", env = "KILND_OCI_WORKER_BINARY")]
     pub oci_worker_binary: Option<String>,
+
+    /// The network RUN steps get by default: `auto` or `bridge` (a namespace
+    /// of their own on kilnd's bridge, egress through NAT), or `host` (kilnd's
+    /// own). [default: auto]
+    #[arg(long, value_name = "MODE", env = "KILND_OCI_WORKER_NET")]
+    pub oci_worker_net: Option<String>,
+
+    /// Let builds that ask for it have this entitlement (`network.host`,
+    /// `security.insecure`); repeat for both. A build still has to ask
+    /// (`buildx build --allow ...`). [default: none]
+    #[arg(long, value_name = "ENTITLEMENT", env = "KILND_ALLOW_INSECURE_ENTITLEMENT", value_delimiter = ',')]
+    pub allow_insecure_entitlement: Vec<String>,
 
     /// How long running builds may go on after SIGTERM before they are cancelled.
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
@@ -128,6 +142,9 @@ pub struct FileConfig {
     /// `[registry."host:port"] http = true` for registries without TLS.
     #[serde(default)]
     pub registry: BTreeMap<String, HostConfig>,
+    /// What builds may be granted beyond the sandbox (the flag replaces it).
+    #[serde(default, rename = "insecure-entitlements")]
+    pub insecure_entitlements: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -168,6 +185,25 @@ pub struct OciWorkerConfig {
     /// The collection rules, applied in order.
     #[serde(default)]
     pub gcpolicy: Vec<GcPolicyConfig>,
+    /// `auto`, `bridge` or `host` (buildkitd's `cni` is refused).
+    #[serde(rename = "networkMode")]
+    pub network_mode: Option<String>,
+    #[serde(rename = "bridgeName")]
+    pub bridge_name: Option<String>,
+    #[serde(rename = "bridgeSubnet")]
+    pub bridge_subnet: Option<String>,
+    /// Network namespaces kept ready.
+    #[serde(rename = "cniPoolSize")]
+    pub cni_pool_size: Option<usize>,
+    /// buildkitd's CNI files; kilnd sets its bridge up itself and says so.
+    #[serde(rename = "cniConfigPath")]
+    pub cni_config_path: Option<PathBuf>,
+    #[serde(rename = "cniBinaryPath")]
+    pub cni_binary_path: Option<PathBuf>,
+    /// kilnd's own: the networks steps on the bridge may reach (CIDRs); all
+    /// when unset, none when empty.
+    #[serde(rename = "egressAllow")]
+    pub egress_allow: Option<Vec<String>>,
 }
 
 /// `[[worker.oci.gcpolicy]]`, buildkitd.toml's keys.
@@ -285,6 +321,87 @@ impl OciWorkerConfig {
     }
 }
 
+impl OciWorkerConfig {
+    /// The step network the flags and this section ask for; `warnings`
+    /// collects settings kilnd accepts but does not act on.
+    fn network(
+        &self,
+        flag_mode: Option<&str>,
+        protected_ports: Vec<u16>,
+        warnings: &mut Vec<String>,
+    ) -> Result<NetworkConfig, String> {
+        let default = match flag_mode.or(self.network_mode.as_deref()).unwrap_or("auto") {
+            "auto" | "bridge" => DefaultNetwork::Bridge,
+            "host" => DefaultNetwork::Host,
+            "cni" => {
+                return Err("networkMode \"cni\" is not supported: kilnd sets up its own bridge for RUN \
+                            steps (networkMode = \"bridge\", with bridgeName and bridgeSubnet), or gives \
+                            them its own network (networkMode = \"host\")"
+                    .into());
+            }
+            other => {
+                return Err(format!("networkMode {other:?} is not one of auto, bridge, host"));
+            }
+        };
+        for (key, set) in [("cniConfigPath", &self.cni_config_path), ("cniBinaryPath", &self.cni_binary_path)]
+        {
+            if let Some(path) = set {
+                warnings.push(format!(
+                    "[worker.oci] {key} = {:?} is ignored: kilnd sets up its own bridge for RUN steps \
+                     without CNI plugins",
+                    path.display()
+                ));
+            }
+        }
+        if let Some(name) = &self.bridge_name {
+            let valid = !name.is_empty()
+                && name.len() <= 15
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !valid {
+                return Err(format!(
+                    "bridgeName {name:?} is not a network interface name (1 to 15 letters, digits, - or _)"
+                ));
+            }
+        }
+        let cidr = |key: &str, text: &str| {
+            text.parse::<ipnet::Ipv4Net>()
+                .map(|net| net.trunc())
+                .map_err(|_| format!("{key} {text:?} is not an IPv4 network like 10.214.0.0/24"))
+        };
+        let bridge_subnet = self.bridge_subnet.as_deref().map(|s| cidr("bridgeSubnet", s)).transpose()?;
+        let egress = match &self.egress_allow {
+            None => Egress::Any,
+            Some(list) => {
+                Egress::Only(list.iter().map(|s| cidr("egressAllow", s)).collect::<Result<_, _>>()?)
+            }
+        };
+        Ok(NetworkConfig {
+            default,
+            bridge_name: self.bridge_name.clone(),
+            bridge_subnet,
+            pool_size: self.cni_pool_size.unwrap_or(network::DEFAULT_POOL_SIZE),
+            egress,
+            protected_ports,
+        })
+    }
+}
+
+/// The TCP ports kilnd serves on: steps may not connect to them.
+fn own_ports(addrs: &[ListenAddr], debug_addr: Option<&str>) -> Vec<u16> {
+    let tcp = addrs.iter().filter_map(|a| match a {
+        ListenAddr::Tcp(hostport) => Some(hostport.as_str()),
+        ListenAddr::Unix(_) => None,
+    });
+    let mut ports: Vec<u16> = tcp
+        .chain(debug_addr)
+        .filter_map(|hostport| hostport.rsplit_once(':').and_then(|(_, port)| port.parse().ok()))
+        .filter(|port| *port != 0)
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
 /// The effective configuration after flags, file and defaults are merged.
 #[derive(Debug)]
 pub struct Config {
@@ -299,6 +416,12 @@ pub struct Config {
     pub registries: BTreeMap<String, HostConfig>,
     /// Automatic collection rules; empty when it is off.
     pub gc: Vec<crate::gc::Policy>,
+    /// The network RUN steps get.
+    pub network: NetworkConfig,
+    /// What builds may be granted beyond the sandbox.
+    pub entitlements: Entitlements,
+    /// Settings accepted but not acted on, to log once logging is up.
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -311,6 +434,10 @@ pub enum ConfigError {
     TlsIncomplete,
     #[error("garbage collection settings: {0}")]
     Gc(String),
+    #[error("step network settings: {0}")]
+    Network(String),
+    #[error("allowed entitlements: {0}")]
+    Entitlements(#[from] crate::solver::entitlements::EntitlementError),
 }
 
 impl Config {
@@ -344,10 +471,22 @@ impl Config {
         let root: PathBuf = args.root.or(file.root).unwrap_or_else(|| DEFAULT_ROOT.into());
         let disk = disk_size(&root);
         let gc = file.worker.oci.gc_policies(disk).map_err(ConfigError::Gc)?;
+        let debug_addr = args.debugaddr.or(file.debug_address);
+        let mut warnings = Vec::new();
+        let network = file
+            .worker
+            .oci
+            .network(args.oci_worker_net.as_deref(), own_ports(&addrs, debug_addr.as_deref()), &mut warnings)
+            .map_err(ConfigError::Network)?;
+        let entitlements = if args.allow_insecure_entitlement.is_empty() {
+            Entitlements::parse(&file.insecure_entitlements)?
+        } else {
+            Entitlements::parse(&args.allow_insecure_entitlement)?
+        };
         Ok(Self {
             addrs,
             root,
-            debug_addr: args.debugaddr.or(file.debug_address),
+            debug_addr,
             tls,
             oci_binary: args.oci_worker_binary.or(file.worker.oci.binary).unwrap_or_else(|| "runc".into()),
             worker_labels: file.worker.oci.labels,
@@ -355,6 +494,9 @@ impl Config {
             debug: args.debug || file.debug.unwrap_or(false),
             registries: file.registry,
             gc,
+            network,
+            entitlements,
+            warnings,
         })
     }
 }
@@ -489,6 +631,80 @@ mod tests {
                 },
             ]
         );
+    }
+
+    fn network_of(argv: &[&str], toml_text: &str) -> Result<Config, ConfigError> {
+        Config::merge(parse(argv), toml::from_str(toml_text).unwrap())
+    }
+
+    #[test]
+    fn steps_get_a_bridge_by_default_and_kilnds_ports_are_guarded() {
+        let cfg = network_of(&["--addr", "tcp://0.0.0.0:1234", "--debugaddr", "0.0.0.0:6060"], "").unwrap();
+        assert_eq!(
+            cfg.network,
+            NetworkConfig {
+                default: DefaultNetwork::Bridge,
+                pool_size: network::DEFAULT_POOL_SIZE,
+                protected_ports: vec![1234, 6060],
+                ..NetworkConfig::default()
+            }
+        );
+        assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
+    }
+
+    #[test]
+    fn network_settings_read_buildkitd_keys() {
+        let cfg = network_of(
+            &[],
+            "[worker.oci]\nnetworkMode = \"bridge\"\nbridgeName = \"kb0\"\nbridgeSubnet = \"10.9.8.7/24\"\n\
+             cniPoolSize = 2\negressAllow = [\"192.0.2.0/24\"]\ncniConfigPath = \"/etc/buildkit/cni.json\"\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.network.bridge_name.as_deref(), Some("kb0"));
+        assert_eq!(cfg.network.bridge_subnet, Some("10.9.8.0/24".parse().unwrap()));
+        assert_eq!(cfg.network.pool_size, 2);
+        assert_eq!(cfg.network.egress, Egress::Only(vec!["192.0.2.0/24".parse().unwrap()]));
+        assert_eq!(cfg.warnings.len(), 1);
+        assert!(cfg.warnings[0].contains("cniConfigPath") && cfg.warnings[0].contains("ignored"));
+
+        let cfg =
+            network_of(&["--oci-worker-net", "host"], "[worker.oci]\nnetworkMode = \"bridge\"\n").unwrap();
+        assert_eq!(cfg.network.default, DefaultNetwork::Host, "the flag wins");
+    }
+
+    #[test]
+    fn bad_network_settings_say_what_is_wrong() {
+        for (toml_text, expected) in [
+            ("[worker.oci]\nnetworkMode = \"cni\"\n", "not supported"),
+            ("[worker.oci]\nnetworkMode = \"bridged\"\n", "not one of auto, bridge, host"),
+            ("[worker.oci]\nbridgeName = \"a-name-far-too-long\"\n", "not a network interface name"),
+            ("[worker.oci]\nbridgeSubnet = \"10.0.0.0\"\n", "bridgeSubnet \"10.0.0.0\""),
+            ("[worker.oci]\negressAllow = [\"everything\"]\n", "egressAllow \"everything\""),
+        ] {
+            let err = network_of(&[], toml_text).unwrap_err().to_string();
+            assert!(err.starts_with("step network settings: ") && err.contains(expected), "{err}");
+        }
+    }
+
+    #[test]
+    fn no_entitlement_is_allowed_unless_the_flag_or_the_file_says_so() {
+        let none = network_of(&[], "").unwrap();
+        assert_eq!(none.entitlements, Entitlements::default());
+        let file = network_of(&[], "insecure-entitlements = [\"network.host\"]\n").unwrap();
+        assert_eq!(file.entitlements, Entitlements::parse(&["network.host"]).unwrap());
+        let flag = network_of(
+            &[
+                "--allow-insecure-entitlement",
+                "security.insecure",
+                "--allow-insecure-entitlement",
+                "network.host",
+            ],
+            "insecure-entitlements = [\"network.host\"]\n",
+        )
+        .unwrap();
+        assert_eq!(flag.entitlements, Entitlements::parse(&["network.host", "security.insecure"]).unwrap());
+        let err = network_of(&["--allow-insecure-entitlement", "everything"], "").unwrap_err().to_string();
+        assert!(err.starts_with("allowed entitlements: unknown entitlement everything"), "{err}");
     }
 
     #[test]

@@ -42,6 +42,7 @@ use crate::config::Config;
 use crate::content::ContentStore;
 use crate::control::{ControlService, Controller, HealthService};
 use crate::executor::RuncExecutor;
+use crate::executor::network::Networks;
 use crate::exporter::Exporters;
 use crate::frontend::gateway::{Bridge, LlbBridgeService};
 use crate::metrics::Metrics;
@@ -72,9 +73,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let serving = Arc::new(AtomicBool::new(false));
     let shutdown = CancellationToken::new();
 
+    for warning in &config.warnings {
+        warn!("{warning}");
+    }
     let cache = Arc::new(CacheManager::open(&config.root.join("cache"))?);
     let sessions = SessionManager::new();
-    let executor = RuncExecutor::new(&worker.runtime, config.root.join("executor"))?;
+    let networks = Networks::start(&config.network).await.context(
+        "setting up the network for RUN steps (kilnd needs root for it, or set \
+         [worker.oci] networkMode = \"host\" / --oci-worker-net=host)",
+    )?;
+    let executor = RuncExecutor::new(&worker.runtime, config.root.join("executor"), networks.clone())?;
     let content = ContentStore::open(config.root.join("content"))?;
     let mut hosts = RegistryHosts::new();
     for (host, cfg) in &config.registries {
@@ -108,6 +116,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         serving: serving.clone(),
         started: std::time::Instant::now(),
         gc: Arc::clone(&collector),
+        entitlements: config.entitlements.clone(),
     });
     let services = Services {
         control: ControlService::new(Arc::clone(&controller)),
@@ -180,6 +189,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         _ = term.recv() => warn!("second signal; exiting now"),
         _ = int.recv() => warn!("second signal; exiting now"),
     }
+    networks.stop().await;
     Ok(())
 }
 

@@ -328,10 +328,15 @@ impl Kilnd {
     }
 
     /// Starts kilnd again on the state of one that stopped or was killed.
-    pub fn restart(mut old: Kilnd) -> Self {
+    pub fn restart(old: Kilnd) -> Self {
+        Self::restart_with(old, |_| {})
+    }
+
+    /// Starts kilnd again on the state of one that stopped, with other arguments.
+    pub fn restart_with(mut old: Kilnd, configure: impl FnOnce(&mut Command)) -> Self {
         old.daemon.stop(Duration::from_secs(10));
         let Kilnd { root, .. } = old;
-        Self::start_in(root, |_| {})
+        Self::start_in(root, configure)
     }
 
     /// GET a path of the debug endpoint: (status, body).

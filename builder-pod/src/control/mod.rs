@@ -25,6 +25,7 @@ use crate::frontend::gateway::{Bridge, ForwardedBuild};
 use crate::gc;
 use crate::metrics::Metrics;
 use crate::session::SessionManager;
+use crate::solver::entitlements::Entitlements;
 use crate::solver::llb::Graph;
 use crate::solver::ops::source::Sources;
 use crate::solver::scheduler::{BuildContext, SolveError, Solver};
@@ -50,6 +51,8 @@ pub struct Controller {
     pub started: std::time::Instant,
     /// Keeps collection and builds apart.
     pub gc: Arc<gc::Collector>,
+    /// What this daemon lets a build have beyond the sandbox.
+    pub entitlements: Entitlements,
 }
 
 impl crate::debug::LoadSource for Controller {
@@ -85,12 +88,18 @@ impl ControlService {
         &self,
         req: &api::SolveRequest,
     ) -> Result<(JobGuard, tokio_util::sync::DropGuard, Arc<BuildContext>), Status> {
+        // Refused before the build exists: nothing of it runs or is looked up.
+        let entitlements = self
+            .c
+            .entitlements
+            .grant(&req.entitlements)
+            .map_err(|e| Status::permission_denied(e.to_string()))?;
         let job = self.c.jobs.create(&req.r#ref)?;
         let cancel = CancellationToken::new();
         let ctx = Arc::new(BuildContext {
             job: Arc::clone(&job.job),
             session_ids: vec![req.session.clone()],
-            entitlements: req.entitlements.clone(),
+            entitlements,
             cancel: cancel.clone(),
         });
         Ok((job, cancel.drop_guard(), ctx))
@@ -221,6 +230,7 @@ fn frontend_source(result: FrontendResult) -> Result<ExportSource, Status> {
 pub fn solve_status(e: SolveError) -> Status {
     match e {
         SolveError::Cancelled => Status::cancelled(e.to_string()),
+        SolveError::Entitlement(_) => Status::permission_denied(e.to_string()),
         e => Status::unknown(e.to_string()),
     }
 }

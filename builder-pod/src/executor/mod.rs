@@ -8,6 +8,7 @@
 
 mod cgroup;
 mod netfiles;
+pub mod network;
 pub(crate) mod rootpath;
 mod runc;
 mod spec;
@@ -73,7 +74,7 @@ pub struct ExecSpec {
 
 impl ExecSpec {
     /// A spec with BuildKit's defaults: root user, `/` as working directory,
-    /// sandboxed network and security, no mounts.
+    /// the default network, sandboxed security, no mounts.
     pub fn new(rootfs: impl Into<PathBuf>, args: Vec<String>) -> Self {
         Self {
             rootfs: rootfs.into(),
@@ -83,7 +84,7 @@ impl ExecSpec {
             user: String::new(),
             hostname: None,
             mounts: Vec::new(),
-            network: NetworkMode::Sandbox,
+            network: NetworkMode::Default,
             security: SecurityMode::Sandbox,
             readonly_rootfs: false,
             extra_hosts: Vec::new(),
@@ -141,12 +142,16 @@ pub enum MountKind {
     Tmpfs { size: Option<u64>, readonly: bool },
 }
 
-/// Which network the process sees.
+/// Which network the process sees (LLB `NetMode`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum NetworkMode {
-    /// A network namespace of its own with only `lo`, which is up.
+    /// The daemon's default: a namespace of its own on kilnd's bridge, with
+    /// egress through NAT (or kilnd's own namespace when the daemon is
+    /// configured for host networking); see [`network`].
     #[default]
-    Sandbox,
+    Default,
+    /// A namespace of its own with only `lo`, which is up (`--network=none`).
+    None,
     /// The daemon's network namespace (entitlement `network.host`).
     Host,
 }
@@ -285,6 +290,8 @@ pub enum ExecutorError {
     Delete { id: String, message: String },
     #[error("container {id} was cancelled")]
     Cancelled { id: String },
+    #[error("setting up the step's network: {0}")]
+    Network(#[from] network::NetworkError),
 }
 
 /// Runs processes in containers.

@@ -4,8 +4,6 @@
 
 use std::net::IpAddr;
 
-use super::NetworkMode;
-
 /// Used when the host's file leaves no usable nameserver.
 const FALLBACK_NAMESERVERS: [&str; 4] =
     ["8.8.8.8", "8.8.4.4", "2001:4860:4860::8888", "2001:4860:4860::8844"];
@@ -85,22 +83,23 @@ fn parse_nameserver(addr: &str) -> Option<IpAddr> {
     addr.split('%').next().and_then(|a| a.parse().ok())
 }
 
-/// Which host file to read: behind systemd-resolved's stub, a sandboxed
-/// container needs the upstream servers instead.
-pub(crate) fn host_source(etc_resolv_conf: &str, network: NetworkMode) -> &'static str {
-    if network == NetworkMode::Host {
+/// Which host file to read: behind systemd-resolved's stub, a step in a
+/// namespace of its own needs the upstream servers instead.
+pub(crate) fn host_source(etc_resolv_conf: &str, host_network: bool) -> &'static str {
+    if host_network {
         return HOST_RESOLV_CONF;
     }
     let rc = ResolvConf::parse(etc_resolv_conf);
     if rc.nameservers == [SYSTEMD_STUB] { SYSTEMD_RESOLV_CONF } else { HOST_RESOLV_CONF }
 }
 
-/// The container's resolv.conf from the host's. A sandboxed network cannot
-/// reach the host's loopback, so loopback nameservers are dropped there
-/// (`TransformForLegacyNw`); public resolvers stand in when none are left.
-pub(crate) fn resolv_conf(host: &str, network: NetworkMode) -> String {
+/// The container's resolv.conf from the host's. A namespace of its own
+/// cannot reach the host's loopback, so loopback nameservers are dropped
+/// there (`TransformForLegacyNw`); public resolvers stand in when none are
+/// left.
+pub(crate) fn resolv_conf(host: &str, host_network: bool) -> String {
     let mut rc = ResolvConf::parse(host);
-    if network != NetworkMode::Host || rc.nameservers.is_empty() {
+    if !host_network || rc.nameservers.is_empty() {
         rc.nameservers.retain(|ns| parse_nameserver(ns).is_some_and(|ip| !ip.is_loopback()));
         if rc.nameservers.is_empty() {
             rc.nameservers = FALLBACK_NAMESERVERS.iter().map(|s| (*s).to_owned()).collect();
@@ -132,7 +131,7 @@ mod tests {
                     nameserver fd00::53\ndomain corp\nsearch a.example b.example\noptions ndots:2\n\
                     options edns0\nsortlist 10.0.0.0/8\n";
         assert_eq!(
-            resolv_conf(host, NetworkMode::Sandbox),
+            resolv_conf(host, false),
             "nameserver 10.1.2.3\nnameserver fd00::53\nsearch a.example b.example\n\
              options ndots:2 edns0\nsortlist 10.0.0.0/8\n"
         );
@@ -141,25 +140,22 @@ mod tests {
     #[test]
     fn host_network_keeps_loopback_nameservers() {
         let host = "nameserver 127.0.0.53\nsearch lan\n";
-        assert_eq!(resolv_conf(host, NetworkMode::Host), "nameserver 127.0.0.53\nsearch lan\n");
+        assert_eq!(resolv_conf(host, true), "nameserver 127.0.0.53\nsearch lan\n");
     }
 
     #[test]
     fn nothing_usable_left_means_public_resolvers() {
         let expected = "nameserver 8.8.8.8\nnameserver 8.8.4.4\nnameserver 2001:4860:4860::8888\n\
                         nameserver 2001:4860:4860::8844\n";
-        assert_eq!(resolv_conf("nameserver 127.0.0.11\n", NetworkMode::Sandbox), expected);
-        assert_eq!(resolv_conf("", NetworkMode::Host), expected);
-        assert_eq!(resolv_conf("nameserver not-an-ip\n", NetworkMode::Sandbox), expected);
+        assert_eq!(resolv_conf("nameserver 127.0.0.11\n", false), expected);
+        assert_eq!(resolv_conf("", true), expected);
+        assert_eq!(resolv_conf("nameserver not-an-ip\n", false), expected);
     }
 
     #[test]
     fn systemd_resolved_stub_points_the_sandbox_at_upstream_servers() {
-        assert_eq!(host_source("nameserver 127.0.0.53\n", NetworkMode::Sandbox), SYSTEMD_RESOLV_CONF);
-        assert_eq!(host_source("nameserver 127.0.0.53\n", NetworkMode::Host), HOST_RESOLV_CONF);
-        assert_eq!(
-            host_source("nameserver 127.0.0.53\nnameserver 1.1.1.1\n", NetworkMode::Sandbox),
-            HOST_RESOLV_CONF
-        );
+        assert_eq!(host_source("nameserver 127.0.0.53\n", false), SYSTEMD_RESOLV_CONF);
+        assert_eq!(host_source("nameserver 127.0.0.53\n", true), HOST_RESOLV_CONF);
+        assert_eq!(host_source("nameserver 127.0.0.53\nnameserver 1.1.1.1\n", false), HOST_RESOLV_CONF);
     }
 }

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span, debug, instrument, warn};
 
 use super::netfiles::{self, HOST_RESOLV_CONF};
+use super::network::{Attachment, Networks};
 use super::spec::{self, HostFacts, Inputs};
 use super::stubs::MountStubs;
 use super::user::{self, ExecUser};
@@ -50,16 +51,19 @@ pub struct RuncExecutor {
     runtime_root: PathBuf,
     bundles: PathBuf,
     host: HostFacts,
+    networks: Networks,
     /// Makes container ids unique across daemons that share a host.
     instance: String,
     next: AtomicU64,
 }
 
 impl RuncExecutor {
-    /// An executor keeping its bundles and the runtime's state under `state_dir`.
+    /// An executor keeping its bundles and the runtime's state under
+    /// `state_dir`, its steps on `networks`.
     pub fn new(
         runtime_binary: impl Into<PathBuf>,
         state_dir: impl Into<PathBuf>,
+        networks: Networks,
     ) -> Result<Self, ExecutorError> {
         let state_dir = state_dir.into();
         let runtime: PathBuf = runtime_binary.into();
@@ -80,6 +84,7 @@ impl RuncExecutor {
             runtime_root,
             bundles,
             host: HostFacts::probe(),
+            networks,
             instance,
             next: AtomicU64::new(1),
         })
@@ -91,7 +96,12 @@ impl RuncExecutor {
 
     /// Everything before the runtime starts: user, working directory, the
     /// generated network files and `config.json` in the bundle.
-    fn prepare(&self, exec: &ExecSpec, container: &mut Container) -> Result<(), ExecutorError> {
+    fn prepare(
+        &self,
+        exec: &ExecSpec,
+        network: &Attachment,
+        container: &mut Container,
+    ) -> Result<(), ExecutorError> {
         match fs::metadata(&exec.rootfs) {
             Ok(meta) if meta.is_dir() => {}
             Ok(_) => {
@@ -125,7 +135,7 @@ impl RuncExecutor {
         let hosts_file = container.bundle.join("hosts");
         write_file(&hosts_file, netfiles::hosts_file(hostname, &exec.extra_hosts).as_bytes(), 0o644)?;
         let resolv_conf = container.bundle.join("resolv.conf");
-        write_file(&resolv_conf, container_resolv_conf(exec)?.as_bytes(), 0o644)?;
+        write_file(&resolv_conf, container_resolv_conf(network.is_host())?.as_bytes(), 0o644)?;
 
         container.cgroup_bases = cgroup::own_cgroup_dirs().unwrap_or_else(|e| {
             warn!(error = %e, "cannot read this process's cgroups; leftover cgroup directories will not be removed");
@@ -140,6 +150,7 @@ impl RuncExecutor {
             // Relative, so the container nests under kilnd's own cgroup.
             cgroups_path: &container.id,
             host: &self.host,
+            network: (!network.is_host()).then(|| network.namespace_path()),
         });
         let json = serde_json::to_vec(&config).map_err(ExecutorError::EncodeConfig)?;
         // The environment may hold secrets.
@@ -274,9 +285,17 @@ impl Executor for RuncExecutor {
             return Err(ExecutorError::Cancelled { id });
         }
         let mut container = Container::new(self, id);
-        let outcome = match self.prepare(spec, &mut container) {
-            Ok(()) => self.execute(spec, &mut container, io, cancel).await,
-            Err(e) => Err(e),
+        let outcome = match self.networks.attach(spec.network, spec.security).await {
+            Ok(network) => {
+                let prepared = self.prepare(spec, &network, &mut container);
+                // Given back only once the container's processes are gone.
+                container.network = Some(network);
+                match prepared {
+                    Ok(()) => self.execute(spec, &mut container, io, cancel).await,
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(e.into()),
         };
         let id = container.id.clone();
         let released = tokio::task::spawn_blocking(move || container.release())
@@ -305,6 +324,7 @@ struct Container {
     spawned: bool,
     cgroup_bases: Vec<PathBuf>,
     stubs: Option<MountStubs>,
+    network: Option<Attachment>,
     released: bool,
 }
 
@@ -319,6 +339,7 @@ impl Container {
             spawned: false,
             cgroup_bases: Vec::new(),
             stubs: None,
+            network: None,
             released: false,
         }
     }
@@ -334,6 +355,7 @@ impl Container {
         if self.spawned {
             cgroup::remove_leftovers(&self.cgroup_bases, &self.id);
         }
+        self.network = None;
         if let Some(stubs) = &self.stubs {
             stubs.remove();
         }
@@ -415,11 +437,11 @@ fn read_host_file(path: &Path) -> Result<String, ExecutorError> {
     }
 }
 
-fn container_resolv_conf(exec: &ExecSpec) -> Result<String, ExecutorError> {
+fn container_resolv_conf(host_network: bool) -> Result<String, ExecutorError> {
     let etc = read_host_file(Path::new(HOST_RESOLV_CONF))?;
-    let source = netfiles::host_source(&etc, exec.network);
+    let source = netfiles::host_source(&etc, host_network);
     let host = if source == HOST_RESOLV_CONF { etc } else { read_host_file(Path::new(source))? };
-    Ok(netfiles::resolv_conf(&host, exec.network))
+    Ok(netfiles::resolv_conf(&host, host_network))
 }
 
 fn spawn_pump(
@@ -514,7 +536,10 @@ mod tests {
     use tokio::io::AsyncWriteExt;
     use tokio::net::TcpListener;
 
+    use std::sync::Arc;
+
     use super::*;
+    use crate::executor::network::NetworkConfig;
     use crate::executor::{ExecMount, MountKind, NetworkMode, Rlimit, SecurityMode};
 
     const RUNC: &str = "/usr/sbin/runc";
@@ -548,7 +573,19 @@ mod tests {
     }
 
     impl Harness {
+        /// Steps default to kilnd's own network.
         fn new() -> Self {
+            Self::with_networks(Networks::host())
+        }
+
+        /// Steps default to a bridge of their own; `guarded` are ports
+        /// steps may not connect to.
+        async fn with_bridge(guarded: Vec<u16>) -> Self {
+            let config = NetworkConfig { pool_size: 1, protected_ports: guarded, ..NetworkConfig::default() };
+            Self::with_networks(Networks::start(&config).await.unwrap())
+        }
+
+        fn with_networks(networks: Networks) -> Self {
             assert!(
                 Path::new(RUNC).exists() && Path::new(BUSYBOX).exists() && is_root(),
                 "these tests need root, {RUNC} (Debian runc) and {BUSYBOX} (Debian busybox-static)"
@@ -573,7 +610,7 @@ mod tests {
             fs::create_dir_all(rootfs.join("tmp")).unwrap();
             fs::write(rootfs.join("etc/passwd"), PASSWD).unwrap();
             fs::write(rootfs.join("etc/group"), GROUP).unwrap();
-            let executor = RuncExecutor::new(RUNC, dir.path().join("state")).unwrap();
+            let executor = RuncExecutor::new(RUNC, dir.path().join("state"), networks).unwrap();
             Self { dir, rootfs, executor }
         }
 
@@ -767,21 +804,30 @@ mod tests {
         h.assert_clean();
     }
 
-    #[tokio::test]
-    async fn the_sandbox_network_has_only_loopback() {
-        let h = Harness::new();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    /// A TCP server on `addr` that answers `pong` to whatever it reads.
+    async fn pong_server(addr: &str) -> (u16, JoinHandle<()>) {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let server = tokio::spawn(async move {
             loop {
                 let (mut conn, _) = listener.accept().await.unwrap();
                 let mut buf = [0u8; 5];
-                conn.read_exact(&mut buf).await.unwrap();
-                conn.write_all(b"pong\n").await.unwrap();
+                if conn.read_exact(&mut buf).await.is_ok() {
+                    let _ = conn.write_all(b"pong\n").await;
+                }
             }
         });
+        (port, server)
+    }
 
-        let ran = h.run(&h.spec("ip link; ip addr show lo")).await;
+    #[tokio::test]
+    async fn network_none_has_only_loopback_and_host_shares_kilnds() {
+        let h = Harness::new();
+        let (port, server) = pong_server("127.0.0.1:0").await;
+
+        let mut spec = h.spec("ip link; ip addr show lo");
+        spec.network = NetworkMode::None;
+        let ran = h.run(&spec).await;
         assert_eq!(ran.code(), 0, "{}", ran.stderr);
         let links: Vec<&str> = ran.stdout.lines().filter(|l| !l.starts_with(' ')).collect();
         assert_eq!(links.len(), 2, "{}", ran.stdout);
@@ -789,8 +835,10 @@ mod tests {
         assert!(ran.stdout.contains("inet 127.0.0.1/8"), "{}", ran.stdout);
 
         let talk = format!("echo ping | nc -w 2 127.0.0.1 {port}");
-        let ran = h.run(&h.spec(&talk)).await;
-        assert_ne!(ran.code(), 0, "reached the host from the sandbox: {}", ran.stdout);
+        let mut spec = h.spec(&talk);
+        spec.network = NetworkMode::None;
+        let ran = h.run(&spec).await;
+        assert_ne!(ran.code(), 0, "reached the host from --network=none: {}", ran.stdout);
         assert_eq!(ran.stdout, "");
 
         let mut spec = h.spec(&talk);
@@ -803,12 +851,64 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_default_network_is_a_bridge_with_egress_that_guards_kilnd_and_other_steps() {
+        let (guarded, guarded_server) = pong_server("0.0.0.0:0").await;
+        let h = Harness::with_bridge(vec![guarded]).await;
+        let bridge = Arc::clone(h.executor.networks.bridge().unwrap());
+        let gateway = bridge.gateway();
+        let (open, open_server) = pong_server("0.0.0.0:0").await;
+
+        // An address of the bridge's subnet, a default route, a server of
+        // the host on a non-loopback address, and not kilnd's own port.
+        let script = format!(
+            "ip -o -4 addr show eth0 | awk '{{print $4}}'; ip route | grep default; \
+             echo ping | nc -w 2 {gateway} {open}; \
+             echo ping | nc -w 2 {gateway} {guarded} || echo refused"
+        );
+        let ran = h.run(&h.spec(&script)).await;
+        assert_eq!(ran.code(), 0, "{}", ran.stderr);
+        let lines: Vec<&str> = ran.stdout.lines().collect();
+        let address: ipnet::Ipv4Net = lines[0].parse().unwrap();
+        assert!(bridge.subnet().contains(&address.addr()), "{address} outside {}", bridge.subnet());
+        assert_eq!(address.prefix_len(), bridge.subnet().prefix_len());
+        assert!(lines[1].starts_with(&format!("default via {gateway} dev eth0")), "{}", ran.stdout);
+        assert_eq!(&lines[2..], ["pong", "refused"], "{}", ran.stdout);
+
+        // Two steps at once: the second cannot reach the first.
+        let cancel = CancellationToken::new();
+        let (tx, mut rx) = mpsc::channel(16);
+        let listener = h.spec("ip -o -4 addr show eth0 | awk '{print $4}' | cut -d/ -f1; nc -l -p 8080");
+        let first = h.executor.run(&listener, ProcessIo::new(tx), cancel.clone());
+        let second = async {
+            let chunk = rx.recv().await.expect("the listening step printed its address");
+            let ip = String::from_utf8_lossy(&chunk.data).trim().to_owned();
+            let reach = |target: &str, port: u16| {
+                h.spec(&format!("echo ping | nc -w 2 {target} {port} && echo reached || echo unreachable"))
+            };
+            let other = h.run(&reach(&ip, 8080)).await;
+            // The same command reaches the host, so it is the step that is out of reach.
+            let host = h.run(&reach(&gateway.to_string(), open)).await;
+            cancel.cancel();
+            (other.stdout, host.stdout)
+        };
+        let (first, (other, host)) = tokio::join!(first, second);
+        assert!(matches!(first, Err(ExecutorError::Cancelled { .. })), "{first:?}");
+        assert_eq!(other, "unreachable\n");
+        assert_eq!(host, "pong\nreached\n");
+
+        guarded_server.abort();
+        open_server.abort();
+        h.executor.networks.stop().await;
+        h.assert_clean();
+    }
+
+    #[tokio::test]
     async fn hostname_hosts_and_resolv_conf() {
         let h = Harness::new();
         let script = "hostname; cat /etc/hosts; echo ---; cat /etc/resolv.conf";
         let ran = h.run(&h.spec(script)).await;
         assert_eq!(ran.code(), 0, "{}", ran.stderr);
-        let expected_resolv = container_resolv_conf(&h.spec("")).unwrap();
+        let expected_resolv = container_resolv_conf(true).unwrap();
         assert_eq!(
             ran.stdout,
             format!(

@@ -7,7 +7,7 @@ use std::path::{Component, Path, PathBuf};
 use serde::Serialize;
 
 use super::user::ExecUser;
-use super::{DEFAULT_HOSTNAME, DEFAULT_PATH, ExecSpec, MountKind, NetworkMode, SecurityMode};
+use super::{DEFAULT_HOSTNAME, DEFAULT_PATH, ExecSpec, MountKind, SecurityMode};
 
 const OCI_VERSION: &str = "1.0.2";
 
@@ -193,11 +193,24 @@ pub(crate) struct Linux {
     pub devices: Vec<Device>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub(crate) struct Namespace {
     #[serde(rename = "type")]
     pub kind: &'static str,
+    /// Join this namespace instead of making a new one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
 }
+
+impl Namespace {
+    fn new(kind: &'static str) -> Self {
+        Self { kind, path: None }
+    }
+}
+
+/// The step's network namespace: `None` shares kilnd's, `Some(None)` is a
+/// new one the runtime makes (loopback only), `Some(Some(path))` one to join.
+pub(crate) type NetworkNamespace = Option<Option<String>>;
 
 #[derive(Debug, Serialize)]
 pub(crate) struct Resources {
@@ -270,6 +283,7 @@ pub(crate) struct Inputs<'a> {
     pub resolv_conf: &'a Path,
     pub cgroups_path: &'a str,
     pub host: &'a HostFacts,
+    pub network: NetworkNamespace,
 }
 
 /// A container path made absolute and cleaned, as runc wants it.
@@ -381,14 +395,12 @@ pub(crate) fn generate(inputs: &Inputs<'_>) -> Spec {
         }
     };
 
-    let mut namespaces =
-        vec![Namespace { kind: "pid" }, Namespace { kind: "ipc" }, Namespace { kind: "uts" }];
-    namespaces.push(Namespace { kind: "mount" });
-    if exec.network == NetworkMode::Sandbox {
-        namespaces.push(Namespace { kind: "network" });
+    let mut namespaces = ["pid", "ipc", "uts", "mount"].map(Namespace::new).to_vec();
+    if let Some(path) = &inputs.network {
+        namespaces.push(Namespace { kind: "network", path: path.clone() });
     }
     if inputs.host.cgroup_namespace {
-        namespaces.push(Namespace { kind: "cgroup" });
+        namespaces.push(Namespace::new("cgroup"));
     }
 
     let (masked_paths, readonly_paths, device_rules, devices) = if insecure {
@@ -473,6 +485,10 @@ mod tests {
     }
 
     fn generated(exec: &ExecSpec, host: &HostFacts) -> serde_json::Value {
+        generated_in(exec, host, Some(None))
+    }
+
+    fn generated_in(exec: &ExecSpec, host: &HostFacts, network: NetworkNamespace) -> serde_json::Value {
         let user = ExecUser { uid: 1000, gid: 1000, additional_gids: vec![1000, 10] };
         let inputs = Inputs {
             exec,
@@ -482,6 +498,7 @@ mod tests {
             resolv_conf: Path::new("/state/b/resolv.conf"),
             cgroups_path: "kiln-1",
             host,
+            network,
         };
         serde_json::to_value(generate(&inputs)).unwrap()
     }
@@ -557,10 +574,8 @@ mod tests {
 
     #[test]
     fn host_network_shares_the_namespace_and_cgroup_ns_follows_the_host() {
-        let mut e = exec();
-        e.network = NetworkMode::Host;
         let host = HostFacts { cgroup_namespace: true, ..facts() };
-        let spec = generated(&e, &host);
+        let spec = generated_in(&exec(), &host, None);
         let ns: Vec<&str> = spec["linux"]["namespaces"]
             .as_array()
             .unwrap()
@@ -568,6 +583,17 @@ mod tests {
             .map(|n| n["type"].as_str().unwrap())
             .collect();
         assert_eq!(ns, ["pid", "ipc", "uts", "mount", "cgroup"]);
+    }
+
+    #[test]
+    fn a_bridged_step_joins_the_namespace_it_was_given() {
+        let spec = generated_in(&exec(), &facts(), Some(Some("/proc/42/fd/7".into())));
+        assert_eq!(
+            spec["linux"]["namespaces"][4],
+            serde_json::json!({"type": "network", "path": "/proc/42/fd/7"})
+        );
+        let spec = generated(&exec(), &facts());
+        assert_eq!(spec["linux"]["namespaces"][4], serde_json::json!({"type": "network"}));
     }
 
     #[test]

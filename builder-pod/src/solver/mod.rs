@@ -1,6 +1,7 @@
 //! The solver's job bookkeeping: every build (a `Solve` with its `Ref`) is a
 //! job that `Status` callers can find and follow.
 
+pub mod entitlements;
 pub mod file;
 pub mod llb;
 pub mod ops;

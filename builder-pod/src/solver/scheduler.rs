@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span};
 
 use super::Job;
+use super::entitlements::{EntitlementError, Entitlements};
 use super::llb::{Graph, Vertex};
 use super::progress::now;
 use crate::cache::{CacheError, CacheManager, Snapshot};
@@ -38,6 +39,8 @@ pub enum SolveError {
     Cache { name: String, source: CacheError },
     #[error("build cancelled")]
     Cancelled,
+    #[error(transparent)]
+    Entitlement(#[from] EntitlementError),
     #[error("a build step's task failed: {0}")]
     Task(String),
     /// The same failure seen by every build that waited on the vertex.
@@ -52,7 +55,8 @@ pub struct BuildContext {
     pub job: Arc<Job>,
     /// The build's session first, then any others it may use (§3.3).
     pub session_ids: Vec<String>,
-    pub entitlements: Vec<String>,
+    /// What the daemon allowed of what the client asked for.
+    pub entitlements: Entitlements,
     pub cancel: CancellationToken,
 }
 
@@ -125,6 +129,9 @@ impl Solver {
         graph: &Graph,
         ctx: Arc<BuildContext>,
     ) -> Result<Option<Snapshot>, SolveError> {
+        // Before anything runs or is looked up: a cached step needs its
+        // entitlement as much as one that runs.
+        ctx.entitlements.check(graph)?;
         let Some(result) = graph.result else {
             return Ok(None);
         };
@@ -419,7 +426,7 @@ mod tests {
             let ctx = Arc::new(BuildContext {
                 job: Arc::clone(&guard.job),
                 session_ids: vec![],
-                entitlements: vec![],
+                entitlements: Entitlements::default(),
                 cancel: CancellationToken::new(),
             });
             let result = self.solver.solve(&Graph::parse(def).unwrap(), ctx).await;

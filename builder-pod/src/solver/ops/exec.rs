@@ -24,6 +24,7 @@ use crate::executor::{
 use crate::session::SessionManager;
 use crate::session::secrets::{SecretError, get_secret};
 use crate::session::sshforward::{self, AgentSocket, SshError};
+use crate::solver::entitlements::{self, EntitlementError};
 use crate::solver::ops::KeyedLocks;
 use crate::solver::scheduler::BuildContext;
 
@@ -52,10 +53,8 @@ pub enum ExecOpError {
     SecretNotFound { id: String },
     #[error(transparent)]
     Ssh(#[from] SshError),
-    #[error("network mode host needs the network.host entitlement (--allow network.host)")]
-    NetworkHost,
-    #[error("security mode insecure needs the security.insecure entitlement (--allow security.insecure)")]
-    Insecure,
+    #[error(transparent)]
+    Entitlement(#[from] EntitlementError),
     #[error("preparing {path}: {source}")]
     Prepare { path: PathBuf, source: std::io::Error },
     #[error("mounting a tmpfs for secrets at {path}: {source}")]
@@ -119,17 +118,18 @@ pub async fn run(
     ctx: &BuildContext,
 ) -> Result<Vec<Snapshot>, ExecOpError> {
     let meta = op.meta.as_ref().filter(|m| !m.args.is_empty()).ok_or(ExecOpError::NoMeta)?;
+    // The solver checked the whole graph before it started; this is the
+    // last line should a step ever reach here another way.
+    if let Some(entitlement) = entitlements::needs(op).find(|e| !ctx.entitlements.contains(*e)) {
+        let step = meta.args.join(" ");
+        return Err(EntitlementError::NotGranted { entitlement, step }.into());
+    }
     let network = match pb::NetMode::try_from(op.network).unwrap_or(pb::NetMode::Unset) {
-        pb::NetMode::Host if !ctx.entitlements.iter().any(|e| e == "network.host") => {
-            return Err(ExecOpError::NetworkHost);
-        }
         pb::NetMode::Host => NetworkMode::Host,
-        _ => NetworkMode::Sandbox,
+        pb::NetMode::None => NetworkMode::None,
+        pb::NetMode::Unset => NetworkMode::Default,
     };
     let security = match pb::SecurityMode::try_from(op.security).unwrap_or(pb::SecurityMode::Sandbox) {
-        pb::SecurityMode::Insecure if !ctx.entitlements.iter().any(|e| e == "security.insecure") => {
-            return Err(ExecOpError::Insecure);
-        }
         pb::SecurityMode::Insecure => SecurityMode::Insecure,
         pb::SecurityMode::Sandbox => SecurityMode::Sandbox,
     };
