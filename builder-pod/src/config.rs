@@ -68,6 +68,11 @@ pub struct Args {
     #[arg(long, value_name = "MODE", env = "KILND_OCI_WORKER_NET")]
     pub oci_worker_net: Option<String>,
 
+    /// Run RUN steps without the default seccomp profile (for hosts whose
+    /// runtime cannot apply one). Insecure steps never have one.
+    #[arg(long, env = "KILND_OCI_WORKER_NO_SECCOMP")]
+    pub oci_worker_no_seccomp: bool,
+
     /// Let builds that ask for it have this entitlement (`network.host`,
     /// `security.insecure`); repeat for both. A build still has to ask
     /// (`buildx build --allow ...`). [default: none]
@@ -204,6 +209,9 @@ pub struct OciWorkerConfig {
     /// when unset, none when empty.
     #[serde(rename = "egressAllow")]
     pub egress_allow: Option<Vec<String>>,
+    /// kilnd's own: `false` runs sandboxed steps without the default seccomp
+    /// profile.
+    pub seccomp: Option<bool>,
 }
 
 /// `[[worker.oci.gcpolicy]]`, buildkitd.toml's keys.
@@ -420,6 +428,8 @@ pub struct Config {
     pub network: NetworkConfig,
     /// What builds may be granted beyond the sandbox.
     pub entitlements: Entitlements,
+    /// Sandboxed steps get the default seccomp profile.
+    pub seccomp: bool,
     /// Settings accepted but not acted on, to log once logging is up.
     pub warnings: Vec<String>,
 }
@@ -496,6 +506,7 @@ impl Config {
             gc,
             network,
             entitlements,
+            seccomp: !args.oci_worker_no_seccomp && file.worker.oci.seccomp.unwrap_or(true),
             warnings,
         })
     }
@@ -690,6 +701,9 @@ mod tests {
     fn no_entitlement_is_allowed_unless_the_flag_or_the_file_says_so() {
         let none = network_of(&[], "").unwrap();
         assert_eq!(none.entitlements, Entitlements::default());
+        assert!(none.seccomp, "seccomp is on by default");
+        assert!(!network_of(&["--oci-worker-no-seccomp"], "").unwrap().seccomp);
+        assert!(!network_of(&[], "[worker.oci]\nseccomp = false\n").unwrap().seccomp);
         let file = network_of(&[], "insecure-entitlements = [\"network.host\"]\n").unwrap();
         assert_eq!(file.entitlements, Entitlements::parse(&["network.host"]).unwrap());
         let flag = network_of(

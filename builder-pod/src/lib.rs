@@ -82,7 +82,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "setting up the network for RUN steps (kilnd needs root for it, or set \
          [worker.oci] networkMode = \"host\" / --oci-worker-net=host)",
     )?;
-    let executor = RuncExecutor::new(&worker.runtime, config.root.join("executor"), networks.clone())?;
+    let mut executor = RuncExecutor::new(&worker.runtime, config.root.join("executor"), networks.clone())?;
+    if !config.seccomp {
+        executor = executor.without_seccomp();
+    } else if !executor.seccomp() {
+        warn!("this kernel has no seccomp: RUN steps run without the default seccomp profile");
+    }
+    let seccomp = executor.seccomp();
     let content = ContentStore::open(config.root.join("content"))?;
     let mut hosts = RegistryHosts::new();
     for (host, cfg) in &config.registries {
@@ -146,7 +152,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tasks.spawn(async move { Ok(server::serve(addr, listener, services, token).await?) });
     }
     serving.store(true, Ordering::Relaxed);
-    info!(worker.id = %worker.id, root = %config.root.display(), runtime = %worker.runtime.display(), "kilnd ready");
+    let entitlements: Vec<&str> = config.entitlements.iter().map(|e| e.as_str()).collect();
+    info!(
+        worker.id = %worker.id,
+        root = %config.root.display(),
+        runtime = %worker.runtime.display(),
+        seccomp,
+        entitlements = ?entitlements,
+        "kilnd ready"
+    );
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

@@ -212,6 +212,11 @@ pub struct Buildkitd {
 
 impl Buildkitd {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts buildkitd with `args` added to its command line.
+    pub fn start_with(args: &[&str]) -> Self {
         let env = TestEnv::get();
         let root = tempfile::Builder::new().prefix("kiln-buildkitd-").tempdir().unwrap();
         let config = root.path().join("buildkitd.toml");
@@ -235,7 +240,8 @@ impl Buildkitd {
                 .arg(root.path().join("state"))
                 .arg("--addr")
                 .arg(&addr)
-                .args(["--oci-worker-binary", "runc"]),
+                .args(["--oci-worker-binary", "runc"])
+                .args(args),
             root.path().join("buildkitd.log"),
         );
         daemon.wait_until(Duration::from_secs(30), || {

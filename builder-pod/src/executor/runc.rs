@@ -59,7 +59,8 @@ pub struct RuncExecutor {
 
 impl RuncExecutor {
     /// An executor keeping its bundles and the runtime's state under
-    /// `state_dir`, its steps on `networks`.
+    /// `state_dir`, its steps on `networks`, sandboxed steps under the default
+    /// seccomp profile when the kernel has seccomp.
     pub fn new(
         runtime_binary: impl Into<PathBuf>,
         state_dir: impl Into<PathBuf>,
@@ -88,6 +89,18 @@ impl RuncExecutor {
             instance,
             next: AtomicU64::new(1),
         })
+    }
+
+    /// Sandboxed steps run without a seccomp filter (for hosts whose
+    /// runtime cannot apply one).
+    pub fn without_seccomp(mut self) -> Self {
+        self.host.seccomp = None;
+        self
+    }
+
+    /// Whether sandboxed steps get the default seccomp profile.
+    pub fn seccomp(&self) -> bool {
+        self.host.seccomp.is_some()
     }
 
     fn new_id(&self) -> String {
@@ -1049,6 +1062,29 @@ mod tests {
         assert!(ran.stderr.contains("Read-only file system"), "{}", ran.stderr);
         assert!(!h.rootfs.join("other.txt").exists());
         h.assert_clean();
+    }
+
+    #[tokio::test]
+    async fn sandboxed_steps_are_under_the_default_seccomp_profile() {
+        // unshare(2) needs no capability for a user namespace, but the
+        // default profile allows it only with CAP_SYS_ADMIN.
+        let script = "unshare -U true && echo allowed";
+        let h = Harness::new();
+        assert!(h.executor.seccomp(), "this kernel has seccomp");
+        let ran = h.run(&h.spec(script)).await;
+        assert_ne!(ran.code(), 0, "{}", ran.stdout);
+        assert!(ran.stderr.contains("Operation not permitted"), "{}", ran.stderr);
+
+        let mut spec = h.spec(script);
+        spec.security = SecurityMode::Insecure;
+        assert_eq!(h.run(&spec).await.stdout, "allowed\n", "an insecure step has no filter");
+
+        let unfiltered = Harness::new();
+        let unfiltered = Harness { executor: unfiltered.executor.without_seccomp(), ..unfiltered };
+        let ran = unfiltered.run(&unfiltered.spec(script)).await;
+        assert_eq!(ran.stdout, "allowed\n", "the filter, not a capability, refused it: {}", ran.stderr);
+        h.assert_clean();
+        unfiltered.assert_clean();
     }
 
     #[tokio::test]

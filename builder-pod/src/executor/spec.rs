@@ -6,6 +6,7 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::Serialize;
 
+use super::seccomp::{self, Seccomp};
 use super::user::ExecUser;
 use super::{DEFAULT_HOSTNAME, DEFAULT_PATH, ExecSpec, MountKind, SecurityMode};
 
@@ -191,6 +192,8 @@ pub(crate) struct Linux {
     pub cgroups_path: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<Device>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seccomp: Option<Seccomp>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -241,6 +244,9 @@ pub(crate) struct HostFacts {
     pub all_capabilities: Vec<String>,
     /// A cgroup namespace only works on a pure cgroup v2 host (moby/buildkit#4108).
     pub cgroup_namespace: bool,
+    /// Sandboxed steps get the default seccomp profile for this platform;
+    /// `None` when the kernel has no seccomp or the daemon turned it off.
+    pub seccomp: Option<seccomp::Platform>,
 }
 
 impl HostFacts {
@@ -252,7 +258,8 @@ impl HostFacts {
         });
         let cgroup_namespace = Path::new("/proc/self/ns/cgroup").exists()
             && Path::new("/sys/fs/cgroup/cgroup.subtree_control").exists();
-        Self { all_capabilities, cgroup_namespace }
+        let seccomp = seccomp::host_supports().then(seccomp::Platform::host);
+        Self { all_capabilities, cgroup_namespace, seccomp }
     }
 }
 
@@ -394,6 +401,11 @@ pub(crate) fn generate(inputs: &Inputs<'_>) -> Spec {
             ..Default::default()
         }
     };
+    let seccomp = match &inputs.host.seccomp {
+        // Computed from the capabilities the step ends up with, as upstream.
+        Some(platform) if !insecure => Some(seccomp::default_profile(platform, &capabilities.bounding)),
+        _ => None,
+    };
 
     let mut namespaces = ["pid", "ipc", "uts", "mount"].map(Namespace::new).to_vec();
     if let Some(path) = &inputs.network {
@@ -468,6 +480,7 @@ pub(crate) fn generate(inputs: &Inputs<'_>) -> Spec {
             resources: Resources { devices: device_rules },
             cgroups_path: inputs.cgroups_path.to_owned(),
             devices,
+            seccomp,
         },
     }
 }
@@ -481,6 +494,7 @@ mod tests {
         HostFacts {
             all_capabilities: vec!["CAP_CHOWN".into(), "CAP_SYS_ADMIN".into()],
             cgroup_namespace: false,
+            seccomp: Some(seccomp::Platform { arch: "amd64", kernel: (6, 1) }),
         }
     }
 
@@ -552,6 +566,8 @@ mod tests {
         assert_eq!(spec["mounts"][5]["options"][3], "ro");
         assert_eq!(spec["mounts"][6]["source"], "/state/b/resolv.conf");
         assert_eq!(spec["process"]["env"], serde_json::json!([format!("PATH={DEFAULT_PATH}")]));
+        assert_eq!(spec["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
+        assert_eq!(spec["linux"]["seccomp"]["syscalls"].as_array().unwrap().len(), 15);
     }
 
     #[test]
@@ -570,6 +586,7 @@ mod tests {
         assert_eq!(spec["mounts"][5]["options"][3], "rw");
         assert_eq!(spec["linux"]["resources"]["devices"][0]["allow"], true);
         assert_eq!(spec["linux"]["devices"].as_array().unwrap().len(), 14);
+        assert!(spec["linux"].get("seccomp").is_none(), "an insecure step is not filtered");
     }
 
     #[test]

@@ -1,8 +1,9 @@
-//! The network of RUN steps, as a Dockerfile sees it: egress to a server on
-//! this machine by a name given with `--add-host` (on kilnd as on the
-//! reference buildkitd), DNS from the host's resolver, `--network=none`
-//! without it, and steps kept away from each other and from kilnd's API.
-//! Nothing here reaches beyond this machine.
+//! What a RUN step may do, as a Dockerfile sees it: its network (egress to a
+//! server on this machine by a name given with `--add-host`, on kilnd as on
+//! the reference buildkitd; DNS from the host's resolver; `--network=none`
+//! without it; steps kept away from each other and from kilnd's API), the
+//! entitlements daemon and client must both grant, and the default seccomp
+//! profile. Nothing here reaches beyond this machine.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -328,4 +329,40 @@ fn entitlements_need_the_daemon_and_the_client_even_when_every_step_is_cached() 
         assert!(!ok, "a cached {entitlement} step ran on a daemon that no longer allows it:\n{stderr}");
         assert!(stderr.contains(&refusal), "{stderr}");
     }
+}
+
+#[test]
+fn a_syscall_the_default_profile_blocks_fails_on_kilnd_as_on_buildkitd() {
+    let env = TestEnv::get();
+    let allow = ["--allow-insecure-entitlement", "security.insecure"];
+    let kilnd = Kilnd::start_with(|cmd| {
+        cmd.args(allow);
+    });
+    let buildkitd = Buildkitd::start_with(&allow);
+    let buildx = Buildx::new();
+    buildx.create_remote("kilnd", &kilnd.addr);
+    buildx.create_remote("buildkitd", &buildkitd.addr);
+    // unshare(2) for a user namespace needs no capability; the default
+    // profile allows it only with CAP_SYS_ADMIN. Its errno shows in the
+    // message busybox prints.
+    let dockerfile = format!(
+        "FROM {}\nARG NONCE\n\
+         RUN unshare -U true 2> /sandboxed; echo $? >> /sandboxed\n\
+         RUN --security=insecure unshare -U true 2> /insecure; echo $? >> /insecure\n",
+        env.base_image
+    );
+    let mut seen = Vec::new();
+    for daemon in ["kilnd", "buildkitd"] {
+        let nonce = format!("NONCE={}", unique("seccomp"));
+        let out =
+            build(&buildx, daemon, &dockerfile, &["--allow", "security.insecure", "--build-arg", &nonce]);
+        let (sandboxed, insecure) = (read(out.path(), "sandboxed"), read(out.path(), "insecure"));
+        assert!(
+            sandboxed.contains("Operation not permitted") && sandboxed.ends_with("1\n"),
+            "{daemon}: {sandboxed}"
+        );
+        assert_eq!(insecure, "0\n", "{daemon}: the insecure step was filtered");
+        seen.push(sandboxed);
+    }
+    assert_eq!(seen[0], seen[1], "kilnd and buildkitd refuse the call differently");
 }
