@@ -824,23 +824,7 @@ pub(crate) fn host_supports() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const SANDBOX_CAPS: [&str; 14] = [
-        "CAP_CHOWN",
-        "CAP_DAC_OVERRIDE",
-        "CAP_FSETID",
-        "CAP_FOWNER",
-        "CAP_MKNOD",
-        "CAP_NET_RAW",
-        "CAP_SETGID",
-        "CAP_SETUID",
-        "CAP_SETFCAP",
-        "CAP_SETPCAP",
-        "CAP_NET_BIND_SERVICE",
-        "CAP_SYS_CHROOT",
-        "CAP_KILL",
-        "CAP_AUDIT_WRITE",
-    ];
+    use crate::executor::spec::DEFAULT_CAPABILITIES;
 
     fn caps(names: &[&str]) -> Vec<String> {
         names.iter().map(|c| (*c).to_owned()).collect()
@@ -854,7 +838,7 @@ mod tests {
 
     #[test]
     fn a_sandboxed_step_on_amd64_gets_the_upstream_selection() {
-        let p = default_profile(&AMD64, &caps(&SANDBOX_CAPS));
+        let p = default_profile(&AMD64, &caps(&DEFAULT_CAPABILITIES));
         assert_eq!(p.default_action, "SCMP_ACT_ERRNO");
         assert_eq!(p.default_errno_ret, 1);
         assert_eq!(p.architectures, ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"]);
@@ -899,7 +883,7 @@ mod tests {
 
     #[test]
     fn the_profile_serialises_as_the_runtime_spec_has_it() {
-        let p = default_profile(&AMD64, &caps(&SANDBOX_CAPS));
+        let p = default_profile(&AMD64, &caps(&DEFAULT_CAPABILITIES));
         let json = serde_json::to_value(&p).unwrap();
         assert_eq!(json["defaultErrnoRet"], 1);
         let clone3 = json["syscalls"].as_array().unwrap().iter().find(|s| s["names"][0] == "clone3").unwrap();

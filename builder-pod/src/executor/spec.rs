@@ -13,7 +13,7 @@ use super::{DEFAULT_HOSTNAME, DEFAULT_PATH, ExecSpec, MountKind, SecurityMode};
 const OCI_VERSION: &str = "1.0.2";
 
 /// containerd's default capability set, which BuildKit keeps for sandboxed steps.
-const DEFAULT_CAPABILITIES: [&str; 14] = [
+pub(crate) const DEFAULT_CAPABILITIES: [&str; 14] = [
     "CAP_CHOWN",
     "CAP_DAC_OVERRIDE",
     "CAP_FSETID",
