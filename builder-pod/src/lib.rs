@@ -43,6 +43,7 @@ use crate::content::ContentStore;
 use crate::control::{ControlService, Controller, HealthService};
 use crate::executor::RuncExecutor;
 use crate::executor::network::Networks;
+use crate::executor::rundir::RunDir;
 use crate::exporter::Exporters;
 use crate::frontend::gateway::{Bridge, LlbBridgeService};
 use crate::metrics::Metrics;
@@ -82,7 +83,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "setting up the network for RUN steps (kilnd needs root for it, or set \
          [worker.oci] networkMode = \"host\" / --oci-worker-net=host)",
     )?;
-    let mut executor = RuncExecutor::new(&worker.runtime, config.root.join("executor"), networks.clone())?;
+    // Runtime state, bundles and secrets live on a tmpfs, never under the root.
+    let run_dir = RunDir::open(&config.root)?;
+    let secrets_dir = run_dir.path().join("secrets");
+    std::fs::create_dir(&secrets_dir).with_context(|| format!("creating {}", secrets_dir.display()))?;
+    // Where earlier kilnds kept them, on the persistent root.
+    let _ = std::fs::remove_dir_all(config.root.join("executor"));
+    let mut executor = RuncExecutor::new(&worker.runtime, run_dir.path().join("executor"), networks.clone())?;
     if !config.seccomp {
         executor = executor.without_seccomp();
     } else if !executor.seccomp() {
@@ -109,6 +116,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         sources: Arc::clone(&sources),
         executor: Arc::new(executor),
         cache_mounts: CacheMounts::default(),
+        secrets_dir,
     });
     let controller = Arc::new(Controller {
         worker: worker.clone(),

@@ -345,6 +345,14 @@ impl Kilnd {
         Self::start_in(root, configure)
     }
 
+    /// kilnd's run directory: the tmpfs with its runtime state, bundles and
+    /// secrets, named after its root (`executor/rundir.rs`).
+    pub fn run_dir(&self) -> PathBuf {
+        let root = std::fs::canonicalize(self.root.path().join("state")).unwrap();
+        let hash = sha256_hex(root.as_os_str().as_encoded_bytes());
+        PathBuf::from("/run/kilnd").join(&hash[..16])
+    }
+
     /// GET a path of the debug endpoint: (status, body).
     pub fn debug_get(&self, path: &str) -> (u16, String) {
         let url = format!("http://{}{path}", self.debug_addr);

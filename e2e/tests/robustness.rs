@@ -50,7 +50,7 @@ fn build(addr: &str, def: &pb::Definition) -> (bool, String) {
 
 /// The containers kilnd's runtime knows about.
 fn containers(kilnd: &Kilnd) -> Vec<String> {
-    let root = kilnd.root.path().join("state/executor/runc");
+    let root = kilnd.run_dir().join("executor/runc");
     let out = run(Command::new("runc").arg("--root").arg(&root).args(["list", "-q"]));
     out.lines().map(str::to_owned).filter(|l| !l.is_empty()).collect()
 }
@@ -105,6 +105,74 @@ fn a_daemon_killed_mid_build_restarts_consistent_and_builds_again() {
         build(&restarted.addr, &image_and_run(&TestEnv::get().base_image, "echo again; sleep 0.1"));
     assert!(ok, "{stderr}");
     assert!(restarted.daemon.stop(Duration::from_secs(10)));
+}
+
+/// The files under `dir` whose bytes hold `needle`.
+fn files_holding(dir: &std::path::Path, needle: &[u8]) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+        if meta.is_dir() {
+            stack.extend(std::fs::read_dir(&path).unwrap().flatten().map(|e| e.path()));
+        } else if meta.is_file()
+            && std::fs::read(&path).is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle))
+        {
+            found.push(path.display().to_string());
+        }
+    }
+    found
+}
+
+#[test]
+fn a_secret_is_nowhere_under_the_root_after_a_kill_during_its_step() {
+    let env = TestEnv::get();
+    let kilnd = Kilnd::start();
+    let secret = format!("kiln-secret-{}", unique("v"));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tok"), &secret).unwrap();
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        format!(
+            "FROM {}\nRUN --mount=type=secret,id=tok,env=TOKEN --mount=type=secret,id=tok,target=/tok \
+             test \"$TOKEN\" = \"$(cat /tok)\" && echo started && sleep 60\n",
+            env.base_image
+        ),
+    )
+    .unwrap();
+    let buildx = kiln_e2e::Buildx::new();
+    buildx.create_remote("kilnd", &kilnd.addr);
+    let mut client = buildx
+        .command()
+        .args(["build", "--builder", "kilnd", "--progress", "plain"])
+        .arg("--secret")
+        .arg(format!("id=tok,src={}", dir.path().join("tok").display()))
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_container(&kilnd);
+    // The running step holds the secret in its environment and a file: both
+    // on the run directory's tmpfs.
+    let run_dir = kilnd.run_dir();
+    assert!(
+        !files_holding(&run_dir, secret.as_bytes()).is_empty(),
+        "the step's bundle is not on the run directory"
+    );
+    Command::new("kill").arg("-KILL").arg(kilnd.daemon.pid().to_string()).status().unwrap();
+    let _ = client.kill();
+    let _ = client.wait();
+
+    let root = kilnd.root.path().join("state");
+    assert_eq!(
+        files_holding(&root, secret.as_bytes()),
+        Vec::<String>::new(),
+        "the secret is under kilnd's root"
+    );
+    // The next kilnd on the root clears the run directory it left.
+    let restarted = Kilnd::restart(kilnd);
+    assert_eq!(files_holding(&restarted.run_dir(), secret.as_bytes()), Vec::<String>::new());
 }
 
 #[test]

@@ -11,6 +11,7 @@ mod netfiles;
 pub mod network;
 pub(crate) mod rootpath;
 mod runc;
+pub mod rundir;
 mod seccomp;
 mod spec;
 mod stubs;

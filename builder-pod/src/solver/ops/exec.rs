@@ -101,6 +101,7 @@ pub struct ExecContext<'a> {
     pub cache_mounts: &'a CacheMounts,
     pub sessions: &'a SessionManager,
     pub executor: &'a dyn Executor,
+    pub secrets_dir: &'a Path,
     pub digest: &'a str,
 }
 
@@ -394,7 +395,10 @@ async fn secret_source(
     let secrets = match &mut held.secrets {
         Some(secrets) => secrets,
         None => {
-            let dir = cx.cache.temp_dir("secrets-")?;
+            let dir = tempfile::Builder::new()
+                .prefix("secrets-")
+                .tempdir_in(cx.secrets_dir)
+                .map_err(prepare_err(cx.secrets_dir))?;
             let flags = MsFlags::MS_NOEXEC | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
             nix::mount::mount(Some("tmpfs"), dir.path(), Some("tmpfs"), flags, Some("mode=0700,size=16m"))
                 .map_err(|source| ExecOpError::SecretTmpfs { path: dir.path().to_owned(), source })?;

@@ -24,6 +24,9 @@ pub struct WorkerOps {
     pub sources: Arc<source::Sources>,
     pub executor: Arc<dyn Executor>,
     pub cache_mounts: exec::CacheMounts,
+    /// Where steps' secret files are mounted: on the run directory's
+    /// tmpfs, never under the root.
+    pub secrets_dir: std::path::PathBuf,
 }
 
 impl std::fmt::Debug for WorkerOps {
@@ -79,6 +82,7 @@ impl Ops for WorkerOps {
                     cache_mounts: &self.cache_mounts,
                     sessions: &self.sessions,
                     executor: self.executor.as_ref(),
+                    secrets_dir: &self.secrets_dir,
                     digest: &vertex.digest,
                 };
                 Ok(exec::run(cx, op, &inputs, ctx).await?)
