@@ -25,6 +25,7 @@ pub mod cluster;
 pub mod grpc;
 pub mod pool;
 pub mod proxy;
+pub mod route;
 pub mod tls;
 
 pub use proxy::{Gateway, PoolEntry};
