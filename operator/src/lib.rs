@@ -6,11 +6,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-pub mod controller;
-pub mod crdgen;
-pub mod gateway;
-pub mod metrics;
-pub mod up;
+mod controller;
+mod crdgen;
+mod gateway;
+mod metrics;
+mod up;
 
 /// Kiln runs pools of BuildKit-compatible builders on Kubernetes.
 #[derive(Debug, Parser)]

@@ -365,7 +365,7 @@ impl Pool {
         None
     }
 
-    /// Binds build `r` (and any further session ids of its Solve) to `backend`.
+    /// Binds build `r` to `backend`.
     pub fn bind_ref(&self, r: &str, backend: &Arc<Backend>) {
         let mut bindings = lock(&self.bindings);
         let b = &mut *bindings;
