@@ -9,10 +9,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::process::{Child, Command};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::gateway;
-use crate::metrics::Metrics;
+use crate::metrics::{self, Metrics};
 
 /// Start a local pool of kilnd builders behind a gateway.
 #[derive(Debug, clap::Args)]
@@ -166,7 +168,12 @@ async fn stop(builders: &mut [Builder], grace: Duration) {
     }
 }
 
-pub async fn run(args: Args) -> Result<(), Error> {
+/// How long running builds may go on after SIGINT or SIGTERM, in the
+/// gateway and then in each builder: kilnd's own default.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
+
+/// Runs the pool until `shutdown`, then drains the gateway and stops the builders.
+pub async fn run(args: Args, shutdown: CancellationToken) -> Result<(), Error> {
     let state = args.state.clone().unwrap_or_else(default_state);
     std::fs::create_dir_all(&state).map_err(|source| Error::CreateDir { path: state.clone(), source })?;
     let kilnd = find_kilnd(args.kilnd.clone());
@@ -203,11 +210,14 @@ pub async fn run(args: Args) -> Result<(), Error> {
     }
 
     let metrics = Arc::new(Metrics::new()?);
+    let mut tasks = JoinSet::new();
     if let Some(addr) = &args.metrics_addr {
-        gateway::serve_metrics(addr, Arc::clone(&metrics)).await?;
+        metrics::serve(addr, Arc::clone(&metrics), &mut tasks)
+            .await
+            .map_err(|source| gateway::Error::Listen { addr: addr.clone(), source })?;
     }
     let backends: Vec<String> = builders.iter().map(|b| b.addr.clone()).collect();
-    let gw = gateway::start(&backends, args.max_parallel_builds, Vec::new(), metrics)?;
+    let gw = gateway::start(&backends, args.max_parallel_builds, Vec::new(), metrics, &mut tasks)?;
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
@@ -224,8 +234,10 @@ pub async fn run(args: Args) -> Result<(), Error> {
     let _ = out.flush();
     drop(out);
 
-    gateway::serve(listener, gw, None, crate::shutdown_signal()).await;
+    gateway::serve(listener, gw, None, &shutdown, SHUTDOWN_GRACE).await;
+    // The builders are going: their health checks would only report it.
+    tasks.shutdown().await;
     info!("stopping the builders");
-    stop(&mut builders, Duration::from_secs(60)).await;
+    stop(&mut builders, SHUTDOWN_GRACE).await;
     Ok(())
 }

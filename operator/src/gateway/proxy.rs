@@ -138,6 +138,12 @@ impl Gateway {
         Arc::new(Self { pools, metrics, upstreams: Mutex::default() })
     }
 
+    /// Sessions open or waiting for a builder, in every pool: the builds a
+    /// drain waits for.
+    pub fn sessions(&self) -> usize {
+        self.pools.iter().map(|p| p.pool.demand()).sum()
+    }
+
     /// The state of a new client connection: its pool by TLS server name
     /// (any pool when there is only one), and its certificate's name.
     pub fn connection(&self, server_name: Option<&str>, client: Option<String>) -> ClientConn {
