@@ -17,7 +17,7 @@ use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
-use tracing::{info, instrument, warn};
+use tracing::{Instrument, info, info_span, instrument, warn};
 
 use super::desired::{self, FIELD_MANAGER, FINALIZER};
 use super::plan::{self, Action, Inputs, Load, Member};
@@ -93,7 +93,7 @@ pub fn error_policy(b: Arc<Builder>, e: &Error, ctx: Arc<Context>) -> Requeue {
     let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
     let reference = b.object_ref(&());
     let note = e.to_string();
-    tokio::spawn(async move {
+    let publish = async move {
         let event = Event {
             type_: EventType::Warning,
             reason: "ReconcileFailed".into(),
@@ -102,7 +102,8 @@ pub fn error_policy(b: Arc<Builder>, e: &Error, ctx: Arc<Context>) -> Requeue {
             secondary: None,
         };
         let _ = recorder.publish(&event, &reference).await;
-    });
+    };
+    tokio::spawn(publish.instrument(info_span!("event", builder = %b.name_any())));
     Requeue::requeue(Duration::from_secs(5))
 }
 

@@ -16,7 +16,7 @@ use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use prost::Message;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, info_span, instrument, warn};
 
 use super::grpc::{self, Body, BoxError, RefOnly, SolveIds, code};
 use super::pool::{Backend, Pool, SessionSlot};
@@ -189,12 +189,12 @@ impl Gateway {
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|source| ForwardError::Handshake { addr: addr.to_owned(), source })?;
-        let name = addr.to_owned();
-        tokio::spawn(async move {
+        let driving = async move {
             if let Err(e) = conn.await {
-                debug!(builder = %name, error = %e, "connection to builder ended");
+                debug!(error = %e, "connection to builder ended");
             }
-        });
+        };
+        tokio::spawn(driving.instrument(info_span!("builder connection", builder = %addr)));
         *slot = Some(sender.clone());
         Ok(sender)
     }
@@ -209,6 +209,7 @@ impl Gateway {
         body: Body,
         hold: Option<SessionSlot>,
     ) -> Response<Body> {
+        tracing::Span::current().record("builder", backend.addr.as_str());
         match self.try_forward(backend, parts, body).await {
             Ok(response) => {
                 let metrics = Arc::clone(&self.metrics);
@@ -273,6 +274,7 @@ impl Gateway {
     }
 
     /// Routes one call.
+    #[instrument(name = "call", skip_all, fields(rpc = %req.uri().path(), builder = tracing::field::Empty))]
     pub async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
