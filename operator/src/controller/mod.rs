@@ -21,6 +21,7 @@ use tracing::{info, warn};
 
 use crate::metrics::{self, Metrics};
 
+mod applied;
 pub mod desired;
 pub mod leader;
 pub mod plan;

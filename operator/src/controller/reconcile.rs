@@ -17,13 +17,13 @@ use kube::runtime::finalizer::{self, finalizer};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::json;
+use serde_json::{Value, json};
 use tracing::{Instrument, debug, info, info_span, instrument, warn};
 
 use super::desired::{self, FIELD_MANAGER, FINALIZER};
 use super::plan::{self, Action, Inputs, Load, Member};
 use super::requeue;
-use super::{Context, status};
+use super::{Context, applied, status};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -279,6 +279,34 @@ fn draining_for(pod: &Pod, now: Timestamp) -> Option<Duration> {
     Some(now.duration_since(since).unsigned_abs())
 }
 
+/// `applied`, what the controller applied to a pod, with the drain label
+/// and annotation set (draining `since`) or left out, which server-side
+/// apply turns into removing them.
+fn draining(mut applied: Value, name: &str, since: Option<Timestamp>) -> Value {
+    applied["apiVersion"] = json!("v1");
+    applied["kind"] = json!("Pod");
+    let metadata = &mut applied["metadata"];
+    metadata["name"] = json!(name);
+    match since {
+        Some(since) => {
+            metadata["labels"][desired::LABEL_DRAINING] = json!("true");
+            metadata["annotations"][desired::ANNOTATION_DRAIN_STARTED] = json!(since.to_string());
+        }
+        None => {
+            for (map, key) in
+                [("labels", desired::LABEL_DRAINING), ("annotations", desired::ANNOTATION_DRAIN_STARTED)]
+            {
+                let Some(entries) = metadata.get_mut(map).and_then(Value::as_object_mut) else { continue };
+                entries.remove(key);
+                if entries.is_empty() {
+                    metadata.as_object_mut().map(|m| m.remove(map));
+                }
+            }
+        }
+    }
+    applied
+}
+
 /// The APIs of the objects of one namespace.
 struct Apis {
     builders: Api<Builder>,
@@ -413,19 +441,18 @@ impl<'a> Pass<'a> {
         Ok(())
     }
 
-    /// Labels pod `name` draining since `since`, or (`None`) no longer draining.
-    async fn mark_draining(&self, _pods: &[Pod], name: &str, since: Option<Timestamp>) -> Result<(), Error> {
+    /// Applies pod `name` (one of `pods`) again as the controller applied
+    /// it, marked draining `since`, or (`None`) no longer draining.
+    async fn mark_draining(&self, pods: &[Pod], name: &str, since: Option<Timestamp>) -> Result<(), Error> {
         let action = if since.is_some() { "draining" } else { "undraining" };
-        let patch = json!({"metadata": {
-            "labels": {desired::LABEL_DRAINING: since.map(|_| "true")},
-            "annotations": {desired::ANNOTATION_DRAIN_STARTED: since.map(|t| t.to_string())},
-        }});
-        self.apis
-            .pods
-            .patch(name, &PatchParams::default(), &Patch::Merge(patch))
-            .await
-            .map(drop)
-            .map_err(|source| Error::Pod { action, name: name.to_owned(), source })
+        let failed = |source| Error::Pod { action, name: name.to_owned(), source };
+        // The plan names only pods it was given; one that is not among them
+        // is not applied, since an apply would create it.
+        let Some(pod) = pods.iter().find(|p| p.name_any() == name) else { return Ok(()) };
+        let live = serde_json::to_value(pod).map_err(|e| failed(kube::Error::SerdeError(e)))?;
+        let managed = pod.metadata.managed_fields.as_deref().unwrap_or_default();
+        let object = draining(applied::extract(&live, managed, FIELD_MANAGER), name, since);
+        self.apis.pods.patch(name, &apply_params(), &Patch::Apply(object)).await.map(drop).map_err(failed)
     }
 
     /// Reports a newly Degraded pool, updates the pool's gauges, and applies
@@ -447,9 +474,15 @@ impl<'a> Pass<'a> {
         if previous == Some(status) {
             return Ok(());
         }
+        let object = json!({
+            "apiVersion": Builder::api_version(&()),
+            "kind": Builder::kind(&()),
+            "metadata": {"name": b.name_any()},
+            "status": status,
+        });
         self.apis
             .builders
-            .patch_status(&b.name_any(), &PatchParams::default(), &Patch::Merge(json!({ "status": status })))
+            .patch_status(&b.name_any(), &apply_params(), &Patch::Apply(object))
             .await
             .map(drop)
             .map_err(|source| Error::Status { builder: b.name_any(), source })
@@ -474,6 +507,7 @@ impl<'a> Pass<'a> {
     }
 }
 
+/// Every write is a server-side apply by the controller's one field manager.
 fn apply_params() -> PatchParams {
     PatchParams::apply(FIELD_MANAGER).force()
 }
@@ -517,7 +551,7 @@ mod tests {
         serde_norway::from_str(&yaml).unwrap()
     }
 
-    fn pod(v: serde_json::Value) -> Pod {
+    fn pod(v: Value) -> Pod {
         serde_json::from_value(v).unwrap()
     }
 
@@ -568,6 +602,39 @@ mod tests {
         assert_eq!(validate(&builder("")), None);
         let rootless = validate(&builder(", template: {securityMode: rootless}")).unwrap_or_default();
         assert!(rootless.contains("spec.template.securityMode"), "{rootless}");
+    }
+
+    #[test]
+    fn draining_sets_or_leaves_out_the_label_and_annotation_and_keeps_the_rest() {
+        let applied = json!({
+            "metadata": {"labels": {"kiln.dev/builder": "ci"}, "ownerReferences": [{"uid": "u1"}]},
+            "spec": {"containers": [{"name": "kilnd", "image": "kilnd:1"}]},
+        });
+        let since: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let drained = draining(applied.clone(), "ci-0", Some(since));
+        assert_eq!(
+            drained,
+            json!({
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": "ci-0",
+                    "labels": {"kiln.dev/builder": "ci", "kiln.dev/draining": "true"},
+                    "annotations": {"kiln.dev/drain-started": "2026-01-01T00:00:00Z"},
+                    "ownerReferences": [{"uid": "u1"}],
+                },
+                "spec": {"containers": [{"name": "kilnd", "image": "kilnd:1"}]},
+            })
+        );
+        let mut undrained = draining(drained, "ci-0", None);
+        let mut want = applied;
+        want["apiVersion"] = json!("v1");
+        want["kind"] = json!("Pod");
+        want["metadata"]["name"] = json!("ci-0");
+        assert_eq!(undrained, want);
+        // A pod the controller applied nothing to gets just the marks.
+        undrained = draining(json!({}), "ci-1", Some(since));
+        assert_eq!(undrained["metadata"]["labels"], json!({"kiln.dev/draining": "true"}));
     }
 
     #[test]
