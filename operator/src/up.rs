@@ -168,6 +168,35 @@ async fn stop(builders: &mut [Builder], grace: Duration) {
     }
 }
 
+/// Starts the builders one by one into `builders`, each once it is ready.
+async fn start_builders(
+    args: &Args,
+    kilnd: &Path,
+    state: &Path,
+    http: &reqwest::Client,
+    builders: &mut Vec<Builder>,
+) -> Result<(), Error> {
+    for index in 0..usize::from(args.builders) {
+        // A free port can be taken by another program between our probe and
+        // kilnd's bind: a builder that exits while starting gets new ports.
+        let mut attempt = 0;
+        let builder = loop {
+            attempt += 1;
+            let mut b = start_builder(index, args, kilnd, state).await?;
+            match wait_ready(&mut b, http).await {
+                Ok(()) => break b,
+                Err(e @ Error::Exited { .. }) if attempt < 3 => {
+                    warn!(builder = index, attempt, error = %e, "builder exited while starting; trying new ports");
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        info!(builder = index, addr = %builder.addr, log = %builder.log.display(), "builder ready");
+        builders.push(builder);
+    }
+    Ok(())
+}
+
 /// How long running builds may go on after SIGINT or SIGTERM, in the
 /// gateway and then in each builder: kilnd's own default.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
@@ -187,26 +216,21 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> Result<(), Error> {
         .unwrap_or_default();
 
     let mut builders: Vec<Builder> = Vec::new();
-    for index in 0..usize::from(args.builders) {
-        // A free port can be taken by another program between our probe and
-        // kilnd's bind: a builder that exits while starting gets new ports.
-        let mut attempt = 0;
-        let builder = loop {
-            attempt += 1;
-            let mut b = start_builder(index, &args, &kilnd, &state).await?;
-            match wait_ready(&mut b, &http).await {
-                Ok(()) => break b,
-                Err(e @ Error::Exited { .. }) if attempt < 3 => {
-                    warn!(builder = index, attempt, error = %e, "builder exited while starting; trying new ports");
-                }
-                Err(e) => {
-                    stop(&mut builders, Duration::from_secs(5)).await;
-                    return Err(e);
-                }
-            }
-        };
-        info!(builder = index, addr = %builder.addr, log = %builder.log.display(), "builder ready");
-        builders.push(builder);
+    let started = tokio::select! {
+        started = start_builders(&args, &kilnd, &state, &http, &mut builders) => Some(started),
+        () = shutdown.cancelled() => None,
+    };
+    match started {
+        Some(Ok(())) => {}
+        Some(Err(e)) => {
+            stop(&mut builders, Duration::from_secs(5)).await;
+            return Err(e);
+        }
+        None => {
+            info!("stopping the builders started so far");
+            stop(&mut builders, Duration::from_secs(5)).await;
+            return Ok(());
+        }
     }
 
     let metrics = Arc::new(Metrics::new()?);
