@@ -5,12 +5,14 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
 
-pub mod controller;
-pub mod crdgen;
-pub mod gateway;
-pub mod metrics;
-pub mod up;
+mod controller;
+mod crdgen;
+mod gateway;
+mod metrics;
+mod shutdown;
+mod up;
 
 /// Kiln runs pools of BuildKit-compatible builders on Kubernetes.
 #[derive(Debug, Parser)]
@@ -45,6 +47,8 @@ pub enum Error {
     Gateway(#[from] gateway::Error),
     #[error(transparent)]
     Up(#[from] up::Error),
+    #[error("a second signal: stopped without finishing the drain")]
+    Aborted,
 }
 
 /// Runs the parsed command; the exit code says whether it found what it
@@ -53,31 +57,24 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
     match cli.command {
         Command::Crdgen(args) => Ok(crdgen::run(&args)?),
         Command::Controller(args) => {
-            controller::run(args).await?;
-            Ok(ExitCode::SUCCESS)
+            until_signalled(async move |stop| Ok(controller::run(args, stop).await?)).await
         }
         Command::Gateway(args) => {
-            gateway::run(args).await?;
-            Ok(ExitCode::SUCCESS)
+            until_signalled(async move |stop| Ok(gateway::run(args, stop).await?)).await
         }
-        Command::Up(args) => {
-            up::run(args).await?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Up(args) => until_signalled(async move |stop| Ok(up::run(args, stop).await?)).await,
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
-        // Without signal handlers the process still stops on a kill.
-        return std::future::pending().await;
-    };
+/// Runs a command that serves until the first signal cancels the token it
+/// is given, then drains; a second signal drops it where it is.
+async fn until_signalled(
+    command: impl AsyncFnOnce(CancellationToken) -> Result<(), Error>,
+) -> Result<ExitCode, Error> {
+    let signals = shutdown::Signals::watch();
     tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-        _ = int.recv() => tracing::info!("SIGINT: stopping"),
+        result = command(signals.stop.clone()) => result.map(|()| ExitCode::SUCCESS),
+        () = signals.abort.cancelled() => Err(Error::Aborted),
     }
 }
 

@@ -12,6 +12,8 @@ use axum::routing::get;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use tokio::task::JoinSet;
+use tracing::{Instrument, error, info_span};
 
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -168,7 +170,21 @@ impl Metrics {
     }
 }
 
-pub fn router(metrics: Arc<Metrics>) -> Router {
+/// Serves `/metrics`, `/healthz` and `/readyz` on `addr` from a task in
+/// `tasks`, so the endpoint lasts as long as the command that owns them (a
+/// drain included).
+pub async fn serve(addr: &str, metrics: Arc<Metrics>, tasks: &mut JoinSet<()>) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let serving = async move {
+        if let Err(e) = axum::serve(listener, router(metrics)).await {
+            error!(error = %e, "metrics endpoint stopped");
+        }
+    };
+    tasks.spawn(serving.instrument(info_span!("metrics", %addr)));
+    Ok(())
+}
+
+fn router(metrics: Arc<Metrics>) -> Router {
     Router::new()
         .route("/metrics", get(serve_metrics))
         .route("/healthz", get(|| async { "ok\n" }))

@@ -9,10 +9,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::process::{Child, Command};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::gateway;
-use crate::metrics::Metrics;
+use crate::metrics::{self, Metrics};
 
 /// Start a local pool of kilnd builders behind a gateway.
 #[derive(Debug, clap::Args)]
@@ -166,7 +168,41 @@ async fn stop(builders: &mut [Builder], grace: Duration) {
     }
 }
 
-pub async fn run(args: Args) -> Result<(), Error> {
+/// Starts the builders one by one into `builders`, each once it is ready.
+async fn start_builders(
+    args: &Args,
+    kilnd: &Path,
+    state: &Path,
+    http: &reqwest::Client,
+    builders: &mut Vec<Builder>,
+) -> Result<(), Error> {
+    for index in 0..usize::from(args.builders) {
+        // A free port can be taken by another program between our probe and
+        // kilnd's bind: a builder that exits while starting gets new ports.
+        let mut attempt = 0;
+        let builder = loop {
+            attempt += 1;
+            let mut b = start_builder(index, args, kilnd, state).await?;
+            match wait_ready(&mut b, http).await {
+                Ok(()) => break b,
+                Err(e @ Error::Exited { .. }) if attempt < 3 => {
+                    warn!(builder = index, attempt, error = %e, "builder exited while starting; trying new ports");
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        info!(builder = index, addr = %builder.addr, log = %builder.log.display(), "builder ready");
+        builders.push(builder);
+    }
+    Ok(())
+}
+
+/// How long running builds may go on after SIGINT or SIGTERM, in the
+/// gateway and then in each builder: kilnd's own default.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
+
+/// Runs the pool until `shutdown`, then drains the gateway and stops the builders.
+pub async fn run(args: Args, shutdown: CancellationToken) -> Result<(), Error> {
     let state = args.state.clone().unwrap_or_else(default_state);
     std::fs::create_dir_all(&state).map_err(|source| Error::CreateDir { path: state.clone(), source })?;
     let kilnd = find_kilnd(args.kilnd.clone());
@@ -180,34 +216,32 @@ pub async fn run(args: Args) -> Result<(), Error> {
         .unwrap_or_default();
 
     let mut builders: Vec<Builder> = Vec::new();
-    for index in 0..usize::from(args.builders) {
-        // A free port can be taken by another program between our probe and
-        // kilnd's bind: a builder that exits while starting gets new ports.
-        let mut attempt = 0;
-        let builder = loop {
-            attempt += 1;
-            let mut b = start_builder(index, &args, &kilnd, &state).await?;
-            match wait_ready(&mut b, &http).await {
-                Ok(()) => break b,
-                Err(e @ Error::Exited { .. }) if attempt < 3 => {
-                    warn!(builder = index, attempt, error = %e, "builder exited while starting; trying new ports");
-                }
-                Err(e) => {
-                    stop(&mut builders, Duration::from_secs(5)).await;
-                    return Err(e);
-                }
-            }
-        };
-        info!(builder = index, addr = %builder.addr, log = %builder.log.display(), "builder ready");
-        builders.push(builder);
+    let started = tokio::select! {
+        started = start_builders(&args, &kilnd, &state, &http, &mut builders) => Some(started),
+        () = shutdown.cancelled() => None,
+    };
+    match started {
+        Some(Ok(())) => {}
+        Some(Err(e)) => {
+            stop(&mut builders, Duration::from_secs(5)).await;
+            return Err(e);
+        }
+        None => {
+            info!("stopping the builders started so far");
+            stop(&mut builders, Duration::from_secs(5)).await;
+            return Ok(());
+        }
     }
 
     let metrics = Arc::new(Metrics::new()?);
+    let mut tasks = JoinSet::new();
     if let Some(addr) = &args.metrics_addr {
-        gateway::serve_metrics(addr, Arc::clone(&metrics)).await?;
+        metrics::serve(addr, Arc::clone(&metrics), &mut tasks)
+            .await
+            .map_err(|source| gateway::Error::Listen { addr: addr.clone(), source })?;
     }
     let backends: Vec<String> = builders.iter().map(|b| b.addr.clone()).collect();
-    let gw = gateway::start(&backends, args.max_parallel_builds, Vec::new(), metrics)?;
+    let gw = gateway::start(&backends, args.max_parallel_builds, Vec::new(), metrics, &mut tasks)?;
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
@@ -224,8 +258,10 @@ pub async fn run(args: Args) -> Result<(), Error> {
     let _ = out.flush();
     drop(out);
 
-    gateway::serve(listener, gw, None, crate::shutdown_signal()).await;
+    gateway::serve(listener, gw, None, &shutdown, SHUTDOWN_GRACE).await;
+    // The builders are going: their health checks would only report it.
+    tasks.shutdown().await;
     info!("stopping the builders");
-    stop(&mut builders, Duration::from_secs(60)).await;
+    stop(&mut builders, SHUTDOWN_GRACE).await;
     Ok(())
 }

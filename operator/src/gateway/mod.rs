@@ -10,14 +10,15 @@
 //! `--driver-opt servername=NAME`) picks the pool, and with `--tls-ca` the
 //! client certificate's common name must be in the pool's access list.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
-use tracing::{debug, error, info};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::metrics::{self, Metrics};
 
@@ -25,6 +26,7 @@ pub mod cluster;
 pub mod grpc;
 pub mod pool;
 pub mod proxy;
+pub mod route;
 pub mod tls;
 
 pub use proxy::{Gateway, PoolEntry};
@@ -76,6 +78,11 @@ pub struct Args {
     /// Serve /metrics, /healthz and /readyz on HOST:PORT.
     #[arg(long, env = "KILN_METRICS_ADDR")]
     pub metrics_addr: Option<String>,
+
+    /// How long open builds may go on after SIGTERM or SIGINT before their
+    /// connections are cut.
+    #[arg(long, value_name = "SECONDS", env = "KILN_SHUTDOWN_GRACE", default_value_t = 60)]
+    pub shutdown_grace: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,49 +106,51 @@ pub fn tcp_host_port(addr: &str) -> Result<&str, Error> {
     addr.strip_prefix("tcp://").filter(|hp| hp.contains(':')).ok_or_else(|| Error::BadAddr(addr.to_owned()))
 }
 
-/// Binds the gateway's listener (and the metrics endpoint, if asked).
+/// Binds the gateway's listener.
 pub async fn bind(addr: &str) -> Result<TcpListener, Error> {
     let hp = tcp_host_port(addr)?;
     TcpListener::bind(hp).await.map_err(|source| Error::Listen { addr: addr.to_owned(), source })
 }
 
-pub async fn serve_metrics(addr: &str, metrics: Arc<Metrics>) -> Result<(), Error> {
-    let listener =
-        TcpListener::bind(addr).await.map_err(|source| Error::Listen { addr: addr.to_owned(), source })?;
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, metrics::router(metrics)).await {
-            error!(error = %e, "metrics endpoint stopped");
-        }
-    });
-    Ok(())
-}
-
-/// A gateway over `backends`, watching their health; `allow` is its access list.
+/// A gateway over `backends`, its builders' health checked by a task in
+/// `tasks`; `allow` is its access list.
 pub fn start(
     backends: &[String],
     max_sessions: usize,
     allow: Vec<String>,
     metrics: Arc<Metrics>,
+    tasks: &mut JoinSet<()>,
 ) -> Result<Arc<Gateway>, Error> {
     for b in backends {
         tcp_host_port(b)?;
     }
     let pool = pool::Pool::new(backends.iter().map(|b| pool::Backend::new(b)).collect(), max_sessions);
     let gateway = Gateway::new(vec![PoolEntry::new(Vec::new(), pool, allow)], metrics);
-    tokio::spawn(proxy::watch_health(Arc::clone(&gateway), Duration::from_secs(2)));
+    let health = proxy::watch_health(Arc::clone(&gateway), Duration::from_secs(2));
+    tasks.spawn(health.instrument(info_span!("health checks")));
     Ok(gateway)
 }
+
+/// How long connections get to close after the drain before they are cut.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// Accepts client connections until `shutdown`; each is served on its own
 /// task with HTTP/2 (prior knowledge, as buildx and buildctl speak it) and
 /// no idle timeout: a Solve is silent for as long as the build runs.
+///
+/// Then drains: no new connections; open and waiting sessions get `grace`
+/// to end (their builds need the connections, so those stay as they are);
+/// then every connection is asked to close (GOAWAY: calls in flight finish)
+/// and gets `CLOSE_WAIT`; whatever is still open then is cut.
 pub async fn serve(
     listener: TcpListener,
     gateway: Arc<Gateway>,
     tls: Option<tokio_rustls::TlsAcceptor>,
-    shutdown: impl Future<Output = ()>,
+    shutdown: &CancellationToken,
+    grace: Duration,
 ) {
-    tokio::pin!(shutdown);
+    let closing = CancellationToken::new();
+    let mut connections = JoinSet::new();
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -151,66 +160,110 @@ pub async fn serve(
                     continue;
                 }
             },
-            () = &mut shutdown => return,
+            // Finished connections, so the set holds only open ones.
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            () = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let gateway = Arc::clone(&gateway);
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            let Some(tls) = tls else {
-                let conn = Arc::new(gateway.connection(None, None));
-                serve_connection(gateway, conn, TokioIo::new(stream), peer).await;
-                return;
-            };
-            let stream = match tls.accept(stream).await {
-                Ok(s) => s,
-                Err(e) => {
-                    info!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-            };
-            let (_, session) = stream.get_ref();
-            let server_name = session.server_name().map(str::to_owned);
-            let client = session.peer_certificates().and_then(|c| c.first()).and_then(tls::common_name);
-            debug!(%peer, server_name = ?server_name, client = ?client, "TLS connection");
-            let conn = Arc::new(gateway.connection(server_name.as_deref(), client));
-            serve_connection(gateway, conn, TokioIo::new(stream), peer).await;
-        });
+        let connection = connection(Arc::clone(&gateway), stream, tls.clone(), closing.clone());
+        connections.spawn(connection.instrument(info_span!("connection", %peer)));
     }
+    drop(listener);
+    info!(connections = connections.len(), sessions = gateway.sessions(), "stopped accepting; draining");
+    let sessions_end = async {
+        while gateway.sessions() > 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    if tokio::time::timeout(grace, sessions_end).await.is_err() {
+        warn!(
+            ?grace,
+            sessions = gateway.sessions(),
+            "sessions still open after the grace period; ending them"
+        );
+    }
+    closing.cancel();
+    let closed = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(CLOSE_WAIT, closed).await.is_err() {
+        warn!(connections = connections.len(), "connections still open; cutting them");
+    } else {
+        info!("drained");
+    }
+}
+
+/// One client connection, with TLS when the gateway serves it.
+async fn connection(
+    gateway: Arc<Gateway>,
+    stream: TcpStream,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    closing: CancellationToken,
+) {
+    let Some(tls) = tls else {
+        let conn = Arc::new(gateway.connection(None, None));
+        return serve_connection(gateway, conn, TokioIo::new(stream), &closing).await;
+    };
+    let stream = match tls.accept(stream).await {
+        Ok(s) => s,
+        Err(e) => {
+            info!(error = %e, "TLS handshake failed");
+            return;
+        }
+    };
+    let (_, session) = stream.get_ref();
+    let server_name = session.server_name().map(str::to_owned);
+    let client = session.peer_certificates().and_then(|c| c.first()).and_then(tls::common_name);
+    debug!(server_name = ?server_name, client = ?client, "TLS connection");
+    let conn = Arc::new(gateway.connection(server_name.as_deref(), client));
+    serve_connection(gateway, conn, TokioIo::new(stream), &closing).await;
 }
 
 async fn serve_connection<I>(
     gateway: Arc<Gateway>,
     conn: Arc<proxy::ClientConn>,
     io: I,
-    peer: std::net::SocketAddr,
+    closing: &CancellationToken,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let service = service_fn(move |req| Arc::clone(&gateway).handle(req, Arc::clone(&conn)));
-    let result = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+    let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .initial_stream_window_size(proxy::STREAM_WINDOW)
         .initial_connection_window_size(proxy::CONNECTION_WINDOW)
         .max_frame_size(proxy::MAX_FRAME)
-        .serve_connection(io, service)
-        .await;
+        .serve_connection(io, service);
+    let mut connection = std::pin::pin!(connection);
+    let mut asked_to_close = false;
+    let result = loop {
+        tokio::select! {
+            result = connection.as_mut() => break result,
+            () = closing.cancelled(), if !asked_to_close => {
+                asked_to_close = true;
+                connection.as_mut().graceful_shutdown();
+            }
+        }
+    };
     if let Err(e) = result {
-        debug!(%peer, error = %e, "client connection ended");
+        debug!(error = %e, "client connection ended");
     }
 }
 
-/// `kiln gateway`: serves until SIGTERM/SIGINT.
-pub async fn run(args: Args) -> Result<(), Error> {
+/// `kiln gateway`: serves until `shutdown`, then drains.
+pub async fn run(args: Args, shutdown: CancellationToken) -> Result<(), Error> {
     let metrics = Arc::new(Metrics::new()?);
+    // What serves the open sessions (health checks, the pools' watches,
+    // demand, metrics) lasts until the drain is over.
+    let mut tasks = JoinSet::new();
     if let Some(addr) = &args.metrics_addr {
-        serve_metrics(addr, Arc::clone(&metrics)).await?;
+        metrics::serve(addr, Arc::clone(&metrics), &mut tasks)
+            .await
+            .map_err(|source| Error::Listen { addr: addr.clone(), source })?;
     }
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(tls::acceptor(cert, key, args.tls_ca.as_deref())?),
         _ => None,
     };
     let gateway = if args.builders.is_empty() {
-        start(&args.backends, args.max_parallel_builds, args.allow_clients.clone(), metrics)?
+        start(&args.backends, args.max_parallel_builds, args.allow_clients.clone(), metrics, &mut tasks)?
     } else {
         let client = kube::Client::try_default().await.map_err(Error::Client)?;
         let mut pools = Vec::new();
@@ -223,14 +276,133 @@ pub async fn run(args: Args) -> Result<(), Error> {
             let entry =
                 PoolEntry::new(vec![name.to_owned(), format!("{name}.{namespace}")], pool, Vec::new());
             let (ns, n) = (namespace.to_owned(), name.to_owned());
-            tokio::spawn(cluster::watch(client.clone(), ns.clone(), n.clone(), Arc::clone(&entry)));
-            tokio::spawn(cluster::report_demand(client.clone(), ns, n, Arc::clone(&entry.pool)));
+            let watch = cluster::watch(client.clone(), ns.clone(), n.clone(), Arc::clone(&entry));
+            tasks.spawn(watch.instrument(info_span!("pool watch", %builder)));
+            let demand = cluster::report_demand(client.clone(), ns, n, Arc::clone(&entry.pool));
+            tasks.spawn(demand.instrument(info_span!("demand", %builder)));
             pools.push(entry);
         }
         Gateway::new(pools, metrics)
     };
     let listener = bind(&args.addr).await?;
     info!(addr = %args.addr, backends = ?args.backends, builders = ?args.builders, tls = tls.is_some(), "gateway serving the BuildKit API");
-    serve(listener, gateway, tls, crate::shutdown_signal()).await;
+    serve(listener, gateway, tls, &shutdown, Duration::from_secs(args.shutdown_grace)).await;
+    tasks.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::sync::Mutex;
+
+    use bytes::Bytes;
+    use futures::channel::mpsc;
+    use http_body_util::{BodyExt, Empty, StreamBody};
+    use hyper::body::{Frame, Incoming};
+    use hyper::client::conn::http2::SendRequest;
+
+    use super::*;
+
+    type Frames = mpsc::UnboundedReceiver<Result<Frame<Bytes>, Infallible>>;
+
+    const SESSION: &str = "/moby.buildkit.v1.Control/Session";
+
+    /// A builder whose Session call answers at once and then stays open
+    /// until the returned sender is dropped.
+    async fn builder() -> (String, mpsc::UnboundedSender<Result<Frame<Bytes>, Infallible>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = format!("tcp://{}", listener.local_addr().unwrap());
+        let (open, frames) = mpsc::unbounded();
+        let frames: Arc<Mutex<Option<Frames>>> = Arc::new(Mutex::new(Some(frames)));
+        tokio::spawn(
+            async move {
+                let (stream, _) = listener.accept().await.unwrap();
+                let service = service_fn(move |_req| {
+                    let frames = frames.lock().unwrap().take().unwrap();
+                    async move { Ok::<_, Infallible>(http::Response::new(StreamBody::new(frames))) }
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            }
+            .instrument(info_span!("builder")),
+        );
+        (addr, open)
+    }
+
+    /// A gateway over `builder`, serving on loopback until `shutdown`.
+    async fn gateway(
+        builder: &str,
+        shutdown: &CancellationToken,
+        grace: Duration,
+    ) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+        let backend = pool::Backend::new(builder);
+        backend.set_ready(true);
+        let pool = pool::Pool::new(vec![backend], 4);
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let gateway = Gateway::new(vec![PoolEntry::new(Vec::new(), pool, Vec::new())], metrics);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = shutdown.clone();
+        let serving = async move { serve(listener, gateway, None, &shutdown, grace).await };
+        (addr, tokio::spawn(serving.instrument(info_span!("gateway"))))
+    }
+
+    /// A client connection to the gateway at `addr`.
+    async fn client(addr: std::net::SocketAddr) -> SendRequest<Empty<Bytes>> {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn.instrument(info_span!("client")));
+        sender
+    }
+
+    /// Calls `path` on `client`; the response body streams on.
+    async fn call(client: &mut SendRequest<Empty<Bytes>>, path: &str) -> http::Response<Incoming> {
+        let request = http::Request::post(format!("http://gateway{path}"))
+            .header("content-type", "application/grpc")
+            .header("x-docker-expose-session-uuid", "s1")
+            .body(Empty::new())
+            .unwrap();
+        let response = client.send_request(request).await.unwrap();
+        assert!(response.headers().get("grpc-status").is_none(), "{response:?}");
+        response
+    }
+
+    #[tokio::test]
+    async fn a_drain_stops_accepting_and_waits_for_open_sessions() {
+        let (builder, open) = builder().await;
+        let shutdown = CancellationToken::new();
+        let (addr, serving) = gateway(&builder, &shutdown, Duration::from_secs(30)).await;
+        let mut client = client(addr).await;
+        let session = call(&mut client, SESSION).await.into_body();
+
+        shutdown.cancel();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!serving.is_finished(), "the open session holds the drain");
+        assert!(TcpStream::connect(addr).await.is_err(), "no new connections while draining");
+        // A build still makes calls on its connection (Status, bridge calls).
+        call(&mut client, route::HEALTH).await.into_body().collect().await.unwrap();
+
+        drop(open);
+        tokio::time::timeout(Duration::from_secs(5), session.collect()).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(2), serving).await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_session_still_open_at_the_deadline_is_cut() {
+        let (builder, _open) = builder().await;
+        let shutdown = CancellationToken::new();
+        let (addr, serving) = gateway(&builder, &shutdown, Duration::from_millis(200)).await;
+        let session = call(&mut client(addr).await, SESSION).await.into_body();
+
+        shutdown.cancel();
+        let waited = Duration::from_millis(200) + CLOSE_WAIT + Duration::from_secs(2);
+        tokio::time::timeout(waited, serving).await.unwrap().unwrap();
+        let cut = tokio::time::timeout(Duration::from_secs(2), session.collect()).await.unwrap();
+        assert!(cut.is_err(), "the client sees its session end abruptly");
+    }
 }

@@ -365,7 +365,7 @@ impl Pool {
         None
     }
 
-    /// Binds build `r` (and any further session ids of its Solve) to `backend`.
+    /// Binds build `r` to `backend`.
     pub fn bind_ref(&self, r: &str, backend: &Arc<Backend>) {
         let mut bindings = lock(&self.bindings);
         let b = &mut *bindings;
@@ -443,7 +443,18 @@ fn remember(
 
 #[cfg(test)]
 mod tests {
+    use tracing::Instrument;
+
     use super::*;
+
+    /// A concurrent caller of the pool, named in what it logs.
+    fn spawn<F>(caller: &'static str, call: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        tokio::spawn(call.instrument(tracing::info_span!("caller", caller)))
+    }
 
     fn pool(n: usize, max: usize) -> Arc<Pool> {
         let backends: Vec<_> = (0..n).map(|i| Backend::new(&format!("tcp://10.0.0.{i}:1234"))).collect();
@@ -503,7 +514,7 @@ mod tests {
     async fn a_full_pool_queues_until_a_session_ends() {
         let p = pool(1, 1);
         let (first, _) = p.open_session("a", "k").await;
-        let waiting = tokio::spawn({
+        let waiting = spawn("waiting", {
             let p = Arc::clone(&p);
             async move { p.open_session("b", "k").await.0.backend.addr.clone() }
         });
@@ -520,7 +531,7 @@ mod tests {
         let backends = p.backends();
         lock(&backends[0].state).draining = true;
         backends[1].set_ready(false);
-        let pending = tokio::spawn({
+        let pending = spawn("pending", {
             let p = Arc::clone(&p);
             async move { p.open_session("s", "k").await.0.backend.addr.clone() }
         });
@@ -535,11 +546,11 @@ mod tests {
     #[tokio::test]
     async fn a_pool_at_zero_holds_the_session_and_its_solve_until_a_builder_comes() {
         let p = Pool::new(Vec::new(), 4);
-        let session = tokio::spawn({
+        let session = spawn("session", {
             let p = Arc::clone(&p);
             async move { p.open_session("s", "k").await.0 }
         });
-        let solve = tokio::spawn({
+        let solve = spawn("solve", {
             let p = Arc::clone(&p);
             async move {
                 let _queued = p.queue_ref("r");
@@ -549,7 +560,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(p.demand(), 1, "the waiting session is demand");
         assert!(!solve.is_finished(), "the Solve outlives the usual wait while its session waits");
-        let status = tokio::spawn({
+        let status = spawn("status", {
             let p = Arc::clone(&p);
             async move { p.ref_backend("r", Duration::from_millis(50)).await.map(|b| b.addr.clone()) }
         });
@@ -582,11 +593,11 @@ mod tests {
     async fn calls_for_a_queued_build_wait_past_their_usual_wait() {
         let p = pool(1, 1);
         let (first, _) = p.open_session("a", "k1").await;
-        let session = tokio::spawn({
+        let session = spawn("session", {
             let p = Arc::clone(&p);
             async move { p.open_session("b", "k2").await.0 }
         });
-        let solve = tokio::spawn({
+        let solve = spawn("solve", {
             let p = Arc::clone(&p);
             async move {
                 let queued = p.queue_ref("rb");
@@ -599,7 +610,7 @@ mod tests {
             }
         });
         tokio::time::sleep(Duration::from_millis(10)).await;
-        let status = tokio::spawn({
+        let status = spawn("status", {
             let p = Arc::clone(&p);
             async move { p.ref_backend("rb", Duration::from_millis(20)).await.is_some() }
         });
@@ -624,7 +635,7 @@ mod tests {
     async fn a_ref_bound_late_is_still_found_by_a_waiting_status() {
         let p = pool(1, 4);
         let backend = p.backends()[0].clone();
-        let waiter = tokio::spawn({
+        let waiter = spawn("waiter", {
             let p = Arc::clone(&p);
             async move { p.ref_backend("r1", Duration::from_secs(2)).await.map(|b| b.addr.clone()) }
         });

@@ -16,18 +16,17 @@ use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use prost::Message;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, info_span, instrument, warn};
 
 use super::grpc::{self, Body, BoxError, RefOnly, SolveIds, code};
 use super::pool::{Backend, Pool, SessionSlot};
+use super::route::{self, Route};
 use crate::metrics::Metrics;
 
 /// How long a call naming a session or build waits for it to be bound: the
 /// daemon's own waits (`solver/jobs.go`, 6 s; the session manager, 5 s).
 const BIND_WAIT: Duration = Duration::from_secs(6);
 
-const CONTROL: &str = "/moby.buildkit.v1.Control/";
-const BRIDGE: &str = "/moby.buildkit.v1.frontend.LLBBridge/";
 const BUILD_ID: &str = "buildkit-controlapi-buildid";
 
 /// HTTP/2 windows: tonic's and hyper's defaults (64 KiB streams) cap a
@@ -70,9 +69,14 @@ impl PoolEntry {
         *self.access.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = clients;
     }
 
-    fn admits(&self, client: Option<&str>) -> bool {
-        let access = self.access.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        access.is_empty() || client.is_some_and(|c| access.iter().any(|a| a == c))
+    /// Why `client` may not use this pool, if it may not.
+    fn denies(&self, client: Option<&str>) -> Option<String> {
+        route::denied(&self.access.lock().unwrap_or_else(std::sync::PoisonError::into_inner), client)
+    }
+
+    /// The pool's last ListWorkers answer.
+    fn last_workers(&self) -> Option<Bytes> {
+        self.workers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     fn label(&self) -> &str {
@@ -134,6 +138,12 @@ impl Gateway {
         Arc::new(Self { pools, metrics, upstreams: Mutex::default() })
     }
 
+    /// Sessions open or waiting for a builder, in every pool: the builds a
+    /// drain waits for.
+    pub fn sessions(&self) -> usize {
+        self.pools.iter().map(|p| p.pool.demand()).sum()
+    }
+
     /// The state of a new client connection: its pool by TLS server name
     /// (any pool when there is only one), and its certificate's name.
     pub fn connection(&self, server_name: Option<&str>, client: Option<String>) -> ClientConn {
@@ -179,12 +189,12 @@ impl Gateway {
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|source| ForwardError::Handshake { addr: addr.to_owned(), source })?;
-        let name = addr.to_owned();
-        tokio::spawn(async move {
+        let driving = async move {
             if let Err(e) = conn.await {
-                debug!(builder = %name, error = %e, "connection to builder ended");
+                debug!(error = %e, "connection to builder ended");
             }
-        });
+        };
+        tokio::spawn(driving.instrument(info_span!("builder connection", builder = %addr)));
         *slot = Some(sender.clone());
         Ok(sender)
     }
@@ -199,6 +209,7 @@ impl Gateway {
         body: Body,
         hold: Option<SessionSlot>,
     ) -> Response<Body> {
+        tracing::Span::current().record("builder", backend.addr.as_str());
         match self.try_forward(backend, parts, body).await {
             Ok(response) => {
                 let metrics = Arc::clone(&self.metrics);
@@ -263,13 +274,14 @@ impl Gateway {
     }
 
     /// Routes one call.
+    #[instrument(name = "call", skip_all, fields(rpc = %req.uri().path(), builder = tracing::field::Empty))]
     pub async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
         conn: Arc<ClientConn>,
     ) -> Result<Response<Body>, Infallible> {
         let path = req.uri().path().to_owned();
-        if path == "/grpc.health.v1.Health/Check" {
+        if path == route::HEALTH {
             return Ok(grpc::unary(&[0x08, 0x01]));
         }
         let entry = match &conn.entry {
@@ -279,41 +291,28 @@ impl Gateway {
                 return Ok(grpc::status(code::NOT_FOUND, message));
             }
         };
-        if !entry.admits(conn.client.as_deref()) {
+        if let Some(message) = entry.denies(conn.client.as_deref()) {
             self.metrics.gateway_error("access_denied");
-            let who = conn
-                .client
-                .as_deref()
-                .map_or("a client without a certificate".to_owned(), |c| format!("client {c:?}"));
-            let message = format!(
-                "kiln gateway: {who} may not use this pool: the certificate's name is not in its access list"
-            );
             return Ok(grpc::status(code::PERMISSION_DENIED, &message));
         }
-        let response = match path.as_str() {
-            p if p == format!("{CONTROL}Session") => self.session(req, &entry.pool, &conn).await,
-            p if p == format!("{CONTROL}Solve") => self.solve(req, &entry.pool, &conn).await,
-            p if p == format!("{CONTROL}Status") => self.by_ref_in_body(req, &entry.pool, &conn).await,
-            p if p == format!("{CONTROL}ListWorkers") => self.list_workers(req, &entry).await,
-            p if p == format!("{CONTROL}Info") && entry.pool.any().is_none() => grpc::unary(&info_message()),
-            p if p == format!("{CONTROL}DiskUsage") => self.fan_out(req, &entry.pool, false).await,
-            p if p == format!("{CONTROL}Prune") => self.fan_out(req, &entry.pool, true).await,
-            p if p.starts_with(BRIDGE) => self.by_build_header(req, &entry.pool, &conn).await,
-            _ => self.by_connection(req, &entry.pool, &conn).await,
+        let response = match route::route(&path, || entry.pool.any().is_some()) {
+            Route::Session => self.session(req, &entry.pool, &conn).await,
+            Route::Solve => self.solve(req, &entry.pool, &conn).await,
+            Route::RefInBody => self.by_ref_in_body(req, &entry.pool, &conn).await,
+            Route::RefInHeader => self.by_build_header(req, &entry.pool, &conn).await,
+            Route::GatewayInfo => grpc::unary(&info_message()),
+            Route::GatewayWorkers => grpc::unary(&entry.last_workers().unwrap_or_else(placeholder_workers)),
+            Route::ListWorkers => self.list_workers(req, &entry).await,
+            Route::FanOut { streaming } => self.fan_out(req, &entry.pool, streaming).await,
+            Route::Connection => self.by_connection(req, &entry.pool, &conn).await,
         };
         Ok(response)
     }
 
-    /// ListWorkers of every ready builder, merged; while none is ready, the
-    /// last answer (or one worker of this machine's platform) so buildx does
-    /// not take a pool scaling up from zero for a dead builder.
+    /// ListWorkers of every ready builder, merged and remembered, so that
+    /// while none is ready the gateway can answer in their stead and buildx
+    /// does not take a pool scaling up from zero for a dead builder.
     async fn list_workers(&self, req: Request<Incoming>, entry: &PoolEntry) -> Response<Body> {
-        let lock =
-            |m: &Mutex<Option<Bytes>>| m.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-        if entry.pool.any().is_none() {
-            let message = lock(&entry.workers).unwrap_or_else(placeholder_workers);
-            return grpc::unary(&message);
-        }
         let response = self.fan_out(req, &entry.pool, false).await;
         if response.headers().get("grpc-status").is_none() {
             let (head, body) = response.into_parts();
