@@ -2,10 +2,8 @@
 //! heredocs, HTTP(S) downloads and git repositories, with `--chown`,
 //! `--chmod`, `--link`, `--parents` and `--exclude`.
 
-use super::{
-    ConvertErrorKind, Converter, DESCRIPTION_COMMAND, Fail, Lines, Result, lint, process_cmd_env,
-    uppercase_cmd,
-};
+use super::dispatch::{process_cmd_env, uppercase_cmd};
+use super::{ConvertErrorKind, Converter, DESCRIPTION_COMMAND, Fail, Lines, Result, lint};
 use crate::frontend::dockerfile::instructions::{AddCommand, CopyCommand, SourcesAndDest};
 use crate::frontend::llb::git::parse_url;
 use crate::frontend::llb::{

@@ -4,10 +4,8 @@
 
 use std::collections::BTreeSet;
 
-use super::{
-    ConvertErrorKind, Converter, DESCRIPTION_COMMAND, Fail, Lines, Result, process_cmd_env, uppercase_cmd,
-    with_shell,
-};
+use super::dispatch::{process_cmd_env, uppercase_cmd, with_shell};
+use super::{ConvertErrorKind, Converter, DESCRIPTION_COMMAND, Fail, Lines, Result};
 use crate::frontend::dockerfile::instructions::{
     self, MountType, NetworkMode, RunCommand, Security, ShareMode,
 };

@@ -9,7 +9,10 @@ use pb::file_action::Action;
 use prost::Message;
 use serde_json::{Value, json};
 
+use super::config::{parse_port, valid_signal};
+use super::dispatch::{format_target_platform, platform_from_env};
 use super::*;
+use crate::frontend::llb::format_platform;
 use crate::solver::llb::{Graph, Vertex, digest_of};
 
 const LAYER: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";

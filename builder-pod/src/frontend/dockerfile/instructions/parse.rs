@@ -1,0 +1,749 @@
+//! The AST to instructions and stages (`instructions/parse.go`): one parser
+//! per instruction, the ARGs before the first FROM, and the build checks
+//! that fire while parsing.
+
+use std::time::Duration;
+
+use super::commands::{
+    AddCommand, ArgCommand, ArgDefinition, Command, CopyCommand, Healthcheck, Instruction, KeyValuePair,
+    NetworkMode, RunCommand, Security, ShellDependentCmdLine, ShellInlineFile, SourceContent, SourcesAndDest,
+    Stage, Stages,
+};
+use super::errors::{InstructionError, InstructionErrorKind, StageError, suggestion};
+use super::flags::{FlagKind, Flags};
+use super::mounts::{parse_device, parse_mount};
+use crate::frontend::dockerfile::go_quote;
+use crate::frontend::dockerfile::linter::{CheckConfig, Warning};
+use crate::frontend::dockerfile::parser::{self, Args, Ast, Node};
+
+/// Every instruction, upper-cased, for "did you mean" suggestions.
+const INSTRUCTION_NAMES: [&str; 18] = [
+    "ADD",
+    "ARG",
+    "CMD",
+    "COPY",
+    "ENTRYPOINT",
+    "ENV",
+    "EXPOSE",
+    "FROM",
+    "HEALTHCHECK",
+    "LABEL",
+    "MAINTAINER",
+    "ONBUILD",
+    "RUN",
+    "SHELL",
+    "STOPSIGNAL",
+    "USER",
+    "VOLUME",
+    "WORKDIR",
+];
+
+/// Splits the AST into stages and the ARGs before the first FROM.
+pub fn parse_stages(ast: &Ast) -> Result<(Vec<Stage>, Vec<ArgCommand>), StageError> {
+    let check = CheckConfig { skip_all: true, ..CheckConfig::default() };
+    parse_stages_with_checks(ast, &check).map(|s| (s.stages, s.meta_args))
+}
+
+/// Like [`parse_stages`], also running the build checks BuildKit runs while
+/// parsing instructions and stages, filtered by `check` (the `# check=`
+/// directive, adjusted per instruction by a `# check=` comment above it).
+pub fn parse_stages_with_checks(ast: &Ast, check: &CheckConfig) -> Result<Stages, StageError> {
+    let mut stages: Vec<Stage> = Vec::new();
+    let mut meta_args = Vec::new();
+    let mut warnings = Vec::new();
+    for node in &ast.nodes {
+        let mut node_warnings = Vec::new();
+        let parsed = parse_instruction(node, &mut node_warnings);
+        let node_check = check.with_comments(&node.comments);
+        warnings.extend(node_warnings.into_iter().filter(|w| node_check.enabled(w.rule)));
+        match parsed.map_err(StageError::Instruction)? {
+            Parsed::Stage(stage) => stages.push(stage),
+            Parsed::Command(command) => {
+                if let (true, Instruction::Arg(arg)) = (stages.is_empty(), &command.instruction) {
+                    meta_args.push(arg.clone());
+                    continue;
+                }
+                let Some(stage) = stages.last_mut() else {
+                    return Err(StageError::NoStage { start_line: node.start_line, end_line: node.end_line });
+                };
+                stage.commands.push(command);
+            }
+        }
+    }
+    let mut stage_warnings = stage_name_checks(&stages);
+    stage_warnings.extend(casing_checks(&stages));
+    warnings.extend(stage_warnings.into_iter().filter(|w| check.enabled(w.rule)));
+    Ok(Stages { stages, meta_args, warnings })
+}
+
+/// Parses one instruction that must not be FROM, such as an ONBUILD trigger
+/// re-parsed in a child build (`instructions.ParseCommand`).
+pub fn parse_command(node: &Node) -> Result<Command, InstructionError> {
+    match parse_instruction(node, &mut Vec::new())? {
+        Parsed::Command(c) => Ok(c),
+        Parsed::Stage(_) => Err(InstructionError {
+            kind: InstructionErrorKind::NotACommand,
+            start_line: node.start_line,
+            end_line: node.end_line,
+        }),
+    }
+}
+
+enum Parsed {
+    Stage(Stage),
+    Command(Command),
+}
+
+/// The reserved stage names and duplicates (dockerfile2llb `validateStageNames`).
+fn stage_name_checks(stages: &[Stage]) -> Vec<Warning> {
+    let mut warnings = Vec::new();
+    let mut seen: Vec<&str> = Vec::new();
+    for stage in stages.iter().filter(|s| !s.name.is_empty()) {
+        if matches!(stage.name.as_str(), "context" | "scratch") {
+            warnings.push(Warning::reserved_stage_name(&stage.name, stage.start_line, stage.end_line));
+        }
+        if seen.contains(&stage.name.as_str()) {
+            warnings.push(Warning::duplicate_stage_name(&stage.name, stage.start_line, stage.end_line));
+        }
+        seen.push(&stage.name);
+    }
+    warnings
+}
+
+/// Instructions should share one casing (dockerfile2llb `validateCommandCasing`).
+fn casing_checks(stages: &[Stage]) -> Vec<Warning> {
+    let keywords = || {
+        stages.iter().flat_map(|s| {
+            std::iter::once((s.orig_cmd.as_str(), s.start_line, s.end_line))
+                .chain(s.commands.iter().map(|c| (c.keyword.as_str(), c.start_line, c.end_line)))
+        })
+    };
+    let (mut lower, mut upper) = (0, 0);
+    for (keyword, _, _) in keywords() {
+        if keyword == keyword.to_lowercase() {
+            lower += 1;
+        } else if keyword == keyword.to_uppercase() {
+            upper += 1;
+        }
+    }
+    let majority_lower = lower > upper;
+    keywords()
+        .filter_map(|(keyword, start, end)| {
+            let casing = if majority_lower && keyword.to_lowercase() != keyword {
+                "lowercase"
+            } else if !majority_lower && keyword.to_uppercase() != keyword {
+                "uppercase"
+            } else {
+                return None;
+            };
+            Some(Warning::consistent_casing(keyword, casing, start, end))
+        })
+        .collect()
+}
+
+fn parse_instruction(node: &Node, warnings: &mut Vec<Warning>) -> Result<Parsed, InstructionError> {
+    let at = |kind| InstructionError { kind, start_line: node.start_line, end_line: node.end_line };
+    let (start, end) = (node.start_line, node.end_line);
+    let args = node.flat_args();
+    let command = |instruction| Command {
+        keyword: node.keyword.clone(),
+        source_code: node.original.trim().to_owned(),
+        start_line: start,
+        end_line: end,
+        comments: node.comments.clone(),
+        instruction,
+    };
+    let no_flags = || Flags::new(&node.flags, &[]).parse();
+
+    let instruction = match node.name.as_str() {
+        "env" => {
+            no_flags().map_err(at)?;
+            Instruction::Env(key_values(node, "ENV").map_err(at)?)
+        }
+        "maintainer" => {
+            warnings.push(Warning::maintainer_deprecated(start, end));
+            let maintainer = exactly_one(&args, "MAINTAINER").map_err(at)?;
+            no_flags().map_err(at)?;
+            Instruction::Maintainer(maintainer)
+        }
+        "label" => {
+            no_flags().map_err(at)?;
+            Instruction::Label(key_values(node, "LABEL").map_err(at)?)
+        }
+        "add" => Instruction::Add(parse_add(node, &args).map_err(at)?),
+        "copy" => Instruction::Copy(parse_copy(node, &args).map_err(at)?),
+        "from" => return parse_from(node, &args, warnings).map(Parsed::Stage).map_err(at),
+        "onbuild" => Instruction::Onbuild(parse_onbuild(node, &args).map_err(at)?),
+        "workdir" => {
+            let path = exactly_one(&args, "WORKDIR").map_err(at)?;
+            no_flags().map_err(at)?;
+            Instruction::Workdir(path)
+        }
+        "run" => Instruction::Run(parse_run(node, &args).map_err(at)?),
+        "cmd" => {
+            no_flags().map_err(at)?;
+            Instruction::Cmd(shell_dependent(node, &args))
+        }
+        "healthcheck" => Instruction::Healthcheck(parse_healthcheck(node, &args).map_err(at)?),
+        "entrypoint" => {
+            no_flags().map_err(at)?;
+            Instruction::Entrypoint(shell_dependent(node, &args))
+        }
+        "expose" => {
+            if args.is_empty() {
+                return Err(at(InstructionErrorKind::AtLeastOneArgument("EXPOSE")));
+            }
+            no_flags().map_err(at)?;
+            let mut ports = args;
+            ports.sort();
+            Instruction::Expose(ports)
+        }
+        "user" => {
+            let user = exactly_one(&args, "USER").map_err(at)?;
+            no_flags().map_err(at)?;
+            Instruction::User(user)
+        }
+        "volume" => {
+            if args.is_empty() {
+                return Err(at(InstructionErrorKind::AtLeastOneArgument("VOLUME")));
+            }
+            no_flags().map_err(at)?;
+            let mut volumes = Vec::with_capacity(args.len());
+            for v in &args {
+                let v = v.trim();
+                if v.is_empty() {
+                    return Err(at(InstructionErrorKind::EmptyVolume));
+                }
+                volumes.push(v.to_owned());
+            }
+            Instruction::Volume(volumes)
+        }
+        // Upstream parses no flags for STOPSIGNAL and ARG: any given are ignored.
+        "stopsignal" => Instruction::StopSignal(exactly_one(&args, "STOPSIGNAL").map_err(at)?),
+        "arg" => {
+            let arg = parse_arg(node, &args).map_err(at)?;
+            let keys: Vec<&str> = arg.args.iter().map(|a| a.key.as_str()).collect();
+            definition_description("ARG", &keys, node, warnings);
+            Instruction::Arg(arg)
+        }
+        "shell" => {
+            no_flags().map_err(at)?;
+            let shell = json_args(&args, node.json);
+            if shell.is_empty() {
+                return Err(at(InstructionErrorKind::AtLeastOneArgument("SHELL")));
+            }
+            if !node.json {
+                return Err(at(InstructionErrorKind::ShellNotJson));
+            }
+            Instruction::Shell(shell)
+        }
+        _ => {
+            return Err(at(InstructionErrorKind::UnknownInstruction {
+                instruction: node.keyword.clone(),
+                suggestion: suggestion(&node.keyword, &INSTRUCTION_NAMES, false),
+            }));
+        }
+    };
+    Ok(Parsed::Command(command(instruction)))
+}
+
+fn exactly_one(args: &[String], instruction: &'static str) -> Result<String, InstructionErrorKind> {
+    match args {
+        [one] => Ok(one.clone()),
+        _ => Err(InstructionErrorKind::ExactlyOneArgument(instruction)),
+    }
+}
+
+fn key_values(node: &Node, instruction: &'static str) -> Result<Vec<KeyValuePair>, InstructionErrorKind> {
+    let pairs = match &node.args {
+        Args::KeyValues(pairs) => pairs.as_slice(),
+        _ => &[],
+    };
+    if pairs.is_empty() {
+        return Err(InstructionErrorKind::AtLeastOneArgument(instruction));
+    }
+    pairs
+        .iter()
+        .map(|p| {
+            if p.key.is_empty() {
+                return Err(InstructionErrorKind::BlankNames(instruction));
+            }
+            Ok(KeyValuePair { key: p.key.clone(), value: p.value.clone(), no_delim: p.legacy })
+        })
+        .collect()
+}
+
+/// Exec form keeps the words; shell form joins them into one command string.
+fn json_args(args: &[String], json: bool) -> Vec<String> {
+    if args.is_empty() || json { args.to_vec() } else { vec![args.join(" ")] }
+}
+
+fn shell_dependent(node: &Node, args: &[String]) -> ShellDependentCmdLine {
+    ShellDependentCmdLine {
+        cmd_line: json_args(args, node.json),
+        files: node
+            .heredocs
+            .iter()
+            .map(|h| ShellInlineFile { name: h.name.clone(), data: h.content.clone(), chomp: h.chomp })
+            .collect(),
+        prepend_shell: !node.json,
+    }
+}
+
+fn sources_and_dest(
+    node: &Node,
+    args: &[String],
+    instruction: &'static str,
+) -> Result<SourcesAndDest, InstructionErrorKind> {
+    let Some((dest, sources)) = args.split_last() else {
+        return Err(InstructionErrorKind::NoDestination(instruction));
+    };
+    if heredoc_word(dest).is_some() {
+        return Err(InstructionErrorKind::HeredocDestination(instruction));
+    }
+    let mut out =
+        SourcesAndDest { dest_path: dest.clone(), source_paths: Vec::new(), source_contents: Vec::new() };
+    for source in sources {
+        match heredoc_word(source) {
+            Some(heredoc) => {
+                // The last heredoc of that name wins, as in upstream's lookup map.
+                let content = node
+                    .heredocs
+                    .iter()
+                    .rev()
+                    .find(|h| h.name == heredoc.name)
+                    .map(|h| h.content.clone())
+                    .unwrap_or_default();
+                let data = if heredoc.chomp { parser::chomp_heredoc_content(&content) } else { content };
+                out.source_contents.push(SourceContent { path: heredoc.name, data, expand: heredoc.expand });
+            }
+            None => out.source_paths.push(source.clone()),
+        }
+    }
+    Ok(out)
+}
+
+/// `MustParseHeredoc`: lexing errors count as "not a heredoc".
+fn heredoc_word(word: &str) -> Option<parser::Heredoc> {
+    parser::parse_heredoc(word).ok().flatten()
+}
+
+fn parse_add(node: &Node, args: &[String]) -> Result<AddCommand, InstructionErrorKind> {
+    if args.len() < 2 {
+        return Err(InstructionErrorKind::NoDestination("ADD"));
+    }
+    let mut flags = Flags::new(
+        &node.flags,
+        &[
+            ("chown", FlagKind::Str),
+            ("chmod", FlagKind::Str),
+            ("link", FlagKind::Bool),
+            ("keep-git-dir", FlagKind::Bool),
+            ("checksum", FlagKind::Str),
+            ("unpack", FlagKind::Bool),
+            ("exclude", FlagKind::Strings),
+        ],
+    );
+    flags.parse()?;
+    Ok(AddCommand {
+        sources: sources_and_dest(node, args, "ADD")?,
+        chown: flags.string("chown"),
+        chmod: flags.string("chmod"),
+        link: flags.is_true("link"),
+        exclude_patterns: flags.strings("exclude"),
+        keep_git_dir: flags.bool_given("keep-git-dir"),
+        checksum: flags.string("checksum"),
+        unpack: flags.bool_given("unpack"),
+    })
+}
+
+fn parse_copy(node: &Node, args: &[String]) -> Result<CopyCommand, InstructionErrorKind> {
+    if args.len() < 2 {
+        return Err(InstructionErrorKind::NoDestination("COPY"));
+    }
+    let mut flags = Flags::new(
+        &node.flags,
+        &[
+            ("chown", FlagKind::Str),
+            ("from", FlagKind::Str),
+            ("chmod", FlagKind::Str),
+            ("link", FlagKind::Bool),
+            ("exclude", FlagKind::Strings),
+            ("parents", FlagKind::Bool),
+        ],
+    );
+    flags.parse()?;
+    Ok(CopyCommand {
+        sources: sources_and_dest(node, args, "COPY")?,
+        from: flags.string("from"),
+        chown: flags.string("chown"),
+        chmod: flags.string("chmod"),
+        link: flags.is_true("link"),
+        exclude_patterns: flags.strings("exclude"),
+        parents: flags.is_true("parents"),
+    })
+}
+
+fn parse_from(
+    node: &Node,
+    args: &[String],
+    warnings: &mut Vec<Warning>,
+) -> Result<Stage, InstructionErrorKind> {
+    let (start, end) = (node.start_line, node.end_line);
+    if let [_, _, name] = args
+        && *name != name.to_lowercase()
+    {
+        warnings.push(Warning::stage_name_casing(name, start, end));
+    }
+    if let [_, as_, _, ..] = args {
+        let from = node.keyword.as_str();
+        let from_lower = from == from.to_lowercase();
+        let from_upper = from == from.to_uppercase();
+        let mismatch =
+            if from_lower { *as_ != as_.to_lowercase() } else { from_upper && *as_ != as_.to_uppercase() };
+        if mismatch {
+            warnings.push(Warning::from_as_casing(from, as_, start, end));
+        }
+    }
+    let name = match args {
+        [_, as_, name] if as_.eq_ignore_ascii_case("as") => {
+            let lower = name.to_lowercase();
+            if !valid_stage_name(&lower) {
+                return Err(InstructionErrorKind::InvalidStageName(name.clone()));
+            }
+            lower
+        }
+        [_] => String::new(),
+        _ => return Err(InstructionErrorKind::FromArguments),
+    };
+    let mut flags = Flags::new(&node.flags, &[("platform", FlagKind::Str)]);
+    flags.parse()?;
+    if !name.is_empty() {
+        definition_description("FROM", &[name.as_str()], node, warnings);
+    }
+    Ok(Stage {
+        doc_comment: doc_comment(&node.comments, &name),
+        name,
+        base_name: args[0].clone(),
+        platform: flags.string("platform"),
+        orig_cmd: node.keyword.clone(),
+        source_code: node.original.trim().to_owned(),
+        comments: node.comments.clone(),
+        start_line: start,
+        end_line: end,
+        commands: Vec::new(),
+    })
+}
+
+/// `^[a-z][a-z0-9-_.]*$`
+fn valid_stage_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
+}
+
+/// The text after `NAME ` in a comment above the definition.
+fn doc_comment(comments: &[String], name: &str) -> String {
+    if name.is_empty() {
+        return String::new();
+    }
+    let prefix = format!("{name} ");
+    comments.iter().find_map(|c| c.strip_prefix(&prefix)).unwrap_or_default().to_owned()
+}
+
+/// A comment directly above ARG/FROM should describe what it defines
+/// (`validateDefinitionDescription`, an experimental check).
+fn definition_description(instruction: &str, keys: &[&str], node: &Node, warnings: &mut Vec<Warning>) {
+    let (Some(last), Some(first_key)) = (node.comments.last(), keys.first()) else { return };
+    let word = last.split(' ').next().unwrap_or_default();
+    if keys.contains(&word) {
+        return;
+    }
+    let example = if keys.len() > 1 { "<arg_key>" } else { first_key };
+    warnings.push(Warning::invalid_definition_description(
+        instruction,
+        example,
+        node.start_line,
+        node.end_line,
+    ));
+}
+
+fn parse_onbuild(node: &Node, args: &[String]) -> Result<String, InstructionErrorKind> {
+    let Some(trigger) = args.first() else {
+        return Err(InstructionErrorKind::AtLeastOneArgument("ONBUILD"));
+    };
+    Flags::new(&node.flags, &[]).parse()?;
+    let trigger = trigger.trim().to_uppercase();
+    match trigger.as_str() {
+        "ONBUILD" => return Err(InstructionErrorKind::OnbuildChained),
+        "MAINTAINER" | "FROM" => return Err(InstructionErrorKind::OnbuildTrigger(trigger)),
+        _ => {}
+    }
+    // `(?i)^\s*ONBUILD\s*` removed from the original line.
+    let re_space = |c: char| matches!(c, ' ' | '\t' | '\n' | '\u{c}' | '\r');
+    let original = node.original.trim_start_matches(re_space);
+    let mut expression = match original.get(..7) {
+        Some(word) if word.eq_ignore_ascii_case("onbuild") => original[7..].trim_start_matches(re_space),
+        _ => node.original.as_str(),
+    }
+    .to_owned();
+    for heredoc in &node.heredocs {
+        expression.push('\n');
+        expression.push_str(&heredoc.content);
+        expression.push_str(&heredoc.name);
+    }
+    Ok(expression)
+}
+
+fn parse_run(node: &Node, args: &[String]) -> Result<RunCommand, InstructionErrorKind> {
+    let mut flags = Flags::new(
+        &node.flags,
+        &[
+            ("device", FlagKind::Strings),
+            ("mount", FlagKind::Strings),
+            ("network", FlagKind::Str),
+            ("security", FlagKind::Str),
+        ],
+    );
+    flags.parse()?;
+    let mut flags_used: Vec<String> = flags.used.iter().map(|s| (*s).to_owned()).collect();
+    flags_used.sort();
+
+    // Checked in upstream's hook order: devices, mounts, network, security.
+    let devices = flags.strings("device").iter().map(|d| parse_device(d)).collect::<Result<Vec<_>, _>>()?;
+    let mount_specs = flags.strings("mount");
+    for spec in &mount_specs {
+        parse_mount(spec, None)?;
+    }
+    let network = match flags.string("network").as_str() {
+        "" if !flags.used.contains(&"network") => NetworkMode::Default,
+        "default" => NetworkMode::Default,
+        "none" => NetworkMode::None,
+        "host" => NetworkMode::Host,
+        other => return Err(InstructionErrorKind::InvalidNetwork(other.to_owned())),
+    };
+    let security = match flags.string("security").as_str() {
+        "" if !flags.used.contains(&"security") => Security::Sandbox,
+        "sandbox" => Security::Sandbox,
+        "insecure" => Security::Insecure,
+        other => return Err(InstructionErrorKind::InvalidSecurity(other.to_owned())),
+    };
+    Ok(RunCommand { cmd: shell_dependent(node, args), mount_specs, network, security, devices, flags_used })
+}
+
+fn parse_healthcheck(node: &Node, args: &[String]) -> Result<Healthcheck, InstructionErrorKind> {
+    let Some((kind, rest)) = args.split_first() else {
+        return Err(InstructionErrorKind::AtLeastOneArgument("HEALTHCHECK"));
+    };
+    let kind = kind.to_uppercase();
+    let mut check = Healthcheck {
+        test: Vec::new(),
+        interval: Duration::ZERO,
+        timeout: Duration::ZERO,
+        start_period: Duration::ZERO,
+        start_interval: Duration::ZERO,
+        retries: 0,
+    };
+    if kind == "NONE" {
+        // Upstream does not look at flags for NONE.
+        if !rest.is_empty() {
+            return Err(InstructionErrorKind::HealthcheckNoneArguments);
+        }
+        check.test = vec![kind];
+        return Ok(check);
+    }
+    let mut flags = Flags::new(
+        &node.flags,
+        &[
+            ("interval", FlagKind::Str),
+            ("timeout", FlagKind::Str),
+            ("start-period", FlagKind::Str),
+            ("start-interval", FlagKind::Str),
+            ("retries", FlagKind::Str),
+        ],
+    );
+    flags.parse()?;
+    if kind != "CMD" {
+        return Err(InstructionErrorKind::HealthcheckUnknownType(kind));
+    }
+    let command = json_args(rest, node.json);
+    if command.is_empty() {
+        return Err(InstructionErrorKind::HealthcheckMissingCommand);
+    }
+    let test_kind = if node.json { "CMD" } else { "CMD-SHELL" };
+    check.test = std::iter::once(test_kind.to_owned()).chain(command).collect();
+    check.interval = interval(&flags, "interval")?;
+    check.timeout = interval(&flags, "timeout")?;
+    check.start_period = interval(&flags, "start-period")?;
+    check.start_interval = interval(&flags, "start-interval")?;
+    let retries = flags.string("retries");
+    if !retries.is_empty() {
+        let n = parse_go_i32(&retries)?;
+        if n < 0 {
+            return Err(InstructionErrorKind::NegativeRetries(n.into()));
+        }
+        check.retries = n;
+    }
+    Ok(check)
+}
+
+/// A health check interval: empty or zero means unset, otherwise at least 1ms.
+fn interval(flags: &Flags<'_>, name: &str) -> Result<Duration, InstructionErrorKind> {
+    let value = flags.string(name);
+    if value.is_empty() {
+        return Ok(Duration::ZERO);
+    }
+    let nanos = parse_go_duration(&value).map_err(InstructionErrorKind::Duration)?;
+    if nanos == 0 {
+        return Ok(Duration::ZERO);
+    }
+    if nanos < 1_000_000 {
+        return Err(InstructionErrorKind::IntervalTooShort(name.to_owned()));
+    }
+    Ok(Duration::from_nanos(nanos.unsigned_abs()))
+}
+
+/// `strconv.ParseInt(s, 10, 32)`.
+pub(super) fn parse_go_i32(s: &str) -> Result<i32, InstructionErrorKind> {
+    let fail = |what: &str| {
+        InstructionErrorKind::Retries(format!("strconv.ParseInt: parsing {}: {what}", go_quote(s)))
+    };
+    let digits = s.strip_prefix(['+', '-']).unwrap_or(s);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(fail("invalid syntax"));
+    }
+    let magnitude: i128 = digits.parse().unwrap_or(i128::MAX);
+    let value = if s.starts_with('-') { -magnitude } else { magnitude };
+    i32::try_from(value).map_err(|_| fail("value out of range"))
+}
+
+/// Go's `time.ParseDuration`, in nanoseconds; the error is Go's text.
+pub(super) fn parse_go_duration(orig: &str) -> Result<i64, String> {
+    let invalid = || format!("time: invalid duration {}", time_quote(orig));
+    let mut s = orig;
+    let mut negative = false;
+    if let Some(rest) = s.strip_prefix(['-', '+']) {
+        negative = s.starts_with('-');
+        s = rest;
+    }
+    if s == "0" {
+        return Ok(0);
+    }
+    if s.is_empty() {
+        return Err(invalid());
+    }
+    const LIMIT: u128 = 1 << 63;
+    let mut total: u128 = 0;
+    while !s.is_empty() {
+        if !s.starts_with(|c: char| c == '.' || c.is_ascii_digit()) {
+            return Err(invalid());
+        }
+        let int_len = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let mut value: u128 = 0;
+        for b in s[..int_len].bytes() {
+            value = value * 10 + u128::from(b - b'0');
+            if value > LIMIT {
+                return Err(invalid());
+            }
+        }
+        let pre = int_len > 0;
+        s = &s[int_len..];
+        let (mut fraction, mut scale, mut post) = (0u128, 1f64, false);
+        if let Some(rest) = s.strip_prefix('.') {
+            let frac_len = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+            let mut overflow = false;
+            for b in rest[..frac_len].bytes() {
+                if overflow {
+                    continue;
+                }
+                let next = fraction * 10 + u128::from(b - b'0');
+                if fraction > (LIMIT - 1) / 10 || next > LIMIT {
+                    overflow = true;
+                    continue;
+                }
+                fraction = next;
+                scale *= 10.0;
+            }
+            post = frac_len > 0;
+            s = &rest[frac_len..];
+        }
+        if !pre && !post {
+            return Err(invalid());
+        }
+        let unit_len = s.find(|c: char| c == '.' || c.is_ascii_digit()).unwrap_or(s.len());
+        if unit_len == 0 {
+            return Err(format!("time: missing unit in duration {}", time_quote(orig)));
+        }
+        let (unit, rest) = s.split_at(unit_len);
+        s = rest;
+        let unit_nanos: u128 = match unit {
+            "ns" => 1,
+            "us" | "\u{b5}s" | "\u{3bc}s" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
+            _ => {
+                return Err(format!(
+                    "time: unknown unit {} in duration {}",
+                    time_quote(unit),
+                    time_quote(orig)
+                ));
+            }
+        };
+        if value > LIMIT / unit_nanos {
+            return Err(invalid());
+        }
+        value *= unit_nanos;
+        if fraction > 0 {
+            value += (fraction as f64 * (unit_nanos as f64 / scale)) as u128;
+            if value > LIMIT {
+                return Err(invalid());
+            }
+        }
+        total += value;
+        if total > LIMIT {
+            return Err(invalid());
+        }
+    }
+    if negative {
+        return Ok(-(total as i128) as i64);
+    }
+    i64::try_from(total).map_err(|_| invalid())
+}
+
+/// The `time` package's quoting: non-ASCII and control bytes as `\xNN`.
+fn time_quote(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        if !c.is_ascii() || c < ' ' {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                out.push_str(&format!("\\x{b:02x}"));
+            }
+        } else {
+            if c == '"' || c == '\\' {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn parse_arg(node: &Node, args: &[String]) -> Result<ArgCommand, InstructionErrorKind> {
+    if args.is_empty() {
+        return Err(InstructionErrorKind::AtLeastOneArgument("ARG"));
+    }
+    let mut defs = Vec::with_capacity(args.len());
+    for arg in args {
+        let (key, value) = match arg.split_once('=') {
+            Some(("", _)) => return Err(InstructionErrorKind::BlankNames("ARG")),
+            Some((k, v)) => (k.to_owned(), Some(v.to_owned())),
+            None => (arg.clone(), None),
+        };
+        defs.push(ArgDefinition { doc_comment: doc_comment(&node.comments, &key), key, value });
+    }
+    Ok(ArgCommand { args: defs, start_line: node.start_line, end_line: node.end_line })
+}
