@@ -48,6 +48,7 @@ use crate::frontend::llb::{
     State, Ulimit,
 };
 use crate::fsutil::PatternMatcher;
+use crate::util::strconv;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -377,7 +378,8 @@ impl<'a> Converter<'a> {
             && let Some(v) = self.global_args.get("SOURCE_DATE_EPOCH").filter(|v| !v.is_empty())
         {
             let value = v.to_owned();
-            self.epoch = Some(value.parse().map_err(|_| ConvertErrorKind::SourceDateEpoch { value })?);
+            let epoch = strconv::parse_int(&value, 10, 64);
+            self.epoch = Some(epoch.map_err(|source| ConvertErrorKind::SourceDateEpoch { value, source })?);
         }
 
         self.build_dispatch_states()?;

@@ -2,8 +2,8 @@
 //! can decide from the Dockerfile text alone, their warning texts, and the
 //! `# check=skip=…;error=…;experimental=…` configuration that filters them.
 
-use super::go_quote;
 use super::parser::DirectiveParser;
+use crate::util::strconv::{self, NumError, quote};
 
 /// A build check as BuildKit names and documents it.
 #[derive(Debug, PartialEq, Eq)]
@@ -99,12 +99,12 @@ impl Warning {
     }
 
     pub(crate) fn duplicate_stage_name(name: &str, start: usize, end: usize) -> Self {
-        let message = format!("Duplicate stage name {}, stage names should be unique", go_quote(name));
+        let message = format!("Duplicate stage name {}, stage names should be unique", quote(name));
         Self::new(&DUPLICATE_STAGE_NAME, message, start, end)
     }
 
     pub(crate) fn reserved_stage_name(name: &str, start: usize, end: usize) -> Self {
-        let message = format!("Stage name should not use the same name as reserved stage {}", go_quote(name));
+        let message = format!("Stage name should not use the same name as reserved stage {}", quote(name));
         Self::new(&RESERVED_STAGE_NAME, message, start, end)
     }
 
@@ -126,10 +126,10 @@ impl Warning {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LintError {
-    #[error("invalid check option {}", go_quote(.0))]
+    #[error("invalid check option {}", quote(.0))]
     InvalidOption(String),
-    #[error("failed to parse check option {}: strconv.ParseBool: parsing {}: invalid syntax", go_quote(.option), go_quote(.value))]
-    InvalidBool { option: String, value: String },
+    #[error("failed to parse check option {}: {source}", quote(.option))]
+    InvalidBool { option: String, source: NumError },
 }
 
 /// The value of a `# check=` directive (linter `ParseLintOptions`).
@@ -162,10 +162,8 @@ impl CheckConfig {
                 "experimental" if v.trim() == "all" => config.experimental_all = true,
                 "experimental" => config.experimental = list(v.trim()),
                 "error" => {
-                    config.error = parse_go_bool(v.trim()).ok_or_else(|| LintError::InvalidBool {
-                        option: part.to_owned(),
-                        value: v.trim().to_owned(),
-                    })?;
+                    config.error = strconv::parse_bool(v.trim())
+                        .map_err(|source| LintError::InvalidBool { option: part.to_owned(), source })?;
                 }
                 other => return Err(LintError::InvalidOption(other.to_owned())),
             }
@@ -207,15 +205,6 @@ impl CheckConfig {
         } else {
             !self.skip_all && !self.skip.iter().any(|r| r == rule.name)
         }
-    }
-}
-
-/// Go's `strconv.ParseBool`.
-pub(crate) fn parse_go_bool(s: &str) -> Option<bool> {
-    match s {
-        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
-        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
-        _ => None,
     }
 }
 

@@ -6,10 +6,10 @@
 //! does too, including its treatment of bytes 0x85 and 0xA0 as spaces and of
 //! each non-ASCII byte in a flag as a Latin-1 character.
 
-use super::go_quote;
 use super::json::{self, ExecForm};
 use super::linter::{self, Warning};
 use super::shell::{DEFAULT_ESCAPE, Lexer, NoEnv, ShellError};
+use crate::util::strconv::quote;
 
 /// bufio.Scanner's default maximum token size: longer lines end the scan.
 const MAX_LINE: usize = 64 * 1024;
@@ -110,7 +110,7 @@ pub enum ParseErrorKind {
     NotStringArray,
     #[error("{0} must have two arguments")]
     MustHaveTwoArguments(&'static str),
-    #[error("Syntax error - can't find = in {}. Must be of the form: name=value", go_quote(.0))]
+    #[error("Syntax error - can't find = in {}. Must be of the form: name=value", quote(.0))]
     MissingEquals(String),
     #[error("{0}")]
     HeredocWord(ShellError),
@@ -159,7 +159,7 @@ impl Node {
     pub fn dump(&self) -> String {
         let mut out = self.name.clone();
         if !self.flags.is_empty() {
-            let flags: Vec<String> = self.flags.iter().map(|f| go_quote(f)).collect();
+            let flags: Vec<String> = self.flags.iter().map(|f| quote(f)).collect();
             out.push_str(&format!(" [{}]", flags.join(" ")));
         }
         match &self.args {
@@ -167,7 +167,7 @@ impl Node {
             _ => {
                 for arg in self.flat_args() {
                     out.push(' ');
-                    out.push_str(&go_quote(&arg));
+                    out.push_str(&quote(&arg));
                 }
             }
         }

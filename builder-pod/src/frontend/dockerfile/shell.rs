@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::BuildHasher;
 
-use super::go_quote;
+use crate::util::strconv::quote;
 
 /// The escape character of a Dockerfile without an `# escape=` directive.
 pub const DEFAULT_ESCAPE: char = '\\';
@@ -87,7 +87,7 @@ pub enum ShellErrorKind {
 /// A word that failed to expand, as upstream reports it:
 /// `failed to process "<word>": <reason>`.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("failed to process {}: {reason}", go_quote(.word))]
+#[error("failed to process {}: {reason}", quote(.word))]
 pub struct ShellError {
     pub word: String,
     pub reason: ShellErrorKind,
@@ -867,7 +867,7 @@ mod tests {
         for (input, want) in cases {
             let err = word(input).unwrap_err();
             assert_eq!(err.reason.to_string(), want, "{input}");
-            assert_eq!(err.to_string(), format!("failed to process {}: {want}", go_quote(input)));
+            assert_eq!(err.to_string(), format!("failed to process {}: {want}", quote(input)));
         }
         // A pattern can only end in a lone backslash through a variable.
         let err = Lexer::new('\\').process_word("${V#$BS}", &env(&[("BS", "\\")])).unwrap_err();

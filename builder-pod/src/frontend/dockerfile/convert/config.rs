@@ -4,11 +4,12 @@
 
 use std::collections::BTreeSet;
 
+use super::dispatch::list;
 use super::error::{ConvertErrorKind, Lines, Result};
-use super::stages::parse_go_int;
-use super::{Converted, Converter, Empty, image, lint};
-use crate::frontend::dockerfile::go_quote;
+use super::{Converted, Converter, Empty, lint};
 use crate::frontend::llb::{self, Constraints, LocalOptions, MarshalOptions};
+use crate::util::gopath;
+use crate::util::strconv::{self, quote};
 
 impl Converter<'_> {
     pub(super) fn dispatch_expose(
@@ -39,7 +40,7 @@ impl Converter<'_> {
         for p in &exposed {
             d.image.config.exposed_ports.insert(p.clone(), Empty {});
         }
-        d.image.commit(&format!("EXPOSE {}", image::go_list(&exposed)), false, false, self.epoch);
+        d.image.commit(&format!("EXPOSE {}", list(&exposed)), false, false, self.epoch);
         Ok(())
     }
 
@@ -59,7 +60,7 @@ impl Converter<'_> {
         let follow_paths = if paths.contains("/") {
             Vec::new()
         } else {
-            paths.iter().map(|p| llb::join_path(&[".", p])).collect()
+            paths.iter().map(|p| gopath::join(&[".", p])).collect()
         };
         let context = llb::local(
             &self.opts.context_name,
@@ -132,7 +133,7 @@ pub(super) fn valid_signal(raw: &str) -> bool {
         "PIPE", "POLL", "PROF", "PWR", "QUIT", "SEGV", "STKFLT", "STOP", "SYS", "TERM", "TRAP", "TSTP",
         "TTIN", "TTOU", "URG", "USR1", "USR2", "VTALRM", "WINCH", "XCPU", "XFSZ",
     ];
-    if let Some(n) = parse_go_int(raw) {
+    if let Ok(n) = strconv::atoi(raw) {
         return n != 0;
     }
     let name = raw.to_uppercase();
@@ -163,7 +164,7 @@ fn split_port_parts(raw: &str) -> (String, String, String) {
 pub(super) fn parse_port(raw: &str) -> Result<Vec<String>, String> {
     let (ip, host_port, container) = split_port_parts(raw);
     let (port, proto) = container.split_once('/').unwrap_or((&container, ""));
-    let proto_err = |reason: &str| format!("invalid port: {}: {reason}", go_quote(raw));
+    let proto_err = |reason: &str| format!("invalid port: {}: {reason}", quote(raw));
     if port.is_empty() {
         return Err(proto_err("no port specified"));
     }
@@ -189,7 +190,7 @@ pub(super) fn parse_port(raw: &str) -> Result<Vec<String>, String> {
 }
 
 fn port_range(ports: &str) -> Option<(u32, u32)> {
-    let number = |s: &str| parse_go_int(s).filter(|n| (0..=65535).contains(n)).map(|n| n as u32);
+    let number = |s: &str| strconv::atoi(s).ok().filter(|n| (0..=65535).contains(n)).map(|n| n as u32);
     match ports.split_once('-') {
         None => number(ports).map(|p| (p, p)),
         Some((s, e)) if s == e => number(s).map(|p| (p, p)),

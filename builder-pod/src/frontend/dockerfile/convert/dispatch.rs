@@ -11,11 +11,13 @@ use sha2::{Digest as _, Sha256};
 use super::config::valid_signal;
 use super::error::{ConvertErrorKind, Lines, Result};
 use super::{Cmd, Converter, Empty, Image, image, lint};
-use crate::frontend::dockerfile::go_quote;
 use crate::frontend::dockerfile::instructions::{ArgCommand, Command, Instruction, KeyValuePair};
 use crate::frontend::dockerfile::shell::{Env, Lexer, ShellError};
 use crate::frontend::dockerfile::suggest;
 use crate::frontend::llb::{self, Constraints, EnvList, Platform, format_platform_all};
+use crate::util::gopath;
+use crate::util::gotime::format_duration;
+use crate::util::strconv::{quote, quote_rune};
 
 impl Converter<'_> {
     /// `prefixCommand`: `[stage n/total] ` before a step's name.
@@ -139,7 +141,7 @@ impl Converter<'_> {
                 }
                 let args = self.shell_form(i, &keyword, &c.cmd_line, c.prepend_shell, lines, &comments);
                 let d = &mut self.states[i];
-                d.image.commit(&format!("CMD {}", image::go_quote_list(&args)), false, false, self.epoch);
+                d.image.commit(&format!("CMD {}", quote_list(&args)), false, false, self.epoch);
                 d.image.config.cmd = args;
                 d.image.config.args_escaped = true;
             }
@@ -154,12 +156,7 @@ impl Converter<'_> {
                 }
                 let args = self.shell_form(i, &keyword, &c.cmd_line, c.prepend_shell, lines, &comments);
                 let d = &mut self.states[i];
-                d.image.commit(
-                    &format!("ENTRYPOINT {}", image::go_quote_list(&args)),
-                    false,
-                    false,
-                    self.epoch,
-                );
+                d.image.commit(&format!("ENTRYPOINT {}", quote_list(&args)), false, false, self.epoch);
                 d.image.config.entrypoint = args;
                 if d.cmd_set.is_none() {
                     d.image.config.cmd.clear();
@@ -185,12 +182,12 @@ impl Converter<'_> {
                 };
                 let message = format!(
                     "HEALTHCHECK &{{{} {} {} {} {} {}}}",
-                    image::go_quote_list(&hc.test),
-                    go_quote(&image::go_duration(hc.interval)),
-                    go_quote(&image::go_duration(hc.timeout)),
-                    go_quote(&image::go_duration(hc.start_period)),
-                    go_quote(&image::go_duration(hc.start_interval)),
-                    image::go_quote_rune(hc.retries),
+                    quote_list(&hc.test),
+                    quote(&format_duration(hc.interval)),
+                    quote(&format_duration(hc.timeout)),
+                    quote(&format_duration(hc.start_period)),
+                    quote(&format_duration(hc.start_interval)),
+                    quote_rune(hc.retries),
                 );
                 let d = &mut self.states[i];
                 d.image.config.healthcheck = Some(hc);
@@ -211,7 +208,7 @@ impl Converter<'_> {
                 for v in &volumes {
                     d.image.config.volumes.insert(v.clone(), Empty {});
                 }
-                d.image.commit(&format!("VOLUME {}", image::go_list(&volumes)), false, false, self.epoch);
+                d.image.commit(&format!("VOLUME {}", list(&volumes)), false, false, self.epoch);
             }
             Instruction::StopSignal(signal) => {
                 if !valid_signal(&signal) {
@@ -223,7 +220,7 @@ impl Converter<'_> {
             }
             Instruction::Shell(shell) => {
                 let d = &mut self.states[i];
-                d.image.commit(&format!("SHELL {}", image::go_list(&shell)), false, false, self.epoch);
+                d.image.commit(&format!("SHELL {}", list(&shell)), false, false, self.epoch);
                 d.image.config.shell = shell;
             }
             Instruction::Arg(arg) => self.dispatch_arg(i, &arg, lines, &comments)?,
@@ -390,11 +387,11 @@ impl Converter<'_> {
         let current =
             if d.image.config.working_dir.is_empty() { "/" } else { d.image.config.working_dir.as_str() };
         let wd = if path.is_empty() {
-            llb::join_path(&["/", current])
+            gopath::join(&["/", current])
         } else if path.starts_with('/') {
-            llb::clean_path(path)
+            gopath::clean(path)
         } else {
-            llb::join_path(&["/", current, path])
+            gopath::join(&["/", current, path])
         };
         d.image.config.working_dir.clone_from(&wd);
         d.state = d.state.dir(&wd);
@@ -538,4 +535,15 @@ pub(super) fn format_target_platform(base: &Platform, target: Option<Platform>) 
         return format!("->{}", format_platform_all(&p));
     }
     String::new()
+}
+
+/// Go's `%q` of a `[]string`, as history entries show a command: `["a" "b"]`.
+fn quote_list(items: &[String]) -> String {
+    let quoted: Vec<String> = items.iter().map(|s| quote(s)).collect();
+    format!("[{}]", quoted.join(" "))
+}
+
+/// Go's `%v` of a `[]string`: `[a b]`.
+pub(super) fn list(items: &[String]) -> String {
+    format!("[{}]", items.join(" "))
 }

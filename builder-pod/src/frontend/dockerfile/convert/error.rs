@@ -4,12 +4,12 @@
 use std::fmt;
 
 use super::BoxError;
-use crate::frontend::dockerfile::go_quote;
 use crate::frontend::dockerfile::instructions::{InstructionErrorKind, StageError};
 use crate::frontend::dockerfile::linter::LintError;
 use crate::frontend::dockerfile::parser::ParseErrorKind;
 use crate::frontend::dockerfile::shell::ShellError;
 use crate::frontend::llb::LlbError;
+use crate::util::strconv::{NumError, quote};
 
 /// A conversion failure; `lines` are the Dockerfile lines it is about.
 #[derive(Debug)]
@@ -52,8 +52,8 @@ pub enum ConvertErrorKind {
     Expand(ShellError),
     #[error("{0}")]
     Instruction(InstructionErrorKind),
-    #[error("invalid SOURCE_DATE_EPOCH: {value}: strconv.ParseInt: parsing {}: invalid syntax", go_quote(.value))]
-    SourceDateEpoch { value: String },
+    #[error("invalid SOURCE_DATE_EPOCH: {value}: {source}")]
+    SourceDateEpoch { value: String, source: NumError },
     #[error("base name ({0}) should not be blank")]
     BlankBaseName(String),
     #[error("failed to process arguments for platform {result}: {source}")]
@@ -62,7 +62,7 @@ pub enum ConvertErrorKind {
     EmptyPlatform { expression: String, suggestion: Option<String> },
     #[error("failed to parse platform {expression}: {reason}{}", suggestion_text(.suggestion))]
     InvalidPlatform { expression: String, reason: String, suggestion: Option<String> },
-    #[error("target stage {} could not be found{}", go_quote(.target), suggestion_text(.suggestion))]
+    #[error("target stage {} could not be found{}", quote(.target), suggestion_text(.suggestion))]
     TargetNotFound { target: String, suggestion: Option<String> },
     #[error(
         "variable expansion is not supported for --from, define a new stage with FROM using ARG from global scope as a workaround"
@@ -74,19 +74,19 @@ pub enum ConvertErrorKind {
     CircularDependency(String),
     #[error("onbuild trigger should be a single expression")]
     OnbuildExpression,
-    #[error("failed to parse stage name {}: {reason}", go_quote(.name))]
+    #[error("failed to parse stage name {}: {reason}", quote(.name))]
     StageName { name: String, reason: String },
-    #[error("failed to parse ref {}: {reason}", go_quote(.reference))]
+    #[error("failed to parse ref {}: {reason}", quote(.reference))]
     PinnedReference { reference: String, reason: String },
     #[error("{name}: {source}{}", suggestion_text(.suggestion))]
     ResolveImage { name: String, source: BoxError, suggestion: Option<String> },
     #[error("failed to parse image config: {0}")]
     ImageConfig(String),
-    #[error("cannot copy from stage {}, it needs to be defined before current stage {}", go_quote(.from), go_quote(.stage))]
+    #[error("cannot copy from stage {}, it needs to be defined before current stage {}", quote(.from), quote(.stage))]
     CopyFromLater { from: String, stage: String },
-    #[error("cannot mount from stage {} to {}, stage needs to be defined before current command", go_quote(.from), go_quote(.target))]
+    #[error("cannot mount from stage {} to {}, stage needs to be defined before current command", quote(.from), quote(.target))]
     MountFromLater { from: String, target: String },
-    #[error("invalid mount target {}", go_quote(.0))]
+    #[error("invalid mount target {}", quote(.0))]
     MountTarget(String),
     #[error("one of source, target required")]
     SecretTarget,
@@ -114,7 +114,7 @@ pub enum ConvertErrorKind {
     GitRef(String),
     #[error("inconsistent keep-git-dir configuration")]
     KeepGitDir,
-    #[error("checksum mismatch {} != {}", go_quote(.0), go_quote(.1))]
+    #[error("checksum mismatch {} != {}", quote(.0), quote(.1))]
     ChecksumMismatch(String, String),
     #[error("{0}")]
     Digest(&'static str),

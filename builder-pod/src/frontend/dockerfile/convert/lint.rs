@@ -2,8 +2,8 @@
 //! (`linter/ruleset.go`, `dockerfile2llb/validations.go`); the ones that
 //! need only the Dockerfile text live in [`crate::frontend::dockerfile::linter`].
 
-use crate::frontend::dockerfile::go_quote;
 use crate::frontend::dockerfile::linter::Rule;
+use crate::util::strconv::quote;
 
 const fn rule(name: &'static str, description: &'static str, url: &'static str) -> Rule {
     Rule { name, description, url, experimental: false }
@@ -92,7 +92,7 @@ pub fn undefined_arg_in_from(arg: &str, suggestion: Option<&str>) -> String {
 }
 
 pub fn workdir_relative_path(workdir: &str) -> String {
-    format!("Relative workdir {} can have unexpected results if the base image changes", go_quote(workdir))
+    format!("Relative workdir {} can have unexpected results if the base image changes", quote(workdir))
 }
 
 pub fn undefined_var(var: &str, suggestion: Option<&str>) -> String {
@@ -116,8 +116,8 @@ pub fn legacy_key_value(instruction: &str) -> String {
 pub fn invalid_base_image_platform(image: &str, expected: &str, actual: &str) -> String {
     format!(
         "Base image {image} was pulled with platform {}, expected {} for current build",
-        go_quote(actual),
-        go_quote(expected)
+        quote(actual),
+        quote(expected)
     )
 }
 
@@ -126,7 +126,7 @@ pub fn redundant_target_platform(platform: &str) -> String {
 }
 
 pub fn secrets_used(instruction: &str, key: &str) -> String {
-    format!("Do not use ARG or ENV instructions for sensitive data ({instruction} {})", go_quote(key))
+    format!("Do not use ARG or ENV instructions for sensitive data ({instruction} {})", quote(key))
 }
 
 pub fn invalid_default_arg_in_from(base: &str) -> String {
@@ -134,11 +134,11 @@ pub fn invalid_default_arg_in_from(base: &str) -> String {
 }
 
 pub fn from_platform_const(platform: &str) -> String {
-    format!("FROM --platform flag should not use constant value {}", go_quote(platform))
+    format!("FROM --platform flag should not use constant value {}", quote(platform))
 }
 
 pub fn copy_ignored_file(instruction: &str, file: &str) -> String {
-    format!("Attempting to {instruction} file {} that is excluded by .dockerignore", go_quote(file))
+    format!("Attempting to {instruction} file {} that is excluded by .dockerignore", quote(file))
 }
 
 pub fn expose_proto_casing(port: &str) -> String {

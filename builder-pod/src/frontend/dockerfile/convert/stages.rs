@@ -12,6 +12,7 @@ use crate::frontend::dockerfile::shell::{Expansion, NoEnv};
 use crate::frontend::dockerfile::suggest;
 use crate::frontend::llb::{EnvList, Platform, format_platform, format_platform_all};
 use crate::source::image::Reference;
+use crate::util::strconv;
 
 impl Converter<'_> {
     /// `defaultArgs`: the automatic platform and target args.
@@ -270,7 +271,7 @@ impl Converter<'_> {
                 if self.lexer.process_word(&from, &NoEnv)? != from {
                     return Err(ConvertErrorKind::FromVariable.into());
                 }
-                let source = match parse_go_int(&from) {
+                let source = match strconv::atoi(&from).ok() {
                     Some(index) => {
                         if index < 0 || index as usize >= self.states.len() {
                             return Err(ConvertErrorKind::StageIndex(index).into());
@@ -436,13 +437,4 @@ fn stage_for(base_name: &str, lines: Option<Lines>) -> Stage {
         end_line,
         commands: Vec::new(),
     }
-}
-
-/// Go's `strconv.Atoi`.
-pub(super) fn parse_go_int(s: &str) -> Option<i64> {
-    let digits = s.strip_prefix(['+', '-']).unwrap_or(s);
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    s.parse().ok()
 }

@@ -4,8 +4,9 @@
 use std::fmt;
 
 use super::mounts::MountType;
-use crate::frontend::dockerfile::go_quote;
 use crate::frontend::dockerfile::shell::ShellError;
+use crate::util::gotime::DurationError;
+use crate::util::strconv::{NumError, quote};
 
 /// ` (did you mean X?)` after a message, or nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -51,7 +52,7 @@ pub enum InstructionErrorKind {
     HeredocDestination(&'static str),
     #[error("{0} names can not be blank")]
     BlankNames(&'static str),
-    #[error("invalid name for build stage: {}, name can't start with a number or contain symbols", go_quote(.0))]
+    #[error("invalid name for build stage: {}, name can't start with a number or contain symbols", quote(.0))]
     InvalidStageName(String),
     #[error("FROM requires either one or three arguments")]
     FromArguments,
@@ -63,25 +64,23 @@ pub enum InstructionErrorKind {
     HealthcheckNoneArguments,
     #[error("Missing command after HEALTHCHECK CMD")]
     HealthcheckMissingCommand,
-    #[error("Unknown type {} in HEALTHCHECK (try CMD)", go_quote(.0))]
+    #[error("Unknown type {} in HEALTHCHECK (try CMD)", quote(.0))]
     HealthcheckUnknownType(String),
-    /// A Go `time.ParseDuration` failure, e.g. `time: invalid duration "x"`.
     #[error("{0}")]
-    Duration(String),
-    #[error("Interval {} cannot be less than 1ms", go_quote(.0))]
+    Duration(DurationError),
+    #[error("Interval {} cannot be less than 1ms", quote(.0))]
     IntervalTooShort(String),
-    /// A Go `strconv.ParseInt` failure for `--retries`.
     #[error("{0}")]
-    Retries(String),
+    Retries(NumError),
     #[error("--retries cannot be negative ({0})")]
     NegativeRetries(i64),
     #[error("VOLUME specified can not be an empty string")]
     EmptyVolume,
     #[error("SHELL requires the arguments to be in JSON form")]
     ShellNotJson,
-    #[error("invalid network mode {}", go_quote(.0))]
+    #[error("invalid network mode {}", quote(.0))]
     InvalidNetwork(String),
-    #[error("security {} is not valid", go_quote(.0))]
+    #[error("security {} is not valid", quote(.0))]
     InvalidSecurity(String),
     #[error("failed to parse csv mounts: {0}")]
     MountCsv(String),
@@ -93,15 +92,15 @@ pub enum InstructionErrorKind {
     KeyNotForMountType { key: String, mount_type: MountType },
     #[error("invalid value for {key}: {value}")]
     InvalidValue { key: String, value: String },
-    #[error("unsupported mount type {}{suggestion}", go_quote(.value))]
+    #[error("unsupported mount type {}{suggestion}", quote(.value))]
     UnsupportedMountType { value: String, suggestion: Suggestion },
-    #[error("unsupported sharing value {}{suggestion}", go_quote(.value))]
+    #[error("unsupported sharing value {}{suggestion}", quote(.value))]
     UnsupportedSharing { value: String, suggestion: Suggestion },
     #[error("invalid value {value} for {key}")]
     InvalidNumber { key: &'static str, value: String },
     #[error("unexpected key '{key}' in '{field}'{suggestion}")]
     UnexpectedKey { key: String, field: String, suggestion: Suggestion },
-    #[error("{what} not allowed for {} type mounts", go_quote(.mount_type.as_str()))]
+    #[error("{what} not allowed for {} type mounts", quote(.mount_type.as_str()))]
     FileInfoNotAllowed { what: &'static str, mount_type: MountType },
     #[error("secret mount should not have a from")]
     SecretMountFrom,

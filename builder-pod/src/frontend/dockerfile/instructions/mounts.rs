@@ -7,6 +7,7 @@ use std::fmt;
 use super::commands::{Device, RunCommand};
 use super::errors::{InstructionErrorKind, suggestion};
 use crate::frontend::dockerfile::shell::ShellError;
+use crate::util::strconv;
 
 const MOUNT_TYPES: [&str; 5] = ["bind", "cache", "tmpfs", "secret", "ssh"];
 
@@ -178,17 +179,15 @@ pub fn parse_mount(spec: &str, mut expand: Option<Expander<'_>>) -> Result<Mount
             "source" | "src" => m.source = value,
             "target" | "dst" | "destination" => m.target = value,
             "readonly" | "ro" => {
-                m.read_only =
-                    crate::frontend::dockerfile::linter::parse_go_bool(&value).ok_or_else(invalid)?;
+                m.read_only = strconv::parse_bool(&value).map_err(|_| invalid())?;
                 ro_auto = false;
             }
             "readwrite" | "rw" => {
-                m.read_only =
-                    !crate::frontend::dockerfile::linter::parse_go_bool(&value).ok_or_else(invalid)?;
+                m.read_only = !strconv::parse_bool(&value).map_err(|_| invalid())?;
                 ro_auto = false;
             }
             "required" if secret_or_ssh(&m) => {
-                m.required = crate::frontend::dockerfile::linter::parse_go_bool(&value).ok_or_else(invalid)?
+                m.required = strconv::parse_bool(&value).map_err(|_| invalid())?
             }
             "required" => return Err(unexpected_for_type(&key, &m)),
             "size" if m.mount_type == MountType::Tmpfs => {
@@ -211,20 +210,17 @@ pub fn parse_mount(spec: &str, mut expand: Option<Expander<'_>>) -> Result<Mount
             }
             "mode" => {
                 m.mode = Some(
-                    parse_go_u32(&value, 8)
-                        .ok_or(InstructionErrorKind::InvalidNumber { key: "mode", value })?,
+                    parse_u32(&value, 8).ok_or(InstructionErrorKind::InvalidNumber { key: "mode", value })?,
                 )
             }
             "uid" => {
                 m.uid = Some(
-                    parse_go_u32(&value, 10)
-                        .ok_or(InstructionErrorKind::InvalidNumber { key: "uid", value })?,
+                    parse_u32(&value, 10).ok_or(InstructionErrorKind::InvalidNumber { key: "uid", value })?,
                 )
             }
             "gid" => {
                 m.gid = Some(
-                    parse_go_u32(&value, 10)
-                        .ok_or(InstructionErrorKind::InvalidNumber { key: "gid", value })?,
+                    parse_u32(&value, 10).ok_or(InstructionErrorKind::InvalidNumber { key: "gid", value })?,
                 )
             }
             "env" => m.env = Some(value),
@@ -290,8 +286,8 @@ pub(super) fn parse_device(spec: &str) -> Result<Device, InstructionErrorKind> {
             }
             "name" => device.name = value.to_owned(),
             "required" => {
-                device.required = crate::frontend::dockerfile::linter::parse_go_bool(value)
-                    .ok_or_else(|| InstructionErrorKind::InvalidValue { key, value: value.to_owned() })?;
+                device.required = strconv::parse_bool(value)
+                    .map_err(|_| InstructionErrorKind::InvalidValue { key, value: value.to_owned() })?;
             }
             _ if device.name.is_empty() => device.name = field.clone(),
             _ => {
@@ -360,12 +356,9 @@ pub(super) fn csv_fields(line: &str) -> Result<Vec<String>, String> {
     }
 }
 
-/// `strconv.ParseUint(s, radix, 32)`: digits only, no sign.
-pub(super) fn parse_go_u32(s: &str, radix: u32) -> Option<u32> {
-    if s.is_empty() || !s.chars().all(|c| c.is_digit(radix)) {
-        return None;
-    }
-    u32::from_str_radix(s, radix).ok()
+/// `strconv.ParseUint(s, radix, 32)`, as upstream reads a mount's mode and ids.
+fn parse_u32(s: &str, radix: u32) -> Option<u32> {
+    strconv::parse_uint(s, radix, 32).ok().and_then(|n| u32::try_from(n).ok())
 }
 
 /// go-units `RAMInBytes`: a number with an optional binary suffix

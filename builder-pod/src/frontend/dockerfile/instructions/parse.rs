@@ -12,9 +12,9 @@ use super::commands::{
 use super::errors::{InstructionError, InstructionErrorKind, StageError, suggestion};
 use super::flags::{FlagKind, Flags};
 use super::mounts::{parse_device, parse_mount};
-use crate::frontend::dockerfile::go_quote;
 use crate::frontend::dockerfile::linter::{CheckConfig, Warning};
 use crate::frontend::dockerfile::parser::{self, Args, Ast, Node};
+use crate::util::{gotime, strconv};
 
 /// Every instruction, upper-cased, for "did you mean" suggestions.
 const INSTRUCTION_NAMES: [&str; 18] = [
@@ -578,11 +578,12 @@ fn parse_healthcheck(node: &Node, args: &[String]) -> Result<Healthcheck, Instru
     check.start_interval = interval(&flags, "start-interval")?;
     let retries = flags.string("retries");
     if !retries.is_empty() {
-        let n = parse_go_i32(&retries)?;
+        let n = strconv::parse_int(&retries, 10, 32).map_err(InstructionErrorKind::Retries)?;
         if n < 0 {
-            return Err(InstructionErrorKind::NegativeRetries(n.into()));
+            return Err(InstructionErrorKind::NegativeRetries(n));
         }
-        check.retries = n;
+        // Parsed as 32 bits, so it fits.
+        check.retries = i32::try_from(n).unwrap_or(i32::MAX);
     }
     Ok(check)
 }
@@ -593,7 +594,7 @@ fn interval(flags: &Flags<'_>, name: &str) -> Result<Duration, InstructionErrorK
     if value.is_empty() {
         return Ok(Duration::ZERO);
     }
-    let nanos = parse_go_duration(&value).map_err(InstructionErrorKind::Duration)?;
+    let nanos = gotime::parse_duration(&value).map_err(InstructionErrorKind::Duration)?;
     if nanos == 0 {
         return Ok(Duration::ZERO);
     }
@@ -601,135 +602,6 @@ fn interval(flags: &Flags<'_>, name: &str) -> Result<Duration, InstructionErrorK
         return Err(InstructionErrorKind::IntervalTooShort(name.to_owned()));
     }
     Ok(Duration::from_nanos(nanos.unsigned_abs()))
-}
-
-/// `strconv.ParseInt(s, 10, 32)`.
-pub(super) fn parse_go_i32(s: &str) -> Result<i32, InstructionErrorKind> {
-    let fail = |what: &str| {
-        InstructionErrorKind::Retries(format!("strconv.ParseInt: parsing {}: {what}", go_quote(s)))
-    };
-    let digits = s.strip_prefix(['+', '-']).unwrap_or(s);
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(fail("invalid syntax"));
-    }
-    let magnitude: i128 = digits.parse().unwrap_or(i128::MAX);
-    let value = if s.starts_with('-') { -magnitude } else { magnitude };
-    i32::try_from(value).map_err(|_| fail("value out of range"))
-}
-
-/// Go's `time.ParseDuration`, in nanoseconds; the error is Go's text.
-pub(super) fn parse_go_duration(orig: &str) -> Result<i64, String> {
-    let invalid = || format!("time: invalid duration {}", time_quote(orig));
-    let mut s = orig;
-    let mut negative = false;
-    if let Some(rest) = s.strip_prefix(['-', '+']) {
-        negative = s.starts_with('-');
-        s = rest;
-    }
-    if s == "0" {
-        return Ok(0);
-    }
-    if s.is_empty() {
-        return Err(invalid());
-    }
-    const LIMIT: u128 = 1 << 63;
-    let mut total: u128 = 0;
-    while !s.is_empty() {
-        if !s.starts_with(|c: char| c == '.' || c.is_ascii_digit()) {
-            return Err(invalid());
-        }
-        let int_len = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let mut value: u128 = 0;
-        for b in s[..int_len].bytes() {
-            value = value * 10 + u128::from(b - b'0');
-            if value > LIMIT {
-                return Err(invalid());
-            }
-        }
-        let pre = int_len > 0;
-        s = &s[int_len..];
-        let (mut fraction, mut scale, mut post) = (0u128, 1f64, false);
-        if let Some(rest) = s.strip_prefix('.') {
-            let frac_len = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
-            let mut overflow = false;
-            for b in rest[..frac_len].bytes() {
-                if overflow {
-                    continue;
-                }
-                let next = fraction * 10 + u128::from(b - b'0');
-                if fraction > (LIMIT - 1) / 10 || next > LIMIT {
-                    overflow = true;
-                    continue;
-                }
-                fraction = next;
-                scale *= 10.0;
-            }
-            post = frac_len > 0;
-            s = &rest[frac_len..];
-        }
-        if !pre && !post {
-            return Err(invalid());
-        }
-        let unit_len = s.find(|c: char| c == '.' || c.is_ascii_digit()).unwrap_or(s.len());
-        if unit_len == 0 {
-            return Err(format!("time: missing unit in duration {}", time_quote(orig)));
-        }
-        let (unit, rest) = s.split_at(unit_len);
-        s = rest;
-        let unit_nanos: u128 = match unit {
-            "ns" => 1,
-            "us" | "\u{b5}s" | "\u{3bc}s" => 1_000,
-            "ms" => 1_000_000,
-            "s" => 1_000_000_000,
-            "m" => 60_000_000_000,
-            "h" => 3_600_000_000_000,
-            _ => {
-                return Err(format!(
-                    "time: unknown unit {} in duration {}",
-                    time_quote(unit),
-                    time_quote(orig)
-                ));
-            }
-        };
-        if value > LIMIT / unit_nanos {
-            return Err(invalid());
-        }
-        value *= unit_nanos;
-        if fraction > 0 {
-            value += (fraction as f64 * (unit_nanos as f64 / scale)) as u128;
-            if value > LIMIT {
-                return Err(invalid());
-            }
-        }
-        total += value;
-        if total > LIMIT {
-            return Err(invalid());
-        }
-    }
-    if negative {
-        return Ok(-(total as i128) as i64);
-    }
-    i64::try_from(total).map_err(|_| invalid())
-}
-
-/// The `time` package's quoting: non-ASCII and control bytes as `\xNN`.
-fn time_quote(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        if !c.is_ascii() || c < ' ' {
-            let mut buf = [0u8; 4];
-            for b in c.encode_utf8(&mut buf).bytes() {
-                out.push_str(&format!("\\x{b:02x}"));
-            }
-        } else {
-            if c == '"' || c == '\\' {
-                out.push('\\');
-            }
-            out.push(c);
-        }
-    }
-    out.push('"');
-    out
 }
 
 fn parse_arg(node: &Node, args: &[String]) -> Result<ArgCommand, InstructionErrorKind> {
