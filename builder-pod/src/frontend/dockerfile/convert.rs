@@ -18,7 +18,6 @@ mod copy;
 mod dispatch;
 mod error;
 mod image;
-pub mod lint;
 mod named;
 mod resolve;
 mod run;

@@ -7,7 +7,7 @@
 //! each non-ASCII byte in a flag as a Latin-1 character.
 
 use super::json::{self, ExecForm};
-use super::linter::{self, Warning};
+use super::linter::{Warning, rules};
 use super::shell::{DEFAULT_ESCAPE, Lexer, NoEnv, ShellError};
 use crate::util::strconv::quote;
 
@@ -237,8 +237,8 @@ pub fn parse(text: &str) -> Result<Ast, ParseError> {
         }
 
         if empty_continuation {
-            let message = "Empty continuation line".to_owned();
-            warnings.push(Warning::new(&linter::NO_EMPTY_CONTINUATION, message, current_line, current_line));
+            let message = rules::no_empty_continuation();
+            warnings.push(Warning::new(&rules::NO_EMPTY_CONTINUATION, message, current_line, current_line));
         }
 
         let mut node = node_from_line(&logical, state.escape, std::mem::take(&mut comments))

@@ -6,7 +6,8 @@ use std::collections::BTreeSet;
 
 use super::dispatch::list;
 use super::error::{ConvertErrorKind, Lines, Result};
-use super::{Converted, Converter, Empty, lint};
+use super::{Converted, Converter, Empty};
+use crate::frontend::dockerfile::linter::rules;
 use crate::frontend::llb::{self, Constraints, LocalOptions, MarshalOptions};
 use crate::util::gopath;
 use crate::util::strconv::{self, quote};
@@ -29,10 +30,10 @@ impl Converter<'_> {
             let (ip, host_port, _) = split_port_parts(raw);
             let proto = raw.rsplit_once('/').map(|(_, p)| p).unwrap_or("");
             if proto != proto.to_lowercase() {
-                self.warn(&lint::EXPOSE_PROTO_CASING, lint::expose_proto_casing(raw), lines, comments);
+                self.warn(&rules::EXPOSE_PROTO_CASING, rules::expose_proto_casing(raw), lines, comments);
             }
             if !ip.is_empty() || !host_port.is_empty() {
-                self.warn(&lint::EXPOSE_INVALID_FORMAT, lint::expose_invalid_format(raw), lines, comments);
+                self.warn(&rules::EXPOSE_INVALID_FORMAT, rules::expose_invalid_format(raw), lines, comments);
             }
             exposed.extend(parse_port(raw).map_err(ConvertErrorKind::Port)?);
         }

@@ -3,8 +3,9 @@
 //! `--chmod`, `--link`, `--parents` and `--exclude`.
 
 use super::dispatch::{process_cmd_env, uppercase_cmd};
-use super::{ConvertErrorKind, Converter, DESCRIPTION_COMMAND, Fail, Lines, Result, lint};
+use super::{ConvertErrorKind, Converter, DESCRIPTION_COMMAND, Fail, Lines, Result};
 use crate::frontend::dockerfile::instructions::{AddCommand, CopyCommand, SourcesAndDest};
+use crate::frontend::dockerfile::linter::rules;
 use crate::frontend::llb::git::parse_url;
 use crate::frontend::llb::{
     self, ChmodOpt, ChownOpt, Constraints, CopyInfo, FileAction, GitOptions, HttpOptions, MkfileInfo, State,
@@ -328,8 +329,8 @@ impl Converter<'_> {
         let cleaned = gopath::clean(src);
         if matcher.matches_or_parent_matches(&cleaned) {
             let instruction = if cfg.is_add { "Add" } else { "Copy" };
-            let msg = lint::copy_ignored_file(instruction, &cleaned);
-            self.warn(&lint::COPY_IGNORED_FILE, msg, cfg.lines, cfg.comments);
+            let msg = rules::copy_ignored_file(instruction, &cleaned);
+            self.warn(&rules::COPY_IGNORED_FILE, msg, cfg.lines, cfg.comments);
         }
     }
 }

@@ -10,8 +10,9 @@ use sha2::{Digest as _, Sha256};
 
 use super::config::valid_signal;
 use super::error::{ConvertErrorKind, Lines, Result};
-use super::{Cmd, Converter, Empty, Image, image, lint};
+use super::{Cmd, Converter, Empty, Image, image};
 use crate::frontend::dockerfile::instructions::{ArgCommand, Command, Instruction, KeyValuePair};
+use crate::frontend::dockerfile::linter::{checks, rules};
 use crate::frontend::dockerfile::shell::{Env, Lexer, ShellError};
 use crate::frontend::dockerfile::suggest;
 use crate::frontend::llb::{self, Constraints, EnvList, Platform, format_platform_all};
@@ -133,8 +134,8 @@ impl Converter<'_> {
             Instruction::Cmd(c) => {
                 if let Some(prev) = self.states[i].cmd_set.replace(lines) {
                     self.warn(
-                        &lint::MULTIPLE_INSTRUCTIONS_DISALLOWED,
-                        lint::multiple_instructions(&keyword),
+                        &rules::MULTIPLE_INSTRUCTIONS_DISALLOWED,
+                        rules::multiple_instructions_disallowed(&keyword),
                         prev,
                         &comments,
                     );
@@ -148,8 +149,8 @@ impl Converter<'_> {
             Instruction::Entrypoint(c) => {
                 if let Some(prev) = self.states[i].entrypoint_set.replace(lines) {
                     self.warn(
-                        &lint::MULTIPLE_INSTRUCTIONS_DISALLOWED,
-                        lint::multiple_instructions(&keyword),
+                        &rules::MULTIPLE_INSTRUCTIONS_DISALLOWED,
+                        rules::multiple_instructions_disallowed(&keyword),
                         prev,
                         &comments,
                     );
@@ -165,8 +166,8 @@ impl Converter<'_> {
             Instruction::Healthcheck(h) => {
                 if let Some(prev) = self.states[i].healthcheck_set.replace(lines) {
                     self.warn(
-                        &lint::MULTIPLE_INSTRUCTIONS_DISALLOWED,
-                        lint::multiple_instructions(&keyword),
+                        &rules::MULTIPLE_INSTRUCTIONS_DISALLOWED,
+                        rules::multiple_instructions_disallowed(&keyword),
                         prev,
                         &comments,
                     );
@@ -295,8 +296,8 @@ impl Converter<'_> {
         let keys: Vec<String> = self.states[i].state.env().keys().map(str::to_owned).collect();
         let options: Vec<&str> = keys.iter().map(String::as_str).collect();
         for var in unmatched.iter().filter(|v| !NON_ENV_ARGS.contains(&v.as_str())) {
-            let msg = lint::undefined_var(var, suggest(var, &options, true).as_deref());
-            self.warn(&lint::UNDEFINED_VAR, msg, lines, comments);
+            let msg = rules::undefined_var(var, suggest(var, &options, true).as_deref());
+            self.warn(&rules::UNDEFINED_VAR, msg, lines, comments);
         }
     }
 
@@ -315,7 +316,7 @@ impl Converter<'_> {
             return args.to_vec();
         }
         if self.states[i].image.config.shell.is_empty() {
-            self.warn(&lint::JSON_ARGS_RECOMMENDED, lint::json_args_recommended(keyword), lines, comments);
+            self.warn(&rules::JSON_ARGS_RECOMMENDED, rules::json_args_recommended(keyword), lines, comments);
         }
         with_shell(&self.states[i].image, args)
     }
@@ -331,12 +332,17 @@ impl Converter<'_> {
         let mut message = "ENV".to_owned();
         for p in pairs {
             if p.no_delim {
-                self.warn(&lint::LEGACY_KEY_VALUE_FORMAT, lint::legacy_key_value(keyword), lines, comments);
-            }
-            if lint::looks_secret(&p.key) {
                 self.warn(
-                    &lint::SECRETS_USED_IN_ARG_OR_ENV,
-                    lint::secrets_used("ENV", &p.key),
+                    &rules::LEGACY_KEY_VALUE_FORMAT,
+                    rules::legacy_key_value_format(keyword),
+                    lines,
+                    comments,
+                );
+            }
+            if checks::looks_secret(&p.key) {
+                self.warn(
+                    &rules::SECRETS_USED_IN_ARG_OR_ENV,
+                    rules::secrets_used_in_arg_or_env("ENV", &p.key),
                     lines,
                     comments,
                 );
@@ -360,7 +366,12 @@ impl Converter<'_> {
         let mut message = "LABEL".to_owned();
         for p in pairs {
             if p.no_delim {
-                self.warn(&lint::LEGACY_KEY_VALUE_FORMAT, lint::legacy_key_value(keyword), lines, comments);
+                self.warn(
+                    &rules::LEGACY_KEY_VALUE_FORMAT,
+                    rules::legacy_key_value_format(keyword),
+                    lines,
+                    comments,
+                );
             }
             self.states[i].image.config.labels.insert(p.key.clone(), p.value.clone());
             message.push_str(&format!(" {}={}", p.key, p.value));
@@ -379,7 +390,7 @@ impl Converter<'_> {
     ) -> Result<()> {
         if let Some((_, lines, comments)) = commit {
             if !self.states[i].workdir_set && !path.starts_with('/') {
-                self.warn(&lint::WORKDIR_RELATIVE_PATH, lint::workdir_relative_path(path), lines, comments);
+                self.warn(&rules::WORKDIR_RELATIVE_PATH, rules::workdir_relative_path(path), lines, comments);
             }
             self.states[i].workdir_set = true;
         }
@@ -419,10 +430,10 @@ impl Converter<'_> {
     fn dispatch_arg(&mut self, i: usize, arg: &ArgCommand, lines: Lines, comments: &[String]) -> Result<()> {
         let mut parts = Vec::with_capacity(arg.args.len());
         for def in &arg.args {
-            if lint::looks_secret(&def.key) {
+            if checks::looks_secret(&def.key) {
                 self.warn(
-                    &lint::SECRETS_USED_IN_ARG_OR_ENV,
-                    lint::secrets_used("ARG", &def.key),
+                    &rules::SECRETS_USED_IN_ARG_OR_ENV,
+                    rules::secrets_used_in_arg_or_env("ARG", &def.key),
                     lines,
                     comments,
                 );

@@ -6,10 +6,9 @@
 use std::collections::BTreeSet;
 
 use super::error::{ConvertErrorKind, Fail, Result};
-use super::{
-    BoxError, Converter, DESCRIPTION_COMMAND, Image, ImageResolver, ResolvedConfig, SCRATCH, lint, named,
-};
+use super::{BoxError, Converter, DESCRIPTION_COMMAND, Image, ImageResolver, ResolvedConfig, SCRATCH, named};
 use crate::frontend::dockerfile::instructions::{self, Instruction};
+use crate::frontend::dockerfile::linter::rules;
 use crate::frontend::dockerfile::parser;
 use crate::frontend::dockerfile::suggest;
 use crate::frontend::llb::{self, Constraints, ImageOptions, Platform, State, format_platform_all};
@@ -235,12 +234,12 @@ impl Converter<'_> {
             if req.reachable && !is_scratch {
                 let actual = self.states[i].image.platform();
                 if platform.os != actual.os || platform.architecture != actual.architecture {
-                    let msg = lint::invalid_base_image_platform(
+                    let msg = rules::invalid_base_image_platform(
                         &req.orig_name,
                         &format_platform_all(&platform.normalize()),
                         &format_platform_all(&actual.normalize()),
                     );
-                    self.warn(&lint::INVALID_BASE_IMAGE_PLATFORM, msg, lines, &[]);
+                    self.warn(&rules::INVALID_BASE_IMAGE_PLATFORM, msg, lines, &[]);
                 }
             }
             let d = &mut self.states[i];

@@ -6,8 +6,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::error::{ConvertErrorKind, Fail, Lines, Result};
-use super::{Cmd, Converter, DispatchState, SCRATCH, lint, named};
+use super::{Cmd, Converter, DispatchState, SCRATCH, named};
 use crate::frontend::dockerfile::instructions::{self, Command, Instruction, Stage};
+use crate::frontend::dockerfile::linter::rules;
 use crate::frontend::dockerfile::shell::{Expansion, NoEnv};
 use crate::frontend::dockerfile::suggest;
 use crate::frontend::llb::{EnvList, Platform, format_platform, format_platform_all};
@@ -83,8 +84,8 @@ impl Converter<'_> {
         }
         // Upstream runs this check with the file's config, not the stage's comments.
         for (base, lines) in found {
-            let msg = lint::invalid_default_arg_in_from(&base);
-            self.warn(&lint::INVALID_DEFAULT_ARG_IN_FROM, msg, lines, &[]);
+            let msg = rules::invalid_default_arg_in_from(&base);
+            self.warn(&rules::INVALID_DEFAULT_ARG_IN_FROM, msg, lines, &[]);
         }
     }
 
@@ -211,10 +212,10 @@ impl Converter<'_> {
             if keys.contains(arg) {
                 continue;
             }
-            found.push(lint::undefined_arg_in_from(arg, suggest(arg, &options, true).as_deref()));
+            found.push(rules::undefined_arg_in_from(arg, suggest(arg, &options, true).as_deref()));
         }
         for msg in found {
-            self.warn(&lint::UNDEFINED_ARG_IN_FROM, msg, lines, comments);
+            self.warn(&rules::UNDEFINED_ARG_IN_FROM, msg, lines, comments);
         }
     }
 
@@ -226,8 +227,8 @@ impl Converter<'_> {
             && self.global_args.get("TARGETPLATFORM") == Some(m.result.as_str())
         {
             self.warn(
-                &lint::REDUNDANT_TARGET_PLATFORM,
-                lint::redundant_target_platform(&st.platform),
+                &rules::REDUNDANT_TARGET_PLATFORM,
+                rules::redundant_target_platform(&st.platform),
                 lines,
                 &st.comments,
             );
@@ -239,8 +240,8 @@ impl Converter<'_> {
             && !st.name.contains(&p.architecture)
         {
             self.warn(
-                &lint::FROM_PLATFORM_FLAG_CONST_DISALLOWED,
-                lint::from_platform_const(&m.result),
+                &rules::FROM_PLATFORM_FLAG_CONST_DISALLOWED,
+                rules::from_platform_flag_const_disallowed(&m.result),
                 lines,
                 &st.comments,
             );

@@ -12,7 +12,7 @@ use super::commands::{
 use super::errors::{InstructionError, InstructionErrorKind, StageError, suggestion};
 use super::flags::{FlagKind, Flags};
 use super::mounts::{parse_device, parse_mount};
-use crate::frontend::dockerfile::linter::{CheckConfig, Warning};
+use crate::frontend::dockerfile::linter::{CheckConfig, Warning, checks, rules};
 use crate::frontend::dockerfile::parser::{self, Args, Ast, Node};
 use crate::util::{gotime, strconv};
 
@@ -70,8 +70,17 @@ pub fn parse_stages_with_checks(ast: &Ast, check: &CheckConfig) -> Result<Stages
             }
         }
     }
-    let mut stage_warnings = stage_name_checks(&stages);
-    stage_warnings.extend(casing_checks(&stages));
+    let named =
+        stages.iter().filter(|s| !s.name.is_empty()).map(|s| (s.name.as_str(), s.start_line, s.end_line));
+    let mut stage_warnings = checks::stage_names(named);
+    let keywords: Vec<(&str, usize, usize)> = stages
+        .iter()
+        .flat_map(|s| {
+            std::iter::once((s.orig_cmd.as_str(), s.start_line, s.end_line))
+                .chain(s.commands.iter().map(|c| (c.keyword.as_str(), c.start_line, c.end_line)))
+        })
+        .collect();
+    stage_warnings.extend(checks::instruction_casing(&keywords));
     warnings.extend(stage_warnings.into_iter().filter(|w| check.enabled(w.rule)));
     Ok(Stages { stages, meta_args, warnings })
 }
@@ -94,53 +103,6 @@ enum Parsed {
     Command(Command),
 }
 
-/// The reserved stage names and duplicates (dockerfile2llb `validateStageNames`).
-fn stage_name_checks(stages: &[Stage]) -> Vec<Warning> {
-    let mut warnings = Vec::new();
-    let mut seen: Vec<&str> = Vec::new();
-    for stage in stages.iter().filter(|s| !s.name.is_empty()) {
-        if matches!(stage.name.as_str(), "context" | "scratch") {
-            warnings.push(Warning::reserved_stage_name(&stage.name, stage.start_line, stage.end_line));
-        }
-        if seen.contains(&stage.name.as_str()) {
-            warnings.push(Warning::duplicate_stage_name(&stage.name, stage.start_line, stage.end_line));
-        }
-        seen.push(&stage.name);
-    }
-    warnings
-}
-
-/// Instructions should share one casing (dockerfile2llb `validateCommandCasing`).
-fn casing_checks(stages: &[Stage]) -> Vec<Warning> {
-    let keywords = || {
-        stages.iter().flat_map(|s| {
-            std::iter::once((s.orig_cmd.as_str(), s.start_line, s.end_line))
-                .chain(s.commands.iter().map(|c| (c.keyword.as_str(), c.start_line, c.end_line)))
-        })
-    };
-    let (mut lower, mut upper) = (0, 0);
-    for (keyword, _, _) in keywords() {
-        if keyword == keyword.to_lowercase() {
-            lower += 1;
-        } else if keyword == keyword.to_uppercase() {
-            upper += 1;
-        }
-    }
-    let majority_lower = lower > upper;
-    keywords()
-        .filter_map(|(keyword, start, end)| {
-            let casing = if majority_lower && keyword.to_lowercase() != keyword {
-                "lowercase"
-            } else if !majority_lower && keyword.to_uppercase() != keyword {
-                "uppercase"
-            } else {
-                return None;
-            };
-            Some(Warning::consistent_casing(keyword, casing, start, end))
-        })
-        .collect()
-}
-
 fn parse_instruction(node: &Node, warnings: &mut Vec<Warning>) -> Result<Parsed, InstructionError> {
     let at = |kind| InstructionError { kind, start_line: node.start_line, end_line: node.end_line };
     let (start, end) = (node.start_line, node.end_line);
@@ -161,7 +123,12 @@ fn parse_instruction(node: &Node, warnings: &mut Vec<Warning>) -> Result<Parsed,
             Instruction::Env(key_values(node, "ENV").map_err(at)?)
         }
         "maintainer" => {
-            warnings.push(Warning::maintainer_deprecated(start, end));
+            warnings.push(Warning::new(
+                &rules::MAINTAINER_DEPRECATED,
+                rules::maintainer_deprecated(),
+                start,
+                end,
+            ));
             let maintainer = exactly_one(&args, "MAINTAINER").map_err(at)?;
             no_flags().map_err(at)?;
             Instruction::Maintainer(maintainer)
@@ -223,7 +190,7 @@ fn parse_instruction(node: &Node, warnings: &mut Vec<Warning>) -> Result<Parsed,
         "arg" => {
             let arg = parse_arg(node, &args).map_err(at)?;
             let keys: Vec<&str> = arg.args.iter().map(|a| a.key.as_str()).collect();
-            definition_description("ARG", &keys, node, warnings);
+            warnings.extend(checks::definition_description("ARG", &keys, &node.comments, start, end));
             Instruction::Arg(arg)
         }
         "shell" => {
@@ -390,21 +357,7 @@ fn parse_from(
     warnings: &mut Vec<Warning>,
 ) -> Result<Stage, InstructionErrorKind> {
     let (start, end) = (node.start_line, node.end_line);
-    if let [_, _, name] = args
-        && *name != name.to_lowercase()
-    {
-        warnings.push(Warning::stage_name_casing(name, start, end));
-    }
-    if let [_, as_, _, ..] = args {
-        let from = node.keyword.as_str();
-        let from_lower = from == from.to_lowercase();
-        let from_upper = from == from.to_uppercase();
-        let mismatch =
-            if from_lower { *as_ != as_.to_lowercase() } else { from_upper && *as_ != as_.to_uppercase() };
-        if mismatch {
-            warnings.push(Warning::from_as_casing(from, as_, start, end));
-        }
-    }
+    warnings.extend(checks::from_casing(&node.keyword, args, start, end));
     let name = match args {
         [_, as_, name] if as_.eq_ignore_ascii_case("as") => {
             let lower = name.to_lowercase();
@@ -419,7 +372,7 @@ fn parse_from(
     let mut flags = Flags::new(&node.flags, &[("platform", FlagKind::Str)]);
     flags.parse()?;
     if !name.is_empty() {
-        definition_description("FROM", &[name.as_str()], node, warnings);
+        warnings.extend(checks::definition_description("FROM", &[name.as_str()], &node.comments, start, end));
     }
     Ok(Stage {
         doc_comment: doc_comment(&node.comments, &name),
@@ -449,23 +402,6 @@ fn doc_comment(comments: &[String], name: &str) -> String {
     }
     let prefix = format!("{name} ");
     comments.iter().find_map(|c| c.strip_prefix(&prefix)).unwrap_or_default().to_owned()
-}
-
-/// A comment directly above ARG/FROM should describe what it defines
-/// (`validateDefinitionDescription`, an experimental check).
-fn definition_description(instruction: &str, keys: &[&str], node: &Node, warnings: &mut Vec<Warning>) {
-    let (Some(last), Some(first_key)) = (node.comments.last(), keys.first()) else { return };
-    let word = last.split(' ').next().unwrap_or_default();
-    if keys.contains(&word) {
-        return;
-    }
-    let example = if keys.len() > 1 { "<arg_key>" } else { first_key };
-    warnings.push(Warning::invalid_definition_description(
-        instruction,
-        example,
-        node.start_line,
-        node.end_line,
-    ));
 }
 
 fn parse_onbuild(node: &Node, args: &[String]) -> Result<String, InstructionErrorKind> {
