@@ -1,18 +1,192 @@
-//! The image config a stage describes (dockerfile2llb `dispatchExpose`,
-//! `finalizeResultImage`): exposed ports, stop signals, and the target
-//! stage's config and LLB as the build returns them.
+//! The image config a stage describes: the instructions that only write
+//! the config and its history (MAINTAINER, LABEL, CMD, ENTRYPOINT,
+//! HEALTHCHECK, EXPOSE, VOLUME, STOPSIGNAL, SHELL; dockerfile2llb's
+//! `dispatch*`), and the target stage's config and LLB as the build returns
+//! them (`finalizeResultImage`).
 
 use std::collections::BTreeSet;
 
-use super::dispatch::list;
+use super::dispatch::with_shell;
 use super::error::{ConvertErrorKind, Lines, Result};
-use super::{Converted, Converter, Empty};
+use super::{Converted, Converter, Empty, image};
+use crate::frontend::dockerfile::instructions::{Healthcheck, KeyValuePair, ShellDependentCmdLine};
 use crate::frontend::dockerfile::linter::rules;
 use crate::frontend::llb::{self, Constraints, LocalOptions, MarshalOptions};
 use crate::util::gopath;
-use crate::util::strconv::{self, quote};
+use crate::util::gotime::format_duration;
+use crate::util::strconv::{self, quote, quote_rune};
 
 impl Converter<'_> {
+    pub(super) fn dispatch_maintainer(&mut self, i: usize, maintainer: &str) {
+        let d = &mut self.states[i];
+        d.image.author = maintainer.to_owned();
+        d.image.commit(&format!("MAINTAINER {maintainer}"), false, false, self.epoch);
+    }
+
+    pub(super) fn dispatch_label(
+        &mut self,
+        i: usize,
+        keyword: &str,
+        pairs: &[KeyValuePair],
+        lines: Lines,
+        comments: &[String],
+    ) {
+        let mut message = "LABEL".to_owned();
+        for p in pairs {
+            if p.no_delim {
+                self.warn(
+                    &rules::LEGACY_KEY_VALUE_FORMAT,
+                    rules::legacy_key_value_format(keyword),
+                    lines,
+                    comments,
+                );
+            }
+            self.states[i].image.config.labels.insert(p.key.clone(), p.value.clone());
+            message.push_str(&format!(" {}={}", p.key, p.value));
+        }
+        self.states[i].image.commit(&message, false, false, self.epoch);
+    }
+
+    pub(super) fn dispatch_cmd(
+        &mut self,
+        i: usize,
+        keyword: &str,
+        c: &ShellDependentCmdLine,
+        lines: Lines,
+        comments: &[String],
+    ) {
+        let previous = self.states[i].cmd_set.replace(lines);
+        self.warn_repeated(previous, keyword, comments);
+        let args = self.command_line(i, "CMD", keyword, c, lines, comments);
+        let config = &mut self.states[i].image.config;
+        config.cmd = args;
+        config.args_escaped = true;
+    }
+
+    pub(super) fn dispatch_entrypoint(
+        &mut self,
+        i: usize,
+        keyword: &str,
+        c: &ShellDependentCmdLine,
+        lines: Lines,
+        comments: &[String],
+    ) {
+        let previous = self.states[i].entrypoint_set.replace(lines);
+        self.warn_repeated(previous, keyword, comments);
+        let args = self.command_line(i, "ENTRYPOINT", keyword, c, lines, comments);
+        let d = &mut self.states[i];
+        d.image.config.entrypoint = args;
+        if d.cmd_set.is_none() {
+            d.image.config.cmd.clear();
+        }
+    }
+
+    /// The words CMD or ENTRYPOINT (`name`) sets, recorded in the history.
+    fn command_line(
+        &mut self,
+        i: usize,
+        name: &str,
+        keyword: &str,
+        c: &ShellDependentCmdLine,
+        lines: Lines,
+        comments: &[String],
+    ) -> Vec<String> {
+        let args = self.shell_form(i, keyword, &c.cmd_line, c.prepend_shell, lines, comments);
+        self.states[i].image.commit(&format!("{name} {}", quote_list(&args)), false, false, self.epoch);
+        args
+    }
+
+    pub(super) fn dispatch_healthcheck(
+        &mut self,
+        i: usize,
+        keyword: &str,
+        h: &Healthcheck,
+        lines: Lines,
+        comments: &[String],
+    ) {
+        let previous = self.states[i].healthcheck_set.replace(lines);
+        self.warn_repeated(previous, keyword, comments);
+        let nanos = |d: std::time::Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
+        let hc = image::Healthcheck {
+            test: h.test.clone(),
+            interval: nanos(h.interval),
+            timeout: nanos(h.timeout),
+            start_period: nanos(h.start_period),
+            start_interval: nanos(h.start_interval),
+            retries: i64::from(h.retries),
+        };
+        // `%q` of upstream's Healthcheck struct.
+        let message = format!(
+            "HEALTHCHECK &{{{} {} {} {} {} {}}}",
+            quote_list(&hc.test),
+            quote(&format_duration(hc.interval)),
+            quote(&format_duration(hc.timeout)),
+            quote(&format_duration(hc.start_period)),
+            quote(&format_duration(hc.start_interval)),
+            quote_rune(hc.retries),
+        );
+        let d = &mut self.states[i];
+        d.image.config.healthcheck = Some(hc);
+        d.image.commit(&message, false, false, self.epoch);
+    }
+
+    /// `MultipleInstructionsDisallowed`, reported at the earlier one: only
+    /// the last CMD, ENTRYPOINT or HEALTHCHECK of a stage counts.
+    fn warn_repeated(&mut self, previous: Option<Lines>, keyword: &str, comments: &[String]) {
+        if let Some(previous) = previous {
+            let message = rules::multiple_instructions_disallowed(keyword);
+            self.warn(&rules::MULTIPLE_INSTRUCTIONS_DISALLOWED, message, previous, comments);
+        }
+    }
+
+    /// Shell form gets the stage's SHELL (`withShell`); CMD and ENTRYPOINT
+    /// are told to prefer JSON.
+    fn shell_form(
+        &mut self,
+        i: usize,
+        keyword: &str,
+        args: &[String],
+        prepend_shell: bool,
+        lines: Lines,
+        comments: &[String],
+    ) -> Vec<String> {
+        if !prepend_shell {
+            return args.to_vec();
+        }
+        if self.states[i].image.config.shell.is_empty() {
+            self.warn(&rules::JSON_ARGS_RECOMMENDED, rules::json_args_recommended(keyword), lines, comments);
+        }
+        with_shell(&self.states[i].image, args)
+    }
+
+    pub(super) fn dispatch_volume(&mut self, i: usize, volumes: &[String]) -> Result<()> {
+        if volumes.iter().any(String::is_empty) {
+            return Err(ConvertErrorKind::EmptyVolume.into());
+        }
+        let d = &mut self.states[i];
+        for v in volumes {
+            d.image.config.volumes.insert(v.clone(), Empty {});
+        }
+        d.image.commit(&format!("VOLUME {}", list(volumes)), false, false, self.epoch);
+        Ok(())
+    }
+
+    pub(super) fn dispatch_stop_signal(&mut self, i: usize, signal: String) -> Result<()> {
+        if !valid_signal(&signal) {
+            return Err(ConvertErrorKind::Signal(signal).into());
+        }
+        let d = &mut self.states[i];
+        d.image.commit(&format!("STOPSIGNAL {signal}"), false, false, self.epoch);
+        d.image.config.stop_signal = signal;
+        Ok(())
+    }
+
+    pub(super) fn dispatch_shell(&mut self, i: usize, shell: Vec<String>) {
+        let d = &mut self.states[i];
+        d.image.commit(&format!("SHELL {}", list(&shell)), false, false, self.epoch);
+        d.image.config.shell = shell;
+    }
+
     pub(super) fn dispatch_expose(
         &mut self,
         i: usize,
@@ -128,7 +302,7 @@ impl Converter<'_> {
 }
 
 /// `signal.ParseSignal` on Linux.
-pub(super) fn valid_signal(raw: &str) -> bool {
+fn valid_signal(raw: &str) -> bool {
     const NAMES: [&str; 34] = [
         "ABRT", "ALRM", "BUS", "CHLD", "CLD", "CONT", "FPE", "HUP", "ILL", "INT", "IO", "IOT", "KILL",
         "PIPE", "POLL", "PROF", "PWR", "QUIT", "SEGV", "STKFLT", "STOP", "SYS", "TERM", "TRAP", "TSTP",
@@ -162,7 +336,7 @@ fn split_port_parts(raw: &str) -> (String, String, String) {
 }
 
 /// `parsePort`: a spec to `port/proto` entries (a range gives several).
-pub(super) fn parse_port(raw: &str) -> Result<Vec<String>, String> {
+fn parse_port(raw: &str) -> Result<Vec<String>, String> {
     let (ip, host_port, container) = split_port_parts(raw);
     let (port, proto) = container.split_once('/').unwrap_or((&container, ""));
     let proto_err = |reason: &str| format!("invalid port: {}: {reason}", quote(raw));
@@ -198,6 +372,39 @@ fn port_range(ports: &str) -> Option<(u32, u32)> {
         Some((s, e)) => {
             let (s, e) = (number(s)?, number(e)?);
             (e >= s).then_some((s, e))
+        }
+    }
+}
+
+/// Go's `%q` of a `[]string`, as history entries show a command: `["a" "b"]`.
+fn quote_list(items: &[String]) -> String {
+    let quoted: Vec<String> = items.iter().map(|s| quote(s)).collect();
+    format!("[{}]", quoted.join(" "))
+}
+
+/// Go's `%v` of a `[]string`: `[a b]`.
+fn list(items: &[String]) -> String {
+    format!("[{}]", items.join(" "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_and_signals_parse_like_docker() {
+        assert_eq!(parse_port("80").unwrap(), ["80/tcp"]);
+        assert_eq!(parse_port("8080:80/udp").unwrap(), ["80/udp"]);
+        assert_eq!(parse_port("1-3/SCTP").unwrap(), ["1/sctp", "2/sctp", "3/sctp"]);
+        assert_eq!(parse_port("[::1]:80:80").unwrap(), ["80/tcp"]);
+        assert_eq!(parse_port("/tcp").unwrap_err(), "invalid port: \"/tcp\": no port specified");
+        assert_eq!(parse_port("5-3").unwrap_err(), "invalid containerPort: 5-3");
+        assert_eq!(parse_port("300.1.1.1:80:80").unwrap_err(), "invalid IP address: 300.1.1.1");
+        for ok in ["SIGKILL", "kill", "9", "RTMIN+3", "SIGRTMAX-1", "-1"] {
+            assert!(valid_signal(ok), "{ok}");
+        }
+        for bad in ["0", "SIGFOO", "RTMIN+16", ""] {
+            assert!(!valid_signal(bad), "{bad}");
         }
     }
 }

@@ -1,24 +1,22 @@
 //! Dispatching instructions onto LLB states (dockerfile2llb `dispatch`):
 //! every needed stage in Dockerfile order, variable expansion with the
-//! stage's env, ENV, LABEL, WORKDIR and ARG, and the `[stage n/total]`
-//! names of the steps. RUN, COPY/ADD and the image config instructions have
-//! their own modules.
+//! stage's env, the instructions that change the build state (ENV, WORKDIR,
+//! USER, ARG), and the `[stage n/total]` names of the steps. RUN, COPY/ADD
+//! and the instructions that only write the image config have their own
+//! modules.
 
 use std::collections::BTreeSet;
 
 use sha2::{Digest as _, Sha256};
 
-use super::config::valid_signal;
-use super::error::{ConvertErrorKind, Lines, Result};
-use super::{Cmd, Converter, Empty, Image, image};
+use super::error::{Lines, Result};
+use super::{Cmd, Converter, Image};
 use crate::frontend::dockerfile::instructions::{ArgCommand, Command, Instruction, KeyValuePair};
 use crate::frontend::dockerfile::linter::{checks, rules};
 use crate::frontend::dockerfile::shell::{Env, Lexer, ShellError};
 use crate::frontend::dockerfile::suggest;
 use crate::frontend::llb::{self, Constraints, EnvList, Platform, format_platform_all};
 use crate::util::gopath;
-use crate::util::gotime::format_duration;
-use crate::util::strconv::{quote, quote_rune};
 
 impl Converter<'_> {
     /// `prefixCommand`: `[stage n/total] ` before a step's name.
@@ -108,11 +106,7 @@ impl Converter<'_> {
         self.expand(i, &mut command)?;
         let keyword = command.keyword.clone();
         match command.instruction {
-            Instruction::Maintainer(m) => {
-                let d = &mut self.states[i];
-                d.image.author.clone_from(&m);
-                d.image.commit(&format!("MAINTAINER {m}"), false, false, self.epoch);
-            }
+            Instruction::Maintainer(m) => self.dispatch_maintainer(i, &m),
             Instruction::Env(pairs) => self.dispatch_env(i, &keyword, &pairs, lines, &comments),
             Instruction::Run(run) => {
                 self.dispatch_run(i, &command.source_code, &run, &cmd.sources, lines, &comments)?
@@ -131,69 +125,9 @@ impl Converter<'_> {
             )?,
             Instruction::Label(pairs) => self.dispatch_label(i, &keyword, &pairs, lines, &comments),
             Instruction::Onbuild(expr) => self.states[i].image.config.on_build.push(expr),
-            Instruction::Cmd(c) => {
-                if let Some(prev) = self.states[i].cmd_set.replace(lines) {
-                    self.warn(
-                        &rules::MULTIPLE_INSTRUCTIONS_DISALLOWED,
-                        rules::multiple_instructions_disallowed(&keyword),
-                        prev,
-                        &comments,
-                    );
-                }
-                let args = self.shell_form(i, &keyword, &c.cmd_line, c.prepend_shell, lines, &comments);
-                let d = &mut self.states[i];
-                d.image.commit(&format!("CMD {}", quote_list(&args)), false, false, self.epoch);
-                d.image.config.cmd = args;
-                d.image.config.args_escaped = true;
-            }
-            Instruction::Entrypoint(c) => {
-                if let Some(prev) = self.states[i].entrypoint_set.replace(lines) {
-                    self.warn(
-                        &rules::MULTIPLE_INSTRUCTIONS_DISALLOWED,
-                        rules::multiple_instructions_disallowed(&keyword),
-                        prev,
-                        &comments,
-                    );
-                }
-                let args = self.shell_form(i, &keyword, &c.cmd_line, c.prepend_shell, lines, &comments);
-                let d = &mut self.states[i];
-                d.image.commit(&format!("ENTRYPOINT {}", quote_list(&args)), false, false, self.epoch);
-                d.image.config.entrypoint = args;
-                if d.cmd_set.is_none() {
-                    d.image.config.cmd.clear();
-                }
-            }
-            Instruction::Healthcheck(h) => {
-                if let Some(prev) = self.states[i].healthcheck_set.replace(lines) {
-                    self.warn(
-                        &rules::MULTIPLE_INSTRUCTIONS_DISALLOWED,
-                        rules::multiple_instructions_disallowed(&keyword),
-                        prev,
-                        &comments,
-                    );
-                }
-                let nanos = |d: std::time::Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
-                let hc = image::Healthcheck {
-                    test: h.test.clone(),
-                    interval: nanos(h.interval),
-                    timeout: nanos(h.timeout),
-                    start_period: nanos(h.start_period),
-                    start_interval: nanos(h.start_interval),
-                    retries: i64::from(h.retries),
-                };
-                let message = format!(
-                    "HEALTHCHECK &{{{} {} {} {} {} {}}}",
-                    quote_list(&hc.test),
-                    quote(&format_duration(hc.interval)),
-                    quote(&format_duration(hc.timeout)),
-                    quote(&format_duration(hc.start_period)),
-                    quote(&format_duration(hc.start_interval)),
-                    quote_rune(hc.retries),
-                );
-                let d = &mut self.states[i];
-                d.image.config.healthcheck = Some(hc);
-                d.image.commit(&message, false, false, self.epoch);
-            }
+            Instruction::Cmd(c) => self.dispatch_cmd(i, &keyword, &c, lines, &comments),
+            Instruction::Entrypoint(c) => self.dispatch_entrypoint(i, &keyword, &c, lines, &comments),
+            Instruction::Healthcheck(h) => self.dispatch_healthcheck(i, &keyword, &h, lines, &comments),
             Instruction::Expose(ports) => self.dispatch_expose(i, &ports, lines, &comments)?,
             Instruction::User(user) => {
                 let d = &mut self.states[i];
@@ -201,29 +135,9 @@ impl Converter<'_> {
                 d.image.config.user.clone_from(&user);
                 d.image.commit(&format!("USER {user}"), false, false, self.epoch);
             }
-            Instruction::Volume(volumes) => {
-                if volumes.iter().any(String::is_empty) {
-                    return Err(ConvertErrorKind::EmptyVolume.into());
-                }
-                let d = &mut self.states[i];
-                for v in &volumes {
-                    d.image.config.volumes.insert(v.clone(), Empty {});
-                }
-                d.image.commit(&format!("VOLUME {}", list(&volumes)), false, false, self.epoch);
-            }
-            Instruction::StopSignal(signal) => {
-                if !valid_signal(&signal) {
-                    return Err(ConvertErrorKind::Signal(signal).into());
-                }
-                let d = &mut self.states[i];
-                d.image.config.stop_signal.clone_from(&signal);
-                d.image.commit(&format!("STOPSIGNAL {signal}"), false, false, self.epoch);
-            }
-            Instruction::Shell(shell) => {
-                let d = &mut self.states[i];
-                d.image.commit(&format!("SHELL {}", list(&shell)), false, false, self.epoch);
-                d.image.config.shell = shell;
-            }
+            Instruction::Volume(volumes) => self.dispatch_volume(i, &volumes)?,
+            Instruction::StopSignal(signal) => self.dispatch_stop_signal(i, signal)?,
+            Instruction::Shell(shell) => self.dispatch_shell(i, shell),
             Instruction::Arg(arg) => self.dispatch_arg(i, &arg, lines, &comments)?,
         }
         Ok(())
@@ -301,26 +215,6 @@ impl Converter<'_> {
         }
     }
 
-    /// Shell form gets the stage's SHELL (`withShell`); CMD and ENTRYPOINT
-    /// are told to prefer JSON.
-    fn shell_form(
-        &mut self,
-        i: usize,
-        keyword: &str,
-        args: &[String],
-        prepend_shell: bool,
-        lines: Lines,
-        comments: &[String],
-    ) -> Vec<String> {
-        if !prepend_shell {
-            return args.to_vec();
-        }
-        if self.states[i].image.config.shell.is_empty() {
-            self.warn(&rules::JSON_ARGS_RECOMMENDED, rules::json_args_recommended(keyword), lines, comments);
-        }
-        with_shell(&self.states[i].image, args)
-    }
-
     fn dispatch_env(
         &mut self,
         i: usize,
@@ -351,30 +245,6 @@ impl Converter<'_> {
             let d = &mut self.states[i];
             d.state = d.state.add_env(&p.key, &p.value);
             d.image.add_env(&p.key, &p.value);
-        }
-        self.states[i].image.commit(&message, false, false, self.epoch);
-    }
-
-    fn dispatch_label(
-        &mut self,
-        i: usize,
-        keyword: &str,
-        pairs: &[KeyValuePair],
-        lines: Lines,
-        comments: &[String],
-    ) {
-        let mut message = "LABEL".to_owned();
-        for p in pairs {
-            if p.no_delim {
-                self.warn(
-                    &rules::LEGACY_KEY_VALUE_FORMAT,
-                    rules::legacy_key_value_format(keyword),
-                    lines,
-                    comments,
-                );
-            }
-            self.states[i].image.config.labels.insert(p.key.clone(), p.value.clone());
-            message.push_str(&format!(" {}={}", p.key, p.value));
         }
         self.states[i].image.commit(&message, false, false, self.epoch);
     }
@@ -505,7 +375,7 @@ pub(super) fn process_cmd_env(lexer: &Lexer, cmd: &str, env: &dyn Env) -> String
 }
 
 /// `platformFromEnv`: the platform the TARGET* args of a stage describe.
-pub(super) fn platform_from_env(env: &EnvList) -> Option<Platform> {
+fn platform_from_env(env: &EnvList) -> Option<Platform> {
     let mut p = Platform::new("", "", None);
     let mut set = false;
     for (k, v) in env.iter() {
@@ -525,7 +395,7 @@ pub(super) fn platform_from_env(env: &EnvList) -> Option<Platform> {
 }
 
 /// `formatTargetPlatform`: `->arch` when cross-compiling.
-pub(super) fn format_target_platform(base: &Platform, target: Option<Platform>) -> String {
+fn format_target_platform(base: &Platform, target: Option<Platform>) -> String {
     let Some(mut target) = target else { return String::new() };
     if target.os.is_empty() {
         target.os.clone_from(&base.os);
@@ -548,13 +418,23 @@ pub(super) fn format_target_platform(base: &Platform, target: Option<Platform>) 
     String::new()
 }
 
-/// Go's `%q` of a `[]string`, as history entries show a command: `["a" "b"]`.
-fn quote_list(items: &[String]) -> String {
-    let quoted: Vec<String> = items.iter().map(|s| quote(s)).collect();
-    format!("[{}]", quoted.join(" "))
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Go's `%v` of a `[]string`: `[a b]`.
-pub(super) fn list(items: &[String]) -> String {
-    format!("[{}]", items.join(" "))
+    #[test]
+    fn target_platforms_format_for_cross_builds() {
+        let amd = Platform::new("linux", "amd64", None);
+        assert_eq!(format_target_platform(&amd, Some(Platform::new("linux", "arm64", None))), "->arm64");
+        assert_eq!(format_target_platform(&amd, Some(Platform::new("linux", "arm", Some("v7")))), "->arm/v7");
+        assert_eq!(
+            format_target_platform(&amd, Some(Platform::new("windows", "amd64", None))),
+            "->windows/amd64"
+        );
+        assert_eq!(format_target_platform(&amd, Some(amd.clone())), "");
+        assert_eq!(format_target_platform(&amd, None), "");
+        let mut env = EnvList::default();
+        env.set("TARGETARCH", "arm64");
+        assert_eq!(platform_from_env(&env).map(|p| p.architecture), Some("arm64".to_owned()));
+    }
 }
