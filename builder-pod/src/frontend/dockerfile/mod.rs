@@ -1,8 +1,9 @@
 //! The Dockerfile frontend: text to AST (`parser`), AST to typed
 //! instructions and stages (`instructions`), BuildKit's shell-word lexer for
-//! variable expansion (`shell`), and conversion to LLB plus the image config
-//! (`convert`). Only `convert` looks anything up, through the resolver it is
-//! given; the rest is pure.
+//! variable expansion (`shell`), the build checks (`linter`), and conversion
+//! to LLB plus the image config (`convert`: stages, resolve, dispatch,
+//! config). `builder` runs it for a Solve. Only `convert` looks anything up,
+//! through the resolver it is given; the rest is pure.
 //!
 //! Behaviour and error texts follow moby/buildkit v0.29
 //! `frontend/dockerfile/{parser,shell,instructions,linter}` (buildkit-protocol.md §8.3),
