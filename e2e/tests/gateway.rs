@@ -523,70 +523,14 @@ fn kiln_up_runs_a_local_pool_that_buildx_builds_on_and_stops_it_on_sigterm() {
     );
 }
 
-/// A CA and certificates it signed for the gateway (`pool-a`, 127.0.0.1)
-/// and for two clients, made with the openssl CLI in `dir`.
-fn certificates(dir: &Path) {
-    let openssl = |args: &[&str]| {
-        let out = run_unchecked(Command::new("openssl").current_dir(dir).args(args));
-        assert!(out.status.success(), "openssl {args:?}\n{}", streams(&out));
-    };
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-    openssl(
-        &[
-            &["req", "-x509"][..],
-            &ec,
-            &["-days", "1", "-subj", "/CN=kiln-test-ca", "-keyout", "ca.key", "-out", "ca.crt"],
-        ]
-        .concat(),
-    );
-    for (name, cn, ext) in [
-        ("server", "gateway", "subjectAltName=DNS:pool-a,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"),
-        ("ci", "ci", "extendedKeyUsage=clientAuth\n"),
-        ("intruder", "intruder", "extendedKeyUsage=clientAuth\n"),
-    ] {
-        std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
-        let subject = format!("/CN={cn}");
-        let (key, csr, crt, extfile) =
-            (format!("{name}.key"), format!("{name}.csr"), format!("{name}.crt"), format!("{name}.ext"));
-        openssl(&[&["req"][..], &ec, &["-subj", &subject, "-keyout", &key, "-out", &csr]].concat());
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "1",
-            "-out",
-            &crt,
-            "-extfile",
-            &extfile,
-        ]);
-    }
-}
-
 #[test]
 fn tls_with_client_certificates_admits_only_the_pools_clients() {
     let dir = tempfile::tempdir().unwrap();
-    certificates(dir.path());
+    kiln_e2e::certificates(dir.path(), &["pool-a"], &["ci", "intruder"]);
     let file = |name: &str| dir.path().join(name).display().to_string();
-    let gw = Gateway::start_with(
-        1,
-        &[
-            "--tls-cert",
-            &file("server.crt"),
-            "--tls-key",
-            &file("server.key"),
-            "--tls-ca",
-            &file("ca.crt"),
-            "--allow-client",
-            "ci",
-        ],
-    );
+    let mut args = kiln_e2e::gateway_tls_args(dir.path());
+    args.extend(["--allow-client".to_owned(), "ci".to_owned()]);
+    let gw = Gateway::start_with(1, &args.iter().map(String::as_str).collect::<Vec<_>>());
 
     // buildx's remote driver with the client's certificate and the server
     // name (it offers no ALPN; the gateway speaks HTTP/2 anyway).

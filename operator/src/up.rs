@@ -236,7 +236,7 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> Result<(), Error> {
     let metrics = Arc::new(Metrics::new()?);
     let mut tasks = JoinSet::new();
     if let Some(addr) = &args.metrics_addr {
-        metrics::serve(addr, Arc::clone(&metrics), &mut tasks)
+        metrics::serve(addr, Arc::clone(&metrics), metrics::always_ready(), &mut tasks)
             .await
             .map_err(|source| gateway::Error::Listen { addr: addr.clone(), source })?;
     }

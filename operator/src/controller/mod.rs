@@ -110,7 +110,7 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> Result<(), RunError
     let client = Client::try_default().await.map_err(RunError::Client)?;
     let metrics = Arc::new(Metrics::new()?);
     let mut tasks = JoinSet::new();
-    metrics::serve(&args.metrics_addr, metrics.clone(), &mut tasks)
+    metrics::serve(&args.metrics_addr, metrics.clone(), metrics::always_ready(), &mut tasks)
         .await
         .map_err(|source| RunError::Listen { addr: args.metrics_addr.clone(), source })?;
     info!(addr = %args.metrics_addr, "serving /metrics, /healthz, /readyz");

@@ -31,6 +31,9 @@ pub struct SolveIds {
     pub r#ref: String,
     #[prost(string, tag = "5")]
     pub session: String,
+    /// What the client asks to be granted (`--allow`).
+    #[prost(string, repeated, tag = "9")]
+    pub entitlements: Vec<String>,
 }
 
 /// `StatusRequest` (and the history requests): field 1 is the build ref.

@@ -4,11 +4,13 @@
 //! ARCHITECTURE.md, "The gateway's routing").
 //!
 //! Static mode: the builders are given with `--backend`. Cluster mode
-//! (`--builder NAMESPACE/NAME`, repeatable): each pool is a `Builder`'s
-//! pods, and the gateway reports its demand so the controller scales it,
-//! from zero too. With TLS the server name a client asks for (buildx
-//! `--driver-opt servername=NAME`) picks the pool, and with `--tls-ca` the
-//! client certificate's common name must be in the pool's access list.
+//! (`--builder NAMESPACE/NAME`, repeatable, or `--watch-builders` for every
+//! Builder it may see): each pool is a `Builder`'s pods, and the gateway
+//! reports its demand so the controller scales it, from zero too. With TLS
+//! the server name a client asks for (buildx `--driver-opt servername=NAME`)
+//! picks the pool (`pools.rs`), and the client certificate's common name
+//! must be in the pool's access list (`*`: any client); an empty list admits
+//! nobody.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +27,7 @@ use crate::metrics::{self, Metrics};
 pub mod cluster;
 pub mod grpc;
 pub mod pool;
+pub mod pools;
 pub mod proxy;
 pub mod route;
 pub mod tls;
@@ -42,16 +45,38 @@ pub struct Args {
     #[arg(
         long = "backend",
         value_name = "ADDR",
-        required_unless_present = "builders",
-        conflicts_with = "builders"
+        required_unless_present_any = ["builders", "watch_builders"],
+        conflicts_with_all = ["builders", "watch_builders"]
     )]
     pub backends: Vec<String>,
 
     /// Cluster mode: serve the pool of this Builder (NAMESPACE/NAME), found
     /// through the Kubernetes API (KUBECONFIG or in-cluster). Repeat for
     /// several pools; TLS server names `NAME` or `NAME.NAMESPACE` pick one.
-    #[arg(long = "builder", value_name = "NAMESPACE/NAME")]
+    #[arg(long = "builder", value_name = "NAMESPACE/NAME", conflicts_with = "watch_builders")]
     pub builders: Vec<String>,
+
+    /// Cluster mode: serve every Builder the gateway may see, as they come
+    /// and go, without a restart (in the --namespace ones only, if given;
+    /// those matching --selector only, if given).
+    #[arg(long, env = "KILN_WATCH_BUILDERS")]
+    pub watch_builders: bool,
+
+    /// With --watch-builders: a namespace whose Builders to serve (repeat).
+    /// None: every namespace.
+    #[arg(long = "namespace", value_name = "NAMESPACE", requires = "watch_builders", value_delimiter = ',')]
+    pub namespaces: Vec<String>,
+
+    /// With --watch-builders: serve only Builders with these labels
+    /// (a Kubernetes label selector, e.g. `team=ml,tier!=test`).
+    #[arg(long, value_name = "SELECTOR", requires = "watch_builders")]
+    pub selector: Option<String>,
+
+    /// Cluster mode: the pool (NAME or NAME.NAMESPACE) of clients that name
+    /// none (plain TCP, or a TLS server name that is no pool's). Unset: such
+    /// clients get the only pool, or are refused when there are several.
+    #[arg(long, value_name = "POOL")]
+    pub default_pool: Option<String>,
 
     /// Serve TLS with this certificate (PEM); needs --tls-key.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
@@ -66,9 +91,21 @@ pub struct Args {
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_ca: Option<std::path::PathBuf>,
 
-    /// Static mode with mTLS: a client common name that may use the pool
-    /// (repeat); none: every client the CA signed.
-    #[arg(long = "allow-client", value_name = "CN")]
+    /// A CA (PEM) that signs a certificate for each pool name on demand, so
+    /// a client verifying the pool name it sends (buildx servername=) trusts
+    /// the gateway for every pool, also ones created later; clients trust
+    /// this CA (its certificate is their cacert). Needs --tls-issuer-key.
+    #[arg(long, value_name = "FILE", requires_all = ["tls_issuer_key", "tls_cert"])]
+    pub tls_issuer_cert: Option<std::path::PathBuf>,
+
+    /// The pool issuer's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_issuer_cert")]
+    pub tls_issuer_key: Option<std::path::PathBuf>,
+
+    /// Static mode: a client common name that may use the pool (repeat;
+    /// needs --tls-ca). None: every client that reaches the gateway (with
+    /// --tls-ca, every certificate the CA signed).
+    #[arg(long = "allow-client", value_name = "CN", conflicts_with_all = ["builders", "watch_builders"])]
     pub allow_clients: Vec<String>,
 
     /// Sessions one builder takes at once; further builds wait in the gateway.
@@ -125,7 +162,10 @@ pub fn start(
         tcp_host_port(b)?;
     }
     let pool = pool::Pool::new(backends.iter().map(|b| pool::Backend::new(b)).collect(), max_sessions);
-    let gateway = Gateway::new(vec![PoolEntry::new(Vec::new(), pool, allow)], metrics);
+    // Static mode: who reaches the gateway is whom its operator let reach it.
+    let allow = if allow.is_empty() { vec![route::ANY_CLIENT.to_owned()] } else { allow };
+    let pools = pools::Pools::fixed(vec![PoolEntry::new(Vec::new(), pool, allow)]);
+    let gateway = Gateway::new(pools, metrics);
     let health = proxy::watch_health(Arc::clone(&gateway), Duration::from_secs(2));
     tasks.spawn(health.instrument(info_span!("health checks")));
     Ok(gateway)
@@ -199,7 +239,7 @@ async fn connection(
     closing: CancellationToken,
 ) {
     let Some(tls) = tls else {
-        let conn = Arc::new(gateway.connection(None, None));
+        let conn = Arc::new(gateway.connection(None, None).await);
         return serve_connection(gateway, conn, TokioIo::new(stream), &closing).await;
     };
     let stream = match tls.accept(stream).await {
@@ -213,7 +253,7 @@ async fn connection(
     let server_name = session.server_name().map(str::to_owned);
     let client = session.peer_certificates().and_then(|c| c.first()).and_then(tls::common_name);
     debug!(server_name = ?server_name, client = ?client, "TLS connection");
-    let conn = Arc::new(gateway.connection(server_name.as_deref(), client));
+    let conn = Arc::new(gateway.connection(server_name.as_deref(), client).await);
     serve_connection(gateway, conn, TokioIo::new(stream), &closing).await;
 }
 
@@ -253,39 +293,70 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> Result<(), Error> {
     // What serves the open sessions (health checks, the pools' watches,
     // demand, metrics) lasts until the drain is over.
     let mut tasks = JoinSet::new();
+    let scope = if args.watch_builders {
+        Some(cluster::Scope::Watched { namespaces: args.namespaces.clone(), selector: args.selector.clone() })
+    } else if !args.builders.is_empty() {
+        let named = args
+            .builders
+            .iter()
+            .map(|b| {
+                b.split_once('/')
+                    .filter(|(ns, n)| !ns.is_empty() && !n.is_empty())
+                    .map(|(ns, n)| (ns.to_owned(), n.to_owned()))
+                    .ok_or_else(|| Error::BadBuilder(b.clone()))
+            })
+            .collect::<Result<_, _>>()?;
+        Some(cluster::Scope::Named(named))
+    } else {
+        None
+    };
+    let gateway = match scope {
+        None => start(
+            &args.backends,
+            args.max_parallel_builds,
+            args.allow_clients.clone(),
+            Arc::clone(&metrics),
+            &mut tasks,
+        )?,
+        Some(scope) => {
+            let client = kube::Client::try_default().await.map_err(Error::Client)?;
+            let pools = pools::Pools::watched(args.default_pool.clone());
+            let follow = cluster::follow(client, scope, Arc::clone(&pools));
+            tasks.spawn(follow.instrument(info_span!("builders")));
+            Gateway::new(pools, Arc::clone(&metrics))
+        }
+    };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let issuer = match (&args.tls_issuer_cert, &args.tls_issuer_key) {
+                (Some(cert), Some(key)) => {
+                    let pools = Arc::clone(&gateway.pools);
+                    let is_pool: tls::IsPool = Arc::new(move |name| pools.names(name));
+                    Some(tls::PoolIssuer { cert: cert.clone(), key: key.clone(), is_pool })
+                }
+                _ => None,
+            };
+            Some(tls::acceptor(cert, key, args.tls_ca.as_deref(), issuer)?)
+        }
+        _ => None,
+    };
     if let Some(addr) = &args.metrics_addr {
-        metrics::serve(addr, Arc::clone(&metrics), &mut tasks)
+        // Ready once it knows its pools (cluster mode: the first list of Builders).
+        let pools = Arc::clone(&gateway.pools);
+        metrics::serve(addr, metrics, Arc::new(move || pools.is_synced()), &mut tasks)
             .await
             .map_err(|source| Error::Listen { addr: addr.clone(), source })?;
     }
-    let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(tls::acceptor(cert, key, args.tls_ca.as_deref())?),
-        _ => None,
-    };
-    let gateway = if args.builders.is_empty() {
-        start(&args.backends, args.max_parallel_builds, args.allow_clients.clone(), metrics, &mut tasks)?
-    } else {
-        let client = kube::Client::try_default().await.map_err(Error::Client)?;
-        let mut pools = Vec::new();
-        for builder in &args.builders {
-            let (namespace, name) = builder
-                .split_once('/')
-                .filter(|(ns, n)| !ns.is_empty() && !n.is_empty())
-                .ok_or_else(|| Error::BadBuilder(builder.clone()))?;
-            let pool = pool::Pool::new(Vec::new(), args.max_parallel_builds);
-            let entry =
-                PoolEntry::new(vec![name.to_owned(), format!("{name}.{namespace}")], pool, Vec::new());
-            let (ns, n) = (namespace.to_owned(), name.to_owned());
-            let watch = cluster::watch(client.clone(), ns.clone(), n.clone(), Arc::clone(&entry));
-            tasks.spawn(watch.instrument(info_span!("pool watch", %builder)));
-            let demand = cluster::report_demand(client.clone(), ns, n, Arc::clone(&entry.pool));
-            tasks.spawn(demand.instrument(info_span!("demand", %builder)));
-            pools.push(entry);
-        }
-        Gateway::new(pools, metrics)
-    };
     let listener = bind(&args.addr).await?;
-    info!(addr = %args.addr, backends = ?args.backends, builders = ?args.builders, tls = tls.is_some(), "gateway serving the BuildKit API");
+    info!(
+        addr = %args.addr,
+        backends = ?args.backends,
+        builders = ?args.builders,
+        watch_builders = args.watch_builders,
+        namespaces = ?args.namespaces,
+        tls = tls.is_some(),
+        "gateway serving the BuildKit API"
+    );
     serve(listener, gateway, tls, &shutdown, Duration::from_secs(args.shutdown_grace)).await;
     tasks.shutdown().await;
     Ok(())
@@ -341,7 +412,8 @@ mod tests {
         backend.set_ready(true);
         let pool = pool::Pool::new(vec![backend], 4);
         let metrics = Arc::new(Metrics::new().unwrap());
-        let gateway = Gateway::new(vec![PoolEntry::new(Vec::new(), pool, Vec::new())], metrics);
+        let entry = PoolEntry::new(Vec::new(), pool, vec![route::ANY_CLIENT.to_owned()]);
+        let gateway = Gateway::new(pools::Pools::fixed(vec![entry]), metrics);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = shutdown.clone();

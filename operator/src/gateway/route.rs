@@ -69,15 +69,37 @@ pub fn route(path: &str, ready: impl FnOnce() -> bool) -> Route {
     }
 }
 
+/// In an access list: every client the gateway admits (with a client CA,
+/// every certificate it signed).
+pub const ANY_CLIENT: &str = "*";
+
 /// Why `client` may not use a pool whose access list is `access`, if it may
-/// not; an empty list admits every client the gateway admits.
+/// not. Nobody is admitted by default: an empty list admits nobody.
 pub fn denied(access: &[String], client: Option<&str>) -> Option<String> {
-    if access.is_empty() || client.is_some_and(|c| access.iter().any(|a| a == c)) {
+    let listed = |name: &str| access.iter().any(|a| a == ANY_CLIENT || a == name);
+    if access.iter().any(|a| a == ANY_CLIENT) || client.is_some_and(listed) {
         return None;
     }
     let who = client.map_or("a client without a certificate".to_owned(), |c| format!("client {c:?}"));
+    if access.is_empty() {
+        return Some(format!(
+            "kiln gateway: {who} may not use this pool: its access list is empty, which admits nobody \
+             (list client names in the Builder's spec.access.clients, or \"*\" for every client)"
+        ));
+    }
     Some(format!(
         "kiln gateway: {who} may not use this pool: the certificate's name is not in its access list"
+    ))
+}
+
+/// Why a build asking for entitlements `requested` may not run on pool
+/// `pool`, which allows `allowed`, if it may not. The first words are
+/// BuildKit's, as buildx users know them from buildkitd.
+pub fn refused_entitlement(allowed: &[String], requested: &[String], pool: &str) -> Option<String> {
+    let refused = requested.iter().find(|e| !allowed.contains(e))?;
+    Some(format!(
+        "granting entitlement {refused} is not allowed by build daemon configuration: pool {pool:?} does not \
+         allow it (the Builder's spec.entitlements)"
     ))
 }
 
@@ -131,10 +153,33 @@ mod tests {
     }
 
     #[test]
+    fn entitlements_are_refused_unless_the_pool_allows_them() {
+        let allowed = ["network.host".to_owned()];
+        assert_eq!(refused_entitlement(&allowed, &[], "p"), None);
+        assert_eq!(refused_entitlement(&allowed, &["network.host".to_owned()], "p"), None);
+        let refused =
+            refused_entitlement(&allowed, &["security.insecure".to_owned()], "fast").unwrap_or_default();
+        assert!(
+            refused.starts_with(
+                "granting entitlement security.insecure is not allowed by build daemon configuration"
+            ) && refused.contains("pool \"fast\""),
+            "{refused}"
+        );
+        assert!(
+            refused_entitlement(&[], &["network.host".to_owned()], "p").is_some(),
+            "none allowed by default"
+        );
+    }
+
+    #[test]
     fn an_access_list_admits_only_the_names_it_lists() {
         let access = ["ci".to_owned(), "dev".to_owned()];
-        assert_eq!(denied(&[], None), None, "an empty list admits everyone");
-        assert_eq!(denied(&[], Some("anyone")), None);
+        let empty = denied(&[], Some("anyone")).unwrap_or_default();
+        assert!(empty.contains("its access list is empty, which admits nobody"), "{empty}");
+        assert!(denied(&[], None).is_some(), "an empty list admits nobody");
+        let any = [ANY_CLIENT.to_owned()];
+        assert_eq!(denied(&any, Some("anyone")), None, "* admits every client");
+        assert_eq!(denied(&any, None), None, "* admits a gateway's clients even without certificates");
         assert_eq!(denied(&access, Some("dev")), None);
         let other = denied(&access, Some("ops")).unwrap_or_default();
         assert!(other.contains("client \"ops\" may not use this pool"), "{other}");
