@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::{TcpListener, TcpStream};
+
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
@@ -26,6 +26,7 @@ use crate::metrics::{self, Metrics};
 
 pub mod cluster;
 pub mod grpc;
+pub mod listen;
 pub mod pool;
 pub mod pools;
 pub mod proxy;
@@ -37,11 +38,12 @@ pub use proxy::{Gateway, PoolEntry};
 /// Run the gateway in front of builders.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Where buildx connects: tcp://HOST:PORT.
+    /// Where buildx connects: tcp://HOST:PORT or unix:///PATH (a socket only
+    /// its owner may use).
     #[arg(long, env = "KILN_GATEWAY_ADDR", default_value = "tcp://127.0.0.1:1234")]
     pub addr: String,
 
-    /// A builder's BuildKit address (tcp://HOST:PORT); repeat for each.
+    /// A builder's BuildKit address (tcp://HOST:PORT or unix:///PATH); repeat for each.
     #[arg(
         long = "backend",
         value_name = "ADDR",
@@ -126,7 +128,7 @@ pub struct Args {
 pub enum Error {
     #[error("listening on {addr}: {source}")]
     Listen { addr: String, source: std::io::Error },
-    #[error("{0:?} is not an address like tcp://127.0.0.1:1234")]
+    #[error("{0:?} is not an address like tcp://127.0.0.1:1234 or unix:///run/kiln/kiln.sock")]
     BadAddr(String),
     #[error("setting up metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -138,15 +140,9 @@ pub enum Error {
     Tls(#[from] tls::TlsError),
 }
 
-/// `tcp://HOST:PORT` → `HOST:PORT`.
-pub fn tcp_host_port(addr: &str) -> Result<&str, Error> {
-    addr.strip_prefix("tcp://").filter(|hp| hp.contains(':')).ok_or_else(|| Error::BadAddr(addr.to_owned()))
-}
-
-/// Binds the gateway's listener.
-pub async fn bind(addr: &str) -> Result<TcpListener, Error> {
-    let hp = tcp_host_port(addr)?;
-    TcpListener::bind(hp).await.map_err(|source| Error::Listen { addr: addr.to_owned(), source })
+/// Binds the gateway's listener; a unix socket is its owner's alone.
+pub async fn bind(addr: &str) -> Result<listen::Listener, Error> {
+    listen::Listener::bind(addr, listen::SocketAccess::default()).await
 }
 
 /// A gateway over `backends`, its builders' health checked by a task in
@@ -159,7 +155,7 @@ pub fn start(
     tasks: &mut JoinSet<()>,
 ) -> Result<Arc<Gateway>, Error> {
     for b in backends {
-        tcp_host_port(b)?;
+        listen::Addr::parse(b)?;
     }
     let pool = pool::Pool::new(backends.iter().map(|b| pool::Backend::new(b)).collect(), max_sessions);
     // Static mode: who reaches the gateway is whom its operator let reach it.
@@ -183,7 +179,7 @@ const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// then every connection is asked to close (GOAWAY: calls in flight finish)
 /// and gets `CLOSE_WAIT`; whatever is still open then is cut.
 pub async fn serve(
-    listener: TcpListener,
+    listener: listen::Listener,
     gateway: Arc<Gateway>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: &CancellationToken,
@@ -204,7 +200,6 @@ pub async fn serve(
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             () = shutdown.cancelled() => break,
         };
-        let _ = stream.set_nodelay(true);
         let connection = connection(Arc::clone(&gateway), stream, tls.clone(), closing.clone());
         connections.spawn(connection.instrument(info_span!("connection", %peer)));
     }
@@ -234,7 +229,7 @@ pub async fn serve(
 /// One client connection, with TLS when the gateway serves it.
 async fn connection(
     gateway: Arc<Gateway>,
-    stream: TcpStream,
+    stream: listen::Stream,
     tls: Option<tokio_rustls::TlsAcceptor>,
     closing: CancellationToken,
 ) {
@@ -372,6 +367,7 @@ mod tests {
     use http_body_util::{BodyExt, Empty, StreamBody};
     use hyper::body::{Frame, Incoming};
     use hyper::client::conn::http2::SendRequest;
+    use tokio::net::{TcpListener, TcpStream};
 
     use super::*;
 
@@ -417,7 +413,8 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = shutdown.clone();
-        let serving = async move { serve(listener, gateway, None, &shutdown, grace).await };
+        let serving =
+            async move { serve(listen::Listener::Tcp(listener), gateway, None, &shutdown, grace).await };
         (addr, tokio::spawn(serving.instrument(info_span!("gateway"))))
     }
 

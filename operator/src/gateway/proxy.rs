@@ -164,7 +164,12 @@ impl ClientConn {
     }
 }
 
+/// The authority of requests to a builder: its host and port, or
+/// `localhost` over a unix socket (gRPC servers ignore it).
 fn host_port(addr: &str) -> &str {
+    if addr.starts_with("unix://") {
+        return "localhost";
+    }
     addr.strip_prefix("tcp://").unwrap_or(addr)
 }
 
@@ -212,11 +217,9 @@ impl Gateway {
         {
             return Ok(sender.clone());
         }
-        let hp = host_port(addr);
-        let stream = tokio::net::TcpStream::connect(hp)
+        let stream = super::listen::Stream::connect(addr)
             .await
             .map_err(|source| ForwardError::Connect { addr: addr.to_owned(), source })?;
-        let _ = stream.set_nodelay(true);
         let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
