@@ -208,3 +208,34 @@ current-context: kiln-test
 EOF
 }
 
+# ---------------------------------------------------------- the real node ---
+# Shared by node-up and node-down.
+
+# Configuration, certificates, logs, containerd's content (kept across runs).
+NODE_DIR=$KILN_RUN/node
+# The kubelet's root dir (it bind-mounts it onto itself) and the pods' logs.
+KUBELET_ROOT=$NODE_DIR/kubelet
+POD_LOGS=$NODE_DIR/pod-logs
+# containerd's state and socket: tmpfs, and short paths for unix sockets.
+NODE_RUN=/run/kiln-node
+CONTAINERD_SOCK=$NODE_RUN/containerd/containerd.sock
+# The pods' network: the CNI bridge and its host-local range.
+CNI_BRIDGE=kiln-cni0
+POD_CIDR=10.88.0.0/16
+# What the kubelet (overcommit, panic, keys), the bridge plugin (ip_forward)
+# and kube-proxy may change; node-up saves the values first, node-down puts
+# them back.
+NODE_SYSCTLS=(vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops kernel.keys.root_maxkeys
+    kernel.keys.root_maxbytes net.ipv4.ip_forward net.ipv4.conf.all.route_localnet)
+
+# Directories outside those above that containerd, the CNI plugins and the
+# kubelet write whatever they are told (shim sockets and runc state, libcni's
+# cache, the device plugin socket, links to the pods' logs). node-up notes
+# the ones it had to make; node-down removes those.
+NODE_OUTSIDE_DIRS=(/run/containerd /var/lib/cni /var/lib/kubelet /var/log/containers)
+
+# The node's name: the host name, which must resolve (the API server reaches
+# the kubelet by its Hostname address first, for logs and exec).
+node_name() {
+    hostname | tr '[:upper:]' '[:lower:]'
+}
