@@ -32,7 +32,8 @@ pub enum Command {
     /// this machine that buildx builds against, no cluster needed.
     Up(up::Args),
     /// Write the CustomResourceDefinitions of Builder and Build into the
-    /// kiln-crds Helm chart, or check that the chart is current.
+    /// Helm charts (kiln's crds/ and the kiln-crds chart), or check that
+    /// they are current.
     Crdgen(crdgen::Args),
 }
 
@@ -90,16 +91,16 @@ mod tests {
     }
 
     #[test]
-    fn crdgen_takes_check_and_a_chart_directory() {
-        let cli = Cli::try_parse_from(["kiln", "crdgen", "--check", "--chart", "/tmp/chart"]).unwrap();
+    fn crdgen_takes_check_and_a_charts_directory() {
+        let cli = Cli::try_parse_from(["kiln", "crdgen", "--check", "--charts", "/tmp/charts"]).unwrap();
         let Command::Crdgen(args) = cli.command else { panic!("not crdgen") };
         assert!(args.check);
-        assert_eq!(args.chart, std::path::Path::new("/tmp/chart"));
+        assert_eq!(args.charts, std::path::Path::new("/tmp/charts"));
 
         let cli = Cli::try_parse_from(["kiln", "crdgen"]).unwrap();
         let Command::Crdgen(args) = cli.command else { panic!("not crdgen") };
         assert!(!args.check);
-        assert_eq!(args.chart, std::path::Path::new("charts/kiln-crds"));
+        assert_eq!(args.charts, std::path::Path::new("charts"));
     }
 
     #[test]
