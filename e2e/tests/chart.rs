@@ -332,6 +332,7 @@ fn bad_values_are_refused_with_a_message_that_says_what_to_change() {
         (&["--set", "gateway.defaultPool=default"], "at '/gateway/defaultPool'"),
         (&["--set", "pools[0].name=Default"], "at '/pools/0/name'"),
         (&["--set", "tls.generated.certDays=7"], "at '/tls/generated/certDays': minimum"),
+        (&["--set", "gateway.port=443"], "at '/gateway/port': minimum"),
         (
             &["--set", "gateway.watch.namespaces={builds}"],
             "pools: default lives in namespace kiln, which gateway.watch.namespaces (builds) leaves out",
