@@ -9,6 +9,7 @@
 
 pub mod cluster;
 pub mod grpc;
+pub mod kubeconform;
 pub mod kubelet;
 pub mod llb;
 

@@ -384,35 +384,54 @@ fn service_account_kubeconfig(ns: &Namespace, sa: &str, dir: &std::path::Path) -
     path
 }
 
+/// The kiln chart as `release` in `ns`, without pods of its own (no
+/// controller or gateway replicas, no pools): the tests run those as
+/// processes, with the chart's service accounts.
+fn apply_chart(ns: &Namespace, release: &str) {
+    let chart = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/kiln");
+    let rendered = run(TestEnv::get()
+        .command("helm")
+        .args(["template", release])
+        .arg(&chart)
+        .args(["--namespace", ns.name(), "--kube-version", "1.34.4"])
+        .args(["--set", "controller.replicas=0", "--set", "gateway.replicas=0", "--set-json", "pools=[]"]));
+    let out = ns.apply(&rendered);
+    assert!(out.status.success(), "the API server takes the chart\n{}", streams(&out));
+}
+
+/// Removes what `apply_chart` made outside the namespace.
+fn delete_cluster_roles(release: &str) {
+    for component in ["controller", "gateway"] {
+        let name = format!("{release}-{component}");
+        let _ = run_unchecked(kiln_e2e::cluster::kubectl().args([
+            "delete",
+            "clusterrole,clusterrolebinding",
+            &name,
+        ]));
+    }
+}
+
+/// `kubectl auth can-i ARGS` as the identity of `kubeconfig`.
+fn can(kubeconfig: &std::path::Path, args: &[&str]) -> bool {
+    let out = run_unchecked(
+        TestEnv::get()
+            .command("kubectl")
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(["auth", "can-i"])
+            .args(args),
+    );
+    String::from_utf8_lossy(&out.stdout).trim() == "yes"
+}
+
 #[test]
 fn the_charts_rbac_is_all_the_controller_needs() {
-    let env = TestEnv::get();
-    let chart = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/kiln");
     let dir = tempfile::tempdir().unwrap();
     let release = unique("rel");
-    let sa = format!("{release}-controller");
-    // The operator chart goes into the test's namespace with no controller
-    // pods: the controller runs here as a process, as the chart's service account.
     let w = World::with_controller("op-rbac", |ns| {
-        let rendered = run(env
-            .command("helm")
-            .args(["template", &release])
-            .arg(&chart)
-            .args(["--namespace", ns.name(), "--kube-version", "1.34.4"])
-            .args(["--set", "controller.replicas=0"]));
-        let out = ns.apply(&rendered);
-        assert!(out.status.success(), "the API server takes the chart\n{}", streams(&out));
-        let kubeconfig = service_account_kubeconfig(ns, &sa, dir.path());
-        let can = |args: &[&str]| {
-            let out = run_unchecked(
-                env.command("kubectl")
-                    .arg("--kubeconfig")
-                    .arg(&kubeconfig)
-                    .args(["auth", "can-i"])
-                    .args(args),
-            );
-            String::from_utf8_lossy(&out.stdout).trim() == "yes"
-        };
+        apply_chart(ns, &release);
+        let kubeconfig = service_account_kubeconfig(ns, &format!("{release}-controller"), dir.path());
+        let can = |args: &[&str]| can(&kubeconfig, args);
         assert!(can(&["patch", "builders.kiln.dev", "--subresource=status", "-n", ns.name()]));
         assert!(!can(&["get", "secrets", "-n", ns.name()]), "the controller never reads secrets");
         assert!(!can(&["create", "leases.coordination.k8s.io", "-n", "default"]), "leases only at home");
@@ -423,8 +442,72 @@ fn the_charts_rbac_is_all_the_controller_needs() {
     run(&mut w.ns.kubectl(&["delete", "bldr", "pool", "--wait=true", "--timeout=60s"]));
     let log = w.controller.daemon.log_text();
     assert!(!log.contains("forbidden"), "the controller was refused something:\n{log}");
-    let _ =
-        run_unchecked(kiln_e2e::cluster::kubectl().args(["delete", "clusterrole,clusterrolebinding", &sa]));
+    delete_cluster_roles(&release);
+}
+
+#[test]
+fn the_charts_rbac_is_all_the_gateway_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let release = unique("rel");
+    let w = World::with_controller("gw-rbac", |ns| {
+        apply_chart(ns, &release);
+        Controller::start(ns, "first", IMAGE)
+    });
+    let kubeconfig = service_account_kubeconfig(&w.ns, &format!("{release}-gateway"), dir.path());
+    let ns = w.ns.name();
+    for verb in ["list", "watch"] {
+        assert!(
+            can(&kubeconfig, &[verb, "builders.kiln.dev", "--all-namespaces"]),
+            "{verb} Builders everywhere"
+        );
+        assert!(can(&kubeconfig, &[verb, "pods", "--all-namespaces"]), "{verb} pods everywhere");
+    }
+    assert!(can(&kubeconfig, &["patch", "builders.kiln.dev", "-n", ns]), "the demand annotation");
+    for forbidden in [
+        &["get", "secrets", "-n", ns][..],
+        &["patch", "builders.kiln.dev", "--subresource=status", "-n", ns],
+        &["update", "builders.kiln.dev", "-n", ns],
+        &["delete", "builders.kiln.dev", "-n", ns],
+        &["create", "pods", "-n", ns],
+        &["delete", "pods", "-n", ns],
+        &["create", "leases.coordination.k8s.io", "-n", ns],
+    ] {
+        assert!(!can(&kubeconfig, forbidden), "the gateway may not {forbidden:?}");
+    }
+
+    // The gateway in cluster mode, as the chart's account, in front of a pool.
+    w.apply(&w.builder("pool", "  replicas: {min: 1, max: 2}\n  cache: {retain: false}\n"));
+    w.wait_ready("pool", 1);
+    let port = kiln_e2e::free_port();
+    let mut gateway = kiln_e2e::Daemon::spawn(
+        "kiln gateway (chart's service account)",
+        std::process::Command::new(workspace_bin("kiln"))
+            .args(["gateway", "--addr", &format!("tcp://127.0.0.1:{port}"), "--watch-builders"])
+            // As the chart runs it (its values' watched namespaces, or all).
+            .args(["--namespace", ns])
+            .env("KUBECONFIG", &kubeconfig),
+        dir.path().join("gateway.log"),
+    );
+    gateway.wait_until(Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    wait_for(
+        WAIT,
+        "the gateway reports the pool's demand on the Builder",
+        || {
+            let annotations = w.ns.get_json(&["builder", "pool"])["metadata"]["annotations"].clone();
+            annotations["kiln.dev/demand"].as_str().map(str::to_owned)
+        },
+        || format!("{}\n--- gateway log\n{}", w.describe(), gateway.log_text()),
+    );
+    // Its watches of the Builder and of the pool's pods keep going unrefused.
+    std::thread::sleep(Duration::from_secs(3));
+    let log = gateway.log_text();
+    assert!(
+        !log.contains("forbidden") && !log.contains("watching"),
+        "the gateway was refused something:\n{log}"
+    );
+    gateway.stop(Duration::from_secs(10));
+    run(&mut w.ns.kubectl(&["delete", "bldr", "pool", "--wait=true", "--timeout=60s"]));
+    delete_cluster_roles(&release);
 }
 
 #[test]

@@ -1,12 +1,13 @@
 //! The `kiln` command: Kiln's operator. `controller` reconciles Builders,
 //! `gateway` routes buildx to builders, `up` runs a local pool, `crdgen`
-//! writes the CRDs.
+//! writes the CRDs, `client-cert` issues a client certificate for the gateway.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+mod certs;
 mod controller;
 mod crdgen;
 mod gateway;
@@ -32,8 +33,12 @@ pub enum Command {
     /// this machine that buildx builds against, no cluster needed.
     Up(up::Args),
     /// Write the CustomResourceDefinitions of Builder and Build into the
-    /// kiln-crds Helm chart, or check that the chart is current.
+    /// Helm charts (kiln's crds/ and the kiln-crds chart), or check that
+    /// they are current.
     Crdgen(crdgen::Args),
+    /// Issue a client certificate for the gateway from the chart's client CA
+    /// and print the `docker buildx create` line that uses it.
+    ClientCert(certs::Args),
 }
 
 /// What made a subcommand fail.
@@ -47,6 +52,8 @@ pub enum Error {
     Gateway(#[from] gateway::Error),
     #[error(transparent)]
     Up(#[from] up::Error),
+    #[error(transparent)]
+    ClientCert(#[from] certs::Error),
     #[error("a second signal: stopped without finishing the drain")]
     Aborted,
 }
@@ -63,6 +70,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
             until_signalled(async move |stop| Ok(gateway::run(args, stop).await?)).await
         }
         Command::Up(args) => until_signalled(async move |stop| Ok(up::run(args, stop).await?)).await,
+        Command::ClientCert(args) => certs::run(args).await.map(|()| ExitCode::SUCCESS).map_err(Error::from),
     }
 }
 
@@ -90,16 +98,52 @@ mod tests {
     }
 
     #[test]
-    fn crdgen_takes_check_and_a_chart_directory() {
-        let cli = Cli::try_parse_from(["kiln", "crdgen", "--check", "--chart", "/tmp/chart"]).unwrap();
+    fn crdgen_takes_check_and_a_charts_directory() {
+        let cli = Cli::try_parse_from(["kiln", "crdgen", "--check", "--charts", "/tmp/charts"]).unwrap();
         let Command::Crdgen(args) = cli.command else { panic!("not crdgen") };
         assert!(args.check);
-        assert_eq!(args.chart, std::path::Path::new("/tmp/chart"));
+        assert_eq!(args.charts, std::path::Path::new("/tmp/charts"));
 
         let cli = Cli::try_parse_from(["kiln", "crdgen"]).unwrap();
         let Command::Crdgen(args) = cli.command else { panic!("not crdgen") };
         assert!(!args.check);
-        assert_eq!(args.chart, std::path::Path::new("charts/kiln-crds"));
+        assert_eq!(args.charts, std::path::Path::new("charts"));
+    }
+
+    #[test]
+    fn client_cert_needs_a_name_and_defaults_to_the_charts_objects() {
+        let cli = Cli::try_parse_from(["kiln", "client-cert", "--name", "ci"]).unwrap();
+        let Command::ClientCert(args) = cli.command else { panic!("not client-cert") };
+        assert_eq!(args.name, "ci");
+        assert_eq!(args.namespace, "kiln");
+        assert_eq!((args.ca_secret.as_str(), args.server_secret.as_str()), ("kiln-ca", "kiln-gateway-tls"));
+        assert_eq!(args.service, "kiln-gateway");
+        assert_eq!((args.days, args.pool, args.out, args.gateway), (365, None, None, None));
+
+        assert!(Cli::try_parse_from(["kiln", "client-cert"]).is_err(), "--name is required");
+        assert!(Cli::try_parse_from(["kiln", "client-cert", "--name", "ci", "--days", "0"]).is_err());
+        let cli = Cli::try_parse_from([
+            "kiln",
+            "client-cert",
+            "--name",
+            "ci",
+            "-n",
+            "builds",
+            "--pool",
+            "big.builds",
+            "--out",
+            "/tmp/c",
+            "--gateway",
+            "tcp://gw:443",
+            "--days",
+            "30",
+        ])
+        .unwrap();
+        let Command::ClientCert(args) = cli.command else { panic!("not client-cert") };
+        assert_eq!(args.namespace, "builds");
+        assert_eq!(args.pool.as_deref(), Some("big.builds"));
+        assert_eq!(args.gateway.as_deref(), Some("tcp://gw:443"));
+        assert_eq!(args.days, 30);
     }
 
     #[test]
