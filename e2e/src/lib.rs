@@ -620,6 +620,19 @@ pub fn buildctl_llb(addr: &str, def: &kiln_proto::buildkit::pb::Definition, extr
     out
 }
 
+/// `buildctl build` of the Dockerfile in `dir` (also the context) with the
+/// built-in frontend, exported as `output` (`--output`); its output is echoed.
+pub fn buildctl_dockerfile(addr: &str, dir: &std::path::Path, output: &str) -> String {
+    run(TestEnv::get()
+        .command("buildctl")
+        .args(["--addr", addr, "build", "--progress", "plain", "--frontend", "dockerfile.v0"])
+        .arg("--local")
+        .arg(format!("context={}", dir.display()))
+        .arg("--local")
+        .arg(format!("dockerfile={}", dir.display()))
+        .args(["--output", output]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
