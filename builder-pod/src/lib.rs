@@ -23,6 +23,7 @@ pub mod snapshot;
 pub mod solver;
 pub mod source;
 pub mod telemetry;
+pub mod util;
 pub mod worker;
 
 use std::fs::File;

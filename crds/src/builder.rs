@@ -107,6 +107,40 @@ pub struct BuilderSpec {
     /// Which clients may build on this pool.
     #[serde(default)]
     pub access: AccessSpec,
+
+    /// Entitlements a build on this pool may be granted when its client asks
+    /// (`buildx build --allow …`): `network.host` (a step in the builder's
+    /// own network) and `security.insecure` (a privileged step: root on the
+    /// node). Empty: none, and the gateway refuses builds that ask.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(pattern(ENTITLEMENT_PATTERN)), length(max = 2))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub entitlements: Vec<String>,
+
+    /// The network of build steps.
+    #[serde(default, skip_serializing_if = "NetworkSpec::is_unset")]
+    pub network: NetworkSpec,
+}
+
+/// `network.host` or `security.insecure`.
+const ENTITLEMENT_PATTERN: &str = r"^(network\.host|security\.insecure)$";
+
+/// Where build steps may connect.
+#[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkSpec {
+    /// The IPv4 networks (CIDR) steps may reach. Unset: everywhere the
+    /// builder can reach, as on BuildKit; empty: nowhere. The builder's
+    /// own API is out of reach of steps either way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub egress_allow: Option<Vec<String>>,
+}
+
+impl NetworkSpec {
+    fn is_unset(&self) -> bool {
+        self == &Self::default()
+    }
 }
 
 /// The bounds of the pool and the size it should have now.
@@ -247,8 +281,8 @@ pub struct GcSpec {
 #[serde(rename_all = "camelCase")]
 pub struct AccessSpec {
     /// Client identities allowed to use the pool: the Common Name of the
-    /// client certificate the gateway verified. Empty: every client the
-    /// gateway admits.
+    /// client certificate the gateway verified, or `*` for every client the
+    /// gateway admits. Empty: nobody.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(inner(length(min = 1, max = 253)), length(max = 256))]
     #[x_kube(merge_strategy = ListMerge::Set)]
@@ -460,6 +494,22 @@ impl BuilderSpec {
         {
             errors.push("spec.config", format!("is not valid TOML: {}", e.message()));
         }
+        for (i, allowed) in self.entitlements.iter().enumerate() {
+            if !["network.host", "security.insecure"].contains(&allowed.as_str()) {
+                errors.push(
+                    format!("spec.entitlements[{i}]"),
+                    format!("{allowed:?} is not an entitlement (network.host, security.insecure)"),
+                );
+            }
+        }
+        for (i, cidr) in self.network.egress_allow.iter().flatten().enumerate() {
+            if !is_ipv4_cidr(cidr) {
+                errors.push(
+                    format!("spec.network.egressAllow[{i}]"),
+                    format!("{cidr:?} is not an IPv4 network like 10.0.0.0/8"),
+                );
+            }
+        }
         for (i, client) in self.access.clients.iter().enumerate() {
             if client.trim().is_empty() {
                 errors.push(format!("spec.access.clients[{i}]"), "must name a client identity");
@@ -469,6 +519,12 @@ impl BuilderSpec {
         }
         errors.into_result()
     }
+}
+
+/// `a.b.c.d/n` with every part in range.
+fn is_ipv4_cidr(text: &str) -> bool {
+    let Some((addr, prefix)) = text.split_once('/') else { return false };
+    addr.parse::<std::net::Ipv4Addr>().is_ok() && prefix.parse::<u8>().is_ok_and(|p| p <= 32)
 }
 
 #[cfg(test)]

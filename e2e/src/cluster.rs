@@ -53,6 +53,25 @@ impl Namespace {
         Self(name)
     }
 
+    /// A namespace for pods, without Kiln's CRDs: returned once its default
+    /// ServiceAccount exists (pods are refused until then).
+    pub fn for_pods(prefix: &str) -> Self {
+        let ns = Self(unique(prefix));
+        run(kubectl().args(["create", "namespace", ns.name()]));
+        wait_for(
+            Duration::from_secs(30),
+            "the default service account",
+            || {
+                run_unchecked(&mut ns.kubectl(&["get", "serviceaccount", "default"]))
+                    .status
+                    .success()
+                    .then_some(())
+            },
+            String::new,
+        );
+        ns
+    }
+
     pub fn name(&self) -> &str {
         &self.0
     }

@@ -9,13 +9,14 @@
 
 pub mod cluster;
 pub mod grpc;
+pub mod kubeconform;
 pub mod kubelet;
 pub mod llb;
 
 use std::fmt::Write as _;
 use std::io::Read as _;
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -544,10 +545,7 @@ fn basic_auth(user: &str, password: &str) -> String {
 /// Every path under `dir` with its mode (file type bits included), its
 /// content (a symlink's target; nothing for a directory), and its mtime in
 /// seconds when `mtimes` says so for that path; sorted by path.
-pub fn file_tree(
-    dir: &std::path::Path,
-    mtimes: impl Fn(&str) -> bool,
-) -> Vec<(String, u32, Vec<u8>, Option<u64>)> {
+pub fn file_tree(dir: &Path, mtimes: impl Fn(&str) -> bool) -> Vec<(String, u32, Vec<u8>, Option<u64>)> {
     use std::os::unix::fs::MetadataExt;
     let mut out = Vec::new();
     let mut stack = vec![dir.to_owned()];
@@ -622,7 +620,7 @@ pub fn buildctl_llb(addr: &str, def: &kiln_proto::buildkit::pb::Definition, extr
 
 /// `buildctl build` of the Dockerfile in `dir` (also the context) with the
 /// built-in frontend, exported as `output` (`--output`); its output is echoed.
-pub fn buildctl_dockerfile(addr: &str, dir: &std::path::Path, output: &str) -> String {
+pub fn buildctl_dockerfile(addr: &str, dir: &Path, output: &str) -> String {
     run(TestEnv::get()
         .command("buildctl")
         .args(["--addr", addr, "build", "--progress", "plain", "--frontend", "dockerfile.v0"])
@@ -631,6 +629,67 @@ pub fn buildctl_dockerfile(addr: &str, dir: &std::path::Path, output: &str) -> S
         .arg("--local")
         .arg(format!("dockerfile={}", dir.display()))
         .args(["--output", output]))
+}
+
+/// A CA (`ca.crt`, `ca.key`) and certificates it signed, made with the
+/// openssl CLI in `dir`: `server.crt`/`server.key` for `server_names` and
+/// 127.0.0.1, and `NAME.crt`/`NAME.key` for each client, its common name
+/// `NAME`.
+pub fn certificates(dir: &Path, server_names: &[&str], clients: &[&str]) {
+    let openssl = |args: &[&str]| {
+        let out = run_unchecked(Command::new("openssl").current_dir(dir).args(args));
+        assert!(out.status.success(), "openssl {args:?}\n{}", streams(&out));
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &["-days", "1", "-subj", "/CN=kiln-test-ca", "-keyout", "ca.key", "-out", "ca.crt"],
+        ]
+        .concat(),
+    );
+    let sans: Vec<String> =
+        server_names.iter().map(|n| format!("DNS:{n}")).chain(["IP:127.0.0.1".to_owned()]).collect();
+    let server_ext = format!("subjectAltName={}\nextendedKeyUsage=serverAuth\n", sans.join(","));
+    let certs = std::iter::once(("server".to_owned(), "gateway".to_owned(), server_ext)).chain(
+        clients
+            .iter()
+            .map(|c| ((*c).to_owned(), (*c).to_owned(), "extendedKeyUsage=clientAuth\n".to_owned())),
+    );
+    for (name, cn, ext) in certs {
+        std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
+        let subject = format!("/CN={cn}");
+        let (key, csr, crt, extfile) =
+            (format!("{name}.key"), format!("{name}.csr"), format!("{name}.crt"), format!("{name}.ext"));
+        openssl(&[&["req"][..], &ec, &["-subj", &subject, "-keyout", &key, "-out", &csr]].concat());
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-out",
+            &crt,
+            "-extfile",
+            &extfile,
+        ]);
+    }
+}
+
+/// The gateway's TLS flags for the files [`certificates`] made in `dir`:
+/// its certificate, and client certificates checked against the CA.
+pub fn gateway_tls_args(dir: &Path) -> Vec<String> {
+    let file = |name: &str| dir.join(name).display().to_string();
+    ["--tls-cert", &file("server.crt"), "--tls-key", &file("server.key"), "--tls-ca", &file("ca.crt")]
+        .map(str::to_owned)
+        .into()
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead as _, BufReader};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -438,84 +439,122 @@ fn processes_under(dir: &Path) -> Vec<String> {
     String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_owned).collect()
 }
 
-#[test]
-fn kiln_up_runs_a_local_pool_that_buildx_builds_on_and_stops_it_on_sigterm() {
-    let env = TestEnv::get();
-    let state = tempfile::Builder::new().prefix("kiln-up-").tempdir().unwrap();
-    let config = state.path().join("kilnd.toml");
-    // The local registries speak plain HTTP.
-    std::fs::write(
-        &config,
-        format!(
-            "[registry.\"{}\"]\nhttp = true\n[registry.\"{}\"]\nhttp = true\n",
-            env.registry, env.auth_registry
-        ),
-    )
-    .unwrap();
-    let addr = format!("tcp://127.0.0.1:{}", kiln_e2e::free_port());
-    let pool = state.path().join("pool");
-    let log = std::fs::File::create(state.path().join("up.log")).unwrap();
-    let mut child = Command::new(workspace_bin("kiln"))
-        .args(["up", "--builders", "2", "--addr", &addr])
-        .arg("--state")
-        .arg(&pool)
-        .arg("--config")
-        .arg(&config)
-        .arg("--kilnd")
-        .arg(workspace_bin("kilnd"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .spawn()
+impl Up {
+    /// `kiln up` with two builders on `state`, listening on `addr`, once it
+    /// has printed its buildx line; that line's arguments after `buildx`.
+    fn start(state: tempfile::TempDir, addr: &str) -> (Self, Vec<String>) {
+        let env = TestEnv::get();
+        let config = state.path().join("kilnd.toml");
+        // The local registries speak plain HTTP.
+        std::fs::write(
+            &config,
+            format!(
+                "[registry.\"{}\"]\nhttp = true\n[registry.\"{}\"]\nhttp = true\n",
+                env.registry, env.auth_registry
+            ),
+        )
         .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            eprintln!("kiln up: {line}");
-            if tx.send(line).is_err() {
-                return;
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(state.path().join("up.log")).unwrap();
+        let mut child = Command::new(workspace_bin("kiln"))
+            .args(["up", "--builders", "2", "--addr", addr])
+            .arg("--state")
+            .arg(state.path().join("pool"))
+            .arg("--config")
+            .arg(&config)
+            .arg("--kilnd")
+            .arg(workspace_bin("kilnd"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                eprintln!("kiln up: {line}");
+                if tx.send(line).is_err() {
+                    return;
+                }
             }
-        }
-    });
-    let mut up = Up { child, state, stdout: rx };
-
-    let create = loop {
-        let line = up.stdout.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| {
-            panic!("kiln up printed no buildx line:\n{}", read(&up.state.path().join("up.log")))
         });
-        if let Some(rest) = line.trim().strip_prefix("docker buildx ") {
-            break rest.to_owned();
-        }
-    };
-    let args: Vec<&str> = create.split_whitespace().collect();
-    assert_eq!(&args[..3], ["create", "--name", "kiln"], "{create}");
-    assert!(args.contains(&"remote") && args.contains(&addr.as_str()), "{create}");
+        let up = Up { child, state, stdout: rx };
+        let create = loop {
+            let line = up.stdout.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| {
+                panic!("kiln up printed no buildx line:\n{}", read(&up.state.path().join("up.log")))
+            });
+            if let Some((_, rest)) = line.split_once("buildx create ") {
+                break format!("create {rest}");
+            }
+        };
+        let args: Vec<String> = create.split_whitespace().map(str::to_owned).collect();
+        assert_eq!(&args[..3], ["create", "--name", "kiln"], "{create}");
+        assert!(args.iter().any(|a| a == "remote") && args.iter().any(|a| a == addr), "{create}");
+        (up, args)
+    }
+
+    /// SIGTERM; it must exit cleanly within 30 s.
+    fn stop(mut self) -> tempfile::TempDir {
+        kill(self.child.id(), nix::sys::signal::Signal::SIGTERM);
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "kiln up still runs 30 s after SIGTERM");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(
+            status.success(),
+            "kiln up exited with {status}:\n{}",
+            read(&self.state.path().join("up.log"))
+        );
+        let state = tempfile::Builder::new().prefix("kiln-up-").tempdir().unwrap();
+        std::mem::replace(&mut self.state, state)
+    }
+}
+
+/// A build on the `kiln` builder of `buildx`: its progress output.
+fn build_on_up(buildx: &Buildx, ctx: &Path, out: &Path) -> String {
+    let result = run_unchecked(
+        buildx
+            .command()
+            .args(["build", "--builder", "kiln", "--progress", "plain", "--output"])
+            .arg(format!("type=local,dest={}", out.display()))
+            .arg(ctx),
+    );
+    assert!(result.status.success(), "{}", streams(&result));
+    String::from_utf8_lossy(&result.stderr).into_owned()
+}
+
+#[test]
+fn kiln_up_runs_a_local_pool_on_a_root_only_socket_that_buildx_builds_on_and_stops_it_on_sigterm() {
+    let state = tempfile::Builder::new().prefix("kiln-up-").tempdir().unwrap();
+    let socket = state.path().join("run/kiln.sock");
+    let addr = format!("unix://{}", socket.display());
+    let pool = state.path().join("pool");
+    let (up, args) = Up::start(state, &addr);
+    // Root's alone, as buildkitd's socket is: builds run as root.
+    let meta = std::fs::metadata(&socket).unwrap();
+    assert_eq!((meta.mode() & 0o777, meta.uid()), (0o600, 0), "the socket is root's alone");
     let up_pid = up.child.id().to_string();
     let running: Vec<String> = processes_under(&pool).into_iter().filter(|p| *p != up_pid).collect();
     assert_eq!(running.len(), 2, "two kilnd: {running:?}");
+    // The builders are the gateway's alone too: sockets in the state directory.
+    for i in 0..2 {
+        let socket = pool.join(format!("builder-{i}/kilnd.sock"));
+        assert!(std::fs::symlink_metadata(&socket).unwrap().file_type().is_socket(), "{}", socket.display());
+    }
 
     let buildx = Buildx::new();
     run(buildx.command().args(&args));
     let ctx = context("RUN echo built on the local pool > /out\n", &[]);
     let out_dir = tempfile::tempdir().unwrap();
-    run(buildx
-        .command()
-        .args(["build", "--progress", "plain", "--output"])
-        .arg(format!("type=local,dest={}", out_dir.path().display()))
-        .arg(ctx.path()));
+    build_on_up(&buildx, ctx.path(), out_dir.path());
     assert_eq!(std::fs::read_to_string(out_dir.path().join("out")).unwrap(), "built on the local pool\n");
 
-    kill(up.child.id(), nix::sys::signal::Signal::SIGTERM);
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = up.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(start.elapsed() < Duration::from_secs(30), "kiln up still runs 30 s after SIGTERM");
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert!(status.success(), "kiln up exited with {status}:\n{}", read(&up.state.path().join("up.log")));
+    let _ = up.stop();
     let left = processes_under(&pool);
     assert!(
         left.is_empty(),
@@ -523,70 +562,38 @@ fn kiln_up_runs_a_local_pool_that_buildx_builds_on_and_stops_it_on_sigterm() {
     );
 }
 
-/// A CA and certificates it signed for the gateway (`pool-a`, 127.0.0.1)
-/// and for two clients, made with the openssl CLI in `dir`.
-fn certificates(dir: &Path) {
-    let openssl = |args: &[&str]| {
-        let out = run_unchecked(Command::new("openssl").current_dir(dir).args(args));
-        assert!(out.status.success(), "openssl {args:?}\n{}", streams(&out));
-    };
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-    openssl(
-        &[
-            &["req", "-x509"][..],
-            &ec,
-            &["-days", "1", "-subj", "/CN=kiln-test-ca", "-keyout", "ca.key", "-out", "ca.crt"],
-        ]
-        .concat(),
-    );
-    for (name, cn, ext) in [
-        ("server", "gateway", "subjectAltName=DNS:pool-a,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"),
-        ("ci", "ci", "extendedKeyUsage=clientAuth\n"),
-        ("intruder", "intruder", "extendedKeyUsage=clientAuth\n"),
-    ] {
-        std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
-        let subject = format!("/CN={cn}");
-        let (key, csr, crt, extfile) =
-            (format!("{name}.key"), format!("{name}.csr"), format!("{name}.crt"), format!("{name}.ext"));
-        openssl(&[&["req"][..], &ec, &["-subj", &subject, "-keyout", &key, "-out", &csr]].concat());
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "1",
-            "-out",
-            &crt,
-            "-extfile",
-            &extfile,
-        ]);
+#[test]
+fn kiln_up_restarted_on_its_state_sends_each_project_where_its_cache_is() {
+    let state = tempfile::Builder::new().prefix("kiln-up-").tempdir().unwrap();
+    let addr = format!("unix://{}", state.path().join("kiln.sock").display());
+    let (up, args) = Up::start(state, &addr);
+    let buildx = Buildx::new();
+    run(buildx.command().args(&args));
+    let projects: Vec<_> = (0..4)
+        .map(|i| context(&format!("COPY . /src\nRUN echo project {i} > /built\n"), &[("f", &format!("{i}"))]))
+        .collect();
+    let out = tempfile::tempdir().unwrap();
+    for p in &projects {
+        build_on_up(&buildx, p.path(), out.path());
     }
+    let state = up.stop();
+    let (up, _) = Up::start(state, &addr);
+    for (i, p) in projects.iter().enumerate() {
+        let progress = build_on_up(&buildx, p.path(), out.path());
+        let ran: Vec<_> = steps(&progress).into_iter().filter(|(_, cached)| !cached).collect();
+        assert!(ran.is_empty(), "project {i} rebuilt after the restart: {ran:?}\n{progress}");
+    }
+    let _ = up.stop();
 }
 
 #[test]
 fn tls_with_client_certificates_admits_only_the_pools_clients() {
     let dir = tempfile::tempdir().unwrap();
-    certificates(dir.path());
+    kiln_e2e::certificates(dir.path(), &["pool-a"], &["ci", "intruder"]);
     let file = |name: &str| dir.path().join(name).display().to_string();
-    let gw = Gateway::start_with(
-        1,
-        &[
-            "--tls-cert",
-            &file("server.crt"),
-            "--tls-key",
-            &file("server.key"),
-            "--tls-ca",
-            &file("ca.crt"),
-            "--allow-client",
-            "ci",
-        ],
-    );
+    let mut args = kiln_e2e::gateway_tls_args(dir.path());
+    args.extend(["--allow-client".to_owned(), "ci".to_owned()]);
+    let gw = Gateway::start_with(1, &args.iter().map(String::as_str).collect::<Vec<_>>());
 
     // buildx's remote driver with the client's certificate and the server
     // name (it offers no ALPN; the gateway speaks HTTP/2 anyway).

@@ -56,10 +56,14 @@ impl World {
     /// local registries; `extra` is more YAML under `spec:`.
     fn builder(&self, name: &str, extra: &str) -> String {
         let env = TestEnv::get();
-        let spec =
+        let mut spec =
             format!("  template:\n    nodeSelector: {{kubernetes.io/hostname: {}}}\n", self.kubelet.node())
                 + extra
                 + &format!("  config: |\n    [registry.\"{}\"]\n    http = true\n", env.registry);
+        // Every client, unless the test says who; an empty list admits nobody.
+        if !extra.contains("access:") {
+            spec += "  access: {clients: [\"*\"]}\n";
+        }
         builder_yaml(name, &spec)
     }
 
@@ -380,35 +384,54 @@ fn service_account_kubeconfig(ns: &Namespace, sa: &str, dir: &std::path::Path) -
     path
 }
 
+/// The kiln chart as `release` in `ns`, without pods of its own (no
+/// controller or gateway replicas, no pools): the tests run those as
+/// processes, with the chart's service accounts.
+fn apply_chart(ns: &Namespace, release: &str) {
+    let chart = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/kiln");
+    let rendered = run(TestEnv::get()
+        .command("helm")
+        .args(["template", release])
+        .arg(&chart)
+        .args(["--namespace", ns.name(), "--kube-version", "1.34.4"])
+        .args(["--set", "controller.replicas=0", "--set", "gateway.replicas=0", "--set-json", "pools=[]"]));
+    let out = ns.apply(&rendered);
+    assert!(out.status.success(), "the API server takes the chart\n{}", streams(&out));
+}
+
+/// Removes what `apply_chart` made outside the namespace.
+fn delete_cluster_roles(release: &str) {
+    for component in ["controller", "gateway"] {
+        let name = format!("{release}-{component}");
+        let _ = run_unchecked(kiln_e2e::cluster::kubectl().args([
+            "delete",
+            "clusterrole,clusterrolebinding",
+            &name,
+        ]));
+    }
+}
+
+/// `kubectl auth can-i ARGS` as the identity of `kubeconfig`.
+fn can(kubeconfig: &std::path::Path, args: &[&str]) -> bool {
+    let out = run_unchecked(
+        TestEnv::get()
+            .command("kubectl")
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(["auth", "can-i"])
+            .args(args),
+    );
+    String::from_utf8_lossy(&out.stdout).trim() == "yes"
+}
+
 #[test]
 fn the_charts_rbac_is_all_the_controller_needs() {
-    let env = TestEnv::get();
-    let chart = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/kiln");
     let dir = tempfile::tempdir().unwrap();
     let release = unique("rel");
-    let sa = format!("{release}-controller");
-    // The operator chart goes into the test's namespace with no controller
-    // pods: the controller runs here as a process, as the chart's service account.
     let w = World::with_controller("op-rbac", |ns| {
-        let rendered = run(env
-            .command("helm")
-            .args(["template", &release])
-            .arg(&chart)
-            .args(["--namespace", ns.name(), "--kube-version", "1.34.4"])
-            .args(["--set", "controller.replicas=0"]));
-        let out = ns.apply(&rendered);
-        assert!(out.status.success(), "the API server takes the chart\n{}", streams(&out));
-        let kubeconfig = service_account_kubeconfig(ns, &sa, dir.path());
-        let can = |args: &[&str]| {
-            let out = run_unchecked(
-                env.command("kubectl")
-                    .arg("--kubeconfig")
-                    .arg(&kubeconfig)
-                    .args(["auth", "can-i"])
-                    .args(args),
-            );
-            String::from_utf8_lossy(&out.stdout).trim() == "yes"
-        };
+        apply_chart(ns, &release);
+        let kubeconfig = service_account_kubeconfig(ns, &format!("{release}-controller"), dir.path());
+        let can = |args: &[&str]| can(&kubeconfig, args);
         assert!(can(&["patch", "builders.kiln.dev", "--subresource=status", "-n", ns.name()]));
         assert!(!can(&["get", "secrets", "-n", ns.name()]), "the controller never reads secrets");
         assert!(!can(&["create", "leases.coordination.k8s.io", "-n", "default"]), "leases only at home");
@@ -419,8 +442,72 @@ fn the_charts_rbac_is_all_the_controller_needs() {
     run(&mut w.ns.kubectl(&["delete", "bldr", "pool", "--wait=true", "--timeout=60s"]));
     let log = w.controller.daemon.log_text();
     assert!(!log.contains("forbidden"), "the controller was refused something:\n{log}");
-    let _ =
-        run_unchecked(kiln_e2e::cluster::kubectl().args(["delete", "clusterrole,clusterrolebinding", &sa]));
+    delete_cluster_roles(&release);
+}
+
+#[test]
+fn the_charts_rbac_is_all_the_gateway_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let release = unique("rel");
+    let w = World::with_controller("gw-rbac", |ns| {
+        apply_chart(ns, &release);
+        Controller::start(ns, "first", IMAGE)
+    });
+    let kubeconfig = service_account_kubeconfig(&w.ns, &format!("{release}-gateway"), dir.path());
+    let ns = w.ns.name();
+    for verb in ["list", "watch"] {
+        assert!(
+            can(&kubeconfig, &[verb, "builders.kiln.dev", "--all-namespaces"]),
+            "{verb} Builders everywhere"
+        );
+        assert!(can(&kubeconfig, &[verb, "pods", "--all-namespaces"]), "{verb} pods everywhere");
+    }
+    assert!(can(&kubeconfig, &["patch", "builders.kiln.dev", "-n", ns]), "the demand annotation");
+    for forbidden in [
+        &["get", "secrets", "-n", ns][..],
+        &["patch", "builders.kiln.dev", "--subresource=status", "-n", ns],
+        &["update", "builders.kiln.dev", "-n", ns],
+        &["delete", "builders.kiln.dev", "-n", ns],
+        &["create", "pods", "-n", ns],
+        &["delete", "pods", "-n", ns],
+        &["create", "leases.coordination.k8s.io", "-n", ns],
+    ] {
+        assert!(!can(&kubeconfig, forbidden), "the gateway may not {forbidden:?}");
+    }
+
+    // The gateway in cluster mode, as the chart's account, in front of a pool.
+    w.apply(&w.builder("pool", "  replicas: {min: 1, max: 2}\n  cache: {retain: false}\n"));
+    w.wait_ready("pool", 1);
+    let port = kiln_e2e::free_port();
+    let mut gateway = kiln_e2e::Daemon::spawn(
+        "kiln gateway (chart's service account)",
+        std::process::Command::new(workspace_bin("kiln"))
+            .args(["gateway", "--addr", &format!("tcp://127.0.0.1:{port}"), "--watch-builders"])
+            // As the chart runs it (its values' watched namespaces, or all).
+            .args(["--namespace", ns])
+            .env("KUBECONFIG", &kubeconfig),
+        dir.path().join("gateway.log"),
+    );
+    gateway.wait_until(Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    wait_for(
+        WAIT,
+        "the gateway reports the pool's demand on the Builder",
+        || {
+            let annotations = w.ns.get_json(&["builder", "pool"])["metadata"]["annotations"].clone();
+            annotations["kiln.dev/demand"].as_str().map(str::to_owned)
+        },
+        || format!("{}\n--- gateway log\n{}", w.describe(), gateway.log_text()),
+    );
+    // Its watches of the Builder and of the pool's pods keep going unrefused.
+    std::thread::sleep(Duration::from_secs(3));
+    let log = gateway.log_text();
+    assert!(
+        !log.contains("forbidden") && !log.contains("watching"),
+        "the gateway was refused something:\n{log}"
+    );
+    gateway.stop(Duration::from_secs(10));
+    run(&mut w.ns.kubectl(&["delete", "bldr", "pool", "--wait=true", "--timeout=60s"]));
+    delete_cluster_roles(&release);
 }
 
 #[test]
@@ -560,4 +647,245 @@ fn a_rolling_update_under_ten_concurrent_builds_fails_none() {
     }
     w.wait_ready("pool", 2);
     assert!(w.pods("pool").iter().all(|p| hash_of(p) != old_hash), "the rollout finished: {}", w.describe());
+}
+
+/// `kiln gateway --watch-builders` for `ns`, with TLS, client certificates
+/// and per-pool server certificates from the test CA in `dir`, as `kubeconfig`.
+fn watching_gateway(
+    ns: &Namespace,
+    dir: &std::path::Path,
+    kubeconfig: &std::path::Path,
+) -> (kiln_e2e::Daemon, String, String) {
+    let file = |name: &str| dir.join(name).display().to_string();
+    let addr = format!("tcp://127.0.0.1:{}", kiln_e2e::free_port());
+    let metrics = format!("127.0.0.1:{}", kiln_e2e::free_port());
+    let gateway = kiln_e2e::Daemon::spawn(
+        "kiln gateway (watching Builders)",
+        std::process::Command::new(workspace_bin("kiln"))
+            .args(["gateway", "--addr", &addr, "--metrics-addr", &metrics, "--watch-builders"])
+            .args(["--namespace", ns.name()])
+            .args(kiln_e2e::gateway_tls_args(dir))
+            .args(["--tls-issuer-cert", &file("ca.crt"), "--tls-issuer-key", &file("ca.key")])
+            .env("KUBECONFIG", kubeconfig),
+        dir.join(format!("gateway-{}.log", kiln_e2e::free_port())),
+    );
+    (gateway, addr, metrics)
+}
+
+/// `buildctl debug workers` through the gateway as `client`, naming `pool`.
+fn workers_as(dir: &std::path::Path, addr: &str, client: &str, pool: &str) -> std::process::Output {
+    let file = |name: &str| dir.join(name).display().to_string();
+    run_unchecked(
+        TestEnv::get()
+            .command("buildctl")
+            .args(["--addr", addr, "--tlscacert", &file("ca.crt"), "--tlsservername", pool])
+            .args(["--tlscert", &file(&format!("{client}.crt")), "--tlskey", &file(&format!("{client}.key"))])
+            .args(["--timeout", "10", "debug", "workers"]),
+    )
+}
+
+#[test]
+fn a_gateway_watching_builders_serves_them_live_by_name_and_access_list() {
+    let w = World::new("op-watch");
+    w.apply(&w.builder("open", "  replicas: {min: 1, max: 1}\n  cache: {retain: false}\n"));
+    w.apply(&w.builder(
+        "closed",
+        "  replicas: {min: 1, max: 1}\n  cache: {retain: false}\n  access: {clients: []}\n",
+    ));
+    w.wait_ready("open", 1);
+    w.wait_ready("closed", 1);
+    let dir = tempfile::tempdir().unwrap();
+    kiln_e2e::certificates(dir.path(), &["gateway.test"], &["ci", "other"]);
+    let (mut gateway, addr, metrics) = watching_gateway(&w.ns, dir.path(), &TestEnv::get().kubeconfig());
+    let ready = format!("http://{metrics}/readyz");
+    gateway.wait_until(Duration::from_secs(20), || ureq::get(&ready).call().is_ok());
+    let ns = w.ns.name();
+
+    // A pool by NAME and by NAME.NAMESPACE, its certificate made for that name.
+    for name in ["open".to_owned(), format!("open.{ns}")] {
+        let out = workers_as(dir.path(), &addr, "ci", &name);
+        assert!(out.status.success(), "{name}: {}\n{}", streams(&out), gateway.log_text());
+        assert!(String::from_utf8_lossy(&out.stdout).contains("linux/"), "{}", streams(&out));
+    }
+    // An empty access list admits nobody.
+    let refused = workers_as(dir.path(), &addr, "ci", "closed");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(stderr.contains("its access list is empty, which admits nobody"), "{stderr}");
+
+    // A Builder created now is served within seconds, without a restart, by
+    // its access list; deleted, it is no longer served.
+    w.apply(&w.builder(
+        "late",
+        "  replicas: {min: 1, max: 1}\n  cache: {retain: false}\n  access: {clients: [ci]}\n",
+    ));
+    wait_for(
+        WAIT,
+        "the new Builder is served by its name",
+        || workers_as(dir.path(), &addr, "ci", "late").status.success().then_some(()),
+        || format!("{}\n--- gateway log\n{}", w.describe(), gateway.log_text()),
+    );
+    let other = workers_as(dir.path(), &addr, "other", "late");
+    assert!(
+        String::from_utf8_lossy(&other.stderr).contains(r#"client "other" may not use this pool"#),
+        "{}",
+        streams(&other)
+    );
+    run(&mut w.ns.kubectl(&["delete", "bldr", "late", "--wait=true", "--timeout=60s"]));
+    // A name that is no pool's gets no certificate of its own, so the
+    // client cannot even complete the handshake.
+    wait_for(
+        Duration::from_secs(20),
+        "the deleted Builder is no longer served",
+        || (!workers_as(dir.path(), &addr, "ci", "late").status.success()).then_some(()),
+        || gateway.log_text(),
+    );
+    let log = gateway.log_text();
+    assert!(log.contains(&format!("no longer serving a pool builder={ns}/late")), "{log}");
+    assert!(
+        workers_as(dir.path(), &addr, "ci", "open").status.success(),
+        "the other pools were not disturbed"
+    );
+}
+
+#[test]
+fn a_gateway_that_cannot_list_builders_serves_no_pool_even_with_its_pods_running() {
+    let w = World::new("op-unsynced");
+    w.apply(&w.builder("pool", "  replicas: {min: 1, max: 1}\n  cache: {retain: false}\n"));
+    w.wait_ready("pool", 1);
+    let dir = tempfile::tempdir().unwrap();
+    kiln_e2e::certificates(dir.path(), &["gateway.test"], &["ci"]);
+    // The gateway may watch pods but not (yet) Builders: its Builder watch
+    // fails, as a slow or broken one would.
+    let sa = unique("gw");
+    let ns = w.ns.name().to_owned();
+    run(&mut w.ns.kubectl(&["create", "serviceaccount", &sa]));
+    run(&mut w.ns.kubectl(&["create", "role", &sa, "--verb=get,list,watch", "--resource=pods"]));
+    run(&mut w.ns.kubectl(&[
+        "create",
+        "rolebinding",
+        &sa,
+        "--role",
+        &sa,
+        "--serviceaccount",
+        &format!("{ns}:{sa}"),
+    ]));
+    let kubeconfig = service_account_kubeconfig(&w.ns, &sa, dir.path());
+    let (gateway, addr, metrics) = watching_gateway(&w.ns, dir.path(), &kubeconfig);
+    let ready = format!("http://{metrics}/readyz");
+    let status = || match ureq::get(&ready).call() {
+        Ok(r) => r.status().as_u16(),
+        Err(ureq::Error::StatusCode(code)) => code,
+        Err(_) => 0,
+    };
+    wait_for(
+        Duration::from_secs(20),
+        "the gateway answers /readyz",
+        || (status() != 0).then_some(()),
+        || gateway.log_text(),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(status(), 503, "ready before it knew its pools\n{}", gateway.log_text());
+    let out = workers_as(dir.path(), &addr, "ci", "pool");
+    assert!(!out.status.success(), "a pool was served before its Builder was known\n{}", streams(&out));
+    assert!(!gateway.log_text().contains("serving a pool"), "{}", gateway.log_text());
+
+    // Allowed to see Builders, it serves the pool by its access list.
+    run(&mut w.ns.kubectl(&[
+        "create",
+        "role",
+        &format!("{sa}-builders"),
+        "--verb=get,list,watch,patch",
+        "--resource=builders.kiln.dev",
+    ]));
+    run(&mut w.ns.kubectl(&[
+        "create",
+        "rolebinding",
+        &format!("{sa}-builders"),
+        "--role",
+        &format!("{sa}-builders"),
+        "--serviceaccount",
+        &format!("{ns}:{sa}"),
+    ]));
+    wait_for(
+        WAIT,
+        "the gateway serves the pool once it may list Builders",
+        || (status() == 200 && workers_as(dir.path(), &addr, "ci", "pool").status.success()).then_some(()),
+        || gateway.log_text(),
+    );
+}
+
+#[test]
+fn a_pool_grants_only_the_entitlements_its_spec_allows_refused_at_the_gateway() {
+    let w = World::new("op-entitle");
+    let pool = |name: &str, extra: &str| {
+        w.builder(name, &format!("  replicas: {{min: 1, max: 1}}\n  cache: {{retain: false}}\n{extra}"))
+    };
+    w.apply(&pool("strict", ""));
+    w.apply(&pool("loose", "  entitlements: [security.insecure]\n"));
+    w.wait_ready("strict", 1);
+    w.wait_ready("loose", 1);
+    let dir = tempfile::tempdir().unwrap();
+    kiln_e2e::certificates(dir.path(), &["gateway.test"], &["ci"]);
+    let (mut gateway, addr, metrics) = watching_gateway(&w.ns, dir.path(), &TestEnv::get().kubeconfig());
+    let ready = format!("http://{metrics}/readyz");
+    gateway.wait_until(Duration::from_secs(20), || ureq::get(&ready).call().is_ok());
+    let file = |name: &str| dir.path().join(name).display().to_string();
+    let buildx = kiln_e2e::Buildx::new();
+    for name in ["strict", "loose"] {
+        run(buildx
+            .command()
+            .args(["create", "--name", name, "--driver", "remote"])
+            .arg(format!(
+                "--driver-opt=cacert={},cert={},key={},servername={name}",
+                file("ca.crt"),
+                file("ci.crt"),
+                file("ci.key")
+            ))
+            .arg(&addr));
+    }
+    let context = dir.path().join("ctx");
+    std::fs::create_dir_all(&context).unwrap();
+    std::fs::write(
+        context.join("Dockerfile"),
+        format!(
+            "FROM {}\nRUN --security=insecure mkdir -p /m && mount -t tmpfs none /m && echo privileged > /out.txt\n",
+            TestEnv::get().base_image
+        ),
+    )
+    .unwrap();
+    let build = |pool: &str| {
+        run_unchecked(
+            buildx
+                .command()
+                .args([
+                    "build",
+                    "--builder",
+                    pool,
+                    "--progress",
+                    "plain",
+                    "--allow",
+                    "security.insecure",
+                    "-o",
+                ])
+                .arg(format!("type=local,dest={}", dir.path().join(pool).display()))
+                .arg(&context),
+        )
+    };
+    let refused = build("strict");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(
+        stderr
+            .contains("granting entitlement security.insecure is not allowed by build daemon configuration")
+            && stderr.contains("pool \"strict\" does not allow it"),
+        "{stderr}"
+    );
+    // Refused by the gateway, before the pool's builder saw the build.
+    let counted =
+        ureq::get(&format!("http://{metrics}/metrics")).call().unwrap().body_mut().read_to_string().unwrap();
+    assert!(counted.contains(r#"kiln_gateway_errors_total{kind="entitlement_refused"} 1"#), "{counted}");
+    let allowed = build("loose");
+    assert!(allowed.status.success(), "{}\n{}", streams(&allowed), gateway.log_text());
+    assert_eq!(std::fs::read_to_string(dir.path().join("loose/out.txt")).unwrap(), "privileged\n");
 }

@@ -1,16 +1,19 @@
 //! The `kiln` command: Kiln's operator. `controller` reconciles Builders,
 //! `gateway` routes buildx to builders, `up` runs a local pool, `crdgen`
-//! writes the CRDs.
+//! writes the CRDs, `client-cert` issues a client certificate for the gateway.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
 
-pub mod controller;
-pub mod crdgen;
-pub mod gateway;
-pub mod metrics;
-pub mod up;
+mod certs;
+mod controller;
+mod crdgen;
+mod gateway;
+mod metrics;
+mod shutdown;
+mod up;
 
 /// Kiln runs pools of BuildKit-compatible builders on Kubernetes.
 #[derive(Debug, Parser)]
@@ -30,8 +33,12 @@ pub enum Command {
     /// this machine that buildx builds against, no cluster needed.
     Up(up::Args),
     /// Write the CustomResourceDefinitions of Builder and Build into the
-    /// kiln-crds Helm chart, or check that the chart is current.
+    /// Helm charts (kiln's crds/ and the kiln-crds chart), or check that
+    /// they are current.
     Crdgen(crdgen::Args),
+    /// Issue a client certificate for the gateway from the chart's client CA
+    /// and print the `docker buildx create` line that uses it.
+    ClientCert(certs::Args),
 }
 
 /// What made a subcommand fail.
@@ -45,6 +52,10 @@ pub enum Error {
     Gateway(#[from] gateway::Error),
     #[error(transparent)]
     Up(#[from] up::Error),
+    #[error(transparent)]
+    ClientCert(#[from] certs::Error),
+    #[error("a second signal: stopped without finishing the drain")]
+    Aborted,
 }
 
 /// Runs the parsed command; the exit code says whether it found what it
@@ -53,31 +64,25 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
     match cli.command {
         Command::Crdgen(args) => Ok(crdgen::run(&args)?),
         Command::Controller(args) => {
-            controller::run(args).await?;
-            Ok(ExitCode::SUCCESS)
+            until_signalled(async move |stop| Ok(controller::run(args, stop).await?)).await
         }
         Command::Gateway(args) => {
-            gateway::run(args).await?;
-            Ok(ExitCode::SUCCESS)
+            until_signalled(async move |stop| Ok(gateway::run(args, stop).await?)).await
         }
-        Command::Up(args) => {
-            up::run(args).await?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Up(args) => until_signalled(async move |stop| Ok(up::run(args, stop).await?)).await,
+        Command::ClientCert(args) => certs::run(args).await.map(|()| ExitCode::SUCCESS).map_err(Error::from),
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
-        // Without signal handlers the process still stops on a kill.
-        return std::future::pending().await;
-    };
+/// Runs a command that serves until the first signal cancels the token it
+/// is given, then drains; a second signal drops it where it is.
+async fn until_signalled(
+    command: impl AsyncFnOnce(CancellationToken) -> Result<(), Error>,
+) -> Result<ExitCode, Error> {
+    let signals = shutdown::Signals::watch();
     tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-        _ = int.recv() => tracing::info!("SIGINT: stopping"),
+        result = command(signals.stop.clone()) => result.map(|()| ExitCode::SUCCESS),
+        () = signals.abort.cancelled() => Err(Error::Aborted),
     }
 }
 
@@ -93,16 +98,52 @@ mod tests {
     }
 
     #[test]
-    fn crdgen_takes_check_and_a_chart_directory() {
-        let cli = Cli::try_parse_from(["kiln", "crdgen", "--check", "--chart", "/tmp/chart"]).unwrap();
+    fn crdgen_takes_check_and_a_charts_directory() {
+        let cli = Cli::try_parse_from(["kiln", "crdgen", "--check", "--charts", "/tmp/charts"]).unwrap();
         let Command::Crdgen(args) = cli.command else { panic!("not crdgen") };
         assert!(args.check);
-        assert_eq!(args.chart, std::path::Path::new("/tmp/chart"));
+        assert_eq!(args.charts, std::path::Path::new("/tmp/charts"));
 
         let cli = Cli::try_parse_from(["kiln", "crdgen"]).unwrap();
         let Command::Crdgen(args) = cli.command else { panic!("not crdgen") };
         assert!(!args.check);
-        assert_eq!(args.chart, std::path::Path::new("charts/kiln-crds"));
+        assert_eq!(args.charts, std::path::Path::new("charts"));
+    }
+
+    #[test]
+    fn client_cert_needs_a_name_and_defaults_to_the_charts_objects() {
+        let cli = Cli::try_parse_from(["kiln", "client-cert", "--name", "ci"]).unwrap();
+        let Command::ClientCert(args) = cli.command else { panic!("not client-cert") };
+        assert_eq!(args.name, "ci");
+        assert_eq!(args.namespace, "kiln");
+        assert_eq!((args.ca_secret.as_str(), args.server_secret.as_str()), ("kiln-ca", "kiln-gateway-tls"));
+        assert_eq!(args.service, "kiln-gateway");
+        assert_eq!((args.days, args.pool, args.out, args.gateway), (365, None, None, None));
+
+        assert!(Cli::try_parse_from(["kiln", "client-cert"]).is_err(), "--name is required");
+        assert!(Cli::try_parse_from(["kiln", "client-cert", "--name", "ci", "--days", "0"]).is_err());
+        let cli = Cli::try_parse_from([
+            "kiln",
+            "client-cert",
+            "--name",
+            "ci",
+            "-n",
+            "builds",
+            "--pool",
+            "big.builds",
+            "--out",
+            "/tmp/c",
+            "--gateway",
+            "tcp://gw:443",
+            "--days",
+            "30",
+        ])
+        .unwrap();
+        let Command::ClientCert(args) = cli.command else { panic!("not client-cert") };
+        assert_eq!(args.namespace, "builds");
+        assert_eq!(args.pool.as_deref(), Some("big.builds"));
+        assert_eq!(args.gateway.as_deref(), Some("tcp://gw:443"));
+        assert_eq!(args.days, 30);
     }
 
     #[test]

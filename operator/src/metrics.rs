@@ -6,12 +6,14 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use tokio::task::JoinSet;
+use tracing::{Instrument, error, info_span};
 
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -168,11 +170,44 @@ impl Metrics {
     }
 }
 
-pub fn router(metrics: Arc<Metrics>) -> Router {
+/// Whether the command is ready to serve (`/readyz`).
+pub type Readiness = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// Ready as soon as it runs.
+pub fn always_ready() -> Readiness {
+    Arc::new(|| true)
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `addr` from a task in
+/// `tasks`, so the endpoint lasts as long as the command that owns them (a
+/// drain included).
+pub async fn serve(
+    addr: &str,
+    metrics: Arc<Metrics>,
+    ready: Readiness,
+    tasks: &mut JoinSet<()>,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let serving = async move {
+        if let Err(e) = axum::serve(listener, router(metrics, ready)).await {
+            error!(error = %e, "metrics endpoint stopped");
+        }
+    };
+    tasks.spawn(serving.instrument(info_span!("metrics", %addr)));
+    Ok(())
+}
+
+fn router(metrics: Arc<Metrics>, ready: Readiness) -> Router {
+    let readyz = move || {
+        let ready = ready();
+        async move {
+            if ready { (StatusCode::OK, "ready\n") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready\n") }
+        }
+    };
     Router::new()
         .route("/metrics", get(serve_metrics))
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(|| async { "ready\n" }))
+        .route("/readyz", get(readyz))
         .with_state(metrics)
 }
 

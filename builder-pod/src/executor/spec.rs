@@ -2,7 +2,7 @@
 //! runtime spec kilnd uses, filled in as BuildKit's `executor/oci/spec.go`
 //! (on containerd's default Unix spec) fills it.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
@@ -295,17 +295,7 @@ pub(crate) struct Inputs<'a> {
 
 /// A container path made absolute and cleaned, as runc wants it.
 pub(crate) fn clean_container_path(path: &str) -> String {
-    let mut parts: Vec<&str> = Vec::new();
-    for c in Path::new(path).components() {
-        match c {
-            Component::Normal(name) => parts.push(name.to_str().unwrap_or_default()),
-            Component::ParentDir => {
-                parts.pop();
-            }
-            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
-        }
-    }
-    format!("/{}", parts.join("/"))
+    crate::util::gopath::join(&["/", path])
 }
 
 fn env(exec: &ExecSpec) -> Vec<String> {

@@ -15,9 +15,9 @@ use nix::mount::{MntFlags, MsFlags};
 use super::{ExportError, ExportSource};
 use crate::cache::mount::{MountError, Mounted, mount};
 use crate::cache::{CacheManager, Snapshot};
-use crate::frontend::llb::join_path;
 use crate::fsutil::stat::go_mode;
 use crate::snapshot::{DiffOptions, diff_to_tar};
+use crate::util::gopath;
 
 /// A mounted export: the root to send and, for a result per platform,
 /// each platform's directory name and its own root.
@@ -101,7 +101,7 @@ pub(super) fn rebase_symlink(stat: &mut Stat) {
         return;
     }
     if let Some((dir, _)) = stat.path.split_once('/') {
-        stat.linkname = join_path(&[&format!("/{dir}"), &stat.linkname]);
+        stat.linkname = gopath::join(&[&format!("/{dir}"), &stat.linkname]);
     }
 }
 
@@ -155,7 +155,7 @@ fn append_under<W: Write>(out: &mut tar::Builder<W>, dir: &str, from: impl Read)
         match (header.entry_type(), link) {
             (tar::EntryType::Symlink, Some(target)) => {
                 let target = match std::str::from_utf8(&target) {
-                    Ok(t) if t.starts_with('/') => join_path(&[&format!("/{dir}"), t]).into_bytes(),
+                    Ok(t) if t.starts_with('/') => gopath::join(&[&format!("/{dir}"), t]).into_bytes(),
                     _ => target,
                 };
                 out.append_link(&mut header, &path, OsStr::from_bytes(&target))?;

@@ -12,6 +12,8 @@
 
 use std::fmt;
 
+use crate::util::gopath;
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PatternError {
     #[error("illegal exclusion pattern: \"!\"")]
@@ -76,7 +78,7 @@ impl PatternMatcher {
                 continue;
             }
             // Upstream cleans before it strips the `!`, so `!./a` keeps its `./`.
-            let cleaned = clean_path(trimmed);
+            let cleaned = gopath::clean(trimmed);
             let (exclusion, text) = match cleaned.strip_prefix('!') {
                 Some("") => return Err(PatternError::LoneExclamation),
                 Some(rest) => (true, rest.to_owned()),
@@ -171,34 +173,6 @@ fn ancestors(path: &str) -> impl Iterator<Item = &str> {
     path.match_indices('/').map(move |(i, _)| &path[..i]).filter(|dir| !dir.is_empty())
 }
 
-/// Go's `path.Clean`: the shortest equivalent path, `.` for an empty one.
-pub fn clean_path(path: &str) -> String {
-    if path.is_empty() {
-        return ".".into();
-    }
-    let rooted = path.starts_with('/');
-    let mut parts: Vec<&str> = Vec::new();
-    for part in path.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                if parts.last().is_some_and(|last| *last != "..") {
-                    parts.pop();
-                } else if !rooted {
-                    parts.push("..");
-                }
-            }
-            other => parts.push(other),
-        }
-    }
-    let joined = parts.join("/");
-    match (rooted, joined.is_empty()) {
-        (true, _) => format!("/{joined}"),
-        (false, true) => ".".into(),
-        (false, false) => joined,
-    }
-}
-
 /// The patterns of a `.dockerignore` file (moby/patternmatcher
 /// `ignorefile.ReadAll`): `#` comments and blank lines dropped, each pattern
 /// trimmed and cleaned, a leading `/` removed so `/a` and `a` are the same.
@@ -219,7 +193,7 @@ pub fn parse_ignore_file(content: &str) -> Vec<String> {
         }
         let mut cleaned = String::new();
         if !pattern.is_empty() {
-            cleaned = clean_path(pattern);
+            cleaned = gopath::clean(pattern);
             if cleaned.len() > 1 && cleaned.starts_with('/') {
                 cleaned.remove(0);
             }
@@ -609,23 +583,6 @@ mod tests {
         let texts: Vec<_> = m.patterns().iter().map(|p| (p.as_str(), p.is_exclusion())).collect();
         assert_eq!(texts, [("a/b", false), ("c/**", true)]);
         assert!(!PatternMatcher::new(["x"]).unwrap().has_exclusions());
-    }
-
-    #[test]
-    fn clean_path_follows_go() {
-        for (input, want) in [
-            ("", "."),
-            (".", "."),
-            ("a/b/../c", "a/c"),
-            ("/../a", "/a"),
-            ("../../a", "../../a"),
-            ("a/../..", ".."),
-            ("//a//b/", "/a/b"),
-            ("./", "."),
-            ("/", "/"),
-        ] {
-            assert_eq!(clean_path(input), want, "{input:?}");
-        }
     }
 
     #[test]

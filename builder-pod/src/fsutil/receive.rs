@@ -21,11 +21,11 @@ use tempfile::NamedTempFile;
 use tokio::sync::mpsc;
 use tracing::{Instrument, debug, instrument};
 
-use super::patterns::clean_path;
 use super::stat::{Detail, EntryKind, InodeMap, kind_of, mtime_ns, stat_of, unix_permissions};
 use super::walk::{DestWalker, compare_path};
 use super::{AbortOnDrop, FsutilError, notify_peer, packet};
 use crate::cache::contenthash::{EntryInfo, HashCache, TreeKey};
+use crate::util::gopath;
 
 /// How the receiver decides which files it already has (BuildKit's
 /// `local.differ` attribute).
@@ -668,7 +668,7 @@ fn validate_path(path: &str) -> Result<(), FsutilError> {
         "absolute path"
     } else if path == "." {
         "the root itself is never sent"
-    } else if clean_path(path) != path {
+    } else if gopath::clean(path) != path {
         "unclean path"
     } else if path == ".." || path.starts_with("../") {
         "path escapes the destination"

@@ -18,10 +18,11 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::{debug, instrument, warn};
 
-use super::patterns::{MatchInfo, PatternMatcher, clean_path, contains_wildcards, match_name};
+use super::patterns::{MatchInfo, PatternMatcher, contains_wildcards, match_name};
 use super::stat::{Detail, InodeMap, can_request_data, stat_of};
 use super::walk::read_dir_sorted;
 use super::{DATA_CHUNK, FsutilError, notify_peer, packet};
+use crate::util::gopath;
 
 /// Which entries of the root a sender walks, as BuildKit's `FilterFS`
 /// applies the `include-patterns`, `exclude-patterns` and `followpaths`
@@ -509,7 +510,7 @@ impl Resolver<'_> {
                 Some((first, tail)) => (first.to_owned(), tail.to_owned()),
                 None => (std::mem::take(&mut rest), String::new()),
             };
-            current = go_join(&current, &first);
+            current = gopath::join(&[&current, &first]);
             let targets = self.read_symlink(&current, true)?;
             rest = tail;
             if (rest.is_empty() || targets.is_some()) && self.resolved.contains(&current) {
@@ -518,7 +519,7 @@ impl Resolver<'_> {
             if let Some(targets) = targets {
                 self.resolved.insert(current);
                 for target in targets {
-                    self.append(&go_join(&target, &rest), depth + 1)?;
+                    self.append(&gopath::join(&[&target, &rest]), depth + 1)?;
                 }
                 return Ok(());
             }
@@ -548,7 +549,7 @@ impl Resolver<'_> {
                 let Some(name) = entry.name.to_str() else { continue };
                 // Upstream ignores a malformed glob here: it simply matches nothing.
                 if match_name(base, name).unwrap_or(false)
-                    && let Some(targets) = self.read_symlink(&go_join(dir, name), false)?
+                    && let Some(targets) = self.read_symlink(&gopath::join(&[dir, name]), false)?
                 {
                     out.extend(targets);
                 }
@@ -570,11 +571,11 @@ impl Resolver<'_> {
         let link =
             std::fs::read_link(&abs).map_err(|source| FsutilError::ReadLink { path: abs.clone(), source })?;
         let link = link.to_str().ok_or(FsutilError::NonUtf8Path { path: abs })?;
-        let link = clean_path(link);
+        let link = gopath::clean(link);
         if link.starts_with('/') {
             return Ok(Some(vec![link]));
         }
-        Ok(Some(vec![clean_path(&format!("/{}", go_join(dir, &link)))]))
+        Ok(Some(vec![gopath::clean(&format!("/{}", gopath::join(&[dir, &link])))]))
     }
 }
 
@@ -584,20 +585,10 @@ fn is_not_found(e: &io::Error) -> bool {
 
 /// `path` as a clean path relative to the root that cannot climb out of it.
 fn inside_root(path: &str) -> String {
-    let rooted = clean_path(&format!("/{path}"));
+    let rooted = gopath::clean(&format!("/{path}"));
     match &rooted[1..] {
         "" => ".".into(),
         rel => rel.into(),
-    }
-}
-
-/// Go's `filepath.Join` for two elements.
-fn go_join(a: &str, b: &str) -> String {
-    match (a.is_empty(), b.is_empty()) {
-        (true, true) => String::new(),
-        (true, false) => clean_path(b),
-        (false, true) => clean_path(a),
-        (false, false) => clean_path(&format!("{a}/{b}")),
     }
 }
 

@@ -29,7 +29,7 @@ use std::process::Stdio;
 use tracing::{debug, instrument};
 
 use crate::cache::{CacheError, CacheManager};
-use crate::frontend::llb::clean_path;
+use crate::util::gopath;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GitError {
@@ -105,7 +105,7 @@ impl GitSource {
             None => (id.clone(), ""),
         };
         let (git_ref, subdir) = fragment.split_once(':').unwrap_or((fragment, ""));
-        let subdir = clean_path(&format!("/{subdir}")).trim_start_matches('/').to_owned();
+        let subdir = gopath::join(&["/", subdir]).trim_start_matches('/').to_owned();
         if let Some(full) = attrs.get("git.fullurl").filter(|v| !v.is_empty()) {
             remote = if is_git_transport(full) { full.clone() } else { format!("https://{full}") };
         }

@@ -28,7 +28,7 @@ use tokio::io::AsyncWriteExt;
 use tracing::{debug, instrument};
 
 use crate::cache::{CacheError, CacheManager};
-use crate::frontend::llb::{base_path, clean_path};
+use crate::util::{gopath, strconv};
 
 /// The mode of a download without `http.perm` (BuildKit's default).
 const DEFAULT_PERM: u32 = 0o600;
@@ -119,10 +119,15 @@ impl HttpSource {
     pub fn parse(url: &str, attrs: &BTreeMap<String, String>) -> Result<Self, HttpError> {
         let parsed = url::Url::parse(url).map_err(|source| HttpError::Url { url: url.to_owned(), source })?;
         let shown = redact(&parsed);
-        // `strconv.ParseInt(v, 0, 64)`: decimal, or 0o/0x/0b prefixed, or a leading 0 for octal.
+        // Upstream reads these with `strconv.ParseInt(v, 0, 64)`: a base
+        // prefix (`0x`, `0o` or `0`, `0b`) and `_` between digits are fine;
+        // what does not fit a mode or an id is refused here.
         let number = |attr: &'static str| -> Result<u32, HttpError> {
             let Some(v) = attrs.get(attr) else { return Ok(0) };
-            parse_go_int(v).ok_or_else(|| HttpError::Attr { url: shown.clone(), attr, value: v.clone() })
+            strconv::parse_int(v, 0, 64)
+                .ok()
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| HttpError::Attr { url: shown.clone(), attr, value: v.clone() })
         };
         let checksum = attrs.get("http.checksum").filter(|c| !c.is_empty()).cloned();
         if let Some(c) = &checksum {
@@ -395,16 +400,16 @@ pub fn file_name(url: &str, attr: Option<&str>, content_disposition: Option<&str
     if let Some(name) = content_disposition.and_then(disposition_filename)
         && !name.ends_with('/')
     {
-        let base = base_path(&name);
+        let base = gopath::base(&name);
         if !base.is_empty() {
-            return safe_file_name(&base);
+            return safe_file_name(base);
         }
     }
     if let Ok(u) = url::Url::parse(url) {
         let path = percent_decode(u.path());
-        let base = base_path(&path);
+        let base = gopath::base(&path);
         if base != "." && base != "/" {
-            return safe_file_name(&base);
+            return safe_file_name(base);
         }
     }
     safe_file_name("")
@@ -412,7 +417,7 @@ pub fn file_name(url: &str, attr: Option<&str>, content_disposition: Option<&str
 
 /// The last element of a cleaned absolute path; `__unnamed__` for none.
 fn safe_file_name(name: &str) -> String {
-    match base_path(&clean_path(&format!("/{name}"))).as_str() {
+    match gopath::base(&gopath::join(&["/", name])) {
         "/" | "." | "" => "__unnamed__".to_owned(),
         base => base.to_owned(),
     }
@@ -481,26 +486,6 @@ fn disposition_filename(value: &str) -> Option<String> {
         rest = next;
     }
     extended.or(plain).filter(|f| !f.is_empty())
-}
-
-/// `strconv.ParseInt(v, 0, 64)` for the values that fit a mode or an id.
-fn parse_go_int(v: &str) -> Option<u32> {
-    let v = v.replace('_', "");
-    let (digits, radix) = if let Some(h) = v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
-        (h, 16)
-    } else if let Some(o) = v.strip_prefix("0o").or_else(|| v.strip_prefix("0O")) {
-        (o, 8)
-    } else if let Some(b) = v.strip_prefix("0b").or_else(|| v.strip_prefix("0B")) {
-        (b, 2)
-    } else if v.len() > 1 && v.starts_with('0') {
-        (&v[1..], 8)
-    } else {
-        (v.as_str(), 10)
-    };
-    if digits.is_empty() || digits.starts_with(['+', '-']) {
-        return None;
-    }
-    u32::from_str_radix(digits, radix).ok()
 }
 
 /// The URL as shown to users: a password becomes `xxxxx` (`url.Redacted`).

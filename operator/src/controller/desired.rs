@@ -107,9 +107,11 @@ fn meta(b: &Builder, name: String, labels: BTreeMap<String, String>, owned: bool
     }
 }
 
-/// kilnd's TOML: the user's `spec.config` with the pool's garbage
-/// collection merged into `[worker.oci]` in buildkitd.toml's keys
-/// (`gcpolicy` with `maxUsedSpace` and `keepDuration`).
+/// kilnd's TOML: the user's `spec.config` with the pool's own settings,
+/// which win over it, in buildkitd.toml's keys: garbage collection in
+/// `[worker.oci]` (`gcpolicy` with `maxUsedSpace` and `keepDuration`), the
+/// entitlements the pool allows (`insecure-entitlements`, none unless the
+/// spec lists them) and the steps' egress (`[worker.oci] egressAllow`).
 pub fn kilnd_config(spec: &BuilderSpec) -> Result<String, toml::de::Error> {
     let mut table: toml::Table = spec.config.as_deref().unwrap_or_default().parse()?;
     let mut gc = toml::Table::new();
@@ -119,17 +121,34 @@ pub fn kilnd_config(spec: &BuilderSpec) -> Result<String, toml::de::Error> {
     if let Some(keep) = &spec.gc.keep_duration {
         gc.insert("keepDuration".into(), keep.clone().into());
     }
+    let strings = |list: &[String]| toml::Value::Array(list.iter().map(|s| s.clone().into()).collect());
+    table.insert("insecure-entitlements".into(), strings(&spec.entitlements));
     if !gc.is_empty() {
-        let worker = table.entry("worker").or_insert_with(|| toml::Table::new().into());
-        if let Some(worker) = worker.as_table_mut() {
-            let oci = worker.entry("oci").or_insert_with(|| toml::Table::new().into());
-            if let Some(oci) = oci.as_table_mut() {
-                oci.insert("gc".into(), true.into());
-                oci.insert("gcpolicy".into(), toml::Value::Array(vec![gc.into()]));
-            }
-        }
+        let oci = worker_oci(&mut table);
+        oci.insert("gc".into(), true.into());
+        oci.insert("gcpolicy".into(), toml::Value::Array(vec![gc.into()]));
+    }
+    if let Some(allow) = &spec.network.egress_allow {
+        worker_oci(&mut table).insert("egressAllow".into(), strings(allow));
     }
     Ok(table.to_string())
+}
+
+/// `[worker.oci]` of kilnd's TOML, made when missing (a value of another
+/// kind under those keys is replaced).
+fn worker_oci(table: &mut toml::Table) -> &mut toml::Table {
+    table_at(table_at(table, "worker"), "oci")
+}
+
+fn table_at<'a>(table: &'a mut toml::Table, key: &str) -> &'a mut toml::Table {
+    let slot = table.entry(key).or_insert_with(|| toml::Table::new().into());
+    if !slot.is_table() {
+        *slot = toml::Table::new().into();
+    }
+    match slot {
+        toml::Value::Table(t) => t,
+        _ => unreachable!("the slot was made a table above"),
+    }
 }
 
 pub fn config_map(b: &Builder, config: &str) -> ConfigMap {
@@ -464,7 +483,24 @@ spec:
         assert_eq!(oci["gcpolicy"][0]["keepDuration"].as_str(), Some("168h"));
 
         let plain = builder("{apiVersion: kiln.dev/v1alpha1, kind: Builder, metadata: {name: x}, spec: {}}");
-        assert_eq!(kilnd_config(&plain.spec).unwrap(), "");
+        assert_eq!(kilnd_config(&plain.spec).unwrap(), "insecure-entitlements = []\n");
+    }
+
+    #[test]
+    fn entitlements_and_egress_come_from_the_spec_whatever_the_users_config_says() {
+        let b = builder(
+            "{apiVersion: kiln.dev/v1alpha1, kind: Builder, metadata: {name: x}, spec: {\
+             config: 'insecure-entitlements = [\"security.insecure\", \"network.host\"]', \
+             entitlements: [network.host], network: {egressAllow: [10.0.0.0/8]}}}",
+        );
+        let config: toml::Table = kilnd_config(&b.spec).unwrap().parse().unwrap();
+        assert_eq!(config["insecure-entitlements"], toml::Value::Array(vec!["network.host".into()]));
+        assert_eq!(config["worker"]["oci"]["egressAllow"], toml::Value::Array(vec!["10.0.0.0/8".into()]));
+        let closed = builder(
+            "{apiVersion: kiln.dev/v1alpha1, kind: Builder, metadata: {name: x}, spec: {network: {egressAllow: []}}}",
+        );
+        let config: toml::Table = kilnd_config(&closed.spec).unwrap().parse().unwrap();
+        assert_eq!(config["worker"]["oci"]["egressAllow"], toml::Value::Array(vec![]));
     }
 
     #[test]

@@ -37,10 +37,6 @@ impl Elector {
         Self { api, name: name.to_owned(), identity: identity.to_owned(), duration }
     }
 
-    pub fn identity(&self) -> &str {
-        &self.identity
-    }
-
     fn lease_error(&self, source: kube::Error) -> Error {
         Error::Lease { name: self.name.clone(), source }
     }

@@ -11,14 +11,17 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kiln_crds::builder::Builder;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::Reporter;
 use kube::runtime::watcher;
 use kube::{Api, Client};
-use tracing::{error, info, warn};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
 
 use crate::metrics::{self, Metrics};
 
+mod applied;
 pub mod desired;
 pub mod leader;
 pub mod plan;
@@ -95,20 +98,21 @@ fn identity(args: &Args) -> String {
     })
 }
 
-/// Runs until SIGTERM/SIGINT (then gives up the lease) or until leadership
-/// is lost (an error: the process should restart and stand by).
-pub async fn run(args: Args) -> Result<(), RunError> {
+/// How long running reconciles may go on after `shutdown`: well inside the
+/// 30 s a pod gets by default before it is killed, leaving time to give up
+/// the lease.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
+/// Runs until `shutdown` (then lets running reconciles finish and gives up
+/// the lease) or until leadership is lost (an error: the process should
+/// restart and stand by).
+pub async fn run(args: Args, shutdown: CancellationToken) -> Result<(), RunError> {
     let client = Client::try_default().await.map_err(RunError::Client)?;
     let metrics = Arc::new(Metrics::new()?);
-    let listener = tokio::net::TcpListener::bind(&args.metrics_addr)
+    let mut tasks = JoinSet::new();
+    metrics::serve(&args.metrics_addr, metrics.clone(), metrics::always_ready(), &mut tasks)
         .await
         .map_err(|source| RunError::Listen { addr: args.metrics_addr.clone(), source })?;
-    let router = metrics::router(metrics.clone());
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router).await {
-            error!(error = %e, "metrics endpoint stopped");
-        }
-    });
     info!(addr = %args.metrics_addr, "serving /metrics, /healthz, /readyz");
 
     let identity = identity(&args);
@@ -121,7 +125,7 @@ pub async fn run(args: Args) -> Result<(), RunError> {
     info!(lease = %args.lease_name, namespace = %args.lease_namespace, %identity, "waiting to lead");
     tokio::select! {
         result = elector.acquire() => result?,
-        () = crate::shutdown_signal() => return Ok(()),
+        () = shutdown.cancelled() => return Ok(()),
     }
     metrics.set_leader(true);
     info!(%identity, "leading: reconciling Builders");
@@ -145,15 +149,25 @@ pub async fn run(args: Args) -> Result<(), RunError> {
     let pods_config = watcher::Config::default().labels(desired::LABEL_BUILDER);
     let controller = Controller::new(builders, watcher::Config::default())
         .owns(pods, pods_config)
-        .graceful_shutdown_on(crate::shutdown_signal())
+        .graceful_shutdown_on(shutdown.clone().cancelled_owned())
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|result| async move {
-            if let Err(e) = result {
-                warn!(error = %e, "reconcile");
+            match result {
+                // error_policy logged it.
+                Ok(_) | Err(controller::Error::ReconcilerFailed(..)) => {}
+                Err(e) => warn!(error = %e, "controller"),
             }
         });
+    let past_grace = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
     let outcome = tokio::select! {
         () = controller => Ok(()),
+        () = past_grace => {
+            warn!(grace = ?SHUTDOWN_GRACE, "reconciles still running after the grace period; stopping them");
+            Ok(())
+        }
         lost = elector.hold() => Err(RunError::Leader(lost)),
     };
     metrics.set_leader(false);

@@ -2,7 +2,6 @@
 //! status-only responses, and the routing fields of a few requests, decoded
 //! with partial messages (prost skips every field they do not name).
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -32,27 +31,9 @@ pub struct SolveIds {
     pub r#ref: String,
     #[prost(string, tag = "5")]
     pub session: String,
-    #[prost(map = "string, string", tag = "7")]
-    pub frontend_attrs: HashMap<String, String>,
-    #[prost(string, tag = "15")]
-    pub source_policy_session: String,
-}
-
-impl SolveIds {
-    /// Every session id the build may call back into, beyond `session`.
-    pub fn other_sessions(&self) -> Vec<String> {
-        let mut ids: Vec<String> = self
-            .frontend_attrs
-            .iter()
-            .filter(|(k, _)| k.starts_with("local-sessionid:"))
-            .map(|(_, v)| v.clone())
-            .collect();
-        if !self.source_policy_session.is_empty() {
-            ids.push(self.source_policy_session.clone());
-        }
-        ids.retain(|id| !id.is_empty() && id != &self.session);
-        ids
-    }
+    /// What the client asks to be granted (`--allow`).
+    #[prost(string, repeated, tag = "9")]
+    pub entitlements: Vec<String>,
 }
 
 /// `StatusRequest` (and the history requests): field 1 is the build ref.
@@ -197,9 +178,6 @@ mod tests {
         };
         let ids = SolveIds::decode(req.encode_to_vec().as_slice()).unwrap();
         assert_eq!((ids.r#ref.as_str(), ids.session.as_str()), ("r1", "s1"));
-        let mut others = ids.other_sessions();
-        others.sort();
-        assert_eq!(others, ["s2", "s3"]);
     }
 
     #[test]

@@ -10,12 +10,18 @@
 //! targets that share one context. A session that spills over for load does
 //! not move its key's home. Beyond a builder's `max_sessions`, sessions wait
 //! in the gateway.
+//!
+//! A builder is scored by its identity, not its address: its pod's name (the
+//! ordinal whose volume holds its cache) or kilnd's worker id (kept in its
+//! root), so a builder that comes back at a new address, with its cache, is
+//! still the home of the keys it had. The hash is SHA-256, the same in every
+//! gateway version, so two replicas and an upgraded gateway agree.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
 /// Keys remembered for affinity and balance; the oldest go first.
@@ -28,7 +34,19 @@ const BALANCE_SLACK: f64 = 1.25;
 pub struct Backend {
     /// Where its BuildKit API listens (`tcp://host:port`).
     pub addr: String,
+    /// What stays when its address changes (pod name, kilnd's worker id);
+    /// unknown until learnt.
+    identity: Mutex<Option<String>>,
     pub state: Mutex<BackendState>,
+}
+
+/// A builder as the pool's source (the pods, or the static list) sees it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Member {
+    pub addr: String,
+    pub identity: Option<String>,
+    pub ready: bool,
+    pub draining: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,8 +65,23 @@ impl Backend {
     pub fn new(addr: &str) -> Arc<Self> {
         Arc::new(Self {
             addr: addr.to_owned(),
+            identity: Mutex::new(None),
             state: Mutex::new(BackendState { ready: false, draining: false, sessions: 0, keyed: 0 }),
         })
+    }
+
+    /// What affinity knows it by: its identity, or its address until that
+    /// is known.
+    pub fn id(&self) -> String {
+        lock(&self.identity).clone().unwrap_or_else(|| self.addr.clone())
+    }
+
+    pub fn has_identity(&self) -> bool {
+        lock(&self.identity).is_some()
+    }
+
+    pub fn set_identity(&self, identity: &str) {
+        *lock(&self.identity) = Some(identity.to_owned());
     }
 
     pub fn state(&self) -> BackendState {
@@ -166,11 +199,12 @@ impl Drop for PendingGuard<'_> {
 /// How long a call waits for a pool to get a builder before it fails.
 pub const SCALE_UP_WAIT: Duration = Duration::from_secs(600);
 
-fn score(key: &str, addr: &str) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    key.hash(&mut h);
-    addr.hash(&mut h);
-    h.finish()
+/// The rendezvous score of builder `id` for `key`.
+fn score(key: &str, id: &str) -> u64 {
+    let digest = Sha256::new().chain_update(key).chain_update([0]).chain_update(id).finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first)
 }
 
 impl Pool {
@@ -197,18 +231,22 @@ impl Pool {
         self.changed.notify_waiters();
     }
 
-    /// Replaces the pool's members with `members` (address, ready, draining):
-    /// builders that stay keep their state and sessions; sessions on a builder
-    /// that left end on their own when its connection does.
-    pub fn set_members(&self, members: &[(String, bool, bool)]) {
+    /// Replaces the pool's members with `members`: builders that stay keep
+    /// their state and sessions; sessions on a builder that left end on their
+    /// own when its connection does.
+    pub fn set_members(&self, members: &[Member]) {
         let mut backends = lock(&self.backends);
         let mut next = Vec::with_capacity(members.len());
-        for (addr, ready, draining) in members {
-            let b = backends.iter().find(|b| &b.addr == addr).cloned().unwrap_or_else(|| Backend::new(addr));
+        for m in members {
+            let b =
+                backends.iter().find(|b| b.addr == m.addr).cloned().unwrap_or_else(|| Backend::new(&m.addr));
+            if let Some(identity) = &m.identity {
+                b.set_identity(identity);
+            }
             {
                 let mut s = lock(&b.state);
-                s.ready = *ready;
-                s.draining = *draining;
+                s.ready = m.ready;
+                s.draining = m.draining;
             }
             next.push(b);
         }
@@ -275,26 +313,27 @@ impl Pool {
         let session_cap = ((open + 1) as f64 / n).ceil() as usize;
         let bindings = lock(&self.bindings);
         let mut per_backend: HashMap<String, usize> = HashMap::new();
-        for addr in bindings.keys.values() {
-            *per_backend.entry(addr.clone()).or_default() += 1;
+        for id in bindings.keys.values() {
+            *per_backend.entry(id.clone()).or_default() += 1;
         }
         let previous = bindings.keys.get(key).cloned();
         let known = bindings.keys.len() + usize::from(previous.is_none());
         let key_cap = (known as f64 / n * BALANCE_SLACK).ceil() as usize;
         drop(bindings);
 
-        let mut ranked = free.clone();
-        ranked.sort_by_key(|b| std::cmp::Reverse(score(key, &b.addr)));
-        let home = previous.as_ref().and_then(|prev| ranked.iter().find(|b| &b.addr == prev));
+        let mut ranked: Vec<(&Arc<Backend>, String)> = free.iter().map(|b| (*b, b.id())).collect();
+        ranked.sort_by_key(|(_, id)| std::cmp::Reverse(score(key, id)));
+        let home =
+            previous.as_ref().and_then(|prev| ranked.iter().find(|(_, id)| id == prev)).map(|(b, _)| *b);
         if let Some(b) = home
             && b.state().keyed < session_cap
         {
             return Some((Arc::clone(b), Choice::AffinityHit, false));
         }
-        let fits = |b: &&&Arc<Backend>| {
-            b.state().keyed < session_cap && per_backend.get(&b.addr).copied().unwrap_or(0) < key_cap
+        let fits = |(b, id): &&(&Arc<Backend>, String)| {
+            b.state().keyed < session_cap && per_backend.get(id).copied().unwrap_or(0) < key_cap
         };
-        let chosen = ranked.iter().find(fits).or_else(|| ranked.first())?;
+        let (chosen, _) = ranked.iter().find(fits).or_else(|| ranked.first())?;
         // Spilling over from a busy home keeps the home; a key whose home is
         // gone (or new) moves here.
         Some((Arc::clone(chosen), Choice::AffinityMiss, home.is_none()))
@@ -323,13 +362,7 @@ impl Pool {
                 let bindings = &mut *guard;
                 bindings.sessions.insert(id.to_owned(), Arc::clone(&backend));
                 if home {
-                    remember(
-                        &mut bindings.keys,
-                        &mut bindings.key_order,
-                        key,
-                        backend.addr.clone(),
-                        REMEMBERED_KEYS,
-                    );
+                    remember(&mut bindings.keys, &mut bindings.key_order, key, backend.id(), REMEMBERED_KEYS);
                 }
                 drop(guard);
                 self.changed.notify_waiters();
@@ -365,7 +398,7 @@ impl Pool {
         None
     }
 
-    /// Binds build `r` (and any further session ids of its Solve) to `backend`.
+    /// Binds build `r` to `backend`.
     pub fn bind_ref(&self, r: &str, backend: &Arc<Backend>) {
         let mut bindings = lock(&self.bindings);
         let b = &mut *bindings;
@@ -443,7 +476,55 @@ fn remember(
 
 #[cfg(test)]
 mod tests {
+    use tracing::Instrument;
+
     use super::*;
+
+    /// A concurrent caller of the pool, named in what it logs.
+    fn spawn<F>(caller: &'static str, call: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        tokio::spawn(call.instrument(tracing::info_span!("caller", caller)))
+    }
+
+    fn member(addr: &str, ready: bool, draining: bool) -> Member {
+        Member { addr: addr.to_owned(), identity: None, ready, draining }
+    }
+
+    #[tokio::test]
+    async fn a_builder_back_at_a_new_address_is_still_its_keys_home() {
+        let ids = ["builder-0", "builder-1", "builder-2"];
+        let p = Pool::new(Vec::new(), 4);
+        let members = |port: u16| -> Vec<Member> {
+            ids.iter()
+                .enumerate()
+                .map(|(i, id)| Member {
+                    addr: format!("tcp://10.0.{port}.{i}:1234"),
+                    identity: Some((*id).to_owned()),
+                    ready: true,
+                    draining: false,
+                })
+                .collect()
+        };
+        p.set_members(&members(1));
+        let (slot, _) = p.open_session("s1", "ctx:/src/app").await;
+        let home = slot.backend.id();
+        drop(slot);
+        // Every builder restarted: new addresses, the same volumes.
+        p.set_members(&members(2));
+        let (slot, choice) = p.open_session("s2", "ctx:/src/app").await;
+        assert_eq!((slot.backend.id(), choice), (home, Choice::AffinityHit));
+        assert!(slot.backend.addr.starts_with("tcp://10.0.2."));
+    }
+
+    #[test]
+    fn scores_are_the_same_in_every_gateway_version() {
+        // SHA-256 of "ctx:/src/app\0builder-0", first 8 bytes: any change
+        // to the hash would move every key to another builder.
+        assert_eq!(score("ctx:/src/app", "builder-0"), 0xff06_8850_6b2c_b710);
+    }
 
     fn pool(n: usize, max: usize) -> Arc<Pool> {
         let backends: Vec<_> = (0..n).map(|i| Backend::new(&format!("tcp://10.0.0.{i}:1234"))).collect();
@@ -503,7 +584,7 @@ mod tests {
     async fn a_full_pool_queues_until_a_session_ends() {
         let p = pool(1, 1);
         let (first, _) = p.open_session("a", "k").await;
-        let waiting = tokio::spawn({
+        let waiting = spawn("waiting", {
             let p = Arc::clone(&p);
             async move { p.open_session("b", "k").await.0.backend.addr.clone() }
         });
@@ -520,7 +601,7 @@ mod tests {
         let backends = p.backends();
         lock(&backends[0].state).draining = true;
         backends[1].set_ready(false);
-        let pending = tokio::spawn({
+        let pending = spawn("pending", {
             let p = Arc::clone(&p);
             async move { p.open_session("s", "k").await.0.backend.addr.clone() }
         });
@@ -535,11 +616,11 @@ mod tests {
     #[tokio::test]
     async fn a_pool_at_zero_holds_the_session_and_its_solve_until_a_builder_comes() {
         let p = Pool::new(Vec::new(), 4);
-        let session = tokio::spawn({
+        let session = spawn("session", {
             let p = Arc::clone(&p);
             async move { p.open_session("s", "k").await.0 }
         });
-        let solve = tokio::spawn({
+        let solve = spawn("solve", {
             let p = Arc::clone(&p);
             async move {
                 let _queued = p.queue_ref("r");
@@ -549,13 +630,13 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(p.demand(), 1, "the waiting session is demand");
         assert!(!solve.is_finished(), "the Solve outlives the usual wait while its session waits");
-        let status = tokio::spawn({
+        let status = spawn("status", {
             let p = Arc::clone(&p);
             async move { p.ref_backend("r", Duration::from_millis(50)).await.map(|b| b.addr.clone()) }
         });
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(!status.is_finished(), "so does its Status");
-        p.set_members(&[("tcp://10.0.0.9:1234".into(), true, false)]);
+        p.set_members(&[member("tcp://10.0.0.9:1234", true, false)]);
         let slot = tokio::time::timeout(Duration::from_secs(1), session).await.unwrap().unwrap();
         assert_eq!(slot.backend.addr, "tcp://10.0.0.9:1234");
         let b = tokio::time::timeout(Duration::from_secs(1), solve).await.unwrap().unwrap().unwrap();
@@ -572,7 +653,7 @@ mod tests {
         let p = pool(2, 4);
         let (slot, _) = p.open_session("s", "").await;
         let addr = slot.backend.addr.clone();
-        p.set_members(&[(addr.clone(), true, true)]);
+        p.set_members(&[member(&addr, true, true)]);
         assert_eq!(p.backends().len(), 1);
         let s = p.backends()[0].state();
         assert_eq!((s.sessions, s.draining), (1, true));
@@ -582,11 +663,11 @@ mod tests {
     async fn calls_for_a_queued_build_wait_past_their_usual_wait() {
         let p = pool(1, 1);
         let (first, _) = p.open_session("a", "k1").await;
-        let session = tokio::spawn({
+        let session = spawn("session", {
             let p = Arc::clone(&p);
             async move { p.open_session("b", "k2").await.0 }
         });
-        let solve = tokio::spawn({
+        let solve = spawn("solve", {
             let p = Arc::clone(&p);
             async move {
                 let queued = p.queue_ref("rb");
@@ -599,7 +680,7 @@ mod tests {
             }
         });
         tokio::time::sleep(Duration::from_millis(10)).await;
-        let status = tokio::spawn({
+        let status = spawn("status", {
             let p = Arc::clone(&p);
             async move { p.ref_backend("rb", Duration::from_millis(20)).await.is_some() }
         });
@@ -624,7 +705,7 @@ mod tests {
     async fn a_ref_bound_late_is_still_found_by_a_waiting_status() {
         let p = pool(1, 4);
         let backend = p.backends()[0].clone();
-        let waiter = tokio::spawn({
+        let waiter = spawn("waiter", {
             let p = Arc::clone(&p);
             async move { p.ref_backend("r1", Duration::from_secs(2)).await.map(|b| b.addr.clone()) }
         });

@@ -16,18 +16,18 @@ use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use prost::Message;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, info_span, instrument, warn};
 
 use super::grpc::{self, Body, BoxError, RefOnly, SolveIds, code};
 use super::pool::{Backend, Pool, SessionSlot};
+use super::pools::Pools;
+use super::route::{self, Route};
 use crate::metrics::Metrics;
 
 /// How long a call naming a session or build waits for it to be bound: the
 /// daemon's own waits (`solver/jobs.go`, 6 s; the session manager, 5 s).
 const BIND_WAIT: Duration = Duration::from_secs(6);
 
-const CONTROL: &str = "/moby.buildkit.v1.Control/";
-const BRIDGE: &str = "/moby.buildkit.v1.frontend.LLBBridge/";
 const BUILD_ID: &str = "buildkit-controlapi-buildid";
 
 /// HTTP/2 windows: tonic's and hyper's defaults (64 KiB streams) cap a
@@ -52,27 +52,79 @@ pub struct PoolEntry {
     /// What names it: the `Builder` (`name` and `name.namespace`), chosen by
     /// the TLS server name (buildx `--driver-opt servername=…`).
     pub names: Vec<String>,
+    /// The `Builder` it serves (namespace, name); `None` in static mode.
+    pub builder: Option<(String, String)>,
     pub pool: Arc<Pool>,
-    /// Client certificate common names that may use it; empty: every client
-    /// the gateway admits.
+    /// Client certificate common names that may use it, `*` for every
+    /// client the gateway admits; empty: nobody.
     pub access: Mutex<Vec<String>>,
+    /// The entitlements a build on it may be granted; `None` leaves it to
+    /// the builders (static mode).
+    pub entitlements: Mutex<Option<Vec<String>>>,
     /// The pool's last ListWorkers answer, given while no builder is ready
     /// (scale from zero) so buildx still sees a running builder.
     workers: Mutex<Option<Bytes>>,
+    /// Ends the pool's own tasks (the watch of its pods, its demand) once it
+    /// is no longer served.
+    pub stop: tokio_util::sync::CancellationToken,
 }
 
 impl PoolEntry {
+    /// A pool of builders given by address (static mode).
     pub fn new(names: Vec<String>, pool: Arc<Pool>, access: Vec<String>) -> Arc<Self> {
-        Arc::new(Self { names, pool, access: Mutex::new(access), workers: Mutex::default() })
+        Arc::new(Self {
+            names,
+            builder: None,
+            pool,
+            access: Mutex::new(access),
+            entitlements: Mutex::new(None),
+            workers: Mutex::default(),
+            stop: tokio_util::sync::CancellationToken::new(),
+        })
+    }
+
+    /// The pool of Builder `namespace/name`: nobody may use it and no
+    /// entitlement is allowed until its spec says otherwise.
+    pub fn for_builder(namespace: &str, name: &str, pool: Arc<Pool>) -> Arc<Self> {
+        Arc::new(Self {
+            names: vec![name.to_owned(), format!("{name}.{namespace}")],
+            builder: Some((namespace.to_owned(), name.to_owned())),
+            pool,
+            access: Mutex::default(),
+            entitlements: Mutex::new(Some(Vec::new())),
+            workers: Mutex::default(),
+            stop: tokio_util::sync::CancellationToken::new(),
+        })
+    }
+
+    /// Serves Builder `namespace/name`.
+    pub fn is(&self, namespace: &str, name: &str) -> bool {
+        self.builder.as_ref().is_some_and(|(ns, n)| ns == namespace && n == name)
     }
 
     pub fn set_access(&self, clients: Vec<String>) {
         *self.access.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = clients;
     }
 
-    fn admits(&self, client: Option<&str>) -> bool {
-        let access = self.access.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        access.is_empty() || client.is_some_and(|c| access.iter().any(|a| a == c))
+    pub fn set_entitlements(&self, allowed: Vec<String>) {
+        *self.entitlements.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(allowed);
+    }
+
+    /// Why a build asking for `requested` may not run on this pool, if it
+    /// may not.
+    fn refuses(&self, requested: &[String]) -> Option<String> {
+        let allowed = self.entitlements.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        route::refused_entitlement(allowed.as_deref()?, requested, self.label())
+    }
+
+    /// Why `client` may not use this pool, if it may not.
+    fn denies(&self, client: Option<&str>) -> Option<String> {
+        route::denied(&self.access.lock().unwrap_or_else(std::sync::PoisonError::into_inner), client)
+    }
+
+    /// The pool's last ListWorkers answer.
+    fn last_workers(&self) -> Option<Bytes> {
+        self.workers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     fn label(&self) -> &str {
@@ -82,7 +134,7 @@ impl PoolEntry {
 
 #[derive(Debug)]
 pub struct Gateway {
-    pub pools: Vec<Arc<PoolEntry>>,
+    pub pools: Arc<Pools>,
     metrics: Arc<Metrics>,
     upstreams: Mutex<std::collections::HashMap<String, Arc<Upstream>>>,
 }
@@ -112,7 +164,12 @@ impl ClientConn {
     }
 }
 
+/// The authority of requests to a builder: its host and port, or
+/// `localhost` over a unix socket (gRPC servers ignore it).
 fn host_port(addr: &str) -> &str {
+    if addr.starts_with("unix://") {
+        return "localhost";
+    }
     addr.strip_prefix("tcp://").unwrap_or(addr)
 }
 
@@ -130,27 +187,20 @@ pub enum ForwardError {
 }
 
 impl Gateway {
-    pub fn new(pools: Vec<Arc<PoolEntry>>, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub fn new(pools: Arc<Pools>, metrics: Arc<Metrics>) -> Arc<Self> {
         Arc::new(Self { pools, metrics, upstreams: Mutex::default() })
     }
 
+    /// Sessions open or waiting for a builder, in every pool: the builds a
+    /// drain waits for.
+    pub fn sessions(&self) -> usize {
+        self.pools.snapshot().iter().map(|p| p.pool.demand()).sum()
+    }
+
     /// The state of a new client connection: its pool by TLS server name
-    /// (any pool when there is only one), and its certificate's name.
-    pub fn connection(&self, server_name: Option<&str>, client: Option<String>) -> ClientConn {
-        let chosen = match server_name {
-            Some(name) => self.pools.iter().find(|p| p.names.iter().any(|n| n == name)).cloned(),
-            None => None,
-        };
-        // The messages name only what the client asked for: a client learns
-        // nothing about the pools it may not use.
-        let entry =
-            chosen.or_else(|| (self.pools.len() == 1).then(|| Arc::clone(&self.pools[0]))).ok_or_else(|| {
-                format!(
-                    "kiln gateway: no pool is named {:?}; ask the gateway's operator which server name to set \
-                     with buildx --driver-opt servername=",
-                    server_name.unwrap_or_default()
-                )
-            });
+    /// (`pools.rs`), and its certificate's name.
+    pub async fn connection(&self, server_name: Option<&str>, client: Option<String>) -> ClientConn {
+        let entry = self.pools.resolve(server_name).await;
         ClientConn { entry, client, last: Mutex::default() }
     }
 
@@ -167,11 +217,9 @@ impl Gateway {
         {
             return Ok(sender.clone());
         }
-        let hp = host_port(addr);
-        let stream = tokio::net::TcpStream::connect(hp)
+        let stream = super::listen::Stream::connect(addr)
             .await
             .map_err(|source| ForwardError::Connect { addr: addr.to_owned(), source })?;
-        let _ = stream.set_nodelay(true);
         let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
@@ -179,12 +227,12 @@ impl Gateway {
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|source| ForwardError::Handshake { addr: addr.to_owned(), source })?;
-        let name = addr.to_owned();
-        tokio::spawn(async move {
+        let driving = async move {
             if let Err(e) = conn.await {
-                debug!(builder = %name, error = %e, "connection to builder ended");
+                debug!(error = %e, "connection to builder ended");
             }
-        });
+        };
+        tokio::spawn(driving.instrument(info_span!("builder connection", builder = %addr)));
         *slot = Some(sender.clone());
         Ok(sender)
     }
@@ -199,6 +247,7 @@ impl Gateway {
         body: Body,
         hold: Option<SessionSlot>,
     ) -> Response<Body> {
+        tracing::Span::current().record("builder", backend.addr.as_str());
         match self.try_forward(backend, parts, body).await {
             Ok(response) => {
                 let metrics = Arc::clone(&self.metrics);
@@ -263,13 +312,14 @@ impl Gateway {
     }
 
     /// Routes one call.
+    #[instrument(name = "call", skip_all, fields(rpc = %req.uri().path(), builder = tracing::field::Empty))]
     pub async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
         conn: Arc<ClientConn>,
     ) -> Result<Response<Body>, Infallible> {
         let path = req.uri().path().to_owned();
-        if path == "/grpc.health.v1.Health/Check" {
+        if path == route::HEALTH {
             return Ok(grpc::unary(&[0x08, 0x01]));
         }
         let entry = match &conn.entry {
@@ -279,41 +329,28 @@ impl Gateway {
                 return Ok(grpc::status(code::NOT_FOUND, message));
             }
         };
-        if !entry.admits(conn.client.as_deref()) {
+        if let Some(message) = entry.denies(conn.client.as_deref()) {
             self.metrics.gateway_error("access_denied");
-            let who = conn
-                .client
-                .as_deref()
-                .map_or("a client without a certificate".to_owned(), |c| format!("client {c:?}"));
-            let message = format!(
-                "kiln gateway: {who} may not use this pool: the certificate's name is not in its access list"
-            );
             return Ok(grpc::status(code::PERMISSION_DENIED, &message));
         }
-        let response = match path.as_str() {
-            p if p == format!("{CONTROL}Session") => self.session(req, &entry.pool, &conn).await,
-            p if p == format!("{CONTROL}Solve") => self.solve(req, &entry.pool, &conn).await,
-            p if p == format!("{CONTROL}Status") => self.by_ref_in_body(req, &entry.pool, &conn).await,
-            p if p == format!("{CONTROL}ListWorkers") => self.list_workers(req, &entry).await,
-            p if p == format!("{CONTROL}Info") && entry.pool.any().is_none() => grpc::unary(&info_message()),
-            p if p == format!("{CONTROL}DiskUsage") => self.fan_out(req, &entry.pool, false).await,
-            p if p == format!("{CONTROL}Prune") => self.fan_out(req, &entry.pool, true).await,
-            p if p.starts_with(BRIDGE) => self.by_build_header(req, &entry.pool, &conn).await,
-            _ => self.by_connection(req, &entry.pool, &conn).await,
+        let response = match route::route(&path, || entry.pool.any().is_some()) {
+            Route::Session => self.session(req, &entry.pool, &conn).await,
+            Route::Solve => self.solve(req, &entry, &conn).await,
+            Route::RefInBody => self.by_ref_in_body(req, &entry.pool, &conn).await,
+            Route::RefInHeader => self.by_build_header(req, &entry.pool, &conn).await,
+            Route::GatewayInfo => grpc::unary(&info_message()),
+            Route::GatewayWorkers => grpc::unary(&entry.last_workers().unwrap_or_else(placeholder_workers)),
+            Route::ListWorkers => self.list_workers(req, &entry).await,
+            Route::FanOut { streaming } => self.fan_out(req, &entry.pool, streaming).await,
+            Route::Connection => self.by_connection(req, &entry.pool, &conn).await,
         };
         Ok(response)
     }
 
-    /// ListWorkers of every ready builder, merged; while none is ready, the
-    /// last answer (or one worker of this machine's platform) so buildx does
-    /// not take a pool scaling up from zero for a dead builder.
+    /// ListWorkers of every ready builder, merged and remembered, so that
+    /// while none is ready the gateway can answer in their stead and buildx
+    /// does not take a pool scaling up from zero for a dead builder.
     async fn list_workers(&self, req: Request<Incoming>, entry: &PoolEntry) -> Response<Body> {
-        let lock =
-            |m: &Mutex<Option<Bytes>>| m.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-        if entry.pool.any().is_none() {
-            let message = lock(&entry.workers).unwrap_or_else(placeholder_workers);
-            return grpc::unary(&message);
-        }
         let response = self.fan_out(req, &entry.pool, false).await;
         if response.headers().get("grpc-status").is_none() {
             let (head, body) = response.into_parts();
@@ -355,7 +392,7 @@ impl Gateway {
         self.forward(&backend, parts, body, Some(slot)).await
     }
 
-    async fn solve(&self, req: Request<Incoming>, pool: &Arc<Pool>, conn: &ClientConn) -> Response<Body> {
+    async fn solve(&self, req: Request<Incoming>, entry: &PoolEntry, conn: &ClientConn) -> Response<Body> {
         let (parts, body) = req.into_parts();
         let Some(bytes) = self.read_unary(body).await else {
             return grpc::status(code::INTERNAL, "kiln gateway: reading the Solve request failed");
@@ -364,6 +401,12 @@ impl Gateway {
             .and_then(|m| m.into_iter().next())
             .and_then(|m| SolveIds::decode(m).ok())
             .unwrap_or_default();
+        // Before any builder sees the build.
+        if let Some(message) = entry.refuses(&ids.entitlements) {
+            self.metrics.gateway_error("entitlement_refused");
+            return grpc::status(code::PERMISSION_DENIED, &message);
+        }
+        let pool = &entry.pool;
         // The session usually opens first; when the Solve wins the race, or
         // the session waits in the queue, wait for it so the build goes where
         // its context is. Meanwhile the build's Status waits too.
@@ -611,12 +654,21 @@ where
     }
 }
 
-/// Keeps each builder's readiness current with gRPC health checks.
+/// Keeps each builder's readiness current with gRPC health checks, and
+/// learns each ready builder's worker id (kept in kilnd's root, so it
+/// outlives the address) for affinity.
 pub async fn watch_health(gateway: Arc<Gateway>, every: Duration) {
     loop {
-        for entry in &gateway.pools {
+        for entry in gateway.pools.snapshot() {
             for backend in entry.pool.backends() {
                 let ready = check(&gateway, &backend).await;
+                if ready
+                    && !backend.has_identity()
+                    && let Some(id) = worker_id(&gateway, &backend).await
+                {
+                    info!(builder = %backend.addr, worker.id = %id, "builder identified");
+                    backend.set_identity(&id);
+                }
                 if ready != backend.state().ready {
                     info!(builder = %backend.addr, ready, "builder readiness changed");
                     backend.set_ready(ready);
@@ -626,6 +678,27 @@ pub async fn watch_health(gateway: Arc<Gateway>, every: Duration) {
         }
         tokio::time::sleep(every).await;
     }
+}
+
+/// The id of the builder's first worker, from its ListWorkers answer.
+async fn worker_id(gateway: &Gateway, backend: &Arc<Backend>) -> Option<String> {
+    use kiln_proto::buildkit::moby::buildkit::v1::ListWorkersResponse;
+    let (parts, ()) = Request::builder()
+        .method("POST")
+        .uri("/moby.buildkit.v1.Control/ListWorkers")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .ok()?
+        .into_parts();
+    let call = async {
+        let response = gateway.try_forward(backend, parts, grpc::full(grpc::frame(&[]))).await.ok()?;
+        let data = response.into_body().collect().await.ok()?.to_bytes();
+        let message = grpc::messages(&data)?.into_iter().next()?;
+        let workers = ListWorkersResponse::decode(message).ok()?;
+        workers.record.into_iter().next().map(|w| w.id).filter(|id| !id.is_empty())
+    };
+    tokio::time::timeout(Duration::from_secs(2), call).await.ok().flatten()
 }
 
 async fn check(gateway: &Gateway, backend: &Arc<Backend>) -> bool {

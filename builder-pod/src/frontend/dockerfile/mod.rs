@@ -1,8 +1,9 @@
 //! The Dockerfile frontend: text to AST (`parser`), AST to typed
 //! instructions and stages (`instructions`), BuildKit's shell-word lexer for
-//! variable expansion (`shell`), and conversion to LLB plus the image config
-//! (`convert`). Only `convert` looks anything up, through the resolver it is
-//! given; the rest is pure.
+//! variable expansion (`shell`), the build checks (`linter`), and conversion
+//! to LLB plus the image config (`convert`: stages, resolve, dispatch,
+//! config). `builder` runs it for a Solve. Only `convert` looks anything up,
+//! through the resolver it is given; the rest is pure.
 //!
 //! Behaviour and error texts follow moby/buildkit v0.29
 //! `frontend/dockerfile/{parser,shell,instructions,linter}` (buildkit-protocol.md §8.3),
@@ -16,48 +17,6 @@ mod json;
 pub mod linter;
 pub mod parser;
 pub mod shell;
-
-/// Quotes `s` as Go's `strconv.Quote` (`%q`) does; BuildKit's messages embed
-/// values this way, and users compare them.
-pub(crate) fn go_quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\u{7}' => out.push_str("\\a"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{b}' => out.push_str("\\v"),
-            c if go_printable(c) => out.push(c),
-            c if (c as u32) < 0x80 => out.push_str(&format!("\\x{:02x}", c as u32)),
-            c if (c as u32) < 0x10000 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push_str(&format!("\\U{:08x}", c as u32)),
-        }
-    }
-    out.push('"');
-    out
-}
-
-/// Approximates Go's `strconv.IsPrint`: graphic characters and the ASCII
-/// space. Non-ASCII format characters that Go escapes are listed; unassigned
-/// code points are not known here and print as themselves.
-fn go_printable(c: char) -> bool {
-    if c == ' ' {
-        return true;
-    }
-    if c.is_control() || c.is_whitespace() {
-        return false;
-    }
-    !matches!(c as u32,
-        0xad | 0x600..=0x605 | 0x61c | 0x6dd | 0x70f | 0x180e | 0x200b..=0x200f | 0x202a..=0x202e
-        | 0x2060..=0x2064 | 0x2066..=0x206f | 0xfeff | 0xfff9..=0xfffb | 0xe000..=0xf8ff
-        | 0xd800..=0xdfff | 0xf0000..)
-}
 
 /// BuildKit's `util/suggest.Search`: the closest option within edit distance
 /// 2, or nothing when `value` is itself an option. Ties go to the earlier
@@ -109,22 +68,6 @@ fn levenshtein(a: &str, b: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn quotes_like_go() {
-        let cases = [
-            ("plain", r#""plain""#),
-            ("a\"b\\c", r#""a\"b\\c""#),
-            ("tab\there\n", r#""tab\there\n""#),
-            ("\u{1b}[0m", r#""\x1b[0m""#),
-            ("한국어", "\"한국어\""),
-            ("\u{a0}\u{200b}", r#""\u00a0\u200b""#),
-            ("", r#""""#),
-        ];
-        for (input, want) in cases {
-            assert_eq!(go_quote(input), want, "{input:?}");
-        }
-    }
 
     #[test]
     fn suggests_close_names_only() {

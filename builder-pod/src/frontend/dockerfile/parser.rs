@@ -6,26 +6,21 @@
 //! does too, including its treatment of bytes 0x85 and 0xA0 as spaces and of
 //! each non-ASCII byte in a flag as a Latin-1 character.
 
-use super::go_quote;
+mod directives;
+
+pub(crate) use self::directives::DirectiveParser;
+use self::directives::is_re_space;
+pub use self::directives::{Directive, detect_syntax, parse_directive};
 use super::json::{self, ExecForm};
-use super::linter::{self, Warning};
+use super::linter::{Warning, rules};
 use super::shell::{DEFAULT_ESCAPE, Lexer, NoEnv, ShellError};
+use crate::util::strconv::quote;
 
 /// bufio.Scanner's default maximum token size: longer lines end the scan.
 const MAX_LINE: usize = 64 * 1024;
 
 /// Instructions whose line may open heredocs.
 const HEREDOC_INSTRUCTIONS: [&str; 3] = ["add", "copy", "run"];
-
-/// A parser directive (`# syntax=…`, `# escape=…`, `# check=…`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Directive {
-    /// Lower-cased name.
-    pub name: String,
-    pub value: String,
-    /// 1-based line.
-    pub line: usize,
-}
 
 /// A heredoc attached to an instruction (`<<EOF` … `EOF`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,7 +105,7 @@ pub enum ParseErrorKind {
     NotStringArray,
     #[error("{0} must have two arguments")]
     MustHaveTwoArguments(&'static str),
-    #[error("Syntax error - can't find = in {}. Must be of the form: name=value", go_quote(.0))]
+    #[error("Syntax error - can't find = in {}. Must be of the form: name=value", quote(.0))]
     MissingEquals(String),
     #[error("{0}")]
     HeredocWord(ShellError),
@@ -159,7 +154,7 @@ impl Node {
     pub fn dump(&self) -> String {
         let mut out = self.name.clone();
         if !self.flags.is_empty() {
-            let flags: Vec<String> = self.flags.iter().map(|f| go_quote(f)).collect();
+            let flags: Vec<String> = self.flags.iter().map(|f| quote(f)).collect();
             out.push_str(&format!(" [{}]", flags.join(" ")));
         }
         match &self.args {
@@ -167,7 +162,7 @@ impl Node {
             _ => {
                 for arg in self.flat_args() {
                     out.push(' ');
-                    out.push_str(&go_quote(&arg));
+                    out.push_str(&quote(&arg));
                 }
             }
         }
@@ -237,8 +232,8 @@ pub fn parse(text: &str) -> Result<Ast, ParseError> {
         }
 
         if empty_continuation {
-            let message = "Empty continuation line".to_owned();
-            warnings.push(Warning::new(&linter::NO_EMPTY_CONTINUATION, message, current_line, current_line));
+            let message = rules::no_empty_continuation();
+            warnings.push(Warning::new(&rules::NO_EMPTY_CONTINUATION, message, current_line, current_line));
         }
 
         let mut node = node_from_line(&logical, state.escape, std::mem::take(&mut comments))
@@ -364,112 +359,6 @@ impl State {
         }
         Ok((if is_comment(line) { "" } else { line }, is_directive))
     }
-}
-
-/// Recognises directives in the leading comment lines (`DirectiveParser`):
-/// the first line that is not a known `key=value` comment ends them.
-#[derive(Debug)]
-pub(crate) struct DirectiveParser {
-    prefix: &'static str,
-    line: usize,
-    done: bool,
-    seen: Vec<String>,
-}
-
-impl DirectiveParser {
-    pub(crate) fn with_prefix(prefix: &'static str) -> Self {
-        Self { prefix, line: 0, done: false, seen: Vec::new() }
-    }
-
-    pub(crate) fn parse_line(&mut self, line: &str) -> Result<Option<Directive>, ParseErrorKind> {
-        self.line += 1;
-        if self.done {
-            return Ok(None);
-        }
-        let Some(rest) = line.strip_prefix(self.prefix) else {
-            self.done = true;
-            return Ok(None);
-        };
-        let Some((key, value)) = match_directive(rest.trim_start()) else {
-            self.done = true;
-            return Ok(None);
-        };
-        let name = key.to_lowercase();
-        if !matches!(name.as_str(), "syntax" | "escape" | "check") {
-            self.done = true;
-            return Ok(None);
-        }
-        if self.seen.contains(&name) {
-            return Err(ParseErrorKind::DuplicateDirective(name));
-        }
-        self.seen.push(name.clone());
-        Ok(Some(Directive { name, value: value.to_owned(), line: self.line }))
-    }
-}
-
-/// RE2's `\s`.
-fn is_re_space(c: char) -> bool {
-    matches!(c, ' ' | '\t' | '\n' | '\u{c}' | '\r')
-}
-
-/// `^([a-zA-Z][a-zA-Z0-9]*)\s*=\s*(.+?)\s*$`
-fn match_directive(s: &str) -> Option<(&str, &str)> {
-    if !s.starts_with(|c: char| c.is_ascii_alphabetic()) {
-        return None;
-    }
-    let key_len = s.find(|c: char| !c.is_ascii_alphanumeric()).unwrap_or(s.len());
-    let (key, rest) = s.split_at(key_len);
-    let rest = rest.trim_start_matches(is_re_space).strip_prefix('=')?;
-    let value = rest.trim_start_matches(is_re_space);
-    if value.is_empty() {
-        // The value needs one character, so an all-space rest keeps its last one.
-        let last = rest.chars().next_back()?;
-        return Some((key, &rest[rest.len() - last.len_utf8()..]));
-    }
-    Some((key, value.trim_end_matches(is_re_space)))
-}
-
-/// The value of directive `key` as BuildKit's frontend reads it
-/// (`parser.ParseDirective`): from the leading `#` comments, after a
-/// byte-order mark and a `#!` line are skipped.
-pub fn parse_directive(key: &str, text: &str) -> Option<Directive> {
-    let (text, offset) = skip_bom_and_shebang(text);
-    directive_with_prefix(key, text, offset, "#")
-}
-
-/// The `syntax` directive in any of the forms `DetectSyntax` accepts:
-/// `# syntax=`, `// syntax=`, or a JSON object `{"syntax": "…"}`. The value
-/// may carry options after a space (`docker/dockerfile:1 key=value`).
-pub fn detect_syntax(text: &str) -> Option<Directive> {
-    let (text, offset) = skip_bom_and_shebang(text);
-    directive_with_prefix("syntax", text, offset, "#")
-        .or_else(|| directive_with_prefix("syntax", text, offset, "//"))
-        .or_else(|| {
-            let value = json::object_string_field(text, "syntax")?;
-            Some(Directive { name: "syntax".to_owned(), value, line: offset })
-        })
-}
-
-fn skip_bom_and_shebang(text: &str) -> (&str, usize) {
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let (first, rest) = text.split_once('\n').unwrap_or((text, ""));
-    if first.starts_with("#!") { (rest, 1) } else { (text, 0) }
-}
-
-fn directive_with_prefix(key: &str, text: &str, offset: usize, prefix: &'static str) -> Option<Directive> {
-    let mut parser = DirectiveParser::with_prefix(prefix);
-    parser.line = offset;
-    for line in text.lines() {
-        if parser.done {
-            break;
-        }
-        match parser.parse_line(line) {
-            Ok(Some(d)) if d.name == key => return Some(d),
-            Ok(_) => {}
-            Err(_) => break,
-        }
-    }
-    None
 }
 
 fn is_comment(line: &str) -> bool {
@@ -854,283 +743,4 @@ pub fn chomp_heredoc_content(content: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn dumps(text: &str) -> Vec<String> {
-        parse(text).unwrap().nodes.iter().map(Node::dump).collect()
-    }
-
-    fn error(text: &str) -> (String, usize, usize) {
-        let e = parse(text).unwrap_err();
-        (e.to_string(), e.start_line, e.end_line)
-    }
-
-    #[test]
-    fn splits_arguments_per_instruction() {
-        let cases: &[(&str, &str)] = &[
-            ("FROM alpine:3 AS build", r#"from "alpine:3" "AS" "build""#),
-            ("FROM  --platform=$BUILDPLATFORM  golang", r#"from ["--platform=$BUILDPLATFORM"] "golang""#),
-            ("RUN echo  hi   there", r#"run "echo  hi   there""#),
-            (r#"RUN ["echo", "hi there"]"#, r#"run "echo" "hi there""#),
-            (r#"RUN [ "unterminated"#, r#"run "[ \"unterminated""#),
-            ("RUN ['single']", r#"run "['single']""#),
-            ("CMD []", "cmd"),
-            ("CMD", "cmd"),
-            ("COPY a  b\tc", r#"copy "a" "b" "c""#),
-            (r#"COPY ["a b", "c"]"#, r#"copy "a b" "c""#),
-            (r#"ADD --chown=1:1 "a b" c"#, r#"add ["--chown=1:1"] "\"a" "b\"" "c""#),
-            ("VOLUME /a /b", r#"volume "/a" "/b""#),
-            (r#"ENV A=1 B="two words" C="#, r#"env "A" "1" "=" "B" "\"two words\"" "=" "C" "" "=""#),
-            ("ENV PATH /usr/bin:$PATH  x", r#"env "PATH" "/usr/bin:$PATH  x" """#),
-            (r#"LABEL "maintainer"="x <x@y>""#, r#"label "\"maintainer\"" "\"x <x@y>\"" "=""#),
-            (r#"ARG A B=2 "C=x y" D\ E"#, r#"arg "A" "B=2" "\"C=x y\"" "D\\ E""#),
-            ("EXPOSE 80  443/udp", r#"expose "80" "443/udp""#),
-            ("HEALTHCHECK --interval=5s CMD curl -f x", r#"healthcheck ["--interval=5s"] "CMD" "curl -f x""#),
-            (r#"HEALTHCHECK CMD ["curl", "x"]"#, r#"healthcheck "CMD" "curl" "x""#),
-            ("HEALTHCHECK NONE", r#"healthcheck "NONE""#),
-            ("ONBUILD RUN echo hi", r#"onbuild (run "echo hi")"#),
-            ("ONBUILD COPY --from=x a b", r#"onbuild (copy ["--from=x"] "a" "b")"#),
-            ("WORKDIR /a b", r#"workdir "/a b""#),
-            ("USER app:app", r#"user "app:app""#),
-            ("STOPSIGNAL SIGKILL", r#"stopsignal "SIGKILL""#),
-            ("MAINTAINER Jane <j@x>", r#"maintainer "Jane <j@x>""#),
-            ("SHELL [\"pwsh\", \"-c\"]", r#"shell "pwsh" "-c""#),
-            (
-                "RUN --mount=type=cache,target=/x -- --not-a-flag",
-                r#"run ["--mount=type=cache,target=/x"] "--not-a-flag""#,
-            ),
-            (r#"COPY --chown="a b" x y"#, r#"copy ["--chown=a b"] "x" "y""#),
-            (r#"COPY "--chown=a b" x"#, r#"copy "\"--chown=a" "b\"" "x""#),
-            ("COPY --from=a\\ b x y", r#"copy ["--from=a b"] "x" "y""#),
-            ("RUN -x y", r#"run "-x y""#),
-            ("FOO bar baz", r#"foo """#),
-            ("run lower", r#"run "lower""#),
-        ];
-        for (input, want) in cases {
-            assert_eq!(dumps(input), vec![(*want).to_owned()], "{input}");
-        }
-    }
-
-    #[test]
-    fn exec_form_is_detected_per_instruction() {
-        let ast = parse("RUN [\"a\"]\nRUN a\nCMD []\nHEALTHCHECK CMD [\"a\"]\nEXPOSE [\"80\"]\n").unwrap();
-        let json: Vec<bool> = ast.nodes.iter().map(|n| n.json).collect();
-        assert_eq!(json, [true, false, true, true, false]);
-        assert_eq!(ast.nodes[4].dump(), r#"expose "[\"80\"]""#);
-    }
-
-    #[test]
-    fn keyword_case_is_kept_alongside_the_name() {
-        let node = &parse("Run x").unwrap().nodes[0];
-        assert_eq!((node.name.as_str(), node.keyword.as_str()), ("run", "Run"));
-        let Args::KeyValues(pairs) = &parse("ENV a b").unwrap().nodes[0].args else { panic!() };
-        assert_eq!(pairs, &[KeyValueArg { key: "a".into(), value: "b".into(), legacy: true }]);
-    }
-
-    #[test]
-    fn continuations_comments_and_line_numbers() {
-        let text =
-            "# top\nFROM a\n\nRUN a \\\n  b \\\n# inside\n  c\n\n# about\n# env\nENV X=1 \\\n    Y=2\n";
-        let ast = parse(text).unwrap();
-        let summary: Vec<(String, usize, usize, Vec<String>)> = ast
-            .nodes
-            .iter()
-            .map(|n| (n.original.clone(), n.start_line, n.end_line, n.comments.clone()))
-            .collect();
-        assert_eq!(
-            summary,
-            [
-                ("FROM a".to_owned(), 2, 2, vec!["top".to_owned()]),
-                ("RUN a   b   c".to_owned(), 4, 7, vec![]),
-                ("ENV X=1     Y=2".to_owned(), 11, 12, vec!["about".to_owned(), "env".to_owned()]),
-            ]
-        );
-        assert!(ast.warnings.is_empty());
-        // A bare `#` starts the comment block over.
-        let ast = parse("# a\n#\n# b\nFROM x").unwrap();
-        assert_eq!(ast.nodes[0].comments, ["b"]);
-    }
-
-    #[test]
-    fn empty_continuation_lines_warn() {
-        let ast = parse("FROM a\nRUN a \\\n\n  \\\n b\n").unwrap();
-        // A continuation line keeps its indentation and the space before its escape.
-        assert_eq!(ast.nodes[1].original, "RUN a    b");
-        assert_eq!((ast.nodes[1].start_line, ast.nodes[1].end_line), (2, 5));
-        assert_eq!(ast.warnings.len(), 1);
-        let w = &ast.warnings[0];
-        assert_eq!(
-            (w.rule.name, w.message.as_str(), w.start_line),
-            ("NoEmptyContinuation", "Empty continuation line", 5)
-        );
-    }
-
-    #[test]
-    fn continuation_edge_cases() {
-        let cases: &[(&str, &[&str])] = &[
-            ("RUN a\\\\\nRUN b", &[r#"run "a\\\\""#, r#"run "b""#]),
-            ("RUN a \\  \t\nb", &[r#"run "a b""#]),
-            ("RUN a \\", &[r#"run "a""#]),
-            ("\\\nRUN a", &[r#"run "a""#]),
-            ("RUN a\r\nRUN b\r\n", &[r#"run "a""#, r#"run "b""#]),
-            ("  \t RUN indented", &[r#"run "indented""#]),
-        ];
-        for (input, want) in cases {
-            assert_eq!(&dumps(input), want, "{input:?}");
-        }
-    }
-
-    #[test]
-    fn escape_directive() {
-        let ast = parse("# escape=`\nFROM a\nRUN dir c:\\ `\n  /w\nRUN b\\\n").unwrap();
-        assert_eq!(ast.escape_token, '`');
-        let dumps: Vec<String> = ast.nodes.iter().map(Node::dump).collect();
-        assert_eq!(dumps, [r#"from "a""#, r#"run "dir c:\\   /w""#, r#"run "b\\""#]);
-        assert_eq!(ast.directives, [Directive { name: "escape".into(), value: "`".into(), line: 1 }]);
-
-        // Directives only count before anything else, blank lines included.
-        for text in ["# hello\n# escape=`\nRUN a `", "\n# escape=`\nRUN a `", "FROM a\n# escape=`\nRUN a `"] {
-            assert_eq!(parse(text).unwrap().escape_token, '\\', "{text:?}");
-        }
-        let ast = parse("\u{feff}#  ESCAPE = ` \nRUN a `\nb").unwrap();
-        assert_eq!(ast.escape_token, '`');
-        assert_eq!(ast.nodes[0].original, "RUN a b");
-        // The directive line is not a comment of the first instruction.
-        assert!(ast.nodes[0].comments.is_empty());
-    }
-
-    #[test]
-    fn directive_errors_carry_upstreams_lines() {
-        assert_eq!(
-            error("# escape=`\n# escape=\\\nFROM a"),
-            ("only one escape parser directive can be used".to_owned(), 1, 1)
-        );
-        assert_eq!(error("# syntax=a\n# SYNTAX=b\nFROM a").0, "only one syntax parser directive can be used");
-        assert_eq!(
-            error("# escape=x\nFROM a"),
-            ("invalid escape token 'x' does not match ` or \\".to_owned(), 0, 0)
-        );
-    }
-
-    #[test]
-    fn directives_for_the_frontend() {
-        let text = "#!/usr/bin/env buildctl\n# syntax=docker/dockerfile:1 opt=1\n# check=skip=all\nFROM a\n";
-        let syntax = parse_directive("syntax", text).unwrap();
-        assert_eq!((syntax.value.as_str(), syntax.line), ("docker/dockerfile:1 opt=1", 2));
-        assert_eq!(parse_directive("check", text).unwrap().value, "skip=all");
-        assert_eq!(detect_syntax(text).unwrap().value, "docker/dockerfile:1 opt=1");
-        // The parser itself does not skip the shebang, so it sees no directives.
-        assert!(parse(text).unwrap().directives.is_empty());
-        assert_eq!(detect_syntax("// syntax = x/y\nFROM a").unwrap().value, "x/y");
-        assert_eq!(detect_syntax(r#"{"syntax": "json/form", "x": 1}"#).unwrap().value, "json/form");
-        assert_eq!(parse_directive("syntax", "// syntax=x\n"), None);
-        assert_eq!(parse_directive("syntax", "FROM a\n# syntax=x\n"), None);
-        assert_eq!(parse_directive("check", "# syntax=x\n# unknown=1\n# check=a\n"), None);
-    }
-
-    #[test]
-    fn heredocs() {
-        let ast = parse(
-            "FROM a\nRUN <<EOF\necho $x\nEOF\nRUN <<-'EOT' cat\n\t\tx\n\tEOT\nRUN 3<<\"A\" <<B\na\nA\nb\nB\n",
-        )
-        .unwrap();
-        let docs: Vec<(&str, bool, bool, u64, &str)> = ast.nodes[1..]
-            .iter()
-            .flat_map(|n| n.heredocs.iter())
-            .map(|h| (h.name.as_str(), h.expand, h.chomp, h.file_descriptor, h.content.as_str()))
-            .collect();
-        assert_eq!(
-            docs,
-            [
-                ("EOF", true, false, 0, "echo $x\n"),
-                ("EOT", false, true, 0, "\t\tx\n"),
-                ("A", false, false, 3, "a\n"),
-                ("B", true, false, 0, "b\n"),
-            ]
-        );
-        let lines: Vec<(usize, usize)> = ast.nodes.iter().map(|n| (n.start_line, n.end_line)).collect();
-        assert_eq!(lines, [(1, 1), (2, 4), (5, 7), (8, 12)]);
-        assert_eq!(ast.nodes[2].dump(), r#"run "<<-'EOT' cat""#);
-    }
-
-    #[test]
-    fn heredocs_only_where_allowed() {
-        // CMD cannot take heredocs, nor can exec form: the body lines become instructions.
-        assert_eq!(dumps("CMD <<EOF\nx\nEOF"), [r#"cmd "<<EOF""#, r#"x """#, r#"eof """#]);
-        assert_eq!(dumps("RUN [\"<<EOF\"]\nEOF"), [r#"run "<<EOF""#, r#"eof """#]);
-        let ast = parse("ONBUILD RUN <<EOF\nx\nEOF\nCOPY <<A <<B /d\n1\nA\n2\nB\n").unwrap();
-        assert_eq!(ast.nodes[0].heredocs[0].content, "x\n");
-        assert_eq!(ast.nodes[1].heredocs.len(), 2);
-        // `<<` with spaces before the word is one operator.
-        assert_eq!(parse("RUN cat << EOF\nx\nEOF").unwrap().nodes[0].heredocs[0].name, "EOF");
-        // A line whose words do not lex has no heredocs.
-        assert_eq!(dumps("RUN <<EOF '\nEOF").len(), 2);
-    }
-
-    #[test]
-    fn heredoc_words() {
-        type Case<'a> = (&'a str, Option<(&'a str, bool, bool, u64)>);
-        let cases: &[Case<'_>] = &[
-            ("<<EOF", Some(("EOF", true, false, 0))),
-            ("<<-EOF", Some(("EOF", true, true, 0))),
-            ("<<'EOF'", Some(("EOF", false, false, 0))),
-            ("<<E\"O\"F", Some(("EOF", false, false, 0))),
-            ("10<<EOF", Some(("EOF", true, false, 10))),
-            ("99999999999999999999<<EOF", Some(("EOF", true, false, u64::MAX))),
-            ("<<", None),
-            ("<<<EOF", None),
-            ("<<EOF x", None),
-            ("x<<EOF", None),
-            ("EOF", None),
-        ];
-        for (word, want) in cases {
-            let got = parse_heredoc(word).unwrap();
-            let got = got.as_ref().map(|h| (h.name.as_str(), h.expand, h.chomp, h.file_descriptor));
-            assert_eq!(got, *want, "{word}");
-        }
-        assert_eq!(
-            parse_heredoc("<<'EOF").unwrap_err().to_string(),
-            "failed to process \"'EOF\": unexpected end of statement while looking for matching single-quote"
-        );
-        assert_eq!(chomp_heredoc_content("\t\ta\n\tb\nc\t\n"), "a\nb\nc\t\n");
-    }
-
-    #[test]
-    fn parse_errors() {
-        let cases: &[(&str, &str, usize, usize)] = &[
-            ("", "file with no instructions", 0, 0),
-            ("# only\n\n", "file with no instructions", 2, 2),
-            ("FROM a\nRUN <<EOF\nx\n", "unterminated heredoc", 2, 3),
-            (
-                "RUN [\"a\", 1]",
-                "when using JSON array syntax, arrays must be comprised of strings only",
-                1,
-                1,
-            ),
-            (
-                "FROM a\nCMD [\"a\", {\"b\": 1}]",
-                "when using JSON array syntax, arrays must be comprised of strings only",
-                2,
-                2,
-            ),
-            ("FROM a\nENV A", "ENV must have two arguments", 2, 2),
-            ("LABEL a", "LABEL must have two arguments", 1, 1),
-            ("ENV a=b \\\n c", "Syntax error - can't find = in \"c\". Must be of the form: name=value", 1, 2),
-        ];
-        for (input, message, start, end) in cases {
-            assert_eq!(error(input), ((*message).to_owned(), *start, *end), "{input:?}");
-        }
-        let long = format!("FROM a\nRUN {}\n", "x".repeat(MAX_LINE));
-        assert_eq!(error(&long), ("dockerfile line greater than max allowed size of 65535".to_owned(), 1, 1));
-        let fits = format!("RUN {}\n", "x".repeat(MAX_LINE - 5));
-        assert!(parse(&fits).is_ok());
-    }
-
-    #[test]
-    fn flags_are_read_byte_wise_like_upstream() {
-        // Each non-ASCII byte of a flag becomes its own Latin-1 character.
-        assert_eq!(parse("COPY --chown=é a b").unwrap().nodes[0].flags, ["--chown=Ã©"]);
-        assert_eq!(parse("COPY --a='x y' --b=\"\" c d").unwrap().nodes[0].flags, ["--a=x y", "--b="]);
-    }
-}
+mod tests;

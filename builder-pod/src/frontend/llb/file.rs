@@ -8,7 +8,8 @@ use pb::file_action::Action;
 
 use super::marshal::{Marshaler, marshal_constraints};
 use super::state::{Constraints, OpMetadata, Output, State, Vertex, VertexKind, dedup};
-use super::{LlbError, caps, clean_path, join_path};
+use super::{LlbError, caps};
+use crate::util::{gopath, strconv};
 
 /// A user or group, by id or by name (looked up in the state's /etc files).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,8 +32,8 @@ impl ChownOpt {
             if v == "root" {
                 return UserOpt::Id(0);
             }
-            // Go's ParseInt(v, 10, 32): a signed 32-bit id, stored as uint32.
-            match v.parse::<i32>() {
+            // A signed 32-bit id, stored as uint32, as upstream's cast does.
+            match strconv::parse_int(v, 10, 32) {
                 Ok(id) => UserOpt::Id(id as u32),
                 _ => UserOpt::Name(v.to_owned()),
             }
@@ -214,26 +215,6 @@ impl State {
     }
 }
 
-/// Go's `llb.normalizePath`: relative paths join `parent`; with `keep_slash`
-/// a trailing `/` or `/.` survives cleaning.
-fn normalize_path(parent: &str, p: &str, keep_slash: bool) -> String {
-    let mut out = clean_path(p);
-    if !out.starts_with('/') {
-        out = join_path(&["/", parent, &out]);
-    }
-    if keep_slash {
-        if p.ends_with('/') && !out.ends_with('/') {
-            out.push('/');
-        } else if p.ends_with("/.") {
-            if out != "/" {
-                out.push('/');
-            }
-            out.push('.');
-        }
-    }
-    out
-}
-
 fn timestamp(t: Option<i64>) -> i64 {
     t.unwrap_or(-1)
 }
@@ -290,21 +271,21 @@ pub(super) fn marshal_file(
     for (i, (step, (base, secondary))) in f.steps.iter().zip(indexes).enumerate() {
         let action = match step {
             FileStep::Mkdir { path, mode, info } => Action::Mkdir(pb::FileActionMkDir {
-                path: normalize_path(parent, path, false),
+                path: gopath::llb_normalize_path(parent, path, false),
                 mode: (*mode & 0o777) as i32,
                 make_parents: info.make_parents,
                 owner: info.chown.as_ref().map(|o| o.to_pb(base)),
                 timestamp: timestamp(info.created_time),
             }),
             FileStep::Mkfile { path, mode, data, info } => Action::Mkfile(pb::FileActionMkFile {
-                path: normalize_path(parent, path, false),
+                path: gopath::llb_normalize_path(parent, path, false),
                 mode: (*mode & 0o777) as i32,
                 data: data.clone(),
                 owner: info.chown.as_ref().map(|o| o.to_pb(base)),
                 timestamp: timestamp(info.created_time),
             }),
             FileStep::Rm { path, info } => Action::Rm(pb::FileActionRm {
-                path: normalize_path(parent, path, false),
+                path: gopath::llb_normalize_path(parent, path, false),
                 allow_not_found: info.allow_not_found,
                 allow_wildcard: info.allow_wildcard,
             }),
@@ -316,11 +297,11 @@ pub(super) fn marshal_file(
             }),
             FileStep::Copy(copy) => {
                 let CopyStep { source, src, dest, info } = copy.as_ref();
-                let cleaned = clean_path(src);
+                let cleaned = gopath::clean(src);
                 let src = if cleaned.starts_with('/') {
-                    join_path(&["/", &cleaned])
+                    gopath::join(&["/", &cleaned])
                 } else {
-                    join_path(&[source.get_dir(), &cleaned])
+                    gopath::join(&[source.get_dir(), &cleaned])
                 };
                 let (mode, mode_str) = match &info.mode {
                     Some(m) if !m.mode_str.is_empty() => (0, m.mode_str.clone()),
@@ -329,7 +310,7 @@ pub(super) fn marshal_file(
                 };
                 Action::Copy(pb::FileActionCopy {
                     src,
-                    dest: normalize_path(parent, dest, true),
+                    dest: gopath::llb_normalize_path(parent, dest, true),
                     owner: info.chown.as_ref().map(|o| o.to_pb(base)),
                     mode,
                     follow_symlink: info.follow_symlinks,
@@ -362,16 +343,6 @@ pub(super) fn marshal_file(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn paths_normalise_like_llb() {
-        assert_eq!(normalize_path("/work", "a/../b", false), "/work/b");
-        assert_eq!(normalize_path("/work", "/x/./y/", false), "/x/y");
-        assert_eq!(normalize_path("/work", "out/", true), "/work/out/");
-        assert_eq!(normalize_path("/", "./", true), "/");
-        assert_eq!(normalize_path("/w", "d/.", true), "/w/d/.");
-        assert_eq!(normalize_path("/", ".", true), "/");
-    }
 
     #[test]
     fn chown_specs_split_into_ids_and_names() {

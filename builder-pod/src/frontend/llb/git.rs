@@ -2,6 +2,8 @@
 //! `util/sshutil/scpurl.go`): `scheme://[user@]host/path[?query][#ref[:subdir]]`
 //! for http, https, ssh and git, and the scp-like `user@host:path`.
 
+use crate::util::gopath;
+
 /// A parsed remote.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GitUrl {
@@ -128,7 +130,7 @@ fn parse_fragment(fragment: &str) -> Option<GitFragment> {
         return None;
     }
     let (git_ref, subdir) = fragment.split_once(':').unwrap_or((fragment, ""));
-    let subdir = super::join_path(&["/", subdir]).trim_start_matches('/').to_owned();
+    let subdir = gopath::join(&["/", subdir]).trim_start_matches('/').to_owned();
     Some(GitFragment { git_ref: git_ref.to_owned(), subdir })
 }
 

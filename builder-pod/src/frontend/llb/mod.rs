@@ -264,51 +264,5 @@ pub fn default_platform() -> Platform {
     Platform::new("linux", std::env::consts::ARCH, None).normalize()
 }
 
-/// Go's `path.Clean` for `/`-separated paths.
-pub fn clean_path(p: &str) -> String {
-    if p.is_empty() {
-        return ".".to_owned();
-    }
-    let rooted = p.starts_with('/');
-    let mut out: Vec<&str> = Vec::new();
-    for part in p.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                if out.last().is_some_and(|l| *l != "..") {
-                    out.pop();
-                } else if !rooted {
-                    out.push("..");
-                }
-            }
-            _ => out.push(part),
-        }
-    }
-    let joined = out.join("/");
-    match (rooted, joined.is_empty()) {
-        (true, _) => format!("/{joined}"),
-        (false, true) => ".".to_owned(),
-        (false, false) => joined,
-    }
-}
-
-/// Go's `path.Join`: joins the non-empty parts and cleans the result.
-pub fn join_path(parts: &[&str]) -> String {
-    let joined = parts.iter().filter(|p| !p.is_empty()).copied().collect::<Vec<_>>().join("/");
-    if joined.is_empty() { String::new() } else { clean_path(&joined) }
-}
-
-/// Go's `path.Base`.
-pub fn base_path(p: &str) -> String {
-    if p.is_empty() {
-        return ".".to_owned();
-    }
-    let trimmed = p.trim_end_matches('/');
-    if trimmed.is_empty() {
-        return "/".to_owned();
-    }
-    trimmed.rsplit('/').next().unwrap_or(trimmed).to_owned()
-}
-
 #[cfg(test)]
 mod tests;

@@ -9,8 +9,9 @@ use kiln_proto::buildkit::pb;
 use super::git::{GitUrlError, parse_url};
 use super::marshal::{Marshaler, marshal_constraints};
 use super::state::{Constraints, OpMetadata, Output, State, Vertex, VertexKind};
-use super::{LlbError, attr, caps, go_json_string, join_path};
+use super::{LlbError, attr, caps, go_json_string};
 use crate::source::image::Reference;
+use crate::util::gopath;
 
 #[derive(Debug)]
 pub(super) struct SourceVertex {
@@ -258,7 +259,7 @@ pub fn git(url: &str, opts: GitOptions) -> State {
     let id = match &parsed {
         Err(_) => url.clone(),
         Ok(remote) => {
-            let mut id = format!("{}{}", remote.host, join_path(&["/", &remote.path]));
+            let mut id = format!("{}{}", remote.host, gopath::join(&["/", &remote.path]));
             if !opts.git_ref.is_empty() || !opts.subdir.is_empty() {
                 id.push('#');
                 id.push_str(&opts.git_ref);

@@ -12,6 +12,7 @@ use super::marshal::SourceLocation;
 use super::source::SourceVertex;
 use super::{LlbError, NetMode, Platform, SecurityMode, caps};
 use crate::frontend::dockerfile::shell::Env;
+use crate::util::gopath;
 
 /// Environment variables in the order a process sees them: setting a key
 /// again moves it to the end, as `llb.EnvList` orders keys by their last set.
@@ -367,7 +368,7 @@ impl State {
             dir.to_owned()
         } else {
             let prev = if self.meta.dir.is_empty() { "/" } else { &self.meta.dir };
-            super::join_path(&[prev, dir])
+            gopath::join(&[prev, dir])
         };
         s
     }

@@ -15,9 +15,10 @@ use nix::sys::stat::{Mode, SFlag, mknod};
 use super::meta::{Timestamp, chmod, chown, lstat, mkdir_all, remove_all, set_times, times_of};
 use super::mode::SymbolicMode;
 use super::pattern::{BadPattern, Glob, PatternList};
-use super::root::{base, clean, clean_keep_trailing, shown, split, split_wildcards};
+use super::root::{shown, split, split_wildcards};
 use super::user::{Owner, UserLookup};
 use super::{FileOpError, resolve_action_path, unpack};
+use crate::util::gopath;
 
 /// What happens to the permission bits of copied entries.
 #[derive(Debug)]
@@ -58,8 +59,10 @@ pub(super) fn copy(
     a: &FileActionCopy,
     users: &UserLookup,
 ) -> Result<(), FileOpError> {
-    let src = clean_keep_trailing(&a.src);
-    let dest = clean_keep_trailing(&a.dest);
+    // BuildKit's file backend `cleanPath`: absolute, with a trailing `/` or
+    // `/.` kept, since both mean "a directory" to a copy.
+    let src = gopath::llb_normalize_path("/", &a.src, true);
+    let dest = gopath::llb_normalize_path("/", &a.dest, true);
 
     if !a.create_dest_path {
         let p = resolve_action_path(dest_root, &a.dest, true)?;
@@ -207,7 +210,7 @@ fn copy_source(
     let mut dst = resolve_action_path(dest_root, dest, true)?;
     let src_path = resolve_action_path(src_root, src, opts.follow)?;
     let src_meta = fs::symlink_metadata(&src_path)
-        .map_err(|source| FileOpError::CopySource { path: clean(src), source })?;
+        .map_err(|source| FileOpError::CopySource { path: gopath::join(&["/", src]), source })?;
     let dst_meta = match fs::metadata(&dst) {
         Ok(m) => Some(m),
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
@@ -218,7 +221,7 @@ fn copy_source(
     // contents are wanted, anything else always goes in.
     let dest_is_dir = dst_meta.as_ref().is_some_and(fs::Metadata::is_dir);
     if (!opts.contents && src_meta.is_dir() && dst_meta.is_some()) || (!src_meta.is_dir() && dest_is_dir) {
-        let name = base(src);
+        let name = gopath::base(src);
         if name != "." && name != "/" {
             dst.push(name);
         }

@@ -32,7 +32,8 @@ use kiln_proto::buildkit::pb::{
 pub use self::user::{Owner, UserLookup};
 
 use self::meta::{Timestamp, chmod, chown_to, mkdir_all, remove_all, set_time};
-use self::root::{clean, clean_keep_trailing, resolve, shown};
+use self::root::{resolve, shown};
+use crate::util::gopath;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FileOpError {
@@ -108,7 +109,7 @@ fn resolve_action_path(
     path: &str,
     follow_last: bool,
 ) -> Result<std::path::PathBuf, FileOpError> {
-    let p = clean(path);
+    let p = gopath::join(&["/", path]);
     resolve(root, Path::new(&p), follow_last).map_err(|source| FileOpError::Resolve { path: p, source })
 }
 
@@ -180,7 +181,7 @@ pub fn symlink(root: &Path, a: &FileActionSymlink, users: &UserLookup) -> Result
 #[tracing::instrument(skip_all, fields(path = %a.path))]
 pub fn rm(root: &Path, a: &FileActionRm) -> Result<(), FileOpError> {
     if a.allow_wildcard {
-        for m in copier::resolve_wildcards(root, &clean_keep_trailing(&a.path), false)? {
+        for m in copier::resolve_wildcards(root, &gopath::llb_normalize_path("/", &a.path, true), false)? {
             rm_path(root, &m, a.allow_not_found)?;
         }
         return Ok(());
@@ -189,7 +190,7 @@ pub fn rm(root: &Path, a: &FileActionRm) -> Result<(), FileOpError> {
 }
 
 fn rm_path(root: &Path, path: &str, allow_not_found: bool) -> Result<(), FileOpError> {
-    let p = clean(path);
+    let p = gopath::join(&["/", path]);
     let (dir, name) = root::split(&p);
     if name.is_empty() {
         return Err(FileOpError::RemoveRoot);

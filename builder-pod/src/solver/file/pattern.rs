@@ -2,6 +2,8 @@
 //! wildcard sources and `rm` paths, and dockerignore-style include/exclude
 //! lists for copies (moby/patternmatcher, as fsutil's copier uses it).
 
+use crate::util::gopath;
+
 /// One element of a compiled pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Token {
@@ -269,7 +271,7 @@ impl PatternList {
             if trimmed.is_empty() {
                 continue;
             }
-            let cleaned = clean_relative(trimmed);
+            let cleaned = gopath::clean(trimmed);
             let (exclusion, body) = match cleaned.strip_prefix('!') {
                 Some("") => {
                     return Err(BadPattern { pattern: raw.clone(), reason: "illegal exclusion pattern" });
@@ -322,31 +324,6 @@ impl PatternList {
 /// `a`, `a/b` for `a/b/c`.
 fn parent_dirs(path: &str) -> impl Iterator<Item = &str> {
     path.match_indices('/').map(move |(i, _)| &path[..i])
-}
-
-/// Go's `filepath.Clean` for a pattern that may be relative.
-fn clean_relative(p: &str) -> String {
-    let absolute = p.starts_with('/');
-    let mut parts: Vec<&str> = Vec::new();
-    for part in p.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                if parts.last().is_some_and(|l| *l != "..") {
-                    parts.pop();
-                } else if !absolute {
-                    parts.push("..");
-                }
-            }
-            _ => parts.push(part),
-        }
-    }
-    let joined = parts.join("/");
-    match (absolute, joined.is_empty()) {
-        (true, _) => format!("/{joined}"),
-        (false, true) => ".".to_owned(),
-        (false, false) => joined,
-    }
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
 use crate::fsutil::patterns::contains_wildcards;
+use crate::util::gopath;
 
 /// Symlinks one lookup may pass through before it fails with ELOOP
 /// (continuity's limit).
@@ -84,49 +85,11 @@ fn lexical_components(path: &Path) -> Vec<OsString> {
     out
 }
 
-/// `path` cleaned and made absolute, as Go's `filepath.Join("/", path)`.
-pub(super) fn clean(path: &str) -> String {
-    let parts = lexical_components(Path::new(path));
-    let mut out = String::new();
-    for p in &parts {
-        out.push('/');
-        out.push_str(&p.to_string_lossy());
-    }
-    if out.is_empty() { "/".to_owned() } else { out }
-}
-
-/// [`clean`], keeping a trailing `/` or `/.`: both mean "a directory" to a
-/// copy (BuildKit `solver/llbsolver/file/backend.go` `cleanPath`).
-pub(super) fn clean_keep_trailing(path: &str) -> String {
-    let mut out = clean(path);
-    if path.ends_with("/.") {
-        if out != "/" {
-            out.push('/');
-        }
-        out.push('.');
-    } else if path.ends_with('/') && out != "/" {
-        out.push('/');
-    }
-    out
-}
-
 /// Go's `filepath.Split`: everything up to and including the last `/`, and the rest.
 pub(super) fn split(path: &str) -> (&str, &str) {
     match path.rfind('/') {
         Some(i) => (&path[..=i], &path[i + 1..]),
         None => ("", path),
-    }
-}
-
-/// Go's `filepath.Base`: the last element, `/` for the root, `.` for nothing.
-pub(super) fn base(path: &str) -> &str {
-    let trimmed = path.trim_end_matches('/');
-    if trimmed.is_empty() {
-        return if path.is_empty() { "." } else { "/" };
-    }
-    match trimmed.rfind('/') {
-        Some(i) => &trimmed[i + 1..],
-        None => trimmed,
     }
 }
 
@@ -143,7 +106,7 @@ pub(super) fn shown(root: &Path, path: &Path) -> String {
 /// Splits a path at its first component with a glob character: the literal
 /// directory to start from and the pattern below it (fsutil `splitWildcards`).
 pub(super) fn split_wildcards(path: &str) -> (String, String) {
-    let cleaned = clean(path);
+    let cleaned = gopath::join(&["/", path]);
     let mut literal = Vec::new();
     let mut pattern = Vec::new();
     for part in cleaned.split('/').filter(|p| !p.is_empty()) {
@@ -167,23 +130,7 @@ mod tests {
     use std::os::unix::fs::symlink;
 
     #[test]
-    fn cleaning_keeps_the_directory_markers_a_copy_needs() {
-        for (input, want) in [
-            ("a/b", "/a/b"),
-            ("/a/./b/../c", "/a/c"),
-            ("../../x", "/x"),
-            ("", "/"),
-            ("dir/", "/dir/"),
-            ("dir/.", "/dir/."),
-            ("/", "/"),
-            (".", "/"),
-            ("/.", "/."),
-        ] {
-            assert_eq!(clean_keep_trailing(input), want, "{input:?}");
-        }
-        assert_eq!(base("/a/b/"), "b");
-        assert_eq!(base("/a/."), ".");
-        assert_eq!(base("/"), "/");
+    fn splits_keep_the_directory_markers_a_copy_needs() {
         assert_eq!(split("/a/b"), ("/a/", "b"));
         assert_eq!(split("/a/b/"), ("/a/b/", ""));
         assert_eq!(split_wildcards("/a/b*/c"), ("/a".to_owned(), "b*/c".to_owned()));

@@ -274,11 +274,20 @@ fn file_names_follow_buildkit() {
 }
 
 #[test]
-fn numbers_parse_like_go() {
-    assert_eq!(parse_go_int("0644"), Some(0o644));
-    assert_eq!(parse_go_int("0o755"), Some(0o755));
-    assert_eq!(parse_go_int("493"), Some(493));
-    assert_eq!(parse_go_int("0"), Some(0));
-    assert_eq!(parse_go_int("-1"), None);
-    assert_eq!(parse_go_int("08"), None);
+fn numeric_attributes_parse_as_go_parse_int_with_base_0() {
+    let perm = |v: &str| {
+        let attrs = BTreeMap::from([("http.perm".to_owned(), v.to_owned())]);
+        HttpSource::parse("https://example.com/f", &attrs).ok().map(|s| s.perm)
+    };
+    assert_eq!(perm("0644"), Some(0o644));
+    assert_eq!(perm("0o755"), Some(0o755));
+    assert_eq!(perm("0x1ff"), Some(0o777));
+    assert_eq!(perm("0b111"), Some(7));
+    assert_eq!(perm("1_000"), Some(1000));
+    assert_eq!(perm("493"), Some(493));
+    assert_eq!(perm("0"), Some(0));
+    assert_eq!(perm("08"), None);
+    // Go takes the sign; a negative value or one beyond 32 bits is no mode or id.
+    assert_eq!(perm("-1"), None);
+    assert_eq!(perm("4294967296"), None);
 }

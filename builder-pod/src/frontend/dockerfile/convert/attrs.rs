@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use super::{ConvertError, ConvertErrorKind, ConvertOptions, NamedContexts};
-use crate::frontend::dockerfile::linter::{CheckConfig, parse_go_bool};
+use crate::frontend::dockerfile::linter::CheckConfig;
 use crate::frontend::llb::{HostIp, NetMode, Platform, ResolveMode, Ulimit};
+use crate::util::strconv;
 
 const ULIMITS: [&str; 15] = [
     "core",
@@ -67,7 +68,7 @@ impl ConvertOptions {
             v => v,
         };
         if !multi.is_empty() {
-            let b = parse_go_bool(multi).ok_or_else(|| {
+            let b = strconv::parse_bool(multi).map_err(|_| {
                 attr_error("multi-platform", format!("invalid boolean value for multi-platform: {multi}"))
             })?;
             if !b && o.multi_platform {
@@ -176,7 +177,7 @@ fn parse_ulimits(v: &str) -> Result<Vec<Ulimit>, String> {
                 return Err(format!("invalid ulimit type: {name}"));
             }
             let number = |s: &str| {
-                s.parse::<i64>().map_err(|_| format!("strconv.ParseInt: parsing {}: invalid syntax", crate::frontend::dockerfile::go_quote(s)))
+                strconv::parse_int(s, 10, 64).map_err(|e| e.to_string())
             };
             let (soft, hard) = match limits.split(':').collect::<Vec<_>>().as_slice() {
                 [soft] => (number(soft)?, number(soft)?),

@@ -2,16 +2,17 @@
 //! heredocs, HTTP(S) downloads and git repositories, with `--chown`,
 //! `--chmod`, `--link`, `--parents` and `--exclude`.
 
-use super::{
-    ConvertErrorKind, Converter, DESCRIPTION_COMMAND, Fail, Lines, Result, lint, process_cmd_env,
-    uppercase_cmd,
-};
+use super::dispatch::{process_cmd_env, uppercase_cmd};
+use super::{ConvertErrorKind, Converter, DESCRIPTION_COMMAND, Fail, Lines, Result};
 use crate::frontend::dockerfile::instructions::{AddCommand, CopyCommand, SourcesAndDest};
+use crate::frontend::dockerfile::linter::rules;
 use crate::frontend::llb::git::parse_url;
 use crate::frontend::llb::{
     self, ChmodOpt, ChownOpt, Constraints, CopyInfo, FileAction, GitOptions, HttpOptions, MkfileInfo, State,
-    base_path, caps, clean_path, join_path,
+    caps,
 };
+use crate::util::gopath;
+use crate::util::strconv::{self, quote};
 
 /// What COPY and ADD share (`copyConfig`).
 struct CopyConfig<'s> {
@@ -70,7 +71,7 @@ impl Converter<'_> {
             },
         )?;
         let d = &mut self.states[i];
-        d.ctx_paths.extend(paths.iter().map(|p| join_path(&["/", p])));
+        d.ctx_paths.extend(paths.iter().map(|p| gopath::join(&["/", p])));
         Ok(())
     }
 
@@ -117,7 +118,7 @@ impl Converter<'_> {
         )?;
         if from.is_none() {
             let d = &mut self.states[i];
-            d.ctx_paths.extend(paths.iter().map(|p| join_path(&["/", p])));
+            d.ctx_paths.extend(paths.iter().map(|p| gopath::join(&["/", p])));
         }
         Ok(())
     }
@@ -240,14 +241,18 @@ impl Converter<'_> {
                         Some((p, pat)) => (p.to_owned(), pat.to_owned()),
                         None => ("/".to_owned(), src.clone()),
                     };
-                    let pattern = normalize_path("/", &pattern, false);
+                    let pattern = gopath::system_normalize_path("/", &pattern, false);
                     if !contains_wildcards(&parent) && !contains_wildcards(&pattern) {
-                        required.push(normalize_path("/", &join_path(&[&parent, &pattern]), false));
+                        required.push(gopath::system_normalize_path(
+                            "/",
+                            &gopath::join(&[&parent, &pattern]),
+                            false,
+                        ));
                     }
                     patterns.push(pattern.strip_prefix('/').unwrap_or(&pattern).to_owned());
                     src = parent;
                 }
-                let src = normalize_path("/", &src, false);
+                let src = gopath::system_normalize_path("/", &src, false);
                 let info = CopyInfo {
                     follow_symlinks: true,
                     copy_dir_contents_only: true,
@@ -321,45 +326,22 @@ impl Converter<'_> {
         if matcher.has_exclusions() {
             return;
         }
-        let cleaned = clean_path(src);
+        let cleaned = gopath::clean(src);
         if matcher.matches_or_parent_matches(&cleaned) {
             let instruction = if cfg.is_add { "Add" } else { "Copy" };
-            let msg = lint::copy_ignored_file(instruction, &cleaned);
-            self.warn(&lint::COPY_IGNORED_FILE, msg, cfg.lines, cfg.comments);
+            let msg = rules::copy_ignored_file(instruction, &cleaned);
+            self.warn(&rules::COPY_IGNORED_FILE, msg, cfg.lines, cfg.comments);
         }
     }
-}
-
-/// `system.NormalizePath` for Unix paths: relative paths join `parent`,
-/// absolute ones stay as written; with `keep_slash` a trailing `/` or `/.`
-/// is kept.
-fn normalize_path(parent: &str, p: &str, keep_slash: bool) -> String {
-    let parent = if parent.is_empty() { "/" } else { parent };
-    let parent = if parent.starts_with('/') { parent.to_owned() } else { join_path(&["/", parent]) };
-    let mut out = if p.is_empty() { parent.clone() } else { p.to_owned() };
-    if !out.starts_with('/') {
-        out = join_path(&[&parent, &out]);
-    }
-    if keep_slash {
-        if p.ends_with('/') && !out.ends_with('/') {
-            out.push('/');
-        } else if p.ends_with("/.") {
-            if out != "/" {
-                out.push('/');
-            }
-            out.push('.');
-        }
-    }
-    out
 }
 
 /// `pathRelativeToWorkingDir`: a destination relative to the working dir.
 fn path_relative_to_dir(dir: &str, p: &str) -> String {
     if p.starts_with('/') {
-        return normalize_path("/", p, true);
+        return gopath::system_normalize_path("/", p, true);
     }
     let p = if p.is_empty() || p == "." { "./" } else { p };
-    normalize_path(dir, p, true)
+    gopath::system_normalize_path(dir, p, true)
 }
 
 /// `--chmod`: octal up to 07777, or a symbolic mode (`u+x,g-w`).
@@ -433,7 +415,7 @@ fn http_filename(url: &str) -> String {
     let path = rest.find('/').map_or("", |i| &rest[i..]);
     let path = path.split(['?', '#']).next().unwrap_or_default();
     let decoded = percent_decode(path).unwrap_or_else(|| path.to_owned());
-    match base_path(&decoded).as_str() {
+    match gopath::base(&decoded) {
         "." | "/" => "__unnamed__".to_owned(),
         base => base.to_owned(),
     }
@@ -503,25 +485,23 @@ fn parse_git_ref(src: &str) -> Result<Option<GitRef>, String> {
         r.git_ref.clone_from(&f.git_ref);
         r.subdir.clone_from(&f.subdir);
     }
-    let q = crate::frontend::dockerfile::go_quote;
     let (mut tag, mut branch) = (String::new(), String::new());
     for (key, values) in &url.query {
         let value = match values.as_slice() {
             [v] if !v.is_empty() => Some(v.clone()),
             [] | [_] if key == "submodules" || key == "keep-git-dir" => None,
-            [] | [_] => return Err(format!("query {} has no value", q(key))),
-            _ => return Err(format!("query {} has multiple values", q(key))),
+            [] | [_] => return Err(format!("query {} has no value", quote(key))),
+            _ => return Err(format!("query {} has multiple values", quote(key))),
         };
         let v = value.clone().unwrap_or_default();
         let flag = |name: &str| match &value {
             None => Ok(true),
-            Some(v) => crate::frontend::dockerfile::linter::parse_go_bool(v)
-                .ok_or_else(|| format!("invalid {name} value: {}", q(v))),
+            Some(v) => strconv::parse_bool(v).map_err(|_| format!("invalid {name} value: {}", quote(v))),
         };
         match key.as_str() {
             "ref" => {
                 if !r.git_ref.is_empty() && r.git_ref != v {
-                    return Err(format!("ref conflicts: {} vs {}", q(&r.git_ref), q(&v)));
+                    return Err(format!("ref conflicts: {} vs {}", quote(&r.git_ref), quote(&v)));
                 }
                 r.git_ref = v;
             }
@@ -529,7 +509,7 @@ fn parse_git_ref(src: &str) -> Result<Option<GitRef>, String> {
             "branch" => branch = v,
             "subdir" => {
                 if !r.subdir.is_empty() && r.subdir != v {
-                    return Err(format!("subdir conflicts: {} vs {}", q(&r.subdir), q(&v)));
+                    return Err(format!("subdir conflicts: {} vs {}", quote(&r.subdir), quote(&v)));
                 }
                 r.subdir = v;
             }
@@ -538,9 +518,12 @@ fn parse_git_ref(src: &str) -> Result<Option<GitRef>, String> {
             "submodules" => r.submodules = Some(flag("submodules")?),
             "mtime" if v == "checkout" || v == "commit" => {}
             "mtime" => {
-                return Err(format!("invalid mtime value: {} (must be \"checkout\" or \"commit\")", q(&v)));
+                return Err(format!(
+                    "invalid mtime value: {} (must be \"checkout\" or \"commit\")",
+                    quote(&v)
+                ));
             }
-            _ => return Err(format!("unexpected query {}", q(key))),
+            _ => return Err(format!("unexpected query {}", quote(key))),
         }
     }
     for (value, prefix) in [(&tag, "refs/tags/"), (&branch, "refs/heads/")] {
@@ -552,7 +535,7 @@ fn parse_git_ref(src: &str) -> Result<Option<GitRef>, String> {
         }
         let full = if value.starts_with(prefix) { value.clone() } else { format!("{prefix}{value}") };
         if !r.git_ref.is_empty() && r.git_ref != full {
-            return Err(format!("ref conflicts: {} vs {}", q(&r.git_ref), q(&full)));
+            return Err(format!("ref conflicts: {} vs {}", quote(&r.git_ref), quote(&full)));
         }
         r.git_ref = full;
     }

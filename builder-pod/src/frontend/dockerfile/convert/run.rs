@@ -4,18 +4,17 @@
 
 use std::collections::BTreeSet;
 
-use super::{
-    ConvertErrorKind, Converter, DESCRIPTION_COMMAND, Fail, Lines, Result, process_cmd_env, uppercase_cmd,
-    with_shell,
-};
+use super::dispatch::{process_cmd_env, uppercase_cmd, with_shell};
+use super::{ConvertErrorKind, Converter, DESCRIPTION_COMMAND, Fail, Lines, Result};
 use crate::frontend::dockerfile::instructions::{
     self, MountType, NetworkMode, RunCommand, Security, ShareMode,
 };
 use crate::frontend::dockerfile::parser;
 use crate::frontend::llb::{
     self, CacheSharing, Constraints, EnvList, ExecOptions, FileAction, MkdirInfo, MkfileInfo, Mount, NetMode,
-    SecretInfo, SecurityMode, SshInfo, State, base_path, caps, clean_path, join_path,
+    SecretInfo, SecurityMode, SshInfo, State, caps,
 };
+use crate::util::gopath;
 
 impl Converter<'_> {
     pub(super) fn dispatch_run(
@@ -61,7 +60,7 @@ impl Converter<'_> {
                             .platform(platform.clone()),
                     );
                     exec_mounts.push(Mount::new("/dev/pipes/", &script).selector("/").readonly());
-                    args = vec![join_path(&["/dev/pipes/", &file.name])];
+                    args = vec![gopath::join(&["/dev/pipes/", &file.name])];
                 } else {
                     args = vec![data];
                 }
@@ -185,14 +184,14 @@ impl Converter<'_> {
                 _ => {}
             }
             let mut target = m.target.clone();
-            if !clean_path(&m.target).starts_with('/') {
-                target = join_path(&["/", self.states[i].state.get_dir(), &m.target]);
+            if !gopath::clean(&m.target).starts_with('/') {
+                target = gopath::join(&["/", self.states[i].state.get_dir(), &m.target]);
             }
             if target == "/" {
                 return Err(ConvertErrorKind::MountTarget(target).into());
             }
             let mut selector = String::new();
-            let source = join_path(&["/", &m.source]);
+            let source = gopath::join(&["/", &m.source]);
             if source != "/" {
                 selector = source;
             } else if m.uid.is_some() || m.gid.is_some() || m.mode.is_some() {
@@ -232,12 +231,12 @@ impl Converter<'_> {
                     Some(ShareMode::Locked) => CacheSharing::Locked,
                     Some(ShareMode::Shared) | None => CacheSharing::Shared,
                 };
-                let id = if m.cache_id.is_empty() { clean_path(&m.target) } else { m.cache_id.clone() };
+                let id = if m.cache_id.is_empty() { gopath::clean(&m.target) } else { m.cache_id.clone() };
                 mount = mount.cache(&format!("{}/{id}", self.opts.cache_id_namespace), sharing);
             }
             out.push(mount);
             if from.is_empty() {
-                self.states[i].ctx_paths.insert(join_path(&["/", &m.source]));
+                self.states[i].ctx_paths.insert(gopath::join(&["/", &m.source]));
             }
         }
         Ok((out, secrets, ssh))
@@ -252,11 +251,11 @@ fn secret(m: &instructions::Mount) -> Result<SecretInfo> {
         if m.target.is_empty() {
             return Err(ConvertErrorKind::SecretTarget.into());
         }
-        id = base_path(&m.target);
+        id = gopath::base(&m.target).to_owned();
     }
     let mut target = (!m.target.is_empty()).then(|| m.target.clone());
     if m.env.is_none() && target.is_none() {
-        target = Some(format!("/run/secrets/{}", base_path(&id)));
+        target = Some(format!("/run/secrets/{}", gopath::base(&id)));
     }
     let mut info = SecretInfo::new(&id, target.as_deref());
     info.optional = !m.required;

@@ -10,6 +10,7 @@ use prost::Message;
 use serde_json::{Value, json};
 
 use super::*;
+use crate::frontend::llb::format_platform;
 use crate::solver::llb::{Graph, Vertex, digest_of};
 
 const LAYER: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
@@ -1221,40 +1222,6 @@ async fn pull_mode_and_context_name_are_honoured() {
     assert_eq!(source(from).attrs["image.resolvemode"], "pull");
     let ctx = context_source(&g);
     assert_eq!((ctx.identifier.as_str(), ctx.attrs["local.sharedkeyhint"].as_str()), ("local://ctx", "hint"));
-}
-
-#[test]
-fn ports_and_signals_parse_like_docker() {
-    assert_eq!(parse_port("80").unwrap(), ["80/tcp"]);
-    assert_eq!(parse_port("8080:80/udp").unwrap(), ["80/udp"]);
-    assert_eq!(parse_port("1-3/SCTP").unwrap(), ["1/sctp", "2/sctp", "3/sctp"]);
-    assert_eq!(parse_port("[::1]:80:80").unwrap(), ["80/tcp"]);
-    assert_eq!(parse_port("/tcp").unwrap_err(), "invalid port: \"/tcp\": no port specified");
-    assert_eq!(parse_port("5-3").unwrap_err(), "invalid containerPort: 5-3");
-    assert_eq!(parse_port("300.1.1.1:80:80").unwrap_err(), "invalid IP address: 300.1.1.1");
-    for ok in ["SIGKILL", "kill", "9", "RTMIN+3", "SIGRTMAX-1", "-1"] {
-        assert!(valid_signal(ok), "{ok}");
-    }
-    for bad in ["0", "SIGFOO", "RTMIN+16", ""] {
-        assert!(!valid_signal(bad), "{bad}");
-    }
-}
-
-#[test]
-fn target_platforms_format_for_cross_builds() {
-    let amd = amd64();
-    assert_eq!(format_target_platform(&amd, Some(arm64())), "->arm64");
-    assert_eq!(format_target_platform(&amd, Some(Platform::new("linux", "arm", Some("v7")))), "->arm/v7");
-    assert_eq!(
-        format_target_platform(&amd, Some(Platform::new("windows", "amd64", None))),
-        "->windows/amd64"
-    );
-    assert_eq!(format_target_platform(&amd, Some(amd64())), "");
-    assert_eq!(format_target_platform(&amd, None), "");
-    let mut env = EnvList::default();
-    env.set("TARGETARCH", "arm64");
-    assert_eq!(platform_from_env(&env).map(|p| p.architecture), Some("arm64".to_owned()));
-    let _ = BTreeMap::<String, String>::new();
 }
 
 /// What buildkitd's own frontend (dockerfile2llb v0.29, run with an
