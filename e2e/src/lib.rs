@@ -475,6 +475,32 @@ impl Buildx {
         cmd
     }
 
+    /// A buildx command line as Kiln prints it (`docker buildx create …`, or
+    /// `PATH/buildx create …`), run as printed but with this buildx's
+    /// configuration. Panics unless it names buildx.
+    pub fn printed(&self, line: &str) -> Command {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let skip = match words.as_slice() {
+            ["docker", "buildx", ..] => 2,
+            [buildx, ..] if buildx.ends_with("buildx") => 1,
+            _ => panic!("{line:?} is not a buildx command"),
+        };
+        let mut printed = Command::new(words[0]);
+        printed.args(&words[1..]);
+        if skip == 2 {
+            // No Docker here: the test environment's buildx runs Docker's plugin's line.
+            printed = self.command();
+            printed.args(&words[2..]);
+        }
+        for (k, v) in self.command().get_envs() {
+            match v {
+                Some(v) => printed.env(k, v),
+                None => printed.env_remove(k),
+            };
+        }
+        printed
+    }
+
     /// `buildx create --driver remote ADDR --name NAME`.
     pub fn create_remote(&self, name: &str, addr: &str) {
         run(self.command().args(["create", "--name", name, "--driver", "remote", addr]));
