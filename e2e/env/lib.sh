@@ -74,6 +74,27 @@ wait_for() {
     die "$what did not come up within ${secs}s (logs in $KILN_RUN)"
 }
 
+# The htpasswd registry's state; `up` makes the password.
+AUTH_DIR=$KILN_RUN/auth-registry
+AUTH_USER=kiln
+
+# Pushes only what the registry does not have yet.
+push_image() { # SRC DEST [skopeo args...]
+    local src=$1 dest=$2
+    shift 2
+    local repo=${dest#*/} host=${dest%%/*}
+    local name=${repo%:*} tag=${repo##*:}
+    local auth=()
+    [ "$host" = "127.0.0.1:$KILN_AUTH_REGISTRY_PORT" ] && auth=(-u "$AUTH_USER:$(cat "$AUTH_DIR/password")")
+    if curl -sf -o /dev/null "${auth[@]}" \
+        -H 'Accept: application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json' \
+        "http://$host/v2/$name/manifests/$tag"; then
+        return 0
+    fi
+    log "pushing $dest"
+    skopeo copy -q --dest-tls-verify=false "$@" "$src" "docker://$dest" >&2
+}
+
 # install_debs PACKAGE...: apt-get install the packages that are not installed yet.
 install_debs() {
     local missing=() p

@@ -533,6 +533,32 @@ impl Buildx {
         cmd
     }
 
+    /// A buildx command line as Kiln prints it (`docker buildx create …`, or
+    /// `PATH/buildx create …`), run as printed but with this buildx's
+    /// configuration. Panics unless it names buildx.
+    pub fn printed(&self, line: &str) -> Command {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let skip = match words.as_slice() {
+            ["docker", "buildx", ..] => 2,
+            [buildx, ..] if buildx.ends_with("buildx") => 1,
+            _ => panic!("{line:?} is not a buildx command"),
+        };
+        let mut printed = Command::new(words[0]);
+        printed.args(&words[1..]);
+        if skip == 2 {
+            // No Docker here: the test environment's buildx runs Docker's plugin's line.
+            printed = self.command();
+            printed.args(&words[2..]);
+        }
+        for (k, v) in self.command().get_envs() {
+            match v {
+                Some(v) => printed.env(k, v),
+                None => printed.env_remove(k),
+            };
+        }
+        printed
+    }
+
     /// `buildx create --driver remote ADDR --name NAME`.
     pub fn create_remote(&self, name: &str, addr: &str) {
         run(self.command().args(["create", "--name", name, "--driver", "remote", addr]));
@@ -674,6 +700,19 @@ pub fn buildctl_llb(addr: &str, def: &kiln_proto::buildkit::pb::Definition, extr
     let out = child.wait_with_output().unwrap();
     eprintln!("{}", String::from_utf8_lossy(&out.stderr));
     out
+}
+
+/// `buildctl build` of the Dockerfile in `dir` (also the context) with the
+/// built-in frontend, exported as `output` (`--output`); its output is echoed.
+pub fn buildctl_dockerfile(addr: &str, dir: &Path, output: &str) -> String {
+    run(TestEnv::get()
+        .command("buildctl")
+        .args(["--addr", addr, "build", "--progress", "plain", "--frontend", "dockerfile.v0"])
+        .arg("--local")
+        .arg(format!("context={}", dir.display()))
+        .arg("--local")
+        .arg(format!("dockerfile={}", dir.display()))
+        .args(["--output", output]))
 }
 
 /// A CA (`ca.crt`, `ca.key`) and certificates it signed, made with the

@@ -6,7 +6,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kiln_e2e::llb::image_and_run;
-use kiln_e2e::{Buildx, Kilnd, TestEnv, buildctl_llb, run, run_unchecked, workspace_bin};
+use kiln_e2e::{
+    Buildx, Kilnd, TestEnv, buildctl_dockerfile, buildctl_llb, run, run_unchecked, workspace_bin,
+};
 
 const VERSION: &str = concat!("v", env!("CARGO_PKG_VERSION"));
 
@@ -372,15 +374,7 @@ fn buildctl_builds_with_the_dockerfile_frontend() {
     .unwrap();
     std::fs::write(ctx.path().join("hi.txt"), "hi from buildctl\n").unwrap();
     let dest = ctx.path().join("out");
-    run(TestEnv::get()
-        .command("buildctl")
-        .args(["--addr", &kilnd.addr, "build", "--progress", "plain", "--frontend", "dockerfile.v0"])
-        .arg("--local")
-        .arg(format!("context={}", ctx.path().display()))
-        .arg("--local")
-        .arg(format!("dockerfile={}", ctx.path().display()))
-        .arg("--output")
-        .arg(format!("type=local,dest={}", dest.display())));
+    buildctl_dockerfile(&kilnd.addr, ctx.path(), &format!("type=local,dest={}", dest.display()));
     assert_eq!(std::fs::read_to_string(dest.join("copy")).unwrap(), "hi from buildctl\n");
 }
 

@@ -1,7 +1,8 @@
 //! `kiln client-cert`: issues a client certificate for the gateway from the
 //! client CA that the `kiln` chart keeps in a Secret, writes it with the CA
-//! buildx verifies the gateway with, and prints the `docker buildx create`
-//! line that uses them.
+//! buildx verifies the gateway with, and prints the `buildx create` line that
+//! uses them, with the buildx that works here (`docker buildx`, or the
+//! standalone `buildx`), as `kiln up` does.
 //!
 //! The certificate's common name is the client's identity: the gateway
 //! admits a client to a pool only when the pool's `access.clients` lists that
@@ -31,7 +32,8 @@ Example, after `helm install kiln charts/kiln --namespace kiln`:
 
   kiln client-cert --name ci --pool default.kiln --out ./kiln-ci
 
-writes ./kiln-ci/ca.pem, cert.pem and key.pem and prints
+writes ./kiln-ci/ca.pem, cert.pem and key.pem and prints (with the standalone
+buildx in place of `docker buildx` when that is the one that works here)
 
   docker buildx create --name kiln --driver remote \\
     --driver-opt cacert=$PWD/kiln-ci/ca.pem,cert=$PWD/kiln-ci/cert.pem,key=$PWD/kiln-ci/key.pem,servername=default.kiln \\
@@ -347,12 +349,13 @@ fn node_address(nodes: &[Node]) -> Option<String> {
         .find_map(|kind| addresses.iter().find(|a| a.type_ == *kind).map(|a| a.address.clone()))
 }
 
-/// The `docker buildx create` line for the files in `dir`.
-pub fn buildx_line(builder: &str, dir: &Path, with_ca: bool, pool: &str, addr: &str) -> String {
+/// The `buildx create` line for the files in `dir`, `buildx` being how
+/// buildx runs here (`docker buildx`, or a standalone `buildx`).
+pub fn buildx_line(buildx: &str, builder: &str, dir: &Path, with_ca: bool, pool: &str, addr: &str) -> String {
     let file = |name: &str| dir.join(name).display().to_string();
     let ca = if with_ca { format!("cacert={},", file("ca.pem")) } else { String::new() };
     format!(
-        "docker buildx create --name {builder} --driver remote --driver-opt {ca}cert={},key={},servername={pool} {addr}",
+        "{buildx} create --name {builder} --driver remote --driver-opt {ca}cert={},key={},servername={pool} {addr}",
         file("cert.pem"),
         file("key.pem"),
     )
@@ -485,12 +488,15 @@ pub async fn run(args: Args) -> Result<(), Error> {
     if let Some(hint) = hint {
         eprintln!("{hint}");
     }
+    let buildx = crate::up::buildx_command();
+    eprint!("{}", crate::up::buildx_hint(&buildx));
     eprintln!(
         "Pool {pool} serves the client if its access.clients lists {:?} (or \"*\"). Create the builder:",
         args.name
     );
     let mut stdout = io::stdout().lock();
-    let _ = writeln!(stdout, "{}", buildx_line(&args.builder_name, &out, server_ca.is_some(), &pool, &addr));
+    let line = buildx_line(&buildx, &args.builder_name, &out, server_ca.is_some(), &pool, &addr);
+    let _ = writeln!(stdout, "{line}");
     let _ = stdout.flush();
     Ok(())
 }
@@ -728,14 +734,14 @@ mod tests {
     fn the_buildx_line_names_the_files_the_pool_and_the_gateway() {
         let dir = Path::new("/home/me/kiln-ci");
         assert_eq!(
-            buildx_line("kiln", dir, true, "default.kiln", "tcp://203.0.113.7:1234"),
+            buildx_line("docker buildx", "kiln", dir, true, "default.kiln", "tcp://203.0.113.7:1234"),
             "docker buildx create --name kiln --driver remote --driver-opt \
              cacert=/home/me/kiln-ci/ca.pem,cert=/home/me/kiln-ci/cert.pem,key=/home/me/kiln-ci/key.pem,\
              servername=default.kiln tcp://203.0.113.7:1234"
         );
         assert_eq!(
-            buildx_line("ci", dir, false, "big.builds", "tcp://gw:443"),
-            "docker buildx create --name ci --driver remote --driver-opt \
+            buildx_line("/opt/bin/buildx", "ci", dir, false, "big.builds", "tcp://gw:443"),
+            "/opt/bin/buildx create --name ci --driver remote --driver-opt \
              cert=/home/me/kiln-ci/cert.pem,key=/home/me/kiln-ci/key.pem,servername=big.builds tcp://gw:443"
         );
     }

@@ -1,6 +1,7 @@
 //! The `kiln` command: Kiln's operator. `controller` reconciles Builders,
 //! `gateway` routes buildx to builders, `up` runs a local pool, `crdgen`
-//! writes the CRDs, `client-cert` issues a client certificate for the gateway.
+//! writes the CRDs, `client-cert` issues a client certificate for the gateway,
+//! `delete-pools` deletes pools while the controller drains them.
 
 use std::process::ExitCode;
 
@@ -10,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 mod certs;
 mod controller;
 mod crdgen;
+mod delete_pools;
 mod gateway;
 mod metrics;
 mod shutdown;
@@ -39,6 +41,9 @@ pub enum Command {
     /// Issue a client certificate for the gateway from the chart's client CA
     /// and print the `docker buildx create` line that uses it.
     ClientCert(certs::Args),
+    /// Delete the Builders a label selector names and wait while the
+    /// controller drains them (the chart's pre-delete hook).
+    DeletePools(delete_pools::Args),
 }
 
 /// What made a subcommand fail.
@@ -54,6 +59,8 @@ pub enum Error {
     Up(#[from] up::Error),
     #[error(transparent)]
     ClientCert(#[from] certs::Error),
+    #[error(transparent)]
+    DeletePools(#[from] delete_pools::Error),
     #[error("a second signal: stopped without finishing the drain")]
     Aborted,
 }
@@ -71,6 +78,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
         }
         Command::Up(args) => until_signalled(async move |stop| Ok(up::run(args, stop).await?)).await,
         Command::ClientCert(args) => certs::run(args).await.map(|()| ExitCode::SUCCESS).map_err(Error::from),
+        Command::DeletePools(args) => {
+            delete_pools::run(args).await.map(|()| ExitCode::SUCCESS).map_err(Error::from)
+        }
     }
 }
 
@@ -144,6 +154,30 @@ mod tests {
         assert_eq!(args.pool.as_deref(), Some("big.builds"));
         assert_eq!(args.gateway.as_deref(), Some("tcp://gw:443"));
         assert_eq!(args.days, 30);
+    }
+
+    #[test]
+    fn delete_pools_needs_a_selector_and_takes_namespaces() {
+        let cli = Cli::try_parse_from([
+            "kiln",
+            "delete-pools",
+            "--selector",
+            "app.kubernetes.io/instance=kiln",
+            "-n",
+            "kiln",
+            "-n",
+            "team-a",
+        ])
+        .unwrap();
+        let Command::DeletePools(args) = cli.command else { panic!("not delete-pools") };
+        assert_eq!(args.selector, "app.kubernetes.io/instance=kiln");
+        assert_eq!(args.namespace, ["kiln", "team-a"]);
+        assert_eq!(args.timeout, 600);
+        assert!(Cli::try_parse_from(["kiln", "delete-pools"]).is_err(), "--selector is required");
+        assert!(
+            Cli::try_parse_from(["kiln", "delete-pools", "--selector", " "]).is_err(),
+            "an empty selector would name every Builder"
+        );
     }
 
     #[test]

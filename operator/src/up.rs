@@ -104,8 +104,8 @@ fn find_kilnd(given: Option<PathBuf>) -> PathBuf {
 
 /// How buildx is run here: Docker's plugin when it answers, else a
 /// standalone `buildx` on PATH or the one the test environment installs,
-/// else Docker's (with a hint where to get it).
-fn buildx_command() -> String {
+/// else Docker's (with a hint where to get it: [`buildx_hint`]).
+pub(crate) fn buildx_command() -> String {
     if works(&["docker", "buildx", "version"]) {
         return "docker buildx".into();
     }
@@ -118,6 +118,17 @@ fn buildx_command() -> String {
         return cached.display().to_string();
     }
     "docker buildx".into()
+}
+
+/// Where to get buildx, when `buildx` (from [`buildx_command`]) is Docker's
+/// plugin and it does not answer here; else nothing.
+pub(crate) fn buildx_hint(buildx: &str) -> &'static str {
+    if buildx == "docker buildx" && !works(&["docker", "buildx", "version"]) {
+        "(buildx is Docker's build client: install Docker's buildx plugin, or get the standalone \
+         binary from github.com/docker/buildx; e2e/env/up puts one in ~/.cache/kiln/tools/bin.)\n"
+    } else {
+        ""
+    }
 }
 
 /// The command runs and succeeds.
@@ -321,12 +332,7 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> Result<(), Error> {
         args.addr,
         state.display(),
         args.addr,
-        if buildx == "docker buildx" && !works(&["docker", "buildx", "version"]) {
-            "(buildx is Docker's build client: install Docker's buildx plugin, or get the standalone \
-             binary from github.com/docker/buildx; e2e/env/up puts one in ~/.cache/kiln/tools/bin.)\n"
-        } else {
-            ""
-        },
+        buildx_hint(&buildx),
     );
     let _ = out.flush();
     drop(out);

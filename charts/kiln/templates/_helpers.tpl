@@ -37,6 +37,7 @@ as the client CA. */}}
 
 {{- define "kiln.image" -}}
 {{ .Values.image.repository }}:{{ default .Chart.AppVersion .Values.image.tag }}
+{{- with .Values.image.digest }}@{{ . }}{{ end }}
 {{- end -}}
 
 {{/* Labels: the common ones, then the component's (an argument:

@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kiln_crds::builder::Builder;
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, ResourceExt};
@@ -60,6 +61,10 @@ pub struct BuilderCa {
     key_pem: String,
     /// SHA-256 of the certificate, hex.
     fingerprint: String,
+    /// The CA's Secret as the owner of the gateway's certificate when both
+    /// are in one namespace (the chart's case): deleting the CA (`helm
+    /// uninstall`) deletes the certificate issued from it.
+    owner: Option<(String, OwnerReference)>,
 }
 
 impl std::fmt::Debug for BuilderCa {
@@ -98,12 +103,23 @@ impl BuilderCa {
                 .map(|b| String::from_utf8_lossy(&b.0).into_owned())
                 .ok_or_else(|| TlsError::MissingKey { secret: secret.clone(), key })
         };
-        Ok(Self::new(secret.clone(), text("tls.crt")?, text("tls.key")?))
+        let mut ca = Self::new(secret.clone(), text("tls.crt")?, text("tls.key")?);
+        if let Some(uid) = found.metadata.uid {
+            let owner = OwnerReference {
+                api_version: "v1".into(),
+                kind: "Secret".into(),
+                name: name.to_owned(),
+                uid,
+                ..Default::default()
+            };
+            ca.owner = Some((namespace.to_owned(), owner));
+        }
+        Ok(ca)
     }
 
     pub fn new(secret: String, cert_pem: String, key_pem: String) -> Self {
         let fingerprint = hex::encode(Sha256::digest(cert_pem.as_bytes()));
-        Self { secret, cert_pem, key_pem, fingerprint }
+        Self { secret, cert_pem, key_pem, fingerprint, owner: None }
     }
 
     fn issue(&self, name: &str, usage: &Usage, now: OffsetDateTime) -> Result<certs::Issued, TlsError> {
@@ -144,6 +160,8 @@ impl BuilderCa {
         let issued = self.issue(GATEWAY_CLIENT, &Usage::Client, now)?;
         let mut secret = self.secret_of(name.to_owned(), &issued, now);
         secret.metadata.namespace = Some(namespace.to_owned());
+        secret.metadata.owner_references =
+            self.owner.as_ref().filter(|(ns, _)| ns == namespace).map(|(_, owner)| vec![owner.clone()]);
         Ok(secret)
     }
 
@@ -295,6 +313,26 @@ mod tests {
         let pem = String::from_utf8(data["tls.crt"].0.clone()).unwrap();
         let der = rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
         assert_eq!(crate::gateway::tls::common_name(&der).as_deref(), Some(GATEWAY_CLIENT));
+        assert!(secret.metadata.owner_references.is_none(), "no CA Secret known, no owner");
+    }
+
+    #[test]
+    fn the_gateways_certificate_goes_with_the_ca_secret_of_its_namespace() {
+        let mut ca = ca();
+        let owner = OwnerReference {
+            api_version: "v1".into(),
+            kind: "Secret".into(),
+            name: "kiln-builder-ca".into(),
+            uid: "0b6f1c2e-0000-4000-8000-000000000002".into(),
+            ..Default::default()
+        };
+        ca.owner = Some(("kiln".into(), owner.clone()));
+        let now = OffsetDateTime::now_utc();
+        let secret = ca.gateway_secret("kiln", "kiln-gateway-builder-tls", now).unwrap();
+        assert_eq!(secret.metadata.owner_references, Some(vec![owner]));
+        // An owner must be in the namespace of what it owns.
+        let elsewhere = ca.gateway_secret("gateways", "kiln-gateway-builder-tls", now).unwrap();
+        assert!(elsewhere.metadata.owner_references.is_none());
     }
 
     #[test]
