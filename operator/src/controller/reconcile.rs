@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
-use kiln_crds::builder::{Builder, BuilderStatus, SecurityMode};
+use kiln_crds::builder::{Builder, BuilderStatus};
 use kiln_crds::condition;
 use kiln_crds::validation::parse_duration;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
