@@ -13,8 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::config::{ListenAddr, TlsFiles};
-use crate::control::{ControlService, HealthService};
-use crate::frontend::gateway::LlbBridgeService;
+use crate::control::{ControlService, HealthService, LlbBridgeService};
 
 /// BuildKit's limit on both sides (buildkit-protocol.md §1).
 pub const MAX_MESSAGE_SIZE: usize = 16 << 20;

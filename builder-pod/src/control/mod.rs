@@ -1,5 +1,6 @@
 //! The gRPC services kilnd serves: BuildKit's `Control` and gRPC health.
 
+mod bridge;
 mod health;
 
 use std::collections::HashMap;
@@ -16,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::instrument;
 
+pub use bridge::LlbBridgeService;
 pub use health::HealthService;
 
 use crate::cache::Snapshot;
@@ -27,9 +29,9 @@ use crate::metrics::Metrics;
 use crate::session::SessionManager;
 use crate::solver::entitlements::Entitlements;
 use crate::solver::llb::Graph;
-use crate::solver::ops::source::Sources;
 use crate::solver::scheduler::{BuildContext, SolveError, Solver};
 use crate::solver::{JobGuard, Jobs};
+use crate::source::Sources;
 use crate::worker::{self, Worker};
 
 type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;

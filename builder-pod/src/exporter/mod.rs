@@ -22,10 +22,10 @@ use crate::cache::mount::MountError;
 use crate::cache::{CacheManager, Snapshot};
 use crate::content::ContentStore;
 use crate::fsutil::{self, FsutilError, WalkFilter};
+use crate::progress::now;
 use crate::session::filesend::{BytesUpload, CHUNK, FileSendError, open_packets};
 use crate::session::{SessionError, SessionManager};
 use crate::snapshot::{DiffOptions, SnapshotError, diff_to_tar};
-use crate::solver::progress::now;
 use crate::solver::scheduler::BuildContext;
 use crate::source::image::{Platform, Registry};
 

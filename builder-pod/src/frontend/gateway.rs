@@ -32,10 +32,10 @@ use crate::executor::rootpath;
 use crate::frontend::dockerfile::builder as dockerfile;
 use crate::fsutil::stat::{Detail, InodeMap, stat_of};
 use crate::fsutil::{FsutilError, PatternError, PatternMatcher};
+use crate::progress::now;
 use crate::solver::llb::Graph;
-use crate::solver::ops::source::SourceError;
-use crate::solver::progress::now;
 use crate::solver::scheduler::BuildContext;
+use crate::source::SourceError;
 use crate::source::image::{ImageError, Platform, Reference, ResolvedImage};
 use crate::worker::random_id;
 
@@ -74,7 +74,7 @@ const EXPORTER_MULTIPLE: &str = "exporter.multiple";
 /// frontend emits and several exporters per Solve. An empty list makes the
 /// client assume the frozen pre-capability set, and buildx then refuses a
 /// second `--output`.
-fn llb_caps() -> Vec<ApiCap> {
+pub(crate) fn llb_caps() -> Vec<ApiCap> {
     let mut ids = crate::frontend::llb::caps::ALL.to_vec();
     ids.push(EXPORTER_MULTIPLE);
     caps(&ids)
@@ -91,13 +91,13 @@ pub struct ForwardedBuild {
     pub ctx: Arc<BuildContext>,
     pub frontend_attrs: HashMap<String, String>,
     pub frontend_inputs: HashMap<String, Definition>,
-    returned: Mutex<Option<oneshot::Sender<ReturnRequest>>>,
+    pub(crate) returned: Mutex<Option<oneshot::Sender<ReturnRequest>>>,
     /// Results handed to the client, by the ref id it will name them with.
     refs: Mutex<HashMap<String, Option<Snapshot>>>,
 }
 
 impl ForwardedBuild {
-    fn add_ref(&self, snapshot: Option<Snapshot>) -> Result<String, Status> {
+    pub(crate) fn add_ref(&self, snapshot: Option<Snapshot>) -> Result<String, Status> {
         let id = random_id().map_err(|e| Status::internal(format!("making a ref id: {e}")))?;
         self.refs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id.clone(), snapshot);
         Ok(id)
@@ -111,7 +111,7 @@ impl ForwardedBuild {
 
 impl ForwardedBuild {
     /// The snapshot behind a ref for reading; scratch is an empty tree.
-    fn snapshot_for_read(&self, id: &str) -> Result<Snapshot, BridgeError> {
+    pub(crate) fn snapshot_for_read(&self, id: &str) -> Result<Snapshot, BridgeError> {
         let snapshot = self
             .get_ref(id)
             .ok_or_else(|| BridgeError::UnknownRef { build: self.id.clone(), id: id.to_owned() })?;
@@ -196,7 +196,11 @@ fn resolve_in(root: &Path, path: &str) -> Result<PathBuf, BridgeError> {
 
 /// ReadFile: a regular file's bytes, or `length` bytes from `offset` (fewer
 /// at the end of the file), as upstream's `io.NewSectionReader`.
-fn read_file(root: &Path, path: &str, range: Option<&fe::FileRange>) -> Result<Vec<u8>, BridgeError> {
+pub(crate) fn read_file(
+    root: &Path,
+    path: &str,
+    range: Option<&fe::FileRange>,
+) -> Result<Vec<u8>, BridgeError> {
     let host = resolve_in(root, path)?;
     let mut file = std::fs::File::open(&host).map_err(io_error(path))?;
     let meta = file.metadata().map_err(io_error(path))?;
@@ -223,7 +227,7 @@ fn read_file(root: &Path, path: &str, range: Option<&fe::FileRange>) -> Result<V
 
 /// StatFile: the entry at `path`, its `Stat.path` the entry's base name
 /// (upstream `fsutil.Stat`).
-fn stat_file(root: &Path, path: &str) -> Result<Stat, BridgeError> {
+pub(crate) fn stat_file(root: &Path, path: &str) -> Result<Stat, BridgeError> {
     let host = resolve_in(root, path)?;
     let meta = std::fs::symlink_metadata(&host).map_err(io_error(path))?;
     let name = match host.strip_prefix(root).ok().and_then(Path::file_name) {
@@ -253,7 +257,7 @@ fn sorted_names(dir: &Path, shown: &str) -> Result<Vec<String>, BridgeError> {
 /// is listed when it matches or, for a directory, when anything below it
 /// matches (fsutil's filtered walk reports such a parent, and the bridge
 /// never descends; `cache/util/fsutil.go` `ReadDir`).
-fn read_dir(root: &Path, dir: &str, include: &str) -> Result<Vec<Stat>, BridgeError> {
+pub(crate) fn read_dir(root: &Path, dir: &str, include: &str) -> Result<Vec<Stat>, BridgeError> {
     let matcher = PatternMatcher::new(Some(include).filter(|p| !p.is_empty()))
         .map_err(|source| BridgeError::Pattern { pattern: include.to_owned(), source })?;
     let host = resolve_in(root, dir)?;
@@ -307,7 +311,7 @@ fn matches_below(
 
 /// Checks a resolve mode the way upstream's `ParseImageResolveMode` does;
 /// kilnd always asks the registry, which every mode allows.
-fn check_resolve_mode(mode: &str) -> Result<(), BridgeError> {
+pub(crate) fn check_resolve_mode(mode: &str) -> Result<(), BridgeError> {
     match mode {
         "" | "default" | "pull" | "local" => Ok(()),
         other => Err(BridgeError::ResolveMode(other.to_owned())),
@@ -315,7 +319,7 @@ fn check_resolve_mode(mode: &str) -> Result<(), BridgeError> {
 }
 
 /// An LLB platform as the registry client matches it.
-fn platform_of(p: &pb::Platform) -> Platform {
+pub(crate) fn platform_of(p: &pb::Platform) -> Platform {
     let variant = Some(p.variant.as_str()).filter(|v| !v.is_empty());
     Platform::new(&p.os, &p.architecture, variant).normalize()
 }
@@ -380,7 +384,7 @@ impl Bridge {
     }
 
     /// The build a bridge call belongs to, from its header.
-    async fn build_of<T>(&self, request: &Request<T>) -> Result<Arc<ForwardedBuild>, Status> {
+    pub(crate) async fn build_of<T>(&self, request: &Request<T>) -> Result<Arc<ForwardedBuild>, Status> {
         let id = request
             .metadata()
             .get(BUILD_ID_HEADER)
@@ -388,348 +392,6 @@ impl Bridge {
             .filter(|v| !v.is_empty())
             .ok_or_else(|| Status::invalid_argument(format!("no {BUILD_ID_HEADER} header")))?;
         self.lookup(id).await
-    }
-}
-
-/// BuildKit's `moby.buildkit.v1.frontend.LLBBridge` service.
-#[derive(Debug, Clone)]
-pub struct LlbBridgeService {
-    c: Arc<Controller>,
-}
-
-impl LlbBridgeService {
-    pub fn new(controller: Arc<Controller>) -> Self {
-        Self { c: controller }
-    }
-
-    fn count(&self, method: &str) {
-        self.c.metrics.rpc("LLBBridge", method);
-    }
-
-    /// Runs `read` on a read-only mount of ref `id`, off the async runtime.
-    async fn in_ref<T, F>(&self, build: &ForwardedBuild, id: &str, read: F) -> Result<T, BridgeError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Path) -> Result<T, BridgeError> + Send + 'static,
-    {
-        let snapshot = build.snapshot_for_read(id)?;
-        let cache = Arc::clone(self.c.solver.cache());
-        let id = id.to_owned();
-        tokio::task::spawn_blocking(move || {
-            let view = mount(&cache, &snapshot, None).map_err(|source| BridgeError::Mount { id, source })?;
-            read(view.path())
-        })
-        .await?
-    }
-
-    /// One platform's manifest and config for `reference`, with the build's
-    /// credentials, shown to the client as a vertex named `log_name`
-    /// (upstream `llbBridge.ResolveSourceMetadata`).
-    async fn resolve_image(
-        &self,
-        build: &ForwardedBuild,
-        reference: &str,
-        platform: Option<&pb::Platform>,
-        resolve_mode: &str,
-        log_name: &str,
-    ) -> Result<(Reference, ResolvedImage), BridgeError> {
-        check_resolve_mode(resolve_mode)?;
-        let parsed = Reference::parse(reference)
-            .map_err(|source| BridgeError::Reference { reference: reference.to_owned(), source })?;
-        let platform = platform
-            .or_else(|| self.c.worker.platforms.first())
-            .map_or_else(Platform::linux_amd64, platform_of);
-        let name = if log_name.is_empty() {
-            format!("resolve image config for docker-image://{parsed}")
-        } else {
-            log_name.to_owned()
-        };
-        let digest = format!("sha256:{}", hex::encode(Sha256::digest(format!("{name} {platform}"))));
-        let mut vertex = Vertex { digest, name, started: Some(now()), ..Vertex::default() };
-        build.ctx.job.progress.vertex(vertex.clone());
-        let result = self.c.sources.resolve_image(&parsed, &platform, &build.ctx).await;
-        vertex.completed = Some(now());
-        if let Err(e) = &result {
-            vertex.error = e.to_string();
-        }
-        build.ctx.job.progress.vertex(vertex);
-        let image =
-            result.map_err(|source| BridgeError::ResolveImage { reference: parsed.to_string(), source })?;
-        Ok((parsed, image))
-    }
-}
-
-fn not_built(what: &str) -> Status {
-    Status::unimplemented(format!("LLBBridge.{what} is not implemented by kilnd yet"))
-}
-
-#[tonic::async_trait]
-impl LlbBridge for LlbBridgeService {
-    #[instrument(skip_all)]
-    async fn ping(&self, request: Request<fe::PingRequest>) -> Result<Response<fe::PongResponse>, Status> {
-        self.count("Ping");
-        self.c.bridge.build_of(&request).await?;
-        Ok(Response::new(fe::PongResponse {
-            frontend_api_caps: caps(FRONTEND_CAPS),
-            llb_caps: llb_caps(),
-            workers: vec![self.c.worker.record()],
-        }))
-    }
-
-    #[instrument(skip_all)]
-    async fn r#return(
-        &self,
-        request: Request<ReturnRequest>,
-    ) -> Result<Response<fe::ReturnResponse>, Status> {
-        self.count("Return");
-        let build = self.c.bridge.build_of(&request).await?;
-        let sender = build.returned.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
-        let sender = sender
-            .ok_or_else(|| Status::failed_precondition(format!("build {} already returned", build.id)))?;
-        // The Solve may be gone if its client left; then nobody needs the result.
-        let _ = sender.send(request.into_inner());
-        Ok(Response::new(fe::ReturnResponse {}))
-    }
-
-    #[instrument(skip_all)]
-    async fn inputs(
-        &self,
-        request: Request<fe::InputsRequest>,
-    ) -> Result<Response<fe::InputsResponse>, Status> {
-        self.count("Inputs");
-        let build = self.c.bridge.build_of(&request).await?;
-        Ok(Response::new(fe::InputsResponse { definitions: build.frontend_inputs.clone() }))
-    }
-
-    #[instrument(skip_all)]
-    async fn warn(&self, request: Request<fe::WarnRequest>) -> Result<Response<fe::WarnResponse>, Status> {
-        self.count("Warn");
-        let build = self.c.bridge.build_of(&request).await?;
-        let w = request.into_inner();
-        build.ctx.job.progress.send(StatusResponse {
-            warnings: vec![VertexWarning {
-                vertex: w.digest,
-                level: w.level,
-                short: w.short,
-                detail: w.detail,
-                url: w.url,
-                info: w.info,
-                ranges: w.ranges,
-            }],
-            ..StatusResponse::default()
-        });
-        Ok(Response::new(fe::WarnResponse {}))
-    }
-
-    #[instrument(skip_all, fields(build.ref, image.ref))]
-    async fn resolve_image_config(
-        &self,
-        request: Request<fe::ResolveImageConfigRequest>,
-    ) -> Result<Response<fe::ResolveImageConfigResponse>, Status> {
-        self.count("ResolveImageConfig");
-        let build = self.c.bridge.build_of(&request).await?;
-        let req = request.into_inner();
-        tracing::Span::current()
-            .record("build.ref", build.id.as_str())
-            .record("image.ref", req.r#ref.as_str());
-        // Resolver type 1 is an OCI layout in the client's session content store.
-        if req.resolver_type != 0 {
-            return Err(not_built("ResolveImageConfig from an OCI layout"));
-        }
-        let (reference, image) = self
-            .resolve_image(&build, &req.r#ref, req.platform.as_ref(), &req.resolve_mode, &req.log_name)
-            .await?;
-        Ok(Response::new(fe::ResolveImageConfigResponse {
-            r#ref: reference.to_string(),
-            digest: image.digest().to_string(),
-            config: image.config,
-        }))
-    }
-
-    #[instrument(skip_all, fields(build.ref, source))]
-    async fn resolve_source_meta(
-        &self,
-        request: Request<fe::ResolveSourceMetaRequest>,
-    ) -> Result<Response<fe::ResolveSourceMetaResponse>, Status> {
-        self.count("ResolveSourceMeta");
-        let build = self.c.bridge.build_of(&request).await?;
-        let req = request.into_inner();
-        let source = req.source.ok_or(BridgeError::NoSource)?;
-        tracing::Span::current()
-            .record("build.ref", build.id.as_str())
-            .record("source", source.identifier.as_str());
-        // Other sources carry no metadata kilnd resolves ahead of the solve;
-        // the op comes back unchanged, as upstream does without a policy.
-        let Some(reference) = source.identifier.strip_prefix("docker-image://") else {
-            return Ok(Response::new(fe::ResolveSourceMetaResponse {
-                source: Some(source),
-                ..Default::default()
-            }));
-        };
-        let (_, image) = self
-            .resolve_image(&build, reference, req.platform.as_ref(), &req.resolve_mode, &req.log_name)
-            .await?;
-        let no_config = req.image.as_ref().is_some_and(|i| i.no_config);
-        Ok(Response::new(fe::ResolveSourceMetaResponse {
-            image: Some(fe::ResolveSourceImageResponse {
-                digest: image.digest().to_string(),
-                config: if no_config { Vec::new() } else { image.config },
-                attestation_chain: None,
-            }),
-            source: Some(source),
-            ..Default::default()
-        }))
-    }
-
-    #[instrument(skip_all)]
-    async fn solve(&self, request: Request<fe::SolveRequest>) -> Result<Response<fe::SolveResponse>, Status> {
-        self.count("Solve");
-        let build = self.c.bridge.build_of(&request).await?;
-        let req = request.into_inner();
-        let definition = req.definition.filter(|d| !d.def.is_empty());
-        let (id, def) = match (definition, req.frontend.as_str()) {
-            (Some(def), "") => {
-                let graph = Graph::parse(&def).map_err(|e| Status::invalid_argument(e.to_string()))?;
-                let snapshot =
-                    self.c.solver.solve(&graph, Arc::clone(&build.ctx)).await.map_err(solve_status)?;
-                (build.add_ref(snapshot)?, Some(def))
-            }
-            (None, "") => (String::new(), None),
-            (_, "dockerfile.v0") => {
-                let session = build.ctx.session_ids.first().cloned().unwrap_or_default();
-                let result = dockerfile::build(
-                    &self.c.solver,
-                    &self.c.sources,
-                    &build.ctx,
-                    &req.frontend_opt,
-                    &req.frontend_inputs,
-                    &session,
-                )
-                .await
-                .map_err(frontend_status)?;
-                let r = result.refs.into_gateway(req.allow_result_array_ref, |s| build.add_ref(s))?;
-                return Ok(Response::new(fe::SolveResponse {
-                    r#ref: String::new(),
-                    result: Some(fe::Result {
-                        result: Some(r),
-                        metadata: result.metadata,
-                        ..Default::default()
-                    }),
-                }));
-            }
-            (_, other) => return Err(Status::invalid_argument(format!("unknown frontend {other:?}"))),
-        };
-        let result = if req.allow_result_array_ref {
-            fe::result::Result::Ref(fe::Ref { id, def })
-        } else {
-            fe::result::Result::RefDeprecated(id)
-        };
-        Ok(Response::new(fe::SolveResponse {
-            r#ref: String::new(),
-            result: Some(fe::Result { result: Some(result), ..Default::default() }),
-        }))
-    }
-
-    #[instrument(skip_all, fields(build.ref, result.ref = %request.get_ref().r#ref))]
-    async fn read_file(
-        &self,
-        request: Request<fe::ReadFileRequest>,
-    ) -> Result<Response<fe::ReadFileResponse>, Status> {
-        self.count("ReadFile");
-        let build = self.c.bridge.build_of(&request).await?;
-        tracing::Span::current().record("build.ref", build.id.as_str());
-        let req = request.into_inner();
-        let data = self
-            .in_ref(&build, &req.r#ref, move |root| read_file(root, &req.file_path, req.range.as_ref()))
-            .await?;
-        Ok(Response::new(fe::ReadFileResponse { data }))
-    }
-
-    #[instrument(skip_all, fields(build.ref, result.ref = %request.get_ref().r#ref))]
-    async fn read_dir(
-        &self,
-        request: Request<fe::ReadDirRequest>,
-    ) -> Result<Response<fe::ReadDirResponse>, Status> {
-        self.count("ReadDir");
-        let build = self.c.bridge.build_of(&request).await?;
-        tracing::Span::current().record("build.ref", build.id.as_str());
-        let req = request.into_inner();
-        let entries = self
-            .in_ref(&build, &req.r#ref, move |root| read_dir(root, &req.dir_path, &req.include_pattern))
-            .await?;
-        Ok(Response::new(fe::ReadDirResponse { entries }))
-    }
-
-    #[instrument(skip_all, fields(build.ref, result.ref = %request.get_ref().r#ref))]
-    async fn stat_file(
-        &self,
-        request: Request<fe::StatFileRequest>,
-    ) -> Result<Response<fe::StatFileResponse>, Status> {
-        self.count("StatFile");
-        let build = self.c.bridge.build_of(&request).await?;
-        tracing::Span::current().record("build.ref", build.id.as_str());
-        let req = request.into_inner();
-        let stat = self.in_ref(&build, &req.r#ref, move |root| stat_file(root, &req.path)).await?;
-        Ok(Response::new(fe::StatFileResponse { stat: Some(stat) }))
-    }
-
-    /// Refs are solved when LLBBridge.Solve returns them, so evaluating one
-    /// only checks that it exists.
-    #[instrument(skip_all, fields(build.ref, result.ref = %request.get_ref().r#ref))]
-    async fn evaluate(
-        &self,
-        request: Request<fe::EvaluateRequest>,
-    ) -> Result<Response<fe::EvaluateResponse>, Status> {
-        self.count("Evaluate");
-        let build = self.c.bridge.build_of(&request).await?;
-        tracing::Span::current().record("build.ref", build.id.as_str());
-        build.snapshot_for_read(&request.get_ref().r#ref)?;
-        Ok(Response::new(fe::EvaluateResponse {}))
-    }
-
-    async fn new_container(
-        &self,
-        _request: Request<fe::NewContainerRequest>,
-    ) -> Result<Response<fe::NewContainerResponse>, Status> {
-        Err(not_built("NewContainer"))
-    }
-
-    async fn release_container(
-        &self,
-        _request: Request<fe::ReleaseContainerRequest>,
-    ) -> Result<Response<fe::ReleaseContainerResponse>, Status> {
-        Err(not_built("ReleaseContainer"))
-    }
-
-    type ExecProcessStream =
-        std::pin::Pin<Box<dyn futures::Stream<Item = Result<fe::ExecMessage, Status>> + Send + 'static>>;
-
-    async fn exec_process(
-        &self,
-        _request: Request<tonic::Streaming<fe::ExecMessage>>,
-    ) -> Result<Response<Self::ExecProcessStream>, Status> {
-        Err(not_built("ExecProcess"))
-    }
-
-    async fn read_file_container(
-        &self,
-        _request: Request<fe::ReadFileRequest>,
-    ) -> Result<Response<fe::ReadFileResponse>, Status> {
-        Err(not_built("ReadFileContainer"))
-    }
-
-    async fn read_dir_container(
-        &self,
-        _request: Request<fe::ReadDirRequest>,
-    ) -> Result<Response<fe::ReadDirResponse>, Status> {
-        Err(not_built("ReadDirContainer"))
-    }
-
-    async fn stat_file_container(
-        &self,
-        _request: Request<fe::StatFileRequest>,
-    ) -> Result<Response<fe::StatFileResponse>, Status> {
-        Err(not_built("StatFileContainer"))
     }
 }
 

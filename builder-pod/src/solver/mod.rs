@@ -5,15 +5,14 @@ pub mod entitlements;
 pub mod file;
 pub mod llb;
 pub mod ops;
-pub mod progress;
 pub mod scheduler;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use self::progress::Progress;
 use crate::arrivals::Arrivals;
+use crate::progress::Progress;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {

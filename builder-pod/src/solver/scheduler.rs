@@ -23,8 +23,8 @@ use tracing::{Instrument, debug, info_span};
 use super::Job;
 use super::entitlements::{EntitlementError, Entitlements};
 use super::llb::{Graph, Vertex};
-use super::progress::now;
 use crate::cache::{CacheError, CacheManager, Snapshot};
+use crate::progress::now;
 
 pub type OpError = Box<dyn std::error::Error + Send + Sync>;
 

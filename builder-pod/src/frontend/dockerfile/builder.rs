@@ -24,11 +24,11 @@ use crate::frontend::llb::{
     self, Constraints, CopyInfo, DiffType, FileAction, HttpOptions, LocalOptions, MarshalOptions, Platform,
 };
 use crate::fsutil::patterns::parse_ignore_file;
+use crate::progress::now;
 use crate::session::upload::upload_path;
 use crate::solver::llb::Graph;
-use crate::solver::ops::source::Sources;
-use crate::solver::progress::now;
 use crate::solver::scheduler::{BuildContext, SolveError, Solver};
+use crate::source::Sources;
 use crate::source::image::Reference;
 
 #[derive(Debug, thiserror::Error)]

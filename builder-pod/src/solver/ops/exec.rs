@@ -21,11 +21,11 @@ use crate::executor::{
     ExecMount, ExecSpec, Executor, ExecutorError, MountKind, NetworkMode, ProcessFailed, ProcessIo, Rlimit,
     SecurityMode,
 };
+use crate::locks::KeyedLocks;
 use crate::session::SessionManager;
 use crate::session::secrets::{SecretError, get_secret};
 use crate::session::sshforward::{self, AgentSocket, SshError};
 use crate::solver::entitlements::{self, EntitlementError};
-use crate::solver::ops::KeyedLocks;
 use crate::solver::scheduler::BuildContext;
 
 /// How long a session the build names may take to connect.

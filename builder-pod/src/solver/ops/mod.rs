@@ -3,10 +3,8 @@
 pub mod exec;
 pub mod fileop;
 pub mod merge;
-pub mod source;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use kiln_proto::buildkit::pb;
 
@@ -21,7 +19,7 @@ use crate::session::SessionManager;
 pub struct WorkerOps {
     pub cache: Arc<CacheManager>,
     pub sessions: Arc<SessionManager>,
-    pub sources: Arc<source::Sources>,
+    pub sources: Arc<crate::source::Sources>,
     pub executor: Arc<dyn Executor>,
     pub cache_mounts: exec::CacheMounts,
     /// Where steps' secret files are mounted: on the run directory's
@@ -90,23 +88,5 @@ impl Ops for WorkerOps {
             pb::op::Op::File(op) => Ok(fileop::run(&self.cache, op, &inputs).await?),
             pb::op::Op::Build(_) => Err(OpsError::UnsupportedOp("build").into()),
         }
-    }
-}
-
-/// Async locks by name, for work that must not run twice at once on one
-/// thing (a kept directory, a layer being unpacked, a locked cache mount).
-#[derive(Debug, Default)]
-pub struct KeyedLocks {
-    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-}
-
-impl KeyedLocks {
-    pub fn get(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.locks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        Arc::clone(locks.entry(key.to_owned()).or_default())
-    }
-
-    pub async fn lock(&self, key: &str) -> tokio::sync::OwnedMutexGuard<()> {
-        self.get(key).lock_owned().await
     }
 }
