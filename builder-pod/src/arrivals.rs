@@ -1,6 +1,6 @@
 //! Waiting for something to be registered: a session, a build's job, a
 //! forwarded build. Clients may send the calls that need one before the
-//! call that creates it (buildkit-protocol.md §3.4), so lookups wait a
+//! call that creates it (docs/protocol.md §3.4), so lookups wait a
 //! bounded time, woken whenever anything new is registered.
 
 use std::time::{Duration, Instant};

@@ -1,5 +1,5 @@
 //! A build's progress: what `Control.Status` streams to the client
-//! (buildkit-protocol.md §5, "Status stream").
+//! (docs/protocol.md §5, "Status stream").
 //!
 //! Every update is kept so a `Status` call that arrives late still sees the
 //! whole build, and is fanned out to the callers following it live.

@@ -1,5 +1,5 @@
 //! The one worker a kilnd runs: what `ListWorkers` reports and buildx shows in
-//! `buildx inspect` (buildkit-protocol.md §2.1).
+//! `buildx inspect` (docs/protocol.md §2.1).
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;

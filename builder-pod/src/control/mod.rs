@@ -74,9 +74,10 @@ pub struct ControlService {
     c: Arc<Controller>,
 }
 
-/// How long `Status` waits for the Solve that creates its job (upstream: 6 s, §3.4).
+/// How long `Status` waits for the Solve that creates its job (upstream: 6 s,
+/// docs/protocol.md §3.4).
 const STATUS_WAIT: Duration = Duration::from_secs(6);
-/// The response header of `Status` carrying the server's clock (§1).
+/// The response header of `Status` carrying the server's clock (docs/protocol.md §1).
 const TIMESTAMP_HEADER: &str = "buildkit-current-timestamp";
 
 impl ControlService {
@@ -264,7 +265,7 @@ fn exporters(req: &api::SolveRequest) -> Vec<api::Exporter> {
 }
 
 /// Calls kilnd does not serve yet. buildx treats `Unimplemented` from the
-/// history calls as "no history API" and goes on (buildkit-protocol.md §2.2).
+/// history calls as "no history API" and goes on (docs/protocol.md §2.2).
 fn not_built(what: &str) -> Status {
     Status::unimplemented(format!("{what} is not implemented by kilnd yet"))
 }

@@ -136,7 +136,7 @@ pub struct BuiltImage {
 }
 
 impl BuiltImage {
-    /// `containerimage.*` and `image.name` (§5).
+    /// `containerimage.*` and `image.name` (docs/protocol.md §5).
     pub fn response(&self, names: &[String]) -> HashMap<String, String> {
         let descriptor = json!({
             "mediaType": self.media_type,

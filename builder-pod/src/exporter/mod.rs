@@ -1,5 +1,5 @@
-//! Exporters: what happens to a build's result (buildkit-protocol.md §2.2
-//! "Per-output specifics", §4.3, §5). `local` and `tar` send the file
+//! Exporters: what happens to a build's result (docs/protocol.md §2.3,
+//! §4.2, §5). `local` and `tar` send the file
 //! system back to the client; `image` builds an image and pushes it; `oci`
 //! and `docker` send an image layout as a tar. A result per platform
 //! exports as one subdirectory per platform (`local`, `tar`) or as an
@@ -227,7 +227,7 @@ impl Exporters {
         Ok(self.sessions.get(id, SESSION_WAIT).await?)
     }
 
-    /// `-o type=local`: the daemon is the fsutil sender (§4.3).
+    /// `-o type=local`: the daemon is the fsutil sender (docs/protocol.md §4.2).
     async fn local(
         &self,
         index: usize,
@@ -259,7 +259,7 @@ impl Exporters {
         Ok(HashMap::new())
     }
 
-    /// `-o type=tar`: the file system as one tar, in chunks (§4.3).
+    /// `-o type=tar`: the file system as one tar, in chunks (docs/protocol.md §4.2).
     async fn tar(
         &self,
         index: usize,

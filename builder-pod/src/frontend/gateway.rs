@@ -1,5 +1,6 @@
-//! The LLBBridge: the frontend API that buildx drives for gateway-forwarded
-//! builds (buildkit-protocol.md §2.2 phases B–C, §9.4).
+//! The LLBBridge's build logic: the frontend API that buildx drives for
+//! gateway-forwarded builds (docs/protocol.md §2.2). `control::bridge`
+//! serves it over gRPC.
 //!
 //! `Control.Solve` with neither a definition nor a frontend registers the
 //! build here under its ref and waits; the client then calls LLBBridge
@@ -46,10 +47,10 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Frontend API capabilities kilnd implements (`frontend/gateway/pb/caps.go`).
 /// Advertising `return` and `proto.refarray` keeps clients off the legacy
-/// result path (§2.5); `reference.output` says returned refs carry their
-/// definitions, which bake turns into other targets' contexts. Solves run
-/// eagerly, so `gateway.solve.evaluate` and `gateway.evaluate` hold by
-/// construction.
+/// result path (docs/protocol.md §2.5); `reference.output` says returned
+/// refs carry their definitions, which bake turns into other targets'
+/// contexts. Solves run eagerly, so `gateway.solve.evaluate` and
+/// `gateway.evaluate` hold by construction.
 pub const FRONTEND_CAPS: &[&str] = &[
     "return",
     "proto.refarray",

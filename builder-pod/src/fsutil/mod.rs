@@ -1,7 +1,7 @@
 //! The fsutil file-transfer protocol (tonistiigi/fsutil) that BuildKit runs
 //! over `FileSync/DiffCopy` to upload a build context and over
-//! `FileSend/DiffCopy` to export a directory (buildkit-protocol.md §4.1,
-//! §4.3).
+//! `FileSend/DiffCopy` to export a directory (docs/protocol.md §4.1,
+//! §4.2).
 //!
 //! The sender walks a tree and sends one `PACKET_STAT` per entry in a strict
 //! order; the receiver compares the stats with what it already has, asks for

@@ -1,6 +1,6 @@
 //! dockerignore-style path patterns, as moby/patternmatcher evaluates them:
 //! `.dockerignore`, the include/exclude filters of a FileSync upload
-//! (buildkit-protocol.md §4.1) and `COPY --exclude`.
+//! (docs/protocol.md §4.1) and `COPY --exclude`.
 //!
 //! A pattern is cleaned like Go's `filepath.Clean`, then matched against a
 //! clean, `/`-separated relative path. `*` and `?` never cross a `/`, `**`

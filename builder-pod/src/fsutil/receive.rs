@@ -1,6 +1,6 @@
 //! The receiving side of a transfer (fsutil `receive.go`, `diskwriter.go`,
 //! `validator.go`, `hardlinks.go`): the daemon for a context upload, the
-//! client for a local export (buildkit-protocol.md §4.1, §4.3).
+//! client for a local export (docs/protocol.md §4.1, §4.2).
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;

@@ -1,6 +1,6 @@
 //! The sending side of a transfer (fsutil `send.go`, `filter.go`,
 //! `followlinks.go`, `hardlinks.go`): the client for a context upload, the
-//! daemon for a local export (buildkit-protocol.md §4.1, §4.3).
+//! daemon for a local export (docs/protocol.md §4.1, §4.2).
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{self, Read};
@@ -26,7 +26,7 @@ use crate::util::gopath;
 
 /// Which entries of the root a sender walks, as BuildKit's `FilterFS`
 /// applies the `include-patterns`, `exclude-patterns` and `followpaths`
-/// request metadata (buildkit-protocol.md §4.1).
+/// request metadata (docs/protocol.md §4.1).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WalkFilter {
     /// When not empty, only entries matching one of these (or inside a

@@ -1,5 +1,5 @@
 //! `fsutil.types.Stat` ⇄ the local filesystem. `Stat.mode` carries Go
-//! `os.FileMode` bits, not a Unix `st_mode` (buildkit-protocol.md §4.1).
+//! `os.FileMode` bits, not a Unix `st_mode` (docs/protocol.md §4.1).
 
 use std::collections::HashMap;
 use std::fs::Metadata;

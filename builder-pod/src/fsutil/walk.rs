@@ -1,6 +1,6 @@
 //! Walking a local tree in fsutil's order: depth-first pre-order, siblings
 //! sorted byte-wise by name, which is the order of `compare_path` over full
-//! paths (buildkit-protocol.md §4.1).
+//! paths (docs/protocol.md §4.1).
 
 use std::cmp::Ordering;
 use std::ffi::{OsStr, OsString};

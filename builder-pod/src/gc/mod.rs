@@ -1,5 +1,5 @@
 //! What the cache holds and how to free it: `DiskUsage` and `Prune`
-//! (buildkit-protocol.md §2.3), and collection by policy
+//! (docs/protocol.md §2.4), and collection by policy
 //! (buildkitd.toml's `[[worker.oci.gcpolicy]]`), which kilnd runs at start,
 //! after builds and every few minutes while no build runs.
 

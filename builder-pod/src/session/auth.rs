@@ -1,9 +1,9 @@
-//! `moby.filesync.v1.Auth/Credentials` on the client: registry logins come
-//! from the client's docker config, asked for only when a registry
-//! challenges (buildkit-protocol.md §4.6). For a token registry the client
-//! is first asked to fetch the token itself (`Auth/FetchToken`, as BuildKit
-//! does), so its secrets stay with it; a client without it is asked for
-//! credentials and the daemon fetches the token.
+//! `moby.filesync.v1.Auth` on the client: registry logins come from the
+//! client's docker config, asked for only when a registry challenges
+//! (docs/protocol.md §4.4). For a token registry the client is first asked
+//! to fetch the token itself (`Auth/FetchToken`, as BuildKit does), so its
+//! secrets stay with it; a client without it is asked for credentials and
+//! the daemon fetches the token (`source::image` runs that flow).
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,5 +1,5 @@
 //! `moby.filesync.v1.FileSend/DiffCopy` on the client: where exporters send
-//! files back (buildkit-protocol.md §4.3). The same RPC carries fsutil
+//! files back (docs/protocol.md §4.2). The same RPC carries fsutil
 //! packets for a directory target (`local`) and raw bytes for a file target
 //! (`tar`, `oci`, `docker`), as the client registered for the exporter index.
 
@@ -21,7 +21,7 @@ use tonic::{Request, Status};
 use super::{Session, origin};
 
 const METHOD: &str = "/moby.filesync.v1.FileSend/DiffCopy";
-/// Which exporter of the request the transfer belongs to (§4.3).
+/// Which exporter of the request the transfer belongs to (docs/protocol.md §4.2).
 const EXPORTER_ID: &str = "buildkit-attachable-exporter-id";
 /// Chunks of a file target; the Go side sends at most 3 MiB.
 pub const CHUNK: usize = 1 << 20;

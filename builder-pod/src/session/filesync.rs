@@ -1,6 +1,6 @@
 //! `moby.filesync.v1.FileSync/DiffCopy` on the client: the upload of a
 //! local directory (build context, Dockerfile) into the daemon
-//! (buildkit-protocol.md §4.1). The client is the fsutil sender.
+//! (docs/protocol.md §4.1). The client is the fsutil sender.
 
 use std::path::Path;
 
@@ -33,7 +33,7 @@ pub struct SyncRequest {
 }
 
 /// Pattern lists travel as one metadata value per pattern; if any is not
-/// ASCII, all are URL-escaped and `<key>-encoded: 1` says so (§4.1).
+/// ASCII, all are URL-escaped and `<key>-encoded: 1` says so (docs/protocol.md §4.1).
 fn add_list(md: &mut MetadataMap, key: &'static str, values: &[String]) {
     let encode = values.iter().any(|v| !v.is_ascii() || v.bytes().any(|b| b < 0x20));
     for v in values {

@@ -1,5 +1,5 @@
 //! Sessions: the reverse channel a client exposes to the daemon
-//! (buildkit-protocol.md §3).
+//! (docs/protocol.md §3).
 //!
 //! The client opens `Control.Session` and serves gRPC over it as an HTTP/2
 //! *server*; the daemon runs an HTTP/2 *client* on the same byte stream and
@@ -38,12 +38,12 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use self::tunnel::Tunnel;
 use crate::arrivals::Arrivals;
 
-/// Header names, lower-case as grpc-go sends them (§1, "Metadata keys").
+/// Header names, lower-case as grpc-go sends them (docs/protocol.md §1, "Metadata keys").
 pub const HEADER_UUID: &str = "x-docker-expose-session-uuid";
 pub const HEADER_SHARED_KEY: &str = "x-docker-expose-session-sharedkey";
 pub const HEADER_METHOD: &str = "x-docker-expose-session-grpc-method";
 
-/// How often the daemon checks that the client still answers (§3.2).
+/// How often the daemon checks that the client still answers (docs/protocol.md §3.2).
 const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 /// HTTP/2 windows on the session connection: file data flows client → daemon
 /// on it, and the 64 KiB defaults cap a loopback transfer far below the link.
@@ -224,8 +224,8 @@ impl SessionManager {
     }
 
     /// The session `id`, waiting up to `timeout` for it to arrive: a client
-    /// may open its session after the Solve that names it (§3.4). An id of the
-    /// form `prefix:rest` names session `rest` (§3.3).
+    /// may open its session after the Solve that names it (docs/protocol.md §3.4). An id of the
+    /// form `prefix:rest` names session `rest` (docs/protocol.md §3.3).
     pub async fn get(&self, id: &str, timeout: Duration) -> Result<Arc<Session>, SessionError> {
         let id = id.rsplit_once(':').map_or(id, |(_, rest)| rest);
         let find = || self.lock().get(id).filter(|s| !s.closed.is_cancelled()).cloned();
@@ -246,7 +246,7 @@ impl SessionManager {
 }
 
 /// Calls the client's `Health/Check` every 5 s; two failures in a row end the
-/// session (upstream: timeout max(30 s, 1.5 × the last call), §3.2).
+/// session (upstream: timeout max(30 s, 1.5 × the last call), docs/protocol.md §3.2).
 async fn health_check(session: Arc<Session>) {
     let mut client = HealthClient::with_origin(session.channel(), origin());
     let mut timeout = Duration::from_secs(30);

@@ -1,5 +1,5 @@
 //! `moby.sshforward.v1.SSH` on the client: its SSH agent, offered to a
-//! build step as a unix socket (buildkit-protocol.md §4.7). Every connection
+//! build step as a unix socket (docs/protocol.md §4.5). Every connection
 //! to the socket becomes one `ForwardAgent` stream carrying the agent
 //! protocol's bytes both ways.
 
@@ -21,7 +21,7 @@ use tracing::debug;
 use super::{Session, origin};
 
 const FORWARD: &str = "/moby.sshforward.v1.SSH/ForwardAgent";
-/// The agent id a step asks for travels in this header (§1).
+/// The agent id a step asks for travels in this header (docs/protocol.md §1).
 const ID_HEADER: &str = "buildkit.ssh.id";
 
 #[derive(Debug, thiserror::Error)]
@@ -55,7 +55,7 @@ pub async fn check(session: &Session, id: &str) -> Result<bool, SshError> {
     let mut client = SshClient::with_origin(session.channel(), origin());
     match client.check_agent(CheckAgentRequest { id: id.to_owned() }).await {
         Ok(_) => Ok(true),
-        // The client answers an unknown id with a plain error (§4.7).
+        // The client answers an unknown id with a plain error (docs/protocol.md §4.5).
         Err(status) if status.message().contains("unset ssh forward key") => Ok(false),
         // buildx serves the SSH service always and answers NotFound for an agent it was not given.
         Err(status) if matches!(status.code(), tonic::Code::Unimplemented | tonic::Code::NotFound) => {

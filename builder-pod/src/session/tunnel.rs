@@ -1,4 +1,4 @@
-//! A gRPC byte stream as a connection (buildkit-protocol.md §3.1–3.2).
+//! A gRPC byte stream as a connection (docs/protocol.md §3.1–3.2).
 //!
 //! `Control.Session` carries raw HTTP/2 frames in `BytesMessage`s. Messages
 //! have no framing meaning: a write sends one message, a read hands out the

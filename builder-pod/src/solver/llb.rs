@@ -1,7 +1,7 @@
 //! An LLB `pb.Definition` as a graph the solver can walk.
 //!
 //! Each entry of `Definition.def` is one marshalled `pb.Op`; its digest is the
-//! sha256 of exactly those bytes (buildkit-protocol.md §9.6), which is how
+//! sha256 of exactly those bytes (docs/protocol.md §7), which is how
 //! inputs name each other and how progress names vertices. The bytes are
 //! never re-encoded. The last op is the "return" op: its only input is the
 //! build's result, and it has no input when the result is empty (scratch).

@@ -130,7 +130,7 @@ impl Jobs {
 
     /// The job `id`, running or recently ended, waiting up to `timeout`:
     /// `Status` may arrive before the `Solve` that creates the job
-    /// (buildkit-protocol.md §3.4).
+    /// (docs/protocol.md §3.4).
     pub async fn get(&self, id: &str, timeout: Duration) -> Result<Arc<Job>, JobError> {
         self.arrivals
             .wait_for(timeout, || self.find(id))

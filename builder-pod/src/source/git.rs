@@ -7,8 +7,8 @@
 //! nothing is fetched. On a miss the commit is fetched shallowly into a
 //! scratch bare repository and checked out into a new layer.
 //!
-//! This module runs the `git` binary rather than `gix`, the crate
-//! ARCHITECTURE.md names for git sources, because BuildKit itself drives the
+//! This module runs the `git` binary rather than `gix`, the crate first
+//! planned for git sources, because BuildKit itself drives the
 //! git CLI and users rely on what that gives: every transport git has
 //! (smart and dumb HTTP, `git://`, ssh through `GIT_SSH_COMMAND` with the
 //! client's forwarded agent), `http.extraheader` auth, shallow fetches with a

@@ -1,5 +1,5 @@
 //! `local://NAME`: a directory of the client's, brought in through its
-//! session (buildkit-protocol.md §3.3, §4.1).
+//! session (docs/protocol.md §3.3, §4.1).
 //!
 //! Each (name, shared-key hint, client shared key) has a directory under the
 //! cache root that keeps the last transfer, so sending the same project again
@@ -67,7 +67,7 @@ impl LocalSource {
                 }),
             }
         };
-        // `local.session` of the form `a:b` names session b and local `a-NAME` (§3.3).
+        // `local.session` of the form `a:b` names session b and local `a-NAME` (docs/protocol.md §3.3).
         let (dir_name, session) = match attrs.get("local.session") {
             Some(s) => match s.split_once(':') {
                 Some((prefix, id)) => (format!("{prefix}-{name}"), Some(id.to_owned())),
@@ -192,7 +192,7 @@ pub async fn transfer(
     Ok(Transferred { snapshot, content_key, report })
 }
 
-/// The directory kept for one client project: `<name>:<hint>:<shared key>` (§3.3).
+/// The directory kept for one client project: `<name>:<hint>:<shared key>` (docs/protocol.md §3.3).
 pub fn sync_dir(cache: &CacheManager, src: &LocalSource, shared_key: &str) -> PathBuf {
     let key = format!("{}:{}:{}", src.name, src.shared_key_hint, shared_key);
     cache.root().join("local").join(hex::encode(Sha256::digest(key.as_bytes())))

@@ -1,5 +1,5 @@
 //! The HTTP/2 proxy: each call is routed by the ids it carries and forwarded
-//! with its bytes unchanged (buildkit-protocol.md §3.4). Streams are relayed
+//! with its bytes unchanged (docs/protocol.md §3.4). Streams are relayed
 //! frame by frame, never buffered; only unary requests that carry routing ids
 //! (Solve, Status) are read whole before they are sent on.
 

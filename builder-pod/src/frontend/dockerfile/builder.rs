@@ -4,7 +4,7 @@
 //!
 //! `# syntax=docker/dockerfile:1…` (and `-upstream`) is this frontend; any
 //! other syntax image would need container frontends, which kilnd does not
-//! run, and fails with an error saying so (buildkit-protocol.md §6).
+//! run, and fails with an error saying so (docs/protocol.md §6).
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read as _;

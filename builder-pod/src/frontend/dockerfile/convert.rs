@@ -76,7 +76,7 @@ pub trait ImageResolver: Send + Sync {
 }
 
 /// What the Dockerfile frontend's attributes ask for (`dockerui.Config`,
-/// buildkit-protocol.md §6). [`ConvertOptions::from_frontend_attrs`] reads
+/// docs/protocol.md §6). [`ConvertOptions::from_frontend_attrs`] reads
 /// them from a Solve's frontend attributes.
 #[derive(Clone, Debug)]
 pub struct ConvertOptions {

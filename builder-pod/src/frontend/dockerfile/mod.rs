@@ -6,7 +6,7 @@
 //! through the resolver it is given; the rest is pure.
 //!
 //! Behaviour and error texts follow moby/buildkit v0.29
-//! `frontend/dockerfile/{parser,shell,instructions,linter}` (buildkit-protocol.md §8.3),
+//! `frontend/dockerfile/{parser,shell,instructions,linter}` (docs/protocol.md §8),
 //! including its quirks, so that a Dockerfile fails or warns under kilnd exactly
 //! where it would under buildkitd.
 

@@ -11,7 +11,7 @@
 //! What a daemon sees is kept byte-for-byte as `client/llb` v0.29 writes it:
 //! source identifiers and attrs, exec meta and mount numbering, file action
 //! input numbering, the per-op platform/constraints fields and the `caps`
-//! metadata each op carries (buildkit-protocol.md §9.6: digests are sha256
+//! metadata each op carries (docs/protocol.md §7: digests are sha256
 //! over these bytes, so a different encoding is a different cache key).
 //! Unlike upstream, nothing here is random: two marshals of equal graphs give
 //! identical bytes.

@@ -30,8 +30,8 @@ impl fmt::Debug for Credentials {
 /// The error a credentials source may fail with.
 pub type AuthError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Where credentials come from; the session layer implements it over the
-/// client's `Auth.Credentials` callback (buildkit-protocol.md §4.6).
+/// Where credentials come from: the client's `Auth` service through the
+/// build's sessions (docs/protocol.md §4.4), or a fixed set.
 /// `host` is the registry's API host (`registry-1.docker.io` for Docker Hub),
 /// as BuildKit asks for it. It is only called when a registry challenges.
 #[async_trait]

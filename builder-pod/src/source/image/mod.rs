@@ -3,8 +3,7 @@
 //! for the exporter.
 //!
 //! Registry access is a thin client of our own on `reqwest` rather than
-//! `oci-client` 0.18 (ARCHITECTURE.md allows either, with the reason written
-//! down). The reasons:
+//! `oci-client` 0.18, which would also do. The reasons:
 //! - credentials come from the build's session and are asked for only when a
 //!   registry challenges, per host, through [`RegistryAuth`]; `oci-client`
 //!   wants a `RegistryAuth` value up front for every call;

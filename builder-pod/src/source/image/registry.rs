@@ -536,7 +536,7 @@ impl RegistryClient {
                 scopes.push(extra.clone());
             }
             // The client fetches the token itself when it can, so its
-            // secrets never reach the daemon (buildkit-protocol.md §4.6).
+            // secrets never reach the daemon (docs/protocol.md §4.4).
             let from_client = self
                 .auth
                 .fetch_token(host, realm, service.as_deref(), &scopes)

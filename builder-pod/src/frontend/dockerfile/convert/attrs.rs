@@ -1,5 +1,5 @@
 //! Frontend attributes to [`ConvertOptions`] (`frontend/dockerui/config.go`
-//! `init`, `attr.go`; buildkit-protocol.md §6).
+//! `init`, `attr.go`; docs/protocol.md §6).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
