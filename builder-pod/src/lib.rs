@@ -105,17 +105,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         hosts.insert(host.clone(), cfg.clone());
     }
     let registry = Registry::new(hosts)?;
-    let exporters = Exporters {
-        cache: Arc::clone(&cache),
-        content: content.clone(),
-        registry: registry.clone(),
-        sessions: Arc::clone(&sessions),
-    };
-    let sources =
-        Arc::new(Sources::new(Arc::clone(&cache), content, registry, Arc::clone(&sessions), metrics.clone()));
+    let exporters =
+        Exporters { cache: Arc::clone(&cache), content: content.clone(), registry: registry.clone() };
+    let sources = Arc::new(Sources::new(Arc::clone(&cache), content, registry, metrics.clone()));
     let ops = Arc::new(WorkerOps {
         cache: Arc::clone(&cache),
-        sessions: Arc::clone(&sessions),
         sources: Arc::clone(&sources),
         executor: Arc::new(executor),
         cache_mounts: CacheMounts::default(),

@@ -80,7 +80,7 @@ impl LlbBridgeService {
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(format!("{name} {platform}"))));
         let mut vertex = Vertex { digest, name, started: Some(now()), ..Vertex::default() };
         build.ctx.job.progress.vertex(vertex.clone());
-        let result = self.c.sources.resolve_image(&parsed, &platform, &build.ctx).await;
+        let result = self.c.sources.resolve_image(&parsed, &platform, &build.ctx.sessions).await;
         vertex.completed = Some(now());
         if let Err(e) = &result {
             vertex.error = e.to_string();
@@ -229,7 +229,7 @@ impl LlbBridge for LlbBridgeService {
             }
             (None, "") => (String::new(), None),
             (_, "dockerfile.v0") => {
-                let session = build.ctx.session_ids.first().cloned().unwrap_or_default();
+                let session = build.ctx.sessions.ids().first().cloned().unwrap_or_default();
                 let result = dockerfile::build(
                     &self.c.solver,
                     &self.c.sources,

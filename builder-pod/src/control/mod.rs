@@ -26,7 +26,7 @@ use crate::frontend::dockerfile::builder::{self as dockerfile, FrontendError, Fr
 use crate::frontend::gateway::{Bridge, ForwardedBuild};
 use crate::gc;
 use crate::metrics::Metrics;
-use crate::session::SessionManager;
+use crate::session::{Group, SessionManager};
 use crate::solver::entitlements::Entitlements;
 use crate::solver::llb::Graph;
 use crate::solver::scheduler::{BuildContext, SolveError, Solver};
@@ -101,7 +101,7 @@ impl ControlService {
         let cancel = CancellationToken::new();
         let ctx = Arc::new(BuildContext {
             job: Arc::clone(&job.job),
-            session_ids: vec![req.session.clone()],
+            sessions: Group::new(Arc::clone(&self.c.sessions), [req.session.clone()]),
             entitlements,
             cancel: cancel.clone(),
         });

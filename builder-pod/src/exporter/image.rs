@@ -17,7 +17,6 @@ use super::{ExportSource, Exporters};
 use crate::cache::mount::{MountError, mount};
 use crate::cache::{CacheError, Snapshot};
 use crate::content::{ContentError, ContentStore, Digest};
-use crate::session::auth::SessionAuth;
 use crate::snapshot::{Compression, DiffOptions, SnapshotError, compress, diff_to_tar};
 use crate::solver::scheduler::BuildContext;
 use crate::source::image::{
@@ -468,8 +467,7 @@ fn push_client(
     } else {
         ex.registry.clone()
     };
-    let auth = SessionAuth { sessions: Arc::clone(&ex.sessions), session_ids: ctx.session_ids.clone() };
-    Ok(registry.client(Arc::new(auth)))
+    Ok(registry.client(Arc::new(ctx.sessions.clone())))
 }
 
 /// Writes through to `inner` and passes the same bytes on, in pieces of

@@ -24,16 +24,13 @@ use crate::content::ContentStore;
 use crate::fsutil::{self, FsutilError, WalkFilter};
 use crate::progress::now;
 use crate::session::filesend::{BytesUpload, CHUNK, FileSendError, open_packets};
-use crate::session::{SessionError, SessionManager};
+use crate::session::{Session, SessionError};
 use crate::snapshot::{DiffOptions, SnapshotError, diff_to_tar};
 use crate::solver::scheduler::BuildContext;
 use crate::source::image::{Platform, Registry};
 
 use self::image::{ImageError, ImageOptions};
 use self::platforms::ExportTree;
-
-/// How long the build's session is waited for.
-const SESSION_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
@@ -136,7 +133,6 @@ pub struct Exporters {
     pub cache: Arc<CacheManager>,
     pub content: ContentStore,
     pub registry: Registry,
-    pub sessions: Arc<SessionManager>,
 }
 
 impl Exporters {
@@ -222,9 +218,9 @@ impl Exporters {
         outcome
     }
 
-    async fn session(&self, ctx: &BuildContext) -> Result<Arc<crate::session::Session>, ExportError> {
-        let id = ctx.session_ids.first().map(String::as_str).unwrap_or_default();
-        Ok(self.sessions.get(id, SESSION_WAIT).await?)
+    /// The session that receives the result: the build's own, when open.
+    async fn session(&self, ctx: &BuildContext) -> Result<Arc<Session>, ExportError> {
+        Ok(ctx.sessions.first().await?)
     }
 
     /// `-o type=local`: the daemon is the fsutil sender (docs/protocol.md §4.2).

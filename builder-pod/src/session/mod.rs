@@ -11,6 +11,7 @@
 pub mod auth;
 pub mod filesend;
 pub mod filesync;
+pub mod group;
 pub mod secrets;
 pub mod sshforward;
 pub mod tunnel;
@@ -35,6 +36,7 @@ use tonic::Status;
 use tonic::metadata::MetadataMap;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+pub use self::group::Group;
 use self::tunnel::Tunnel;
 use crate::arrivals::Arrivals;
 
@@ -67,13 +69,15 @@ pub enum SessionError {
     Handshake { id: String, source: hyper::Error },
     #[error("no active session {id} (waited {waited:?}); the client may have gone away")]
     NotFound { id: String, waited: Duration },
+    #[error("the build names no session")]
+    NoSession,
 }
 
 impl From<SessionError> for Status {
     fn from(e: SessionError) -> Self {
         match e {
             SessionError::MissingId => Status::invalid_argument(e.to_string()),
-            SessionError::NotFound { .. } => Status::not_found(e.to_string()),
+            SessionError::NotFound { .. } | SessionError::NoSession => Status::not_found(e.to_string()),
             SessionError::Handshake { .. } => Status::unavailable(e.to_string()),
         }
     }
@@ -361,5 +365,35 @@ mod tests {
         let (_tx, rx) = mpsc::channel(1);
         let err = manager.handle(&MetadataMap::new(), ReceiverStream::new(rx)).await.unwrap_err();
         assert_eq!(Status::from(err).code(), tonic::Code::InvalidArgument);
+    }
+
+    #[tokio::test]
+    async fn a_group_asks_its_sessions_in_order_until_one_answers() {
+        let manager = SessionManager::new();
+        let _a = open_client(&manager, "a", "").await;
+        let _b = open_client(&manager, "b", "").await;
+        let group = Group::new(Arc::clone(&manager), ["a".to_owned(), "b".to_owned()]);
+        assert_eq!(group.first().await.unwrap().id, "a");
+
+        let asked = Mutex::new(Vec::new());
+        let answer = group
+            .any(|session| {
+                asked.lock().unwrap().push(session.id.clone());
+                async move { Ok::<_, String>((session.id == "b").then_some(session.id.clone())) }
+            })
+            .await;
+        assert_eq!(answer, Ok(Some("b".to_owned())));
+        assert_eq!(*asked.lock().unwrap(), ["a", "b"]);
+
+        // An error ends the search: the next session is not asked.
+        asked.lock().unwrap().clear();
+        let failed = group
+            .any(|session| {
+                asked.lock().unwrap().push(session.id.clone());
+                async { Err::<Option<()>, _>("refused") }
+            })
+            .await;
+        assert_eq!(failed, Err("refused"));
+        assert_eq!(*asked.lock().unwrap(), ["a"]);
     }
 }

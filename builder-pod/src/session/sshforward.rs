@@ -18,7 +18,7 @@ use tonic::Request;
 use tonic::metadata::MetadataValue;
 use tracing::debug;
 
-use super::{Session, origin};
+use super::{Group, Session, origin};
 
 const FORWARD: &str = "/moby.sshforward.v1.SSH/ForwardAgent";
 /// The agent id a step asks for travels in this header (docs/protocol.md §1).
@@ -63,6 +63,11 @@ pub async fn check(session: &Session, id: &str) -> Result<bool, SshError> {
         }
         Err(status) => Err(SshError::Check { id: id.to_owned(), status }),
     }
+}
+
+/// The first session of the build that forwards agent `id`.
+pub async fn find(sessions: &Group, id: &str) -> Result<Option<Arc<Session>>, SshError> {
+    sessions.any(|session| async move { Ok(check(&session, id).await?.then_some(session)) }).await
 }
 
 /// Listens on `dir/agent.sock` (owned `uid:gid`, mode `mode`) and forwards

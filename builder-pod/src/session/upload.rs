@@ -1,45 +1,29 @@
 //! `moby.upload.v1.Upload/Pull` on the client: a build context the client
 //! streams itself (buildx `build - < ctx.tar`, every bollard build), named
 //! by the frontend attr `context` as `http://buildkit-session/<id>`
-//! (buildkit-protocol.md §4.8).
-//!
-//! BuildKit fetches such a URL with its HTTP source, whose transport turns
-//! the host `buildkit-session` into a Pull on the build's sessions
-//! (`source/http/transport.go`). kilnd does the same as a source of its
-//! own: one file in a new layer, keyed by its content digest.
-
-use std::io;
-use std::path::PathBuf;
-use std::time::Duration;
+//! (docs/protocol.md §4.6). BuildKit's HTTP source turns the host
+//! `buildkit-session` into a Pull on the build's sessions
+//! (`source/http/transport.go`); `source::upload` is kilnd's counterpart.
 
 use kiln_proto::buildkit::moby::upload::v1::BytesMessage;
 use kiln_proto::buildkit::moby::upload::v1::upload_client::UploadClient;
 use tonic::Code;
 use tonic::metadata::MetadataValue;
 
-use super::{SessionError, SessionManager, origin};
-use crate::cache::CacheError;
+use super::{Group, origin};
 
 /// The host that names a session upload instead of a server.
 pub const SESSION_HOST: &str = "buildkit-session";
 const METHOD: &str = "/moby.upload.v1.Upload/Pull";
-/// How long each of the build's sessions is waited for (§3.3).
-const SESSION_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
-pub enum UploadError {
-    #[error("invalid {attr} {value:?} on {url}: {reason}")]
-    InvalidAttr { url: String, attr: &'static str, value: String, reason: &'static str },
-    #[error(transparent)]
-    Session(#[from] SessionError),
+pub enum PullError {
+    #[error("invalid url {path:?} on {url}: the path is not printable ASCII")]
+    InvalidPath { url: String, path: String },
     #[error("no session of this build serves uploads, so {url} cannot be read")]
     NoSession { url: String },
     #[error("pulling {url} from the client: {status}")]
     Pull { url: String, status: tonic::Status },
-    #[error("writing {url} to {}: {source}", path.display())]
-    Write { url: String, path: PathBuf, source: io::Error },
-    #[error(transparent)]
-    Cache(#[from] CacheError),
 }
 
 /// The path (`/<id>`) of a session upload URL; `None` for any other URL.
@@ -48,46 +32,53 @@ pub fn upload_path(url: &str) -> Option<&str> {
     (path.len() > 1 && path.starts_with('/')).then_some(path)
 }
 
-/// Opens the Pull of `url` on the first of the build's sessions that serves
-/// uploads; the client answers with the bytes, then ends the stream.
-pub async fn open(
-    sessions: &SessionManager,
-    session_ids: &[String],
-    url: &str,
-) -> Result<tonic::Streaming<BytesMessage>, UploadError> {
-    let path = upload_path(url).unwrap_or(url);
-    for id in session_ids.iter().filter(|s| !s.is_empty()) {
-        let session = match sessions.get(id, SESSION_WAIT).await {
-            Ok(s) => s,
-            Err(SessionError::NotFound { .. }) => continue,
-            Err(e) => return Err(e.into()),
-        };
-        if !session.supports(METHOD) {
-            continue;
-        }
-        let mut request = tonic::Request::new(futures::stream::empty::<BytesMessage>());
-        // The client finds the upload by the URL's path (`session/upload/upload.go`).
-        let md = request.metadata_mut();
-        md.insert("urlpath", ascii(url, path)?);
-        md.insert("urlhost", MetadataValue::from_static(SESSION_HOST));
-        let mut client =
-            UploadClient::with_origin(session.channel(), origin()).max_decoding_message_size(usize::MAX);
-        match client.pull(request).await {
-            Ok(response) => return Ok(response.into_inner()),
-            Err(status) if status.code() == Code::Unimplemented => continue,
-            Err(status) => return Err(UploadError::Pull { url: url.to_owned(), status }),
-        }
-    }
-    Err(UploadError::NoSession { url: url.to_owned() })
+/// The bytes of one upload as the client sends them.
+#[derive(Debug)]
+pub struct Pull {
+    url: String,
+    stream: tonic::Streaming<BytesMessage>,
 }
 
-fn ascii(url: &str, value: &str) -> Result<MetadataValue<tonic::metadata::Ascii>, UploadError> {
-    value.parse().map_err(|_| UploadError::InvalidAttr {
-        url: url.to_owned(),
-        attr: "url",
-        value: value.to_owned(),
-        reason: "the path is not printable ASCII",
-    })
+impl Pull {
+    /// The next chunk; `None` once the client has sent everything.
+    pub async fn chunk(&mut self) -> Result<Option<Vec<u8>>, PullError> {
+        let message = self
+            .stream
+            .message()
+            .await
+            .map_err(|status| PullError::Pull { url: self.url.clone(), status })?;
+        Ok(message.map(|BytesMessage { data }| data))
+    }
+}
+
+/// Opens the Pull of `url` on the first of the build's sessions that serves
+/// uploads; the client answers with the bytes, then ends the stream.
+pub async fn open(sessions: &Group, url: &str) -> Result<Pull, PullError> {
+    let path = upload_path(url).unwrap_or(url);
+    let stream = sessions
+        .any(|session| async move {
+            if !session.supports(METHOD) {
+                return Ok(None);
+            }
+            let mut request = tonic::Request::new(futures::stream::empty::<BytesMessage>());
+            // The client finds the upload by the URL's path (`session/upload/upload.go`).
+            let md = request.metadata_mut();
+            let urlpath = path
+                .parse()
+                .map_err(|_| PullError::InvalidPath { url: url.to_owned(), path: path.to_owned() })?;
+            md.insert("urlpath", urlpath);
+            md.insert("urlhost", MetadataValue::from_static(SESSION_HOST));
+            let mut client =
+                UploadClient::with_origin(session.channel(), origin()).max_decoding_message_size(usize::MAX);
+            match client.pull(request).await {
+                Ok(response) => Ok(Some(response.into_inner())),
+                Err(status) if status.code() == Code::Unimplemented => Ok(None),
+                Err(status) => Err(PullError::Pull { url: url.to_owned(), status }),
+            }
+        })
+        .await?;
+    let stream = stream.ok_or_else(|| PullError::NoSession { url: url.to_owned() })?;
+    Ok(Pull { url: url.to_owned(), stream })
 }
 
 #[cfg(test)]

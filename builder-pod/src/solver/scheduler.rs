@@ -25,6 +25,8 @@ use super::entitlements::{EntitlementError, Entitlements};
 use super::llb::{Graph, Vertex};
 use crate::cache::{CacheError, CacheManager, Snapshot};
 use crate::progress::now;
+use crate::session::Group;
+use crate::source::Resolved;
 
 pub type OpError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -53,20 +55,11 @@ pub enum SolveError {
 #[derive(Debug)]
 pub struct BuildContext {
     pub job: Arc<Job>,
-    /// The build's session first, then any others it may use (§3.3).
-    pub session_ids: Vec<String>,
+    /// The build's session first, then any others it may use.
+    pub sessions: Group,
     /// What the daemon allowed of what the client asked for.
     pub entitlements: Entitlements,
     pub cancel: CancellationToken,
-}
-
-/// A source's identity, found before the cache is consulted.
-#[derive(Clone, Debug)]
-pub struct Resolved {
-    /// What the content is: a manifest digest, a content hash.
-    pub key: String,
-    /// The snapshot, when resolving already produced it (a transferred local directory).
-    pub snapshot: Option<Snapshot>,
 }
 
 /// How each kind of op is carried out; the scheduler decides when.
@@ -425,7 +418,7 @@ mod tests {
             let guard = self.jobs.create(id).unwrap();
             let ctx = Arc::new(BuildContext {
                 job: Arc::clone(&guard.job),
-                session_ids: vec![],
+                sessions: Group::new(crate::session::SessionManager::new(), []),
                 entitlements: Entitlements::default(),
                 cancel: CancellationToken::new(),
             });

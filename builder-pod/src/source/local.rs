@@ -17,7 +17,6 @@ use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
@@ -25,10 +24,7 @@ use crate::cache::contenthash::{HashCache, WalkError, content_hash, err, sorted_
 use crate::cache::{CacheError, CacheManager, Snapshot};
 use crate::fsutil::{Change, Differ, ReceiveOptions, ReceiveReport};
 use crate::session::filesync::{FileSyncError, SyncRequest, sync};
-use crate::session::{Session, SessionManager};
-
-/// How long the named session is waited for (§3.3).
-const SESSION_WAIT: Duration = Duration::from_secs(5);
+use crate::session::{Group, Session};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LocalError {
@@ -111,28 +107,14 @@ const MAX_STACKED: usize = 8;
 /// that, linking the whole tree costs little more than the difference.
 const DIFFERENCE_RATIO: u64 = 8;
 
-/// The session to read `src` from: the one its op names, else the build's,
-/// each waited for a bounded time (§3.3).
-pub async fn find_session(
-    sessions: &SessionManager,
-    session_ids: &[String],
-    src: &LocalSource,
-) -> Result<Arc<Session>, LocalError> {
-    let mut ids: Vec<&String> = Vec::new();
-    // The op usually names the build's own session: wait for each id once.
-    for id in src.session.iter().chain(session_ids).filter(|s| !s.is_empty()) {
-        if !ids.contains(&id) {
-            ids.push(id);
-        }
-    }
-    let mut last_err = String::from("the build names no session");
-    for id in ids {
-        match sessions.get(id, SESSION_WAIT).await {
-            Ok(s) => return Ok(s),
-            Err(e) => last_err = e.to_string(),
-        }
-    }
-    Err(LocalError::NoSession { name: src.name.clone(), reason: last_err })
+/// The session to read `src` from: the one its op names, else the build's
+/// (docs/protocol.md §3.3).
+pub async fn find_session(sessions: &Group, src: &LocalSource) -> Result<Arc<Session>, LocalError> {
+    sessions
+        .preferring(src.session.as_deref())
+        .first()
+        .await
+        .map_err(|e| LocalError::NoSession { name: src.name.clone(), reason: e.to_string() })
 }
 
 /// Transfers `src` from `session` into its kept directory and snapshots it.

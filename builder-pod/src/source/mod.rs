@@ -26,23 +26,27 @@ use crate::cache::{CacheError, CacheManager, Snapshot};
 use crate::content::{ContentError, ContentStore};
 use crate::locks::KeyedLocks;
 use crate::metrics::Metrics;
-use crate::progress::now;
-use crate::session::SessionManager;
-use crate::session::auth::SessionAuth;
+use crate::progress::{Progress, now};
+use crate::session::Group;
 use crate::session::secrets::{SecretError, get_secret};
 use crate::session::sshforward::{self, AgentSocket, SshError};
-use crate::session::upload::UploadError;
 use crate::snapshot::{SnapshotError, apply_layer, decompress};
-use crate::solver::scheduler::{BuildContext, Resolved};
-use crate::source::git::{self, GitError, GitSource};
-use crate::source::http::{self, HttpError, HttpSource};
-use crate::source::image::{ImageError, Platform, Reference, Registry, ResolvedImage};
-use crate::source::local::{LocalError, LocalSource, find_session, sync_dir, transfer};
-use crate::source::upload::{UploadSource, Uploads};
 use kiln_proto::buildkit::moby::buildkit::v1::VertexStatus;
 
-/// How long a session that should forward an SSH agent is waited for (§3.3).
-const SSH_SESSION_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+use self::git::{GitError, GitSource};
+use self::http::{HttpError, HttpSource};
+use self::image::{ImageError, Platform, Reference, Registry, ResolvedImage};
+use self::local::{LocalError, LocalSource, find_session, sync_dir, transfer};
+use self::upload::{UploadError, UploadSource, Uploads};
+
+/// A source's identity, found before the cache is consulted.
+#[derive(Clone, Debug)]
+pub struct Resolved {
+    /// What the content is: a manifest digest, a content hash.
+    pub key: String,
+    /// The snapshot, when resolving already produced it (a transferred local directory).
+    pub snapshot: Option<Snapshot>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -85,7 +89,6 @@ pub struct Sources {
     pub metrics: Arc<Metrics>,
     pub content: ContentStore,
     pub registry: Registry,
-    pub sessions: Arc<SessionManager>,
     hashes: Arc<HashCache>,
     /// Resolved images by the key their op was cached under, until pulled.
     /// Images resolved recently, by manifest digest, for the load that may
@@ -150,7 +153,6 @@ impl Sources {
         cache: Arc<CacheManager>,
         content: ContentStore,
         registry: Registry,
-        sessions: Arc<SessionManager>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
@@ -158,7 +160,6 @@ impl Sources {
             metrics,
             content,
             registry,
-            sessions,
             hashes: Arc::default(),
             resolved: Mutex::new(RecentImages::default()),
             locks: KeyedLocks::default(),
@@ -173,11 +174,8 @@ impl Sources {
         &self.hashes
     }
 
-    fn client(&self, ctx: &BuildContext) -> crate::source::image::RegistryClient {
-        self.registry.client(Arc::new(SessionAuth {
-            sessions: Arc::clone(&self.sessions),
-            session_ids: ctx.session_ids.clone(),
-        }))
+    fn client(&self, sessions: &Group) -> image::RegistryClient {
+        self.registry.client(Arc::new(sessions.clone()))
     }
 
     /// An image's manifest and config for one platform, with the build's credentials.
@@ -185,21 +183,24 @@ impl Sources {
         &self,
         reference: &Reference,
         platform: &Platform,
-        ctx: &BuildContext,
+        sessions: &Group,
     ) -> Result<ResolvedImage, SourceError> {
-        Ok(self.client(ctx).resolve(reference, platform).await?)
+        Ok(self.client(sessions).resolve(reference, platform).await?)
     }
 
+    /// What the source op of vertex `digest` stands for; a local transfer
+    /// reports its size on `progress`.
     pub async fn resolve(
         &self,
         digest: &str,
         op: &pb::Op,
         source: &pb::SourceOp,
-        ctx: &BuildContext,
+        sessions: &Group,
+        progress: &Progress,
     ) -> Result<Resolved, SourceError> {
         let id = source.identifier.as_str();
         if let Some(upload) = UploadSource::parse(id, &source.attrs) {
-            let fetched = self.uploads.fetch(&upload?, &self.cache, &self.sessions, &ctx.session_ids).await?;
+            let fetched = self.uploads.fetch(&upload?, &self.cache, sessions).await?;
             return Ok(Resolved {
                 key: fetched.key,
                 snapshot: Some(Snapshot::default().with(fetched.layer)),
@@ -207,7 +208,7 @@ impl Sources {
         }
         if let Some(reference) = id.strip_prefix("docker-image://") {
             let reference = Reference::parse(reference)?;
-            let image = self.resolve_image(&reference, &platform_of(op), ctx).await?;
+            let image = self.resolve_image(&reference, &platform_of(op), sessions).await?;
             let key = image.manifest_digest.to_string();
             self.resolved
                 .lock()
@@ -217,7 +218,7 @@ impl Sources {
         }
         if let Some(name) = id.strip_prefix("local://") {
             let local = LocalSource::parse(name, &source.attrs)?;
-            let session = find_session(&self.sessions, &ctx.session_ids, &local).await?;
+            let session = find_session(sessions, &local).await?;
             let _one_at_a_time =
                 self.locks.lock(&sync_dir(&self.cache, &local, &session.shared_key).to_string_lossy()).await;
             let started = now();
@@ -225,7 +226,7 @@ impl Sources {
             self.metrics.local_transfer(name, t.report.files_requested, t.report.bytes_received);
             // What buildx shows as "transferring context: 2.1kB done".
             let label = format!("transferring {name}:");
-            ctx.job.progress.status(VertexStatus {
+            progress.status(VertexStatus {
                 id: label.clone(),
                 vertex: digest.to_owned(),
                 name: label,
@@ -250,7 +251,7 @@ impl Sources {
             if let Some(key) = src.pinned_key() {
                 return Ok(Resolved { key, snapshot: None });
             }
-            let fetched = self.download(&src, ctx).await?;
+            let fetched = self.download(&src, sessions).await?;
             return Ok(Resolved {
                 key: fetched.key,
                 snapshot: Some(Snapshot { layers: vec![fetched.layer] }),
@@ -258,7 +259,7 @@ impl Sources {
         }
         if let Some(rest) = id.strip_prefix("git://") {
             let src = GitSource::parse(rest, &source.attrs)?;
-            let access = self.git_access(&src, ctx).await?;
+            let access = self.git_access(&src, sessions).await?;
             let resolved = git::resolve(&src, &access.access).await?;
             let key = resolved.key.clone();
             self.git.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(key.clone(), resolved);
@@ -269,19 +270,17 @@ impl Sources {
 
     /// Downloads an HTTP source with the client's credentials for its host
     /// (`HTTP_AUTH_HEADER_<host>`, `HTTP_AUTH_TOKEN_<host>`) or the secret it names.
-    async fn download(&self, src: &HttpSource, ctx: &BuildContext) -> Result<http::Fetched, SourceError> {
+    async fn download(&self, src: &HttpSource, sessions: &Group) -> Result<http::Fetched, SourceError> {
         let client =
             self.http.get_or_try_init(|| async { http::client() }).await.map_err(SourceError::HttpClient)?;
         let authorization = match (&src.auth_header_secret, src.host()) {
-            (Some(name), _) => match get_secret(&self.sessions, &ctx.session_ids, name).await? {
+            (Some(name), _) => match get_secret(sessions, name).await? {
                 Some(v) => Some(String::from_utf8_lossy(&v).into_owned()),
                 None => return Err(SourceError::HttpAuthSecret { name: name.clone() }),
             },
             // The defaults are optional: a client without them downloads anonymously.
             (None, Some(host)) => {
-                let secret = |name: String| async move {
-                    get_secret(&self.sessions, &ctx.session_ids, &name).await.ok().flatten()
-                };
+                let secret = |name: String| async move { get_secret(sessions, &name).await.ok().flatten() };
                 match secret(format!("HTTP_AUTH_TOKEN_{host}")).await {
                     Some(token) => Some(format!("Bearer {}", String::from_utf8_lossy(&token))),
                     None => secret(format!("HTTP_AUTH_HEADER_{host}"))
@@ -297,11 +296,11 @@ impl Sources {
 
     /// Auth for an HTTP remote, the client's SSH agent for one that asks
     /// for it, and known hosts (`getAuthToken`, `mountSSHAuthSock`).
-    async fn git_access(&self, src: &GitSource, ctx: &BuildContext) -> Result<GitAccess, SourceError> {
+    async fn git_access(&self, src: &GitSource, sessions: &Group) -> Result<GitAccess, SourceError> {
         let mut access = git::Access::default();
         if src.is_http() {
             for (name, token) in src.auth_secret_names() {
-                if let Some(v) = get_secret(&self.sessions, &ctx.session_ids, &name).await? {
+                if let Some(v) = get_secret(sessions, &name).await? {
                     access.authorization = Some(git::authorization(&v, token));
                     break;
                 }
@@ -318,13 +317,9 @@ impl Sources {
         }
         if let (false, Some(dir)) = (src.mount_ssh_sock.is_empty(), &scratch) {
             let id = src.mount_ssh_sock.clone();
-            for session_id in ctx.session_ids.iter().filter(|s| !s.is_empty()) {
-                let Ok(session) = self.sessions.get(session_id, SSH_SESSION_WAIT).await else { continue };
-                if sshforward::check(&session, &id).await? {
-                    let (uid, gid) = (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw());
-                    agent = Some(sshforward::listen(session, &id, dir.path(), uid, gid, 0o600)?);
-                    break;
-                }
+            if let Some(session) = sshforward::find(sessions, &id).await? {
+                let (uid, gid) = (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw());
+                agent = Some(sshforward::listen(session, &id, dir.path(), uid, gid, 0o600)?);
             }
             match &agent {
                 Some(socket) => access.ssh_auth_sock = Some(socket.path.clone()),
@@ -339,7 +334,7 @@ impl Sources {
         &self,
         resolved: Option<Resolved>,
         source: &pb::SourceOp,
-        ctx: &BuildContext,
+        sessions: &Group,
     ) -> Result<Snapshot, SourceError> {
         let resolved = resolved.ok_or_else(|| SourceError::NotResolved(source.identifier.clone()))?;
         if let Some(snapshot) = resolved.snapshot {
@@ -348,13 +343,13 @@ impl Sources {
         let id = source.identifier.as_str();
         if id.starts_with("http://") || id.starts_with("https://") {
             let src = HttpSource::parse(id, &source.attrs)?;
-            let fetched = self.download(&src, ctx).await?;
+            let fetched = self.download(&src, sessions).await?;
             return Ok(Snapshot { layers: vec![fetched.layer] });
         }
         if let Some(rest) = id.strip_prefix("git://") {
             let src = GitSource::parse(rest, &source.attrs)?;
             let _once = self.locks.lock(&format!("git:{}:{}", src.remote, resolved.key)).await;
-            let access = self.git_access(&src, ctx).await?;
+            let access = self.git_access(&src, sessions).await?;
             let known =
                 self.git.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&resolved.key);
             // Another build may have taken the resolution; resolving again is
@@ -375,7 +370,7 @@ impl Sources {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(&resolved.key)
             .ok_or_else(|| SourceError::NotResolved(source.identifier.clone()))?;
-        self.client(ctx).pull(&image, &self.content).await?;
+        self.client(sessions).pull(&image, &self.content).await?;
         let mut snapshot = Snapshot::default();
         for layer in image.layers() {
             snapshot.layers.push(self.unpacked(&layer.digest.to_string(), &layer.media_type).await?);

@@ -3,18 +3,17 @@
 //! by its content digest, as BuildKit's HTTP source stores a download.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::io::Write;
+use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use kiln_proto::buildkit::moby::upload::v1::BytesMessage;
 use sha2::{Digest, Sha256};
 
-use crate::cache::CacheManager;
-use crate::session::SessionManager;
-use crate::session::upload::{UploadError, open, upload_path};
+use crate::cache::{CacheError, CacheManager};
+use crate::session::Group;
+use crate::session::upload::{PullError, open, upload_path};
 
 /// The mode of the file when the source names none (upstream `source/http`).
 const DEFAULT_PERM: u32 = 0o600;
@@ -24,6 +23,18 @@ const ATTR_FILENAME: &str = "http.filename";
 const ATTR_PERM: &str = "http.perm";
 const ATTR_UID: &str = "http.uid";
 const ATTR_GID: &str = "http.gid";
+
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    #[error("invalid {attr} {value:?} on {url}: {reason}")]
+    InvalidAttr { url: String, attr: &'static str, value: String, reason: &'static str },
+    #[error(transparent)]
+    Pull(#[from] PullError),
+    #[error("writing {url} to {}: {source}", path.display())]
+    Write { url: String, path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+}
 
 /// A session upload as an LLB source: the URL and how to store the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,13 +103,8 @@ impl UploadSource {
     /// Pulls the upload into a new layer as one file with the source's mode
     /// and owner and mtime 0, as upstream's HTTP source stores a download
     /// without `Last-Modified`.
-    pub async fn fetch(
-        &self,
-        cache: &CacheManager,
-        sessions: &SessionManager,
-        session_ids: &[String],
-    ) -> Result<Fetched, UploadError> {
-        let mut stream = open(sessions, session_ids, &self.url).await?;
+    pub async fn fetch(&self, cache: &CacheManager, sessions: &Group) -> Result<Fetched, UploadError> {
+        let mut pull = open(sessions, &self.url).await?;
         let layer = cache.new_layer()?;
         let path = layer.path().join(&self.filename);
         let write_err = |source| UploadError::Write { url: self.url.clone(), path: path.clone(), source };
@@ -110,12 +116,7 @@ impl UploadSource {
             .map_err(write_err)?;
         let mut hash = Sha256::new();
         let mut bytes = 0u64;
-        loop {
-            let message = stream
-                .message()
-                .await
-                .map_err(|status| UploadError::Pull { url: self.url.clone(), status })?;
-            let Some(BytesMessage { data }) = message else { break };
+        while let Some(data) = pull.chunk().await? {
             hash.update(&data);
             bytes += data.len() as u64;
             // Chunks are at most a few MiB; a blocking write of one is short.
@@ -162,8 +163,7 @@ impl Uploads {
         &self,
         source: &UploadSource,
         cache: &CacheManager,
-        sessions: &SessionManager,
-        session_ids: &[String],
+        sessions: &Group,
     ) -> Result<Fetched, UploadError> {
         let cell = {
             let mut guard = self.fetched.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -181,7 +181,7 @@ impl Uploads {
                 }
             }
         };
-        cell.get_or_try_init(|| source.fetch(cache, sessions, session_ids)).await.cloned()
+        cell.get_or_try_init(|| source.fetch(cache, sessions)).await.cloned()
     }
 }
 
@@ -204,6 +204,7 @@ fn parse_go_int(v: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::session::SessionManager;
 
     #[test]
     fn only_session_urls_are_uploads() {
@@ -256,10 +257,11 @@ mod tests {
 
         use hyper_util::rt::{TokioExecutor, TokioIo};
         use hyper_util::service::TowerToHyperService;
+        use kiln_proto::buildkit::moby::upload::v1::BytesMessage;
         use kiln_proto::buildkit::moby::upload::v1::upload_server::{Upload, UploadServer};
         use tokio::sync::mpsc;
         use tokio_stream::wrappers::ReceiverStream;
-        use tonic::metadata::MetadataMap;
+        use tonic::metadata::{MetadataMap, MetadataValue};
 
         use super::*;
         use crate::session::tunnel::Tunnel;
@@ -316,8 +318,8 @@ mod tests {
 
         let attrs = BTreeMap::from([(ATTR_FILENAME.to_owned(), "context".to_owned())]);
         let source = UploadSource::parse("http://buildkit-session/up1", &attrs).unwrap().unwrap();
-        let ids = vec![String::new(), "s1".to_owned()];
-        let fetched = source.fetch(&cache, &manager, &ids).await.unwrap();
+        let sessions = Group::new(Arc::clone(&manager), [String::new(), "s1".to_owned()]);
+        let fetched = source.fetch(&cache, &sessions).await.unwrap();
         assert_eq!(asked.lock().unwrap().as_slice(), ["/up1"]);
         assert_eq!(fetched.bytes, 22);
 
@@ -344,9 +346,9 @@ mod tests {
         .await;
         let uploads = Uploads::default();
         let source = UploadSource::parse("http://buildkit-session/once", &BTreeMap::new()).unwrap().unwrap();
-        let ids = ["s1".to_owned()];
-        let first = uploads.fetch(&source, &cache, &manager, &ids).await.unwrap();
-        let second = uploads.fetch(&source, &cache, &manager, &ids).await.unwrap();
+        let sessions = Group::new(Arc::clone(&manager), ["s1".to_owned()]);
+        let first = uploads.fetch(&source, &cache, &sessions).await.unwrap();
+        let second = uploads.fetch(&source, &cache, &sessions).await.unwrap();
         assert_eq!((first.layer, first.key), (second.layer, second.key));
         assert_eq!(asked.lock().unwrap().len(), 1);
     }
@@ -355,9 +357,9 @@ mod tests {
     async fn an_upload_nobody_serves_is_a_clear_error() {
         let root = tempfile::tempdir().unwrap();
         let cache = CacheManager::open(root.path()).unwrap();
-        let manager = SessionManager::new();
         let source = UploadSource::parse("http://buildkit-session/up1", &BTreeMap::new()).unwrap().unwrap();
-        let err = source.fetch(&cache, &manager, &[String::new()]).await.unwrap_err();
+        let sessions = Group::new(SessionManager::new(), [String::new()]);
+        let err = source.fetch(&cache, &sessions).await.unwrap_err();
         assert_eq!(
             err.to_string(),
             "no session of this build serves uploads, so http://buildkit-session/up1 cannot be read"

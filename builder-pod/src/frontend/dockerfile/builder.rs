@@ -437,7 +437,7 @@ impl ImageResolver for Resolver<'_> {
         self.ctx.job.progress.vertex(vertex.clone());
         let result = async {
             let parsed = Reference::parse(reference)?;
-            let image = self.sources.resolve_image(&parsed, platform, self.ctx).await?;
+            let image = self.sources.resolve_image(&parsed, platform, &self.ctx.sessions).await?;
             let mut pinned = parsed.clone();
             pinned.digest = None;
             Ok::<_, BoxError>(ResolvedConfig {

@@ -9,17 +9,16 @@ use std::sync::Arc;
 use kiln_proto::buildkit::pb;
 
 use super::llb::Vertex;
-use super::scheduler::{BuildContext, OpError, Ops, Resolved};
+use super::scheduler::{BuildContext, OpError, Ops};
 use crate::cache::{CacheManager, Snapshot};
 use crate::executor::Executor;
-use crate::session::SessionManager;
+use crate::source::{Resolved, Sources};
 
 /// The ops of kilnd's one worker: sources through the client's session and
 /// registries, file changes through overlay mounts, steps through the OCI runtime.
 pub struct WorkerOps {
     pub cache: Arc<CacheManager>,
-    pub sessions: Arc<SessionManager>,
-    pub sources: Arc<crate::source::Sources>,
+    pub sources: Arc<Sources>,
     pub executor: Arc<dyn Executor>,
     pub cache_mounts: exec::CacheMounts,
     /// Where steps' secret files are mounted: on the run directory's
@@ -47,7 +46,7 @@ impl Ops for WorkerOps {
         let Some(pb::op::Op::Source(source)) = vertex.operation() else {
             return Err(OpsError::Empty.into());
         };
-        Ok(self.sources.resolve(&vertex.digest, &vertex.op, source, ctx).await?)
+        Ok(self.sources.resolve(&vertex.digest, &vertex.op, source, &ctx.sessions, &ctx.job.progress).await?)
     }
 
     async fn selected_keys(
@@ -73,12 +72,11 @@ impl Ops for WorkerOps {
         match vertex.operation().ok_or(OpsError::Empty)? {
             pb::op::Op::Merge(op) => Ok(vec![merge::merge(op, &inputs)?]),
             pb::op::Op::Diff(op) => Ok(vec![merge::diff(op, &inputs)?]),
-            pb::op::Op::Source(s) => Ok(vec![self.sources.load(resolved, s, ctx).await?]),
+            pb::op::Op::Source(s) => Ok(vec![self.sources.load(resolved, s, &ctx.sessions).await?]),
             pb::op::Op::Exec(op) => {
                 let cx = exec::ExecContext {
                     cache: &self.cache,
                     cache_mounts: &self.cache_mounts,
-                    sessions: &self.sessions,
                     executor: self.executor.as_ref(),
                     secrets_dir: &self.secrets_dir,
                     digest: &vertex.digest,

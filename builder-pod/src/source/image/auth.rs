@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
+use crate::session::{Group, auth};
+
 /// A username and secret for one registry host. An empty username with a
 /// secret means the secret is an identity (refresh) token, which is how
 /// BuildKit's session `Auth.Credentials` hands over `identitytoken` logins.
@@ -77,6 +79,29 @@ pub struct Anonymous;
 impl RegistryAuth for Anonymous {
     async fn credentials(&self, _host: &str) -> Result<Option<Credentials>, AuthError> {
         Ok(None)
+    }
+}
+
+/// The client's logins, asked of the build's sessions, first session first.
+#[async_trait]
+impl RegistryAuth for Group {
+    async fn credentials(&self, host: &str) -> Result<Option<Credentials>, AuthError> {
+        let found = auth::credentials(self, host).await?;
+        Ok(found.map(|r| Credentials { username: r.username, secret: r.secret }))
+    }
+
+    async fn fetch_token(
+        &self,
+        host: &str,
+        realm: &str,
+        service: Option<&str>,
+        scopes: &[String],
+    ) -> Result<Option<ClientToken>, AuthError> {
+        let found = auth::fetch_token(self, host, realm, service, scopes).await?;
+        Ok(found.map(|r| ClientToken {
+            expires_in: u64::try_from(r.expires_in).ok().filter(|s| *s > 0),
+            token: r.token,
+        }))
     }
 }
 
