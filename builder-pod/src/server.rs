@@ -14,9 +14,7 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::config::{ListenAddr, TlsFiles};
 use crate::control::{ControlService, HealthService, LlbBridgeService};
-
-/// BuildKit's limit on both sides (buildkit-protocol.md §1).
-pub const MAX_MESSAGE_SIZE: usize = 16 << 20;
+use crate::session::MAX_MESSAGE_SIZE;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {

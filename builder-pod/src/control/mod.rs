@@ -1,7 +1,10 @@
-//! The gRPC services kilnd serves: BuildKit's `Control` and gRPC health.
+//! kilnd's edge: the gRPC services it serves (BuildKit's `Control` and
+//! `LLBBridge`, gRPC health) and the one translation of its errors into
+//! gRPC statuses (`status`).
 
 mod bridge;
 mod health;
+mod status;
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -20,16 +23,17 @@ use tracing::instrument;
 pub use bridge::LlbBridgeService;
 pub use health::HealthService;
 
+use self::status::{ClientResult, OwnResult};
 use crate::cache::Snapshot;
 use crate::exporter::{ExportSource, Exporters};
-use crate::frontend::dockerfile::builder::{self as dockerfile, FrontendError, FrontendRefs, FrontendResult};
+use crate::frontend::dockerfile::builder::{self as dockerfile, FrontendRefs, FrontendResult};
 use crate::frontend::gateway::{Bridge, ForwardedBuild};
 use crate::gc;
 use crate::metrics::Metrics;
 use crate::session::{Group, SessionManager};
 use crate::solver::entitlements::Entitlements;
 use crate::solver::llb::Graph;
-use crate::solver::scheduler::{BuildContext, SolveError, Solver};
+use crate::solver::scheduler::{BuildContext, Solver};
 use crate::solver::{JobGuard, Jobs};
 use crate::source::Sources;
 use crate::worker::{self, Worker};
@@ -92,11 +96,7 @@ impl ControlService {
         req: &api::SolveRequest,
     ) -> Result<(JobGuard, tokio_util::sync::DropGuard, Arc<BuildContext>), Status> {
         // Refused before the build exists: nothing of it runs or is looked up.
-        let entitlements = self
-            .c
-            .entitlements
-            .grant(&req.entitlements)
-            .map_err(|e| Status::permission_denied(e.to_string()))?;
+        let entitlements = self.c.entitlements.grant(&req.entitlements)?;
         let job = self.c.jobs.create(&req.r#ref)?;
         let cancel = CancellationToken::new();
         let ctx = Arc::new(BuildContext {
@@ -114,9 +114,9 @@ impl ControlService {
         req: api::SolveRequest,
         def: &Definition,
     ) -> Result<api::SolveResponse, Status> {
-        let graph = Graph::parse(def).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let graph = Graph::parse(def)?;
         let (_job, _cancel_on_drop, ctx) = self.start_build(&req)?;
-        let result = self.c.solver.solve(&graph, Arc::clone(&ctx)).await.map_err(solve_status)?;
+        let result = self.c.solver.solve(&graph, Arc::clone(&ctx)).await?;
         self.export(&req, &ExportSource::Single { snapshot: result, image_config: None }, &ctx).await
     }
 
@@ -131,8 +131,7 @@ impl ControlService {
             &req.frontend_inputs,
             &req.session,
         )
-        .await
-        .map_err(frontend_status)?;
+        .await?;
         self.export(&req, &frontend_source(result)?, &ctx).await
     }
 
@@ -171,8 +170,7 @@ impl ControlService {
         };
         let no_metadata = HashMap::new();
         let metadata = ret.result.as_ref().map_or(&no_metadata, |r| &r.metadata);
-        let source = ExportSource::from_result(single, refs, metadata)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let source = ExportSource::from_result(single, refs, metadata).map_err(ClientResult)?;
         self.export(&req, &source, &build.ctx).await
     }
 
@@ -189,8 +187,8 @@ impl ControlService {
         }
         match def {
             Some(def) => {
-                let graph = Graph::parse(def).map_err(|e| Status::invalid_argument(e.to_string()))?;
-                self.c.solver.solve(&graph, Arc::clone(&build.ctx)).await.map_err(solve_status)
+                let graph = Graph::parse(def)?;
+                Ok(self.c.solver.solve(&graph, Arc::clone(&build.ctx)).await?)
             }
             None if id.is_empty() => Ok(None),
             None => Err(Status::invalid_argument(format!("returned ref {id:?} is unknown"))),
@@ -206,12 +204,7 @@ impl ControlService {
     ) -> Result<api::SolveResponse, Status> {
         let mut exporter_response = HashMap::new();
         for (index, exporter) in exporters(req).iter().enumerate() {
-            let response = self
-                .c
-                .exporters
-                .export(index, exporter, source, ctx)
-                .await
-                .map_err(|e| Status::unknown(e.to_string()))?;
+            let response = self.c.exporters.export(index, exporter, source, ctx).await?;
             exporter_response.extend(response);
         }
         Ok(api::SolveResponse { exporter_response })
@@ -226,31 +219,10 @@ fn frontend_source(result: FrontendResult) -> Result<ExportSource, Status> {
             (None, Some(list.into_iter().map(|(id, r)| (id, r.snapshot)).collect()))
         }
     };
-    ExportSource::from_result(single, refs, &result.metadata).map_err(|e| Status::internal(e.to_string()))
+    Ok(ExportSource::from_result(single, refs, &result.metadata).map_err(OwnResult)?)
 }
 
-/// A failed build as the client sees it: the message names the step.
-pub fn solve_status(e: SolveError) -> Status {
-    match e {
-        SolveError::Cancelled => Status::cancelled(e.to_string()),
-        SolveError::Entitlement(_) => Status::permission_denied(e.to_string()),
-        e => Status::unknown(e.to_string()),
-    }
-}
-
-/// A frontend failure as the client sees it; Dockerfile errors name their line.
-pub fn frontend_status(e: FrontendError) -> Status {
-    match e {
-        FrontendError::Solve(e) => solve_status(e),
-        FrontendError::Syntax(_) => Status::unimplemented(e.to_string()),
-        FrontendError::Convert(_) | FrontendError::ReadDockerfile(_) => {
-            Status::invalid_argument(e.to_string())
-        }
-        FrontendError::Internal(_) => Status::internal(e.to_string()),
-    }
-}
-
-/// The exporters of a request: `Exporters`, or the legacy single one (§5).
+/// The exporters of a request: `Exporters`, or the legacy single one (docs/protocol.md §5).
 fn exporters(req: &api::SolveRequest) -> Vec<api::Exporter> {
     if !req.exporters.is_empty() {
         return req.exporters.clone();
@@ -281,8 +253,7 @@ impl Control for ControlService {
         let cache = Arc::clone(self.c.solver.cache());
         let record = tokio::task::spawn_blocking(move || gc::disk_usage(&cache))
             .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .map_err(status::task_failed)??;
         Ok(Response::new(api::DiskUsageResponse { record }))
     }
 
@@ -308,8 +279,7 @@ impl Control for ControlService {
             gc::prune(&cache, req.all, keep)
         })
         .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(|e| Status::internal(e.to_string()))?;
+        .map_err(status::task_failed)??;
         Ok(Response::new(Box::pin(futures::stream::iter(removed.into_iter().map(Ok)))))
     }
 

@@ -16,33 +16,28 @@ use std::time::Duration;
 use kiln_proto::buildkit::fsutil::types::Stat;
 use kiln_proto::buildkit::moby::buildkit::v1::apicaps::ApiCap;
 use kiln_proto::buildkit::moby::buildkit::v1::frontend as fe;
-use kiln_proto::buildkit::moby::buildkit::v1::frontend::llb_bridge_server::LlbBridge;
 use kiln_proto::buildkit::moby::buildkit::v1::{StatusResponse, frontend::ReturnRequest};
 use kiln_proto::buildkit::moby::buildkit::v1::{Vertex, VertexWarning};
 use kiln_proto::buildkit::pb::{self, Definition};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::oneshot;
-use tonic::{Request, Response, Status};
-use tracing::instrument;
 
 use crate::arrivals::Arrivals;
-use crate::cache::Snapshot;
 use crate::cache::mount::{MountError, mount};
-use crate::control::{Controller, frontend_status, solve_status};
+use crate::cache::{CacheManager, Snapshot};
 use crate::executor::rootpath;
-use crate::frontend::dockerfile::builder as dockerfile;
+use crate::frontend::dockerfile::builder::{self as dockerfile, FrontendError};
 use crate::fsutil::stat::{Detail, InodeMap, stat_of};
 use crate::fsutil::{FsutilError, PatternError, PatternMatcher};
 use crate::progress::now;
-use crate::solver::llb::Graph;
-use crate::solver::scheduler::BuildContext;
-use crate::source::SourceError;
+use crate::solver::llb::{Graph, LlbError};
+use crate::solver::scheduler::{BuildContext, SolveError, Solver};
 use crate::source::image::{ImageError, Platform, Reference, ResolvedImage};
+use crate::source::{SourceError, Sources};
 use crate::worker::random_id;
 
-/// The header every LLBBridge call carries (§1).
-pub const BUILD_ID_HEADER: &str = "buildkit-controlapi-buildid";
-/// How long a bridge call waits for its Solve to register (upstream: 3 s, §3.4).
+/// How long a bridge call waits for its Solve to register (upstream: 3 s,
+/// docs/protocol.md §3.4).
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Frontend API capabilities kilnd implements (`frontend/gateway/pb/caps.go`).
@@ -71,11 +66,11 @@ pub const FRONTEND_CAPS: &[&str] = &[
 /// Several exporters in one Solve (`solver/pb/caps.go` `CapMultipleExporters`).
 const EXPORTER_MULTIPLE: &str = "exporter.multiple";
 
-/// The LLB capabilities Ping answers with (§2.5): the LLB the built-in
-/// frontend emits and several exporters per Solve. An empty list makes the
-/// client assume the frozen pre-capability set, and buildx then refuses a
-/// second `--output`.
-pub(crate) fn llb_caps() -> Vec<ApiCap> {
+/// The LLB capabilities Ping answers with (docs/protocol.md §2.5): the LLB
+/// the built-in frontend emits and several exporters per Solve. An empty
+/// list makes the client assume the frozen pre-capability set, and buildx
+/// then refuses a second `--output`.
+pub fn llb_caps() -> Vec<ApiCap> {
     let mut ids = crate::frontend::llb::caps::ALL.to_vec();
     ids.push(EXPORTER_MULTIPLE);
     caps(&ids)
@@ -92,37 +87,28 @@ pub struct ForwardedBuild {
     pub ctx: Arc<BuildContext>,
     pub frontend_attrs: HashMap<String, String>,
     pub frontend_inputs: HashMap<String, Definition>,
-    pub(crate) returned: Mutex<Option<oneshot::Sender<ReturnRequest>>>,
+    returned: Mutex<Option<oneshot::Sender<ReturnRequest>>>,
     /// Results handed to the client, by the ref id it will name them with.
     refs: Mutex<HashMap<String, Option<Snapshot>>>,
 }
 
-impl ForwardedBuild {
-    pub(crate) fn add_ref(&self, snapshot: Option<Snapshot>) -> Result<String, Status> {
-        let id = random_id().map_err(|e| Status::internal(format!("making a ref id: {e}")))?;
-        self.refs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id.clone(), snapshot);
-        Ok(id)
-    }
-
-    /// The snapshot behind a ref id the client returned.
-    pub fn get_ref(&self, id: &str) -> Option<Option<Snapshot>> {
-        self.refs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(id).cloned()
-    }
-}
-
-impl ForwardedBuild {
-    /// The snapshot behind a ref for reading; scratch is an empty tree.
-    pub(crate) fn snapshot_for_read(&self, id: &str) -> Result<Snapshot, BridgeError> {
-        let snapshot = self
-            .get_ref(id)
-            .ok_or_else(|| BridgeError::UnknownRef { build: self.id.clone(), id: id.to_owned() })?;
-        Ok(snapshot.unwrap_or_default())
-    }
-}
-
-/// A failed bridge call, mapped to a gRPC status once, at the edge.
+/// A failed bridge call, in the bridge's terms; the gRPC edge picks its status.
 #[derive(Debug, thiserror::Error)]
 pub enum BridgeError {
+    #[error("no build {id:?} is waiting for the frontend API")]
+    NoBuild { id: String },
+    #[error("build {build} already returned")]
+    Returned { build: String },
+    #[error("making a ref id: {0}")]
+    RefId(#[source] io::Error),
+    #[error("{0}")]
+    Definition(#[from] LlbError),
+    #[error(transparent)]
+    Solve(#[from] SolveError),
+    #[error(transparent)]
+    Frontend(#[from] FrontendError),
+    #[error("unknown frontend {0:?}")]
+    UnknownFrontend(String),
     #[error("no such ref {id:?} in build {build}: refs come from this build's LLBBridge.Solve")]
     UnknownRef { build: String, id: String },
     #[error("{path}: no such file or directory")]
@@ -153,28 +139,185 @@ pub enum BridgeError {
     ResolveImage { reference: String, source: SourceError },
 }
 
-impl From<BridgeError> for Status {
-    fn from(e: BridgeError) -> Self {
-        let message = e.to_string();
-        match e {
-            BridgeError::UnknownRef { .. } | BridgeError::NotFound { .. } => Status::not_found(message),
-            BridgeError::NotRegular { .. }
-            | BridgeError::NotADirectory { .. }
-            | BridgeError::InvalidRange { .. }
-            | BridgeError::Pattern { .. }
-            | BridgeError::ResolveMode(_)
-            | BridgeError::NoSource
-            | BridgeError::Reference { .. } => Status::invalid_argument(message),
-            BridgeError::ResolveImage {
-                source: SourceError::Image(ImageError::InvalidPlatform { .. }),
-                ..
-            } => Status::invalid_argument(message),
-            BridgeError::ResolveImage { .. } => Status::unknown(message),
-            BridgeError::Read { .. }
-            | BridgeError::Describe { .. }
-            | BridgeError::Mount { .. }
-            | BridgeError::Task(_) => Status::internal(message),
+impl ForwardedBuild {
+    fn add_ref(&self, snapshot: Option<Snapshot>) -> Result<String, BridgeError> {
+        let id = random_id().map_err(BridgeError::RefId)?;
+        self.refs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id.clone(), snapshot);
+        Ok(id)
+    }
+
+    /// The snapshot behind a ref id the client returned.
+    pub fn get_ref(&self, id: &str) -> Option<Option<Snapshot>> {
+        self.refs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(id).cloned()
+    }
+
+    /// The snapshot behind a ref for reading; scratch is an empty tree.
+    /// Refs are solved when LLBBridge.Solve returns them, so this is also
+    /// what evaluating one means.
+    pub fn snapshot_for_read(&self, id: &str) -> Result<Snapshot, BridgeError> {
+        let snapshot = self
+            .get_ref(id)
+            .ok_or_else(|| BridgeError::UnknownRef { build: self.id.clone(), id: id.to_owned() })?;
+        Ok(snapshot.unwrap_or_default())
+    }
+
+    /// Hands the client's `Return` to the waiting Solve.
+    pub fn finish(&self, ret: ReturnRequest) -> Result<(), BridgeError> {
+        let sender = self.returned.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        let sender = sender.ok_or_else(|| BridgeError::Returned { build: self.id.clone() })?;
+        // The Solve may be gone if its client left; then nobody needs the result.
+        let _ = sender.send(ret);
+        Ok(())
+    }
+
+    /// A warning of the client's frontend, shown with the build's progress.
+    pub fn warn(&self, w: fe::WarnRequest) {
+        self.ctx.job.progress.send(StatusResponse {
+            warnings: vec![VertexWarning {
+                vertex: w.digest,
+                level: w.level,
+                short: w.short,
+                detail: w.detail,
+                url: w.url,
+                info: w.info,
+                ranges: w.ranges,
+            }],
+            ..StatusResponse::default()
+        });
+    }
+
+    /// LLBBridge.Solve: a definition solved now, or the built-in Dockerfile
+    /// frontend run; the results become refs of this build.
+    pub async fn solve(
+        &self,
+        solver: &Arc<Solver>,
+        sources: &Sources,
+        req: fe::SolveRequest,
+    ) -> Result<fe::SolveResponse, BridgeError> {
+        let definition = req.definition.filter(|d| !d.def.is_empty());
+        let (id, def) = match (definition, req.frontend.as_str()) {
+            (Some(def), "") => {
+                let graph = Graph::parse(&def)?;
+                let snapshot = solver.solve(&graph, Arc::clone(&self.ctx)).await?;
+                (self.add_ref(snapshot)?, Some(def))
+            }
+            (None, "") => (String::new(), None),
+            (_, "dockerfile.v0") => {
+                let session = self.ctx.sessions.ids().first().cloned().unwrap_or_default();
+                let result = dockerfile::build(
+                    solver,
+                    sources,
+                    &self.ctx,
+                    &req.frontend_opt,
+                    &req.frontend_inputs,
+                    &session,
+                )
+                .await?;
+                let r = result.refs.into_gateway(req.allow_result_array_ref, |s| self.add_ref(s))?;
+                return Ok(fe::SolveResponse {
+                    r#ref: String::new(),
+                    result: Some(fe::Result {
+                        result: Some(r),
+                        metadata: result.metadata,
+                        ..Default::default()
+                    }),
+                });
+            }
+            (_, other) => return Err(BridgeError::UnknownFrontend(other.to_owned())),
+        };
+        let result = if req.allow_result_array_ref {
+            fe::result::Result::Ref(fe::Ref { id, def })
+        } else {
+            fe::result::Result::RefDeprecated(id)
+        };
+        Ok(fe::SolveResponse {
+            r#ref: String::new(),
+            result: Some(fe::Result { result: Some(result), ..Default::default() }),
+        })
+    }
+
+    /// ReadFile in ref `id`.
+    pub async fn read_file(
+        &self,
+        cache: &Arc<CacheManager>,
+        id: &str,
+        path: String,
+        range: Option<fe::FileRange>,
+    ) -> Result<Vec<u8>, BridgeError> {
+        self.in_ref(cache, id, move |root| read_file(root, &path, range.as_ref())).await
+    }
+
+    /// ReadDir in ref `id`.
+    pub async fn read_dir(
+        &self,
+        cache: &Arc<CacheManager>,
+        id: &str,
+        dir: String,
+        include: String,
+    ) -> Result<Vec<Stat>, BridgeError> {
+        self.in_ref(cache, id, move |root| read_dir(root, &dir, &include)).await
+    }
+
+    /// StatFile in ref `id`.
+    pub async fn stat_file(
+        &self,
+        cache: &Arc<CacheManager>,
+        id: &str,
+        path: String,
+    ) -> Result<Stat, BridgeError> {
+        self.in_ref(cache, id, move |root| stat_file(root, &path)).await
+    }
+
+    /// Runs `read` on a read-only mount of ref `id`, off the async runtime.
+    async fn in_ref<T, F>(&self, cache: &Arc<CacheManager>, id: &str, read: F) -> Result<T, BridgeError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Path) -> Result<T, BridgeError> + Send + 'static,
+    {
+        let snapshot = self.snapshot_for_read(id)?;
+        let cache = Arc::clone(cache);
+        let id = id.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let view = mount(&cache, &snapshot, None).map_err(|source| BridgeError::Mount { id, source })?;
+            read(view.path())
+        })
+        .await?
+    }
+
+    /// One platform's manifest and config for `reference` (on `platform`,
+    /// else the worker's `default_platform`), with the build's credentials,
+    /// shown to the client as a vertex named `log_name` (upstream
+    /// `llbBridge.ResolveSourceMetadata`).
+    pub async fn resolve_image(
+        &self,
+        sources: &Sources,
+        reference: &str,
+        platform: Option<&pb::Platform>,
+        default_platform: Option<&pb::Platform>,
+        resolve_mode: &str,
+        log_name: &str,
+    ) -> Result<(Reference, ResolvedImage), BridgeError> {
+        check_resolve_mode(resolve_mode)?;
+        let parsed = Reference::parse(reference)
+            .map_err(|source| BridgeError::Reference { reference: reference.to_owned(), source })?;
+        let platform = platform.or(default_platform).map_or_else(Platform::linux_amd64, platform_of);
+        let name = if log_name.is_empty() {
+            format!("resolve image config for docker-image://{parsed}")
+        } else {
+            log_name.to_owned()
+        };
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(format!("{name} {platform}"))));
+        let mut vertex = Vertex { digest, name, started: Some(now()), ..Vertex::default() };
+        self.ctx.job.progress.vertex(vertex.clone());
+        let result = sources.resolve_image(&parsed, &platform, &self.ctx.sessions).await;
+        vertex.completed = Some(now());
+        if let Err(e) = &result {
+            vertex.error = e.to_string();
         }
+        self.ctx.job.progress.vertex(vertex);
+        let image =
+            result.map_err(|source| BridgeError::ResolveImage { reference: parsed.to_string(), source })?;
+        Ok((parsed, image))
     }
 }
 
@@ -197,11 +340,7 @@ fn resolve_in(root: &Path, path: &str) -> Result<PathBuf, BridgeError> {
 
 /// ReadFile: a regular file's bytes, or `length` bytes from `offset` (fewer
 /// at the end of the file), as upstream's `io.NewSectionReader`.
-pub(crate) fn read_file(
-    root: &Path,
-    path: &str,
-    range: Option<&fe::FileRange>,
-) -> Result<Vec<u8>, BridgeError> {
+fn read_file(root: &Path, path: &str, range: Option<&fe::FileRange>) -> Result<Vec<u8>, BridgeError> {
     let host = resolve_in(root, path)?;
     let mut file = std::fs::File::open(&host).map_err(io_error(path))?;
     let meta = file.metadata().map_err(io_error(path))?;
@@ -228,7 +367,7 @@ pub(crate) fn read_file(
 
 /// StatFile: the entry at `path`, its `Stat.path` the entry's base name
 /// (upstream `fsutil.Stat`).
-pub(crate) fn stat_file(root: &Path, path: &str) -> Result<Stat, BridgeError> {
+fn stat_file(root: &Path, path: &str) -> Result<Stat, BridgeError> {
     let host = resolve_in(root, path)?;
     let meta = std::fs::symlink_metadata(&host).map_err(io_error(path))?;
     let name = match host.strip_prefix(root).ok().and_then(Path::file_name) {
@@ -258,7 +397,7 @@ fn sorted_names(dir: &Path, shown: &str) -> Result<Vec<String>, BridgeError> {
 /// is listed when it matches or, for a directory, when anything below it
 /// matches (fsutil's filtered walk reports such a parent, and the bridge
 /// never descends; `cache/util/fsutil.go` `ReadDir`).
-pub(crate) fn read_dir(root: &Path, dir: &str, include: &str) -> Result<Vec<Stat>, BridgeError> {
+fn read_dir(root: &Path, dir: &str, include: &str) -> Result<Vec<Stat>, BridgeError> {
     let matcher = PatternMatcher::new(Some(include).filter(|p| !p.is_empty()))
         .map_err(|source| BridgeError::Pattern { pattern: include.to_owned(), source })?;
     let host = resolve_in(root, dir)?;
@@ -312,7 +451,7 @@ fn matches_below(
 
 /// Checks a resolve mode the way upstream's `ParseImageResolveMode` does;
 /// kilnd always asks the registry, which every mode allows.
-pub(crate) fn check_resolve_mode(mode: &str) -> Result<(), BridgeError> {
+fn check_resolve_mode(mode: &str) -> Result<(), BridgeError> {
     match mode {
         "" | "default" | "pull" | "local" => Ok(()),
         other => Err(BridgeError::ResolveMode(other.to_owned())),
@@ -320,7 +459,7 @@ pub(crate) fn check_resolve_mode(mode: &str) -> Result<(), BridgeError> {
 }
 
 /// An LLB platform as the registry client matches it.
-pub(crate) fn platform_of(p: &pb::Platform) -> Platform {
+fn platform_of(p: &pb::Platform) -> Platform {
     let variant = Some(p.variant.as_str()).filter(|v| !v.is_empty());
     Platform::new(&p.os, &p.architecture, variant).normalize()
 }
@@ -376,23 +515,13 @@ impl Bridge {
         (BridgeGuard { bridge: Arc::clone(self), id }, build, rx)
     }
 
-    async fn lookup(&self, id: &str) -> Result<Arc<ForwardedBuild>, Status> {
+    /// The build registered under `id`, waiting for its Solve to register it.
+    pub async fn lookup(&self, id: &str) -> Result<Arc<ForwardedBuild>, BridgeError> {
         let find = || self.lock().get(id).cloned();
         self.arrivals
             .wait_for(LOOKUP_TIMEOUT, find)
             .await
-            .map_err(|_| Status::not_found(format!("no build {id:?} is waiting for the frontend API")))
-    }
-
-    /// The build a bridge call belongs to, from its header.
-    pub(crate) async fn build_of<T>(&self, request: &Request<T>) -> Result<Arc<ForwardedBuild>, Status> {
-        let id = request
-            .metadata()
-            .get(BUILD_ID_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| Status::invalid_argument(format!("no {BUILD_ID_HEADER} header")))?;
-        self.lookup(id).await
+            .map_err(|_| BridgeError::NoBuild { id: id.to_owned() })
     }
 }
 
@@ -421,7 +550,7 @@ mod tests {
     }
 
     fn code(e: BridgeError) -> tonic::Code {
-        Status::from(e).code()
+        tonic::Status::from(e).code()
     }
 
     #[test]

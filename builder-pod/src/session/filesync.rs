@@ -86,7 +86,7 @@ pub async fn sync(
     add_list(md, "exclude-patterns", &req.exclude_patterns);
     add_list(md, "followpaths", &req.follow_paths);
     let mut client = FileSyncClient::with_origin(session.channel(), origin())
-        .max_decoding_message_size(crate::server::MAX_MESSAGE_SIZE);
+        .max_decoding_message_size(super::MAX_MESSAGE_SIZE);
     let incoming = streaming(async move { client.diff_copy(request).await });
     fsutil::receive(dest, incoming, tx, opts)
         .await

@@ -60,6 +60,9 @@ const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 pub(crate) const STREAM_WINDOW: u32 = 4 << 20;
 pub(crate) const CONNECTION_WINDOW: u32 = 256 << 20;
 pub(crate) const MAX_FRAME: u32 = 1 << 20;
+/// BuildKit's gRPC message limit, on its server and on its session client
+/// alike (docs/protocol.md §1).
+pub const MAX_MESSAGE_SIZE: usize = 16 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -71,16 +74,6 @@ pub enum SessionError {
     NotFound { id: String, waited: Duration },
     #[error("the build names no session")]
     NoSession,
-}
-
-impl From<SessionError> for Status {
-    fn from(e: SessionError) -> Self {
-        match e {
-            SessionError::MissingId => Status::invalid_argument(e.to_string()),
-            SessionError::NotFound { .. } | SessionError::NoSession => Status::not_found(e.to_string()),
-            SessionError::Handshake { .. } => Status::unavailable(e.to_string()),
-        }
-    }
 }
 
 /// A gRPC transport over one session: every call of every client service
@@ -288,10 +281,40 @@ async fn health_check(session: Arc<Session>) {
 mod tests {
     use super::*;
     use hyper_util::service::TowerToHyperService;
+    use kiln_proto::buildkit::health::HealthCheckResponse;
     use kiln_proto::buildkit::health::health_check_response::ServingStatus;
+    use kiln_proto::buildkit::health::health_server::{Health, HealthServer};
     use tonic::metadata::MetadataValue;
+    use tonic::{Request, Response};
 
-    use crate::control::HealthService;
+    /// The client's health service: always serving.
+    struct ClientHealth;
+
+    #[tonic::async_trait]
+    impl Health for ClientHealth {
+        async fn check(
+            &self,
+            _request: Request<HealthCheckRequest>,
+        ) -> Result<Response<HealthCheckResponse>, Status> {
+            Ok(Response::new(HealthCheckResponse { status: ServingStatus::Serving as i32 }))
+        }
+
+        async fn list(
+            &self,
+            _request: Request<kiln_proto::buildkit::health::HealthListRequest>,
+        ) -> Result<Response<kiln_proto::buildkit::health::HealthListResponse>, Status> {
+            Err(Status::unimplemented("list"))
+        }
+
+        type WatchStream = futures::stream::Empty<Result<HealthCheckResponse, Status>>;
+
+        async fn watch(
+            &self,
+            _request: Request<HealthCheckRequest>,
+        ) -> Result<Response<Self::WatchStream>, Status> {
+            Err(Status::unimplemented("watch"))
+        }
+    }
 
     /// Plays buildx's side: opens a session on `manager` and serves gRPC
     /// health on it as an HTTP/2 server. Dropping the sender ends the session.
@@ -304,10 +327,7 @@ mod tests {
         let (to_daemon, from_client) = mpsc::channel(64);
         let from_daemon = manager.handle(&md, ReceiverStream::new(from_client)).await.unwrap();
         let tunnel = Tunnel::new(from_daemon, to_daemon);
-        let health = HealthService::new(Arc::new(std::sync::atomic::AtomicBool::new(true)));
-        let routes = tonic::service::Routes::new(
-            kiln_proto::buildkit::health::health_server::HealthServer::new(health),
-        );
+        let routes = tonic::service::Routes::new(HealthServer::new(ClientHealth));
         tokio::spawn(async move {
             let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(tunnel), TowerToHyperService::new(routes))
@@ -364,7 +384,7 @@ mod tests {
         let manager = SessionManager::new();
         let (_tx, rx) = mpsc::channel(1);
         let err = manager.handle(&MetadataMap::new(), ReceiverStream::new(rx)).await.unwrap_err();
-        assert_eq!(Status::from(err).code(), tonic::Code::InvalidArgument);
+        assert!(matches!(err, SessionError::MissingId), "{err}");
     }
 
     #[tokio::test]

@@ -22,15 +22,6 @@ pub enum JobError {
     NotFound(String, Duration),
 }
 
-impl From<JobError> for tonic::Status {
-    fn from(e: JobError) -> Self {
-        match e {
-            JobError::Duplicate(_) => tonic::Status::already_exists(e.to_string()),
-            JobError::NotFound(..) => tonic::Status::not_found(e.to_string()),
-        }
-    }
-}
-
 /// One build as `Status` sees it.
 #[derive(Debug)]
 pub struct Job {
@@ -171,7 +162,7 @@ mod tests {
         assert!(jobs.is_empty());
         jobs.create("r1").unwrap();
         let err = jobs.get("r2", Duration::from_millis(20)).await.unwrap_err();
-        assert_eq!(tonic::Status::from(err).code(), tonic::Code::NotFound);
+        assert!(matches!(err, JobError::NotFound(..)), "{err}");
     }
 
     #[tokio::test]
