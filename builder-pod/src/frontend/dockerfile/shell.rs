@@ -13,6 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::BuildHasher;
 
+use crate::frontend::llb::EnvList;
 use crate::util::strconv::quote;
 
 /// The escape character of a Dockerfile without an `# escape=` directive.
@@ -47,6 +48,14 @@ impl Env for [(String, String)] {
 impl Env for Vec<(String, String)> {
     fn lookup(&self, name: &str) -> Option<&str> {
         self.as_slice().lookup(name)
+    }
+}
+
+/// A state's environment (upstream: `llb.EnvList` satisfies the lexer's
+/// `EnvGetter`; the LLB builder knows nothing of the lexer).
+impl Env for EnvList {
+    fn lookup(&self, name: &str) -> Option<&str> {
+        self.get(name)
     }
 }
 

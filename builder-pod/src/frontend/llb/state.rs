@@ -11,7 +11,6 @@ use super::file::FileVertex;
 use super::marshal::SourceLocation;
 use super::source::SourceVertex;
 use super::{LlbError, NetMode, Platform, SecurityMode, caps};
-use crate::frontend::dockerfile::shell::Env;
 use crate::util::gopath;
 
 /// Environment variables in the order a process sees them: setting a key
@@ -52,12 +51,6 @@ impl EnvList {
 
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
-    }
-}
-
-impl Env for EnvList {
-    fn lookup(&self, name: &str) -> Option<&str> {
-        self.get(name)
     }
 }
 
