@@ -1,8 +1,8 @@
 //! kilnd, a BuildKit-compatible build daemon.
 //!
 //! Modules carry BuildKit's nouns: `control` holds the gRPC services,
-//! `worker` what the daemon can run. See ARCHITECTURE.md for the map of
-//! what is still to come.
+//! `worker` what the daemon can run. docs/architecture.md maps the
+//! components and the path of one build through them.
 
 pub mod arrivals;
 pub mod cache;
