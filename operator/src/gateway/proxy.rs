@@ -31,7 +31,7 @@ const BIND_WAIT: Duration = Duration::from_secs(6);
 const BUILD_ID: &str = "buildkit-controlapi-buildid";
 
 /// HTTP/2 windows: tonic's and hyper's defaults (64 KiB streams) cap a
-/// context upload far below loopback speed (performance-anchors.md). The
+/// context upload far below loopback speed (docs/benchmarks.md). The
 /// connection window is far above the stream window because h2 ends a
 /// connection whose unread small DATA frames cost more than half of it, and
 /// a many-file context relayed here is mostly small frames (kilnd's
