@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use crate::cache::{CacheError, CacheManager};
 use crate::session::Group;
 use crate::session::upload::{PullError, open, upload_path};
+use crate::util::strconv;
 
 /// The mode of the file when the source names none (upstream `source/http`).
 const DEFAULT_PERM: u32 = 0o600;
@@ -81,14 +82,17 @@ impl UploadSource {
             }
             None => path.rsplit('/').next().unwrap_or(path).to_owned(),
         };
+        // Upstream reads these with `strconv.ParseInt(v, 0, 64)`, as the
+        // HTTP source does (`source::http`).
+        let number = |v: &str| strconv::parse_int(v, 0, 64).ok().and_then(|n| u32::try_from(n).ok());
         let perm = match attrs.get(ATTR_PERM) {
-            Some(v) => parse_go_int(v)
+            Some(v) => number(v)
                 .filter(|p| *p <= 0o7777)
                 .ok_or_else(|| invalid(ATTR_PERM, v, "expected a mode such as 0644"))?,
             None => 0,
         };
         let id = |attr| match attrs.get(attr) {
-            Some(v) => v.parse().map_err(|_| invalid(attr, v, "expected a numeric id")),
+            Some(v) => number(v).ok_or_else(|| invalid(attr, v, "expected a numeric id")),
             None => Ok(0),
         };
         Ok(Self {
@@ -185,22 +189,6 @@ impl Uploads {
     }
 }
 
-/// Go's `strconv.ParseInt(v, 0, …)` for the prefixes a mode uses: `0o`/`0`
-/// octal, `0x` hex, else decimal.
-fn parse_go_int(v: &str) -> Option<u32> {
-    if let Some(hex) = v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
-        return u32::from_str_radix(hex, 16).ok();
-    }
-    if let Some(oct) = v.strip_prefix("0o").or_else(|| v.strip_prefix("0O")) {
-        return u32::from_str_radix(oct, 8).ok();
-    }
-    if v.len() > 1
-        && let Some(oct) = v.strip_prefix('0')
-    {
-        return u32::from_str_radix(oct, 8).ok();
-    }
-    v.parse().ok()
-}
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,13 +229,24 @@ mod tests {
     }
 
     #[test]
-    fn modes_parse_as_go_integers() {
-        assert_eq!(parse_go_int("0644"), Some(0o644));
-        assert_eq!(parse_go_int("0o755"), Some(0o755));
-        assert_eq!(parse_go_int("420"), Some(420));
-        assert_eq!(parse_go_int("0x1ff"), Some(0o777));
-        assert_eq!(parse_go_int("0"), Some(0));
-        assert_eq!(parse_go_int("08"), None);
+    fn modes_and_ids_parse_as_go_integers() {
+        let url = "http://buildkit-session/up1";
+        let parsed = |attr: &str, value: &str| {
+            let attrs = BTreeMap::from([(attr.to_owned(), value.to_owned())]);
+            UploadSource::parse(url, &attrs).unwrap().ok()
+        };
+        for (value, mode) in [("0644", 0o644), ("0o755", 0o755), ("420", 420), ("0x1ff", 0o777), ("0b111", 7)]
+        {
+            assert_eq!(parsed(ATTR_PERM, value).map(|s| s.perm), Some(mode), "{value}");
+        }
+        // 0 means the default mode.
+        assert_eq!(parsed(ATTR_PERM, "0").map(|s| s.perm), Some(DEFAULT_PERM));
+        for value in ["08", "0o10000", "-1"] {
+            assert!(parsed(ATTR_PERM, value).is_none(), "{value}");
+        }
+        assert_eq!(parsed(ATTR_UID, "1_000").map(|s| s.uid), Some(1000));
+        assert_eq!(parsed(ATTR_GID, "0x10").map(|s| s.gid), Some(16));
+        assert!(parsed(ATTR_UID, "4294967296").is_none());
     }
 
     /// Plays the client: serves one upload (in `chunks`) on a session
