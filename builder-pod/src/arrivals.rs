@@ -8,19 +8,19 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 #[derive(Debug, Default)]
-pub struct Arrivals {
+pub(crate) struct Arrivals {
     changed: watch::Sender<u64>,
 }
 
 impl Arrivals {
     /// Wakes every waiter to look again.
-    pub fn announce(&self) {
+    pub(crate) fn announce(&self) {
         self.changed.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Calls `find` until it returns something, or `timeout` has passed
     /// (then `Err` with the time waited).
-    pub async fn wait_for<T>(
+    pub(crate) async fn wait_for<T>(
         &self,
         timeout: Duration,
         mut find: impl FnMut() -> Option<T>,

@@ -15,17 +15,17 @@ use crate::solver::entitlements::Entitlements;
 use crate::source::image::HostConfig;
 
 /// Where kilnd keeps its state when neither `--root` nor the file says.
-pub const DEFAULT_ROOT: &str = "/var/lib/kilnd";
+pub(crate) const DEFAULT_ROOT: &str = "/var/lib/kilnd";
 /// The socket kilnd listens on when neither `--addr` nor the file names one.
-pub const DEFAULT_SOCKET: &str = "/run/kilnd/kilnd.sock";
+pub(crate) const DEFAULT_SOCKET: &str = "/run/kilnd/kilnd.sock";
 /// The configuration file read when `--config` is not given, if it exists.
-pub const DEFAULT_CONFIG: &str = "/etc/kilnd/kilnd.toml";
+pub(crate) const DEFAULT_CONFIG: &str = "/etc/kilnd/kilnd.toml";
 
 /// A BuildKit-compatible build daemon: point `docker buildx` (remote driver)
 /// or `buildctl` at one of its addresses.
 #[derive(Debug, Parser)]
 #[command(name = "kilnd", version, about, long_about = None)]
-pub struct Args {
+pub(crate) struct Args {
     /// Address to serve the BuildKit API on: tcp://HOST:PORT or unix:///PATH.
     /// Repeat for several. [default: unix:///run/kilnd/kilnd.sock]
     #[arg(long = "addr", value_name = "ADDR", env = "KILND_ADDR", value_delimiter = ',')]
@@ -90,7 +90,7 @@ pub struct Args {
 
 /// A listening address: `tcp://HOST:PORT` or `unix:///PATH`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ListenAddr {
+pub(crate) enum ListenAddr {
     Tcp(String),
     Unix(PathBuf),
 }
@@ -136,7 +136,7 @@ impl<'de> Deserialize<'de> for ListenAddr {
 /// The TOML file. Keys follow buildkitd.toml where kilnd has the same notion.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct FileConfig {
+pub(crate) struct FileConfig {
     pub root: Option<PathBuf>,
     pub debug: Option<bool>,
     pub debug_address: Option<String>,
@@ -154,7 +154,7 @@ pub struct FileConfig {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct GrpcConfig {
+pub(crate) struct GrpcConfig {
     #[serde(default)]
     pub address: Vec<ListenAddr>,
     #[serde(default)]
@@ -163,7 +163,7 @@ pub struct GrpcConfig {
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
-pub struct TlsFiles {
+pub(crate) struct TlsFiles {
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
     pub ca: Option<PathBuf>,
@@ -171,14 +171,14 @@ pub struct TlsFiles {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct WorkerSection {
+pub(crate) struct WorkerSection {
     #[serde(default)]
     pub oci: OciWorkerConfig,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct OciWorkerConfig {
+pub(crate) struct OciWorkerConfig {
     pub binary: Option<String>,
     /// Extra labels reported by ListWorkers.
     #[serde(default)]
@@ -217,7 +217,7 @@ pub struct OciWorkerConfig {
 /// `[[worker.oci.gcpolicy]]`, buildkitd.toml's keys.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct GcPolicyConfig {
+pub(crate) struct GcPolicyConfig {
     #[serde(default)]
     pub all: bool,
     #[serde(default)]
@@ -234,7 +234,7 @@ pub struct GcPolicyConfig {
 /// or `40Gi` (every unit counts in powers of 1024, as buildkitd's does).
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(untagged)]
-pub enum SizeValue {
+pub(crate) enum SizeValue {
     Bytes(u64),
     Text(String),
 }
@@ -269,7 +269,7 @@ impl SizeValue {
 /// A duration as buildkitd.toml writes it: seconds, or text such as `48h`.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(untagged)]
-pub enum DurationValue {
+pub(crate) enum DurationValue {
     Seconds(u64),
     Text(String),
 }
@@ -412,7 +412,7 @@ fn own_ports(addrs: &[ListenAddr], debug_addr: Option<&str>) -> Vec<u16> {
 
 /// The effective configuration after flags, file and defaults are merged.
 #[derive(Debug)]
-pub struct Config {
+pub(crate) struct Config {
     pub addrs: Vec<ListenAddr>,
     pub root: PathBuf,
     pub debug_addr: Option<String>,
@@ -435,7 +435,7 @@ pub struct Config {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
+pub(crate) enum ConfigError {
     #[error("reading config file {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
     #[error("config file {path}: {source}")]
@@ -453,7 +453,7 @@ pub enum ConfigError {
 impl Config {
     /// Merges the flags over the file (`--config`, or the default path when it
     /// exists) over the defaults.
-    pub fn load(args: Args) -> Result<Self, ConfigError> {
+    pub(crate) fn load(args: Args) -> Result<Self, ConfigError> {
         let file = match &args.config {
             Some(path) => read_file(path)?,
             None if Path::new(DEFAULT_CONFIG).exists() => read_file(Path::new(DEFAULT_CONFIG))?,

@@ -3,30 +3,36 @@
 //! Modules carry BuildKit's nouns: `control` holds the gRPC services,
 //! `worker` what the daemon can run. docs/architecture.md maps the
 //! components and the path of one build through them.
+//!
+//! The library exists for the `kilnd` binary alone: [`main`] is all it
+//! exports, so everything else is `pub(crate)` and the compiler sees what
+//! nothing uses.
 
-pub mod arrivals;
-pub mod cache;
-pub mod config;
-pub mod content;
-pub mod control;
-pub mod debug;
-pub mod executor;
-pub mod exporter;
-pub mod frontend;
-pub mod fsutil;
-pub mod gc;
-pub mod locks;
-pub mod metrics;
-pub mod mountinfo;
-pub mod progress;
-pub mod server;
-pub mod session;
-pub mod snapshot;
-pub mod solver;
-pub mod source;
-pub mod telemetry;
-pub mod util;
-pub mod worker;
+#![warn(unreachable_pub)]
+
+mod arrivals;
+mod cache;
+mod config;
+mod content;
+mod control;
+mod debug;
+mod executor;
+mod exporter;
+mod frontend;
+mod fsutil;
+mod gc;
+mod locks;
+mod metrics;
+mod mountinfo;
+mod progress;
+mod server;
+mod session;
+mod snapshot;
+mod solver;
+mod source;
+mod telemetry;
+mod util;
+mod worker;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -60,10 +66,19 @@ use crate::source::Sources;
 use crate::source::image::{Registry, RegistryHosts};
 use crate::worker::Worker;
 
+/// kilnd: reads the flags and the configuration file, starts logging and
+/// runs the daemon until it is stopped.
+pub async fn main() -> anyhow::Result<()> {
+    use clap::Parser as _;
+    let config = Config::load(config::Args::parse())?;
+    telemetry::init(config.debug);
+    run(config).await
+}
+
 /// Runs the daemon until SIGTERM or SIGINT, then drains: listeners stop
 /// accepting, calls in flight get `shutdown_grace` to finish, a second
 /// signal ends the process at once.
-pub async fn run(config: Config) -> anyhow::Result<()> {
+async fn run(config: Config) -> anyhow::Result<()> {
     let _lock = lock_root(&config.root)?;
     // Mount points are found by path, so the root must be absolute and canonical.
     let root = std::fs::canonicalize(&config.root)

@@ -17,12 +17,12 @@ const BUILD_ID_HEADER: &str = "buildkit-controlapi-buildid";
 
 /// BuildKit's `moby.buildkit.v1.frontend.LLBBridge` service.
 #[derive(Debug, Clone)]
-pub struct LlbBridgeService {
+pub(crate) struct LlbBridgeService {
     c: Arc<Controller>,
 }
 
 impl LlbBridgeService {
-    pub fn new(controller: Arc<Controller>) -> Self {
+    pub(crate) fn new(controller: Arc<Controller>) -> Self {
         Self { c: controller }
     }
 

@@ -20,8 +20,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::instrument;
 
-pub use bridge::LlbBridgeService;
-pub use health::HealthService;
+pub(crate) use bridge::LlbBridgeService;
+pub(crate) use health::HealthService;
 
 use self::status::{ClientResult, OwnResult};
 use crate::cache::Snapshot;
@@ -42,7 +42,7 @@ type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>
 
 /// What every service of the daemon shares.
 #[derive(Debug)]
-pub struct Controller {
+pub(crate) struct Controller {
     pub worker: Arc<Worker>,
     pub metrics: Arc<Metrics>,
     pub sessions: Arc<SessionManager>,
@@ -74,7 +74,7 @@ impl crate::debug::LoadSource for Controller {
 
 /// BuildKit's `moby.buildkit.v1.Control` service.
 #[derive(Debug, Clone)]
-pub struct ControlService {
+pub(crate) struct ControlService {
     c: Arc<Controller>,
 }
 
@@ -85,7 +85,7 @@ const STATUS_WAIT: Duration = Duration::from_secs(6);
 const TIMESTAMP_HEADER: &str = "buildkit-current-timestamp";
 
 impl ControlService {
-    pub fn new(controller: Arc<Controller>) -> Self {
+    pub(crate) fn new(controller: Arc<Controller>) -> Self {
         Self { c: controller }
     }
 

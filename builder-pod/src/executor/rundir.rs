@@ -21,7 +21,7 @@ use crate::mountinfo;
 const RUN_BASE: &str = "/run/kilnd";
 
 #[derive(Debug, thiserror::Error)]
-pub enum RunDirError {
+pub(crate) enum RunDirError {
     #[error("creating the run directory {path}: {source}")]
     Create { path: PathBuf, source: io::Error },
     #[error("mounting a tmpfs on the run directory {path}: {source}")]
@@ -30,14 +30,14 @@ pub enum RunDirError {
 
 /// The tmpfs; unmounted when dropped.
 #[derive(Debug)]
-pub struct RunDir {
+pub(crate) struct RunDir {
     path: PathBuf,
 }
 
 impl RunDir {
     /// The run directory of the kilnd whose root is `root` (canonical):
     /// mounted fresh, with whatever an earlier kilnd left there removed.
-    pub fn open(root: &Path) -> Result<Self, RunDirError> {
+    pub(crate) fn open(root: &Path) -> Result<Self, RunDirError> {
         let hash = hex::encode(Sha256::digest(root.as_os_str().as_encoded_bytes()));
         Self::open_at(Path::new(RUN_BASE).join(&hash[..16]))
     }
@@ -64,7 +64,7 @@ impl RunDir {
         Ok(Self { path })
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 }

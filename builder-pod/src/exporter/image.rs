@@ -55,7 +55,7 @@ pub enum ImageError {
 
 /// The exporter attributes kilnd understands.
 #[derive(Debug, Clone)]
-pub struct ImageOptions {
+pub(crate) struct ImageOptions {
     pub names: Vec<String>,
     pub push: bool,
     pub oci: bool,
@@ -76,7 +76,7 @@ fn flag(attrs: &HashMap<String, String>, key: &str, default: bool) -> Result<boo
 }
 
 impl ImageOptions {
-    pub fn parse(attrs: &HashMap<String, String>, oci_default: bool) -> Result<Self, ImageError> {
+    pub(crate) fn parse(attrs: &HashMap<String, String>, oci_default: bool) -> Result<Self, ImageError> {
         let level = match attrs.get("compression-level") {
             None => None,
             Some(v) => Some(v.parse::<i32>().map_err(|_| ImageError::Attr {
@@ -121,7 +121,7 @@ struct LayerBlob {
 
 /// An image, or an index of images, whose blobs are all in the content store.
 #[derive(Debug, Clone)]
-pub struct BuiltImage {
+pub(crate) struct BuiltImage {
     /// The image manifest, or the index.
     pub manifest: Vec<u8>,
     pub manifest_digest: Digest,
@@ -136,7 +136,7 @@ pub struct BuiltImage {
 
 impl BuiltImage {
     /// `containerimage.*` and `image.name` (docs/protocol.md §5).
-    pub fn response(&self, names: &[String]) -> HashMap<String, String> {
+    pub(crate) fn response(&self, names: &[String]) -> HashMap<String, String> {
         let descriptor = json!({
             "mediaType": self.media_type,
             "digest": self.manifest_digest.to_string(),
@@ -159,7 +159,7 @@ impl BuiltImage {
     }
 
     /// An OCI image layout as a tar; `docker` adds Docker's `manifest.json`.
-    pub fn write_layout<W: Write>(
+    pub(crate) fn write_layout<W: Write>(
         &self,
         content: &ContentStore,
         names: &[String],
@@ -272,7 +272,7 @@ async fn layer_blob(
 }
 
 /// Builds the image of `snapshot` into the content store.
-pub async fn build(
+pub(crate) async fn build(
     ex: &Exporters,
     snapshot: &Snapshot,
     config: Option<&[u8]>,
@@ -330,7 +330,7 @@ pub async fn build(
 /// Builds what an export source describes: its image, or one image per
 /// platform and an index whose entries carry their platforms
 /// (`exporter/containerimage/writer.go` `Commit`).
-pub async fn build_source(
+pub(crate) async fn build_source(
     ex: &Exporters,
     source: &ExportSource,
     opts: &ImageOptions,
@@ -416,7 +416,7 @@ fn history_for(history: Option<&Value>, layers: usize, created: &str) -> Vec<Val
 }
 
 /// Pushes the image to every name, blobs first.
-pub async fn push(
+pub(crate) async fn push(
     ex: &Exporters,
     built: &BuiltImage,
     opts: &ImageOptions,
@@ -436,13 +436,13 @@ pub async fn push(
 
 /// Where the layers made for a push are uploaded while they are compressed.
 #[derive(Debug)]
-pub struct PushTarget {
+pub(crate) struct PushTarget {
     client: RegistryClient,
     reference: Reference,
 }
 
 /// The push's first repository, when the export pushes.
-pub fn push_target(
+pub(crate) fn push_target(
     ex: &Exporters,
     opts: &ImageOptions,
     ctx: &BuildContext,

@@ -5,7 +5,7 @@
 //! exports as one subdirectory per platform (`local`, `tar`) or as an
 //! image index (`image`, `oci`).
 
-pub mod image;
+pub(crate) mod image;
 mod platforms;
 
 use std::collections::HashMap;
@@ -71,14 +71,14 @@ pub enum ExportError {
 /// What a build hands its exporters (`exporter.Source`): one result, or
 /// one per platform, each with its image config.
 #[derive(Debug)]
-pub enum ExportSource {
+pub(crate) enum ExportSource {
     Single { snapshot: Option<Snapshot>, image_config: Option<Vec<u8>> },
     Platforms(Vec<PlatformResult>),
 }
 
 /// One platform's part of a multi-platform result.
 #[derive(Debug)]
-pub struct PlatformResult {
+pub(crate) struct PlatformResult {
     /// `linux/arm64`: the key of its ref and metadata.
     pub id: String,
     pub platform: Platform,
@@ -105,7 +105,7 @@ impl ExportSource {
     /// A result as a frontend returns it: a single ref, or `refs` by
     /// platform id with the `refs.platforms` metadata naming them in order
     /// (`exptypes.ParsePlatforms`), and `containerimage.config[/<id>]`.
-    pub fn from_result(
+    pub(crate) fn from_result(
         single: Option<Snapshot>,
         refs: Option<HashMap<String, Option<Snapshot>>>,
         metadata: &HashMap<String, Vec<u8>>,
@@ -129,7 +129,7 @@ impl ExportSource {
 
 /// What exporters need of the daemon.
 #[derive(Debug, Clone)]
-pub struct Exporters {
+pub(crate) struct Exporters {
     pub cache: Arc<CacheManager>,
     pub content: ContentStore,
     pub registry: Registry,
@@ -137,7 +137,7 @@ pub struct Exporters {
 
 impl Exporters {
     /// Runs exporter `index` on `source` and returns its response values.
-    pub async fn export(
+    pub(crate) async fn export(
         &self,
         index: usize,
         exporter: &Exporter,
@@ -323,18 +323,18 @@ fn progress_vertex(ctx: &BuildContext, index: usize, name: &str) -> Vertex {
 /// A blocking writer that sends what is written as `BytesMessage`s of up
 /// to [`CHUNK`] bytes; for tar writers running on a blocking thread.
 #[derive(Debug)]
-pub struct ChannelWriter {
+pub(crate) struct ChannelWriter {
     tx: mpsc::Sender<BytesMessage>,
     buf: Vec<u8>,
 }
 
 impl ChannelWriter {
-    pub fn new(tx: mpsc::Sender<BytesMessage>) -> Self {
+    pub(crate) fn new(tx: mpsc::Sender<BytesMessage>) -> Self {
         Self { tx, buf: Vec::with_capacity(CHUNK) }
     }
 
     /// Sends what is buffered; the writer is done.
-    pub fn into_inner(mut self) -> std::io::Result<()> {
+    pub(crate) fn into_inner(mut self) -> std::io::Result<()> {
         self.flush()
     }
 }

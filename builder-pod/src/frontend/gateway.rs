@@ -46,7 +46,7 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
 /// refs carry their definitions, which bake turns into other targets'
 /// contexts. Solves run eagerly, so `gateway.solve.evaluate` and
 /// `gateway.evaluate` hold by construction.
-pub const FRONTEND_CAPS: &[&str] = &[
+pub(crate) const FRONTEND_CAPS: &[&str] = &[
     "return",
     "proto.refarray",
     "returnmap",
@@ -70,19 +70,19 @@ const EXPORTER_MULTIPLE: &str = "exporter.multiple";
 /// the built-in frontend emits and several exporters per Solve. An empty
 /// list makes the client assume the frozen pre-capability set, and buildx
 /// then refuses a second `--output`.
-pub fn llb_caps() -> Vec<ApiCap> {
+pub(crate) fn llb_caps() -> Vec<ApiCap> {
     let mut ids = crate::frontend::llb::caps::ALL.to_vec();
     ids.push(EXPORTER_MULTIPLE);
     caps(&ids)
 }
 
-pub fn caps(ids: &[&str]) -> Vec<ApiCap> {
+pub(crate) fn caps(ids: &[&str]) -> Vec<ApiCap> {
     ids.iter().map(|id| ApiCap { id: (*id).to_owned(), enabled: true, ..ApiCap::default() }).collect()
 }
 
 /// A build waiting for its client to drive the frontend API.
 #[derive(Debug)]
-pub struct ForwardedBuild {
+pub(crate) struct ForwardedBuild {
     pub id: String,
     pub ctx: Arc<BuildContext>,
     pub frontend_attrs: HashMap<String, String>,
@@ -147,14 +147,14 @@ impl ForwardedBuild {
     }
 
     /// The snapshot behind a ref id the client returned.
-    pub fn get_ref(&self, id: &str) -> Option<Option<Snapshot>> {
+    pub(crate) fn get_ref(&self, id: &str) -> Option<Option<Snapshot>> {
         self.refs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(id).cloned()
     }
 
     /// The snapshot behind a ref for reading; scratch is an empty tree.
     /// Refs are solved when LLBBridge.Solve returns them, so this is also
     /// what evaluating one means.
-    pub fn snapshot_for_read(&self, id: &str) -> Result<Snapshot, BridgeError> {
+    pub(crate) fn snapshot_for_read(&self, id: &str) -> Result<Snapshot, BridgeError> {
         let snapshot = self
             .get_ref(id)
             .ok_or_else(|| BridgeError::UnknownRef { build: self.id.clone(), id: id.to_owned() })?;
@@ -162,7 +162,7 @@ impl ForwardedBuild {
     }
 
     /// Hands the client's `Return` to the waiting Solve.
-    pub fn finish(&self, ret: ReturnRequest) -> Result<(), BridgeError> {
+    pub(crate) fn finish(&self, ret: ReturnRequest) -> Result<(), BridgeError> {
         let sender = self.returned.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
         let sender = sender.ok_or_else(|| BridgeError::Returned { build: self.id.clone() })?;
         // The Solve may be gone if its client left; then nobody needs the result.
@@ -171,7 +171,7 @@ impl ForwardedBuild {
     }
 
     /// A warning of the client's frontend, shown with the build's progress.
-    pub fn warn(&self, w: fe::WarnRequest) {
+    pub(crate) fn warn(&self, w: fe::WarnRequest) {
         self.ctx.job.progress.send(StatusResponse {
             warnings: vec![VertexWarning {
                 vertex: w.digest,
@@ -188,7 +188,7 @@ impl ForwardedBuild {
 
     /// LLBBridge.Solve: a definition solved now, or the built-in Dockerfile
     /// frontend run; the results become refs of this build.
-    pub async fn solve(
+    pub(crate) async fn solve(
         &self,
         solver: &Arc<Solver>,
         sources: &Sources,
@@ -237,7 +237,7 @@ impl ForwardedBuild {
     }
 
     /// ReadFile in ref `id`.
-    pub async fn read_file(
+    pub(crate) async fn read_file(
         &self,
         cache: &Arc<CacheManager>,
         id: &str,
@@ -248,7 +248,7 @@ impl ForwardedBuild {
     }
 
     /// ReadDir in ref `id`.
-    pub async fn read_dir(
+    pub(crate) async fn read_dir(
         &self,
         cache: &Arc<CacheManager>,
         id: &str,
@@ -259,7 +259,7 @@ impl ForwardedBuild {
     }
 
     /// StatFile in ref `id`.
-    pub async fn stat_file(
+    pub(crate) async fn stat_file(
         &self,
         cache: &Arc<CacheManager>,
         id: &str,
@@ -288,7 +288,7 @@ impl ForwardedBuild {
     /// else the worker's `default_platform`), with the build's credentials,
     /// shown to the client as a vertex named `log_name` (upstream
     /// `llbBridge.ResolveSourceMetadata`).
-    pub async fn resolve_image(
+    pub(crate) async fn resolve_image(
         &self,
         sources: &Sources,
         reference: &str,
@@ -466,14 +466,14 @@ fn platform_of(p: &pb::Platform) -> Platform {
 
 /// Forwarded builds by ref.
 #[derive(Debug, Default)]
-pub struct Bridge {
+pub(crate) struct Bridge {
     builds: Mutex<HashMap<String, Arc<ForwardedBuild>>>,
     arrivals: Arrivals,
 }
 
 /// Unregisters its build when dropped.
 #[derive(Debug)]
-pub struct BridgeGuard {
+pub(crate) struct BridgeGuard {
     bridge: Arc<Bridge>,
     id: String,
 }
@@ -485,7 +485,7 @@ impl Drop for BridgeGuard {
 }
 
 impl Bridge {
-    pub fn new() -> Arc<Self> {
+    pub(crate) fn new() -> Arc<Self> {
         Arc::new(Self::default())
     }
 
@@ -494,7 +494,7 @@ impl Bridge {
     }
 
     /// Registers a build; the receiver yields the client's `Return`.
-    pub fn register(
+    pub(crate) fn register(
         self: &Arc<Self>,
         ctx: Arc<BuildContext>,
         frontend_attrs: HashMap<String, String>,
@@ -516,7 +516,7 @@ impl Bridge {
     }
 
     /// The build registered under `id`, waiting for its Solve to register it.
-    pub async fn lookup(&self, id: &str) -> Result<Arc<ForwardedBuild>, BridgeError> {
+    pub(crate) async fn lookup(&self, id: &str) -> Result<Arc<ForwardedBuild>, BridgeError> {
         let find = || self.lock().get(id).cloned();
         self.arrivals
             .wait_for(LOOKUP_TIMEOUT, find)

@@ -14,8 +14,8 @@ mod receive;
 mod send;
 mod walk;
 
-pub mod patterns;
-pub mod stat;
+pub(crate) mod patterns;
+pub(crate) mod stat;
 
 use std::io;
 use std::path::PathBuf;
@@ -23,12 +23,12 @@ use std::path::PathBuf;
 use kiln_proto::buildkit::fsutil::types::Packet;
 use kiln_proto::buildkit::fsutil::types::packet::PacketType;
 
-pub use patterns::{PatternError, PatternMatcher};
-pub use receive::{Change, Differ, Ownership, ReceiveOptions, ReceiveReport, receive};
-pub use send::{SendReport, WalkFilter, send};
+pub(crate) use patterns::{PatternError, PatternMatcher};
+pub(crate) use receive::{Change, Differ, Ownership, ReceiveOptions, ReceiveReport, receive};
+pub(crate) use send::{SendReport, WalkFilter, send};
 
 /// Largest `PACKET_DATA` payload a sender writes (fsutil `send.go` buffer).
-pub const DATA_CHUNK: usize = 32 * 1024;
+pub(crate) const DATA_CHUNK: usize = 32 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FsutilError {

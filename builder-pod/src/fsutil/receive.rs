@@ -30,7 +30,7 @@ use crate::util::gopath;
 /// How the receiver decides which files it already has (BuildKit's
 /// `local.differ` attribute).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Differ {
+pub(crate) enum Differ {
     /// Keep an entry whose size, mtime, mode, owner, device numbers and link
     /// target are unchanged.
     #[default]
@@ -41,7 +41,7 @@ pub enum Differ {
 
 /// Who owns the written entries.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Ownership {
+pub(crate) enum Ownership {
     /// The uid and gid the sender reported.
     #[default]
     Preserve,
@@ -51,7 +51,7 @@ pub enum Ownership {
 }
 
 #[derive(Debug, Clone, Default)]
-pub struct ReceiveOptions {
+pub(crate) struct ReceiveOptions {
     pub differ: Differ,
     /// Keep entries of `dest` the sender did not mention and take every
     /// file anew (the client side of a local export).
@@ -64,7 +64,7 @@ pub struct ReceiveOptions {
 
 /// What a finished transfer did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ReceiveReport {
+pub(crate) struct ReceiveReport {
     /// Stats received, one per entry.
     pub entries: u64,
     /// Regular files whose content was requested.
@@ -85,7 +85,7 @@ pub struct ReceiveReport {
 
 /// A path of the previous copy a transfer changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Change {
+pub(crate) enum Change {
     /// Created or rewritten; for a directory also one kept with another
     /// mode, owner or mtime.
     Written(PathBuf),
@@ -95,7 +95,7 @@ pub enum Change {
 
 /// More changed paths than this are not listed: past it a caller copies the
 /// whole tree rather than a difference.
-pub const MAX_CHANGES: usize = 16_384;
+pub(super) const MAX_CHANGES: usize = 16_384;
 
 /// Files whose data may be arriving at the same time. Senders send a few
 /// files at once (fsutil's sender uses 4 workers); more means a peer that
@@ -108,7 +108,7 @@ pub(super) const MAX_OPEN_FILES: usize = 64;
 /// the peer gets a `PACKET_ERR`; files being received are removed, never
 /// left half-written under their final names.
 #[instrument(skip_all, fields(dest = %dest.display(), differ = ?opts.differ, merge = opts.merge))]
-pub async fn receive<S>(
+pub(crate) async fn receive<S>(
     dest: &Path,
     incoming: S,
     outgoing: mpsc::Sender<Packet>,

@@ -19,7 +19,7 @@ const FETCH_TOKEN: &str = "/moby.filesync.v1.Auth/FetchToken";
 const CLIENT_ID: &str = "buildkit-client";
 
 #[derive(Debug, thiserror::Error)]
-pub enum AuthCallError {
+pub(crate) enum AuthCallError {
     #[error("asking the client for credentials of {host}: {status}")]
     Credentials { host: String, status: tonic::Status },
     #[error("the client could not fetch a token for {host} from {realm}: {status}")]
@@ -27,7 +27,10 @@ pub enum AuthCallError {
 }
 
 /// The login for `host` from the first session that has one.
-pub async fn credentials(sessions: &Group, host: &str) -> Result<Option<CredentialsResponse>, AuthCallError> {
+pub(crate) async fn credentials(
+    sessions: &Group,
+    host: &str,
+) -> Result<Option<CredentialsResponse>, AuthCallError> {
     sessions
         .any(|session| async move {
             if !session.supports(METHOD) {
@@ -47,7 +50,7 @@ pub async fn credentials(sessions: &Group, host: &str) -> Result<Option<Credenti
 }
 
 /// A token for `scopes` from `realm`, fetched by the first session that can.
-pub async fn fetch_token(
+pub(crate) async fn fetch_token(
     sessions: &Group,
     host: &str,
     realm: &str,

@@ -25,7 +25,7 @@ pub enum FileSyncError {
 
 /// Which local directory to fetch and what of it.
 #[derive(Debug, Default, Clone)]
-pub struct SyncRequest {
+pub(crate) struct SyncRequest {
     pub dir_name: String,
     pub include_patterns: Vec<String>,
     pub exclude_patterns: Vec<String>,
@@ -67,7 +67,7 @@ fn query_escape(s: &str) -> String {
 
 /// Brings the client's directory `req.dir_name` into `dest`, transferring
 /// only what differs from what `dest` already holds.
-pub async fn sync(
+pub(crate) async fn sync(
     session: &Session,
     req: &SyncRequest,
     dest: &Path,

@@ -15,7 +15,7 @@ const SESSION_WAIT: Duration = Duration::from_secs(5);
 
 /// The sessions a build may use, its own first.
 #[derive(Debug, Clone)]
-pub struct Group {
+pub(crate) struct Group {
     manager: Arc<SessionManager>,
     ids: Vec<String>,
 }
@@ -23,7 +23,7 @@ pub struct Group {
 impl Group {
     /// The sessions `ids` in order; an empty id names none and a repeated
     /// one is waited for once.
-    pub fn new(manager: Arc<SessionManager>, ids: impl IntoIterator<Item = String>) -> Self {
+    pub(crate) fn new(manager: Arc<SessionManager>, ids: impl IntoIterator<Item = String>) -> Self {
         let mut kept: Vec<String> = Vec::new();
         for id in ids {
             if !id.is_empty() && !kept.contains(&id) {
@@ -35,18 +35,18 @@ impl Group {
 
     /// The same sessions with `id` tried first: an op may name the session
     /// it reads from (`local.session`).
-    pub fn preferring(&self, id: Option<&str>) -> Self {
+    pub(crate) fn preferring(&self, id: Option<&str>) -> Self {
         let first = id.map(str::to_owned);
         Self::new(Arc::clone(&self.manager), first.into_iter().chain(self.ids.iter().cloned()))
     }
 
-    pub fn ids(&self) -> &[String] {
+    pub(crate) fn ids(&self) -> &[String] {
         &self.ids
     }
 
     /// The first session of the group that is open; when none is, why the
     /// last one was not found.
-    pub async fn first(&self) -> Result<Arc<Session>, SessionError> {
+    pub(crate) async fn first(&self) -> Result<Arc<Session>, SessionError> {
         match self.each(|session| async move { Ok::<_, Infallible>(Some(session)) }).await {
             Ok(Ok(session)) => Ok(session),
             Ok(Err(missing)) => Err(missing.unwrap_or(SessionError::NoSession)),
@@ -58,7 +58,7 @@ impl Group {
     /// returns `Ok(None)` when its session cannot (it does not serve the
     /// service, or has nothing for the request), and the next is tried; an
     /// error ends the search. `None` when no session answered.
-    pub async fn any<T, E, F, Fut>(&self, f: F) -> Result<Option<T>, E>
+    pub(crate) async fn any<T, E, F, Fut>(&self, f: F) -> Result<Option<T>, E>
     where
         F: FnMut(Arc<Session>) -> Fut,
         Fut: Future<Output = Result<Option<T>, E>>,

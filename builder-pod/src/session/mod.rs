@@ -8,14 +8,14 @@
 //! id so a build can find the one it names, waiting a bounded time for a
 //! session that has not arrived yet.
 
-pub mod auth;
-pub mod filesend;
-pub mod filesync;
-pub mod group;
-pub mod secrets;
-pub mod sshforward;
-pub mod tunnel;
-pub mod upload;
+pub(crate) mod auth;
+pub(crate) mod filesend;
+pub(crate) mod filesync;
+pub(crate) mod group;
+pub(crate) mod secrets;
+pub(crate) mod sshforward;
+pub(crate) mod tunnel;
+pub(crate) mod upload;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -36,14 +36,14 @@ use tonic::Status;
 use tonic::metadata::MetadataMap;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-pub use self::group::Group;
+pub(crate) use self::group::Group;
 use self::tunnel::Tunnel;
 use crate::arrivals::Arrivals;
 
 /// Header names, lower-case as grpc-go sends them (docs/protocol.md §1, "Metadata keys").
-pub const HEADER_UUID: &str = "x-docker-expose-session-uuid";
-pub const HEADER_SHARED_KEY: &str = "x-docker-expose-session-sharedkey";
-pub const HEADER_METHOD: &str = "x-docker-expose-session-grpc-method";
+pub(crate) const HEADER_UUID: &str = "x-docker-expose-session-uuid";
+pub(crate) const HEADER_SHARED_KEY: &str = "x-docker-expose-session-sharedkey";
+pub(crate) const HEADER_METHOD: &str = "x-docker-expose-session-grpc-method";
 
 /// How often the daemon checks that the client still answers (docs/protocol.md §3.2).
 const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
@@ -62,7 +62,7 @@ pub(crate) const CONNECTION_WINDOW: u32 = 256 << 20;
 pub(crate) const MAX_FRAME: u32 = 1 << 20;
 /// BuildKit's gRPC message limit, on its server and on its session client
 /// alike (docs/protocol.md §1).
-pub const MAX_MESSAGE_SIZE: usize = 16 << 20;
+pub(crate) const MAX_MESSAGE_SIZE: usize = 16 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -79,7 +79,7 @@ pub enum SessionError {
 /// A gRPC transport over one session: every call of every client service
 /// shares the client's single HTTP/2 connection.
 #[derive(Clone, Debug)]
-pub struct SessionChannel {
+pub(crate) struct SessionChannel {
     sender: http2::SendRequest<tonic::body::Body>,
 }
 
@@ -98,13 +98,13 @@ impl tower::Service<http::Request<tonic::body::Body>> for SessionChannel {
 }
 
 /// The origin of requests on a session connection; Go's side dials "localhost".
-pub fn origin() -> http::Uri {
+pub(crate) fn origin() -> http::Uri {
     http::Uri::from_static("http://localhost")
 }
 
 /// One client's session.
 #[derive(Debug)]
-pub struct Session {
+pub(crate) struct Session {
     pub id: String,
     /// Context directory and client node id, e.g. `myapp:3vj…`; may be empty.
     pub shared_key: String,
@@ -116,38 +116,38 @@ pub struct Session {
 
 impl Session {
     /// Whether the client serves `/pkg.Service/Method`; case-insensitive, as upstream.
-    pub fn supports(&self, method: &str) -> bool {
+    pub(crate) fn supports(&self, method: &str) -> bool {
         self.methods.contains(&method.to_ascii_lowercase())
     }
 
-    pub fn channel(&self) -> SessionChannel {
+    pub(crate) fn channel(&self) -> SessionChannel {
         self.channel.clone()
     }
 
     /// Fires when the client's stream ends.
-    pub fn closed(&self) -> &CancellationToken {
+    pub(crate) fn closed(&self) -> &CancellationToken {
         &self.closed
     }
 }
 
 /// The live sessions by id.
 #[derive(Debug, Default)]
-pub struct SessionManager {
+pub(crate) struct SessionManager {
     sessions: Mutex<HashMap<String, Arc<Session>>>,
     arrivals: Arrivals,
 }
 
-pub type SessionStream = ReceiverStream<Result<BytesMessage, Status>>;
+pub(crate) type SessionStream = ReceiverStream<Result<BytesMessage, Status>>;
 
 impl SessionManager {
-    pub fn new() -> Arc<Self> {
+    pub(crate) fn new() -> Arc<Self> {
         Arc::new(Self::default())
     }
 
     /// Takes over a `Control.Session` call: starts the HTTP/2 client on the
     /// stream, registers the session and returns the stream of bytes to send
     /// back. The session lives until the client ends its stream.
-    pub async fn handle<S>(
+    pub(crate) async fn handle<S>(
         self: &Arc<Self>,
         metadata: &MetadataMap,
         incoming: S,
@@ -223,7 +223,7 @@ impl SessionManager {
     /// The session `id`, waiting up to `timeout` for it to arrive: a client
     /// may open its session after the Solve that names it (docs/protocol.md §3.4). An id of the
     /// form `prefix:rest` names session `rest` (docs/protocol.md §3.3).
-    pub async fn get(&self, id: &str, timeout: Duration) -> Result<Arc<Session>, SessionError> {
+    pub(crate) async fn get(&self, id: &str, timeout: Duration) -> Result<Arc<Session>, SessionError> {
         let id = id.rsplit_once(':').map_or(id, |(_, rest)| rest);
         let find = || self.lock().get(id).filter(|s| !s.closed.is_cancelled()).cloned();
         self.arrivals
@@ -233,11 +233,11 @@ impl SessionManager {
     }
 
     /// How many sessions are open.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.lock().len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }

@@ -16,7 +16,7 @@ pub enum SecretError {
 
 /// The secret `id` from the first session of the build that has it; `None`
 /// when none provides it (the client answers NotFound or serves no secrets).
-pub async fn get_secret(sessions: &Group, id: &str) -> Result<Option<Vec<u8>>, SecretError> {
+pub(crate) async fn get_secret(sessions: &Group, id: &str) -> Result<Option<Vec<u8>>, SecretError> {
     sessions
         .any(|session| async move {
             if !session.supports(METHOD) {

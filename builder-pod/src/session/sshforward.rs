@@ -36,7 +36,7 @@ pub enum SshError {
 
 /// A socket that forwards to the client's agent while it lives.
 #[derive(Debug)]
-pub struct AgentSocket {
+pub(crate) struct AgentSocket {
     pub path: PathBuf,
     accept: JoinHandle<()>,
 }
@@ -48,7 +48,7 @@ impl Drop for AgentSocket {
 }
 
 /// Whether the client forwards agent `id`.
-pub async fn check(session: &Session, id: &str) -> Result<bool, SshError> {
+pub(crate) async fn check(session: &Session, id: &str) -> Result<bool, SshError> {
     if !session.supports(FORWARD) {
         return Ok(false);
     }
@@ -66,13 +66,13 @@ pub async fn check(session: &Session, id: &str) -> Result<bool, SshError> {
 }
 
 /// The first session of the build that forwards agent `id`.
-pub async fn find(sessions: &Group, id: &str) -> Result<Option<Arc<Session>>, SshError> {
+pub(crate) async fn find(sessions: &Group, id: &str) -> Result<Option<Arc<Session>>, SshError> {
     sessions.any(|session| async move { Ok(check(&session, id).await?.then_some(session)) }).await
 }
 
 /// Listens on `dir/agent.sock` (owned `uid:gid`, mode `mode`) and forwards
 /// each connection to the client's agent `id`.
-pub fn listen(
+pub(crate) fn listen(
     session: Arc<Session>,
     id: &str,
     dir: &Path,

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::PollSender;
 
 /// Reads from `incoming`, writes one `BytesMessage` per write into `outgoing`.
-pub struct Tunnel<S> {
+pub(crate) struct Tunnel<S> {
     incoming: S,
     pending: Bytes,
     eof: bool,
@@ -34,7 +34,7 @@ impl<S> Tunnel<S>
 where
     S: Stream<Item = Result<BytesMessage, tonic::Status>> + Unpin,
 {
-    pub fn new(incoming: S, outgoing: mpsc::Sender<Result<BytesMessage, tonic::Status>>) -> Self {
+    pub(crate) fn new(incoming: S, outgoing: mpsc::Sender<Result<BytesMessage, tonic::Status>>) -> Self {
         Self { incoming, pending: Bytes::new(), eof: false, outgoing: PollSender::new(outgoing) }
     }
 }

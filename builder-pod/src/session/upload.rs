@@ -13,7 +13,7 @@ use tonic::metadata::MetadataValue;
 use super::{Group, origin};
 
 /// The host that names a session upload instead of a server.
-pub const SESSION_HOST: &str = "buildkit-session";
+pub(crate) const SESSION_HOST: &str = "buildkit-session";
 const METHOD: &str = "/moby.upload.v1.Upload/Pull";
 
 #[derive(Debug, thiserror::Error)]
@@ -27,21 +27,21 @@ pub enum PullError {
 }
 
 /// The path (`/<id>`) of a session upload URL; `None` for any other URL.
-pub fn upload_path(url: &str) -> Option<&str> {
+pub(crate) fn upload_path(url: &str) -> Option<&str> {
     let path = url.strip_prefix("http://")?.strip_prefix(SESSION_HOST)?;
     (path.len() > 1 && path.starts_with('/')).then_some(path)
 }
 
 /// The bytes of one upload as the client sends them.
 #[derive(Debug)]
-pub struct Pull {
+pub(crate) struct Pull {
     url: String,
     stream: tonic::Streaming<BytesMessage>,
 }
 
 impl Pull {
     /// The next chunk; `None` once the client has sent everything.
-    pub async fn chunk(&mut self) -> Result<Option<Vec<u8>>, PullError> {
+    pub(crate) async fn chunk(&mut self) -> Result<Option<Vec<u8>>, PullError> {
         let message = self
             .stream
             .message()
@@ -53,7 +53,7 @@ impl Pull {
 
 /// Opens the Pull of `url` on the first of the build's sessions that serves
 /// uploads; the client answers with the bytes, then ends the stream.
-pub async fn open(sessions: &Group, url: &str) -> Result<Pull, PullError> {
+pub(crate) async fn open(sessions: &Group, url: &str) -> Result<Pull, PullError> {
     let path = upload_path(url).unwrap_or(url);
     let stream = sessions
         .any(|session| async move {

@@ -15,7 +15,7 @@ use super::{
 
 /// How entry mtimes are written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum MtimePolicy {
+pub(crate) enum MtimePolicy {
     /// As on disk (whole seconds).
     #[default]
     Keep,
@@ -38,7 +38,7 @@ impl MtimePolicy {
 }
 
 #[derive(Debug, Clone, Default)]
-pub struct DiffOptions {
+pub(crate) struct DiffOptions {
     pub mtime: MtimePolicy,
     /// The merged view of the layers the diff was made over. An entry the
     /// same as the one there (by `same_as_below`) is left out, and a
@@ -58,7 +58,11 @@ pub struct DiffOptions {
 /// Sockets cannot be stored in a tar and are left out, as containerd does.
 /// Whiteouts and opaque directories are always written, and nothing under
 /// an opaque directory is compared with the lower view, which it hides.
-pub fn diff_to_tar<W: Write>(diff_dir: &Path, writer: W, options: &DiffOptions) -> Result<W, SnapshotError> {
+pub(crate) fn diff_to_tar<W: Write>(
+    diff_dir: &Path,
+    writer: W,
+    options: &DiffOptions,
+) -> Result<W, SnapshotError> {
     let mut walker =
         Walker { builder: tar::Builder::new(writer), options, links: HashMap::new(), unwritten: Vec::new() };
     walker.walk(diff_dir, b"", options.lower.as_deref())?;

@@ -23,18 +23,18 @@ mod pgzip;
 use std::io;
 use std::path::{Path, PathBuf};
 
-pub use apply::apply_layer;
-pub use compression::{CompressWriter, Compression, LayerDigests, compress, decompress};
-pub use diff::{DiffOptions, MtimePolicy, diff_to_tar};
-pub use flatten::flatten;
+pub(crate) use apply::apply_layer;
+pub(crate) use compression::{CompressWriter, Compression, LayerDigests, compress, decompress};
+pub(crate) use diff::{DiffOptions, MtimePolicy, diff_to_tar};
+pub(crate) use flatten::flatten;
 
 /// The xattr overlayfs reads to make a directory opaque (as root; a mount in
 /// a user namespace with `userxattr` reads `user.overlay.opaque`).
-pub const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+pub(crate) const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 /// Prefix of a whiteout in a layer tar.
-pub const WHITEOUT_PREFIX: &str = ".wh.";
+pub(crate) const WHITEOUT_PREFIX: &str = ".wh.";
 /// Name of the marker entry that makes its directory opaque in a layer tar.
-pub const OPAQUE_WHITEOUT: &str = ".wh..wh..opq";
+pub(crate) const OPAQUE_WHITEOUT: &str = ".wh..wh..opq";
 /// Prefix of the AUFS metadata names, which are never real files.
 const WHITEOUT_META_PREFIX: &str = ".wh..wh.";
 

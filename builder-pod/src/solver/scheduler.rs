@@ -28,7 +28,7 @@ use crate::progress::now;
 use crate::session::Group;
 use crate::source::Resolved;
 
-pub type OpError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type OpError = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SolveError {
@@ -53,7 +53,7 @@ pub enum SolveError {
 /// What a build brings to the ops that need the client: its sessions and
 /// its permissions, and a token that fires when the client goes away.
 #[derive(Debug)]
-pub struct BuildContext {
+pub(crate) struct BuildContext {
     pub job: Arc<Job>,
     /// The build's session first, then any others it may use.
     pub sessions: Group,
@@ -64,7 +64,7 @@ pub struct BuildContext {
 
 /// How each kind of op is carried out; the scheduler decides when.
 #[async_trait::async_trait]
-pub trait Ops: Send + Sync + fmt::Debug {
+pub(crate) trait Ops: Send + Sync + fmt::Debug {
     /// Identifies a source op's content.
     async fn resolve_source(&self, vertex: &Vertex, ctx: &BuildContext) -> Result<Resolved, OpError>;
 
@@ -100,7 +100,7 @@ struct Outcome {
 type SharedRun = Shared<BoxFuture<'static, Result<Vec<Snapshot>, Arc<SolveError>>>>;
 
 #[derive(Debug)]
-pub struct Solver {
+pub(crate) struct Solver {
     cache: Arc<CacheManager>,
     ops: Arc<dyn Ops>,
     /// Vertices running now, by cache key: a second build needing one waits for it.
@@ -108,16 +108,16 @@ pub struct Solver {
 }
 
 impl Solver {
-    pub fn new(cache: Arc<CacheManager>, ops: Arc<dyn Ops>) -> Arc<Self> {
+    pub(crate) fn new(cache: Arc<CacheManager>, ops: Arc<dyn Ops>) -> Arc<Self> {
         Arc::new(Self { cache, ops, running: Arc::default() })
     }
 
-    pub fn cache(&self) -> &Arc<CacheManager> {
+    pub(crate) fn cache(&self) -> &Arc<CacheManager> {
         &self.cache
     }
 
     /// Solves the graph's result; `None` is an empty result (scratch).
-    pub async fn solve(
+    pub(crate) async fn solve(
         self: &Arc<Self>,
         graph: &Graph,
         ctx: Arc<BuildContext>,
@@ -303,7 +303,7 @@ fn report_error(ctx: &BuildContext, progress: &ProgressVertex, message: &str) {
 const SESSION_ATTRS: &[&str] = &["local.session", "local.unique"];
 
 /// The vertex's cache key (see the module comment).
-pub fn cache_key<'a>(
+pub(crate) fn cache_key<'a>(
     vertex: &Vertex,
     input_keys: impl Iterator<Item = &'a str>,
     source_key: Option<&str>,

@@ -42,7 +42,7 @@ pub enum LocalError {
 
 /// What the source op asks for.
 #[derive(Debug, Clone, Default)]
-pub struct LocalSource {
+pub(crate) struct LocalSource {
     pub name: String,
     pub session: Option<String>,
     pub shared_key_hint: String,
@@ -52,7 +52,7 @@ pub struct LocalSource {
 
 impl LocalSource {
     /// Reads `local://NAME` and its attributes (`solver/pb/attr.go`).
-    pub fn parse(name: &str, attrs: &BTreeMap<String, String>) -> Result<Self, LocalError> {
+    pub(crate) fn parse(name: &str, attrs: &BTreeMap<String, String>) -> Result<Self, LocalError> {
         let list = |attr: &str| -> Result<Vec<String>, LocalError> {
             match attrs.get(attr) {
                 None => Ok(Vec::new()),
@@ -91,7 +91,7 @@ impl LocalSource {
 
 /// A transferred local directory, as a snapshot and a content key.
 #[derive(Debug)]
-pub struct Transferred {
+pub(crate) struct Transferred {
     /// The whole tree in one layer, or the last snapshot with a layer of
     /// the difference on top.
     pub snapshot: Snapshot,
@@ -109,7 +109,7 @@ const DIFFERENCE_RATIO: u64 = 8;
 
 /// The session to read `src` from: the one its op names, else the build's
 /// (docs/protocol.md §3.3).
-pub async fn find_session(sessions: &Group, src: &LocalSource) -> Result<Arc<Session>, LocalError> {
+pub(crate) async fn find_session(sessions: &Group, src: &LocalSource) -> Result<Arc<Session>, LocalError> {
     sessions
         .preferring(src.session.as_deref())
         .first()
@@ -120,7 +120,7 @@ pub async fn find_session(sessions: &Group, src: &LocalSource) -> Result<Arc<Ses
 /// Transfers `src` from `session` into its kept directory and snapshots it.
 /// Concurrent transfers into one directory must be serialised by the caller
 /// (`sync_dir` names the directory).
-pub async fn transfer(
+pub(crate) async fn transfer(
     cache: &CacheManager,
     session: &Session,
     src: &LocalSource,
@@ -175,7 +175,7 @@ pub async fn transfer(
 }
 
 /// The directory kept for one client project: `<name>:<hint>:<shared key>` (docs/protocol.md §3.3).
-pub fn sync_dir(cache: &CacheManager, src: &LocalSource, shared_key: &str) -> PathBuf {
+pub(crate) fn sync_dir(cache: &CacheManager, src: &LocalSource, shared_key: &str) -> PathBuf {
     let key = format!("{}:{}:{}", src.name, src.shared_key_hint, shared_key);
     cache.root().join("local").join(hex::encode(Sha256::digest(key.as_bytes())))
 }

@@ -10,11 +10,11 @@
 //! `http(s)://` downloads one file (`source::http`); `git://` resolves a ref
 //! to a commit and checks it out on a miss (`source::git`).
 
-pub mod git;
-pub mod http;
-pub mod image;
-pub mod local;
-pub mod upload;
+pub(crate) mod git;
+pub(crate) mod http;
+pub(crate) mod image;
+pub(crate) mod local;
+pub(crate) mod upload;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -41,7 +41,7 @@ use self::upload::{UploadError, UploadSource, Uploads};
 
 /// A source's identity, found before the cache is consulted.
 #[derive(Clone, Debug)]
-pub struct Resolved {
+pub(crate) struct Resolved {
     /// What the content is: a manifest digest, a content hash.
     pub key: String,
     /// The snapshot, when resolving already produced it (a transferred local directory).
@@ -84,7 +84,7 @@ pub enum SourceError {
 
 /// Sources: the registry, the content store, and the client's directories.
 #[derive(Debug)]
-pub struct Sources {
+pub(crate) struct Sources {
     pub cache: Arc<CacheManager>,
     pub metrics: Arc<Metrics>,
     pub content: ContentStore,
@@ -149,7 +149,7 @@ fn platform_of(op: &pb::Op) -> Platform {
 }
 
 impl Sources {
-    pub fn new(
+    pub(crate) fn new(
         cache: Arc<CacheManager>,
         content: ContentStore,
         registry: Registry,
@@ -170,7 +170,7 @@ impl Sources {
     }
 
     /// File hashes kept across builds, for content keys.
-    pub fn hashes(&self) -> &HashCache {
+    pub(crate) fn hashes(&self) -> &HashCache {
         &self.hashes
     }
 
@@ -179,7 +179,7 @@ impl Sources {
     }
 
     /// An image's manifest and config for one platform, with the build's credentials.
-    pub async fn resolve_image(
+    pub(crate) async fn resolve_image(
         &self,
         reference: &Reference,
         platform: &Platform,
@@ -190,7 +190,7 @@ impl Sources {
 
     /// What the source op of vertex `digest` stands for; a local transfer
     /// reports its size on `progress`.
-    pub async fn resolve(
+    pub(crate) async fn resolve(
         &self,
         digest: &str,
         op: &pb::Op,
@@ -330,7 +330,7 @@ impl Sources {
     }
 
     /// The snapshot of a source whose cache record was missing.
-    pub async fn load(
+    pub(crate) async fn load(
         &self,
         resolved: Option<Resolved>,
         source: &pb::SourceOp,

@@ -39,7 +39,7 @@ pub enum UploadError {
 
 /// A session upload as an LLB source: the URL and how to store the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UploadSource {
+pub(crate) struct UploadSource {
     pub url: String,
     /// A single path component.
     pub filename: String,
@@ -50,7 +50,7 @@ pub struct UploadSource {
 
 /// What [`UploadSource::fetch`] made: a committed layer and its cache key.
 #[derive(Debug, Clone)]
-pub struct Fetched {
+pub(crate) struct Fetched {
     pub key: String,
     pub layer: String,
     pub bytes: u64,
@@ -59,7 +59,10 @@ pub struct Fetched {
 impl UploadSource {
     /// The source an LLB identifier and its attrs describe, when the
     /// identifier is a session upload URL.
-    pub fn parse(identifier: &str, attrs: &BTreeMap<String, String>) -> Option<Result<Self, UploadError>> {
+    pub(crate) fn parse(
+        identifier: &str,
+        attrs: &BTreeMap<String, String>,
+    ) -> Option<Result<Self, UploadError>> {
         let path = upload_path(identifier)?;
         Some(Self::from_attrs(identifier, path, attrs))
     }
@@ -107,7 +110,7 @@ impl UploadSource {
     /// Pulls the upload into a new layer as one file with the source's mode
     /// and owner and mtime 0, as upstream's HTTP source stores a download
     /// without `Last-Modified`.
-    pub async fn fetch(&self, cache: &CacheManager, sessions: &Group) -> Result<Fetched, UploadError> {
+    pub(crate) async fn fetch(&self, cache: &CacheManager, sessions: &Group) -> Result<Fetched, UploadError> {
         let mut pull = open(sessions, &self.url).await?;
         let layer = cache.new_layer()?;
         let path = layer.path().join(&self.filename);
@@ -154,7 +157,7 @@ const REMEMBERED: usize = 64;
 /// the source in every solve that reaches it, so later solves reuse the
 /// first fetch.
 #[derive(Debug, Default)]
-pub struct Uploads {
+pub(crate) struct Uploads {
     fetched: Mutex<Remembered>,
 }
 
@@ -163,7 +166,7 @@ type Remembered = (HashMap<String, Arc<tokio::sync::OnceCell<Fetched>>>, VecDequ
 
 impl Uploads {
     /// The fetch of `source`, made at most once; a failed fetch is not kept.
-    pub async fn fetch(
+    pub(crate) async fn fetch(
         &self,
         source: &UploadSource,
         cache: &CacheManager,
@@ -266,7 +269,7 @@ mod tests {
         use crate::session::tunnel::Tunnel;
         use crate::session::{HEADER_METHOD, HEADER_UUID};
 
-        pub struct Uploader {
+        pub(super) struct Uploader {
             pub chunks: Vec<Vec<u8>>,
             pub asked: Arc<Mutex<Vec<String>>>,
         }
@@ -287,7 +290,7 @@ mod tests {
             }
         }
 
-        pub async fn serve(manager: &Arc<SessionManager>, id: &str, uploader: Uploader) {
+        pub(super) async fn serve(manager: &Arc<SessionManager>, id: &str, uploader: Uploader) {
             let mut md = MetadataMap::new();
             md.insert(HEADER_UUID, id.parse().unwrap());
             // bollard lower-cases method names; the daemon must not care.

@@ -52,14 +52,14 @@ pub enum FrontendError {
 /// the metadata the exporters read (`containerimage.config[/<platform>]`,
 /// `refs.platforms`).
 #[derive(Debug)]
-pub struct FrontendResult {
+pub(crate) struct FrontendResult {
     pub refs: FrontendRefs,
     pub metadata: HashMap<String, Vec<u8>>,
 }
 
 /// `Result.Ref` or `Result.Refs`.
 #[derive(Debug)]
-pub enum FrontendRefs {
+pub(crate) enum FrontendRefs {
     Single(SolvedRef),
     /// By platform id (`linux/arm64`), in the order the platforms were asked for.
     Platforms(Vec<(String, SolvedRef)>),
@@ -69,7 +69,7 @@ impl FrontendRefs {
     /// The result as the LLBBridge returns it, each snapshot registered by
     /// `add_ref` under the id it returns; `array` is the client's
     /// `AllowResultArrayRef` (refs with their definitions).
-    pub fn into_gateway<E>(
+    pub(crate) fn into_gateway<E>(
         self,
         array: bool,
         mut add_ref: impl FnMut(Option<Snapshot>) -> Result<String, E>,
@@ -103,7 +103,7 @@ impl FrontendRefs {
 
 /// One solved result and the LLB it came from.
 #[derive(Debug)]
-pub struct SolvedRef {
+pub(crate) struct SolvedRef {
     pub snapshot: Option<Snapshot>,
     pub definition: pb::Definition,
 }
@@ -158,7 +158,7 @@ fn is_native_syntax(image: &str) -> bool {
 
 /// Runs the frontend for a build whose client session is `session_id`;
 /// `inputs` are the Solve's frontend inputs (`input:NAME` contexts).
-pub async fn build(
+pub(crate) async fn build(
     solver: &Arc<Solver>,
     sources: &Sources,
     ctx: &Arc<BuildContext>,

@@ -33,10 +33,10 @@ use kiln_proto::buildkit::pb;
 use sha2::{Digest as _, Sha256};
 use tracing::instrument;
 
-pub use self::error::{ConvertError, ConvertErrorKind};
+pub(crate) use self::error::{ConvertError, ConvertErrorKind};
 use self::error::{Fail, Lines, Result};
-pub use self::image::{Empty, Healthcheck as ImageHealthcheck, History, Image, ImageConfig, RootFs};
-pub use self::named::NamedContexts;
+pub(crate) use self::image::{Empty, Healthcheck as ImageHealthcheck, History, Image, ImageConfig, RootFs};
+pub(crate) use self::named::NamedContexts;
 
 use super::instructions::{self, ArgCommand, Command, InstructionError, Stage, StageError};
 use super::linter::{CheckConfig, Rule, Warning};
@@ -49,7 +49,7 @@ use crate::frontend::llb::{
 use crate::fsutil::PatternMatcher;
 use crate::util::strconv;
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// `emptyImageName`.
 const SCRATCH: &str = "scratch";
@@ -58,7 +58,7 @@ const DESCRIPTION_COMMAND: &str = "com.docker.dockerfile.v1.command";
 
 /// A base image resolved to one platform.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ResolvedConfig {
+pub(crate) struct ResolvedConfig {
     /// The normalised reference with the digest it resolved to,
     /// `docker.io/library/busybox:latest@sha256:…`.
     pub pinned_reference: String,
@@ -70,7 +70,7 @@ pub struct ResolvedConfig {
 /// it with its registry client and shows `[internal] load metadata for
 /// <reference>` while it runs.
 #[async_trait]
-pub trait ImageResolver: Send + Sync {
+pub(crate) trait ImageResolver: Send + Sync {
     /// `reference` is normalised (`docker.io/library/busybox:latest`).
     async fn resolve(&self, reference: &str, platform: &Platform) -> Result<ResolvedConfig, BoxError>;
 }
@@ -79,7 +79,7 @@ pub trait ImageResolver: Send + Sync {
 /// docs/protocol.md §6). [`ConvertOptions::from_frontend_attrs`] reads
 /// them from a Solve's frontend attributes.
 #[derive(Clone, Debug)]
-pub struct ConvertOptions {
+pub(crate) struct ConvertOptions {
     pub target: Option<String>,
     pub build_args: BTreeMap<String, String>,
     pub labels: BTreeMap<String, String>,
@@ -159,7 +159,7 @@ impl Default for ConvertOptions {
 
 /// The result of a conversion.
 #[derive(Clone, Debug)]
-pub struct Converted {
+pub(crate) struct Converted {
     /// The target stage's LLB; no ops at all when it is plain scratch.
     pub definition: pb::Definition,
     /// The target's image config JSON, as buildkitd's frontend returns it.
@@ -257,7 +257,7 @@ impl Cmd {
 
 /// Converts `dockerfile` to LLB for `opts.target` (the last stage when unset).
 #[instrument(skip_all, fields(target = opts.target.as_deref().unwrap_or(""), session.id = %opts.session_id))]
-pub async fn convert(
+pub(crate) async fn convert(
     dockerfile: &str,
     opts: &ConvertOptions,
     resolver: &dyn ImageResolver,

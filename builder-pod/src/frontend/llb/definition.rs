@@ -28,7 +28,7 @@ pub(super) struct DefinedOp {
 
 impl DefinitionVertex {
     /// The op the definition returns.
-    pub fn returned(&self) -> Result<&DefinedOp, LlbError> {
+    pub(super) fn returned(&self) -> Result<&DefinedOp, LlbError> {
         self.ops.get(self.head).ok_or_else(|| invalid("it returns no op"))
     }
 }
@@ -38,7 +38,7 @@ fn invalid(reason: impl Into<String>) -> LlbError {
 }
 
 /// The state `def` returns; scratch when it has no ops.
-pub fn from_definition(def: &pb::Definition) -> Result<State, LlbError> {
+pub(crate) fn from_definition(def: &pb::Definition) -> Result<State, LlbError> {
     let Some((terminal, ops)) = def.def.split_last() else {
         return Ok(State::scratch());
     };

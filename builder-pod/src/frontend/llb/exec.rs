@@ -11,14 +11,14 @@ use super::{LlbError, NetMode, SecurityMode, caps};
 
 /// An `/etc/hosts` entry added to the container.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HostIp {
+pub(crate) struct HostIp {
     pub host: String,
     /// The address as text, already in canonical form.
     pub ip: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Ulimit {
+pub(crate) struct Ulimit {
     pub name: String,
     pub soft: i64,
     pub hard: i64,
@@ -26,7 +26,7 @@ pub struct Ulimit {
 
 /// Proxy variables handed to the process outside its cache key (`pb.ProxyEnv`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ProxyEnv {
+pub(crate) struct ProxyEnv {
     pub http_proxy: String,
     pub https_proxy: String,
     pub ftp_proxy: String,
@@ -35,7 +35,7 @@ pub struct ProxyEnv {
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum CacheSharing {
+pub(crate) enum CacheSharing {
     #[default]
     Shared,
     Private,
@@ -43,7 +43,7 @@ pub enum CacheSharing {
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum MountContentCache {
+pub(crate) enum MountContentCache {
     #[default]
     Default,
     On,
@@ -52,7 +52,7 @@ pub enum MountContentCache {
 
 /// A secret exposed to the process as a file, an environment variable or both.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SecretInfo {
+pub(crate) struct SecretInfo {
     pub id: String,
     pub target: Option<String>,
     pub env: Option<String>,
@@ -64,7 +64,7 @@ pub struct SecretInfo {
 
 impl SecretInfo {
     /// A secret with the defaults of `llb.AddSecretWithDest` (mode 0400).
-    pub fn new(id: &str, target: Option<&str>) -> Self {
+    pub(crate) fn new(id: &str, target: Option<&str>) -> Self {
         Self {
             id: id.to_owned(),
             target: target.map(str::to_owned),
@@ -79,7 +79,7 @@ impl SecretInfo {
 
 /// A forwarded SSH agent socket.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SshInfo {
+pub(crate) struct SshInfo {
     pub id: String,
     /// Empty: `/run/buildkit/ssh_agent.<n>`.
     pub target: String,
@@ -91,20 +91,20 @@ pub struct SshInfo {
 
 impl SshInfo {
     /// A socket with the defaults of `llb.AddSSHSocket` (mode 0600).
-    pub fn new(id: &str) -> Self {
+    pub(crate) fn new(id: &str) -> Self {
         Self { id: id.to_owned(), target: String::new(), mode: 0o600, uid: 0, gid: 0, optional: false }
     }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CdiDevice {
+pub(crate) struct CdiDevice {
     pub name: String,
     pub optional: bool,
 }
 
 /// A mount besides the root filesystem (`llb.AddMount` and its options).
 #[derive(Clone, Debug)]
-pub struct Mount {
+pub(crate) struct Mount {
     pub target: String,
     pub source: State,
     pub selector: String,
@@ -117,7 +117,7 @@ pub struct Mount {
 
 impl Mount {
     /// `source` bind-mounted read-write at `target`.
-    pub fn new(target: &str, source: &State) -> Self {
+    pub(crate) fn new(target: &str, source: &State) -> Self {
         Self {
             target: target.to_owned(),
             source: source.clone(),
@@ -130,31 +130,31 @@ impl Mount {
         }
     }
 
-    pub fn readonly(mut self) -> Self {
+    pub(crate) fn readonly(mut self) -> Self {
         self.readonly = true;
         self
     }
 
     /// `llb.SourcePath`: mount this path of the source.
-    pub fn selector(mut self, path: &str) -> Self {
+    pub(crate) fn selector(mut self, path: &str) -> Self {
         self.selector = path.to_owned();
         self
     }
 
     /// `llb.ForceNoOutput`: writable, but the changes are discarded.
-    pub fn no_output(mut self) -> Self {
+    pub(crate) fn no_output(mut self) -> Self {
         self.no_output = true;
         self
     }
 
     /// `llb.AsPersistentCacheDir`.
-    pub fn cache(mut self, id: &str, sharing: CacheSharing) -> Self {
+    pub(crate) fn cache(mut self, id: &str, sharing: CacheSharing) -> Self {
         self.cache = Some((id.to_owned(), sharing));
         self
     }
 
     /// `llb.Tmpfs` with a size in bytes (0 = default).
-    pub fn tmpfs(mut self, size: i64) -> Self {
+    pub(crate) fn tmpfs(mut self, size: i64) -> Self {
         self.tmpfs = Some(size);
         self
     }
@@ -164,7 +164,7 @@ impl Mount {
 /// exec only; the state returned by [`ExecState::root`] keeps the settings
 /// of the state it ran on.
 #[derive(Clone, Debug, Default)]
-pub struct ExecOptions {
+pub(crate) struct ExecOptions {
     pub args: Vec<String>,
     pub proxy_env: Option<ProxyEnv>,
     pub readonly_rootfs: bool,
@@ -216,7 +216,7 @@ pub(super) struct ExecVertex {
 
 /// The result of [`State::run`]: the new root and the mounts' outputs.
 #[derive(Clone, Debug)]
-pub struct ExecState {
+pub(crate) struct ExecState {
     root: State,
     mounts: Vec<MountResult>,
 }
@@ -233,13 +233,13 @@ struct MountResult {
 
 impl ExecState {
     /// The root filesystem after the process ran.
-    pub fn root(&self) -> State {
+    pub(crate) fn root(&self) -> State {
         self.root.clone()
     }
 
     /// The mount at `target` after the process ran, carrying the settings of
     /// the state that was mounted (`ExecState.AddMount`'s result).
-    pub fn mount(&self, target: &str) -> Result<State, LlbError> {
+    pub(crate) fn mount(&self, target: &str) -> Result<State, LlbError> {
         let m = self
             .mounts
             .iter()
@@ -252,7 +252,7 @@ impl ExecState {
 
 impl State {
     /// Runs a process on this state (`State.Run`).
-    pub fn run(&self, opts: ExecOptions, mounts: Vec<Mount>) -> ExecState {
+    pub(crate) fn run(&self, opts: ExecOptions, mounts: Vec<Mount>) -> ExecState {
         let mut meta = self.meta.clone();
         if let Some(n) = opts.network {
             meta.network = n;

@@ -22,7 +22,7 @@ use crate::solver::llb::digest_of;
 
 /// A source file ops point back into, e.g. the Dockerfile (`llb.SourceMap`).
 #[derive(Clone, Debug, PartialEq)]
-pub struct SourceMap {
+pub(crate) struct SourceMap {
     pub filename: String,
     pub language: String,
     pub data: Vec<u8>,
@@ -32,14 +32,14 @@ pub struct SourceMap {
 
 /// Lines of a [`SourceMap`] an op comes from.
 #[derive(Clone, Debug)]
-pub struct SourceLocation {
+pub(crate) struct SourceLocation {
     pub map: Arc<SourceMap>,
     pub ranges: Vec<pb::Range>,
 }
 
 /// Marshal-wide defaults (`State.SetMarshalDefaults` / `Marshal` options).
 #[derive(Clone, Debug, Default)]
-pub struct MarshalOptions {
+pub(crate) struct MarshalOptions {
     /// The platform of ops that set none; the host's when unset.
     pub platform: Option<Platform>,
     /// The LLB caps the daemon supports (`llb.WithCaps`); `None` when unknown.
@@ -258,7 +258,7 @@ impl Walk<'_, '_> {
 
 /// Marshals the graph below `state`. A scratch state gives a definition
 /// with no ops at all, as upstream's does.
-pub fn marshal(state: &State, opts: &MarshalOptions) -> Result<pb::Definition, LlbError> {
+pub(crate) fn marshal(state: &State, opts: &MarshalOptions) -> Result<pb::Definition, LlbError> {
     let Some(output) = state.output() else {
         return Ok(pb::Definition::default());
     };

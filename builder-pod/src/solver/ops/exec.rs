@@ -28,7 +28,7 @@ use crate::solver::entitlements::{self, EntitlementError};
 use crate::solver::scheduler::BuildContext;
 
 #[derive(Debug, thiserror::Error)]
-pub enum ExecOpError {
+pub(crate) enum ExecOpError {
     #[error(transparent)]
     Mount(#[from] MountError),
     #[error(transparent)]
@@ -63,7 +63,7 @@ fn prepare_err(path: &Path) -> impl FnOnce(std::io::Error) -> ExecOpError + '_ {
 
 /// Persistent `RUN --mount=type=cache` directories with their sharing modes.
 #[derive(Debug, Default)]
-pub struct CacheMounts {
+pub(crate) struct CacheMounts {
     locks: KeyedLocks,
 }
 
@@ -92,7 +92,7 @@ impl Drop for SecretDir {
     }
 }
 
-pub struct ExecContext<'a> {
+pub(crate) struct ExecContext<'a> {
     pub cache: &'a CacheManager,
     pub cache_mounts: &'a CacheMounts,
     pub executor: &'a dyn Executor,
@@ -107,7 +107,7 @@ impl std::fmt::Debug for ExecContext<'_> {
 }
 
 /// Runs the step and returns one snapshot per output index.
-pub async fn run(
+pub(crate) async fn run(
     cx: ExecContext<'_>,
     op: &pb::ExecOp,
     inputs: &[Snapshot],

@@ -1,8 +1,8 @@
 //! How kilnd carries out each kind of LLB op on this machine.
 
-pub mod exec;
-pub mod fileop;
-pub mod merge;
+pub(crate) mod exec;
+pub(crate) mod fileop;
+pub(crate) mod merge;
 
 use std::sync::Arc;
 
@@ -16,7 +16,7 @@ use crate::source::{Resolved, Sources};
 
 /// The ops of kilnd's one worker: sources through the client's session and
 /// registries, file changes through overlay mounts, steps through the OCI runtime.
-pub struct WorkerOps {
+pub(crate) struct WorkerOps {
     pub cache: Arc<CacheManager>,
     pub sources: Arc<Sources>,
     pub executor: Arc<dyn Executor>,
@@ -33,7 +33,7 @@ impl std::fmt::Debug for WorkerOps {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum OpsError {
+pub(crate) enum OpsError {
     #[error("{0} ops are not supported by kilnd yet")]
     UnsupportedOp(&'static str),
     #[error("LLB op has no operation")]

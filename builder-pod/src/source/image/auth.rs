@@ -15,7 +15,7 @@ use crate::session::{Group, auth};
 /// secret means the secret is an identity (refresh) token, which is how
 /// BuildKit's session `Auth.Credentials` hands over `identitytoken` logins.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Credentials {
+pub(crate) struct Credentials {
     pub username: String,
     pub secret: String,
 }
@@ -30,14 +30,14 @@ impl fmt::Debug for Credentials {
 }
 
 /// The error a credentials source may fail with.
-pub type AuthError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type AuthError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Where credentials come from: the client's `Auth` service through the
 /// build's sessions (docs/protocol.md §4.4), or a fixed set.
 /// `host` is the registry's API host (`registry-1.docker.io` for Docker Hub),
 /// as BuildKit asks for it. It is only called when a registry challenges.
 #[async_trait]
-pub trait RegistryAuth: Send + Sync + fmt::Debug {
+pub(crate) trait RegistryAuth: Send + Sync + fmt::Debug {
     async fn credentials(&self, host: &str) -> Result<Option<Credentials>, AuthError>;
 
     /// A token for `scopes` from `realm`, fetched by the credentials' owner
@@ -56,7 +56,7 @@ pub trait RegistryAuth: Send + Sync + fmt::Debug {
 
 /// A registry token the client fetched.
 #[derive(Clone)]
-pub struct ClientToken {
+pub(crate) struct ClientToken {
     pub token: String,
     /// Seconds it lasts, when the client said.
     pub expires_in: Option<u64>,
@@ -73,7 +73,7 @@ impl fmt::Debug for ClientToken {
 
 /// No credentials: anonymous access only.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Anonymous;
+pub(crate) struct Anonymous;
 
 #[async_trait]
 impl RegistryAuth for Anonymous {
@@ -108,16 +108,16 @@ impl RegistryAuth for Group {
 /// A fixed set of credentials per host, for configuration-driven pulls and
 /// tests.
 #[derive(Debug, Clone, Default)]
-pub struct StaticCredentials {
+pub(crate) struct StaticCredentials {
     hosts: HashMap<String, Credentials>,
 }
 
 impl StaticCredentials {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
-    pub fn with(
+    pub(crate) fn with(
         mut self,
         host: impl Into<String>,
         username: impl Into<String>,
@@ -272,7 +272,7 @@ pub(super) enum Authorization {
 }
 
 impl AuthCache {
-    pub fn authorization(&self, host: &str, scope: &Scope) -> Option<Authorization> {
+    pub(super) fn authorization(&self, host: &str, scope: &Scope) -> Option<Authorization> {
         match self.hosts.get(host)? {
             HostAuth::Basic(credentials) => Some(Authorization::Basic(credentials.clone())),
             HostAuth::Bearer { tokens } => tokens
@@ -282,7 +282,7 @@ impl AuthCache {
         }
     }
 
-    pub fn store_token(&mut self, host: &str, scope: &Scope, token: CachedToken) {
+    pub(super) fn store_token(&mut self, host: &str, scope: &Scope, token: CachedToken) {
         let entry =
             self.hosts.entry(host.to_owned()).or_insert_with(|| HostAuth::Bearer { tokens: HashMap::new() });
         match entry {
@@ -311,7 +311,7 @@ pub(super) struct TokenResponse {
 }
 
 impl TokenResponse {
-    pub fn into_cached(self) -> Option<CachedToken> {
+    pub(super) fn into_cached(self) -> Option<CachedToken> {
         let token = self.token.filter(|t| !t.is_empty()).or(self.access_token.filter(|t| !t.is_empty()))?;
         // The spec's default lifetime is 60 s; renew a little early.
         let lifetime = Duration::from_secs(self.expires_in.unwrap_or(60).max(60));

@@ -32,14 +32,14 @@ use futures::{StreamExt, TryStreamExt};
 use tokio::io::AsyncRead;
 use tracing::instrument;
 
-pub use auth::{Anonymous, AuthError, ClientToken, Credentials, RegistryAuth, StaticCredentials};
-pub use manifest::{
+pub(crate) use auth::{Anonymous, AuthError, ClientToken, Credentials, RegistryAuth, StaticCredentials};
+pub(crate) use manifest::{
     DOCKER_CONFIG, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, Descriptor, Index, Manifest, OCI_CONFIG, OCI_INDEX,
     OCI_MANIFEST,
 };
-pub use platform::Platform;
-pub use reference::{DOCKER_HUB, Reference};
-pub use registry::{BlobPush, HostConfig, Registry, RegistryClient, RegistryHosts, RequestError};
+pub(crate) use platform::Platform;
+pub(crate) use reference::{DOCKER_HUB, Reference};
+pub(crate) use registry::{BlobPush, HostConfig, Registry, RegistryClient, RegistryHosts, RequestError};
 
 use crate::content::{ContentStore, Digest};
 
@@ -76,7 +76,7 @@ pub enum ImageError {
 
 /// One platform's image as a reference resolved to it.
 #[derive(Debug, Clone)]
-pub struct ResolvedImage {
+pub(crate) struct ResolvedImage {
     pub reference: Reference,
     /// The index (or manifest list) the reference pointed to, if it did.
     pub index: Option<IndexDocument>,
@@ -92,7 +92,7 @@ pub struct ResolvedImage {
 
 /// An index as fetched, with its digest.
 #[derive(Debug, Clone)]
-pub struct IndexDocument {
+pub(crate) struct IndexDocument {
     pub digest: Digest,
     pub media_type: String,
     pub bytes: Vec<u8>,
@@ -103,23 +103,23 @@ impl ResolvedImage {
     /// The digest to pin the reference to: the index's when the reference
     /// named one, else the manifest's (what BuildKit's `ResolveImageConfig`
     /// returns).
-    pub fn digest(&self) -> &Digest {
+    pub(crate) fn digest(&self) -> &Digest {
         self.index.as_ref().map_or(&self.manifest_digest, |i| &i.digest)
     }
 
     /// The reference pinned at [`Self::digest`].
-    pub fn pinned_reference(&self) -> Reference {
+    pub(crate) fn pinned_reference(&self) -> Reference {
         self.reference.with_digest(self.digest().clone())
     }
 
-    pub fn layers(&self) -> &[Descriptor] {
+    pub(crate) fn layers(&self) -> &[Descriptor] {
         &self.manifest.layers
     }
 }
 
 /// What [`RegistryClient::pull`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PullStats {
+pub(crate) struct PullStats {
     /// Layers downloaded.
     pub fetched: usize,
     /// Layers the store already had.
@@ -131,7 +131,7 @@ pub struct PullStats {
 impl RegistryClient {
     /// Resolves `reference` to the manifest and config for `platform`.
     #[instrument(skip_all, fields(image.ref = %reference, platform = %platform))]
-    pub async fn resolve(
+    pub(crate) async fn resolve(
         &self,
         reference: &Reference,
         platform: &Platform,
@@ -182,7 +182,11 @@ impl RegistryClient {
     /// Puts the image's documents and layers into `store`, downloading only
     /// the layers it lacks; every blob is verified against its digest.
     #[instrument(skip_all, fields(image.ref = %image.reference, image.digest = %image.digest()))]
-    pub async fn pull(&self, image: &ResolvedImage, store: &ContentStore) -> Result<PullStats, ImageError> {
+    pub(crate) async fn pull(
+        &self,
+        image: &ResolvedImage,
+        store: &ContentStore,
+    ) -> Result<PullStats, ImageError> {
         let name = image.reference.to_string();
         let store_err = |what| {
             let name = name.clone();
@@ -234,7 +238,7 @@ impl RegistryClient {
     /// Pushes one blob to `reference`'s repository unless it is there
     /// already, mounting it from another repository when one is known.
     #[instrument(skip_all, fields(image.ref = %reference, blob.digest = %digest, blob.size = size))]
-    pub async fn push_blob(
+    pub(crate) async fn push_blob(
         &self,
         reference: &Reference,
         digest: &Digest,
@@ -259,7 +263,7 @@ impl RegistryClient {
     /// `reference`'s repository as they come, and [`EarlyUpload::complete`]
     /// names the blob once its digest is known. Until then the registry
     /// holds an unfinished upload, never a blob or an image.
-    pub fn upload_while_made(&self, reference: &Reference) -> EarlyUpload {
+    pub(crate) fn upload_while_made(&self, reference: &Reference) -> EarlyUpload {
         let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(EARLY_UPLOAD_QUEUE);
         let body = reqwest::Body::wrap_stream(
             tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, std::io::Error>),
@@ -270,7 +274,7 @@ impl RegistryClient {
     }
 
     /// Pushes a blob from the content store.
-    pub async fn push_blob_from_store(
+    pub(crate) async fn push_blob_from_store(
         &self,
         reference: &Reference,
         store: &ContentStore,
@@ -289,7 +293,7 @@ impl RegistryClient {
     /// Pushes a manifest or index under the reference's tag (by its digest
     /// when the reference has none) and returns its digest.
     #[instrument(skip_all, fields(image.ref = %reference, media_type = media_type))]
-    pub async fn push_manifest(
+    pub(crate) async fn push_manifest(
         &self,
         reference: &Reference,
         media_type: &str,
@@ -315,7 +319,7 @@ impl RegistryClient {
     /// under the tag last, so a push that fails part-way never leaves a tag
     /// pointing at missing content.
     #[instrument(skip_all, fields(image.ref = %reference, media_type = media_type))]
-    pub async fn push_image(
+    pub(crate) async fn push_image(
         &self,
         reference: &Reference,
         store: &ContentStore,
@@ -364,7 +368,7 @@ const EARLY_UPLOAD_QUEUE: usize = 8;
 /// A blob being uploaded while it is made; see
 /// [`RegistryClient::upload_while_made`].
 #[derive(Debug)]
-pub struct EarlyUpload {
+pub(crate) struct EarlyUpload {
     tx: tokio::sync::mpsc::Sender<bytes::Bytes>,
     task: tokio::task::JoinHandle<Result<reqwest::Url, RequestError>>,
     client: RegistryClient,
@@ -374,13 +378,13 @@ pub struct EarlyUpload {
 impl EarlyUpload {
     /// Where the blob's bytes go, in order. A send fails once the upload
     /// has failed; the producer then goes on without it.
-    pub fn sender(&self) -> tokio::sync::mpsc::Sender<bytes::Bytes> {
+    pub(crate) fn sender(&self) -> tokio::sync::mpsc::Sender<bytes::Bytes> {
         self.tx.clone()
     }
 
     /// Ends the upload's body and completes it as `digest`. Every sender
     /// must have been dropped (the body ends when the last one is).
-    pub async fn complete(self, digest: &Digest) -> Result<(), RequestError> {
+    pub(crate) async fn complete(self, digest: &Digest) -> Result<(), RequestError> {
         let EarlyUpload { tx, task, client, reference } = self;
         drop(tx);
         let url = task.await.map_err(|e| RequestError::Protocol {
