@@ -85,7 +85,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("resolving {}", config.root.display()))?;
     let config = Config { root, ..config };
     let mut worker = Worker::new(&config.root, &config.oci_binary, &config.worker_labels)?;
-    worker.gc_policy = config.gc.iter().map(gc::Policy::to_proto).collect();
+    worker.gc_policy = config.gc.iter().copied().map(gc::Policy::to_proto).collect();
     let worker = Arc::new(worker);
     let collector = gc::Collector::new(config.gc.clone());
     let metrics = Arc::new(Metrics::new()?);

@@ -108,8 +108,6 @@ pub enum ContentError {
     NotFound { digest: Digest },
     #[error("reading blob {digest}: {source}")]
     Read { digest: Digest, source: io::Error },
-    #[error("deleting blob {digest}: {source}")]
-    Delete { digest: Digest, source: io::Error },
 }
 
 /// What a finished write stored.
@@ -141,10 +139,6 @@ impl ContentStore {
             std::fs::remove_file(&path).or_else(ignore_not_found).map_err(clean)?;
         }
         Ok(store)
-    }
-
-    pub(crate) fn root(&self) -> &Path {
-        &self.root
     }
 
     /// Where the blob lives (whether or not it is there yet).
@@ -182,14 +176,6 @@ impl ContentStore {
     }
 
     /// Removes the blob; `false` when it was not there.
-    pub(crate) async fn delete(&self, digest: &Digest) -> Result<bool, ContentError> {
-        match tokio::fs::remove_file(self.blob_path(digest)).await {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(source) => Err(ContentError::Delete { digest: digest.clone(), source }),
-        }
-    }
-
     fn read_error(&self, digest: &Digest, source: io::Error) -> ContentError {
         if source.kind() == io::ErrorKind::NotFound {
             ContentError::NotFound { digest: digest.clone() }
@@ -373,8 +359,7 @@ mod tests {
         assert_eq!(store.read(&digest).await.unwrap(), data);
         let path = store.blob_path(&digest);
         assert!(path.ends_with(format!("blobs/sha256/{}", digest.hex())), "{}", path.display());
-        assert!(store.delete(&digest).await.unwrap());
-        assert!(!store.delete(&digest).await.unwrap());
+        std::fs::remove_file(&path).unwrap();
         let err = store.read(&digest).await.unwrap_err().to_string();
         assert!(err.contains("not found"), "{err}");
     }
@@ -395,7 +380,7 @@ mod tests {
         assert!(err.to_string().contains("expected 100 bytes, got 14"), "{err}");
         assert!(!store.exists(&claimed).await);
         // Failed writes clean their temp files up.
-        assert_eq!(std::fs::read_dir(store.root().join("ingest")).unwrap().count(), 0);
+        assert_eq!(std::fs::read_dir(store.root.join("ingest")).unwrap().count(), 0);
     }
 
     #[tokio::test]
@@ -406,7 +391,7 @@ mod tests {
         let err = store.write(&digest, None, broken).await.unwrap_err();
         assert!(matches!(err, ContentError::ReadSource { .. }), "{err}");
         assert!(!store.exists(&digest).await);
-        assert_eq!(std::fs::read_dir(store.root().join("ingest")).unwrap().count(), 0);
+        assert_eq!(std::fs::read_dir(store.root.join("ingest")).unwrap().count(), 0);
     }
 
     struct FailingReader;
@@ -424,9 +409,9 @@ mod tests {
     #[tokio::test]
     async fn stale_ingest_files_are_removed_on_open() {
         let (dir, store) = store();
-        std::fs::write(store.root().join("ingest").join("blob-killed"), b"half a layer").unwrap();
+        std::fs::write(store.root.join("ingest").join("blob-killed"), b"half a layer").unwrap();
         let store = ContentStore::open(dir.path().join("content")).unwrap();
-        assert_eq!(std::fs::read_dir(store.root().join("ingest")).unwrap().count(), 0);
+        assert_eq!(std::fs::read_dir(store.root.join("ingest")).unwrap().count(), 0);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -443,7 +428,7 @@ mod tests {
             assert_eq!(result.unwrap().unwrap().digest, digest);
         }
         assert_eq!(store.read(&digest).await.unwrap(), data);
-        assert_eq!(std::fs::read_dir(store.root().join("ingest")).unwrap().count(), 0);
+        assert_eq!(std::fs::read_dir(store.root.join("ingest")).unwrap().count(), 0);
     }
 
     #[test]

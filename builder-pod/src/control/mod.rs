@@ -139,8 +139,7 @@ impl ControlService {
     /// registered before anything slow, done when the client calls Return.
     async fn solve_forwarded(&self, req: api::SolveRequest) -> Result<api::SolveResponse, Status> {
         let (_job, _cancel_on_drop, ctx) = self.start_build(&req)?;
-        let (_registration, build, returned) =
-            self.c.bridge.register(ctx, req.frontend_attrs.clone(), req.frontend_inputs.clone());
+        let (_registration, build, returned) = self.c.bridge.register(ctx, req.frontend_inputs.clone());
         let ret = returned
             .await
             .map_err(|_| Status::internal(format!("build {} ended without a result", req.r#ref)))?;

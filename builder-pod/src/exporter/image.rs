@@ -245,8 +245,7 @@ async fn layer_blob(
         // A step's layer is compared with the view it was made over, as
         // BuildKit's overlay differ does (util/overlay/overlay_linux.go).
         let below = base.map(|base| mount(&cache, &base, None)).transpose()?;
-        let options =
-            DiffOptions { lower: below.as_ref().map(|m| m.path().to_owned()), ..DiffOptions::default() };
+        let options = DiffOptions { lower: below.as_ref().map(|m| m.path().to_owned()) };
         let ingest = PassOn::new(content.ingest()?, side);
         let writer = compress(ingest, compression).map_err(err)?;
         let writer = diff_to_tar(&dir, writer, &options).map_err(err)?;

@@ -85,7 +85,6 @@ pub(crate) fn caps(ids: &[&str]) -> Vec<ApiCap> {
 pub(crate) struct ForwardedBuild {
     pub id: String,
     pub ctx: Arc<BuildContext>,
-    pub frontend_attrs: HashMap<String, String>,
     pub frontend_inputs: HashMap<String, Definition>,
     returned: Mutex<Option<oneshot::Sender<ReturnRequest>>>,
     /// Results handed to the client, by the ref id it will name them with.
@@ -497,7 +496,6 @@ impl Bridge {
     pub(crate) fn register(
         self: &Arc<Self>,
         ctx: Arc<BuildContext>,
-        frontend_attrs: HashMap<String, String>,
         frontend_inputs: HashMap<String, Definition>,
     ) -> (BridgeGuard, Arc<ForwardedBuild>, oneshot::Receiver<ReturnRequest>) {
         let (tx, rx) = oneshot::channel();
@@ -505,7 +503,6 @@ impl Bridge {
         let build = Arc::new(ForwardedBuild {
             id: id.clone(),
             ctx,
-            frontend_attrs,
             frontend_inputs,
             returned: Mutex::new(Some(tx)),
             refs: Mutex::new(HashMap::new()),

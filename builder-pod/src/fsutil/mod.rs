@@ -24,8 +24,8 @@ use kiln_proto::buildkit::fsutil::types::Packet;
 use kiln_proto::buildkit::fsutil::types::packet::PacketType;
 
 pub(crate) use patterns::{PatternError, PatternMatcher};
-pub(crate) use receive::{Change, Differ, Ownership, ReceiveOptions, ReceiveReport, receive};
-pub(crate) use send::{SendReport, WalkFilter, send};
+pub(crate) use receive::{Change, Differ, ReceiveOptions, ReceiveReport, receive};
+pub(crate) use send::{WalkFilter, send};
 
 /// Largest `PACKET_DATA` payload a sender writes (fsutil `send.go` buffer).
 pub(crate) const DATA_CHUNK: usize = 32 * 1024;

@@ -39,24 +39,12 @@ pub(crate) enum Differ {
     None,
 }
 
-/// Who owns the written entries.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) enum Ownership {
-    /// The uid and gid the sender reported.
-    #[default]
-    Preserve,
-    /// One fixed owner for everything, as a client exporting to its own
-    /// directory uses its own ids.
-    Fixed { uid: u32, gid: u32 },
-}
-
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ReceiveOptions {
     pub differ: Differ,
     /// Keep entries of `dest` the sender did not mention and take every
     /// file anew (the client side of a local export).
     pub merge: bool,
-    pub ownership: Ownership,
     /// Where to record each received file's content hash, computed as its
     /// data arrives, so the content key need not read the file again.
     pub hashes: Option<Arc<HashCache>>,
@@ -378,7 +366,7 @@ impl Receiver {
         self.outgoing.send(p).map_err(|_| FsutilError::PeerGone)
     }
 
-    fn on_stat(&mut self, mut stat: Stat) -> Result<(), FsutilError> {
+    fn on_stat(&mut self, stat: Stat) -> Result<(), FsutilError> {
         let id = self.next_id;
         self.next_id = self.next_id.checked_add(1).ok_or(FsutilError::TooManyEntries)?;
         self.report.entries += 1;
@@ -394,10 +382,6 @@ impl Receiver {
             }
         } else if kind != EntryKind::Dir && kind != EntryKind::Symlink {
             self.link_targets.insert(stat.path.clone());
-        }
-        if let Ownership::Fixed { uid, gid } = self.opts.ownership {
-            stat.uid = uid;
-            stat.gid = gid;
         }
 
         let abs = self.dest.join(&stat.path);

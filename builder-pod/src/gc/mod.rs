@@ -114,7 +114,7 @@ pub(crate) struct Policy {
 
 impl Policy {
     /// As `ListWorkers` reports it.
-    pub(crate) fn to_proto(&self) -> GcPolicy {
+    pub(crate) fn to_proto(self) -> GcPolicy {
         let bytes = |b: Option<u64>| b.map_or(0, |b| i64::try_from(b).unwrap_or(i64::MAX));
         GcPolicy {
             all: self.all,
@@ -155,10 +155,6 @@ const INTERVAL: Duration = Duration::from_secs(300);
 impl Collector {
     pub(crate) fn new(policies: Vec<Policy>) -> std::sync::Arc<Self> {
         std::sync::Arc::new(Self { lock: Default::default(), wake: tokio::sync::Notify::new(), policies })
-    }
-
-    pub(crate) fn policies(&self) -> &[Policy] {
-        &self.policies
     }
 
     /// Marks a build as running until the guard is dropped.

@@ -123,11 +123,6 @@ impl Session {
     pub(crate) fn channel(&self) -> SessionChannel {
         self.channel.clone()
     }
-
-    /// Fires when the client's stream ends.
-    pub(crate) fn closed(&self) -> &CancellationToken {
-        &self.closed
-    }
 }
 
 /// The live sessions by id.
@@ -235,10 +230,6 @@ impl SessionManager {
     /// How many sessions are open.
     pub(crate) fn len(&self) -> usize {
         self.lock().len()
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -358,9 +349,9 @@ mod tests {
 
         // The client going away closes the session and removes it.
         client.abort();
-        tokio::time::timeout(Duration::from_secs(5), session.closed().cancelled()).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), session.closed.cancelled()).await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(manager.is_empty());
+        assert_eq!(manager.len(), 0);
         let err = manager.get("s1", Duration::from_millis(50)).await.unwrap_err();
         assert!(err.to_string().contains("no active session s1"), "{err}");
     }

@@ -6,8 +6,8 @@
 //!
 //! [`apply_layer`] turns an OCI layer tar into such a directory,
 //! [`diff_to_tar`] turns one back into a layer tar, [`compress`] and
-//! [`decompress`] handle the blob encodings, and [`flatten`] merges a stack of
-//! diffs into one plain tree where no overlay mount can be had.
+//! [`decompress`] handle the blob encodings. In tests, `flatten` merges a
+//! stack of diffs into one plain tree, as an overlay mount would show them.
 //!
 //! Whiteout names in tars follow the OCI image spec, layer.md "Whiteouts".
 //!
@@ -17,6 +17,7 @@
 mod apply;
 mod compression;
 mod diff;
+#[cfg(test)]
 mod flatten;
 mod pgzip;
 
@@ -24,8 +25,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 pub(crate) use apply::apply_layer;
-pub(crate) use compression::{CompressWriter, Compression, LayerDigests, compress, decompress};
-pub(crate) use diff::{DiffOptions, MtimePolicy, diff_to_tar};
+pub(crate) use compression::{Compression, compress, decompress};
+pub(crate) use diff::{DiffOptions, diff_to_tar};
+#[cfg(test)]
 pub(crate) use flatten::flatten;
 
 /// The xattr overlayfs reads to make a directory opaque (as root; a mount in

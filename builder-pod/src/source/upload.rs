@@ -53,7 +53,6 @@ pub(crate) struct UploadSource {
 pub(crate) struct Fetched {
     pub key: String,
     pub layer: String,
-    pub bytes: u64,
 }
 
 impl UploadSource {
@@ -122,10 +121,8 @@ impl UploadSource {
             .open(&path)
             .map_err(write_err)?;
         let mut hash = Sha256::new();
-        let mut bytes = 0u64;
         while let Some(data) = pull.chunk().await? {
             hash.update(&data);
-            bytes += data.len() as u64;
             // Chunks are at most a few MiB; a blocking write of one is short.
             file.write_all(&data).map_err(write_err)?;
         }
@@ -144,7 +141,6 @@ impl UploadSource {
                 self.filename, self.perm, self.uid, self.gid
             ),
             layer,
-            bytes,
         })
     }
 }
@@ -323,7 +319,6 @@ mod tests {
         let sessions = Group::new(Arc::clone(&manager), [String::new(), "s1".to_owned()]);
         let fetched = source.fetch(&cache, &sessions).await.unwrap();
         assert_eq!(asked.lock().unwrap().as_slice(), ["/up1"]);
-        assert_eq!(fetched.bytes, 22);
 
         let file = cache.layer_path(&fetched.layer).join("context");
         assert_eq!(std::fs::read(&file).unwrap(), b"FROM scratch\nCOPY . /\n");

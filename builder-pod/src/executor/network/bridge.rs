@@ -54,12 +54,6 @@ pub(crate) struct Namespace {
     veth: String,
 }
 
-impl Namespace {
-    pub(crate) fn address(&self) -> Ipv4Addr {
-        self.address
-    }
-}
-
 /// A namespace lent to one step; it goes back to the bridge on drop.
 #[derive(Debug)]
 pub(crate) struct Lease {
@@ -73,10 +67,6 @@ impl Lease {
     pub(crate) fn path(&self) -> String {
         let fd = self.namespace.as_ref().map_or(-1, |ns| ns.file.as_raw_fd());
         format!("/proc/{}/fd/{fd}", std::process::id())
-    }
-
-    pub(crate) fn address(&self) -> Option<Ipv4Addr> {
-        self.namespace.as_ref().map(Namespace::address)
     }
 }
 
@@ -232,10 +222,12 @@ impl Bridge {
         &self.name
     }
 
+    #[cfg(test)]
     pub(crate) fn subnet(&self) -> Ipv4Net {
         self.subnet
     }
 
+    #[cfg(test)]
     pub(crate) fn gateway(&self) -> Ipv4Addr {
         self.gateway
     }

@@ -21,7 +21,6 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 pub(crate) use bridge::Bridge;
-pub(crate) use bridge::Namespace;
 use ipnet::Ipv4Net;
 
 use super::{NetworkMode, SecurityMode};
@@ -134,11 +133,13 @@ impl Networks {
     }
 
     /// Steps default to kilnd's own network; nothing is set up.
+    #[cfg(test)]
     pub(crate) fn host() -> Self {
         Self { default: DefaultNetwork::Host, bridge: None }
     }
 
     /// The bridge steps are plugged into, if any.
+    #[cfg(test)]
     pub(crate) fn bridge(&self) -> Option<&Arc<Bridge>> {
         self.bridge.as_ref()
     }

@@ -35,7 +35,7 @@ use tracing::instrument;
 
 pub(crate) use self::error::{ConvertError, ConvertErrorKind};
 use self::error::{Fail, Lines, Result};
-pub(crate) use self::image::{Empty, Healthcheck as ImageHealthcheck, History, Image, ImageConfig, RootFs};
+pub(crate) use self::image::{Empty, Image};
 pub(crate) use self::named::NamedContexts;
 
 use super::instructions::{self, ArgCommand, Command, InstructionError, Stage, StageError};
@@ -164,13 +164,7 @@ pub(crate) struct Converted {
     pub definition: pb::Definition,
     /// The target's image config JSON, as buildkitd's frontend returns it.
     pub image_config: Vec<u8>,
-    pub image: Image,
-    /// The config of the image the target stage is based on, if any.
-    pub base_image_config: Option<Vec<u8>>,
     pub warnings: Vec<Warning>,
-    pub epoch: Option<i64>,
-    /// The target stage is built with `--no-cache` (`Result.IsIgnoreCache`).
-    pub ignore_cache: bool,
 }
 
 /// A stage, or an image used by `COPY --from`/`RUN --mount from=`, being

@@ -13,10 +13,9 @@ mod parse;
 mod tests;
 
 pub(crate) use self::commands::{
-    AddCommand, ArgCommand, ArgDefinition, Command, CopyCommand, Device, Healthcheck, Instruction,
-    KeyValuePair, NetworkMode, RunCommand, Security, ShellDependentCmdLine, ShellInlineFile, SourceContent,
-    SourcesAndDest, Stage, Stages,
+    AddCommand, ArgCommand, Command, CopyCommand, Healthcheck, Instruction, KeyValuePair, NetworkMode,
+    RunCommand, Security, ShellDependentCmdLine, SourcesAndDest, Stage,
 };
-pub(crate) use self::errors::{InstructionError, InstructionErrorKind, StageError, Suggestion};
-pub(crate) use self::mounts::{Expander, Mount, MountType, ShareMode, parse_mount};
-pub(crate) use self::parse::{parse_command, parse_stages, parse_stages_with_checks};
+pub(crate) use self::errors::{InstructionError, InstructionErrorKind, StageError};
+pub(crate) use self::mounts::{Mount, MountType, ShareMode, parse_mount};
+pub(crate) use self::parse::{parse_command, parse_stages_with_checks};

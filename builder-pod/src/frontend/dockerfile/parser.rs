@@ -150,7 +150,9 @@ impl Node {
         }
     }
 
-    /// The S-expression BuildKit's `Node.Dump` prints, e.g. `run "echo hi"`.
+    /// The S-expression BuildKit's `Node.Dump` prints, e.g. `run "echo hi"`:
+    /// what upstream's parser tests compare, and so ours.
+    #[cfg(test)]
     pub(crate) fn dump(&self) -> String {
         let mut out = self.name.clone();
         if !self.flags.is_empty() {

@@ -138,10 +138,6 @@ impl Lexer {
         }
     }
 
-    pub(crate) fn escape(&self) -> char {
-        self.escape
-    }
-
     /// Expands `word` to a single string; spaces are kept.
     pub(crate) fn process_word(&self, word: &str, env: &dyn Env) -> Result<String, ShellError> {
         self.process_word_with_matches(word, env).map(|e| e.result)

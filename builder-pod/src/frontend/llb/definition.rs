@@ -121,7 +121,7 @@ mod tests {
 
     #[test]
     fn an_empty_definition_is_scratch_and_broken_ones_are_errors() {
-        assert!(from_definition(&pb::Definition::default()).unwrap().is_scratch());
+        assert!(from_definition(&pb::Definition::default()).unwrap().output().is_none());
         let mut def = busybox_definition();
         let terminal =
             pb::Op { inputs: vec![pb::Input { digest: "sha256:00".into(), index: 0 }], ..pb::Op::default() };

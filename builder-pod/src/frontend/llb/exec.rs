@@ -42,14 +42,6 @@ pub(crate) enum CacheSharing {
     Locked,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) enum MountContentCache {
-    #[default]
-    Default,
-    On,
-    Off,
-}
-
 /// A secret exposed to the process as a file, an environment variable or both.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct SecretInfo {
@@ -112,7 +104,6 @@ pub(crate) struct Mount {
     pub no_output: bool,
     pub cache: Option<(String, CacheSharing)>,
     pub tmpfs: Option<i64>,
-    pub content_cache: MountContentCache,
 }
 
 impl Mount {
@@ -126,7 +117,6 @@ impl Mount {
             no_output: false,
             cache: None,
             tmpfs: None,
-            content_cache: MountContentCache::Default,
         }
     }
 
@@ -192,7 +182,6 @@ pub(super) struct MountEntry {
     pub no_output: bool,
     pub cache: Option<(String, CacheSharing)>,
     pub tmpfs: Option<i64>,
-    pub content_cache: MountContentCache,
 }
 
 impl MountEntry {
@@ -214,39 +203,16 @@ pub(super) struct ExecVertex {
     pub cdi_devices: Vec<CdiDevice>,
 }
 
-/// The result of [`State::run`]: the new root and the mounts' outputs.
+/// The result of [`State::run`]: the new root.
 #[derive(Clone, Debug)]
 pub(crate) struct ExecState {
     root: State,
-    mounts: Vec<MountResult>,
-}
-
-/// A mount after the exec: the state mounted and the output it left.
-#[derive(Clone, Debug)]
-struct MountResult {
-    target: String,
-    source: State,
-    output: Option<Output>,
-    /// Why the output cannot be used, for tmpfs, cache and no-output mounts.
-    usable: Result<(), LlbError>,
 }
 
 impl ExecState {
     /// The root filesystem after the process ran.
     pub(crate) fn root(&self) -> State {
         self.root.clone()
-    }
-
-    /// The mount at `target` after the process ran, carrying the settings of
-    /// the state that was mounted (`ExecState.AddMount`'s result).
-    pub(crate) fn mount(&self, target: &str) -> Result<State, LlbError> {
-        let m = self
-            .mounts
-            .iter()
-            .find(|m| m.target == target)
-            .ok_or_else(|| LlbError::NoSuchMount(target.to_owned()))?;
-        m.usable.clone()?;
-        Ok(m.source.with_output(m.output.clone()))
     }
 }
 
@@ -277,57 +243,34 @@ impl State {
             no_output: false,
             cache: None,
             tmpfs: None,
-            content_cache: MountContentCache::Default,
         };
-        // (entry, the state it mounts, is it the root mount)
-        let mut entries = vec![(root, self.clone(), true)];
+        // (entry, is it the root mount)
+        let mut entries = vec![(root, true)];
         for m in mounts {
             let entry = MountEntry {
-                target: m.target.clone(),
-                source: m.source.output.clone(),
-                selector: m.selector.clone(),
+                target: m.target,
+                source: m.source.output,
+                selector: m.selector,
                 readonly: m.readonly,
                 no_output: m.no_output,
-                cache: m.cache.clone(),
+                cache: m.cache,
                 tmpfs: m.tmpfs,
-                content_cache: m.content_cache,
             };
-            entries.push((entry, m.source, false));
+            entries.push((entry, false));
         }
         entries.sort_by(|a, b| a.0.target.cmp(&b.0.target));
-
-        let mut next = 0;
-        let outs: Vec<MountOut> = entries
-            .iter()
-            .map(|(m, ..)| {
-                if m.readonly {
-                    MountOut::Source(m.source.clone())
-                } else if m.tmpfs.is_some() {
-                    MountOut::Unusable(LlbError::TmpfsOutput(m.target.clone()))
-                } else if m.no_output {
-                    MountOut::Unusable(LlbError::NoOutputMount(m.target.clone()))
-                } else if m.cache.is_some() {
-                    MountOut::Unusable(LlbError::InvalidMount(m.target.clone()))
-                } else {
-                    next += 1;
-                    MountOut::Own(next - 1)
-                }
-            })
-            .collect();
+        // The root's output is numbered over the mounts before it that
+        // produce one (`getMountIndexFn`).
+        let root_index =
+            entries.iter().take_while(|(_, is_root)| !is_root).filter(|(m, _)| m.has_output()).count();
 
         let platform = opts.constraints.platform.clone();
-        let mut sources = Vec::with_capacity(entries.len());
-        let mut sorted = Vec::with_capacity(entries.len());
-        for (entry, source, is_root) in entries {
-            sources.push((entry.target.clone(), source, is_root));
-            sorted.push(entry);
-        }
         let vertex = Arc::new(Vertex {
             kind: VertexKind::Exec(ExecVertex {
                 meta,
                 args: opts.args,
                 valid_exit_codes: opts.valid_exit_codes,
-                mounts: sorted,
+                mounts: entries.into_iter().map(|(entry, _)| entry).collect(),
                 proxy_env: opts.proxy_env,
                 secrets: opts.secrets,
                 ssh: opts.ssh,
@@ -335,34 +278,14 @@ impl State {
             }),
             constraints: opts.constraints,
         });
-
-        let mut root = self.clone();
-        let mut mounts = Vec::with_capacity(sources.len());
-        for ((target, source, is_root), out) in sources.into_iter().zip(outs) {
-            let (output, usable) = match out {
-                MountOut::Source(o) => (o, Ok(())),
-                MountOut::Own(index) => {
-                    (Some(Output::new(Arc::clone(&vertex), Ok(index), platform.clone())), Ok(()))
-                }
-                MountOut::Unusable(e) => {
-                    (Some(Output::new(Arc::clone(&vertex), Err(e.clone()), platform.clone())), Err(e))
-                }
-            };
-            if is_root {
-                root = self.with_output(output.clone());
-            }
-            mounts.push(MountResult { target, source, output, usable });
-        }
-        ExecState { root, mounts }
+        // Read-only, the root is the state itself.
+        let output = if opts.readonly_rootfs {
+            self.output.clone()
+        } else {
+            Some(Output::new(vertex, Ok(root_index as i64), platform))
+        };
+        ExecState { root: self.with_output(output) }
     }
-}
-
-enum MountOut {
-    /// Read-only: the output is the source itself.
-    Source(Option<Output>),
-    /// Numbered over the mounts that produce an output (`getMountIndexFn`).
-    Own(i64),
-    Unusable(LlbError),
 }
 
 /// `ExecOp.Marshal`.
@@ -466,9 +389,6 @@ pub(super) fn marshal_exec(
         } else if mount.source.is_some() {
             c.add_cap(caps::EXEC_MOUNT_BIND);
         }
-        if mount.content_cache != MountContentCache::Default {
-            c.add_cap(caps::EXEC_MOUNT_CONTENT_CACHE);
-        }
     }
     if !e.secrets.is_empty() {
         c.add_cap(caps::EXEC_MOUNT_SECRET);
@@ -544,11 +464,6 @@ pub(super) fn marshal_exec(
                 } as i32,
             });
         }
-        pm.content_cache = match mount.content_cache {
-            MountContentCache::Default => pb::MountContentCache::Default,
-            MountContentCache::On => pb::MountContentCache::On,
-            MountContentCache::Off => pb::MountContentCache::Off,
-        } as i32;
         if let Some(size) = mount.tmpfs {
             pm.mount_type = pb::MountType::Tmpfs as i32;
             pm.tmpfs_opt = Some(pb::TmpfsOpt { size });

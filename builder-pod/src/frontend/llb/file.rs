@@ -85,18 +85,6 @@ pub(crate) struct MkfileInfo {
     pub created_time: Option<i64>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct SymlinkInfo {
-    pub chown: Option<ChownOpt>,
-    pub created_time: Option<i64>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct RmInfo {
-    pub allow_not_found: bool,
-    pub allow_wildcard: bool,
-}
-
 /// Options of a copy (`llb.CopyInfo`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct CopyInfo {
@@ -119,8 +107,6 @@ pub(crate) struct CopyInfo {
 enum FileStep {
     Mkdir { path: String, mode: u32, info: MkdirInfo },
     Mkfile { path: String, mode: u32, data: Vec<u8>, info: MkfileInfo },
-    Rm { path: String, info: RmInfo },
-    Symlink { oldpath: String, newpath: String, info: SymlinkInfo },
     Copy(Box<CopyStep>),
 }
 
@@ -145,10 +131,6 @@ impl FileAction {
         Self::default()
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
-        self.steps.is_empty()
-    }
-
     pub(crate) fn mkdir(mut self, path: &str, mode: u32, info: MkdirInfo) -> Self {
         self.steps.push(FileStep::Mkdir { path: path.to_owned(), mode, info });
         self
@@ -156,17 +138,6 @@ impl FileAction {
 
     pub(crate) fn mkfile(mut self, path: &str, mode: u32, data: &[u8], info: MkfileInfo) -> Self {
         self.steps.push(FileStep::Mkfile { path: path.to_owned(), mode, data: data.to_vec(), info });
-        self
-    }
-
-    pub(crate) fn rm(mut self, path: &str, info: RmInfo) -> Self {
-        self.steps.push(FileStep::Rm { path: path.to_owned(), info });
-        self
-    }
-
-    /// A symlink at `newpath` pointing to `oldpath`.
-    pub(crate) fn symlink(mut self, oldpath: &str, newpath: &str, info: SymlinkInfo) -> Self {
-        self.steps.push(FileStep::Symlink { oldpath: oldpath.to_owned(), newpath: newpath.to_owned(), info });
         self
     }
 
@@ -281,17 +252,6 @@ pub(super) fn marshal_file(
                 path: gopath::llb_normalize_path(parent, path, false),
                 mode: (*mode & 0o777) as i32,
                 data: data.clone(),
-                owner: info.chown.as_ref().map(|o| o.to_pb(base)),
-                timestamp: timestamp(info.created_time),
-            }),
-            FileStep::Rm { path, info } => Action::Rm(pb::FileActionRm {
-                path: gopath::llb_normalize_path(parent, path, false),
-                allow_not_found: info.allow_not_found,
-                allow_wildcard: info.allow_wildcard,
-            }),
-            FileStep::Symlink { oldpath, newpath, info } => Action::Symlink(pb::FileActionSymlink {
-                oldpath: oldpath.clone(),
-                newpath: newpath.clone(),
                 owner: info.chown.as_ref().map(|o| o.to_pb(base)),
                 timestamp: timestamp(info.created_time),
             }),

@@ -113,9 +113,6 @@ impl<'a> Marshaler<'a> {
             VertexKind::Exec(e) => built(marshal_exec(e, &v.constraints, self)?),
             VertexKind::File(f) => built(marshal_file(f, &v.constraints, self)?),
             VertexKind::Merge(inputs) => built(self.merge(inputs, &v.constraints)?),
-            VertexKind::Diff { lower, upper } => {
-                built(self.diff(lower.as_ref(), upper.as_ref(), &v.constraints)?)
-            }
             // Marshalled already: the op the definition returns is this vertex.
             VertexKind::Definition(d) => {
                 let op = d.returned()?;
@@ -143,32 +140,6 @@ impl<'a> Marshaler<'a> {
             op.inputs.push(self.input(input)?);
         }
         op.op = Some(pb::op::Op::Merge(merge));
-        Ok((op, md))
-    }
-
-    fn diff(
-        &mut self,
-        lower: Option<&Output>,
-        upper: Option<&Output>,
-        c: &Constraints,
-    ) -> Result<(pb::Op, OpMetadata), LlbError> {
-        let (mut op, md) = marshal_constraints(&self.base, c);
-        op.platform = None;
-        let index = |o: Option<&Output>, op: &mut pb::Op, m: &mut Self| -> Result<i64, LlbError> {
-            match o {
-                None => Ok(-1),
-                Some(o) => {
-                    op.inputs.push(m.input(o)?);
-                    Ok(op.inputs.len() as i64 - 1)
-                }
-            }
-        };
-        let lower = index(lower, &mut op, self)?;
-        let upper = index(upper, &mut op, self)?;
-        op.op = Some(pb::op::Op::Diff(pb::DiffOp {
-            lower: Some(pb::LowerDiffInput { input: lower }),
-            upper: Some(pb::UpperDiffInput { input: upper }),
-        }));
         Ok((op, md))
     }
 }

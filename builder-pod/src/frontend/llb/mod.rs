@@ -26,20 +26,15 @@ mod source;
 mod state;
 
 pub(crate) use definition::from_definition;
-pub(crate) use exec::{
-    CacheSharing, CdiDevice, ExecOptions, ExecState, HostIp, Mount, MountContentCache, ProxyEnv, SecretInfo,
-    SshInfo, Ulimit,
-};
-pub(crate) use file::{
-    ChmodOpt, ChownOpt, CopyInfo, FileAction, MkdirInfo, MkfileInfo, RmInfo, SymlinkInfo, UserOpt,
-};
+pub(crate) use exec::{CacheSharing, ExecOptions, HostIp, Mount, ProxyEnv, SecretInfo, SshInfo, Ulimit};
+pub(crate) use file::{ChmodOpt, ChownOpt, CopyInfo, FileAction, MkdirInfo, MkfileInfo};
 pub(crate) use json::{go_json, go_json_string};
 pub(crate) use marshal::{MarshalOptions, SourceLocation, SourceMap, marshal};
 pub(crate) use source::{
     DiffType, GitOptions, HttpOptions, ImageOptions, LocalOptions, ResolveMode, git, http, image, local,
     scratch,
 };
-pub(crate) use state::{Constraints, EnvList, OpMetadata, Output, Placeholder, State, diff, merge};
+pub(crate) use state::{Constraints, EnvList, Placeholder, State, merge};
 
 pub(crate) use crate::source::image::Platform;
 
@@ -211,14 +206,6 @@ pub(crate) enum LlbError {
     NoWorkingDir,
     #[error("tmpfs mounts must use scratch")]
     TmpfsSource,
-    #[error("tmpfs mount for {0} can't be used as a parent")]
-    TmpfsOutput(String),
-    #[error("mount marked no-output and {0} can't be used as a parent")]
-    NoOutputMount(String),
-    #[error("no mount at {0}")]
-    NoSuchMount(String),
-    #[error("invalid mount: {0}")]
-    InvalidMount(String),
     #[error("action is required")]
     NoFileAction,
     #[error("merge must have at least 2 inputs")]

@@ -120,7 +120,6 @@ pub(crate) fn image(reference: &str, opts: ImageOptions) -> State {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum DiffType {
     None,
-    Metadata,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -170,7 +169,6 @@ pub(crate) fn local(name: &str, opts: LocalOptions) -> State {
     if let Some((differ, required)) = opts.differ {
         let value = match differ {
             DiffType::None => "none",
-            DiffType::Metadata => "metadata",
         };
         attrs.insert(attr::LOCAL_DIFFER.to_owned(), value.to_owned());
         if required {

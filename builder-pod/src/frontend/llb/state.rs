@@ -48,10 +48,6 @@ impl EnvList {
     pub(crate) fn to_array(&self) -> Vec<String> {
         self.0.iter().map(|(k, v)| format!("{k}={v}")).collect()
     }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
 }
 
 /// What a state carries besides its output (`llb.State`'s value keys).
@@ -174,7 +170,6 @@ pub(super) enum VertexKind {
     Exec(ExecVertex),
     File(FileVertex),
     Merge(Vec<Output>),
-    Diff { lower: Option<Output>, upper: Option<Output> },
     Definition(super::definition::DefinitionVertex),
 }
 
@@ -185,7 +180,6 @@ impl Vertex {
             VertexKind::Exec(_) => "exec",
             VertexKind::File(_) => "file",
             VertexKind::Merge(_) => "merge",
-            VertexKind::Diff { .. } => "diff",
             VertexKind::Definition(_) => "definition",
         }
     }
@@ -198,7 +192,6 @@ impl Vertex {
             VertexKind::Exec(e) => dedup(e.mounts.iter().filter_map(|m| m.source.clone())),
             VertexKind::File(f) => f.inputs(),
             VertexKind::Merge(inputs) => inputs.clone(),
-            VertexKind::Diff { lower, upper } => lower.iter().chain(upper.iter()).cloned().collect(),
         }
     }
 }
@@ -330,10 +323,6 @@ impl State {
         self.output.as_ref()
     }
 
-    pub(crate) fn is_scratch(&self) -> bool {
-        self.output.is_none()
-    }
-
     /// `State.WithOutput`: this state's settings on another output.
     pub(crate) fn with_output(&self, output: Option<Output>) -> Self {
         let mut s = self.clone();
@@ -376,18 +365,10 @@ impl State {
         s
     }
 
-    pub(crate) fn get_user(&self) -> &str {
-        &self.meta.user
-    }
-
     pub(crate) fn hostname(&self, hostname: &str) -> Self {
         let mut s = self.clone();
         s.meta.hostname = hostname.to_owned();
         s
-    }
-
-    pub(crate) fn get_hostname(&self) -> &str {
-        &self.meta.hostname
     }
 
     pub(crate) fn platform(&self, platform: &Platform) -> Self {
@@ -403,38 +384,6 @@ impl State {
     pub(crate) fn network(&self, mode: NetMode) -> Self {
         let mut s = self.clone();
         s.meta.network = mode;
-        s
-    }
-
-    pub(crate) fn get_network(&self) -> NetMode {
-        self.meta.network
-    }
-
-    pub(crate) fn security(&self, mode: SecurityMode) -> Self {
-        let mut s = self.clone();
-        s.meta.security = mode;
-        s
-    }
-
-    pub(crate) fn get_security(&self) -> SecurityMode {
-        self.meta.security
-    }
-
-    pub(crate) fn add_extra_host(&self, host: HostIp) -> Self {
-        let mut s = self.clone();
-        s.meta.extra_hosts.push(host);
-        s
-    }
-
-    pub(crate) fn add_ulimit(&self, ulimit: Ulimit) -> Self {
-        let mut s = self.clone();
-        s.meta.ulimits.push(ulimit);
-        s
-    }
-
-    pub(crate) fn cgroup_parent(&self, parent: &str) -> Self {
-        let mut s = self.clone();
-        s.meta.cgroup_parent = parent.to_owned();
         s
     }
 }
@@ -453,17 +402,4 @@ pub(crate) fn merge(inputs: &[State], mut c: Constraints) -> State {
             first.with_output(Some(Output::new(vertex, Ok(0), None)))
         }
     }
-}
-
-/// The changes from `lower` to `upper` (`llb.Diff`).
-pub(crate) fn diff(lower: &State, upper: &State, mut c: Constraints) -> State {
-    if lower.output.is_none() {
-        return if upper.output.is_none() { State::scratch() } else { upper.clone() };
-    }
-    c.add_cap(caps::DIFF_OP);
-    let vertex = Arc::new(Vertex {
-        kind: VertexKind::Diff { lower: lower.output.clone(), upper: upper.output.clone() },
-        constraints: c,
-    });
-    lower.with_output(Some(Output::new(vertex, Ok(0), None)))
 }

@@ -29,7 +29,7 @@ use kiln_proto::buildkit::pb::{
     FileActionCopy, FileActionMkDir, FileActionMkFile, FileActionRm, FileActionSymlink,
 };
 
-pub(crate) use self::user::{Owner, UserLookup};
+pub(crate) use self::user::UserLookup;
 
 use self::meta::{Timestamp, chmod, chown_to, mkdir_all, remove_all, set_time};
 use self::root::{resolve, shown};

@@ -33,6 +33,7 @@ pub(crate) struct UserLookup {
 
 impl UserLookup {
     /// Names looked up in `root` for users and groups alike.
+    #[cfg(test)]
     pub(crate) fn in_root(root: impl Into<PathBuf>) -> Self {
         let root = root.into();
         Self { users: Some(root.clone()), groups: Some(root) }

@@ -71,10 +71,12 @@ impl fmt::Debug for ClientToken {
     }
 }
 
-/// No credentials: anonymous access only.
+/// No credentials: anonymous access only (tests).
+#[cfg(test)]
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Anonymous;
 
+#[cfg(test)]
 #[async_trait]
 impl RegistryAuth for Anonymous {
     async fn credentials(&self, _host: &str) -> Result<Option<Credentials>, AuthError> {
@@ -105,13 +107,14 @@ impl RegistryAuth for Group {
     }
 }
 
-/// A fixed set of credentials per host, for configuration-driven pulls and
-/// tests.
+/// A fixed set of credentials per host (tests).
+#[cfg(test)]
 #[derive(Debug, Clone, Default)]
 pub(crate) struct StaticCredentials {
     hosts: HashMap<String, Credentials>,
 }
 
+#[cfg(test)]
 impl StaticCredentials {
     pub(crate) fn new() -> Self {
         Self::default()
@@ -128,6 +131,7 @@ impl StaticCredentials {
     }
 }
 
+#[cfg(test)]
 #[async_trait]
 impl RegistryAuth for StaticCredentials {
     async fn credentials(&self, host: &str) -> Result<Option<Credentials>, AuthError> {

@@ -11,9 +11,11 @@ use crate::content::Digest;
 
 pub(crate) const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub(crate) const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+#[cfg(test)]
 pub(crate) const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 pub(crate) const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 pub(crate) const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+#[cfg(test)]
 pub(crate) const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 
 /// What the registry is asked to return for a manifest, best first.

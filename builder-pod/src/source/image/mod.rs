@@ -32,11 +32,7 @@ use futures::{StreamExt, TryStreamExt};
 use tokio::io::AsyncRead;
 use tracing::instrument;
 
-pub(crate) use auth::{Anonymous, AuthError, ClientToken, Credentials, RegistryAuth, StaticCredentials};
-pub(crate) use manifest::{
-    DOCKER_CONFIG, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, Descriptor, Index, Manifest, OCI_CONFIG, OCI_INDEX,
-    OCI_MANIFEST,
-};
+pub(crate) use manifest::{Descriptor, Index, Manifest};
 pub(crate) use platform::Platform;
 pub(crate) use reference::{DOCKER_HUB, Reference};
 pub(crate) use registry::{BlobPush, HostConfig, Registry, RegistryClient, RegistryHosts, RequestError};
@@ -82,7 +78,6 @@ pub(crate) struct ResolvedImage {
     pub index: Option<IndexDocument>,
     /// The platform's manifest, as fetched.
     pub manifest_digest: Digest,
-    pub manifest_media_type: String,
     pub manifest_bytes: Vec<u8>,
     pub manifest: Manifest,
     /// The image config blob, as fetched.
@@ -94,9 +89,7 @@ pub(crate) struct ResolvedImage {
 #[derive(Debug, Clone)]
 pub(crate) struct IndexDocument {
     pub digest: Digest,
-    pub media_type: String,
     pub bytes: Vec<u8>,
-    pub index: Index,
 }
 
 impl ResolvedImage {
@@ -105,11 +98,6 @@ impl ResolvedImage {
     /// returns).
     pub(crate) fn digest(&self) -> &Digest {
         self.index.as_ref().map_or(&self.manifest_digest, |i| &i.digest)
-    }
-
-    /// The reference pinned at [`Self::digest`].
-    pub(crate) fn pinned_reference(&self) -> Reference {
-        self.reference.with_digest(self.digest().clone())
     }
 
     pub(crate) fn layers(&self) -> &[Descriptor] {
@@ -147,7 +135,7 @@ impl RegistryClient {
             let chosen = choose_platform(&name, &top.digest, &index, platform)?;
             let fetched =
                 self.fetch_manifest(reference, &chosen.digest.to_string()).await.map_err(pull_err)?;
-            let doc = IndexDocument { digest: top.digest, media_type: top_type, bytes: top.bytes, index };
+            let doc = IndexDocument { digest: top.digest, bytes: top.bytes };
             (Some(doc), fetched)
         } else {
             (None, top)
@@ -171,7 +159,6 @@ impl RegistryClient {
             reference: reference.clone(),
             index,
             manifest_digest: fetched.digest,
-            manifest_media_type: media_type,
             manifest_bytes: fetched.bytes,
             config_digest: manifest.config.digest.clone(),
             manifest,

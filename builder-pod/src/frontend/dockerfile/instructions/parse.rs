@@ -38,15 +38,10 @@ const INSTRUCTION_NAMES: [&str; 18] = [
     "WORKDIR",
 ];
 
-/// Splits the AST into stages and the ARGs before the first FROM.
-pub(crate) fn parse_stages(ast: &Ast) -> Result<(Vec<Stage>, Vec<ArgCommand>), StageError> {
-    let check = CheckConfig { skip_all: true, ..CheckConfig::default() };
-    parse_stages_with_checks(ast, &check).map(|s| (s.stages, s.meta_args))
-}
-
-/// Like [`parse_stages`], also running the build checks BuildKit runs while
-/// parsing instructions and stages, filtered by `check` (the `# check=`
-/// directive, adjusted per instruction by a `# check=` comment above it).
+/// Splits the AST into stages and the ARGs before the first FROM, running
+/// the build checks BuildKit runs while parsing instructions and stages,
+/// filtered by `check` (the `# check=` directive, adjusted per instruction
+/// by a `# check=` comment above it).
 pub(crate) fn parse_stages_with_checks(ast: &Ast, check: &CheckConfig) -> Result<Stages, StageError> {
     let mut stages: Vec<Stage> = Vec::new();
     let mut meta_args = Vec::new();
