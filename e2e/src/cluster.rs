@@ -155,12 +155,24 @@ impl Controller {
 
     /// The same, with the credentials of `kubeconfig` (a service account's).
     pub fn start_as(ns: &Namespace, identity: &str, kilnd_image: &str, kubeconfig: &Path) -> Self {
+        Self::start_with(ns, identity, kilnd_image, kubeconfig, &[])
+    }
+
+    /// The same, with more arguments.
+    pub fn start_with(
+        ns: &Namespace,
+        identity: &str,
+        kilnd_image: &str,
+        kubeconfig: &Path,
+        extra: &[&str],
+    ) -> Self {
         let dir = tempfile::Builder::new().prefix("kiln-controller-").tempdir().unwrap();
         let metrics_addr = format!("127.0.0.1:{}", free_port());
         let mut cmd = Command::new(workspace_bin("kiln"));
         cmd.args(["controller", "--namespace", ns.name(), "--lease-namespace", ns.name()])
             .args(["--identity", identity, "--kilnd-image", kilnd_image, "--lease-duration", "4"])
             .args(["--metrics-addr", &metrics_addr])
+            .args(extra)
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,kiln_operator=debug");
         let mut daemon =

@@ -198,6 +198,7 @@ fn the_value_sets_render_what_they_say() {
             "PodDisruptionBudget/kiln-gateway",
             "Role/kiln-controller-leader",
             "RoleBinding/kiln-controller-leader",
+            "Secret/kiln-builder-ca",
             "Secret/kiln-ca",
             "Secret/kiln-gateway-tls",
             "Service/kiln-gateway",
@@ -218,8 +219,22 @@ fn the_value_sets_render_what_they_say() {
             "--tls-key=/etc/kiln/tls/tls.key",
             "--tls-ca=/etc/kiln/client-ca/ca.crt",
             "--shutdown-grace=60",
+            "--builder-tls-cert=/etc/kiln/builder-tls/tls.crt",
+            "--builder-tls-key=/etc/kiln/builder-tls/tls.key",
+            "--builder-tls-ca=/etc/kiln/builder-tls/ca.crt",
         ]
     );
+    // Builders take the gateway alone: the controller issues the
+    // certificates from the builder CA and fences each pool.
+    let controller = args(find(&o, "Deployment", "kiln-controller"));
+    for expected in [
+        "--builder-ca-secret=kiln/kiln-builder-ca",
+        "--gateway-client-secret=kiln/kiln-gateway-builder-tls",
+        "--gateway-namespace=kiln",
+        "--gateway-labels=app.kubernetes.io/name=kiln,app.kubernetes.io/instance=kiln,app.kubernetes.io/component=gateway",
+    ] {
+        assert!(controller.contains(&expected.to_owned()), "{expected} missing in {controller:?}");
+    }
     let pod = &gateway["spec"]["template"]["spec"];
     assert_eq!(gateway["spec"]["replicas"], 2);
     assert_eq!(pod["terminationGracePeriodSeconds"], 80, "preStop 5 s + grace 60 s + 15 s");
@@ -247,6 +262,13 @@ fn the_value_sets_render_what_they_say() {
     // Secrets of the user's: no Secret rendered, the gateway mounts theirs.
     let o = render("existing-secret-values.yaml");
     assert!(o.iter().all(|x| x["kind"] != "Secret"), "{:?}", kinds(&o));
+    let controller = args(find(&o, "Deployment", "kiln-controller"));
+    assert!(
+        !controller.iter().any(|a| a.starts_with("--builder-ca") || a.starts_with("--gateway-")),
+        "{controller:?}"
+    );
+    let rules = find(&o, "ClusterRole", "kiln-controller")["rules"].to_string();
+    assert!(!rules.contains("secrets") && !rules.contains("networkpolicies"), "{rules}");
     let pod = &find(&o, "Deployment", "kiln-gateway")["spec"]["template"]["spec"];
     assert_eq!(pod["volumes"][0]["secret"]["secretName"], "gateway-tls");
     assert_eq!(pod["volumes"][1]["secret"]["secretName"], "client-ca");
@@ -414,8 +436,14 @@ fn an_upgrade_keeps_the_ca_and_the_certificate_and_an_uninstall_leaves_nothing()
             .args(["--namespace", ns.name(), "--reuse-values"])
             .args(args));
     };
+    let builder_ca = secret_data(ns.name(), &format!("{release}-builder-ca"));
     upgrade(&[]);
     assert_eq!(secret_data(ns.name(), &format!("{release}-ca")), ca, "the CA is kept");
+    assert_eq!(
+        secret_data(ns.name(), &format!("{release}-builder-ca")),
+        builder_ca,
+        "the builder CA is kept"
+    );
     assert_eq!(secret_data(ns.name(), &format!("{release}-gateway-tls")), server, "the certificate is kept");
     assert_eq!(template_annotation(), rolled, "nothing changed: the gateway does not roll");
 

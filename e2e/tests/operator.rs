@@ -433,12 +433,47 @@ fn the_charts_rbac_is_all_the_controller_needs() {
         let kubeconfig = service_account_kubeconfig(ns, &format!("{release}-controller"), dir.path());
         let can = |args: &[&str]| can(&kubeconfig, args);
         assert!(can(&["patch", "builders.kiln.dev", "--subresource=status", "-n", ns.name()]));
-        assert!(!can(&["get", "secrets", "-n", ns.name()]), "the controller never reads secrets");
+        // kilnd's certificates: it reads and writes single Secrets, and
+        // can neither list nor delete them.
+        assert!(can(&["patch", "secrets", "-n", ns.name()]));
+        assert!(!can(&["list", "secrets", "-n", ns.name()]), "the controller never lists secrets");
+        assert!(!can(&["delete", "secrets", "-n", ns.name()]));
         assert!(!can(&["create", "leases.coordination.k8s.io", "-n", "default"]), "leases only at home");
-        Controller::start_as(ns, "chart", IMAGE, &kubeconfig)
+        // As the chart's Deployment runs it.
+        let (ca, gateway) = (
+            format!("{}/{release}-builder-ca", ns.name()),
+            format!("{}/{release}-gateway-builder-tls", ns.name()),
+        );
+        let labels = format!(
+            "app.kubernetes.io/name=kiln,app.kubernetes.io/instance={release},app.kubernetes.io/component=gateway"
+        );
+        Controller::start_with(
+            ns,
+            "chart",
+            IMAGE,
+            &kubeconfig,
+            &[
+                "--builder-ca-secret",
+                &ca,
+                "--gateway-client-secret",
+                &gateway,
+                "--gateway-namespace",
+                ns.name(),
+                "--gateway-labels",
+                &labels,
+            ],
+        )
     });
     w.apply(&w.builder("pool", "  replicas: {min: 1, max: 2}\n  cache: {retain: false}\n"));
     w.wait_ready("pool", 1);
+    for what in [
+        &["secret", "pool-kilnd-tls"][..],
+        &["secret", &format!("{release}-gateway-builder-tls")],
+        &["networkpolicy", "pool"],
+    ] {
+        let out = run_unchecked(&mut w.ns.kubectl(&[&["get"][..], what].concat()));
+        assert!(out.status.success(), "{what:?}: {}", streams(&out));
+    }
     run(&mut w.ns.kubectl(&["delete", "bldr", "pool", "--wait=true", "--timeout=60s"]));
     let log = w.controller.daemon.log_text();
     assert!(!log.contains("forbidden"), "the controller was refused something:\n{log}");
@@ -656,6 +691,16 @@ fn watching_gateway(
     dir: &std::path::Path,
     kubeconfig: &std::path::Path,
 ) -> (kiln_e2e::Daemon, String, String) {
+    watching_gateway_with(ns, dir, kubeconfig, &[])
+}
+
+/// The same, with more arguments.
+fn watching_gateway_with(
+    ns: &Namespace,
+    dir: &std::path::Path,
+    kubeconfig: &std::path::Path,
+    extra: &[String],
+) -> (kiln_e2e::Daemon, String, String) {
     let file = |name: &str| dir.join(name).display().to_string();
     let addr = format!("tcp://127.0.0.1:{}", kiln_e2e::free_port());
     let metrics = format!("127.0.0.1:{}", kiln_e2e::free_port());
@@ -666,6 +711,7 @@ fn watching_gateway(
             .args(["--namespace", ns.name()])
             .args(kiln_e2e::gateway_tls_args(dir))
             .args(["--tls-issuer-cert", &file("ca.crt"), "--tls-issuer-key", &file("ca.key")])
+            .args(extra)
             .env("KUBECONFIG", kubeconfig),
         dir.join(format!("gateway-{}.log", kiln_e2e::free_port())),
     );
@@ -888,4 +934,158 @@ fn a_pool_grants_only_the_entitlements_its_spec_allows_refused_at_the_gateway() 
     let allowed = build("loose");
     assert!(allowed.status.success(), "{}\n{}", streams(&allowed), gateway.log_text());
     assert_eq!(std::fs::read_to_string(dir.path().join("loose/out.txt")).unwrap(), "privileged\n");
+}
+
+/// `buildctl debug workers` straight to the builder at `ip`, with `tls`
+/// arguments (none: plain gRPC).
+fn workers_direct(ip: &str, tls: &[String]) -> std::process::Output {
+    run_unchecked(
+        TestEnv::get().command("buildctl").args(["--addr", &format!("tcp://{ip}:1234")]).args(tls).args([
+            "--timeout",
+            "10",
+            "debug",
+            "workers",
+        ]),
+    )
+}
+
+#[test]
+fn with_a_builder_ca_builders_take_the_gateway_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    // The gateway's own CA, server certificate and a client "ci".
+    kiln_e2e::certificates(dir.path(), &["gateway.test"], &["ci"]);
+    // The builder CA, which only the controller reads.
+    let builders = dir.path().join("builder-ca");
+    std::fs::create_dir(&builders).unwrap();
+    kiln_e2e::certificates(&builders, &[], &[]);
+    let gateway_secret = "gateway-builder-tls";
+    let w = World::with_controller("op-mtls", |ns| {
+        let ca = |f: &str| builders.join(f).display().to_string();
+        run(&mut ns.kubectl(&[
+            "create",
+            "secret",
+            "tls",
+            "builder-ca",
+            "--cert",
+            &ca("ca.crt"),
+            "--key",
+            &ca("ca.key"),
+        ]));
+        let (ca_secret, gw) =
+            (format!("{}/builder-ca", ns.name()), format!("{}/{gateway_secret}", ns.name()));
+        Controller::start_with(
+            ns,
+            "first",
+            IMAGE,
+            &TestEnv::get().kubeconfig(),
+            &[
+                "--builder-ca-secret",
+                &ca_secret,
+                "--gateway-client-secret",
+                &gw,
+                "--gateway-namespace",
+                ns.name(),
+                "--gateway-labels",
+                "app.kubernetes.io/component=gateway,app.kubernetes.io/instance=kiln",
+            ],
+        )
+    });
+    w.apply(&w.builder(
+        "pool",
+        "  replicas: {min: 1, max: 1}\n  cache: {retain: false}\n  access: {clients: [ci]}\n",
+    ));
+    w.wait_ready("pool", 1);
+    let ns = w.ns.name();
+
+    // Only the gateway's pods may reach kilnd's API, where the CNI enforces it.
+    let policy = w.ns.get_json(&["networkpolicy", "pool"]);
+    let from = &policy["spec"]["ingress"][0]["from"][0];
+    assert_eq!(from["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"], ns, "{policy}");
+    assert_eq!(from["podSelector"]["matchLabels"]["app.kubernetes.io/component"], "gateway", "{policy}");
+    assert_eq!(policy["spec"]["ingress"][0]["ports"][0]["port"], "grpc", "{policy}");
+
+    // The gateway's client certificate, from the Secret the controller keeps.
+    wait_for(
+        WAIT,
+        "the controller issues the gateway's client certificate",
+        || {
+            run_unchecked(&mut w.ns.kubectl(&["get", "secret", gateway_secret]))
+                .status
+                .success()
+                .then_some(())
+        },
+        || w.describe(),
+    );
+    let write = |key: &str, file: &str| {
+        let template = format!(r#"go-template={{{{index .data "{key}" | base64decode}}}}"#);
+        let pem = run(&mut w.ns.kubectl(&["get", "secret", gateway_secret, "-o", &template]));
+        let path = dir.path().join(file);
+        std::fs::write(&path, pem).unwrap();
+        path.display().to_string()
+    };
+    let (gw_crt, gw_key, builder_ca) = (
+        write("tls.crt", "gw-client.crt"),
+        write("tls.key", "gw-client.key"),
+        write("ca.crt", "builders-ca.crt"),
+    );
+    let tls_args: Vec<String> =
+        ["--builder-tls-cert", &gw_crt, "--builder-tls-key", &gw_key, "--builder-tls-ca", &builder_ca]
+            .map(str::to_owned)
+            .into();
+    let (mut gateway, addr, metrics) =
+        watching_gateway_with(&w.ns, dir.path(), &TestEnv::get().kubeconfig(), &tls_args);
+    let ready = format!("http://{metrics}/readyz");
+    gateway.wait_until(Duration::from_secs(20), || ureq::get(&ready).call().is_ok());
+
+    // Through the gateway: a build, its session included, over TLS to kilnd.
+    let out = workers_as(dir.path(), &addr, "ci", "pool");
+    assert!(out.status.success(), "{}\n{}", streams(&out), gateway.log_text());
+    let file = |name: &str| dir.path().join(name).display().to_string();
+    let context = tempfile::tempdir().unwrap();
+    std::fs::write(context.path().join("Dockerfile"), dockerfile("echo through-the-gateway > /out.txt"))
+        .unwrap();
+    let dest = dir.path().join("out");
+    let built = run_unchecked(
+        TestEnv::get()
+            .command("buildctl")
+            .args(["--addr", &addr, "--tlscacert", &file("ca.crt"), "--tlsservername", "pool"])
+            .args(["--tlscert", &file("ci.crt"), "--tlskey", &file("ci.key")])
+            .args(["build", "--frontend", "dockerfile.v0", "--progress", "plain"])
+            .arg(format!("--local=context={}", context.path().display()))
+            .arg(format!("--local=dockerfile={}", context.path().display()))
+            .arg(format!("--output=type=local,dest={}", dest.display())),
+    );
+    assert!(built.status.success(), "{}\n{}", streams(&built), gateway.log_text());
+    assert_eq!(std::fs::read_to_string(dest.join("out.txt")).unwrap(), "through-the-gateway\n");
+
+    // Straight to the pod: refused without the gateway's certificate.
+    let pod = w.pods("pool")[0]["metadata"]["name"].as_str().unwrap().to_owned();
+    let ip = w.pod_ip(&pod);
+    let server_name = format!("pool.{ns}.builders.kiln");
+    let verified = |cert: Option<(&str, &str)>| -> Vec<String> {
+        let mut args = vec![
+            "--tlscacert".to_owned(),
+            builder_ca.clone(),
+            "--tlsservername".to_owned(),
+            server_name.clone(),
+        ];
+        if let Some((crt, key)) = cert {
+            args.extend(["--tlscert".to_owned(), crt.to_owned(), "--tlskey".to_owned(), key.to_owned()]);
+        }
+        args
+    };
+    let (ci_crt, ci_key) = (file("ci.crt"), file("ci.key"));
+    for (what, args) in [
+        ("plain gRPC", Vec::new()),
+        ("TLS without a client certificate", verified(None)),
+        ("a client certificate of the gateway's clients' CA", verified(Some((&ci_crt, &ci_key)))),
+    ] {
+        let out = workers_direct(&ip, &args);
+        assert!(!out.status.success(), "{what} reached kilnd directly\n{}", streams(&out));
+    }
+    // The same call with the gateway's certificate works: what was refused
+    // was the certificate, not the address.
+    let out = workers_direct(&ip, &verified(Some((&gw_crt, &gw_key))));
+    assert!(out.status.success(), "{}", streams(&out));
+    gateway.stop(Duration::from_secs(10));
 }

@@ -135,6 +135,15 @@ pub struct Issued {
 /// Tolerance for clocks that run behind the signer's.
 const BACKDATE: time::Duration = time::Duration::minutes(5);
 
+/// What a certificate is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Usage {
+    /// A client whose identity is its common name.
+    Client,
+    /// A server reached by these DNS names.
+    Server(Vec<String>),
+}
+
 /// Issues a certificate for the client `name`, valid `days` from `now` (or
 /// until the CA's end), signed by the CA `ca_cert_pem`/`ca_key_pem`; `ca`
 /// names the Secret in errors. The key is a fresh ECDSA P-256 key.
@@ -147,6 +156,19 @@ pub fn issue(
     now: OffsetDateTime,
 ) -> Result<Issued, Error> {
     check_name(name)?;
+    issue_for(ca, ca_cert_pem, ca_key_pem, name, &Usage::Client, days, now)
+}
+
+/// Issues a certificate named `name` for `usage`; see [`issue`].
+pub fn issue_for(
+    ca: &str,
+    ca_cert_pem: &str,
+    ca_key_pem: &str,
+    name: &str,
+    usage: &Usage,
+    days: u32,
+    now: OffsetDateTime,
+) -> Result<Issued, Error> {
     let cert_err = |detail: String| Error::CaCertificate { secret: ca.to_owned(), detail };
     let pem = rustls::pki_types::CertificateDer::from_pem_slice(ca_cert_pem.as_bytes())
         .map_err(|e| cert_err(format!("not a PEM certificate ({e})")))?;
@@ -168,7 +190,14 @@ pub fn issue(
     params.distinguished_name.push(DnType::CommonName, name);
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.extended_key_usages = match usage {
+        Usage::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+        Usage::Server(names) => {
+            let sign = |source| Error::Sign { name: name.to_owned(), source };
+            params.subject_alt_names = CertificateParams::new(names.clone()).map_err(sign)?.subject_alt_names;
+            vec![ExtendedKeyUsagePurpose::ServerAuth]
+        }
+    };
     params.use_authority_key_identifier_extension = true;
     params.not_before = now - BACKDATE;
     params.not_after = (now + time::Duration::days(i64::from(days))).min(ca_end);

@@ -11,6 +11,10 @@
 {{/* The chart's CA: signs a generated server certificate and, unless
 tls.clientCA.existingSecret names another, the client certificates. */}}
 {{- define "kiln.chartCA" -}}{{ .Release.Name }}-ca{{- end -}}
+{{/* The builder CA (builderTLS.enabled): signs kilnd's server certificates
+and the gateway's client certificate for reaching them, nothing else. */}}
+{{- define "kiln.builderCA" -}}{{ .Release.Name }}-builder-ca{{- end -}}
+{{- define "kiln.gatewayBuilderTLS" -}}{{ .Release.Name }}-gateway-builder-tls{{- end -}}
 {{- define "kiln.clientCA" -}}
 {{ default (include "kiln.chartCA" .) .Values.tls.clientCA.existingSecret }}
 {{- end -}}

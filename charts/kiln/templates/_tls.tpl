@@ -12,7 +12,11 @@ when the CA in the Secret is not the one that signed it, or within 30 days of
 its end. `helm template` and `helm install --dry-run` without a cluster have
 nothing to look up: what they print is a fresh CA each time.
 
+The builder CA (builderTLS.enabled) is kept the same way; only the
+controller reads it.
+
 .Values._kilnTLS: ca (.Cert, .Key: PEM; absent when the chart makes no CA),
+builderCA (.Cert, .Key: PEM; absent unless builderTLS.enabled),
 and, for a generated server certificate, crt, key (base64), names (the DNS
 names, comma-separated) and renewAfter (Unix seconds).
 */ -}}
@@ -46,6 +50,14 @@ names, comma-separated) and renewAfter (Unix seconds).
 {{- $_ := set $tls "crt" ($cert.Cert | b64enc) -}}
 {{- $_ := set $tls "key" ($cert.Key | b64enc) -}}
 {{- $_ := set $tls "renewAfter" (add $now (mul (sub $days 30) 86400) | toString) -}}
+{{- end -}}
+{{- end -}}
+{{- if .Values.builderTLS.enabled -}}
+{{- $data := dig "data" dict (lookup "v1" "Secret" .Release.Namespace (include "kiln.builderCA" .)) -}}
+{{- if and (index $data "tls.crt") (index $data "tls.key") -}}
+{{- $_ := set $tls "builderCA" (buildCustomCert (index $data "tls.crt") (index $data "tls.key")) -}}
+{{- else -}}
+{{- $_ := set $tls "builderCA" (genCAWithKey (printf "Kiln builder CA (%s.%s)" .Release.Name .Release.Namespace) (int .Values.builderTLS.caDays) (genPrivateKey "ecdsa")) -}}
 {{- end -}}
 {{- end -}}
 {{- $_ := set .Values "_kilnTLS" $tls -}}

@@ -1,7 +1,9 @@
 //! The objects a `Builder` should have, computed from its spec alone: the
 //! pods `<name>-<ordinal>`, one cache PersistentVolumeClaim per ordinal, the
-//! kilnd configuration ConfigMap, a headless Service and a
-//! PodDisruptionBudget. No I/O here; `reconcile` applies what this returns.
+//! kilnd configuration ConfigMap, a headless Service, a PodDisruptionBudget
+//! and, where the controller knows the gateway, a NetworkPolicy that lets
+//! only the gateway reach kilnd's API. No I/O here; `reconcile` applies
+//! what this returns.
 
 use std::collections::BTreeMap;
 
@@ -9,8 +11,11 @@ use k8s_openapi::api::core::v1::{
     Affinity, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
     HTTPGetAction, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
     ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource,
-    Pod, PodSpec, Probe, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
-    VolumeResourceRequirements,
+    Pod, PodSpec, Probe, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume,
+    VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -63,6 +68,28 @@ pub const DRAIN_GRACE_SECONDS: i64 = 600;
 pub struct Defaults {
     /// The kilnd image when `spec.template.image` is unset.
     pub image: String,
+    /// kilnd serves TLS and takes only clients of the builder CA (the
+    /// gateway), with the certificate in the pool's TLS Secret.
+    pub builder_tls: bool,
+    /// Where the gateway runs: only its pods may reach kilnd's API.
+    pub gateway: Option<GatewayPeer>,
+}
+
+/// The gateway's pods, as a NetworkPolicy names them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayPeer {
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Where kilnd finds its certificate, key and the CA of its clients: not
+/// under /etc/kiln, the read-only config volume, in which the runtime
+/// cannot make a mount point.
+const TLS_DIR: &str = "/etc/kiln-tls";
+
+/// The Secret with kilnd's certificate (`controller/tls.rs`).
+pub fn tls_secret_name(b: &Builder) -> String {
+    format!("{}-kilnd-tls", b.name_any())
 }
 
 /// The labels every object of the pool carries, and that select its pods.
@@ -93,7 +120,7 @@ pub fn config_map_name(b: &Builder) -> String {
     format!("{}-kilnd-config", b.name_any())
 }
 
-fn owner(b: &Builder) -> Option<OwnerReference> {
+pub(crate) fn owner(b: &Builder) -> Option<OwnerReference> {
     b.controller_owner_ref(&())
 }
 
@@ -339,6 +366,37 @@ fn pod_spec(b: &Builder, defaults: &Defaults) -> PodSpec {
         ]),
         ..Container::default()
     };
+    let mut container = container;
+    let mut volumes = vec![Volume {
+        name: "config".into(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: config_map_name(b),
+            ..ConfigMapVolumeSource::default()
+        }),
+        ..Volume::default()
+    }];
+    if defaults.builder_tls {
+        // Only clients the builder CA signed (the gateway) get in.
+        let args = container.args.get_or_insert_with(Vec::new);
+        for (flag, file) in [("--tlscert", "tls.crt"), ("--tlskey", "tls.key"), ("--tlscacert", "ca.crt")] {
+            args.extend([flag.to_owned(), format!("{TLS_DIR}/{file}")]);
+        }
+        container.volume_mounts.get_or_insert_with(Vec::new).push(VolumeMount {
+            name: "tls".into(),
+            mount_path: TLS_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+        volumes.push(Volume {
+            name: "tls".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(tls_secret_name(b)),
+                default_mode: Some(0o400),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+    }
     PodSpec {
         containers: vec![container],
         subdomain: Some(b.name_any()),
@@ -348,24 +406,57 @@ fn pod_spec(b: &Builder, defaults: &Defaults) -> PodSpec {
         tolerations: (!t.tolerations.is_empty()).then(|| t.tolerations.clone()),
         priority_class_name: t.priority_class_name.clone(),
         service_account_name: t.service_account_name.clone(),
-        volumes: Some(vec![Volume {
-            name: "config".into(),
-            config_map: Some(ConfigMapVolumeSource {
-                name: config_map_name(b),
-                ..ConfigMapVolumeSource::default()
-            }),
-            ..Volume::default()
-        }]),
+        volumes: Some(volumes),
         ..PodSpec::default()
     }
 }
 
-/// A short hash of everything a pod is made from (spec and kilnd config):
-/// pods carrying another hash are rolled.
-pub fn template_hash(b: &Builder, defaults: &Defaults, config: &str) -> String {
+/// A short hash of everything a pod is made from (spec, kilnd config and
+/// its certificate, by fingerprint): pods carrying another hash are rolled.
+pub fn template_hash(b: &Builder, defaults: &Defaults, config: &str, certificate: &str) -> String {
     let spec = serde_json::to_vec(&pod_spec(b, defaults)).unwrap_or_default();
-    let digest = Sha256::new().chain_update(&spec).chain_update(config.as_bytes()).finalize();
+    let digest = Sha256::new()
+        .chain_update(&spec)
+        .chain_update(config.as_bytes())
+        .chain_update(certificate.as_bytes())
+        .finalize();
     hex::encode(&digest[..5])
+}
+
+/// kilnd's gRPC port open to the gateway's pods alone; the debug port (the
+/// controller's `/load`, probes, metrics) open as before.
+pub fn network_policy(b: &Builder, gateway: &GatewayPeer) -> NetworkPolicy {
+    let from_gateway = NetworkPolicyPeer {
+        namespace_selector: Some(LabelSelector {
+            match_labels: Some(BTreeMap::from([(
+                "kubernetes.io/metadata.name".to_owned(),
+                gateway.namespace.clone(),
+            )])),
+            ..LabelSelector::default()
+        }),
+        pod_selector: Some(LabelSelector {
+            match_labels: Some(gateway.labels.clone()),
+            ..LabelSelector::default()
+        }),
+        ..NetworkPolicyPeer::default()
+    };
+    let port = |name: &str| NetworkPolicyPort {
+        port: Some(IntOrString::String(name.into())),
+        protocol: Some("TCP".into()),
+        ..NetworkPolicyPort::default()
+    };
+    NetworkPolicy {
+        metadata: meta(b, b.name_any(), selector(b), true),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector { match_labels: Some(selector(b)), ..LabelSelector::default() }),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(vec![
+                NetworkPolicyIngressRule { from: Some(vec![from_gateway]), ports: Some(vec![port("grpc")]) },
+                NetworkPolicyIngressRule { from: None, ports: Some(vec![port("debug")]) },
+            ]),
+            ..NetworkPolicySpec::default()
+        }),
+    }
 }
 
 /// The pod of `ordinal`.
@@ -443,7 +534,7 @@ spec:
     }
 
     fn defaults() -> Defaults {
-        Defaults { image: "ghcr.io/kiln-dev/kilnd:default".into() }
+        Defaults { image: "ghcr.io/kiln-dev/kilnd:default".into(), builder_tls: false, gateway: None }
     }
 
     /// Compares with `tests/golden/<name>.yaml`; `KILN_BLESS=1` rewrites it.
@@ -464,12 +555,47 @@ spec:
     fn the_objects_of_a_full_builder_match_the_golden_files() {
         let b = builder(GOLDEN_BUILDER);
         let config = kilnd_config(&b.spec).unwrap();
-        let hash = template_hash(&b, &defaults(), &config);
+        let hash = template_hash(&b, &defaults(), &config, "");
         golden("pod", &pod(&b, 2, &defaults(), &hash));
         golden("claim", &claim(&b, 2));
         golden("config-map", &config_map(&b, &config));
         golden("service", &service(&b));
         golden("disruption-budget", &disruption_budget(&b));
+    }
+
+    #[test]
+    fn with_builder_tls_kilnd_serves_its_certificate_to_the_gateway_alone() {
+        let b = builder(GOLDEN_BUILDER);
+        let gateway = GatewayPeer {
+            namespace: "kiln".into(),
+            labels: BTreeMap::from([("app.kubernetes.io/component".into(), "gateway".into())]),
+        };
+        let tls = Defaults { builder_tls: true, gateway: Some(gateway.clone()), ..defaults() };
+        let pod = serde_json::to_value(pod(&b, 0, &tls, "h")).unwrap();
+        let args: Vec<&str> = pod["spec"]["containers"][0]["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        let tail = &args[args.len() - 6..];
+        assert_eq!(
+            tail,
+            [
+                "--tlscert",
+                "/etc/kiln-tls/tls.crt",
+                "--tlskey",
+                "/etc/kiln-tls/tls.key",
+                "--tlscacert",
+                "/etc/kiln-tls/ca.crt"
+            ]
+        );
+        let volumes = pod["spec"]["volumes"].as_array().unwrap();
+        assert!(volumes.iter().any(|v| v["secret"]["secretName"] == "ci-kilnd-tls"), "{volumes:?}");
+        // A new certificate rolls the pool.
+        let config = kilnd_config(&b.spec).unwrap();
+        assert_ne!(template_hash(&b, &tls, &config, "aa"), template_hash(&b, &tls, &config, "bb"));
+        golden("network-policy", &network_policy(&b, &gateway));
     }
 
     #[test]
@@ -506,7 +632,7 @@ spec:
     #[test]
     fn the_hash_follows_the_template_and_config_but_not_the_replica_count() {
         let b = builder(GOLDEN_BUILDER);
-        let h = |b: &Builder| template_hash(b, &defaults(), &kilnd_config(&b.spec).unwrap());
+        let h = |b: &Builder| template_hash(b, &defaults(), &kilnd_config(&b.spec).unwrap(), "");
         let base = h(&b);
         assert_eq!(base.len(), 10);
 

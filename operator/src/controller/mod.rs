@@ -17,7 +17,7 @@ use kube::runtime::watcher;
 use kube::{Api, Client};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{Instrument, info, info_span, warn};
 
 use crate::metrics::{self, Metrics};
 
@@ -27,6 +27,7 @@ pub mod leader;
 pub mod plan;
 mod reconcile;
 pub mod status;
+pub mod tls;
 
 /// Run the Builder controller.
 #[derive(Debug, clap::Args)]
@@ -60,12 +61,52 @@ pub struct Args {
     /// This candidate's name in the Lease. Unset: hostname and process id.
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
+
+    /// The builder CA (NAMESPACE/NAME of a Secret with tls.crt and tls.key):
+    /// every pool's kilnd then serves TLS with a certificate the controller
+    /// issues from it and takes only clients it signed (the gateway).
+    #[arg(long, env = "KILN_BUILDER_CA_SECRET", value_name = "NAMESPACE/NAME")]
+    pub builder_ca_secret: Option<String>,
+
+    /// With --builder-ca-secret: the Secret (NAMESPACE/NAME) the controller
+    /// keeps the gateway's client certificate in.
+    #[arg(
+        long,
+        env = "KILN_GATEWAY_CLIENT_SECRET",
+        value_name = "NAMESPACE/NAME",
+        requires = "builder_ca_secret"
+    )]
+    pub gateway_client_secret: Option<String>,
+
+    /// The gateway's namespace: with --gateway-labels, each pool gets a
+    /// NetworkPolicy that lets only the gateway's pods reach kilnd's API.
+    #[arg(long, env = "KILN_GATEWAY_NAMESPACE", requires = "gateway_labels")]
+    pub gateway_namespace: Option<String>,
+
+    /// The gateway pods' labels (k=v,k=v).
+    #[arg(long, env = "KILN_GATEWAY_LABELS", value_name = "K=V,...", requires = "gateway_namespace")]
+    pub gateway_labels: Option<String>,
+}
+
+/// `k=v,k=v` → labels.
+fn parse_labels(text: &str) -> Result<std::collections::BTreeMap<String, String>, RunError> {
+    text.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|pair| {
+            pair.split_once('=')
+                .filter(|(k, _)| !k.trim().is_empty())
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                .ok_or_else(|| RunError::Labels(text.to_owned()))
+        })
+        .collect()
 }
 
 /// What every reconcile shares.
 pub struct Context {
     pub client: Client,
     pub defaults: desired::Defaults,
+    /// The builder CA, when kilnd serves TLS.
+    pub tls: Option<Arc<tls::BuilderCa>>,
     pub metrics: Arc<Metrics>,
     pub reporter: Reporter,
     pub http: reqwest::Client,
@@ -89,6 +130,10 @@ pub enum RunError {
     Http(#[source] reqwest::Error),
     #[error(transparent)]
     Leader(#[from] leader::Error),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("--gateway-labels {0:?} is not k=v,k=v")]
+    Labels(String),
 }
 
 fn identity(args: &Args) -> String {
@@ -135,9 +180,33 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> Result<(), RunError
         .no_proxy()
         .build()
         .map_err(RunError::Http)?;
+    let ca = match &args.builder_ca_secret {
+        Some(secret) => {
+            let (ns, name) = tls::secret_ref(secret)?;
+            let ca = Arc::new(tls::BuilderCa::load(&client, &ns, &name).await?);
+            info!(secret = %secret, "kilnd serves TLS to the gateway alone");
+            if let Some(gateway) = &args.gateway_client_secret {
+                let (ns, name) = tls::secret_ref(gateway)?;
+                let keep = tls::keep_gateway_certificate(client.clone(), Arc::clone(&ca), ns, name);
+                tasks.spawn(keep.instrument(info_span!("gateway certificate")));
+            }
+            Some(ca)
+        }
+        None => {
+            warn!("no --builder-ca-secret: builders take any client that reaches them, not only the gateway");
+            None
+        }
+    };
+    let gateway = match (&args.gateway_namespace, &args.gateway_labels) {
+        (Some(namespace), Some(labels)) => {
+            Some(desired::GatewayPeer { namespace: namespace.clone(), labels: parse_labels(labels)? })
+        }
+        _ => None,
+    };
     let ctx = Arc::new(Context {
         client: client.clone(),
-        defaults: desired::Defaults { image: args.kilnd_image.clone() },
+        defaults: desired::Defaults { image: args.kilnd_image.clone(), builder_tls: ca.is_some(), gateway },
+        tls: ca,
         metrics: metrics.clone(),
         reporter: Reporter { controller: desired::FIELD_MANAGER.into(), instance: Some(identity.clone()) },
         http,

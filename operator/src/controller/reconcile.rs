@@ -4,7 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
 use kiln_crds::builder::{Builder, BuilderStatus, SecurityMode};
@@ -23,7 +24,7 @@ use tracing::{Instrument, debug, info, info_span, instrument, warn};
 use super::desired::{self, FIELD_MANAGER, FINALIZER};
 use super::plan::{self, Action, Inputs, Load, Member};
 use super::requeue;
-use super::{Context, applied, status};
+use super::{Context, applied, status, tls};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -43,6 +44,8 @@ pub enum Error {
     Draining(usize),
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<finalizer::Error<Error>>),
+    #[error("issuing kilnd's certificate: {0}")]
+    Tls(#[source] tls::TlsError),
 }
 
 /// What kind of failure an `Error` is: the label of
@@ -58,6 +61,7 @@ pub enum ErrorKind {
     /// Not a failure: a deleted Builder waits for its pods to drain.
     Draining,
     Finalizer,
+    Tls,
 }
 
 impl ErrorKind {
@@ -71,6 +75,7 @@ impl ErrorKind {
             Self::Status => "status",
             Self::Draining => "draining",
             Self::Finalizer => "finalizer",
+            Self::Tls => "tls",
         }
     }
 }
@@ -85,6 +90,7 @@ impl Error {
             Self::DeleteClaim { .. } => ErrorKind::DeleteClaim,
             Self::Status { .. } => ErrorKind::Status,
             Self::Draining(_) => ErrorKind::Draining,
+            Self::Tls(_) => ErrorKind::Tls,
             Self::Finalizer(e) => match e.as_ref() {
                 finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e.kind(),
                 _ => ErrorKind::Finalizer,
@@ -150,7 +156,25 @@ async fn pool(b: &Builder, ctx: &Context, deleting: bool) -> Result<Requeue, Err
     let pass = Pass::new(b, ctx);
     let fetched = pass.fetch().await?;
     let invalid = validate(b);
-    let desired = desired(b, &ctx.defaults, pass.now, deleting);
+    // kilnd's certificate: kept while current, issued when due. A deleted
+    // or invalid Builder gets none, and its pods keep the one they have.
+    let certificate = match (&ctx.tls, &fetched.tls) {
+        (Some(ca), current) if invalid.is_none() && !deleting => {
+            let now = time::OffsetDateTime::now_utc();
+            let secret = match current {
+                Some(s) if ca.is_current(Some(s), now) => s.clone(),
+                _ => {
+                    let issued = ca.kilnd_secret(b, now).map_err(Error::Tls)?;
+                    pass.apply(&pass.apis.secrets, "Secret", &issued).await?;
+                    issued
+                }
+            };
+            tls::certificate_fingerprint(&secret)
+        }
+        (_, Some(current)) => tls::certificate_fingerprint(current),
+        _ => String::new(),
+    };
+    let desired = desired(b, &ctx.defaults, &certificate, pass.now, deleting);
     let members = members(b, &fetched, &desired.hash, pass.now);
     // An invalid spec leaves the pods as they are (no half-understood
     // change), except that a deleted Builder still drains.
@@ -161,6 +185,9 @@ async fn pool(b: &Builder, ctx: &Context, deleting: bool) -> Result<Requeue, Err
         pass.apply(&pass.apis.config_maps, "ConfigMap", &desired::config_map(b, &desired.config)).await?;
         pass.apply(&pass.apis.services, "Service", &desired::service(b)).await?;
         pass.apply(&pass.apis.budgets, "PodDisruptionBudget", &desired::disruption_budget(b)).await?;
+        if let Some(gateway) = &ctx.defaults.gateway {
+            pass.apply(&pass.apis.policies, "NetworkPolicy", &desired::network_policy(b, gateway)).await?;
+        }
     }
     for action in &actions {
         pass.act(action, &fetched.pods, &desired.hash).await?;
@@ -219,9 +246,15 @@ struct Desired {
     inputs: Inputs,
 }
 
-fn desired(b: &Builder, defaults: &desired::Defaults, now: Timestamp, deleting: bool) -> Desired {
+fn desired(
+    b: &Builder,
+    defaults: &desired::Defaults,
+    certificate: &str,
+    now: Timestamp,
+    deleting: bool,
+) -> Desired {
     let config = desired::kilnd_config(&b.spec).unwrap_or_default();
-    let hash = desired::template_hash(b, defaults, &config);
+    let hash = desired::template_hash(b, defaults, &config, certificate);
     let inputs = Inputs {
         target: desired::target(b, now),
         idle_timeout: parse_duration(&b.spec.idle_timeout).unwrap_or(Duration::from_secs(600)),
@@ -238,6 +271,8 @@ struct Fetched {
     claims: Vec<PersistentVolumeClaim>,
     /// Each pod's `/load`, in the order of `pods`.
     loads: Vec<Option<Load>>,
+    /// The pool's TLS Secret, when the controller issues certificates.
+    tls: Option<Secret>,
 }
 
 /// The pool's members as the planner sees them.
@@ -315,6 +350,8 @@ struct Apis {
     config_maps: Api<ConfigMap>,
     services: Api<Service>,
     budgets: Api<PodDisruptionBudget>,
+    secrets: Api<Secret>,
+    policies: Api<NetworkPolicy>,
 }
 
 /// What one reconcile of one Builder reads and writes with.
@@ -337,6 +374,8 @@ impl<'a> Pass<'a> {
             config_maps: Api::namespaced(client.clone(), &ns),
             services: Api::namespaced(client.clone(), &ns),
             budgets: Api::namespaced(client.clone(), &ns),
+            secrets: Api::namespaced(client.clone(), &ns),
+            policies: Api::namespaced(client.clone(), &ns),
         };
         let recorder = Recorder::new(client.clone(), ctx.reporter.clone());
         Self { b, ctx, apis, recorder, now: Timestamp::now() }
@@ -361,7 +400,16 @@ impl<'a> Pass<'a> {
             .collect();
         let claims = self.apis.claims.list(&selector).await.map_err(list_error("cache volume claims"))?.items;
         let loads = futures::future::join_all(pods.iter().map(|p| self.read_load(p))).await;
-        Ok(Fetched { pods, claims, loads })
+        let tls = match &self.ctx.tls {
+            Some(_) => self
+                .apis
+                .secrets
+                .get_opt(&desired::tls_secret_name(self.b))
+                .await
+                .map_err(list_error("the TLS Secret"))?,
+            None => None,
+        };
+        Ok(Fetched { pods, claims, loads, tls })
     }
 
     async fn read_load(&self, pod: &Pod) -> Option<Load> {
@@ -570,6 +618,7 @@ mod tests {
             ],
             claims: Vec::new(),
             loads: vec![Some(Load { builds: 1, sessions: 1, idle_seconds: None }), None, None],
+            tls: None,
         };
         let members = members(&b, &fetched, "h1", now);
         assert_eq!(

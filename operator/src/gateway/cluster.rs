@@ -53,9 +53,11 @@ fn is_ready(pod: &Pod) -> bool {
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-/// The pool members the pods make, known by their pod's name: the ordinal
-/// whose volume holds the cache, whatever address the pod has now.
-pub fn members(pods: &[Arc<Pod>]) -> Vec<Member> {
+/// The pool members the pods of Builder `namespace/name` make, known by
+/// their pod's name: the ordinal whose volume holds the cache, whatever
+/// address the pod has now.
+pub fn members(namespace: &str, name: &str, pods: &[Arc<Pod>]) -> Vec<Member> {
+    let server_name = crate::controller::tls::server_name(namespace, name);
     let mut out: Vec<Member> = pods
         .iter()
         .filter_map(|pod| {
@@ -67,6 +69,7 @@ pub fn members(pods: &[Arc<Pod>]) -> Vec<Member> {
             Some(Member {
                 addr: format!("tcp://{host}:{GRPC_PORT}"),
                 identity: Some(pod.name_any()),
+                server_name: Some(server_name.clone()),
                 ready: is_ready(pod) && !terminating,
                 draining,
             })
@@ -225,7 +228,7 @@ async fn watch_pods(client: Client, namespace: String, name: String, entry: Arc<
     let config = watcher::Config::default().labels(&format!("{LABEL_BUILDER}={name}"));
     let pod_events = watcher::watcher(pods, config).default_backoff().reflect(writer).applied_objects();
     tokio::pin!(pod_events);
-    let update = |store: &Store<Pod>| entry.pool.set_members(&members(&store.state()));
+    let update = |store: &Store<Pod>| entry.pool.set_members(&members(&namespace, &name, &store.state()));
     loop {
         tokio::select! {
             () = entry.stop.cancelled() => return,
@@ -281,7 +284,13 @@ mod tests {
     }
 
     fn member(addr: &str, pod: &str, ready: bool, draining: bool) -> Member {
-        Member { addr: addr.to_owned(), identity: Some(pod.to_owned()), ready, draining }
+        Member {
+            addr: addr.to_owned(),
+            identity: Some(pod.to_owned()),
+            server_name: Some("x.team-a.builders.kiln".to_owned()),
+            ready,
+            draining,
+        }
     }
 
     #[test]
@@ -296,7 +305,7 @@ mod tests {
             pod(json!({"metadata": {"name": "x-3"}, "status": {}})),
         ];
         assert_eq!(
-            members(&pods),
+            members("team-a", "x", &pods),
             [
                 member("tcp://10.0.0.1:1234", "x-0", true, false),
                 member("tcp://10.0.0.2:1234", "x-1", true, true),

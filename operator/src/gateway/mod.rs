@@ -104,6 +104,21 @@ pub struct Args {
     #[arg(long, value_name = "FILE", requires = "tls_issuer_cert")]
     pub tls_issuer_key: Option<std::path::PathBuf>,
 
+    /// Cluster mode: the gateway's client certificate (PEM) for builders
+    /// that serve TLS to the gateway alone (the controller's
+    /// --builder-ca-secret; it keeps this certificate in its
+    /// --gateway-client-secret). Needs --builder-tls-key and --builder-tls-ca.
+    #[arg(long, value_name = "FILE", requires_all = ["builder_tls_key", "builder_tls_ca"])]
+    pub builder_tls_cert: Option<std::path::PathBuf>,
+
+    /// The key of --builder-tls-cert.
+    #[arg(long, value_name = "FILE", requires = "builder_tls_cert")]
+    pub builder_tls_key: Option<std::path::PathBuf>,
+
+    /// The CA the builders' certificates are signed by.
+    #[arg(long, value_name = "FILE", requires = "builder_tls_cert")]
+    pub builder_tls_ca: Option<std::path::PathBuf>,
+
     /// Static mode: a client common name that may use the pool (repeat;
     /// needs --tls-ca). None: every client that reaches the gateway (with
     /// --tls-ca, every certificate the CA signed).
@@ -161,7 +176,7 @@ pub fn start(
     // Static mode: who reaches the gateway is whom its operator let reach it.
     let allow = if allow.is_empty() { vec![route::ANY_CLIENT.to_owned()] } else { allow };
     let pools = pools::Pools::fixed(vec![PoolEntry::new(Vec::new(), pool, allow)]);
-    let gateway = Gateway::new(pools, metrics);
+    let gateway = Gateway::new(pools, metrics, None);
     let health = proxy::watch_health(Arc::clone(&gateway), Duration::from_secs(2));
     tasks.spawn(health.instrument(info_span!("health checks")));
     Ok(gateway)
@@ -318,7 +333,13 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> Result<(), Error> {
             let pools = pools::Pools::watched(args.default_pool.clone());
             let follow = cluster::follow(client, scope, Arc::clone(&pools));
             tasks.spawn(follow.instrument(info_span!("builders")));
-            Gateway::new(pools, Arc::clone(&metrics))
+            let builder_tls = match (&args.builder_tls_cert, &args.builder_tls_key, &args.builder_tls_ca) {
+                (Some(cert), Some(key), Some(ca)) => {
+                    Some(tls::BuilderClient::new(cert.clone(), key.clone(), ca.clone())?)
+                }
+                _ => None,
+            };
+            Gateway::new(pools, Arc::clone(&metrics), builder_tls)
         }
     };
     let tls = match (&args.tls_cert, &args.tls_key) {
@@ -409,7 +430,7 @@ mod tests {
         let pool = pool::Pool::new(vec![backend], 4);
         let metrics = Arc::new(Metrics::new().unwrap());
         let entry = PoolEntry::new(Vec::new(), pool, vec![route::ANY_CLIENT.to_owned()]);
-        let gateway = Gateway::new(pools::Pools::fixed(vec![entry]), metrics);
+        let gateway = Gateway::new(pools::Pools::fixed(vec![entry]), metrics, None);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = shutdown.clone();

@@ -37,6 +37,8 @@ pub struct Backend {
     /// What stays when its address changes (pod name, kilnd's worker id);
     /// unknown until learnt.
     identity: Mutex<Option<String>>,
+    /// The name its TLS certificate carries, for a builder that serves TLS.
+    server_name: Mutex<Option<String>>,
     pub state: Mutex<BackendState>,
 }
 
@@ -45,6 +47,8 @@ pub struct Backend {
 pub struct Member {
     pub addr: String,
     pub identity: Option<String>,
+    /// The name its TLS certificate carries, when it serves TLS.
+    pub server_name: Option<String>,
     pub ready: bool,
     pub draining: bool,
 }
@@ -66,6 +70,7 @@ impl Backend {
         Arc::new(Self {
             addr: addr.to_owned(),
             identity: Mutex::new(None),
+            server_name: Mutex::new(None),
             state: Mutex::new(BackendState { ready: false, draining: false, sessions: 0, keyed: 0 }),
         })
     }
@@ -82,6 +87,10 @@ impl Backend {
 
     pub fn set_identity(&self, identity: &str) {
         *lock(&self.identity) = Some(identity.to_owned());
+    }
+
+    pub fn server_name(&self) -> Option<String> {
+        lock(&self.server_name).clone()
     }
 
     pub fn state(&self) -> BackendState {
@@ -243,6 +252,7 @@ impl Pool {
             if let Some(identity) = &m.identity {
                 b.set_identity(identity);
             }
+            lock(&b.server_name).clone_from(&m.server_name);
             {
                 let mut s = lock(&b.state);
                 s.ready = m.ready;
@@ -490,7 +500,7 @@ mod tests {
     }
 
     fn member(addr: &str, ready: bool, draining: bool) -> Member {
-        Member { addr: addr.to_owned(), identity: None, ready, draining }
+        Member { addr: addr.to_owned(), identity: None, server_name: None, ready, draining }
     }
 
     #[tokio::test]
@@ -503,6 +513,7 @@ mod tests {
                 .map(|(i, id)| Member {
                     addr: format!("tcp://10.0.{port}.{i}:1234"),
                     identity: Some((*id).to_owned()),
+                    server_name: None,
                     ready: true,
                     draining: false,
                 })

@@ -136,6 +136,8 @@ impl PoolEntry {
 pub struct Gateway {
     pub pools: Arc<Pools>,
     metrics: Arc<Metrics>,
+    /// The gateway's client certificate for builders that ask for one.
+    pub builder_tls: Option<super::tls::BuilderClient>,
     upstreams: Mutex<std::collections::HashMap<String, Arc<Upstream>>>,
 }
 
@@ -187,8 +189,12 @@ pub enum ForwardError {
 }
 
 impl Gateway {
-    pub fn new(pools: Arc<Pools>, metrics: Arc<Metrics>) -> Arc<Self> {
-        Arc::new(Self { pools, metrics, upstreams: Mutex::default() })
+    pub fn new(
+        pools: Arc<Pools>,
+        metrics: Arc<Metrics>,
+        builder_tls: Option<super::tls::BuilderClient>,
+    ) -> Arc<Self> {
+        Arc::new(Self { pools, metrics, upstreams: Mutex::default(), builder_tls })
     }
 
     /// Sessions open or waiting for a builder, in every pool: the builds a
@@ -209,7 +215,8 @@ impl Gateway {
         Arc::clone(map.entry(addr.to_owned()).or_default())
     }
 
-    async fn sender(&self, addr: &str) -> Result<SendRequest<Body>, ForwardError> {
+    async fn sender(&self, backend: &Backend) -> Result<SendRequest<Body>, ForwardError> {
+        let addr = backend.addr.as_str();
         let upstream = self.upstream(addr);
         let mut slot = upstream.sender.lock().await;
         if let Some(sender) = slot.as_ref()
@@ -220,13 +227,29 @@ impl Gateway {
         let stream = super::listen::Stream::connect(addr)
             .await
             .map_err(|source| ForwardError::Connect { addr: addr.to_owned(), source })?;
-        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        let h2 = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_frame_size(MAX_FRAME)
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| ForwardError::Handshake { addr: addr.to_owned(), source })?;
+            .clone();
+        let handshake = |source| ForwardError::Handshake { addr: addr.to_owned(), source };
+        // A pool's builders take only the gateway, by its certificate.
+        let (sender, conn) = match (&self.builder_tls, backend.server_name()) {
+            (Some(tls), Some(name)) => {
+                let stream = tls
+                    .connect(&name, stream)
+                    .await
+                    .map_err(|source| ForwardError::Connect { addr: addr.to_owned(), source })?;
+                let (sender, conn) =
+                    h2.handshake::<_, Body>(TokioIo::new(stream)).await.map_err(handshake)?;
+                (sender, futures::FutureExt::boxed(conn))
+            }
+            _ => {
+                let (sender, conn) =
+                    h2.handshake::<_, Body>(TokioIo::new(stream)).await.map_err(handshake)?;
+                (sender, futures::FutureExt::boxed(conn))
+            }
+        };
         let driving = async move {
             if let Err(e) = conn.await {
                 debug!(error = %e, "connection to builder ended");
@@ -286,7 +309,7 @@ impl Gateway {
                 request.headers_mut().append(name, value.clone());
             }
         }
-        let mut sender = self.sender(addr).await?;
+        let mut sender = self.sender(backend).await?;
         let response = match sender.send_request(request).await {
             Ok(r) => r,
             Err(source) => {

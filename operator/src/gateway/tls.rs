@@ -206,6 +206,64 @@ impl ResolvesServerCert for PoolCertificates {
     }
 }
 
+/// The gateway's side of TLS to builders: its client certificate, and the
+/// CA its builders' certificates are signed by. The files are read again
+/// for every new connection, so a renewed certificate (a mounted Secret is
+/// updated in place) is used without a restart.
+#[derive(Debug, Clone)]
+pub struct BuilderClient {
+    cert: PathBuf,
+    key: PathBuf,
+    ca: PathBuf,
+}
+
+impl BuilderClient {
+    /// Checks the files once, so a bad one fails the start, not a build.
+    pub fn new(cert: PathBuf, key: PathBuf, ca: PathBuf) -> Result<Self, TlsError> {
+        let client = Self { cert, key, ca };
+        client.config()?;
+        Ok(client)
+    }
+
+    fn config(&self) -> Result<rustls::ClientConfig, TlsError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for c in certs(&self.ca, "the builders' CA")? {
+            roots.add(c).map_err(|e| TlsError::Config(format!("builders' CA {}: {e}", self.ca.display())))?;
+        }
+        let key = PrivateKeyDer::from_pem_file(&self.key).map_err(|e| TlsError::Pem {
+            what: "the gateway's client key",
+            path: self.key.clone(),
+            detail: e.to_string(),
+        })?;
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Config(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(certs(&self.cert, "the gateway's client certificate")?, key)
+            .map_err(|e| TlsError::Config(format!("the gateway's client certificate: {e}")))?;
+        // kilnd (tonic) speaks HTTP/2 after ALPN says so.
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(config)
+    }
+
+    /// A TLS connection over `stream` to the builder named `server_name`.
+    pub async fn connect<S>(
+        &self,
+        server_name: &str,
+        stream: S,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<S>>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+        let config = self.config().map_err(|e| invalid(e.to_string()))?;
+        let name = rustls::pki_types::ServerName::try_from(server_name.to_owned())
+            .map_err(|e| invalid(e.to_string()))?;
+        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, stream).await
+    }
+}
+
 /// The common name of a client certificate's subject.
 pub fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
