@@ -1,7 +1,8 @@
 //! Registry authentication: credentials from the caller, `WWW-Authenticate`
 //! challenges, and the token flow of the distribution spec ("Token
-//! Authentication Specification", docs/spec/auth/token.md and oauth.md) as
-//! BuildKit's `util/resolver/authorizer.go` runs it.
+//! Authentication Specification": upstream distribution/distribution's
+//! `docs/spec/auth/token.md` and `oauth.md`, not files of this repository)
+//! as BuildKit's `util/resolver/authorizer.go` runs it.
 
 use std::collections::HashMap;
 use std::fmt;
