@@ -18,6 +18,16 @@ use crate::source::image::HostConfig;
 pub(crate) const DEFAULT_ROOT: &str = "/var/lib/kilnd";
 /// The socket kilnd listens on when neither `--addr` nor the file names one.
 pub(crate) const DEFAULT_SOCKET: &str = "/run/kilnd/kilnd.sock";
+
+/// The socket kilnd listens on when no address is given: `DEFAULT_SOCKET`,
+/// or, rootless, `kilnd.sock` below the user's run base.
+fn default_socket() -> PathBuf {
+    if crate::rootless::in_user_namespace() {
+        crate::rootless::run_base().join("kilnd.sock")
+    } else {
+        DEFAULT_SOCKET.into()
+    }
+}
 /// The configuration file read when `--config` is not given, if it exists.
 pub(crate) const DEFAULT_CONFIG: &str = "/etc/kilnd/kilnd.toml";
 
@@ -339,6 +349,10 @@ impl OciWorkerConfig {
         warnings: &mut Vec<String>,
     ) -> Result<NetworkConfig, String> {
         let default = match flag_mode.or(self.network_mode.as_deref()).unwrap_or("auto") {
+            // Rootless, kilnd may not make a bridge in a network namespace
+            // its user namespace does not own (RootlessKit's `--net=host`):
+            // `auto` is kilnd's own network there, as in rootless BuildKit.
+            "auto" if crate::rootless::in_user_namespace() => DefaultNetwork::Host,
             "auto" | "bridge" => DefaultNetwork::Bridge,
             "host" => DefaultNetwork::Host,
             "cni" => {
@@ -466,7 +480,7 @@ impl Config {
         let addrs = match (args.addr.is_empty(), file.grpc.address.is_empty()) {
             (false, _) => args.addr,
             (true, false) => file.grpc.address,
-            (true, true) => vec![ListenAddr::Unix(DEFAULT_SOCKET.into())],
+            (true, true) => vec![ListenAddr::Unix(default_socket())],
         };
         let tls = TlsFiles {
             cert: args.tlscert.or(file.grpc.tls.cert),

@@ -25,6 +25,7 @@ mod locks;
 mod metrics;
 mod mountinfo;
 mod progress;
+mod rootless;
 mod server;
 mod session;
 mod snapshot;
@@ -79,6 +80,7 @@ pub async fn main() -> anyhow::Result<()> {
 /// accepting, calls in flight get `shutdown_grace` to finish, a second
 /// signal ends the process at once.
 async fn run(config: Config) -> anyhow::Result<()> {
+    rootless::check_privileges().map_err(anyhow::Error::msg)?;
     let _lock = lock_root(&config.root)?;
     // Mount points are found by path, so the root must be absolute and canonical.
     let root = std::fs::canonicalize(&config.root)

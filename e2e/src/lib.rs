@@ -304,7 +304,25 @@ impl Kilnd {
         Self::start_in(root, configure)
     }
 
+    /// Starts kilnd rootless: as `user` (no privileges; `KILN_ROOTLESS_USER`
+    /// from e2e/env/up) inside RootlessKit's user namespace, sharing the
+    /// host's network (`rootlesskit --net=host`, docs/rootless.md). Its
+    /// binary and state are in a directory the user owns.
+    pub fn start_rootless(user: &str, configure: impl FnOnce(&mut Command)) -> Self {
+        let root = tempfile::Builder::new().prefix("kiln-kilnd-rootless-").tempdir().unwrap();
+        let kilnd = root.path().join("kilnd");
+        std::fs::copy(workspace_bin("kilnd"), &kilnd).unwrap();
+        let xdg = root.path().join("xdg");
+        std::fs::create_dir(&xdg).unwrap();
+        run(Command::new("chown").arg("-R").arg(format!("{user}:")).arg(root.path()));
+        Self::start_as(root, Some(user), configure)
+    }
+
     fn start_in(root: TempDir, configure: impl FnOnce(&mut Command)) -> Self {
+        Self::start_as(root, None, configure)
+    }
+
+    fn start_as(root: TempDir, rootless_user: Option<&str>, configure: impl FnOnce(&mut Command)) -> Self {
         let addr = format!("tcp://127.0.0.1:{}", free_port());
         let debug_addr = format!("127.0.0.1:{}", free_port());
         let env = TestEnv::get();
@@ -319,7 +337,17 @@ impl Kilnd {
             ),
         )
         .unwrap();
-        let mut cmd = Command::new(workspace_bin("kilnd"));
+        let mut cmd = match rootless_user {
+            None => Command::new(workspace_bin("kilnd")),
+            Some(user) => {
+                let mut cmd = Command::new("runuser");
+                cmd.args(["-u", user, "--", "env"])
+                    .arg(format!("XDG_RUNTIME_DIR={}", root.path().join("xdg").display()))
+                    .args(["rootlesskit", "--net=host"])
+                    .arg(root.path().join("kilnd"));
+                cmd
+            }
+        };
         cmd.arg("--addr")
             .arg(&addr)
             .arg("--root")
