@@ -71,7 +71,7 @@ pub(crate) fn from_definition(def: &pb::Definition) -> Result<State, LlbError> {
         kind: VertexKind::Definition(DefinitionVertex { ops, head }),
         constraints: Constraints::new(),
     });
-    Ok(State::from_output(Output::new(vertex, Ok(input.index), platform)))
+    Ok(State::from_output(Output::new(vertex, input.index, platform)))
 }
 
 fn from_pb(md: &pb::OpMetadata) -> OpMetadata {

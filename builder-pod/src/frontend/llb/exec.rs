@@ -282,7 +282,7 @@ impl State {
         let output = if opts.readonly_rootfs {
             self.output.clone()
         } else {
-            Some(Output::new(vertex, Ok(root_index as i64), platform))
+            Some(Output::new(vertex, root_index as i64, platform))
         };
         ExecState { root: self.with_output(output) }
     }

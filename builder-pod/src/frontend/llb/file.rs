@@ -182,7 +182,7 @@ impl State {
             kind: VertexKind::File(FileVertex { base: self.clone(), steps: action.steps }),
             constraints: c,
         });
-        self.with_output(Some(Output::new(vertex, Ok(0), None)))
+        self.with_output(Some(Output::new(vertex, 0, None)))
     }
 }
 

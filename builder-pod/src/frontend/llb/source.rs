@@ -44,7 +44,7 @@ fn source_state_with(
         kind: VertexKind::Source(SourceVertex { identifier, attrs, error, unique_id }),
         constraints: c,
     });
-    State::from_output(Output::new(vertex, Ok(0), platform))
+    State::from_output(Output::new(vertex, 0, platform))
 }
 
 /// An empty filesystem.

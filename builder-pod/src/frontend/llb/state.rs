@@ -73,12 +73,7 @@ pub(crate) struct Output {
 
 #[derive(Clone)]
 pub(super) enum OutputRef {
-    Op {
-        vertex: Arc<Vertex>,
-        /// The output index, or why this output cannot be used as an input.
-        index: Result<i64, LlbError>,
-        platform: Option<Platform>,
-    },
+    Op { vertex: Arc<Vertex>, index: i64, platform: Option<Platform> },
     Placeholder(Arc<OnceLock<Output>>),
 }
 
@@ -97,20 +92,19 @@ impl fmt::Debug for Output {
 }
 
 impl Output {
-    pub(super) fn new(vertex: Arc<Vertex>, index: Result<i64, LlbError>, platform: Option<Platform>) -> Self {
+    pub(super) fn new(vertex: Arc<Vertex>, index: i64, platform: Option<Platform>) -> Self {
         Self { inner: OutputRef::Op { vertex, index, platform } }
     }
 
     /// The op behind this output and its index, looking through placeholders.
     pub(super) fn resolve(&self) -> Result<(&Arc<Vertex>, i64), LlbError> {
         match &self.inner {
-            OutputRef::Op { vertex, index, .. } => Ok((vertex, index.clone()?)),
+            OutputRef::Op { vertex, index, .. } => Ok((vertex, *index)),
             OutputRef::Placeholder(cell) => cell.get().ok_or(LlbError::EmptyPlaceholder)?.resolve(),
         }
     }
 
-    /// The vertex for graph walks; an output that cannot be an input still
-    /// names its op.
+    /// The vertex for graph walks, looking through placeholders.
     pub(super) fn vertex(&self) -> Result<&Arc<Vertex>, LlbError> {
         match &self.inner {
             OutputRef::Op { vertex, .. } => Ok(vertex),
@@ -399,7 +393,7 @@ pub(crate) fn merge(inputs: &[State], mut c: Constraints) -> State {
             c.add_cap(caps::MERGE_OP);
             let outputs = kept.iter().filter_map(|s| s.output.clone()).collect();
             let vertex = Arc::new(Vertex { kind: VertexKind::Merge(outputs), constraints: c });
-            first.with_output(Some(Output::new(vertex, Ok(0), None)))
+            first.with_output(Some(Output::new(vertex, 0, None)))
         }
     }
 }
