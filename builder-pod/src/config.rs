@@ -83,6 +83,14 @@ pub(crate) struct Args {
     #[arg(long, env = "KILND_OCI_WORKER_NO_SECCOMP")]
     pub oci_worker_no_seccomp: bool,
 
+    /// Run RUN steps in kilnd's own process namespace, with kilnd's `/proc`
+    /// bound in, instead of a namespace and a fresh procfs of their own: for
+    /// rootless kilnd in a container whose `/proc` is masked (an
+    /// unprivileged pod), where no procfs can be mounted. Steps then see
+    /// kilnd's processes (docs/rootless.md).
+    #[arg(long, env = "KILND_OCI_WORKER_NO_PROCESS_SANDBOX")]
+    pub oci_worker_no_process_sandbox: bool,
+
     /// Let builds that ask for it have this entitlement (`network.host`,
     /// `security.insecure`); repeat for both. A build still has to ask
     /// (`buildx build --allow ...`). [default: none]
@@ -222,6 +230,9 @@ pub(crate) struct OciWorkerConfig {
     /// kilnd's own: `false` runs sandboxed steps without the default seccomp
     /// profile.
     pub seccomp: Option<bool>,
+    /// buildkitd's `noProcessSandbox`: steps share kilnd's process namespace.
+    #[serde(rename = "noProcessSandbox")]
+    pub no_process_sandbox: Option<bool>,
 }
 
 /// `[[worker.oci.gcpolicy]]`, buildkitd.toml's keys.
@@ -444,6 +455,8 @@ pub(crate) struct Config {
     pub entitlements: Entitlements,
     /// Sandboxed steps get the default seccomp profile.
     pub seccomp: bool,
+    /// Steps share kilnd's process namespace and `/proc`.
+    pub process_sandbox: bool,
     /// Settings accepted but not acted on, to log once logging is up.
     pub warnings: Vec<String>,
 }
@@ -521,6 +534,8 @@ impl Config {
             network,
             entitlements,
             seccomp: !args.oci_worker_no_seccomp && file.worker.oci.seccomp.unwrap_or(true),
+            process_sandbox: !args.oci_worker_no_process_sandbox
+                && !file.worker.oci.no_process_sandbox.unwrap_or(false),
             warnings,
         })
     }

@@ -110,6 +110,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
     // Where earlier kilnds kept them, on the persistent root.
     let _ = std::fs::remove_dir_all(config.root.join("executor"));
     let mut executor = RuncExecutor::new(&worker.runtime, run_dir.path().join("executor"), networks.clone())?;
+    if !config.process_sandbox {
+        executor = executor.without_process_sandbox();
+    }
     if !config.seccomp {
         executor = executor.without_seccomp();
     } else if !executor.seccomp() {

@@ -132,3 +132,34 @@ fn kilnd_without_privileges_and_without_a_user_namespace_says_how_to_run_it() {
     let text = streams(&out);
     assert!(text.contains("without privileges") && text.contains("rootlesskit"), "{text}");
 }
+
+/// In an unprivileged pod `/proc` is masked and no procfs can be mounted, so
+/// rootless pools run kilnd with `--oci-worker-no-process-sandbox`: steps
+/// share kilnd's processes and `/proc`. What a step leaves running is still
+/// ended with it.
+#[test]
+fn without_a_process_sandbox_steps_see_kilnd_and_leave_nothing_running() {
+    let env = TestEnv::get();
+    let user = rootless_user();
+    let kilnd = Kilnd::start_rootless(&user, |cmd| {
+        cmd.arg("--oci-worker-no-process-sandbox");
+    });
+    let buildx = Buildx::new();
+    buildx.create_remote("rootless", &kilnd.addr);
+    let marker = unique("left-running");
+    let dockerfile = format!(
+        "FROM {base}\n\
+         RUN (sleep 600; echo {marker}) & ps -o comm > /processes\n\
+         FROM scratch\n\
+         COPY --from=0 /processes /\n",
+        base = env.base_image,
+    );
+    let out = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    build(&buildx, "rootless", &dockerfile, &["-o", &format!("type=local,dest={}", out.path().display())]);
+    assert!(started.elapsed().as_secs() < 120, "the step waited for what it left running");
+    let processes = read(out.path(), "processes");
+    assert!(processes.lines().any(|p| p == "kilnd"), "the step does not see kilnd's processes:\n{processes}");
+    let left = run_unchecked(Command::new("pgrep").args(["-u", &user, "-f", "sleep 600"]));
+    assert!(!left.status.success(), "a step's process outlived it: {}", streams(&left));
+}

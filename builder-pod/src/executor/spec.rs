@@ -253,6 +253,9 @@ pub(crate) struct HostFacts {
     /// kilnd runs in a user namespace (docs/rootless.md): steps get no
     /// cgroup, and sysfs cannot be mounted for kilnd's own network namespace.
     pub rootless: bool,
+    /// Steps get a process namespace and a procfs of their own; `false`
+    /// shares kilnd's and binds its `/proc` (`--oci-worker-no-process-sandbox`).
+    pub process_sandbox: bool,
 }
 
 impl HostFacts {
@@ -266,7 +269,7 @@ impl HostFacts {
             && Path::new("/sys/fs/cgroup/cgroup.subtree_control").exists();
         let seccomp = seccomp::host_supports().then(seccomp::Platform::host);
         let rootless = crate::rootless::in_user_namespace();
-        Self { all_capabilities, cgroup_namespace, seccomp, rootless }
+        Self { all_capabilities, cgroup_namespace, seccomp, rootless, process_sandbox: true }
     }
 }
 
@@ -325,6 +328,16 @@ fn sys_mount(inputs: &Inputs<'_>, ro_unless_insecure: &str) -> Mount {
     }
 }
 
+/// A fresh procfs for the step's process namespace, or kilnd's `/proc`
+/// bound when steps share kilnd's (masked and read-only paths still apply).
+fn proc_mount(inputs: &Inputs<'_>) -> Mount {
+    if inputs.host.process_sandbox {
+        Mount::new("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])
+    } else {
+        Mount::new("/proc", "bind", "/proc", &["rbind"])
+    }
+}
+
 fn mounts(inputs: &Inputs<'_>) -> Vec<Mount> {
     let insecure = inputs.exec.security == SecurityMode::Insecure;
     // Insecure steps may write to /sys and the cgroup tree.
@@ -332,7 +345,7 @@ fn mounts(inputs: &Inputs<'_>) -> Vec<Mount> {
     // containerd's defaults without /run (moby/buildkit#429), then the
     // generated network files and the cgroup tree.
     let mut all = vec![
-        Mount::new("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
+        proc_mount(inputs),
         Mount::new("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"]),
         Mount::new(
             "/dev/pts",
@@ -416,6 +429,9 @@ pub(crate) fn generate(inputs: &Inputs<'_>) -> Spec {
     };
 
     let mut namespaces = ["pid", "ipc", "uts", "mount"].map(Namespace::new).to_vec();
+    if !inputs.host.process_sandbox {
+        namespaces.retain(|n| n.kind != "pid");
+    }
     if let Some(path) = &inputs.network {
         namespaces.push(Namespace { kind: "network", path: path.clone() });
     }
@@ -504,6 +520,7 @@ mod tests {
             cgroup_namespace: false,
             seccomp: Some(seccomp::Platform { arch: "amd64", kernel: (6, 1) }),
             rootless: false,
+            process_sandbox: true,
         }
     }
 
@@ -630,6 +647,24 @@ mod tests {
         let rootful = generated_in(&exec(), &facts(), None);
         assert_eq!(rootful["linux"]["cgroupsPath"], "kiln-1");
         assert_eq!(sys(&rootful)["type"], "sysfs");
+    }
+
+    #[test]
+    fn without_a_process_sandbox_steps_share_kilnds_processes_and_proc() {
+        let host = HostFacts { process_sandbox: false, ..facts() };
+        let spec = generated(&exec(), &host);
+        let ns: Vec<&str> = spec["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(ns, ["ipc", "uts", "mount", "network"]);
+        assert_eq!(
+            spec["mounts"][0],
+            serde_json::json!({"destination": "/proc", "type": "bind", "source": "/proc", "options": ["rbind"]})
+        );
+        assert!(!spec["linux"]["maskedPaths"].as_array().unwrap().is_empty(), "masked paths still apply");
     }
 
     #[test]
