@@ -1,6 +1,6 @@
 //! Waiting for something to be registered: a session, a build's job, a
 //! forwarded build. Clients may send the calls that need one before the
-//! call that creates it (buildkit-protocol.md §3.4), so lookups wait a
+//! call that creates it (docs/protocol.md §3.4), so lookups wait a
 //! bounded time, woken whenever anything new is registered.
 
 use std::time::{Duration, Instant};
@@ -8,19 +8,19 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 #[derive(Debug, Default)]
-pub struct Arrivals {
+pub(crate) struct Arrivals {
     changed: watch::Sender<u64>,
 }
 
 impl Arrivals {
     /// Wakes every waiter to look again.
-    pub fn announce(&self) {
+    pub(crate) fn announce(&self) {
         self.changed.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Calls `find` until it returns something, or `timeout` has passed
     /// (then `Err` with the time waited).
-    pub async fn wait_for<T>(
+    pub(crate) async fn wait_for<T>(
         &self,
         timeout: Duration,
         mut find: impl FnMut() -> Option<T>,

@@ -15,9 +15,9 @@ use crate::solver::entitlements::Entitlements;
 use crate::source::image::HostConfig;
 
 /// Where kilnd keeps its state when neither `--root` nor the file says.
-pub const DEFAULT_ROOT: &str = "/var/lib/kilnd";
+pub(crate) const DEFAULT_ROOT: &str = "/var/lib/kilnd";
 /// The socket kilnd listens on when neither `--addr` nor the file names one.
-pub const DEFAULT_SOCKET: &str = "/run/kilnd/kilnd.sock";
+pub(crate) const DEFAULT_SOCKET: &str = "/run/kilnd/kilnd.sock";
 
 /// The socket kilnd listens on when no address is given: `DEFAULT_SOCKET`,
 /// or, rootless, `kilnd.sock` below the user's run base.
@@ -29,13 +29,13 @@ fn default_socket() -> PathBuf {
     }
 }
 /// The configuration file read when `--config` is not given, if it exists.
-pub const DEFAULT_CONFIG: &str = "/etc/kilnd/kilnd.toml";
+pub(crate) const DEFAULT_CONFIG: &str = "/etc/kilnd/kilnd.toml";
 
 /// A BuildKit-compatible build daemon: point `docker buildx` (remote driver)
 /// or `buildctl` at one of its addresses.
 #[derive(Debug, Parser)]
 #[command(name = "kilnd", version, about, long_about = None)]
-pub struct Args {
+pub(crate) struct Args {
     /// Address to serve the BuildKit API on: tcp://HOST:PORT or unix:///PATH.
     /// Repeat for several. [default: unix:///run/kilnd/kilnd.sock]
     #[arg(long = "addr", value_name = "ADDR", env = "KILND_ADDR", value_delimiter = ',')]
@@ -108,7 +108,7 @@ pub struct Args {
 
 /// A listening address: `tcp://HOST:PORT` or `unix:///PATH`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ListenAddr {
+pub(crate) enum ListenAddr {
     Tcp(String),
     Unix(PathBuf),
 }
@@ -154,7 +154,7 @@ impl<'de> Deserialize<'de> for ListenAddr {
 /// The TOML file. Keys follow buildkitd.toml where kilnd has the same notion.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct FileConfig {
+pub(crate) struct FileConfig {
     pub root: Option<PathBuf>,
     pub debug: Option<bool>,
     pub debug_address: Option<String>,
@@ -172,7 +172,7 @@ pub struct FileConfig {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct GrpcConfig {
+pub(crate) struct GrpcConfig {
     #[serde(default)]
     pub address: Vec<ListenAddr>,
     #[serde(default)]
@@ -181,7 +181,7 @@ pub struct GrpcConfig {
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
-pub struct TlsFiles {
+pub(crate) struct TlsFiles {
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
     pub ca: Option<PathBuf>,
@@ -189,14 +189,14 @@ pub struct TlsFiles {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct WorkerSection {
+pub(crate) struct WorkerSection {
     #[serde(default)]
     pub oci: OciWorkerConfig,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct OciWorkerConfig {
+pub(crate) struct OciWorkerConfig {
     pub binary: Option<String>,
     /// Extra labels reported by ListWorkers.
     #[serde(default)]
@@ -238,7 +238,7 @@ pub struct OciWorkerConfig {
 /// `[[worker.oci.gcpolicy]]`, buildkitd.toml's keys.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct GcPolicyConfig {
+pub(crate) struct GcPolicyConfig {
     #[serde(default)]
     pub all: bool,
     #[serde(default)]
@@ -255,7 +255,7 @@ pub struct GcPolicyConfig {
 /// or `40Gi` (every unit counts in powers of 1024, as buildkitd's does).
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(untagged)]
-pub enum SizeValue {
+pub(crate) enum SizeValue {
     Bytes(u64),
     Text(String),
 }
@@ -290,7 +290,7 @@ impl SizeValue {
 /// A duration as buildkitd.toml writes it: seconds, or text such as `48h`.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(untagged)]
-pub enum DurationValue {
+pub(crate) enum DurationValue {
     Seconds(u64),
     Text(String),
 }
@@ -437,7 +437,7 @@ fn own_ports(addrs: &[ListenAddr], debug_addr: Option<&str>) -> Vec<u16> {
 
 /// The effective configuration after flags, file and defaults are merged.
 #[derive(Debug)]
-pub struct Config {
+pub(crate) struct Config {
     pub addrs: Vec<ListenAddr>,
     pub root: PathBuf,
     pub debug_addr: Option<String>,
@@ -462,7 +462,7 @@ pub struct Config {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
+pub(crate) enum ConfigError {
     #[error("reading config file {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
     #[error("config file {path}: {source}")]
@@ -480,7 +480,7 @@ pub enum ConfigError {
 impl Config {
     /// Merges the flags over the file (`--config`, or the default path when it
     /// exists) over the defaults.
-    pub fn load(args: Args) -> Result<Self, ConfigError> {
+    pub(crate) fn load(args: Args) -> Result<Self, ConfigError> {
         let file = match &args.config {
             Some(path) => read_file(path)?,
             None if Path::new(DEFAULT_CONFIG).exists() => read_file(Path::new(DEFAULT_CONFIG))?,

@@ -18,7 +18,7 @@ use crate::metrics::Metrics;
 /// What a builder is doing now, as `/load` reports it (JSON, camelCase).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Load {
+pub(crate) struct Load {
     /// Builds (Solve calls) running.
     pub builds: usize,
     /// Client sessions open; a session usually comes before its builds.
@@ -32,7 +32,7 @@ pub struct Load {
 }
 
 /// Where `/load` reads its figures.
-pub trait LoadSource: Send + Sync {
+pub(crate) trait LoadSource: Send + Sync {
     fn load(&self) -> Load;
 }
 
@@ -44,7 +44,7 @@ struct DebugState {
     load: Arc<dyn LoadSource>,
 }
 
-pub fn router(metrics: Arc<Metrics>, ready: Arc<AtomicBool>, load: Arc<dyn LoadSource>) -> Router {
+pub(crate) fn router(metrics: Arc<Metrics>, ready: Arc<AtomicBool>, load: Arc<dyn LoadSource>) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -70,7 +70,7 @@ async fn readyz(State(s): State<DebugState>) -> impl IntoResponse {
     }
 }
 
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
     shutdown: CancellationToken,

@@ -1,31 +1,39 @@
 //! kilnd, a BuildKit-compatible build daemon.
 //!
 //! Modules carry BuildKit's nouns: `control` holds the gRPC services,
-//! `worker` what the daemon can run. See ARCHITECTURE.md for the map of
-//! what is still to come.
+//! `worker` what the daemon can run. docs/architecture.md maps the
+//! components and the path of one build through them.
+//!
+//! The library exists for the `kilnd` binary alone: [`main`] is all it
+//! exports, so everything else is `pub(crate)` and the compiler sees what
+//! nothing uses.
 
-pub mod arrivals;
-pub mod cache;
-pub mod config;
-pub mod content;
-pub mod control;
-pub mod debug;
-pub mod executor;
-pub mod exporter;
-pub mod frontend;
-pub mod fsutil;
-pub mod gc;
-pub mod metrics;
-pub mod mountinfo;
-pub mod rootless;
-pub mod server;
-pub mod session;
-pub mod snapshot;
-pub mod solver;
-pub mod source;
-pub mod telemetry;
-pub mod util;
-pub mod worker;
+#![warn(unreachable_pub)]
+
+mod arrivals;
+mod cache;
+mod config;
+mod content;
+mod control;
+mod debug;
+mod executor;
+mod exporter;
+mod frontend;
+mod fsutil;
+mod gc;
+mod locks;
+mod metrics;
+mod mountinfo;
+mod progress;
+mod rootless;
+mod server;
+mod session;
+mod snapshot;
+mod solver;
+mod source;
+mod telemetry;
+mod util;
+mod worker;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -42,27 +50,36 @@ use tracing::{info, warn};
 use crate::cache::CacheManager;
 use crate::config::Config;
 use crate::content::ContentStore;
-use crate::control::{ControlService, Controller, HealthService};
+use crate::control::{ControlService, Controller, HealthService, LlbBridgeService};
 use crate::executor::RuncExecutor;
 use crate::executor::network::Networks;
 use crate::executor::rundir::RunDir;
 use crate::exporter::Exporters;
-use crate::frontend::gateway::{Bridge, LlbBridgeService};
+use crate::frontend::gateway::Bridge;
 use crate::metrics::Metrics;
 use crate::server::Services;
 use crate::session::SessionManager;
 use crate::solver::Jobs;
 use crate::solver::ops::WorkerOps;
 use crate::solver::ops::exec::CacheMounts;
-use crate::solver::ops::source::Sources;
 use crate::solver::scheduler::Solver;
+use crate::source::Sources;
 use crate::source::image::{Registry, RegistryHosts};
 use crate::worker::Worker;
+
+/// kilnd: reads the flags and the configuration file, starts logging and
+/// runs the daemon until it is stopped.
+pub async fn main() -> anyhow::Result<()> {
+    use clap::Parser as _;
+    let config = Config::load(config::Args::parse())?;
+    telemetry::init(config.debug);
+    run(config).await
+}
 
 /// Runs the daemon until SIGTERM or SIGINT, then drains: listeners stop
 /// accepting, calls in flight get `shutdown_grace` to finish, a second
 /// signal ends the process at once.
-pub async fn run(config: Config) -> anyhow::Result<()> {
+async fn run(config: Config) -> anyhow::Result<()> {
     rootless::check_privileges().map_err(anyhow::Error::msg)?;
     let _lock = lock_root(&config.root)?;
     // Mount points are found by path, so the root must be absolute and canonical.
@@ -70,7 +87,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("resolving {}", config.root.display()))?;
     let config = Config { root, ..config };
     let mut worker = Worker::new(&config.root, &config.oci_binary, &config.worker_labels)?;
-    worker.gc_policy = config.gc.iter().map(gc::Policy::to_proto).collect();
+    worker.gc_policy = config.gc.iter().copied().map(gc::Policy::to_proto).collect();
     let worker = Arc::new(worker);
     let collector = gc::Collector::new(config.gc.clone());
     let metrics = Arc::new(Metrics::new()?);
@@ -108,17 +125,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         hosts.insert(host.clone(), cfg.clone());
     }
     let registry = Registry::new(hosts)?;
-    let exporters = Exporters {
-        cache: Arc::clone(&cache),
-        content: content.clone(),
-        registry: registry.clone(),
-        sessions: Arc::clone(&sessions),
-    };
-    let sources =
-        Arc::new(Sources::new(Arc::clone(&cache), content, registry, Arc::clone(&sessions), metrics.clone()));
+    let exporters =
+        Exporters { cache: Arc::clone(&cache), content: content.clone(), registry: registry.clone() };
+    let sources = Arc::new(Sources::new(Arc::clone(&cache), content, registry, metrics.clone()));
     let ops = Arc::new(WorkerOps {
         cache: Arc::clone(&cache),
-        sessions: Arc::clone(&sessions),
         sources: Arc::clone(&sources),
         executor: Arc::new(executor),
         cache_mounts: CacheMounts::default(),

@@ -3,7 +3,7 @@
 use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
 #[derive(Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     rpcs: IntCounterVec,
     local_files: IntCounterVec,
@@ -11,7 +11,7 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Result<Self, prometheus::Error> {
+    pub(crate) fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let rpcs = IntCounterVec::new(
             Opts::new("kilnd_grpc_requests_total", "gRPC calls received, by service and method"),
@@ -41,18 +41,18 @@ impl Metrics {
     }
 
     /// Counts one call of `service`/`method`.
-    pub fn rpc(&self, service: &str, method: &str) {
+    pub(crate) fn rpc(&self, service: &str, method: &str) {
         self.rpcs.with_label_values(&[service, method]).inc();
     }
 
     /// Counts a local directory transfer.
-    pub fn local_transfer(&self, local: &str, files: u64, bytes: u64) {
+    pub(crate) fn local_transfer(&self, local: &str, files: u64, bytes: u64) {
         self.local_files.with_label_values(&[local]).inc_by(files);
         self.local_bytes.with_label_values(&[local]).inc_by(bytes);
     }
 
     /// The text exposition format.
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut buf = Vec::new();
         // Encoding into a Vec cannot fail for well-formed metric families.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 /// One line of mountinfo.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MountEntry {
+pub(crate) struct MountEntry {
     /// The root of the mount within its file system.
     pub root: String,
     pub mount_point: PathBuf,
@@ -14,11 +14,11 @@ pub struct MountEntry {
     pub super_options: String,
 }
 
-pub fn read() -> std::io::Result<Vec<MountEntry>> {
+pub(crate) fn read() -> std::io::Result<Vec<MountEntry>> {
     Ok(parse(&std::fs::read_to_string("/proc/self/mountinfo")?))
 }
 
-pub fn parse(mountinfo: &str) -> Vec<MountEntry> {
+pub(crate) fn parse(mountinfo: &str) -> Vec<MountEntry> {
     mountinfo
         .lines()
         .filter_map(|line| {
@@ -58,7 +58,7 @@ fn unescape(s: &str) -> String {
 }
 
 /// Mount points at or below `dir`, deepest first (the order to unmount them in).
-pub fn mounts_under(entries: &[MountEntry], dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn mounts_under(entries: &[MountEntry], dir: &Path) -> Vec<PathBuf> {
     let mut points: Vec<PathBuf> =
         entries.iter().filter(|m| m.mount_point.starts_with(dir)).map(|m| m.mount_point.clone()).collect();
     points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));

@@ -24,7 +24,7 @@ const ROOTFUL_RUN_BASE: &str = "/run/kilnd";
 
 /// Whether this process runs in a user namespace other than the initial one
 /// (whose uid map is the identity over every id).
-pub fn in_user_namespace() -> bool {
+pub(crate) fn in_user_namespace() -> bool {
     static FOUND: OnceLock<bool> = OnceLock::new();
     *FOUND.get_or_init(|| {
         std::fs::read_to_string("/proc/self/uid_map").is_ok_and(|map| !is_initial_uid_map(&map))
@@ -38,7 +38,7 @@ fn is_initial_uid_map(map: &str) -> bool {
 
 /// Why kilnd cannot run as it was started: as a user without privileges
 /// outside a user namespace, where it can mount nothing.
-pub fn check_privileges() -> Result<(), String> {
+pub(crate) fn check_privileges() -> Result<(), String> {
     let euid = nix::unistd::geteuid();
     if euid.is_root() || in_user_namespace() {
         return Ok(());
@@ -53,7 +53,7 @@ pub fn check_privileges() -> Result<(), String> {
 
 /// Where kilnd's run directories go: `/run/kilnd`, or, rootless,
 /// `$XDG_RUNTIME_DIR/kilnd` (RootlessKit passes the user's on).
-pub fn run_base() -> PathBuf {
+pub(crate) fn run_base() -> PathBuf {
     match std::env::var_os("XDG_RUNTIME_DIR") {
         Some(dir) if in_user_namespace() && !dir.is_empty() => PathBuf::from(dir).join("kilnd"),
         _ => PathBuf::from(ROOTFUL_RUN_BASE),
@@ -61,7 +61,7 @@ pub fn run_base() -> PathBuf {
 }
 
 /// Options an overlay mount of this process needs besides its directories.
-pub fn overlay_mount_options() -> &'static str {
+pub(crate) fn overlay_mount_options() -> &'static str {
     if in_user_namespace() { ",userxattr" } else { "" }
 }
 

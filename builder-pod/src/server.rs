@@ -13,14 +13,11 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::config::{ListenAddr, TlsFiles};
-use crate::control::{ControlService, HealthService};
-use crate::frontend::gateway::LlbBridgeService;
-
-/// BuildKit's limit on both sides (buildkit-protocol.md §1).
-pub const MAX_MESSAGE_SIZE: usize = 16 << 20;
+use crate::control::{ControlService, HealthService, LlbBridgeService};
+use crate::session::MAX_MESSAGE_SIZE;
 
 #[derive(Debug, thiserror::Error)]
-pub enum ServerError {
+pub(crate) enum ServerError {
     #[error("listening on {addr}: {source}")]
     Bind { addr: ListenAddr, source: std::io::Error },
     #[error("reading TLS file {path}: {source}")]
@@ -33,12 +30,12 @@ pub enum ServerError {
 
 /// A bound listener, not yet serving.
 #[derive(Debug)]
-pub enum Listener {
+pub(crate) enum Listener {
     Tcp(TcpListener),
     Unix(UnixListener),
 }
 
-pub async fn bind(addr: &ListenAddr) -> Result<Listener, ServerError> {
+pub(crate) async fn bind(addr: &ListenAddr) -> Result<Listener, ServerError> {
     let wrap = |source| ServerError::Bind { addr: addr.clone(), source };
     match addr {
         ListenAddr::Tcp(hostport) => {
@@ -76,7 +73,7 @@ fn remove_stale_socket(path: &Path) -> std::io::Result<()> {
     }
 }
 
-pub fn tls_config(files: &TlsFiles) -> Result<ServerTlsConfig, ServerError> {
+pub(crate) fn tls_config(files: &TlsFiles) -> Result<ServerTlsConfig, ServerError> {
     let read = |path: &Path| {
         std::fs::read(path).map_err(|source| ServerError::TlsFile { path: path.into(), source })
     };
@@ -92,7 +89,7 @@ pub fn tls_config(files: &TlsFiles) -> Result<ServerTlsConfig, ServerError> {
 
 /// The services every listener serves.
 #[derive(Debug, Clone)]
-pub struct Services {
+pub(crate) struct Services {
     pub control: ControlService,
     pub bridge: LlbBridgeService,
     pub health: HealthService,
@@ -100,7 +97,7 @@ pub struct Services {
 }
 
 /// Serves until `shutdown` fires, then lets in-flight calls finish.
-pub async fn serve(
+pub(crate) async fn serve(
     addr: ListenAddr,
     listener: Listener,
     services: Services,

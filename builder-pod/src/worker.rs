@@ -1,5 +1,5 @@
 //! The one worker a kilnd runs: what `ListWorkers` reports and buildx shows in
-//! `buildx inspect` (buildkit-protocol.md §2.1).
+//! `buildx inspect` (docs/protocol.md §2.1).
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -9,10 +9,10 @@ use kiln_proto::buildkit::moby::buildkit::v1::types::{BuildkitVersion, GcPolicy,
 use kiln_proto::buildkit::pb::Platform;
 
 /// The package name kilnd reports where buildkitd reports `github.com/moby/buildkit`.
-pub const PACKAGE: &str = "kiln.dev/kilnd";
+pub(crate) const PACKAGE: &str = "kiln.dev/kilnd";
 
 /// kilnd's own version, as `Info` and `ListWorkers` report it.
-pub fn version() -> BuildkitVersion {
+pub(crate) fn version() -> BuildkitVersion {
     BuildkitVersion {
         package: PACKAGE.into(),
         version: concat!("v", env!("CARGO_PKG_VERSION")).into(),
@@ -22,14 +22,14 @@ pub fn version() -> BuildkitVersion {
 
 /// Label keys buildx knows (`worker/label/label.go` upstream).
 mod label {
-    pub const EXECUTOR: &str = "org.mobyproject.buildkit.worker.executor";
-    pub const SNAPSHOTTER: &str = "org.mobyproject.buildkit.worker.snapshotter";
-    pub const HOSTNAME: &str = "org.mobyproject.buildkit.worker.hostname";
-    pub const OCI_PROCESS_MODE: &str = "org.mobyproject.buildkit.worker.oci.process-mode";
+    pub(super) const EXECUTOR: &str = "org.mobyproject.buildkit.worker.executor";
+    pub(super) const SNAPSHOTTER: &str = "org.mobyproject.buildkit.worker.snapshotter";
+    pub(super) const HOSTNAME: &str = "org.mobyproject.buildkit.worker.hostname";
+    pub(super) const OCI_PROCESS_MODE: &str = "org.mobyproject.buildkit.worker.oci.process-mode";
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum WorkerError {
+pub(crate) enum WorkerError {
     #[error("reading or creating the worker id file {path}: {source}")]
     WorkerId { path: PathBuf, source: io::Error },
     #[error("OCI runtime {binary:?} not found (set --oci-worker-binary to a path or install it)")]
@@ -38,7 +38,7 @@ pub enum WorkerError {
 
 /// The worker's identity and capabilities, fixed for the daemon's lifetime.
 #[derive(Clone, Debug)]
-pub struct Worker {
+pub(crate) struct Worker {
     pub id: String,
     pub labels: BTreeMap<String, String>,
     pub platforms: Vec<Platform>,
@@ -50,7 +50,7 @@ pub struct Worker {
 impl Worker {
     /// Loads (or creates) the worker id under `root` and checks that the OCI
     /// runtime exists, so a misconfigured daemon fails at start, not mid-build.
-    pub fn new(
+    pub(crate) fn new(
         root: &Path,
         runtime: &str,
         extra_labels: &BTreeMap<String, String>,
@@ -73,7 +73,7 @@ impl Worker {
         })
     }
 
-    pub fn record(&self) -> WorkerRecord {
+    pub(crate) fn record(&self) -> WorkerRecord {
         WorkerRecord {
             id: self.id.clone(),
             labels: self.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<HashMap<_, _>>(),
@@ -86,7 +86,7 @@ impl Worker {
 }
 
 /// The platform of the machine kilnd runs on, in OCI terms.
-pub fn host_platform() -> Platform {
+pub(crate) fn host_platform() -> Platform {
     let architecture = match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",
@@ -115,7 +115,7 @@ fn worker_id(root: &Path) -> Result<String, WorkerError> {
 }
 
 /// 25 base-36 characters, the shape of BuildKit's `identity.NewID()`.
-pub fn random_id() -> io::Result<String> {
+pub(crate) fn random_id() -> io::Result<String> {
     let mut bytes = [0u8; 16];
     std::fs::File::open("/dev/urandom").and_then(|mut f| io::Read::read_exact(&mut f, &mut bytes))?;
     let mut n = u128::from_le_bytes(bytes);

@@ -27,7 +27,7 @@ use tonic::service::Routes;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Server};
 
-/// BuildKit's message limit on both sides (buildkit-protocol.md §1).
+/// BuildKit's message limit on both sides (docs/protocol.md §1).
 pub const MAX_MESSAGE_SIZE: usize = 16 << 20;
 
 /// A connection to `addr` (`tcp://HOST:PORT`).
@@ -42,7 +42,7 @@ pub fn control(channel: Channel) -> ControlClient<Channel> {
 }
 
 /// An LLBBridge client whose calls name the forwarded build `build_ref` in
-/// the header buildx sends (buildkit-protocol.md §2.2).
+/// the header buildx sends (docs/protocol.md §2.2).
 pub fn bridge_for(
     channel: Channel,
     build_ref: &str,
@@ -54,7 +54,7 @@ pub fn bridge_for(
     })
 }
 
-/// The client's end of a session (buildkit-protocol.md §3.1): it opens
+/// The client's end of a session (docs/protocol.md §3.1): it opens
 /// `Control.Session` and serves gRPC over that byte stream as the HTTP/2
 /// server, so the daemon can call the services in `routes` (and the health
 /// check). Dropping it ends the stream, which closes the session.

@@ -2,7 +2,7 @@
 //! client with no Go at all) builds against kilnd: it opens a session, sends
 //! the context as a tarball through `Upload/Pull`, and runs the in-daemon
 //! `dockerfile.v0` frontend with a legacy exporter field
-//! (buildkit-protocol.md §4.8; `fussybeaver/bollard:src/grpc/driver`).
+//! (docs/protocol.md §4.6; `fussybeaver/bollard:src/grpc/driver`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

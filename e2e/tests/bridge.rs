@@ -1,7 +1,7 @@
 //! The LLBBridge read calls against a running kilnd, driven the way buildx's
 //! gateway client drives them: `Control.Solve` with neither frontend nor
 //! definition registers a forwarded build, then LLBBridge calls carry its
-//! ref in the `buildkit-controlapi-buildid` header (buildkit-protocol.md §2.2).
+//! ref in the `buildkit-controlapi-buildid` header (docs/protocol.md §2.2).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

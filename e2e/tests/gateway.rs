@@ -1,6 +1,6 @@
 //! `kiln gateway` and `kiln up` as a user sees them: real buildx and
 //! buildctl pointed at one address, the builds landing on the builders
-//! behind it (ARCHITECTURE.md, "The gateway's routing").
+//! behind it (the routing in `operator/src/gateway/`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

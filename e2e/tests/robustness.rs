@@ -319,7 +319,7 @@ fn an_oversized_session_message_ends_that_session_with_an_error() {
     assert_no_panic(&kilnd);
 }
 
-/// The client's fsutil sender (buildkit-protocol.md §4.1), scripted: it sends
+/// The client's fsutil sender (docs/protocol.md §4.1), scripted: it sends
 /// `stats` in the order given however wrong, serves the files the daemon
 /// requests from `files` (by stat index), and once the daemon has ended the
 /// call reports every packet it got from it.
@@ -485,12 +485,12 @@ fn unknown_ids_fail_clearly_within_the_documented_waits() {
         let channel = connect(&kilnd.addr).await;
         let nobody = unique("nobody");
 
-        // Status waits for the Solve that would create the job (buildkit-protocol.md §3.4: 6 s).
+        // Status waits for the Solve that would create the job (docs/protocol.md §3.4: 6 s).
         let mut client = control(channel.clone());
         let request = StatusRequest { r#ref: nobody.clone() };
         let status = timed(async move { client.status(request).await });
 
-        // A local source of a Solve whose session never opens (§3.3: 5 s).
+        // A local source of a Solve whose session never opens (docs/protocol.md §3.3: 5 s).
         let mut client = control(channel.clone());
         let request = solve_request("no-session", local_context(), &nobody);
         let local = timed(async move { client.solve(request).await });
@@ -505,7 +505,7 @@ fn unknown_ids_fail_clearly_within_the_documented_waits() {
         };
         let frontend = timed(async move { client.solve(request).await });
 
-        // Every LLBBridge call with a build id no Solve registered (§3.4: 3 s).
+        // Every LLBBridge call with a build id no Solve registered (docs/protocol.md §3.4: 3 s).
         let bridge = || bridge_for(channel.clone(), &nobody);
         type Call<'a> = std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::Status>> + Send + 'a>>;
         let calls: Vec<(&str, Call<'_>)> = vec![

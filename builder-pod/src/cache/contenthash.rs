@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use super::Snapshot;
 
 /// A failed walk: the path and what went wrong there.
-pub type WalkError = (PathBuf, std::io::Error);
+pub(crate) type WalkError = (PathBuf, std::io::Error);
 
 pub(crate) fn err(p: &Path) -> impl FnOnce(std::io::Error) -> WalkError {
     let p = p.to_owned();
@@ -34,7 +34,7 @@ pub(crate) fn sorted_entries(dir: &Path) -> Result<Vec<std::ffi::OsString>, Walk
 /// File content hashes by (inode, size, mtime): a file the receiver did not
 /// replace keeps its inode, so its hash need not be computed again.
 #[derive(Debug, Default)]
-pub struct HashCache {
+pub(crate) struct HashCache {
     known: Mutex<HashMap<FileIdentity, [u8; 32]>>,
     /// Per kept directory: the content key and snapshot last made of it.
     last: Mutex<HashMap<PathBuf, (String, Snapshot)>>,
@@ -68,7 +68,7 @@ fn identity(meta: &std::fs::Metadata) -> FileIdentity {
 /// What the content key takes from an entry's metadata: its mode (with the
 /// type bits), owner and, for a file, its identity in the hash cache.
 #[derive(Debug, Clone, Copy)]
-pub struct EntryInfo {
+pub(crate) struct EntryInfo {
     mode: u32,
     uid: u32,
     gid: u32,
@@ -76,14 +76,14 @@ pub struct EntryInfo {
 }
 
 impl EntryInfo {
-    pub fn of(meta: &std::fs::Metadata) -> Self {
+    pub(crate) fn of(meta: &std::fs::Metadata) -> Self {
         Self { mode: meta.mode(), uid: meta.uid(), gid: meta.gid(), identity: identity(meta) }
     }
 }
 
 /// The hash of the entries `paths` (relative to `root`; "" is the root
 /// itself) with everything below them. A missing path hashes as missing.
-pub fn content_hash(root: &Path, paths: &[&str], hashes: &HashCache) -> Result<String, WalkError> {
+pub(crate) fn content_hash(root: &Path, paths: &[&str], hashes: &HashCache) -> Result<String, WalkError> {
     let mut h = Sha256::new();
     for rel in paths {
         let rel = Path::new(rel.trim_start_matches('/'));
@@ -104,7 +104,7 @@ pub fn content_hash(root: &Path, paths: &[&str], hashes: &HashCache) -> Result<S
 
 /// Hashes every entry's path, type, mode, owner and content under `src/rel`
 /// into `h`, in sorted order; mtimes are left out, as content is what counts.
-pub fn hash_tree(src: &Path, rel: &Path, h: &mut Sha256, hashes: &HashCache) -> Result<(), WalkError> {
+pub(crate) fn hash_tree(src: &Path, rel: &Path, h: &mut Sha256, hashes: &HashCache) -> Result<(), WalkError> {
     for name in sorted_entries(&src.join(rel))? {
         hash_entry(src, &rel.join(&name), h, hashes)?;
     }
@@ -156,25 +156,25 @@ fn hash_one(
 /// in pre-order with siblings by name, as a receiver that has just walked
 /// the tree already has them: no second walk.
 #[derive(Debug)]
-pub struct TreeKey<'a> {
+pub(crate) struct TreeKey<'a> {
     root: &'a Path,
     hashes: &'a HashCache,
     h: Sha256,
 }
 
 impl<'a> TreeKey<'a> {
-    pub fn new(root: &'a Path, hashes: &'a HashCache) -> Self {
+    pub(crate) fn new(root: &'a Path, hashes: &'a HashCache) -> Self {
         let mut h = Sha256::new();
         h.update(b"\0path\0");
         Self { root, hashes, h }
     }
 
     /// The next entry, `rel` relative to the root, with its metadata.
-    pub fn entry(&mut self, rel: &Path, info: &EntryInfo) -> Result<(), WalkError> {
+    pub(crate) fn entry(&mut self, rel: &Path, info: &EntryInfo) -> Result<(), WalkError> {
         hash_one(self.root, rel, info, &mut self.h, self.hashes)
     }
 
-    pub fn finish(self) -> String {
+    pub(crate) fn finish(self) -> String {
         format!("sha256:{}", hex::encode(self.h.finalize()))
     }
 }

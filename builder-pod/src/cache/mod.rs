@@ -9,8 +9,8 @@
 //! with a consistent store: anything under `tmp` and any layer no record
 //! names is removed at start.
 
-pub mod contenthash;
-pub mod mount;
+pub(crate) mod contenthash;
+pub(crate) mod mount;
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -47,13 +47,13 @@ fn db_err<E: Into<redb::Error>>(action: &'static str) -> impl FnOnce(E) -> Cache
 
 /// An immutable file system: layers bottom first. Empty is scratch.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     pub layers: Vec<String>,
 }
 
 impl Snapshot {
     /// This snapshot with `layer` on top.
-    pub fn with(&self, layer: String) -> Self {
+    pub(crate) fn with(&self, layer: String) -> Self {
         let mut layers = self.layers.clone();
         layers.push(layer);
         Self { layers }
@@ -62,7 +62,7 @@ impl Snapshot {
 
 /// What is stored under a cache key.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Record {
+pub(crate) struct Record {
     /// One snapshot per output of the vertex.
     pub outputs: Vec<Snapshot>,
     pub description: String,
@@ -71,14 +71,14 @@ pub struct Record {
 
 /// A layer directory being built; dropped unfinished, it is removed.
 #[derive(Debug)]
-pub struct PendingLayer {
+pub(crate) struct PendingLayer {
     id: String,
     path: PathBuf,
     committed: bool,
 }
 
 impl PendingLayer {
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 }
@@ -92,7 +92,7 @@ impl Drop for PendingLayer {
 }
 
 #[derive(Debug)]
-pub struct CacheManager {
+pub(crate) struct CacheManager {
     root: PathBuf,
     db: redb::Database,
     /// Sizes of committed layers, measured once: a layer never changes.
@@ -102,7 +102,7 @@ pub struct CacheManager {
 impl CacheManager {
     /// Opens (or creates) the store under `root` and removes what an earlier
     /// run left half-made.
-    pub fn open(root: &Path) -> Result<Self, CacheError> {
+    pub(crate) fn open(root: &Path) -> Result<Self, CacheError> {
         for dir in ["layers", "tmp", "empty", "empty-2"] {
             let path = root.join(dir);
             std::fs::create_dir_all(&path).map_err(io_err(&path))?;
@@ -135,7 +135,7 @@ impl CacheManager {
     }
 
     /// Removes every layer no record names; returns the bytes freed.
-    pub fn remove_unreferenced_layers(&self) -> Result<u64, CacheError> {
+    pub(crate) fn remove_unreferenced_layers(&self) -> Result<u64, CacheError> {
         let mut freed = 0;
         for id in self.unreferenced_layers()? {
             let path = self.layer_path(&id);
@@ -147,7 +147,7 @@ impl CacheManager {
     }
 
     /// The layers no record names.
-    pub fn unreferenced_layers(&self) -> Result<Vec<String>, CacheError> {
+    pub(crate) fn unreferenced_layers(&self) -> Result<Vec<String>, CacheError> {
         let live: HashSet<String> =
             self.records()?.into_iter().flat_map(|(_, r)| r.outputs).flat_map(|s| s.layers).collect();
         let layers = self.root.join("layers");
@@ -161,7 +161,7 @@ impl CacheManager {
         Ok(out)
     }
 
-    pub fn remove_record(&self, key: &str) -> Result<(), CacheError> {
+    pub(crate) fn remove_record(&self, key: &str) -> Result<(), CacheError> {
         let tx = self.db.begin_write().map_err(db_err("starting a write"))?;
         {
             let mut table = tx.open_table(RECORDS).map_err(db_err("opening records"))?;
@@ -170,17 +170,17 @@ impl CacheManager {
         tx.commit().map_err(db_err("committing"))
     }
 
-    pub fn root(&self) -> &Path {
+    pub(crate) fn root(&self) -> &Path {
         &self.root
     }
 
     /// An empty directory, the lower layer of scratch.
-    pub fn empty_dir(&self) -> PathBuf {
+    pub(crate) fn empty_dir(&self) -> PathBuf {
         self.root.join("empty")
     }
 
     /// Bytes a committed layer uses, walked the first time only.
-    pub fn layer_size(&self, id: &str) -> u64 {
+    pub(crate) fn layer_size(&self, id: &str) -> u64 {
         if let Some(size) = self.sizes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(id) {
             return *size;
         }
@@ -189,17 +189,17 @@ impl CacheManager {
         size
     }
 
-    pub fn layer_path(&self, id: &str) -> PathBuf {
+    pub(crate) fn layer_path(&self, id: &str) -> PathBuf {
         self.root.join("layers").join(id)
     }
 
     /// A directory for scratch work (mount points, overlay work dirs), removed at next start.
-    pub fn temp_dir(&self, prefix: &str) -> Result<tempfile::TempDir, CacheError> {
+    pub(crate) fn temp_dir(&self, prefix: &str) -> Result<tempfile::TempDir, CacheError> {
         let tmp = self.root.join("tmp");
         tempfile::Builder::new().prefix(prefix).tempdir_in(&tmp).map_err(io_err(&tmp))
     }
 
-    pub fn new_layer(&self) -> Result<PendingLayer, CacheError> {
+    pub(crate) fn new_layer(&self) -> Result<PendingLayer, CacheError> {
         let id = new_id();
         let path = self.root.join("tmp").join(format!("layer-{id}"));
         std::fs::create_dir(&path).map_err(io_err(&path))?;
@@ -207,7 +207,7 @@ impl CacheManager {
     }
 
     /// Moves a finished layer into place and returns its id.
-    pub fn commit_layer(&self, mut pending: PendingLayer) -> Result<String, CacheError> {
+    pub(crate) fn commit_layer(&self, mut pending: PendingLayer) -> Result<String, CacheError> {
         let dest = self.layer_path(&pending.id);
         std::fs::rename(&pending.path, &dest).map_err(io_err(&dest))?;
         pending.committed = true;
@@ -218,7 +218,11 @@ impl CacheManager {
     /// `base` and returns `base` with it on top. The base is remembered, so
     /// the layer's blob can leave out what the kernel copied up unchanged
     /// (see [`Self::layer_base`]).
-    pub fn commit_layer_over(&self, pending: PendingLayer, base: &Snapshot) -> Result<Snapshot, CacheError> {
+    pub(crate) fn commit_layer_over(
+        &self,
+        pending: PendingLayer,
+        base: &Snapshot,
+    ) -> Result<Snapshot, CacheError> {
         let key = base_key(&pending.id);
         let bytes =
             serde_json::to_vec(base).map_err(|source| CacheError::Meta { key: key.clone(), source })?;
@@ -230,13 +234,13 @@ impl CacheManager {
 
     /// The snapshot a layer was made over with [`Self::commit_layer_over`];
     /// none for layers made whole (image layers, sources, uploads).
-    pub fn layer_base(&self, id: &str) -> Result<Option<Snapshot>, CacheError> {
+    pub(crate) fn layer_base(&self, id: &str) -> Result<Option<Snapshot>, CacheError> {
         let key = base_key(id);
         let Some(bytes) = self.get_meta(&key)? else { return Ok(None) };
         serde_json::from_slice(&bytes).map(Some).map_err(|source| CacheError::Meta { key, source })
     }
 
-    pub fn get(&self, key: &str) -> Result<Option<Record>, CacheError> {
+    pub(crate) fn get(&self, key: &str) -> Result<Option<Record>, CacheError> {
         let tx = self.db.begin_read().map_err(db_err("starting a read"))?;
         let table = tx.open_table(RECORDS).map_err(db_err("opening records"))?;
         let Some(value) = table.get(key).map_err(db_err("reading a record"))? else {
@@ -252,7 +256,12 @@ impl CacheManager {
         }
     }
 
-    pub fn put(&self, key: &str, outputs: Vec<Snapshot>, description: &str) -> Result<Record, CacheError> {
+    pub(crate) fn put(
+        &self,
+        key: &str,
+        outputs: Vec<Snapshot>,
+        description: &str,
+    ) -> Result<Record, CacheError> {
         let record = Record {
             outputs,
             description: description.to_owned(),
@@ -269,13 +278,13 @@ impl CacheManager {
         Ok(record)
     }
 
-    pub fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, CacheError> {
+    pub(crate) fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, CacheError> {
         let tx = self.db.begin_read().map_err(db_err("starting a read"))?;
         let table = tx.open_table(META).map_err(db_err("opening meta"))?;
         Ok(table.get(key).map_err(db_err("reading meta"))?.map(|v| v.value().to_vec()))
     }
 
-    pub fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), CacheError> {
+    pub(crate) fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), CacheError> {
         let tx = self.db.begin_write().map_err(db_err("starting a write"))?;
         {
             let mut table = tx.open_table(META).map_err(db_err("opening meta"))?;
@@ -285,7 +294,7 @@ impl CacheManager {
     }
 
     /// Every record, for disk usage and pruning.
-    pub fn records(&self) -> Result<Vec<(String, Record)>, CacheError> {
+    pub(crate) fn records(&self) -> Result<Vec<(String, Record)>, CacheError> {
         let tx = self.db.begin_read().map_err(db_err("starting a read"))?;
         let table = tx.open_table(RECORDS).map_err(db_err("opening records"))?;
         let mut out = Vec::new();
@@ -301,7 +310,7 @@ impl CacheManager {
 }
 
 /// Bytes used by the files under `path` (a file with several links counts once per link).
-pub fn dir_size(path: &Path) -> u64 {
+pub(crate) fn dir_size(path: &Path) -> u64 {
     let Ok(meta) = std::fs::symlink_metadata(path) else { return 0 };
     if !meta.is_dir() {
         return meta.len();

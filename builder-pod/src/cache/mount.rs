@@ -19,13 +19,13 @@ pub enum MountError {
 
 /// A mounted snapshot; unmounted (lazily, so a busy mount never blocks) when dropped.
 #[derive(Debug)]
-pub struct Mounted {
+pub(crate) struct Mounted {
     dir: tempfile::TempDir,
     target: PathBuf,
 }
 
 impl Mounted {
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.target
     }
 }
@@ -46,7 +46,11 @@ const MAX_OPTIONS: usize = 4000;
 
 /// Mounts `snapshot` read-only, or writable over `upper` (a new layer's
 /// directory on the same file system as the cache).
-pub fn mount(cache: &CacheManager, snapshot: &Snapshot, upper: Option<&Path>) -> Result<Mounted, MountError> {
+pub(crate) fn mount(
+    cache: &CacheManager,
+    snapshot: &Snapshot,
+    upper: Option<&Path>,
+) -> Result<Mounted, MountError> {
     let dir = cache.temp_dir("mnt-")?;
     let target = dir.path().join("rootfs");
     let work = dir.path().join("work");

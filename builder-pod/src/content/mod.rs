@@ -108,20 +108,18 @@ pub enum ContentError {
     NotFound { digest: Digest },
     #[error("reading blob {digest}: {source}")]
     Read { digest: Digest, source: io::Error },
-    #[error("deleting blob {digest}: {source}")]
-    Delete { digest: Digest, source: io::Error },
 }
 
 /// What a finished write stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BlobInfo {
+pub(crate) struct BlobInfo {
     pub digest: Digest,
     pub size: u64,
 }
 
 /// A content-addressed blob store rooted at one directory.
 #[derive(Debug, Clone)]
-pub struct ContentStore {
+pub(crate) struct ContentStore {
     root: PathBuf,
 }
 
@@ -129,7 +127,7 @@ impl ContentStore {
     /// Opens (creating if needed) the store under `root` and removes ingest
     /// files a killed writer left behind. Call it once per daemon: the daemon's
     /// root lock keeps a second process from writing at the same time.
-    pub fn open(root: impl Into<PathBuf>) -> Result<Self, ContentError> {
+    pub(crate) fn open(root: impl Into<PathBuf>) -> Result<Self, ContentError> {
         let store = Self { root: root.into() };
         for dir in [store.blobs_dir(), store.ingest_dir()] {
             std::fs::create_dir_all(&dir).map_err(|source| ContentError::CreateDir { path: dir, source })?;
@@ -143,12 +141,8 @@ impl ContentStore {
         Ok(store)
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     /// Where the blob lives (whether or not it is there yet).
-    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+    pub(crate) fn blob_path(&self, digest: &Digest) -> PathBuf {
         self.blobs_dir().join(digest.hex())
     }
 
@@ -160,11 +154,11 @@ impl ContentStore {
         self.root.join("ingest")
     }
 
-    pub async fn exists(&self, digest: &Digest) -> bool {
+    pub(crate) async fn exists(&self, digest: &Digest) -> bool {
         tokio::fs::symlink_metadata(self.blob_path(digest)).await.is_ok_and(|m| m.is_file())
     }
 
-    pub async fn size(&self, digest: &Digest) -> Result<u64, ContentError> {
+    pub(crate) async fn size(&self, digest: &Digest) -> Result<u64, ContentError> {
         match tokio::fs::metadata(self.blob_path(digest)).await {
             Ok(meta) => Ok(meta.len()),
             Err(e) => Err(self.read_error(digest, e)),
@@ -172,24 +166,16 @@ impl ContentStore {
     }
 
     /// The whole blob in memory; for manifests and configs, not layers.
-    pub async fn read(&self, digest: &Digest) -> Result<Vec<u8>, ContentError> {
+    pub(crate) async fn read(&self, digest: &Digest) -> Result<Vec<u8>, ContentError> {
         tokio::fs::read(self.blob_path(digest)).await.map_err(|e| self.read_error(digest, e))
     }
 
     /// Opens the blob for streaming reads.
-    pub async fn open_blob(&self, digest: &Digest) -> Result<tokio::fs::File, ContentError> {
+    pub(crate) async fn open_blob(&self, digest: &Digest) -> Result<tokio::fs::File, ContentError> {
         tokio::fs::File::open(self.blob_path(digest)).await.map_err(|e| self.read_error(digest, e))
     }
 
     /// Removes the blob; `false` when it was not there.
-    pub async fn delete(&self, digest: &Digest) -> Result<bool, ContentError> {
-        match tokio::fs::remove_file(self.blob_path(digest)).await {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(source) => Err(ContentError::Delete { digest: digest.clone(), source }),
-        }
-    }
-
     fn read_error(&self, digest: &Digest, source: io::Error) -> ContentError {
         if source.kind() == io::ErrorKind::NotFound {
             ContentError::NotFound { digest: digest.clone() }
@@ -201,7 +187,7 @@ impl ContentStore {
     /// Streams `reader` into the store as blob `expected`, checking the digest
     /// and, when given, the size (a source that runs past the size is cut off
     /// at once rather than read to the end).
-    pub async fn write(
+    pub(crate) async fn write(
         &self,
         expected: &Digest,
         expected_size: Option<u64>,
@@ -249,13 +235,17 @@ impl ContentStore {
     }
 
     /// Stores bytes already in memory (manifests, configs).
-    pub async fn write_bytes(&self, expected: &Digest, bytes: &[u8]) -> Result<BlobInfo, ContentError> {
+    pub(crate) async fn write_bytes(
+        &self,
+        expected: &Digest,
+        bytes: &[u8],
+    ) -> Result<BlobInfo, ContentError> {
         self.write(expected, Some(bytes.len() as u64), bytes).await
     }
 
     /// Starts a synchronous write whose digest is learnt at the end, for
     /// producers such as layer compression that run on a blocking thread.
-    pub fn ingest(&self) -> Result<Ingest, ContentError> {
+    pub(crate) fn ingest(&self) -> Result<Ingest, ContentError> {
         let temp =
             self.temp_file().map_err(|source| ContentError::Write { digest: "(new blob)".into(), source })?;
         Ok(Ingest { store: self.clone(), temp, hasher: Sha256::new(), size: 0 })
@@ -294,7 +284,7 @@ fn commit(temp: tempfile::TempPath, path: &Path, dir: &Path) -> io::Result<()> {
 /// A blob being written synchronously; see [`ContentStore::ingest`].
 /// Dropping it without [`Ingest::commit`] discards the data.
 #[derive(Debug)]
-pub struct Ingest {
+pub(crate) struct Ingest {
     store: ContentStore,
     temp: NamedTempFile,
     hasher: Sha256,
@@ -317,7 +307,7 @@ impl Write for Ingest {
 impl Ingest {
     /// Verifies against `expected` (digest and size) when given, then makes
     /// the blob visible under its digest.
-    pub fn commit(mut self, expected: Option<(&Digest, u64)>) -> Result<BlobInfo, ContentError> {
+    pub(crate) fn commit(mut self, expected: Option<(&Digest, u64)>) -> Result<BlobInfo, ContentError> {
         let info = BlobInfo { digest: Digest::from_hasher(self.hasher), size: self.size };
         let fail = |source| ContentError::Commit { digest: info.digest.clone(), source };
         self.temp.flush().map_err(fail)?;
@@ -369,8 +359,7 @@ mod tests {
         assert_eq!(store.read(&digest).await.unwrap(), data);
         let path = store.blob_path(&digest);
         assert!(path.ends_with(format!("blobs/sha256/{}", digest.hex())), "{}", path.display());
-        assert!(store.delete(&digest).await.unwrap());
-        assert!(!store.delete(&digest).await.unwrap());
+        std::fs::remove_file(&path).unwrap();
         let err = store.read(&digest).await.unwrap_err().to_string();
         assert!(err.contains("not found"), "{err}");
     }
@@ -391,7 +380,7 @@ mod tests {
         assert!(err.to_string().contains("expected 100 bytes, got 14"), "{err}");
         assert!(!store.exists(&claimed).await);
         // Failed writes clean their temp files up.
-        assert_eq!(std::fs::read_dir(store.root().join("ingest")).unwrap().count(), 0);
+        assert_eq!(std::fs::read_dir(store.root.join("ingest")).unwrap().count(), 0);
     }
 
     #[tokio::test]
@@ -402,7 +391,7 @@ mod tests {
         let err = store.write(&digest, None, broken).await.unwrap_err();
         assert!(matches!(err, ContentError::ReadSource { .. }), "{err}");
         assert!(!store.exists(&digest).await);
-        assert_eq!(std::fs::read_dir(store.root().join("ingest")).unwrap().count(), 0);
+        assert_eq!(std::fs::read_dir(store.root.join("ingest")).unwrap().count(), 0);
     }
 
     struct FailingReader;
@@ -420,9 +409,9 @@ mod tests {
     #[tokio::test]
     async fn stale_ingest_files_are_removed_on_open() {
         let (dir, store) = store();
-        std::fs::write(store.root().join("ingest").join("blob-killed"), b"half a layer").unwrap();
+        std::fs::write(store.root.join("ingest").join("blob-killed"), b"half a layer").unwrap();
         let store = ContentStore::open(dir.path().join("content")).unwrap();
-        assert_eq!(std::fs::read_dir(store.root().join("ingest")).unwrap().count(), 0);
+        assert_eq!(std::fs::read_dir(store.root.join("ingest")).unwrap().count(), 0);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -439,7 +428,7 @@ mod tests {
             assert_eq!(result.unwrap().unwrap().digest, digest);
         }
         assert_eq!(store.read(&digest).await.unwrap(), data);
-        assert_eq!(std::fs::read_dir(store.root().join("ingest")).unwrap().count(), 0);
+        assert_eq!(std::fs::read_dir(store.root.join("ingest")).unwrap().count(), 0);
     }
 
     #[test]

@@ -17,13 +17,13 @@ use tonic::{Request, Response, Status};
 const SERVICES: &[&str] = &["", "moby.buildkit.v1.Control"];
 
 #[derive(Debug, Clone)]
-pub struct HealthService {
+pub(crate) struct HealthService {
     serving: Arc<AtomicBool>,
 }
 
 impl HealthService {
     /// `serving` turns false when the daemon starts to drain.
-    pub fn new(serving: Arc<AtomicBool>) -> Self {
+    pub(crate) fn new(serving: Arc<AtomicBool>) -> Self {
         Self { serving }
     }
 

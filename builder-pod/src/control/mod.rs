@@ -1,6 +1,10 @@
-//! The gRPC services kilnd serves: BuildKit's `Control` and gRPC health.
+//! kilnd's edge: the gRPC services it serves (BuildKit's `Control` and
+//! `LLBBridge`, gRPC health) and the one translation of its errors into
+//! gRPC statuses (`status`).
 
+mod bridge;
 mod health;
+mod status;
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -16,27 +20,29 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::instrument;
 
-pub use health::HealthService;
+pub(crate) use bridge::LlbBridgeService;
+pub(crate) use health::HealthService;
 
+use self::status::{ClientResult, OwnResult};
 use crate::cache::Snapshot;
 use crate::exporter::{ExportSource, Exporters};
-use crate::frontend::dockerfile::builder::{self as dockerfile, FrontendError, FrontendRefs, FrontendResult};
+use crate::frontend::dockerfile::builder::{self as dockerfile, FrontendRefs, FrontendResult};
 use crate::frontend::gateway::{Bridge, ForwardedBuild};
 use crate::gc;
 use crate::metrics::Metrics;
-use crate::session::SessionManager;
+use crate::session::{Group, SessionManager};
 use crate::solver::entitlements::Entitlements;
 use crate::solver::llb::Graph;
-use crate::solver::ops::source::Sources;
-use crate::solver::scheduler::{BuildContext, SolveError, Solver};
+use crate::solver::scheduler::{BuildContext, Solver};
 use crate::solver::{JobGuard, Jobs};
+use crate::source::Sources;
 use crate::worker::{self, Worker};
 
 type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 /// What every service of the daemon shares.
 #[derive(Debug)]
-pub struct Controller {
+pub(crate) struct Controller {
     pub worker: Arc<Worker>,
     pub metrics: Arc<Metrics>,
     pub sessions: Arc<SessionManager>,
@@ -68,17 +74,18 @@ impl crate::debug::LoadSource for Controller {
 
 /// BuildKit's `moby.buildkit.v1.Control` service.
 #[derive(Debug, Clone)]
-pub struct ControlService {
+pub(crate) struct ControlService {
     c: Arc<Controller>,
 }
 
-/// How long `Status` waits for the Solve that creates its job (upstream: 6 s, §3.4).
+/// How long `Status` waits for the Solve that creates its job (upstream: 6 s,
+/// docs/protocol.md §3.4).
 const STATUS_WAIT: Duration = Duration::from_secs(6);
-/// The response header of `Status` carrying the server's clock (§1).
+/// The response header of `Status` carrying the server's clock (docs/protocol.md §1).
 const TIMESTAMP_HEADER: &str = "buildkit-current-timestamp";
 
 impl ControlService {
-    pub fn new(controller: Arc<Controller>) -> Self {
+    pub(crate) fn new(controller: Arc<Controller>) -> Self {
         Self { c: controller }
     }
 
@@ -89,16 +96,12 @@ impl ControlService {
         req: &api::SolveRequest,
     ) -> Result<(JobGuard, tokio_util::sync::DropGuard, Arc<BuildContext>), Status> {
         // Refused before the build exists: nothing of it runs or is looked up.
-        let entitlements = self
-            .c
-            .entitlements
-            .grant(&req.entitlements)
-            .map_err(|e| Status::permission_denied(e.to_string()))?;
+        let entitlements = self.c.entitlements.grant(&req.entitlements)?;
         let job = self.c.jobs.create(&req.r#ref)?;
         let cancel = CancellationToken::new();
         let ctx = Arc::new(BuildContext {
             job: Arc::clone(&job.job),
-            session_ids: vec![req.session.clone()],
+            sessions: Group::new(Arc::clone(&self.c.sessions), [req.session.clone()]),
             entitlements,
             cancel: cancel.clone(),
         });
@@ -111,9 +114,9 @@ impl ControlService {
         req: api::SolveRequest,
         def: &Definition,
     ) -> Result<api::SolveResponse, Status> {
-        let graph = Graph::parse(def).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let graph = Graph::parse(def)?;
         let (_job, _cancel_on_drop, ctx) = self.start_build(&req)?;
-        let result = self.c.solver.solve(&graph, Arc::clone(&ctx)).await.map_err(solve_status)?;
+        let result = self.c.solver.solve(&graph, Arc::clone(&ctx)).await?;
         self.export(&req, &ExportSource::Single { snapshot: result, image_config: None }, &ctx).await
     }
 
@@ -128,8 +131,7 @@ impl ControlService {
             &req.frontend_inputs,
             &req.session,
         )
-        .await
-        .map_err(frontend_status)?;
+        .await?;
         self.export(&req, &frontend_source(result)?, &ctx).await
     }
 
@@ -137,8 +139,7 @@ impl ControlService {
     /// registered before anything slow, done when the client calls Return.
     async fn solve_forwarded(&self, req: api::SolveRequest) -> Result<api::SolveResponse, Status> {
         let (_job, _cancel_on_drop, ctx) = self.start_build(&req)?;
-        let (_registration, build, returned) =
-            self.c.bridge.register(ctx, req.frontend_attrs.clone(), req.frontend_inputs.clone());
+        let (_registration, build, returned) = self.c.bridge.register(ctx, req.frontend_inputs.clone());
         let ret = returned
             .await
             .map_err(|_| Status::internal(format!("build {} ended without a result", req.r#ref)))?;
@@ -168,8 +169,7 @@ impl ControlService {
         };
         let no_metadata = HashMap::new();
         let metadata = ret.result.as_ref().map_or(&no_metadata, |r| &r.metadata);
-        let source = ExportSource::from_result(single, refs, metadata)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let source = ExportSource::from_result(single, refs, metadata).map_err(ClientResult)?;
         self.export(&req, &source, &build.ctx).await
     }
 
@@ -186,8 +186,8 @@ impl ControlService {
         }
         match def {
             Some(def) => {
-                let graph = Graph::parse(def).map_err(|e| Status::invalid_argument(e.to_string()))?;
-                self.c.solver.solve(&graph, Arc::clone(&build.ctx)).await.map_err(solve_status)
+                let graph = Graph::parse(def)?;
+                Ok(self.c.solver.solve(&graph, Arc::clone(&build.ctx)).await?)
             }
             None if id.is_empty() => Ok(None),
             None => Err(Status::invalid_argument(format!("returned ref {id:?} is unknown"))),
@@ -203,12 +203,7 @@ impl ControlService {
     ) -> Result<api::SolveResponse, Status> {
         let mut exporter_response = HashMap::new();
         for (index, exporter) in exporters(req).iter().enumerate() {
-            let response = self
-                .c
-                .exporters
-                .export(index, exporter, source, ctx)
-                .await
-                .map_err(|e| Status::unknown(e.to_string()))?;
+            let response = self.c.exporters.export(index, exporter, source, ctx).await?;
             exporter_response.extend(response);
         }
         Ok(api::SolveResponse { exporter_response })
@@ -223,31 +218,10 @@ fn frontend_source(result: FrontendResult) -> Result<ExportSource, Status> {
             (None, Some(list.into_iter().map(|(id, r)| (id, r.snapshot)).collect()))
         }
     };
-    ExportSource::from_result(single, refs, &result.metadata).map_err(|e| Status::internal(e.to_string()))
+    Ok(ExportSource::from_result(single, refs, &result.metadata).map_err(OwnResult)?)
 }
 
-/// A failed build as the client sees it: the message names the step.
-pub fn solve_status(e: SolveError) -> Status {
-    match e {
-        SolveError::Cancelled => Status::cancelled(e.to_string()),
-        SolveError::Entitlement(_) => Status::permission_denied(e.to_string()),
-        e => Status::unknown(e.to_string()),
-    }
-}
-
-/// A frontend failure as the client sees it; Dockerfile errors name their line.
-pub fn frontend_status(e: FrontendError) -> Status {
-    match e {
-        FrontendError::Solve(e) => solve_status(e),
-        FrontendError::Syntax(_) => Status::unimplemented(e.to_string()),
-        FrontendError::Convert(_) | FrontendError::ReadDockerfile(_) => {
-            Status::invalid_argument(e.to_string())
-        }
-        FrontendError::Internal(_) => Status::internal(e.to_string()),
-    }
-}
-
-/// The exporters of a request: `Exporters`, or the legacy single one (§5).
+/// The exporters of a request: `Exporters`, or the legacy single one (docs/protocol.md §5).
 fn exporters(req: &api::SolveRequest) -> Vec<api::Exporter> {
     if !req.exporters.is_empty() {
         return req.exporters.clone();
@@ -262,7 +236,7 @@ fn exporters(req: &api::SolveRequest) -> Vec<api::Exporter> {
 }
 
 /// Calls kilnd does not serve yet. buildx treats `Unimplemented` from the
-/// history calls as "no history API" and goes on (buildkit-protocol.md §2.2).
+/// history calls as "no history API" and goes on (docs/protocol.md §2.2).
 fn not_built(what: &str) -> Status {
     Status::unimplemented(format!("{what} is not implemented by kilnd yet"))
 }
@@ -278,8 +252,7 @@ impl Control for ControlService {
         let cache = Arc::clone(self.c.solver.cache());
         let record = tokio::task::spawn_blocking(move || gc::disk_usage(&cache))
             .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .map_err(status::task_failed)??;
         Ok(Response::new(api::DiskUsageResponse { record }))
     }
 
@@ -305,8 +278,7 @@ impl Control for ControlService {
             gc::prune(&cache, req.all, keep)
         })
         .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(|e| Status::internal(e.to_string()))?;
+        .map_err(status::task_failed)??;
         Ok(Response::new(Box::pin(futures::stream::iter(removed.into_iter().map(Ok)))))
     }
 

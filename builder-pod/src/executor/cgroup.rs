@@ -2,7 +2,7 @@
 //!
 //! Containers get a relative `cgroupsPath`, which the runtime nests under
 //! its own cgroup (inherited from kilnd) in every hierarchy; an absolute path
-//! would escape the limits kilnd itself runs under (TESTING.md).
+//! would escape the limits kilnd itself runs under (its pod's, say).
 
 use std::io;
 use std::path::{Path, PathBuf};

@@ -8,10 +8,10 @@
 
 mod cgroup;
 mod netfiles;
-pub mod network;
+pub(crate) mod network;
 pub(crate) mod rootpath;
 mod runc;
-pub mod rundir;
+pub(crate) mod rundir;
 mod seccomp;
 mod spec;
 mod stubs;
@@ -28,20 +28,20 @@ use tokio::io::AsyncRead;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-pub use runc::RuncExecutor;
-pub use user::UserError;
+pub(crate) use runc::RuncExecutor;
+pub(crate) use user::UserError;
 
 /// The hostname a build container gets unless the op names one
 /// (`executor/oci/hosts.go` upstream).
-pub const DEFAULT_HOSTNAME: &str = "buildkitsandbox";
+pub(crate) const DEFAULT_HOSTNAME: &str = "buildkitsandbox";
 
 /// The `PATH` a process gets when its environment has none
 /// (`util/system/path.go` upstream, added in `solver/llbsolver/ops/exec.go`).
-pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub(crate) const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Everything that decides how one process runs.
 #[derive(Clone)]
-pub struct ExecSpec {
+pub(crate) struct ExecSpec {
     /// A prepared root directory (the caller mounts the overlay). Writes the
     /// process makes outside its mounts land here.
     pub rootfs: PathBuf,
@@ -77,7 +77,7 @@ pub struct ExecSpec {
 impl ExecSpec {
     /// A spec with BuildKit's defaults: root user, `/` as working directory,
     /// the default network, sandboxed security, no mounts.
-    pub fn new(rootfs: impl Into<PathBuf>, args: Vec<String>) -> Self {
+    pub(crate) fn new(rootfs: impl Into<PathBuf>, args: Vec<String>) -> Self {
         Self {
             rootfs: rootfs.into(),
             args,
@@ -98,7 +98,7 @@ impl ExecSpec {
     }
 
     /// The command as BuildKit prints it in errors: the args joined by spaces.
-    pub fn command_line(&self) -> String {
+    pub(crate) fn command_line(&self) -> String {
         self.args.join(" ")
     }
 }
@@ -129,14 +129,14 @@ impl fmt::Debug for ExecSpec {
 
 /// One mount on top of the rootfs.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ExecMount {
+pub(crate) struct ExecMount {
     /// Absolute path inside the container.
     pub dest: String,
     pub kind: MountKind,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum MountKind {
+pub(crate) enum MountKind {
     /// A host directory or file (a snapshot, a cache directory, a secret file,
     /// an SSH agent socket).
     Bind { source: PathBuf, readonly: bool },
@@ -146,7 +146,7 @@ pub enum MountKind {
 
 /// Which network the process sees (LLB `NetMode`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum NetworkMode {
+pub(crate) enum NetworkMode {
     /// The daemon's default: a namespace of its own on kilnd's bridge, with
     /// egress through NAT (or kilnd's own namespace when the daemon is
     /// configured for host networking); see [`network`].
@@ -159,7 +159,7 @@ pub enum NetworkMode {
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum SecurityMode {
+pub(crate) enum SecurityMode {
     /// BuildKit's default capabilities, masked and read-only `/proc` paths.
     #[default]
     Sandbox,
@@ -170,7 +170,7 @@ pub enum SecurityMode {
 
 /// A POSIX resource limit, `name` as in `ulimit` (`nofile`, `nproc`, ...).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Rlimit {
+pub(crate) struct Rlimit {
     pub name: String,
     pub soft: u64,
     pub hard: u64,
@@ -178,14 +178,14 @@ pub struct Rlimit {
 
 /// Output streams, numbered as in BuildKit's `VertexLog.stream`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Stream {
+pub(crate) enum Stream {
     Stdout,
     Stderr,
 }
 
 impl Stream {
     /// The file descriptor number a `VertexLog` carries.
-    pub fn fd(self) -> i64 {
+    pub(crate) fn fd(self) -> i64 {
         match self {
             Stream::Stdout => 1,
             Stream::Stderr => 2,
@@ -195,7 +195,7 @@ impl Stream {
 
 /// A piece of output as the process wrote it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OutputChunk {
+pub(crate) struct OutputChunk {
     pub stream: Stream,
     pub data: Bytes,
 }
@@ -204,7 +204,7 @@ pub struct OutputChunk {
 /// channel in the order it was read; a full channel slows the process down,
 /// a closed one discards what follows.
 #[derive(Default)]
-pub struct ProcessIo {
+pub(crate) struct ProcessIo {
     /// `None` gives the process `/dev/null`, as BuildKit's `ExecOp` does.
     pub stdin: Option<Box<dyn AsyncRead + Send + Unpin>>,
     /// `None` discards output.
@@ -212,7 +212,7 @@ pub struct ProcessIo {
 }
 
 impl ProcessIo {
-    pub fn new(output: mpsc::Sender<OutputChunk>) -> Self {
+    pub(crate) fn new(output: mpsc::Sender<OutputChunk>) -> Self {
         Self { stdin: None, output: Some(output) }
     }
 }
@@ -229,14 +229,14 @@ impl fmt::Debug for ProcessIo {
 /// How a process that ran ended. A non-zero exit is an outcome, not an
 /// error: [`ExecOutcome::check`] turns it into one when the op says so.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ExecOutcome {
+pub(crate) struct ExecOutcome {
     /// The exit code; 128+N when a signal N ended the process.
     pub exit_code: u32,
 }
 
 impl ExecOutcome {
     /// Ok when the exit code is one the spec accepts (only 0 by default).
-    pub fn check(&self, spec: &ExecSpec) -> Result<(), ProcessFailed> {
+    pub(crate) fn check(&self, spec: &ExecSpec) -> Result<(), ProcessFailed> {
         let ok = match &spec.valid_exit_codes {
             None => self.exit_code == 0,
             Some(codes) => codes.contains(&self.exit_code),
@@ -253,13 +253,13 @@ impl ExecOutcome {
 /// is BuildKit's (`solver/llbsolver/ops/exec.go`), which clients show as is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("process {command:?} did not complete successfully: exit code: {exit_code}")]
-pub struct ProcessFailed {
+pub(crate) struct ProcessFailed {
     pub command: String,
     pub exit_code: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ExecutorError {
+pub(crate) enum ExecutorError {
     #[error("exec op has no command to run")]
     NoArgs,
     #[error("creating executor state directory {path}: {source}")]
@@ -298,7 +298,7 @@ pub enum ExecutorError {
 
 /// Runs processes in containers.
 #[async_trait]
-pub trait Executor: Send + Sync {
+pub(crate) trait Executor: Send + Sync {
     /// Runs `spec` to completion and reports how it exited. When `cancel`
     /// fires the container is killed and [`ExecutorError::Cancelled`] comes
     /// back; either way nothing of the container is left behind.

@@ -45,7 +45,7 @@ const UNKNOWN_EXIT: u32 = 255;
 
 /// Runs each exec as its own container through an OCI runtime binary.
 #[derive(Debug)]
-pub struct RuncExecutor {
+pub(crate) struct RuncExecutor {
     runtime: PathBuf,
     /// The runtime's `--root`: its state for kilnd's containers only.
     runtime_root: PathBuf,
@@ -61,7 +61,7 @@ impl RuncExecutor {
     /// An executor keeping its bundles and the runtime's state under
     /// `state_dir`, its steps on `networks`, sandboxed steps under the default
     /// seccomp profile when the kernel has seccomp.
-    pub fn new(
+    pub(crate) fn new(
         runtime_binary: impl Into<PathBuf>,
         state_dir: impl Into<PathBuf>,
         networks: Networks,
@@ -93,20 +93,20 @@ impl RuncExecutor {
 
     /// Sandboxed steps run without a seccomp filter (for hosts whose
     /// runtime cannot apply one).
-    pub fn without_seccomp(mut self) -> Self {
+    pub(crate) fn without_seccomp(mut self) -> Self {
         self.host.seccomp = None;
         self
     }
 
     /// Steps share kilnd's process namespace and its `/proc`
     /// (`--oci-worker-no-process-sandbox`).
-    pub fn without_process_sandbox(mut self) -> Self {
+    pub(crate) fn without_process_sandbox(mut self) -> Self {
         self.host.process_sandbox = false;
         self
     }
 
     /// Whether sandboxed steps get the default seccomp profile.
-    pub fn seccomp(&self) -> bool {
+    pub(crate) fn seccomp(&self) -> bool {
         self.host.seccomp.is_some()
     }
 

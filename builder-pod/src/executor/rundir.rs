@@ -18,7 +18,7 @@ use tracing::warn;
 use crate::mountinfo;
 
 #[derive(Debug, thiserror::Error)]
-pub enum RunDirError {
+pub(crate) enum RunDirError {
     #[error("creating the run directory {path}: {source}")]
     Create { path: PathBuf, source: io::Error },
     #[error("mounting a tmpfs on the run directory {path}: {source}")]
@@ -27,14 +27,14 @@ pub enum RunDirError {
 
 /// The tmpfs; unmounted when dropped.
 #[derive(Debug)]
-pub struct RunDir {
+pub(crate) struct RunDir {
     path: PathBuf,
 }
 
 impl RunDir {
     /// The run directory of the kilnd whose root is `root` (canonical):
     /// mounted fresh, with whatever an earlier kilnd left there removed.
-    pub fn open(root: &Path) -> Result<Self, RunDirError> {
+    pub(crate) fn open(root: &Path) -> Result<Self, RunDirError> {
         let hash = hex::encode(Sha256::digest(root.as_os_str().as_encoded_bytes()));
         // One per root below the run base (`crate::rootless::run_base`).
         Self::open_at(crate::rootless::run_base().join(&hash[..16]))
@@ -62,7 +62,7 @@ impl RunDir {
         Ok(Self { path })
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 }

@@ -13,7 +13,7 @@ const MAX_FILE_BYTES: u64 = 10 << 20;
 const MAX_ID: i64 = i32::MAX as i64;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum UserError {
+pub(crate) enum UserError {
     #[error("unable to find user {0}: no matching entries in passwd file")]
     NoSuchUser(String),
     #[error("unable to find group {0}: no matching entries in group file")]

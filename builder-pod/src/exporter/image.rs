@@ -17,7 +17,6 @@ use super::{ExportSource, Exporters};
 use crate::cache::mount::{MountError, mount};
 use crate::cache::{CacheError, Snapshot};
 use crate::content::{ContentError, ContentStore, Digest};
-use crate::session::auth::SessionAuth;
 use crate::snapshot::{Compression, DiffOptions, SnapshotError, compress, diff_to_tar};
 use crate::solver::scheduler::BuildContext;
 use crate::source::image::{
@@ -56,7 +55,7 @@ pub enum ImageError {
 
 /// The exporter attributes kilnd understands.
 #[derive(Debug, Clone)]
-pub struct ImageOptions {
+pub(crate) struct ImageOptions {
     pub names: Vec<String>,
     pub push: bool,
     pub oci: bool,
@@ -77,7 +76,7 @@ fn flag(attrs: &HashMap<String, String>, key: &str, default: bool) -> Result<boo
 }
 
 impl ImageOptions {
-    pub fn parse(attrs: &HashMap<String, String>, oci_default: bool) -> Result<Self, ImageError> {
+    pub(crate) fn parse(attrs: &HashMap<String, String>, oci_default: bool) -> Result<Self, ImageError> {
         let level = match attrs.get("compression-level") {
             None => None,
             Some(v) => Some(v.parse::<i32>().map_err(|_| ImageError::Attr {
@@ -122,7 +121,7 @@ struct LayerBlob {
 
 /// An image, or an index of images, whose blobs are all in the content store.
 #[derive(Debug, Clone)]
-pub struct BuiltImage {
+pub(crate) struct BuiltImage {
     /// The image manifest, or the index.
     pub manifest: Vec<u8>,
     pub manifest_digest: Digest,
@@ -136,8 +135,8 @@ pub struct BuiltImage {
 }
 
 impl BuiltImage {
-    /// `containerimage.*` and `image.name` (§5).
-    pub fn response(&self, names: &[String]) -> HashMap<String, String> {
+    /// `containerimage.*` and `image.name` (docs/protocol.md §5).
+    pub(crate) fn response(&self, names: &[String]) -> HashMap<String, String> {
         let descriptor = json!({
             "mediaType": self.media_type,
             "digest": self.manifest_digest.to_string(),
@@ -160,7 +159,7 @@ impl BuiltImage {
     }
 
     /// An OCI image layout as a tar; `docker` adds Docker's `manifest.json`.
-    pub fn write_layout<W: Write>(
+    pub(crate) fn write_layout<W: Write>(
         &self,
         content: &ContentStore,
         names: &[String],
@@ -246,8 +245,7 @@ async fn layer_blob(
         // A step's layer is compared with the view it was made over, as
         // BuildKit's overlay differ does (util/overlay/overlay_linux.go).
         let below = base.map(|base| mount(&cache, &base, None)).transpose()?;
-        let options =
-            DiffOptions { lower: below.as_ref().map(|m| m.path().to_owned()), ..DiffOptions::default() };
+        let options = DiffOptions { lower: below.as_ref().map(|m| m.path().to_owned()) };
         let ingest = PassOn::new(content.ingest()?, side);
         let writer = compress(ingest, compression).map_err(err)?;
         let writer = diff_to_tar(&dir, writer, &options).map_err(err)?;
@@ -273,7 +271,7 @@ async fn layer_blob(
 }
 
 /// Builds the image of `snapshot` into the content store.
-pub async fn build(
+pub(crate) async fn build(
     ex: &Exporters,
     snapshot: &Snapshot,
     config: Option<&[u8]>,
@@ -331,7 +329,7 @@ pub async fn build(
 /// Builds what an export source describes: its image, or one image per
 /// platform and an index whose entries carry their platforms
 /// (`exporter/containerimage/writer.go` `Commit`).
-pub async fn build_source(
+pub(crate) async fn build_source(
     ex: &Exporters,
     source: &ExportSource,
     opts: &ImageOptions,
@@ -417,7 +415,7 @@ fn history_for(history: Option<&Value>, layers: usize, created: &str) -> Vec<Val
 }
 
 /// Pushes the image to every name, blobs first.
-pub async fn push(
+pub(crate) async fn push(
     ex: &Exporters,
     built: &BuiltImage,
     opts: &ImageOptions,
@@ -437,13 +435,13 @@ pub async fn push(
 
 /// Where the layers made for a push are uploaded while they are compressed.
 #[derive(Debug)]
-pub struct PushTarget {
+pub(crate) struct PushTarget {
     client: RegistryClient,
     reference: Reference,
 }
 
 /// The push's first repository, when the export pushes.
-pub fn push_target(
+pub(crate) fn push_target(
     ex: &Exporters,
     opts: &ImageOptions,
     ctx: &BuildContext,
@@ -468,8 +466,7 @@ fn push_client(
     } else {
         ex.registry.clone()
     };
-    let auth = SessionAuth { sessions: Arc::clone(&ex.sessions), session_ids: ctx.session_ids.clone() };
-    Ok(registry.client(Arc::new(auth)))
+    Ok(registry.client(Arc::new(ctx.sessions.clone())))
 }
 
 /// Writes through to `inner` and passes the same bytes on, in pieces of

@@ -1,11 +1,11 @@
-//! Exporters: what happens to a build's result (buildkit-protocol.md §2.2
-//! "Per-output specifics", §4.3, §5). `local` and `tar` send the file
+//! Exporters: what happens to a build's result (docs/protocol.md §2.3,
+//! §4.2, §5). `local` and `tar` send the file
 //! system back to the client; `image` builds an image and pushes it; `oci`
 //! and `docker` send an image layout as a tar. A result per platform
 //! exports as one subdirectory per platform (`local`, `tar`) or as an
 //! image index (`image`, `oci`).
 
-pub mod image;
+pub(crate) mod image;
 mod platforms;
 
 use std::collections::HashMap;
@@ -22,18 +22,15 @@ use crate::cache::mount::MountError;
 use crate::cache::{CacheManager, Snapshot};
 use crate::content::ContentStore;
 use crate::fsutil::{self, FsutilError, WalkFilter};
+use crate::progress::now;
 use crate::session::filesend::{BytesUpload, CHUNK, FileSendError, open_packets};
-use crate::session::{SessionError, SessionManager};
+use crate::session::{Session, SessionError};
 use crate::snapshot::{DiffOptions, SnapshotError, diff_to_tar};
-use crate::solver::progress::now;
 use crate::solver::scheduler::BuildContext;
 use crate::source::image::{Platform, Registry};
 
 use self::image::{ImageError, ImageOptions};
 use self::platforms::ExportTree;
-
-/// How long the build's session is waited for.
-const SESSION_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
@@ -74,14 +71,14 @@ pub enum ExportError {
 /// What a build hands its exporters (`exporter.Source`): one result, or
 /// one per platform, each with its image config.
 #[derive(Debug)]
-pub enum ExportSource {
+pub(crate) enum ExportSource {
     Single { snapshot: Option<Snapshot>, image_config: Option<Vec<u8>> },
     Platforms(Vec<PlatformResult>),
 }
 
 /// One platform's part of a multi-platform result.
 #[derive(Debug)]
-pub struct PlatformResult {
+pub(crate) struct PlatformResult {
     /// `linux/arm64`: the key of its ref and metadata.
     pub id: String,
     pub platform: Platform,
@@ -108,7 +105,7 @@ impl ExportSource {
     /// A result as a frontend returns it: a single ref, or `refs` by
     /// platform id with the `refs.platforms` metadata naming them in order
     /// (`exptypes.ParsePlatforms`), and `containerimage.config[/<id>]`.
-    pub fn from_result(
+    pub(crate) fn from_result(
         single: Option<Snapshot>,
         refs: Option<HashMap<String, Option<Snapshot>>>,
         metadata: &HashMap<String, Vec<u8>>,
@@ -132,16 +129,15 @@ impl ExportSource {
 
 /// What exporters need of the daemon.
 #[derive(Debug, Clone)]
-pub struct Exporters {
+pub(crate) struct Exporters {
     pub cache: Arc<CacheManager>,
     pub content: ContentStore,
     pub registry: Registry,
-    pub sessions: Arc<SessionManager>,
 }
 
 impl Exporters {
     /// Runs exporter `index` on `source` and returns its response values.
-    pub async fn export(
+    pub(crate) async fn export(
         &self,
         index: usize,
         exporter: &Exporter,
@@ -222,12 +218,12 @@ impl Exporters {
         outcome
     }
 
-    async fn session(&self, ctx: &BuildContext) -> Result<Arc<crate::session::Session>, ExportError> {
-        let id = ctx.session_ids.first().map(String::as_str).unwrap_or_default();
-        Ok(self.sessions.get(id, SESSION_WAIT).await?)
+    /// The session that receives the result: the build's own, when open.
+    async fn session(&self, ctx: &BuildContext) -> Result<Arc<Session>, ExportError> {
+        Ok(ctx.sessions.first().await?)
     }
 
-    /// `-o type=local`: the daemon is the fsutil sender (§4.3).
+    /// `-o type=local`: the daemon is the fsutil sender (docs/protocol.md §4.2).
     async fn local(
         &self,
         index: usize,
@@ -259,7 +255,7 @@ impl Exporters {
         Ok(HashMap::new())
     }
 
-    /// `-o type=tar`: the file system as one tar, in chunks (§4.3).
+    /// `-o type=tar`: the file system as one tar, in chunks (docs/protocol.md §4.2).
     async fn tar(
         &self,
         index: usize,
@@ -327,18 +323,18 @@ fn progress_vertex(ctx: &BuildContext, index: usize, name: &str) -> Vertex {
 /// A blocking writer that sends what is written as `BytesMessage`s of up
 /// to [`CHUNK`] bytes; for tar writers running on a blocking thread.
 #[derive(Debug)]
-pub struct ChannelWriter {
+pub(crate) struct ChannelWriter {
     tx: mpsc::Sender<BytesMessage>,
     buf: Vec<u8>,
 }
 
 impl ChannelWriter {
-    pub fn new(tx: mpsc::Sender<BytesMessage>) -> Self {
+    pub(crate) fn new(tx: mpsc::Sender<BytesMessage>) -> Self {
         Self { tx, buf: Vec::with_capacity(CHUNK) }
     }
 
     /// Sends what is buffered; the writer is done.
-    pub fn into_inner(mut self) -> std::io::Result<()> {
+    pub(crate) fn into_inner(mut self) -> std::io::Result<()> {
         self.flush()
     }
 }

@@ -42,7 +42,7 @@ impl Drop for BindMount {
 impl ExportTree {
     /// Mounts the result read-only; results per platform are bind-mounted
     /// side by side under one temporary directory.
-    pub fn mount(cache: &CacheManager, source: &ExportSource) -> Result<Self, ExportError> {
+    pub(super) fn mount(cache: &CacheManager, source: &ExportSource) -> Result<Self, ExportError> {
         let scratch = Snapshot::default();
         let platforms = match source {
             ExportSource::Single { snapshot, .. } => {

@@ -1,5 +1,6 @@
-//! The LLBBridge: the frontend API that buildx drives for gateway-forwarded
-//! builds (buildkit-protocol.md §2.2 phases B–C, §9.4).
+//! The LLBBridge's build logic: the frontend API that buildx drives for
+//! gateway-forwarded builds (docs/protocol.md §2.2). `control::bridge`
+//! serves it over gRPC.
 //!
 //! `Control.Solve` with neither a definition nor a frontend registers the
 //! build here under its ref and waits; the client then calls LLBBridge
@@ -15,42 +16,37 @@ use std::time::Duration;
 use kiln_proto::buildkit::fsutil::types::Stat;
 use kiln_proto::buildkit::moby::buildkit::v1::apicaps::ApiCap;
 use kiln_proto::buildkit::moby::buildkit::v1::frontend as fe;
-use kiln_proto::buildkit::moby::buildkit::v1::frontend::llb_bridge_server::LlbBridge;
 use kiln_proto::buildkit::moby::buildkit::v1::{StatusResponse, frontend::ReturnRequest};
 use kiln_proto::buildkit::moby::buildkit::v1::{Vertex, VertexWarning};
 use kiln_proto::buildkit::pb::{self, Definition};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::oneshot;
-use tonic::{Request, Response, Status};
-use tracing::instrument;
 
 use crate::arrivals::Arrivals;
-use crate::cache::Snapshot;
 use crate::cache::mount::{MountError, mount};
-use crate::control::{Controller, frontend_status, solve_status};
+use crate::cache::{CacheManager, Snapshot};
 use crate::executor::rootpath;
-use crate::frontend::dockerfile::builder as dockerfile;
+use crate::frontend::dockerfile::builder::{self as dockerfile, FrontendError};
 use crate::fsutil::stat::{Detail, InodeMap, stat_of};
 use crate::fsutil::{FsutilError, PatternError, PatternMatcher};
-use crate::solver::llb::Graph;
-use crate::solver::ops::source::SourceError;
-use crate::solver::progress::now;
-use crate::solver::scheduler::BuildContext;
+use crate::progress::now;
+use crate::solver::llb::{Graph, LlbError};
+use crate::solver::scheduler::{BuildContext, SolveError, Solver};
 use crate::source::image::{ImageError, Platform, Reference, ResolvedImage};
+use crate::source::{SourceError, Sources};
 use crate::worker::random_id;
 
-/// The header every LLBBridge call carries (§1).
-pub const BUILD_ID_HEADER: &str = "buildkit-controlapi-buildid";
-/// How long a bridge call waits for its Solve to register (upstream: 3 s, §3.4).
+/// How long a bridge call waits for its Solve to register (upstream: 3 s,
+/// docs/protocol.md §3.4).
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Frontend API capabilities kilnd implements (`frontend/gateway/pb/caps.go`).
 /// Advertising `return` and `proto.refarray` keeps clients off the legacy
-/// result path (§2.5); `reference.output` says returned refs carry their
-/// definitions, which bake turns into other targets' contexts. Solves run
-/// eagerly, so `gateway.solve.evaluate` and `gateway.evaluate` hold by
-/// construction.
-pub const FRONTEND_CAPS: &[&str] = &[
+/// result path (docs/protocol.md §2.5); `reference.output` says returned
+/// refs carry their definitions, which bake turns into other targets'
+/// contexts. Solves run eagerly, so `gateway.solve.evaluate` and
+/// `gateway.evaluate` hold by construction.
+pub(crate) const FRONTEND_CAPS: &[&str] = &[
     "return",
     "proto.refarray",
     "returnmap",
@@ -70,58 +66,48 @@ pub const FRONTEND_CAPS: &[&str] = &[
 /// Several exporters in one Solve (`solver/pb/caps.go` `CapMultipleExporters`).
 const EXPORTER_MULTIPLE: &str = "exporter.multiple";
 
-/// The LLB capabilities Ping answers with (§2.5): the LLB the built-in
-/// frontend emits and several exporters per Solve. An empty list makes the
-/// client assume the frozen pre-capability set, and buildx then refuses a
-/// second `--output`.
-fn llb_caps() -> Vec<ApiCap> {
+/// The LLB capabilities Ping answers with (docs/protocol.md §2.5): the LLB
+/// the built-in frontend emits and several exporters per Solve. An empty
+/// list makes the client assume the frozen pre-capability set, and buildx
+/// then refuses a second `--output`.
+pub(crate) fn llb_caps() -> Vec<ApiCap> {
     let mut ids = crate::frontend::llb::caps::ALL.to_vec();
     ids.push(EXPORTER_MULTIPLE);
     caps(&ids)
 }
 
-pub fn caps(ids: &[&str]) -> Vec<ApiCap> {
+pub(crate) fn caps(ids: &[&str]) -> Vec<ApiCap> {
     ids.iter().map(|id| ApiCap { id: (*id).to_owned(), enabled: true, ..ApiCap::default() }).collect()
 }
 
 /// A build waiting for its client to drive the frontend API.
 #[derive(Debug)]
-pub struct ForwardedBuild {
+pub(crate) struct ForwardedBuild {
     pub id: String,
     pub ctx: Arc<BuildContext>,
-    pub frontend_attrs: HashMap<String, String>,
     pub frontend_inputs: HashMap<String, Definition>,
     returned: Mutex<Option<oneshot::Sender<ReturnRequest>>>,
     /// Results handed to the client, by the ref id it will name them with.
     refs: Mutex<HashMap<String, Option<Snapshot>>>,
 }
 
-impl ForwardedBuild {
-    fn add_ref(&self, snapshot: Option<Snapshot>) -> Result<String, Status> {
-        let id = random_id().map_err(|e| Status::internal(format!("making a ref id: {e}")))?;
-        self.refs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id.clone(), snapshot);
-        Ok(id)
-    }
-
-    /// The snapshot behind a ref id the client returned.
-    pub fn get_ref(&self, id: &str) -> Option<Option<Snapshot>> {
-        self.refs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(id).cloned()
-    }
-}
-
-impl ForwardedBuild {
-    /// The snapshot behind a ref for reading; scratch is an empty tree.
-    fn snapshot_for_read(&self, id: &str) -> Result<Snapshot, BridgeError> {
-        let snapshot = self
-            .get_ref(id)
-            .ok_or_else(|| BridgeError::UnknownRef { build: self.id.clone(), id: id.to_owned() })?;
-        Ok(snapshot.unwrap_or_default())
-    }
-}
-
-/// A failed bridge call, mapped to a gRPC status once, at the edge.
+/// A failed bridge call, in the bridge's terms; the gRPC edge picks its status.
 #[derive(Debug, thiserror::Error)]
 pub enum BridgeError {
+    #[error("no build {id:?} is waiting for the frontend API")]
+    NoBuild { id: String },
+    #[error("build {build} already returned")]
+    Returned { build: String },
+    #[error("making a ref id: {0}")]
+    RefId(#[source] io::Error),
+    #[error("{0}")]
+    Definition(#[from] LlbError),
+    #[error(transparent)]
+    Solve(#[from] SolveError),
+    #[error(transparent)]
+    Frontend(#[from] FrontendError),
+    #[error("unknown frontend {0:?}")]
+    UnknownFrontend(String),
     #[error("no such ref {id:?} in build {build}: refs come from this build's LLBBridge.Solve")]
     UnknownRef { build: String, id: String },
     #[error("{path}: no such file or directory")]
@@ -152,28 +138,185 @@ pub enum BridgeError {
     ResolveImage { reference: String, source: SourceError },
 }
 
-impl From<BridgeError> for Status {
-    fn from(e: BridgeError) -> Self {
-        let message = e.to_string();
-        match e {
-            BridgeError::UnknownRef { .. } | BridgeError::NotFound { .. } => Status::not_found(message),
-            BridgeError::NotRegular { .. }
-            | BridgeError::NotADirectory { .. }
-            | BridgeError::InvalidRange { .. }
-            | BridgeError::Pattern { .. }
-            | BridgeError::ResolveMode(_)
-            | BridgeError::NoSource
-            | BridgeError::Reference { .. } => Status::invalid_argument(message),
-            BridgeError::ResolveImage {
-                source: SourceError::Image(ImageError::InvalidPlatform { .. }),
-                ..
-            } => Status::invalid_argument(message),
-            BridgeError::ResolveImage { .. } => Status::unknown(message),
-            BridgeError::Read { .. }
-            | BridgeError::Describe { .. }
-            | BridgeError::Mount { .. }
-            | BridgeError::Task(_) => Status::internal(message),
+impl ForwardedBuild {
+    fn add_ref(&self, snapshot: Option<Snapshot>) -> Result<String, BridgeError> {
+        let id = random_id().map_err(BridgeError::RefId)?;
+        self.refs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id.clone(), snapshot);
+        Ok(id)
+    }
+
+    /// The snapshot behind a ref id the client returned.
+    pub(crate) fn get_ref(&self, id: &str) -> Option<Option<Snapshot>> {
+        self.refs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(id).cloned()
+    }
+
+    /// The snapshot behind a ref for reading; scratch is an empty tree.
+    /// Refs are solved when LLBBridge.Solve returns them, so this is also
+    /// what evaluating one means.
+    pub(crate) fn snapshot_for_read(&self, id: &str) -> Result<Snapshot, BridgeError> {
+        let snapshot = self
+            .get_ref(id)
+            .ok_or_else(|| BridgeError::UnknownRef { build: self.id.clone(), id: id.to_owned() })?;
+        Ok(snapshot.unwrap_or_default())
+    }
+
+    /// Hands the client's `Return` to the waiting Solve.
+    pub(crate) fn finish(&self, ret: ReturnRequest) -> Result<(), BridgeError> {
+        let sender = self.returned.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        let sender = sender.ok_or_else(|| BridgeError::Returned { build: self.id.clone() })?;
+        // The Solve may be gone if its client left; then nobody needs the result.
+        let _ = sender.send(ret);
+        Ok(())
+    }
+
+    /// A warning of the client's frontend, shown with the build's progress.
+    pub(crate) fn warn(&self, w: fe::WarnRequest) {
+        self.ctx.job.progress.send(StatusResponse {
+            warnings: vec![VertexWarning {
+                vertex: w.digest,
+                level: w.level,
+                short: w.short,
+                detail: w.detail,
+                url: w.url,
+                info: w.info,
+                ranges: w.ranges,
+            }],
+            ..StatusResponse::default()
+        });
+    }
+
+    /// LLBBridge.Solve: a definition solved now, or the built-in Dockerfile
+    /// frontend run; the results become refs of this build.
+    pub(crate) async fn solve(
+        &self,
+        solver: &Arc<Solver>,
+        sources: &Sources,
+        req: fe::SolveRequest,
+    ) -> Result<fe::SolveResponse, BridgeError> {
+        let definition = req.definition.filter(|d| !d.def.is_empty());
+        let (id, def) = match (definition, req.frontend.as_str()) {
+            (Some(def), "") => {
+                let graph = Graph::parse(&def)?;
+                let snapshot = solver.solve(&graph, Arc::clone(&self.ctx)).await?;
+                (self.add_ref(snapshot)?, Some(def))
+            }
+            (None, "") => (String::new(), None),
+            (_, "dockerfile.v0") => {
+                let session = self.ctx.sessions.ids().first().cloned().unwrap_or_default();
+                let result = dockerfile::build(
+                    solver,
+                    sources,
+                    &self.ctx,
+                    &req.frontend_opt,
+                    &req.frontend_inputs,
+                    &session,
+                )
+                .await?;
+                let r = result.refs.into_gateway(req.allow_result_array_ref, |s| self.add_ref(s))?;
+                return Ok(fe::SolveResponse {
+                    r#ref: String::new(),
+                    result: Some(fe::Result {
+                        result: Some(r),
+                        metadata: result.metadata,
+                        ..Default::default()
+                    }),
+                });
+            }
+            (_, other) => return Err(BridgeError::UnknownFrontend(other.to_owned())),
+        };
+        let result = if req.allow_result_array_ref {
+            fe::result::Result::Ref(fe::Ref { id, def })
+        } else {
+            fe::result::Result::RefDeprecated(id)
+        };
+        Ok(fe::SolveResponse {
+            r#ref: String::new(),
+            result: Some(fe::Result { result: Some(result), ..Default::default() }),
+        })
+    }
+
+    /// ReadFile in ref `id`.
+    pub(crate) async fn read_file(
+        &self,
+        cache: &Arc<CacheManager>,
+        id: &str,
+        path: String,
+        range: Option<fe::FileRange>,
+    ) -> Result<Vec<u8>, BridgeError> {
+        self.in_ref(cache, id, move |root| read_file(root, &path, range.as_ref())).await
+    }
+
+    /// ReadDir in ref `id`.
+    pub(crate) async fn read_dir(
+        &self,
+        cache: &Arc<CacheManager>,
+        id: &str,
+        dir: String,
+        include: String,
+    ) -> Result<Vec<Stat>, BridgeError> {
+        self.in_ref(cache, id, move |root| read_dir(root, &dir, &include)).await
+    }
+
+    /// StatFile in ref `id`.
+    pub(crate) async fn stat_file(
+        &self,
+        cache: &Arc<CacheManager>,
+        id: &str,
+        path: String,
+    ) -> Result<Stat, BridgeError> {
+        self.in_ref(cache, id, move |root| stat_file(root, &path)).await
+    }
+
+    /// Runs `read` on a read-only mount of ref `id`, off the async runtime.
+    async fn in_ref<T, F>(&self, cache: &Arc<CacheManager>, id: &str, read: F) -> Result<T, BridgeError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Path) -> Result<T, BridgeError> + Send + 'static,
+    {
+        let snapshot = self.snapshot_for_read(id)?;
+        let cache = Arc::clone(cache);
+        let id = id.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let view = mount(&cache, &snapshot, None).map_err(|source| BridgeError::Mount { id, source })?;
+            read(view.path())
+        })
+        .await?
+    }
+
+    /// One platform's manifest and config for `reference` (on `platform`,
+    /// else the worker's `default_platform`), with the build's credentials,
+    /// shown to the client as a vertex named `log_name` (upstream
+    /// `llbBridge.ResolveSourceMetadata`).
+    pub(crate) async fn resolve_image(
+        &self,
+        sources: &Sources,
+        reference: &str,
+        platform: Option<&pb::Platform>,
+        default_platform: Option<&pb::Platform>,
+        resolve_mode: &str,
+        log_name: &str,
+    ) -> Result<(Reference, ResolvedImage), BridgeError> {
+        check_resolve_mode(resolve_mode)?;
+        let parsed = Reference::parse(reference)
+            .map_err(|source| BridgeError::Reference { reference: reference.to_owned(), source })?;
+        let platform = platform.or(default_platform).map_or_else(Platform::linux_amd64, platform_of);
+        let name = if log_name.is_empty() {
+            format!("resolve image config for docker-image://{parsed}")
+        } else {
+            log_name.to_owned()
+        };
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(format!("{name} {platform}"))));
+        let mut vertex = Vertex { digest, name, started: Some(now()), ..Vertex::default() };
+        self.ctx.job.progress.vertex(vertex.clone());
+        let result = sources.resolve_image(&parsed, &platform, &self.ctx.sessions).await;
+        vertex.completed = Some(now());
+        if let Err(e) = &result {
+            vertex.error = e.to_string();
         }
+        self.ctx.job.progress.vertex(vertex);
+        let image =
+            result.map_err(|source| BridgeError::ResolveImage { reference: parsed.to_string(), source })?;
+        Ok((parsed, image))
     }
 }
 
@@ -322,14 +465,14 @@ fn platform_of(p: &pb::Platform) -> Platform {
 
 /// Forwarded builds by ref.
 #[derive(Debug, Default)]
-pub struct Bridge {
+pub(crate) struct Bridge {
     builds: Mutex<HashMap<String, Arc<ForwardedBuild>>>,
     arrivals: Arrivals,
 }
 
 /// Unregisters its build when dropped.
 #[derive(Debug)]
-pub struct BridgeGuard {
+pub(crate) struct BridgeGuard {
     bridge: Arc<Bridge>,
     id: String,
 }
@@ -341,7 +484,7 @@ impl Drop for BridgeGuard {
 }
 
 impl Bridge {
-    pub fn new() -> Arc<Self> {
+    pub(crate) fn new() -> Arc<Self> {
         Arc::new(Self::default())
     }
 
@@ -350,10 +493,9 @@ impl Bridge {
     }
 
     /// Registers a build; the receiver yields the client's `Return`.
-    pub fn register(
+    pub(crate) fn register(
         self: &Arc<Self>,
         ctx: Arc<BuildContext>,
-        frontend_attrs: HashMap<String, String>,
         frontend_inputs: HashMap<String, Definition>,
     ) -> (BridgeGuard, Arc<ForwardedBuild>, oneshot::Receiver<ReturnRequest>) {
         let (tx, rx) = oneshot::channel();
@@ -361,7 +503,6 @@ impl Bridge {
         let build = Arc::new(ForwardedBuild {
             id: id.clone(),
             ctx,
-            frontend_attrs,
             frontend_inputs,
             returned: Mutex::new(Some(tx)),
             refs: Mutex::new(HashMap::new()),
@@ -371,365 +512,13 @@ impl Bridge {
         (BridgeGuard { bridge: Arc::clone(self), id }, build, rx)
     }
 
-    async fn lookup(&self, id: &str) -> Result<Arc<ForwardedBuild>, Status> {
+    /// The build registered under `id`, waiting for its Solve to register it.
+    pub(crate) async fn lookup(&self, id: &str) -> Result<Arc<ForwardedBuild>, BridgeError> {
         let find = || self.lock().get(id).cloned();
         self.arrivals
             .wait_for(LOOKUP_TIMEOUT, find)
             .await
-            .map_err(|_| Status::not_found(format!("no build {id:?} is waiting for the frontend API")))
-    }
-
-    /// The build a bridge call belongs to, from its header.
-    async fn build_of<T>(&self, request: &Request<T>) -> Result<Arc<ForwardedBuild>, Status> {
-        let id = request
-            .metadata()
-            .get(BUILD_ID_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| Status::invalid_argument(format!("no {BUILD_ID_HEADER} header")))?;
-        self.lookup(id).await
-    }
-}
-
-/// BuildKit's `moby.buildkit.v1.frontend.LLBBridge` service.
-#[derive(Debug, Clone)]
-pub struct LlbBridgeService {
-    c: Arc<Controller>,
-}
-
-impl LlbBridgeService {
-    pub fn new(controller: Arc<Controller>) -> Self {
-        Self { c: controller }
-    }
-
-    fn count(&self, method: &str) {
-        self.c.metrics.rpc("LLBBridge", method);
-    }
-
-    /// Runs `read` on a read-only mount of ref `id`, off the async runtime.
-    async fn in_ref<T, F>(&self, build: &ForwardedBuild, id: &str, read: F) -> Result<T, BridgeError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Path) -> Result<T, BridgeError> + Send + 'static,
-    {
-        let snapshot = build.snapshot_for_read(id)?;
-        let cache = Arc::clone(self.c.solver.cache());
-        let id = id.to_owned();
-        tokio::task::spawn_blocking(move || {
-            let view = mount(&cache, &snapshot, None).map_err(|source| BridgeError::Mount { id, source })?;
-            read(view.path())
-        })
-        .await?
-    }
-
-    /// One platform's manifest and config for `reference`, with the build's
-    /// credentials, shown to the client as a vertex named `log_name`
-    /// (upstream `llbBridge.ResolveSourceMetadata`).
-    async fn resolve_image(
-        &self,
-        build: &ForwardedBuild,
-        reference: &str,
-        platform: Option<&pb::Platform>,
-        resolve_mode: &str,
-        log_name: &str,
-    ) -> Result<(Reference, ResolvedImage), BridgeError> {
-        check_resolve_mode(resolve_mode)?;
-        let parsed = Reference::parse(reference)
-            .map_err(|source| BridgeError::Reference { reference: reference.to_owned(), source })?;
-        let platform = platform
-            .or_else(|| self.c.worker.platforms.first())
-            .map_or_else(Platform::linux_amd64, platform_of);
-        let name = if log_name.is_empty() {
-            format!("resolve image config for docker-image://{parsed}")
-        } else {
-            log_name.to_owned()
-        };
-        let digest = format!("sha256:{}", hex::encode(Sha256::digest(format!("{name} {platform}"))));
-        let mut vertex = Vertex { digest, name, started: Some(now()), ..Vertex::default() };
-        build.ctx.job.progress.vertex(vertex.clone());
-        let result = self.c.sources.resolve_image(&parsed, &platform, &build.ctx).await;
-        vertex.completed = Some(now());
-        if let Err(e) = &result {
-            vertex.error = e.to_string();
-        }
-        build.ctx.job.progress.vertex(vertex);
-        let image =
-            result.map_err(|source| BridgeError::ResolveImage { reference: parsed.to_string(), source })?;
-        Ok((parsed, image))
-    }
-}
-
-fn not_built(what: &str) -> Status {
-    Status::unimplemented(format!("LLBBridge.{what} is not implemented by kilnd yet"))
-}
-
-#[tonic::async_trait]
-impl LlbBridge for LlbBridgeService {
-    #[instrument(skip_all)]
-    async fn ping(&self, request: Request<fe::PingRequest>) -> Result<Response<fe::PongResponse>, Status> {
-        self.count("Ping");
-        self.c.bridge.build_of(&request).await?;
-        Ok(Response::new(fe::PongResponse {
-            frontend_api_caps: caps(FRONTEND_CAPS),
-            llb_caps: llb_caps(),
-            workers: vec![self.c.worker.record()],
-        }))
-    }
-
-    #[instrument(skip_all)]
-    async fn r#return(
-        &self,
-        request: Request<ReturnRequest>,
-    ) -> Result<Response<fe::ReturnResponse>, Status> {
-        self.count("Return");
-        let build = self.c.bridge.build_of(&request).await?;
-        let sender = build.returned.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
-        let sender = sender
-            .ok_or_else(|| Status::failed_precondition(format!("build {} already returned", build.id)))?;
-        // The Solve may be gone if its client left; then nobody needs the result.
-        let _ = sender.send(request.into_inner());
-        Ok(Response::new(fe::ReturnResponse {}))
-    }
-
-    #[instrument(skip_all)]
-    async fn inputs(
-        &self,
-        request: Request<fe::InputsRequest>,
-    ) -> Result<Response<fe::InputsResponse>, Status> {
-        self.count("Inputs");
-        let build = self.c.bridge.build_of(&request).await?;
-        Ok(Response::new(fe::InputsResponse { definitions: build.frontend_inputs.clone() }))
-    }
-
-    #[instrument(skip_all)]
-    async fn warn(&self, request: Request<fe::WarnRequest>) -> Result<Response<fe::WarnResponse>, Status> {
-        self.count("Warn");
-        let build = self.c.bridge.build_of(&request).await?;
-        let w = request.into_inner();
-        build.ctx.job.progress.send(StatusResponse {
-            warnings: vec![VertexWarning {
-                vertex: w.digest,
-                level: w.level,
-                short: w.short,
-                detail: w.detail,
-                url: w.url,
-                info: w.info,
-                ranges: w.ranges,
-            }],
-            ..StatusResponse::default()
-        });
-        Ok(Response::new(fe::WarnResponse {}))
-    }
-
-    #[instrument(skip_all, fields(build.ref, image.ref))]
-    async fn resolve_image_config(
-        &self,
-        request: Request<fe::ResolveImageConfigRequest>,
-    ) -> Result<Response<fe::ResolveImageConfigResponse>, Status> {
-        self.count("ResolveImageConfig");
-        let build = self.c.bridge.build_of(&request).await?;
-        let req = request.into_inner();
-        tracing::Span::current()
-            .record("build.ref", build.id.as_str())
-            .record("image.ref", req.r#ref.as_str());
-        // Resolver type 1 is an OCI layout in the client's session content store.
-        if req.resolver_type != 0 {
-            return Err(not_built("ResolveImageConfig from an OCI layout"));
-        }
-        let (reference, image) = self
-            .resolve_image(&build, &req.r#ref, req.platform.as_ref(), &req.resolve_mode, &req.log_name)
-            .await?;
-        Ok(Response::new(fe::ResolveImageConfigResponse {
-            r#ref: reference.to_string(),
-            digest: image.digest().to_string(),
-            config: image.config,
-        }))
-    }
-
-    #[instrument(skip_all, fields(build.ref, source))]
-    async fn resolve_source_meta(
-        &self,
-        request: Request<fe::ResolveSourceMetaRequest>,
-    ) -> Result<Response<fe::ResolveSourceMetaResponse>, Status> {
-        self.count("ResolveSourceMeta");
-        let build = self.c.bridge.build_of(&request).await?;
-        let req = request.into_inner();
-        let source = req.source.ok_or(BridgeError::NoSource)?;
-        tracing::Span::current()
-            .record("build.ref", build.id.as_str())
-            .record("source", source.identifier.as_str());
-        // Other sources carry no metadata kilnd resolves ahead of the solve;
-        // the op comes back unchanged, as upstream does without a policy.
-        let Some(reference) = source.identifier.strip_prefix("docker-image://") else {
-            return Ok(Response::new(fe::ResolveSourceMetaResponse {
-                source: Some(source),
-                ..Default::default()
-            }));
-        };
-        let (_, image) = self
-            .resolve_image(&build, reference, req.platform.as_ref(), &req.resolve_mode, &req.log_name)
-            .await?;
-        let no_config = req.image.as_ref().is_some_and(|i| i.no_config);
-        Ok(Response::new(fe::ResolveSourceMetaResponse {
-            image: Some(fe::ResolveSourceImageResponse {
-                digest: image.digest().to_string(),
-                config: if no_config { Vec::new() } else { image.config },
-                attestation_chain: None,
-            }),
-            source: Some(source),
-            ..Default::default()
-        }))
-    }
-
-    #[instrument(skip_all)]
-    async fn solve(&self, request: Request<fe::SolveRequest>) -> Result<Response<fe::SolveResponse>, Status> {
-        self.count("Solve");
-        let build = self.c.bridge.build_of(&request).await?;
-        let req = request.into_inner();
-        let definition = req.definition.filter(|d| !d.def.is_empty());
-        let (id, def) = match (definition, req.frontend.as_str()) {
-            (Some(def), "") => {
-                let graph = Graph::parse(&def).map_err(|e| Status::invalid_argument(e.to_string()))?;
-                let snapshot =
-                    self.c.solver.solve(&graph, Arc::clone(&build.ctx)).await.map_err(solve_status)?;
-                (build.add_ref(snapshot)?, Some(def))
-            }
-            (None, "") => (String::new(), None),
-            (_, "dockerfile.v0") => {
-                let session = build.ctx.session_ids.first().cloned().unwrap_or_default();
-                let result = dockerfile::build(
-                    &self.c.solver,
-                    &self.c.sources,
-                    &build.ctx,
-                    &req.frontend_opt,
-                    &req.frontend_inputs,
-                    &session,
-                )
-                .await
-                .map_err(frontend_status)?;
-                let r = result.refs.into_gateway(req.allow_result_array_ref, |s| build.add_ref(s))?;
-                return Ok(Response::new(fe::SolveResponse {
-                    r#ref: String::new(),
-                    result: Some(fe::Result {
-                        result: Some(r),
-                        metadata: result.metadata,
-                        ..Default::default()
-                    }),
-                }));
-            }
-            (_, other) => return Err(Status::invalid_argument(format!("unknown frontend {other:?}"))),
-        };
-        let result = if req.allow_result_array_ref {
-            fe::result::Result::Ref(fe::Ref { id, def })
-        } else {
-            fe::result::Result::RefDeprecated(id)
-        };
-        Ok(Response::new(fe::SolveResponse {
-            r#ref: String::new(),
-            result: Some(fe::Result { result: Some(result), ..Default::default() }),
-        }))
-    }
-
-    #[instrument(skip_all, fields(build.ref, result.ref = %request.get_ref().r#ref))]
-    async fn read_file(
-        &self,
-        request: Request<fe::ReadFileRequest>,
-    ) -> Result<Response<fe::ReadFileResponse>, Status> {
-        self.count("ReadFile");
-        let build = self.c.bridge.build_of(&request).await?;
-        tracing::Span::current().record("build.ref", build.id.as_str());
-        let req = request.into_inner();
-        let data = self
-            .in_ref(&build, &req.r#ref, move |root| read_file(root, &req.file_path, req.range.as_ref()))
-            .await?;
-        Ok(Response::new(fe::ReadFileResponse { data }))
-    }
-
-    #[instrument(skip_all, fields(build.ref, result.ref = %request.get_ref().r#ref))]
-    async fn read_dir(
-        &self,
-        request: Request<fe::ReadDirRequest>,
-    ) -> Result<Response<fe::ReadDirResponse>, Status> {
-        self.count("ReadDir");
-        let build = self.c.bridge.build_of(&request).await?;
-        tracing::Span::current().record("build.ref", build.id.as_str());
-        let req = request.into_inner();
-        let entries = self
-            .in_ref(&build, &req.r#ref, move |root| read_dir(root, &req.dir_path, &req.include_pattern))
-            .await?;
-        Ok(Response::new(fe::ReadDirResponse { entries }))
-    }
-
-    #[instrument(skip_all, fields(build.ref, result.ref = %request.get_ref().r#ref))]
-    async fn stat_file(
-        &self,
-        request: Request<fe::StatFileRequest>,
-    ) -> Result<Response<fe::StatFileResponse>, Status> {
-        self.count("StatFile");
-        let build = self.c.bridge.build_of(&request).await?;
-        tracing::Span::current().record("build.ref", build.id.as_str());
-        let req = request.into_inner();
-        let stat = self.in_ref(&build, &req.r#ref, move |root| stat_file(root, &req.path)).await?;
-        Ok(Response::new(fe::StatFileResponse { stat: Some(stat) }))
-    }
-
-    /// Refs are solved when LLBBridge.Solve returns them, so evaluating one
-    /// only checks that it exists.
-    #[instrument(skip_all, fields(build.ref, result.ref = %request.get_ref().r#ref))]
-    async fn evaluate(
-        &self,
-        request: Request<fe::EvaluateRequest>,
-    ) -> Result<Response<fe::EvaluateResponse>, Status> {
-        self.count("Evaluate");
-        let build = self.c.bridge.build_of(&request).await?;
-        tracing::Span::current().record("build.ref", build.id.as_str());
-        build.snapshot_for_read(&request.get_ref().r#ref)?;
-        Ok(Response::new(fe::EvaluateResponse {}))
-    }
-
-    async fn new_container(
-        &self,
-        _request: Request<fe::NewContainerRequest>,
-    ) -> Result<Response<fe::NewContainerResponse>, Status> {
-        Err(not_built("NewContainer"))
-    }
-
-    async fn release_container(
-        &self,
-        _request: Request<fe::ReleaseContainerRequest>,
-    ) -> Result<Response<fe::ReleaseContainerResponse>, Status> {
-        Err(not_built("ReleaseContainer"))
-    }
-
-    type ExecProcessStream =
-        std::pin::Pin<Box<dyn futures::Stream<Item = Result<fe::ExecMessage, Status>> + Send + 'static>>;
-
-    async fn exec_process(
-        &self,
-        _request: Request<tonic::Streaming<fe::ExecMessage>>,
-    ) -> Result<Response<Self::ExecProcessStream>, Status> {
-        Err(not_built("ExecProcess"))
-    }
-
-    async fn read_file_container(
-        &self,
-        _request: Request<fe::ReadFileRequest>,
-    ) -> Result<Response<fe::ReadFileResponse>, Status> {
-        Err(not_built("ReadFileContainer"))
-    }
-
-    async fn read_dir_container(
-        &self,
-        _request: Request<fe::ReadDirRequest>,
-    ) -> Result<Response<fe::ReadDirResponse>, Status> {
-        Err(not_built("ReadDirContainer"))
-    }
-
-    async fn stat_file_container(
-        &self,
-        _request: Request<fe::StatFileRequest>,
-    ) -> Result<Response<fe::StatFileResponse>, Status> {
-        Err(not_built("StatFileContainer"))
+            .map_err(|_| BridgeError::NoBuild { id: id.to_owned() })
     }
 }
 
@@ -758,7 +547,7 @@ mod tests {
     }
 
     fn code(e: BridgeError) -> tonic::Code {
-        Status::from(e).code()
+        tonic::Status::from(e).code()
     }
 
     #[test]

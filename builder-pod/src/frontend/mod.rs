@@ -2,6 +2,6 @@
 //! built-in Dockerfile frontend; `gateway` is the LLBBridge API that
 //! client-side frontends (buildx) drive.
 
-pub mod dockerfile;
-pub mod gateway;
-pub mod llb;
+pub(crate) mod dockerfile;
+pub(crate) mod gateway;
+pub(crate) mod llb;

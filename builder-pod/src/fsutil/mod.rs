@@ -1,7 +1,7 @@
 //! The fsutil file-transfer protocol (tonistiigi/fsutil) that BuildKit runs
 //! over `FileSync/DiffCopy` to upload a build context and over
-//! `FileSend/DiffCopy` to export a directory (buildkit-protocol.md §4.1,
-//! §4.3).
+//! `FileSend/DiffCopy` to export a directory (docs/protocol.md §4.1,
+//! §4.2).
 //!
 //! The sender walks a tree and sends one `PACKET_STAT` per entry in a strict
 //! order; the receiver compares the stats with what it already has, asks for
@@ -14,8 +14,8 @@ mod receive;
 mod send;
 mod walk;
 
-pub mod patterns;
-pub mod stat;
+pub(crate) mod patterns;
+pub(crate) mod stat;
 
 use std::io;
 use std::path::PathBuf;
@@ -23,12 +23,12 @@ use std::path::PathBuf;
 use kiln_proto::buildkit::fsutil::types::Packet;
 use kiln_proto::buildkit::fsutil::types::packet::PacketType;
 
-pub use patterns::{PatternError, PatternMatcher};
-pub use receive::{Change, Differ, Ownership, ReceiveOptions, ReceiveReport, receive};
-pub use send::{SendReport, WalkFilter, send};
+pub(crate) use patterns::{PatternError, PatternMatcher};
+pub(crate) use receive::{Change, Differ, ReceiveOptions, ReceiveReport, receive};
+pub(crate) use send::{WalkFilter, send};
 
 /// Largest `PACKET_DATA` payload a sender writes (fsutil `send.go` buffer).
-pub const DATA_CHUNK: usize = 32 * 1024;
+pub(crate) const DATA_CHUNK: usize = 32 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FsutilError {

@@ -1,6 +1,6 @@
 //! dockerignore-style path patterns, as moby/patternmatcher evaluates them:
 //! `.dockerignore`, the include/exclude filters of a FileSync upload
-//! (buildkit-protocol.md §4.1) and `COPY --exclude`.
+//! (docs/protocol.md §4.1) and `COPY --exclude`.
 //!
 //! A pattern is cleaned like Go's `filepath.Clean`, then matched against a
 //! clean, `/`-separated relative path. `*` and `?` never cross a `/`, `**`
@@ -24,14 +24,14 @@ pub enum PatternError {
 
 /// An ordered list of patterns, some of them `!` exceptions.
 #[derive(Debug, Clone, Default)]
-pub struct PatternMatcher {
+pub(crate) struct PatternMatcher {
     patterns: Vec<Pattern>,
     exclusions: bool,
 }
 
 /// One cleaned pattern.
 #[derive(Clone)]
-pub struct Pattern {
+pub(crate) struct Pattern {
     cleaned: String,
     exclusion: bool,
     kind: Kind,
@@ -59,14 +59,14 @@ enum Kind {
 /// Whether each pattern matched a directory or one of its parents, carried
 /// down a walk so a child is tested against its own path only.
 #[derive(Debug, Clone, Default)]
-pub struct MatchInfo {
+pub(crate) struct MatchInfo {
     matched: Vec<bool>,
 }
 
 impl PatternMatcher {
     /// Compiles `patterns`; blank ones are skipped. A syntax error (an open
     /// `[`, a trailing `\`, a lone `!`) is reported here, never at match time.
-    pub fn new<I, S>(patterns: I) -> Result<Self, PatternError>
+    pub(crate) fn new<I, S>(patterns: I) -> Result<Self, PatternError>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
@@ -91,22 +91,22 @@ impl PatternMatcher {
         Ok(out)
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.patterns.is_empty()
     }
 
-    pub fn patterns(&self) -> &[Pattern] {
+    pub(crate) fn patterns(&self) -> &[Pattern] {
         &self.patterns
     }
 
     /// Whether any pattern is a `!` exception.
-    pub fn has_exclusions(&self) -> bool {
+    pub(crate) fn has_exclusions(&self) -> bool {
         self.exclusions
     }
 
     /// Whether `path` (clean, relative, `/`-separated) or one of its parent
     /// directories is matched, after every exception has been applied.
-    pub fn matches_or_parent_matches(&self, path: &str) -> bool {
+    pub(crate) fn matches_or_parent_matches(&self, path: &str) -> bool {
         let mut matched = false;
         for pattern in &self.patterns {
             // An include can only change an unmatched path, an exception only a matched one.
@@ -124,7 +124,7 @@ impl PatternMatcher {
     /// directories' results come from `parent` (`None` for a top-level path),
     /// so a walk tests each pattern once per entry. The returned info is what
     /// the children of `path` need.
-    pub fn matches_with_parent(&self, path: &str, parent: Option<&MatchInfo>) -> (bool, MatchInfo) {
+    pub(crate) fn matches_with_parent(&self, path: &str, parent: Option<&MatchInfo>) -> (bool, MatchInfo) {
         let parent_matched = |i: usize| parent.and_then(|p| p.matched.get(i)).copied().unwrap_or(false);
         let info = MatchInfo {
             matched: self
@@ -146,16 +146,16 @@ impl PatternMatcher {
 
 impl Pattern {
     /// The cleaned pattern, without its leading `!`.
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.cleaned
     }
 
-    pub fn is_exclusion(&self) -> bool {
+    pub(crate) fn is_exclusion(&self) -> bool {
         self.exclusion
     }
 
     /// Whether this single pattern matches `path` itself.
-    pub fn matches(&self, path: &str) -> bool {
+    pub(crate) fn matches(&self, path: &str) -> bool {
         match &self.kind {
             Kind::Exact => path == self.cleaned,
             Kind::Prefix(prefix) => path.starts_with(prefix.as_str()),
@@ -176,7 +176,7 @@ fn ancestors(path: &str) -> impl Iterator<Item = &str> {
 /// The patterns of a `.dockerignore` file (moby/patternmatcher
 /// `ignorefile.ReadAll`): `#` comments and blank lines dropped, each pattern
 /// trimmed and cleaned, a leading `/` removed so `/a` and `a` are the same.
-pub fn parse_ignore_file(content: &str) -> Vec<String> {
+pub(crate) fn parse_ignore_file(content: &str) -> Vec<String> {
     let content = content.strip_prefix('\u{feff}').unwrap_or(content);
     let mut out = Vec::new();
     for line in content.lines() {

@@ -1,6 +1,6 @@
 //! The receiving side of a transfer (fsutil `receive.go`, `diskwriter.go`,
 //! `validator.go`, `hardlinks.go`): the daemon for a context upload, the
-//! client for a local export (buildkit-protocol.md §4.1, §4.3).
+//! client for a local export (docs/protocol.md §4.1, §4.2).
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
@@ -30,7 +30,7 @@ use crate::util::gopath;
 /// How the receiver decides which files it already has (BuildKit's
 /// `local.differ` attribute).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Differ {
+pub(crate) enum Differ {
     /// Keep an entry whose size, mtime, mode, owner, device numbers and link
     /// target are unchanged.
     #[default]
@@ -39,24 +39,12 @@ pub enum Differ {
     None,
 }
 
-/// Who owns the written entries.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Ownership {
-    /// The uid and gid the sender reported.
-    #[default]
-    Preserve,
-    /// One fixed owner for everything, as a client exporting to its own
-    /// directory uses its own ids.
-    Fixed { uid: u32, gid: u32 },
-}
-
 #[derive(Debug, Clone, Default)]
-pub struct ReceiveOptions {
+pub(crate) struct ReceiveOptions {
     pub differ: Differ,
     /// Keep entries of `dest` the sender did not mention and take every
     /// file anew (the client side of a local export).
     pub merge: bool,
-    pub ownership: Ownership,
     /// Where to record each received file's content hash, computed as its
     /// data arrives, so the content key need not read the file again.
     pub hashes: Option<Arc<HashCache>>,
@@ -64,7 +52,7 @@ pub struct ReceiveOptions {
 
 /// What a finished transfer did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ReceiveReport {
+pub(crate) struct ReceiveReport {
     /// Stats received, one per entry.
     pub entries: u64,
     /// Regular files whose content was requested.
@@ -85,7 +73,7 @@ pub struct ReceiveReport {
 
 /// A path of the previous copy a transfer changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Change {
+pub(crate) enum Change {
     /// Created or rewritten; for a directory also one kept with another
     /// mode, owner or mtime.
     Written(PathBuf),
@@ -95,7 +83,7 @@ pub enum Change {
 
 /// More changed paths than this are not listed: past it a caller copies the
 /// whole tree rather than a difference.
-pub const MAX_CHANGES: usize = 16_384;
+pub(super) const MAX_CHANGES: usize = 16_384;
 
 /// Files whose data may be arriving at the same time. Senders send a few
 /// files at once (fsutil's sender uses 4 workers); more means a peer that
@@ -108,7 +96,7 @@ pub(super) const MAX_OPEN_FILES: usize = 64;
 /// the peer gets a `PACKET_ERR`; files being received are removed, never
 /// left half-written under their final names.
 #[instrument(skip_all, fields(dest = %dest.display(), differ = ?opts.differ, merge = opts.merge))]
-pub async fn receive<S>(
+pub(crate) async fn receive<S>(
     dest: &Path,
     incoming: S,
     outgoing: mpsc::Sender<Packet>,
@@ -378,7 +366,7 @@ impl Receiver {
         self.outgoing.send(p).map_err(|_| FsutilError::PeerGone)
     }
 
-    fn on_stat(&mut self, mut stat: Stat) -> Result<(), FsutilError> {
+    fn on_stat(&mut self, stat: Stat) -> Result<(), FsutilError> {
         let id = self.next_id;
         self.next_id = self.next_id.checked_add(1).ok_or(FsutilError::TooManyEntries)?;
         self.report.entries += 1;
@@ -394,10 +382,6 @@ impl Receiver {
             }
         } else if kind != EntryKind::Dir && kind != EntryKind::Symlink {
             self.link_targets.insert(stat.path.clone());
-        }
-        if let Ownership::Fixed { uid, gid } = self.opts.ownership {
-            stat.uid = uid;
-            stat.gid = gid;
         }
 
         let abs = self.dest.join(&stat.path);

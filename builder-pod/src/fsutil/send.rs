@@ -1,6 +1,6 @@
 //! The sending side of a transfer (fsutil `send.go`, `filter.go`,
 //! `followlinks.go`, `hardlinks.go`): the client for a context upload, the
-//! daemon for a local export (buildkit-protocol.md §4.1, §4.3).
+//! daemon for a local export (docs/protocol.md §4.1, §4.2).
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{self, Read};
@@ -26,9 +26,9 @@ use crate::util::gopath;
 
 /// Which entries of the root a sender walks, as BuildKit's `FilterFS`
 /// applies the `include-patterns`, `exclude-patterns` and `followpaths`
-/// request metadata (buildkit-protocol.md §4.1).
+/// request metadata (docs/protocol.md §4.1).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct WalkFilter {
+pub(crate) struct WalkFilter {
     /// When not empty, only entries matching one of these (or inside a
     /// matching directory) are sent, plus the directories leading to them.
     pub include_patterns: Vec<String>,
@@ -41,7 +41,7 @@ pub struct WalkFilter {
 
 /// What a finished send did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SendReport {
+pub(crate) struct SendReport {
     /// Stats sent, one per entry.
     pub entries: u64,
     /// Files whose content the receiver requested and got.
@@ -57,7 +57,7 @@ const WORKERS: usize = 4;
 /// the content of each file it requests, until it says `PACKET_FIN`. On
 /// error the peer gets a `PACKET_ERR`.
 #[instrument(skip_all, fields(root = %root.display()))]
-pub async fn send<S>(
+pub(crate) async fn send<S>(
     root: &Path,
     filter: &WalkFilter,
     incoming: S,

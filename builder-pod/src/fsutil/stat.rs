@@ -1,5 +1,5 @@
 //! `fsutil.types.Stat` ⇄ the local filesystem. `Stat.mode` carries Go
-//! `os.FileMode` bits, not a Unix `st_mode` (buildkit-protocol.md §4.1).
+//! `os.FileMode` bits, not a Unix `st_mode` (docs/protocol.md §4.1).
 
 use std::collections::HashMap;
 use std::fs::Metadata;
@@ -11,20 +11,20 @@ use kiln_proto::buildkit::fsutil::types::Stat;
 use super::FsutilError;
 
 /// Go `os.FileMode` flag bits (`io/fs/fs.go`).
-pub mod go_mode {
-    pub const DIR: u32 = 1 << 31;
-    pub const SYMLINK: u32 = 1 << 27;
-    pub const DEVICE: u32 = 1 << 26;
-    pub const NAMED_PIPE: u32 = 1 << 25;
-    pub const SOCKET: u32 = 1 << 24;
-    pub const SETUID: u32 = 1 << 23;
-    pub const SETGID: u32 = 1 << 22;
-    pub const CHAR_DEVICE: u32 = 1 << 21;
-    pub const STICKY: u32 = 1 << 20;
-    pub const IRREGULAR: u32 = 1 << 19;
+pub(crate) mod go_mode {
+    pub(crate) const DIR: u32 = 1 << 31;
+    pub(crate) const SYMLINK: u32 = 1 << 27;
+    pub(crate) const DEVICE: u32 = 1 << 26;
+    pub(crate) const NAMED_PIPE: u32 = 1 << 25;
+    pub(crate) const SOCKET: u32 = 1 << 24;
+    pub(crate) const SETUID: u32 = 1 << 23;
+    pub(crate) const SETGID: u32 = 1 << 22;
+    pub(crate) const CHAR_DEVICE: u32 = 1 << 21;
+    pub(crate) const STICKY: u32 = 1 << 20;
+    pub(crate) const IRREGULAR: u32 = 1 << 19;
     /// Every bit that makes an entry something other than a regular file.
-    pub const TYPE: u32 = DIR | SYMLINK | NAMED_PIPE | SOCKET | DEVICE | CHAR_DEVICE | IRREGULAR;
-    pub const PERM: u32 = 0o777;
+    pub(crate) const TYPE: u32 = DIR | SYMLINK | NAMED_PIPE | SOCKET | DEVICE | CHAR_DEVICE | IRREGULAR;
+    pub(crate) const PERM: u32 = 0o777;
 }
 
 /// Unix permission-and-special bits (`S_ISUID` …).
@@ -34,7 +34,7 @@ const S_ISVTX: u32 = 0o1000;
 
 /// What an entry is, decoded from its Go mode bits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EntryKind {
+pub(crate) enum EntryKind {
     Regular,
     Dir,
     Symlink,
@@ -46,13 +46,13 @@ pub enum EntryKind {
 /// Whether the receiver may ask for this entry's content: only entries
 /// with no type bits (fsutil `fileCanRequestData`, which must agree on both
 /// sides).
-pub fn can_request_data(mode: u32) -> bool {
+pub(crate) fn can_request_data(mode: u32) -> bool {
     mode & go_mode::TYPE == 0
 }
 
 /// The entry kind a Go mode denotes; sockets and "irregular" entries are
 /// never sent by a conforming sender and are rejected.
-pub fn kind_of(mode: u32) -> Option<EntryKind> {
+pub(crate) fn kind_of(mode: u32) -> Option<EntryKind> {
     let types = mode & go_mode::TYPE;
     Some(match types {
         0 => EntryKind::Regular,
@@ -66,7 +66,7 @@ pub fn kind_of(mode: u32) -> Option<EntryKind> {
 }
 
 /// Go `os.FileMode` from a Unix `st_mode` (Go's `fillFileStatFromSys`).
-pub fn go_mode_from_unix(st_mode: u32) -> u32 {
+pub(crate) fn go_mode_from_unix(st_mode: u32) -> u32 {
     let mut mode = st_mode & go_mode::PERM;
     mode |= match st_mode & libc_fmt::S_IFMT {
         libc_fmt::S_IFBLK => go_mode::DEVICE,
@@ -91,7 +91,7 @@ pub fn go_mode_from_unix(st_mode: u32) -> u32 {
 
 /// The Unix permission bits (`0o7777`) for `chmod` from a Go mode (Go's
 /// `syscallMode`).
-pub fn unix_permissions(mode: u32) -> u32 {
+pub(crate) fn unix_permissions(mode: u32) -> u32 {
     let mut perm = mode & go_mode::PERM;
     if mode & go_mode::SETUID != 0 {
         perm |= S_ISUID;
@@ -107,31 +107,31 @@ pub fn unix_permissions(mode: u32) -> u32 {
 
 /// The `S_IFMT` values; fixed by the Linux ABI.
 mod libc_fmt {
-    pub const S_IFMT: u32 = 0o170000;
-    pub const S_IFSOCK: u32 = 0o140000;
-    pub const S_IFLNK: u32 = 0o120000;
-    pub const S_IFBLK: u32 = 0o060000;
-    pub const S_IFDIR: u32 = 0o040000;
-    pub const S_IFCHR: u32 = 0o020000;
-    pub const S_IFIFO: u32 = 0o010000;
+    pub(super) const S_IFMT: u32 = 0o170000;
+    pub(super) const S_IFSOCK: u32 = 0o140000;
+    pub(super) const S_IFLNK: u32 = 0o120000;
+    pub(super) const S_IFBLK: u32 = 0o060000;
+    pub(super) const S_IFDIR: u32 = 0o040000;
+    pub(super) const S_IFCHR: u32 = 0o020000;
+    pub(super) const S_IFIFO: u32 = 0o010000;
 }
 
 /// Unix nanoseconds of an entry's mtime, as `Stat.modTime` carries it.
-pub fn mtime_ns(meta: &Metadata) -> i64 {
+pub(crate) fn mtime_ns(meta: &Metadata) -> i64 {
     meta.mtime().saturating_mul(1_000_000_000).saturating_add(meta.mtime_nsec())
 }
 
 /// Tracks inodes with more than one link so that the second and later paths
 /// of a file become hardlinks to the first path seen (fsutil `setUnixOpt`).
 #[derive(Debug, Default)]
-pub struct InodeMap {
+pub(crate) struct InodeMap {
     first_path: HashMap<(u64, u64), String>,
 }
 
 impl InodeMap {
     /// The earlier path `meta`'s inode was seen at, or `None` after noting
     /// `rel` as that inode's first path.
-    pub fn link_target(&mut self, rel: &str, meta: &Metadata) -> Option<String> {
+    pub(crate) fn link_target(&mut self, rel: &str, meta: &Metadata) -> Option<String> {
         if meta.is_dir() || meta.file_type().is_symlink() || meta.nlink() < 2 {
             return None;
         }
@@ -147,14 +147,14 @@ impl InodeMap {
 /// How much of an entry to describe: the sender needs everything, the
 /// receiver's comparison with its previous copy skips the xattrs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Detail {
+pub(crate) enum Detail {
     Full,
     NoXattrs,
 }
 
 /// Builds the `Stat` fsutil's sender would send for the entry at `abs`
 /// (lstat'ed as `meta`), recorded under the relative path `rel`.
-pub fn stat_of(
+pub(crate) fn stat_of(
     abs: &Path,
     rel: &str,
     meta: &Metadata,
@@ -198,7 +198,7 @@ pub fn stat_of(
 
 /// Extended attributes of `path` itself (not a symlink's target), minus
 /// macOS's `com.apple.*` ones, as fsutil's `loadXattr` collects them.
-pub fn read_xattrs(path: &Path) -> Result<HashMap<String, Vec<u8>>, FsutilError> {
+pub(crate) fn read_xattrs(path: &Path) -> Result<HashMap<String, Vec<u8>>, FsutilError> {
     let mut out = HashMap::new();
     let list_error = |e: rustix::io::Errno| FsutilError::ListXattrs { path: path.into(), source: e.into() };
     // The list can grow between the size query and the read; ask again then.

@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::send::SendReport;
 use super::stat::{go_mode, read_xattrs};
 use super::*;
 
@@ -315,22 +316,6 @@ async fn differ_none_takes_every_file_and_merge_keeps_extra_entries() {
     assert_eq!(std::fs::read(dest.path().join("extra")).unwrap(), b"keep me");
     assert_eq!(std::fs::read(dest.path().join("d/extra")).unwrap(), b"keep me too");
     assert_eq!(std::fs::read(dest.path().join("d/b")).unwrap(), b"bb");
-}
-
-#[tokio::test]
-async fn fixed_ownership_overrides_the_senders_ids() {
-    let src = tempfile::tempdir().unwrap();
-    let dest = tempfile::tempdir().unwrap();
-    rich_tree(src.path());
-    let opts =
-        ReceiveOptions { ownership: Ownership::Fixed { uid: 4321, gid: 8765 }, ..ReceiveOptions::default() };
-    transfer(src.path(), dest.path(), &WalkFilter::default(), opts.clone()).await;
-    for (path, entry) in snapshot(dest.path()) {
-        assert_eq!((entry.uid, entry.gid), (4321, 8765), "{path}");
-    }
-    // The remapped ids are what the next comparison uses.
-    let (_, again) = transfer(src.path(), dest.path(), &WalkFilter::default(), opts).await;
-    assert_eq!(again.files_requested, 0);
 }
 
 #[tokio::test]

@@ -1,6 +1,6 @@
 //! Walking a local tree in fsutil's order: depth-first pre-order, siblings
 //! sorted byte-wise by name, which is the order of `compare_path` over full
-//! paths (buildkit-protocol.md §4.1).
+//! paths (docs/protocol.md §4.1).
 
 use std::cmp::Ordering;
 use std::ffi::{OsStr, OsString};
@@ -74,7 +74,7 @@ pub(super) struct DestWalker {
 }
 
 impl DestWalker {
-    pub fn new(root: &Path) -> Result<Self, FsutilError> {
+    pub(super) fn new(root: &Path) -> Result<Self, FsutilError> {
         let entries =
             read_dir_sorted(root).map_err(|source| FsutilError::ReadDir { path: root.into(), source })?;
         Ok(Self {
@@ -84,7 +84,7 @@ impl DestWalker {
         })
     }
 
-    pub fn peek(&mut self) -> Option<&DestEntry> {
+    pub(super) fn peek(&mut self) -> Option<&DestEntry> {
         if self.current.is_none() {
             while let Some(frame) = self.stack.last_mut() {
                 if let Some(listed) = frame.entries.next() {
@@ -102,7 +102,7 @@ impl DestWalker {
 
     /// Moves past the current entry; with `descend`, into it if it is a
     /// directory.
-    pub fn advance(&mut self, descend: bool) -> Result<(), FsutilError> {
+    pub(super) fn advance(&mut self, descend: bool) -> Result<(), FsutilError> {
         let Some(entry) = self.current.take() else { return Ok(()) };
         if descend && entry.meta.is_dir() {
             let entries = read_dir_sorted(&entry.abs)

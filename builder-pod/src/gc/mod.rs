@@ -1,5 +1,5 @@
 //! What the cache holds and how to free it: `DiskUsage` and `Prune`
-//! (buildkit-protocol.md §2.3), and collection by policy
+//! (docs/protocol.md §2.4), and collection by policy
 //! (buildkitd.toml's `[[worker.oci.gcpolicy]]`), which kilnd runs at start,
 //! after builds and every few minutes while no build runs.
 
@@ -66,7 +66,7 @@ fn dir_usage(path: &Path, kind: &str) -> UsageRecord {
     }
 }
 
-pub fn disk_usage(cache: &CacheManager) -> Result<Vec<UsageRecord>, CacheError> {
+pub(crate) fn disk_usage(cache: &CacheManager) -> Result<Vec<UsageRecord>, CacheError> {
     let mut out: Vec<UsageRecord> =
         cache.records()?.iter().map(|(key, record)| record_usage(cache, key, record)).collect();
     out.extend(kept_dirs(cache).iter().map(|(path, kind)| dir_usage(path, kind)));
@@ -77,7 +77,7 @@ pub fn disk_usage(cache: &CacheManager) -> Result<Vec<UsageRecord>, CacheError> 
 /// and the layers nothing names any more; with `all`, also the kept local
 /// directories and cache mounts. Returns what was removed. The caller makes
 /// sure no build runs meanwhile.
-pub fn prune(cache: &CacheManager, all: bool, keep: Duration) -> Result<Vec<UsageRecord>, CacheError> {
+pub(crate) fn prune(cache: &CacheManager, all: bool, keep: Duration) -> Result<Vec<UsageRecord>, CacheError> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let cutoff = now.saturating_sub(keep.as_secs());
     let mut removed = Vec::new();
@@ -99,7 +99,7 @@ pub fn prune(cache: &CacheManager, all: bool, keep: Duration) -> Result<Vec<Usag
 
 /// One rule of automatic collection, applied in order with the others.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Policy {
+pub(crate) struct Policy {
     /// Remove what was made longer ago than this.
     pub keep_duration: Option<Duration>,
     /// Remove the oldest entries while the cache is larger than this.
@@ -114,7 +114,7 @@ pub struct Policy {
 
 impl Policy {
     /// As `ListWorkers` reports it.
-    pub fn to_proto(&self) -> GcPolicy {
+    pub(crate) fn to_proto(self) -> GcPolicy {
         let bytes = |b: Option<u64>| b.map_or(0, |b| i64::try_from(b).unwrap_or(i64::MAX));
         GcPolicy {
             all: self.all,
@@ -130,7 +130,7 @@ impl Policy {
 /// Runs collection by policy when no build runs: builds hold a shared guard,
 /// collection (and `Prune`) an exclusive one.
 #[derive(Debug)]
-pub struct Collector {
+pub(crate) struct Collector {
     lock: std::sync::Arc<tokio::sync::RwLock<()>>,
     wake: tokio::sync::Notify,
     policies: Vec<Policy>,
@@ -138,7 +138,7 @@ pub struct Collector {
 
 /// Held by a build while it runs; wakes the collector when dropped.
 #[derive(Debug)]
-pub struct Building<'a> {
+pub(crate) struct Building<'a> {
     _guard: tokio::sync::RwLockReadGuard<'a, ()>,
     wake: &'a tokio::sync::Notify,
 }
@@ -153,27 +153,23 @@ impl Drop for Building<'_> {
 const INTERVAL: Duration = Duration::from_secs(300);
 
 impl Collector {
-    pub fn new(policies: Vec<Policy>) -> std::sync::Arc<Self> {
+    pub(crate) fn new(policies: Vec<Policy>) -> std::sync::Arc<Self> {
         std::sync::Arc::new(Self { lock: Default::default(), wake: tokio::sync::Notify::new(), policies })
     }
 
-    pub fn policies(&self) -> &[Policy] {
-        &self.policies
-    }
-
     /// Marks a build as running until the guard is dropped.
-    pub async fn building(&self) -> Building<'_> {
+    pub(crate) async fn building(&self) -> Building<'_> {
         Building { _guard: self.lock.read().await, wake: &self.wake }
     }
 
     /// The exclusive guard, if no build runs now.
-    pub fn exclusive(&self) -> Option<tokio::sync::OwnedRwLockWriteGuard<()>> {
+    pub(crate) fn exclusive(&self) -> Option<tokio::sync::OwnedRwLockWriteGuard<()>> {
         std::sync::Arc::clone(&self.lock).try_write_owned().ok()
     }
 
     /// Collects at start, after builds end and every few minutes, whenever
     /// no build runs, until `stop`.
-    pub async fn run(
+    pub(crate) async fn run(
         self: std::sync::Arc<Self>,
         cache: std::sync::Arc<CacheManager>,
         stop: tokio_util::sync::CancellationToken,
@@ -251,7 +247,7 @@ fn free_space(path: &Path) -> Option<u64> {
 
 /// Applies `policies` in order; returns what was removed. Like `prune`, the
 /// caller makes sure no build runs meanwhile.
-pub fn collect(cache: &CacheManager, policies: &[Policy]) -> Result<Vec<UsageRecord>, CacheError> {
+pub(crate) fn collect(cache: &CacheManager, policies: &[Policy]) -> Result<Vec<UsageRecord>, CacheError> {
     let mut removed = Vec::new();
     for policy in policies {
         for entry in select(cache, policy)? {
@@ -274,7 +270,7 @@ pub fn collect(cache: &CacheManager, policies: &[Policy]) -> Result<Vec<UsageRec
 
 /// Whether [`collect`] would remove anything now. Only reads: a policy that
 /// selects nothing leaves the cache as it was for the next one.
-pub fn collection_due(cache: &CacheManager, policies: &[Policy]) -> Result<bool, CacheError> {
+pub(crate) fn collection_due(cache: &CacheManager, policies: &[Policy]) -> Result<bool, CacheError> {
     for policy in policies {
         if !select(cache, policy)?.is_empty() {
             return Ok(true);

@@ -1,71 +1,66 @@
-//! `moby.filesync.v1.Auth/Credentials` on the client: registry logins come
-//! from the client's docker config, asked for only when a registry
-//! challenges (buildkit-protocol.md §4.6). For a token registry the client
-//! is first asked to fetch the token itself (`Auth/FetchToken`, as BuildKit
-//! does), so its secrets stay with it; a client without it is asked for
-//! credentials and the daemon fetches the token.
+//! `moby.filesync.v1.Auth` on the client: registry logins come from the
+//! client's docker config, asked for only when a registry challenges
+//! (docs/protocol.md §4.4). For a token registry the client is first asked
+//! to fetch the token itself (`Auth/FetchToken`, as BuildKit does), so its
+//! secrets stay with it; a client without it is asked for credentials and
+//! the daemon fetches the token (`source::image` runs that flow).
 
-use std::sync::Arc;
-use std::time::Duration;
-
-use async_trait::async_trait;
 use kiln_proto::buildkit::moby::filesync::v1::auth_client::AuthClient;
-use kiln_proto::buildkit::moby::filesync::v1::{CredentialsRequest, FetchTokenRequest};
+use kiln_proto::buildkit::moby::filesync::v1::{
+    CredentialsRequest, CredentialsResponse, FetchTokenRequest, FetchTokenResponse,
+};
 use tonic::Code;
 
-use super::{SessionManager, origin};
-use crate::source::image::{AuthError, ClientToken, Credentials, RegistryAuth};
+use super::{Group, origin};
 
 const METHOD: &str = "/moby.filesync.v1.Auth/Credentials";
 const FETCH_TOKEN: &str = "/moby.filesync.v1.Auth/FetchToken";
 /// The client id BuildKit sends with `FetchToken`.
 const CLIENT_ID: &str = "buildkit-client";
-const SESSION_WAIT: Duration = Duration::from_secs(5);
 
-/// Credentials from the build's sessions, first session first.
-#[derive(Debug, Clone)]
-pub struct SessionAuth {
-    pub sessions: Arc<SessionManager>,
-    pub session_ids: Vec<String>,
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AuthCallError {
+    #[error("asking the client for credentials of {host}: {status}")]
+    Credentials { host: String, status: tonic::Status },
+    #[error("the client could not fetch a token for {host} from {realm}: {status}")]
+    FetchToken { host: String, realm: String, status: tonic::Status },
 }
 
-#[async_trait]
-impl RegistryAuth for SessionAuth {
-    async fn credentials(&self, host: &str) -> Result<Option<Credentials>, AuthError> {
-        for id in self.session_ids.iter().filter(|s| !s.is_empty()) {
-            let Ok(session) = self.sessions.get(id, SESSION_WAIT).await else { continue };
+/// The login for `host` from the first session that has one.
+pub(crate) async fn credentials(
+    sessions: &Group,
+    host: &str,
+) -> Result<Option<CredentialsResponse>, AuthCallError> {
+    sessions
+        .any(|session| async move {
             if !session.supports(METHOD) {
-                continue;
+                return Ok(None);
             }
             let mut client = AuthClient::with_origin(session.channel(), origin());
             match client.credentials(CredentialsRequest { host: host.to_owned() }).await {
                 Ok(resp) => {
                     let resp = resp.into_inner();
-                    if resp.username.is_empty() && resp.secret.is_empty() {
-                        continue;
-                    }
-                    return Ok(Some(Credentials { username: resp.username, secret: resp.secret }));
+                    Ok(Some(resp).filter(|r| !r.username.is_empty() || !r.secret.is_empty()))
                 }
-                Err(status) if status.code() == Code::Unimplemented => continue,
-                Err(status) => {
-                    return Err(format!("asking the client for credentials of {host}: {status}").into());
-                }
+                Err(status) if status.code() == Code::Unimplemented => Ok(None),
+                Err(status) => Err(AuthCallError::Credentials { host: host.to_owned(), status }),
             }
-        }
-        Ok(None)
-    }
+        })
+        .await
+}
 
-    async fn fetch_token(
-        &self,
-        host: &str,
-        realm: &str,
-        service: Option<&str>,
-        scopes: &[String],
-    ) -> Result<Option<ClientToken>, AuthError> {
-        for id in self.session_ids.iter().filter(|s| !s.is_empty()) {
-            let Ok(session) = self.sessions.get(id, SESSION_WAIT).await else { continue };
+/// A token for `scopes` from `realm`, fetched by the first session that can.
+pub(crate) async fn fetch_token(
+    sessions: &Group,
+    host: &str,
+    realm: &str,
+    service: Option<&str>,
+    scopes: &[String],
+) -> Result<Option<FetchTokenResponse>, AuthCallError> {
+    sessions
+        .any(|session| async move {
             if !session.supports(FETCH_TOKEN) {
-                continue;
+                return Ok(None);
             }
             let mut client = AuthClient::with_origin(session.channel(), origin());
             let request = FetchTokenRequest {
@@ -76,23 +71,12 @@ impl RegistryAuth for SessionAuth {
                 scopes: scopes.to_vec(),
             };
             match client.fetch_token(request).await {
-                Ok(resp) => {
-                    let resp = resp.into_inner();
-                    if resp.token.is_empty() {
-                        continue;
-                    }
-                    let expires_in = u64::try_from(resp.expires_in).ok().filter(|s| *s > 0);
-                    return Ok(Some(ClientToken { token: resp.token, expires_in }));
-                }
-                Err(status) if status.code() == Code::Unimplemented => continue,
+                Ok(resp) => Ok(Some(resp.into_inner()).filter(|r| !r.token.is_empty())),
+                Err(status) if status.code() == Code::Unimplemented => Ok(None),
                 Err(status) => {
-                    return Err(format!(
-                        "the client could not fetch a token for {host} from {realm}: {status}"
-                    )
-                    .into());
+                    Err(AuthCallError::FetchToken { host: host.to_owned(), realm: realm.to_owned(), status })
                 }
             }
-        }
-        Ok(None)
-    }
+        })
+        .await
 }

@@ -1,5 +1,5 @@
 //! `moby.filesync.v1.FileSend/DiffCopy` on the client: where exporters send
-//! files back (buildkit-protocol.md §4.3). The same RPC carries fsutil
+//! files back (docs/protocol.md §4.2). The same RPC carries fsutil
 //! packets for a directory target (`local`) and raw bytes for a file target
 //! (`tar`, `oci`, `docker`), as the client registered for the exporter index.
 
@@ -21,10 +21,10 @@ use tonic::{Request, Status};
 use super::{Session, origin};
 
 const METHOD: &str = "/moby.filesync.v1.FileSend/DiffCopy";
-/// Which exporter of the request the transfer belongs to (§4.3).
+/// Which exporter of the request the transfer belongs to (docs/protocol.md §4.2).
 const EXPORTER_ID: &str = "buildkit-attachable-exporter-id";
 /// Chunks of a file target; the Go side sends at most 3 MiB.
-pub const CHUNK: usize = 1 << 20;
+pub(crate) const CHUNK: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FileSendError {
@@ -51,14 +51,14 @@ fn request<T>(stream: T, index: usize, metadata: &HashMap<String, String>) -> Re
 
 /// A file target: write chunks, then [`BytesUpload::finish`].
 #[derive(Debug)]
-pub struct BytesUpload {
+pub(crate) struct BytesUpload {
     index: usize,
     tx: Option<mpsc::Sender<BytesMessage>>,
     call: JoinHandle<Result<(), Status>>,
 }
 
 impl BytesUpload {
-    pub fn open(
+    pub(crate) fn open(
         session: &Session,
         index: usize,
         metadata: &HashMap<String, String>,
@@ -79,12 +79,12 @@ impl BytesUpload {
     }
 
     /// A clone of the sender, for a blocking writer on another thread.
-    pub fn sender(&self) -> Option<mpsc::Sender<BytesMessage>> {
+    pub(crate) fn sender(&self) -> Option<mpsc::Sender<BytesMessage>> {
         self.tx.clone()
     }
 
     /// Ends the stream and waits until the client has written everything.
-    pub async fn finish(mut self) -> Result<(), FileSendError> {
+    pub(crate) async fn finish(mut self) -> Result<(), FileSendError> {
         self.tx = None;
         let index = self.index;
         match self.call.await {
@@ -94,10 +94,10 @@ impl BytesUpload {
     }
 }
 
-pub type PacketStream = Pin<Box<dyn Stream<Item = Result<Packet, Status>> + Send>>;
+pub(crate) type PacketStream = Pin<Box<dyn Stream<Item = Result<Packet, Status>> + Send>>;
 
 /// A directory target: the fsutil packets to send and those that come back.
-pub fn open_packets(
+pub(crate) fn open_packets(
     session: &Session,
     index: usize,
 ) -> Result<(mpsc::Sender<Packet>, PacketStream), FileSendError> {
@@ -113,7 +113,7 @@ pub fn open_packets(
 /// The responses of a bidirectional call, with the call running on its own
 /// task: a peer may answer only after our first messages, so waiting for
 /// its response headers before sending would deadlock.
-pub fn streaming<F>(call: F) -> PacketStream
+pub(crate) fn streaming<F>(call: F) -> PacketStream
 where
     F: Future<Output = Result<tonic::Response<tonic::Streaming<Packet>>, Status>> + Send + 'static,
 {

@@ -1,6 +1,6 @@
 //! `moby.filesync.v1.FileSync/DiffCopy` on the client: the upload of a
 //! local directory (build context, Dockerfile) into the daemon
-//! (buildkit-protocol.md §4.1). The client is the fsutil sender.
+//! (docs/protocol.md §4.1). The client is the fsutil sender.
 
 use std::path::Path;
 
@@ -25,7 +25,7 @@ pub enum FileSyncError {
 
 /// Which local directory to fetch and what of it.
 #[derive(Debug, Default, Clone)]
-pub struct SyncRequest {
+pub(crate) struct SyncRequest {
     pub dir_name: String,
     pub include_patterns: Vec<String>,
     pub exclude_patterns: Vec<String>,
@@ -33,7 +33,7 @@ pub struct SyncRequest {
 }
 
 /// Pattern lists travel as one metadata value per pattern; if any is not
-/// ASCII, all are URL-escaped and `<key>-encoded: 1` says so (§4.1).
+/// ASCII, all are URL-escaped and `<key>-encoded: 1` says so (docs/protocol.md §4.1).
 fn add_list(md: &mut MetadataMap, key: &'static str, values: &[String]) {
     let encode = values.iter().any(|v| !v.is_ascii() || v.bytes().any(|b| b < 0x20));
     for v in values {
@@ -67,7 +67,7 @@ fn query_escape(s: &str) -> String {
 
 /// Brings the client's directory `req.dir_name` into `dest`, transferring
 /// only what differs from what `dest` already holds.
-pub async fn sync(
+pub(crate) async fn sync(
     session: &Session,
     req: &SyncRequest,
     dest: &Path,
@@ -86,7 +86,7 @@ pub async fn sync(
     add_list(md, "exclude-patterns", &req.exclude_patterns);
     add_list(md, "followpaths", &req.follow_paths);
     let mut client = FileSyncClient::with_origin(session.channel(), origin())
-        .max_decoding_message_size(crate::server::MAX_MESSAGE_SIZE);
+        .max_decoding_message_size(super::MAX_MESSAGE_SIZE);
     let incoming = streaming(async move { client.diff_copy(request).await });
     fsutil::receive(dest, incoming, tx, opts)
         .await

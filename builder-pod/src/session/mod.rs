@@ -1,5 +1,5 @@
 //! Sessions: the reverse channel a client exposes to the daemon
-//! (buildkit-protocol.md §3).
+//! (docs/protocol.md §3).
 //!
 //! The client opens `Control.Session` and serves gRPC over it as an HTTP/2
 //! *server*; the daemon runs an HTTP/2 *client* on the same byte stream and
@@ -8,13 +8,14 @@
 //! id so a build can find the one it names, waiting a bounded time for a
 //! session that has not arrived yet.
 
-pub mod auth;
-pub mod filesend;
-pub mod filesync;
-pub mod secrets;
-pub mod sshforward;
-pub mod tunnel;
-pub mod upload;
+pub(crate) mod auth;
+pub(crate) mod filesend;
+pub(crate) mod filesync;
+pub(crate) mod group;
+pub(crate) mod secrets;
+pub(crate) mod sshforward;
+pub(crate) mod tunnel;
+pub(crate) mod upload;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -35,15 +36,16 @@ use tonic::Status;
 use tonic::metadata::MetadataMap;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+pub(crate) use self::group::Group;
 use self::tunnel::Tunnel;
 use crate::arrivals::Arrivals;
 
-/// Header names, lower-case as grpc-go sends them (§1, "Metadata keys").
-pub const HEADER_UUID: &str = "x-docker-expose-session-uuid";
-pub const HEADER_SHARED_KEY: &str = "x-docker-expose-session-sharedkey";
-pub const HEADER_METHOD: &str = "x-docker-expose-session-grpc-method";
+/// Header names, lower-case as grpc-go sends them (docs/protocol.md §1, "Metadata keys").
+pub(crate) const HEADER_UUID: &str = "x-docker-expose-session-uuid";
+pub(crate) const HEADER_SHARED_KEY: &str = "x-docker-expose-session-sharedkey";
+pub(crate) const HEADER_METHOD: &str = "x-docker-expose-session-grpc-method";
 
-/// How often the daemon checks that the client still answers (§3.2).
+/// How often the daemon checks that the client still answers (docs/protocol.md §3.2).
 const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 /// HTTP/2 windows on the session connection: file data flows client → daemon
 /// on it, and the 64 KiB defaults cap a loopback transfer far below the link.
@@ -58,6 +60,9 @@ const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 pub(crate) const STREAM_WINDOW: u32 = 4 << 20;
 pub(crate) const CONNECTION_WINDOW: u32 = 256 << 20;
 pub(crate) const MAX_FRAME: u32 = 1 << 20;
+/// BuildKit's gRPC message limit, on its server and on its session client
+/// alike (docs/protocol.md §1).
+pub(crate) const MAX_MESSAGE_SIZE: usize = 16 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -67,22 +72,14 @@ pub enum SessionError {
     Handshake { id: String, source: hyper::Error },
     #[error("no active session {id} (waited {waited:?}); the client may have gone away")]
     NotFound { id: String, waited: Duration },
-}
-
-impl From<SessionError> for Status {
-    fn from(e: SessionError) -> Self {
-        match e {
-            SessionError::MissingId => Status::invalid_argument(e.to_string()),
-            SessionError::NotFound { .. } => Status::not_found(e.to_string()),
-            SessionError::Handshake { .. } => Status::unavailable(e.to_string()),
-        }
-    }
+    #[error("the build names no session")]
+    NoSession,
 }
 
 /// A gRPC transport over one session: every call of every client service
 /// shares the client's single HTTP/2 connection.
 #[derive(Clone, Debug)]
-pub struct SessionChannel {
+pub(crate) struct SessionChannel {
     sender: http2::SendRequest<tonic::body::Body>,
 }
 
@@ -101,13 +98,13 @@ impl tower::Service<http::Request<tonic::body::Body>> for SessionChannel {
 }
 
 /// The origin of requests on a session connection; Go's side dials "localhost".
-pub fn origin() -> http::Uri {
+pub(crate) fn origin() -> http::Uri {
     http::Uri::from_static("http://localhost")
 }
 
 /// One client's session.
 #[derive(Debug)]
-pub struct Session {
+pub(crate) struct Session {
     pub id: String,
     /// Context directory and client node id, e.g. `myapp:3vj…`; may be empty.
     pub shared_key: String,
@@ -119,38 +116,33 @@ pub struct Session {
 
 impl Session {
     /// Whether the client serves `/pkg.Service/Method`; case-insensitive, as upstream.
-    pub fn supports(&self, method: &str) -> bool {
+    pub(crate) fn supports(&self, method: &str) -> bool {
         self.methods.contains(&method.to_ascii_lowercase())
     }
 
-    pub fn channel(&self) -> SessionChannel {
+    pub(crate) fn channel(&self) -> SessionChannel {
         self.channel.clone()
-    }
-
-    /// Fires when the client's stream ends.
-    pub fn closed(&self) -> &CancellationToken {
-        &self.closed
     }
 }
 
 /// The live sessions by id.
 #[derive(Debug, Default)]
-pub struct SessionManager {
+pub(crate) struct SessionManager {
     sessions: Mutex<HashMap<String, Arc<Session>>>,
     arrivals: Arrivals,
 }
 
-pub type SessionStream = ReceiverStream<Result<BytesMessage, Status>>;
+pub(crate) type SessionStream = ReceiverStream<Result<BytesMessage, Status>>;
 
 impl SessionManager {
-    pub fn new() -> Arc<Self> {
+    pub(crate) fn new() -> Arc<Self> {
         Arc::new(Self::default())
     }
 
     /// Takes over a `Control.Session` call: starts the HTTP/2 client on the
     /// stream, registers the session and returns the stream of bytes to send
     /// back. The session lives until the client ends its stream.
-    pub async fn handle<S>(
+    pub(crate) async fn handle<S>(
         self: &Arc<Self>,
         metadata: &MetadataMap,
         incoming: S,
@@ -224,9 +216,9 @@ impl SessionManager {
     }
 
     /// The session `id`, waiting up to `timeout` for it to arrive: a client
-    /// may open its session after the Solve that names it (§3.4). An id of the
-    /// form `prefix:rest` names session `rest` (§3.3).
-    pub async fn get(&self, id: &str, timeout: Duration) -> Result<Arc<Session>, SessionError> {
+    /// may open its session after the Solve that names it (docs/protocol.md §3.4). An id of the
+    /// form `prefix:rest` names session `rest` (docs/protocol.md §3.3).
+    pub(crate) async fn get(&self, id: &str, timeout: Duration) -> Result<Arc<Session>, SessionError> {
         let id = id.rsplit_once(':').map_or(id, |(_, rest)| rest);
         let find = || self.lock().get(id).filter(|s| !s.closed.is_cancelled()).cloned();
         self.arrivals
@@ -236,17 +228,13 @@ impl SessionManager {
     }
 
     /// How many sessions are open.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
 /// Calls the client's `Health/Check` every 5 s; two failures in a row end the
-/// session (upstream: timeout max(30 s, 1.5 × the last call), §3.2).
+/// session (upstream: timeout max(30 s, 1.5 × the last call), docs/protocol.md §3.2).
 async fn health_check(session: Arc<Session>) {
     let mut client = HealthClient::with_origin(session.channel(), origin());
     let mut timeout = Duration::from_secs(30);
@@ -284,10 +272,40 @@ async fn health_check(session: Arc<Session>) {
 mod tests {
     use super::*;
     use hyper_util::service::TowerToHyperService;
+    use kiln_proto::buildkit::health::HealthCheckResponse;
     use kiln_proto::buildkit::health::health_check_response::ServingStatus;
+    use kiln_proto::buildkit::health::health_server::{Health, HealthServer};
     use tonic::metadata::MetadataValue;
+    use tonic::{Request, Response};
 
-    use crate::control::HealthService;
+    /// The client's health service: always serving.
+    struct ClientHealth;
+
+    #[tonic::async_trait]
+    impl Health for ClientHealth {
+        async fn check(
+            &self,
+            _request: Request<HealthCheckRequest>,
+        ) -> Result<Response<HealthCheckResponse>, Status> {
+            Ok(Response::new(HealthCheckResponse { status: ServingStatus::Serving as i32 }))
+        }
+
+        async fn list(
+            &self,
+            _request: Request<kiln_proto::buildkit::health::HealthListRequest>,
+        ) -> Result<Response<kiln_proto::buildkit::health::HealthListResponse>, Status> {
+            Err(Status::unimplemented("list"))
+        }
+
+        type WatchStream = futures::stream::Empty<Result<HealthCheckResponse, Status>>;
+
+        async fn watch(
+            &self,
+            _request: Request<HealthCheckRequest>,
+        ) -> Result<Response<Self::WatchStream>, Status> {
+            Err(Status::unimplemented("watch"))
+        }
+    }
 
     /// Plays buildx's side: opens a session on `manager` and serves gRPC
     /// health on it as an HTTP/2 server. Dropping the sender ends the session.
@@ -300,10 +318,7 @@ mod tests {
         let (to_daemon, from_client) = mpsc::channel(64);
         let from_daemon = manager.handle(&md, ReceiverStream::new(from_client)).await.unwrap();
         let tunnel = Tunnel::new(from_daemon, to_daemon);
-        let health = HealthService::new(Arc::new(std::sync::atomic::AtomicBool::new(true)));
-        let routes = tonic::service::Routes::new(
-            kiln_proto::buildkit::health::health_server::HealthServer::new(health),
-        );
+        let routes = tonic::service::Routes::new(HealthServer::new(ClientHealth));
         tokio::spawn(async move {
             let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(tunnel), TowerToHyperService::new(routes))
@@ -334,9 +349,9 @@ mod tests {
 
         // The client going away closes the session and removes it.
         client.abort();
-        tokio::time::timeout(Duration::from_secs(5), session.closed().cancelled()).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), session.closed.cancelled()).await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(manager.is_empty());
+        assert_eq!(manager.len(), 0);
         let err = manager.get("s1", Duration::from_millis(50)).await.unwrap_err();
         assert!(err.to_string().contains("no active session s1"), "{err}");
     }
@@ -360,6 +375,36 @@ mod tests {
         let manager = SessionManager::new();
         let (_tx, rx) = mpsc::channel(1);
         let err = manager.handle(&MetadataMap::new(), ReceiverStream::new(rx)).await.unwrap_err();
-        assert_eq!(Status::from(err).code(), tonic::Code::InvalidArgument);
+        assert!(matches!(err, SessionError::MissingId), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_group_asks_its_sessions_in_order_until_one_answers() {
+        let manager = SessionManager::new();
+        let _a = open_client(&manager, "a", "").await;
+        let _b = open_client(&manager, "b", "").await;
+        let group = Group::new(Arc::clone(&manager), ["a".to_owned(), "b".to_owned()]);
+        assert_eq!(group.first().await.unwrap().id, "a");
+
+        let asked = Mutex::new(Vec::new());
+        let answer = group
+            .any(|session| {
+                asked.lock().unwrap().push(session.id.clone());
+                async move { Ok::<_, String>((session.id == "b").then_some(session.id.clone())) }
+            })
+            .await;
+        assert_eq!(answer, Ok(Some("b".to_owned())));
+        assert_eq!(*asked.lock().unwrap(), ["a", "b"]);
+
+        // An error ends the search: the next session is not asked.
+        asked.lock().unwrap().clear();
+        let failed = group
+            .any(|session| {
+                asked.lock().unwrap().push(session.id.clone());
+                async { Err::<Option<()>, _>("refused") }
+            })
+            .await;
+        assert_eq!(failed, Err("refused"));
+        assert_eq!(*asked.lock().unwrap(), ["a"]);
     }
 }

@@ -1,5 +1,5 @@
 //! `moby.sshforward.v1.SSH` on the client: its SSH agent, offered to a
-//! build step as a unix socket (buildkit-protocol.md §4.7). Every connection
+//! build step as a unix socket (docs/protocol.md §4.5). Every connection
 //! to the socket becomes one `ForwardAgent` stream carrying the agent
 //! protocol's bytes both ways.
 
@@ -18,10 +18,10 @@ use tonic::Request;
 use tonic::metadata::MetadataValue;
 use tracing::debug;
 
-use super::{Session, origin};
+use super::{Group, Session, origin};
 
 const FORWARD: &str = "/moby.sshforward.v1.SSH/ForwardAgent";
-/// The agent id a step asks for travels in this header (§1).
+/// The agent id a step asks for travels in this header (docs/protocol.md §1).
 const ID_HEADER: &str = "buildkit.ssh.id";
 
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +36,7 @@ pub enum SshError {
 
 /// A socket that forwards to the client's agent while it lives.
 #[derive(Debug)]
-pub struct AgentSocket {
+pub(crate) struct AgentSocket {
     pub path: PathBuf,
     accept: JoinHandle<()>,
 }
@@ -48,14 +48,14 @@ impl Drop for AgentSocket {
 }
 
 /// Whether the client forwards agent `id`.
-pub async fn check(session: &Session, id: &str) -> Result<bool, SshError> {
+pub(crate) async fn check(session: &Session, id: &str) -> Result<bool, SshError> {
     if !session.supports(FORWARD) {
         return Ok(false);
     }
     let mut client = SshClient::with_origin(session.channel(), origin());
     match client.check_agent(CheckAgentRequest { id: id.to_owned() }).await {
         Ok(_) => Ok(true),
-        // The client answers an unknown id with a plain error (§4.7).
+        // The client answers an unknown id with a plain error (docs/protocol.md §4.5).
         Err(status) if status.message().contains("unset ssh forward key") => Ok(false),
         // buildx serves the SSH service always and answers NotFound for an agent it was not given.
         Err(status) if matches!(status.code(), tonic::Code::Unimplemented | tonic::Code::NotFound) => {
@@ -65,9 +65,14 @@ pub async fn check(session: &Session, id: &str) -> Result<bool, SshError> {
     }
 }
 
+/// The first session of the build that forwards agent `id`.
+pub(crate) async fn find(sessions: &Group, id: &str) -> Result<Option<Arc<Session>>, SshError> {
+    sessions.any(|session| async move { Ok(check(&session, id).await?.then_some(session)) }).await
+}
+
 /// Listens on `dir/agent.sock` (owned `uid:gid`, mode `mode`) and forwards
 /// each connection to the client's agent `id`.
-pub fn listen(
+pub(crate) fn listen(
     session: Arc<Session>,
     id: &str,
     dir: &Path,

@@ -1,4 +1,4 @@
-//! A gRPC byte stream as a connection (buildkit-protocol.md §3.1–3.2).
+//! A gRPC byte stream as a connection (docs/protocol.md §3.1–3.2).
 //!
 //! `Control.Session` carries raw HTTP/2 frames in `BytesMessage`s. Messages
 //! have no framing meaning: a write sends one message, a read hands out the
@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::PollSender;
 
 /// Reads from `incoming`, writes one `BytesMessage` per write into `outgoing`.
-pub struct Tunnel<S> {
+pub(crate) struct Tunnel<S> {
     incoming: S,
     pending: Bytes,
     eof: bool,
@@ -34,7 +34,7 @@ impl<S> Tunnel<S>
 where
     S: Stream<Item = Result<BytesMessage, tonic::Status>> + Unpin,
 {
-    pub fn new(incoming: S, outgoing: mpsc::Sender<Result<BytesMessage, tonic::Status>>) -> Self {
+    pub(crate) fn new(incoming: S, outgoing: mpsc::Sender<Result<BytesMessage, tonic::Status>>) -> Self {
         Self { incoming, pending: Bytes::new(), eof: false, outgoing: PollSender::new(outgoing) }
     }
 }

@@ -1,282 +1,84 @@
 //! `moby.upload.v1.Upload/Pull` on the client: a build context the client
 //! streams itself (buildx `build - < ctx.tar`, every bollard build), named
 //! by the frontend attr `context` as `http://buildkit-session/<id>`
-//! (buildkit-protocol.md §4.8).
-//!
-//! BuildKit fetches such a URL with its HTTP source, whose transport turns
-//! the host `buildkit-session` into a Pull on the build's sessions
-//! (`source/http/transport.go`). kilnd does the same as a source of its
-//! own: one file in a new layer, keyed by its content digest.
-
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+//! (docs/protocol.md §4.6). BuildKit's HTTP source turns the host
+//! `buildkit-session` into a Pull on the build's sessions
+//! (`source/http/transport.go`); `source::upload` is kilnd's counterpart.
 
 use kiln_proto::buildkit::moby::upload::v1::BytesMessage;
 use kiln_proto::buildkit::moby::upload::v1::upload_client::UploadClient;
-use sha2::{Digest, Sha256};
 use tonic::Code;
 use tonic::metadata::MetadataValue;
 
-use super::{SessionError, SessionManager, origin};
-use crate::cache::{CacheError, CacheManager};
+use super::{Group, origin};
 
 /// The host that names a session upload instead of a server.
-pub const SESSION_HOST: &str = "buildkit-session";
+pub(crate) const SESSION_HOST: &str = "buildkit-session";
 const METHOD: &str = "/moby.upload.v1.Upload/Pull";
-/// How long each of the build's sessions is waited for (§3.3).
-const SESSION_WAIT: Duration = Duration::from_secs(5);
-/// The mode of the file when the source names none (upstream `source/http`).
-const DEFAULT_PERM: u32 = 0o600;
-
-/// LLB attrs of an HTTP source (`solver/pb/attr.go`).
-const ATTR_FILENAME: &str = "http.filename";
-const ATTR_PERM: &str = "http.perm";
-const ATTR_UID: &str = "http.uid";
-const ATTR_GID: &str = "http.gid";
 
 #[derive(Debug, thiserror::Error)]
-pub enum UploadError {
-    #[error("invalid {attr} {value:?} on {url}: {reason}")]
-    InvalidAttr { url: String, attr: &'static str, value: String, reason: &'static str },
-    #[error(transparent)]
-    Session(#[from] SessionError),
+pub enum PullError {
+    #[error("invalid url {path:?} on {url}: the path is not printable ASCII")]
+    InvalidPath { url: String, path: String },
     #[error("no session of this build serves uploads, so {url} cannot be read")]
     NoSession { url: String },
     #[error("pulling {url} from the client: {status}")]
     Pull { url: String, status: tonic::Status },
-    #[error("writing {url} to {}: {source}", path.display())]
-    Write { url: String, path: PathBuf, source: io::Error },
-    #[error(transparent)]
-    Cache(#[from] CacheError),
 }
 
 /// The path (`/<id>`) of a session upload URL; `None` for any other URL.
-pub fn upload_path(url: &str) -> Option<&str> {
+pub(crate) fn upload_path(url: &str) -> Option<&str> {
     let path = url.strip_prefix("http://")?.strip_prefix(SESSION_HOST)?;
     (path.len() > 1 && path.starts_with('/')).then_some(path)
 }
 
-/// A session upload as an LLB source: the URL and how to store the file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UploadSource {
-    pub url: String,
-    /// A single path component.
-    pub filename: String,
-    pub perm: u32,
-    pub uid: u32,
-    pub gid: u32,
+/// The bytes of one upload as the client sends them.
+#[derive(Debug)]
+pub(crate) struct Pull {
+    url: String,
+    stream: tonic::Streaming<BytesMessage>,
 }
 
-/// What [`UploadSource::fetch`] made: a committed layer and its cache key.
-#[derive(Debug, Clone)]
-pub struct Fetched {
-    pub key: String,
-    pub layer: String,
-    pub bytes: u64,
-}
-
-impl UploadSource {
-    /// The source an LLB identifier and its attrs describe, when the
-    /// identifier is a session upload URL.
-    pub fn parse(identifier: &str, attrs: &BTreeMap<String, String>) -> Option<Result<Self, UploadError>> {
-        let path = upload_path(identifier)?;
-        Some(Self::from_attrs(identifier, path, attrs))
+impl Pull {
+    /// The next chunk; `None` once the client has sent everything.
+    pub(crate) async fn chunk(&mut self) -> Result<Option<Vec<u8>>, PullError> {
+        let message = self
+            .stream
+            .message()
+            .await
+            .map_err(|status| PullError::Pull { url: self.url.clone(), status })?;
+        Ok(message.map(|BytesMessage { data }| data))
     }
-
-    fn from_attrs(url: &str, path: &str, attrs: &BTreeMap<String, String>) -> Result<Self, UploadError> {
-        let invalid = |attr, value: &str, reason| UploadError::InvalidAttr {
-            url: url.to_owned(),
-            attr,
-            value: value.to_owned(),
-            reason,
-        };
-        // Upstream: the attr, else the URL path's last element.
-        let filename = match attrs.get(ATTR_FILENAME).filter(|f| !f.is_empty()) {
-            Some(name) => {
-                let base = Path::new(name).file_name().and_then(|n| n.to_str()).unwrap_or_default();
-                if base.is_empty() || base == ".." {
-                    return Err(invalid(ATTR_FILENAME, name, "it names no file"));
-                }
-                base.to_owned()
-            }
-            None => path.rsplit('/').next().unwrap_or(path).to_owned(),
-        };
-        let perm = match attrs.get(ATTR_PERM) {
-            Some(v) => parse_go_int(v)
-                .filter(|p| *p <= 0o7777)
-                .ok_or_else(|| invalid(ATTR_PERM, v, "expected a mode such as 0644"))?,
-            None => 0,
-        };
-        let id = |attr| match attrs.get(attr) {
-            Some(v) => v.parse().map_err(|_| invalid(attr, v, "expected a numeric id")),
-            None => Ok(0),
-        };
-        Ok(Self {
-            url: url.to_owned(),
-            filename,
-            perm: if perm == 0 { DEFAULT_PERM } else { perm },
-            uid: id(ATTR_UID)?,
-            gid: id(ATTR_GID)?,
-        })
-    }
-
-    /// Pulls the upload into a new layer as one file with the source's mode
-    /// and owner and mtime 0, as upstream's HTTP source stores a download
-    /// without `Last-Modified`.
-    pub async fn fetch(
-        &self,
-        cache: &CacheManager,
-        sessions: &SessionManager,
-        session_ids: &[String],
-    ) -> Result<Fetched, UploadError> {
-        let mut stream = open(sessions, session_ids, &self.url).await?;
-        let layer = cache.new_layer()?;
-        let path = layer.path().join(&self.filename);
-        let write_err = |source| UploadError::Write { url: self.url.clone(), path: path.clone(), source };
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(self.perm)
-            .open(&path)
-            .map_err(write_err)?;
-        let mut hash = Sha256::new();
-        let mut bytes = 0u64;
-        loop {
-            let message = stream
-                .message()
-                .await
-                .map_err(|status| UploadError::Pull { url: self.url.clone(), status })?;
-            let Some(BytesMessage { data }) = message else { break };
-            hash.update(&data);
-            bytes += data.len() as u64;
-            // Chunks are at most a few MiB; a blocking write of one is short.
-            file.write_all(&data).map_err(write_err)?;
-        }
-        // The umask narrowed the mode at creation.
-        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(self.perm)).map_err(write_err)?;
-        file.set_modified(SystemTime::UNIX_EPOCH).map_err(write_err)?;
-        drop(file);
-        if self.uid != 0 || self.gid != 0 {
-            std::os::unix::fs::chown(&path, Some(self.uid), Some(self.gid)).map_err(write_err)?;
-        }
-        let digest = hex::encode(hash.finalize());
-        let layer = cache.commit_layer(layer)?;
-        Ok(Fetched {
-            key: format!(
-                "session-upload:{}:{:o}:{}:{}:sha256:{digest}",
-                self.filename, self.perm, self.uid, self.gid
-            ),
-            layer,
-            bytes,
-        })
-    }
-}
-
-/// How many fetched uploads [`Uploads`] remembers; each serves one build.
-const REMEMBERED: usize = 64;
-
-/// Uploads already fetched, by URL. The client hands out each upload once
-/// (its provider forgets the id on the first Pull) while a build resolves
-/// the source in every solve that reaches it, so later solves reuse the
-/// first fetch.
-#[derive(Debug, Default)]
-pub struct Uploads {
-    fetched: Mutex<Remembered>,
-}
-
-/// One cell per URL, and the URLs oldest first.
-type Remembered = (HashMap<String, Arc<tokio::sync::OnceCell<Fetched>>>, VecDeque<String>);
-
-impl Uploads {
-    /// The fetch of `source`, made at most once; a failed fetch is not kept.
-    pub async fn fetch(
-        &self,
-        source: &UploadSource,
-        cache: &CacheManager,
-        sessions: &SessionManager,
-        session_ids: &[String],
-    ) -> Result<Fetched, UploadError> {
-        let cell = {
-            let mut guard = self.fetched.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let (cells, order) = &mut *guard;
-            match cells.get(&source.url) {
-                Some(cell) => Arc::clone(cell),
-                None => {
-                    if order.len() >= REMEMBERED
-                        && let Some(oldest) = order.pop_front()
-                    {
-                        cells.remove(&oldest);
-                    }
-                    order.push_back(source.url.clone());
-                    Arc::clone(cells.entry(source.url.clone()).or_default())
-                }
-            }
-        };
-        cell.get_or_try_init(|| source.fetch(cache, sessions, session_ids)).await.cloned()
-    }
-}
-
-/// Go's `strconv.ParseInt(v, 0, …)` for the prefixes a mode uses: `0o`/`0`
-/// octal, `0x` hex, else decimal.
-fn parse_go_int(v: &str) -> Option<u32> {
-    if let Some(hex) = v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
-        return u32::from_str_radix(hex, 16).ok();
-    }
-    if let Some(oct) = v.strip_prefix("0o").or_else(|| v.strip_prefix("0O")) {
-        return u32::from_str_radix(oct, 8).ok();
-    }
-    if v.len() > 1
-        && let Some(oct) = v.strip_prefix('0')
-    {
-        return u32::from_str_radix(oct, 8).ok();
-    }
-    v.parse().ok()
 }
 
 /// Opens the Pull of `url` on the first of the build's sessions that serves
 /// uploads; the client answers with the bytes, then ends the stream.
-pub async fn open(
-    sessions: &SessionManager,
-    session_ids: &[String],
-    url: &str,
-) -> Result<tonic::Streaming<BytesMessage>, UploadError> {
+pub(crate) async fn open(sessions: &Group, url: &str) -> Result<Pull, PullError> {
     let path = upload_path(url).unwrap_or(url);
-    for id in session_ids.iter().filter(|s| !s.is_empty()) {
-        let session = match sessions.get(id, SESSION_WAIT).await {
-            Ok(s) => s,
-            Err(SessionError::NotFound { .. }) => continue,
-            Err(e) => return Err(e.into()),
-        };
-        if !session.supports(METHOD) {
-            continue;
-        }
-        let mut request = tonic::Request::new(futures::stream::empty::<BytesMessage>());
-        // The client finds the upload by the URL's path (`session/upload/upload.go`).
-        let md = request.metadata_mut();
-        md.insert("urlpath", ascii(url, path)?);
-        md.insert("urlhost", MetadataValue::from_static(SESSION_HOST));
-        let mut client =
-            UploadClient::with_origin(session.channel(), origin()).max_decoding_message_size(usize::MAX);
-        match client.pull(request).await {
-            Ok(response) => return Ok(response.into_inner()),
-            Err(status) if status.code() == Code::Unimplemented => continue,
-            Err(status) => return Err(UploadError::Pull { url: url.to_owned(), status }),
-        }
-    }
-    Err(UploadError::NoSession { url: url.to_owned() })
-}
-
-fn ascii(url: &str, value: &str) -> Result<MetadataValue<tonic::metadata::Ascii>, UploadError> {
-    value.parse().map_err(|_| UploadError::InvalidAttr {
-        url: url.to_owned(),
-        attr: "url",
-        value: value.to_owned(),
-        reason: "the path is not printable ASCII",
-    })
+    let stream = sessions
+        .any(|session| async move {
+            if !session.supports(METHOD) {
+                return Ok(None);
+            }
+            let mut request = tonic::Request::new(futures::stream::empty::<BytesMessage>());
+            // The client finds the upload by the URL's path (`session/upload/upload.go`).
+            let md = request.metadata_mut();
+            let urlpath = path
+                .parse()
+                .map_err(|_| PullError::InvalidPath { url: url.to_owned(), path: path.to_owned() })?;
+            md.insert("urlpath", urlpath);
+            md.insert("urlhost", MetadataValue::from_static(SESSION_HOST));
+            let mut client =
+                UploadClient::with_origin(session.channel(), origin()).max_decoding_message_size(usize::MAX);
+            match client.pull(request).await {
+                Ok(response) => Ok(Some(response.into_inner())),
+                Err(status) if status.code() == Code::Unimplemented => Ok(None),
+                Err(status) => Err(PullError::Pull { url: url.to_owned(), status }),
+            }
+        })
+        .await?;
+    let stream = stream.ok_or_else(|| PullError::NoSession { url: url.to_owned() })?;
+    Ok(Pull { url: url.to_owned(), stream })
 }
 
 #[cfg(test)]
@@ -291,161 +93,5 @@ mod tests {
         assert_eq!(upload_path("https://buildkit-session/abc"), None);
         assert_eq!(upload_path("http://buildkit-sessions/abc"), None);
         assert_eq!(upload_path("http://example.com/abc"), None);
-        assert!(UploadSource::parse("https://example.com/x", &BTreeMap::new()).is_none());
-    }
-
-    #[test]
-    fn attrs_set_the_file_name_mode_and_owner() {
-        let url = "http://buildkit-session/up1";
-        let plain = UploadSource::parse(url, &BTreeMap::new()).unwrap().unwrap();
-        assert_eq!((plain.filename.as_str(), plain.perm, plain.uid, plain.gid), ("up1", 0o600, 0, 0));
-        let attrs = BTreeMap::from([
-            (ATTR_FILENAME.to_owned(), "context".to_owned()),
-            (ATTR_PERM.to_owned(), "0644".to_owned()),
-            (ATTR_UID.to_owned(), "1000".to_owned()),
-            (ATTR_GID.to_owned(), "50".to_owned()),
-        ]);
-        let set = UploadSource::parse(url, &attrs).unwrap().unwrap();
-        assert_eq!((set.filename.as_str(), set.perm, set.uid, set.gid), ("context", 0o644, 1000, 50));
-        // A path-like name keeps only its last element, so it stays in the layer.
-        let attrs = BTreeMap::from([(ATTR_FILENAME.to_owned(), "../../etc/ctx".to_owned())]);
-        assert_eq!(UploadSource::parse(url, &attrs).unwrap().unwrap().filename, "ctx");
-    }
-
-    #[test]
-    fn bad_attrs_are_named() {
-        let url = "http://buildkit-session/up1";
-        for (attr, value) in
-            [(ATTR_PERM, "rw-r--r--"), (ATTR_PERM, "0999"), (ATTR_UID, "root"), (ATTR_FILENAME, "..")]
-        {
-            let attrs = BTreeMap::from([(attr.to_owned(), value.to_owned())]);
-            let err = UploadSource::parse(url, &attrs).unwrap().unwrap_err().to_string();
-            assert!(err.contains(attr) && err.contains(value), "{err}");
-        }
-    }
-
-    #[test]
-    fn modes_parse_as_go_integers() {
-        assert_eq!(parse_go_int("0644"), Some(0o644));
-        assert_eq!(parse_go_int("0o755"), Some(0o755));
-        assert_eq!(parse_go_int("420"), Some(420));
-        assert_eq!(parse_go_int("0x1ff"), Some(0o777));
-        assert_eq!(parse_go_int("0"), Some(0));
-        assert_eq!(parse_go_int("08"), None);
-    }
-
-    /// Plays the client: serves one upload (in `chunks`) on a session
-    /// registered with `manager`, recording the `urlpath` it was asked for.
-    mod client {
-        use std::sync::{Arc, Mutex};
-
-        use hyper_util::rt::{TokioExecutor, TokioIo};
-        use hyper_util::service::TowerToHyperService;
-        use kiln_proto::buildkit::moby::upload::v1::upload_server::{Upload, UploadServer};
-        use tokio::sync::mpsc;
-        use tokio_stream::wrappers::ReceiverStream;
-        use tonic::metadata::MetadataMap;
-
-        use super::super::super::tunnel::Tunnel;
-        use super::super::super::{HEADER_METHOD, HEADER_UUID};
-        use super::*;
-
-        pub struct Uploader {
-            pub chunks: Vec<Vec<u8>>,
-            pub asked: Arc<Mutex<Vec<String>>>,
-        }
-
-        #[tonic::async_trait]
-        impl Upload for Uploader {
-            type PullStream = futures::stream::Iter<std::vec::IntoIter<Result<BytesMessage, tonic::Status>>>;
-
-            async fn pull(
-                &self,
-                request: tonic::Request<tonic::Streaming<BytesMessage>>,
-            ) -> Result<tonic::Response<Self::PullStream>, tonic::Status> {
-                let path = request.metadata().get("urlpath").unwrap().to_str().unwrap().to_owned();
-                self.asked.lock().unwrap().push(path);
-                let messages: Vec<_> =
-                    self.chunks.iter().map(|c| Ok(BytesMessage { data: c.clone() })).collect();
-                Ok(tonic::Response::new(futures::stream::iter(messages)))
-            }
-        }
-
-        pub async fn serve(manager: &Arc<SessionManager>, id: &str, uploader: Uploader) {
-            let mut md = MetadataMap::new();
-            md.insert(HEADER_UUID, id.parse().unwrap());
-            // bollard lower-cases method names; the daemon must not care.
-            md.append(HEADER_METHOD, MetadataValue::from_static("/moby.upload.v1.Upload/pull"));
-            let (to_daemon, from_client) = mpsc::channel(64);
-            let from_daemon = manager.handle(&md, ReceiverStream::new(from_client)).await.unwrap();
-            let routes = tonic::service::Routes::new(UploadServer::new(uploader));
-            tokio::spawn(async move {
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(
-                        TokioIo::new(Tunnel::new(from_daemon, to_daemon)),
-                        TowerToHyperService::new(routes),
-                    )
-                    .await;
-            });
-        }
-    }
-
-    #[tokio::test]
-    async fn an_upload_becomes_one_file_in_a_layer_keyed_by_its_content() {
-        let root = tempfile::tempdir().unwrap();
-        let cache = CacheManager::open(root.path()).unwrap();
-        let manager = SessionManager::new();
-        let asked = Arc::new(Mutex::new(Vec::new()));
-        let chunks = vec![b"FROM scratch\n".to_vec(), Vec::new(), b"COPY . /\n".to_vec()];
-        client::serve(&manager, "s1", client::Uploader { chunks, asked: asked.clone() }).await;
-
-        let attrs = BTreeMap::from([(ATTR_FILENAME.to_owned(), "context".to_owned())]);
-        let source = UploadSource::parse("http://buildkit-session/up1", &attrs).unwrap().unwrap();
-        let ids = vec![String::new(), "s1".to_owned()];
-        let fetched = source.fetch(&cache, &manager, &ids).await.unwrap();
-        assert_eq!(asked.lock().unwrap().as_slice(), ["/up1"]);
-        assert_eq!(fetched.bytes, 22);
-
-        let file = cache.layer_path(&fetched.layer).join("context");
-        assert_eq!(std::fs::read(&file).unwrap(), b"FROM scratch\nCOPY . /\n");
-        let meta = std::fs::metadata(&file).unwrap();
-        use std::os::unix::fs::MetadataExt;
-        assert_eq!((meta.mode() & 0o7777, meta.mtime()), (0o600, 0));
-        let digest = hex::encode(Sha256::digest(b"FROM scratch\nCOPY . /\n"));
-        assert_eq!(fetched.key, format!("session-upload:context:600:0:0:sha256:{digest}"));
-    }
-
-    #[tokio::test]
-    async fn a_build_that_resolves_an_upload_twice_pulls_it_once() {
-        let root = tempfile::tempdir().unwrap();
-        let cache = CacheManager::open(root.path()).unwrap();
-        let manager = SessionManager::new();
-        let asked = Arc::new(Mutex::new(Vec::new()));
-        client::serve(
-            &manager,
-            "s1",
-            client::Uploader { chunks: vec![b"tar".to_vec()], asked: asked.clone() },
-        )
-        .await;
-        let uploads = Uploads::default();
-        let source = UploadSource::parse("http://buildkit-session/once", &BTreeMap::new()).unwrap().unwrap();
-        let ids = ["s1".to_owned()];
-        let first = uploads.fetch(&source, &cache, &manager, &ids).await.unwrap();
-        let second = uploads.fetch(&source, &cache, &manager, &ids).await.unwrap();
-        assert_eq!((first.layer, first.key), (second.layer, second.key));
-        assert_eq!(asked.lock().unwrap().len(), 1);
-    }
-
-    #[tokio::test]
-    async fn an_upload_nobody_serves_is_a_clear_error() {
-        let root = tempfile::tempdir().unwrap();
-        let cache = CacheManager::open(root.path()).unwrap();
-        let manager = SessionManager::new();
-        let source = UploadSource::parse("http://buildkit-session/up1", &BTreeMap::new()).unwrap().unwrap();
-        let err = source.fetch(&cache, &manager, &[String::new()]).await.unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "no session of this build serves uploads, so http://buildkit-session/up1 cannot be read"
-        );
     }
 }

@@ -20,7 +20,7 @@ use super::{
 /// refused, so a hostile layer cannot plant `x -> /etc` and then write
 /// `x/passwd`; hardlinks must point at an entry inside the layer. The layer's
 /// root entry (`./`) is skipped: the snapshotter owns the diff dir itself.
-pub fn apply_layer(reader: impl Read, diff_dir: &Path) -> Result<(), SnapshotError> {
+pub(crate) fn apply_layer(reader: impl Read, diff_dir: &Path) -> Result<(), SnapshotError> {
     std::fs::create_dir_all(diff_dir)
         .map_err(|source| SnapshotError::Create { path: diff_dir.to_owned(), source })?;
     let mut archive = tar::Archive::new(reader);

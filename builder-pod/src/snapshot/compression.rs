@@ -16,7 +16,7 @@ const ZSTD_MAGIC: &[u8] = &[0x28, 0xb5, 0x2f, 0xfd];
 
 /// How a layer blob is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
+pub(crate) enum Compression {
     None,
     /// zlib levels 0–9.
     Gzip {
@@ -30,7 +30,7 @@ pub enum Compression {
 
 impl Compression {
     /// The OCI layer media type of a blob compressed this way.
-    pub fn oci_media_type(self) -> &'static str {
+    pub(crate) fn oci_media_type(self) -> &'static str {
         match self {
             Self::None => "application/vnd.oci.image.layer.v1.tar",
             Self::Gzip { .. } => "application/vnd.oci.image.layer.v1.tar+gzip",
@@ -41,7 +41,7 @@ impl Compression {
     /// The Docker schema 2 layer media type; for zstd the one containerd
     /// defines and BuildKit writes into Docker manifests
     /// (`util/compression/compression.go`, `MediaTypeDockerSchema2LayerZstd`).
-    pub fn docker_media_type(self) -> &'static str {
+    pub(crate) fn docker_media_type(self) -> &'static str {
         match self {
             Self::None => "application/vnd.docker.image.rootfs.diff.tar",
             Self::Gzip { .. } => "application/vnd.docker.image.rootfs.diff.tar.gzip",
@@ -52,7 +52,7 @@ impl Compression {
 
 /// The digests and sizes of one compressed layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LayerDigests {
+pub(crate) struct LayerDigests {
     /// Digest of the blob as stored and pushed.
     pub digest: Digest,
     pub size: u64,
@@ -65,7 +65,10 @@ pub struct LayerDigests {
 /// compressed; [`CompressWriter::finish`] returns the digests of both forms.
 /// Compression runs on up to [`pgzip::default_threads`] threads; the bytes
 /// are the same whatever that number is.
-pub fn compress<W: Write>(writer: W, compression: Compression) -> Result<CompressWriter<W>, SnapshotError> {
+pub(crate) fn compress<W: Write>(
+    writer: W,
+    compression: Compression,
+) -> Result<CompressWriter<W>, SnapshotError> {
     compress_on(writer, compression, pgzip::default_threads())
 }
 
@@ -113,7 +116,7 @@ enum Encoder<W: Write> {
 }
 
 /// See [`compress`].
-pub struct CompressWriter<W: Write> {
+pub(crate) struct CompressWriter<W: Write> {
     encoder: Encoder<W>,
     diff_hasher: Sha256,
     uncompressed_size: u64,
@@ -150,7 +153,7 @@ impl<W: Write> Write for CompressWriter<W> {
 
 impl<W: Write> CompressWriter<W> {
     /// Ends the compressed stream and returns the writer with the digests.
-    pub fn finish(self) -> Result<(W, LayerDigests), SnapshotError> {
+    pub(crate) fn finish(self) -> Result<(W, LayerDigests), SnapshotError> {
         let err = |source| SnapshotError::Compress { source };
         let mut sink = match self.encoder {
             Encoder::None(w) => w,
@@ -191,7 +194,7 @@ impl<W: Write> Write for HashingWriter<W> {
 /// containerd's `DecompressStream` (registries do serve gzip under the plain
 /// tar type and vice versa); `media_type`, when given, must still be a layer
 /// type, so a config or manifest handed in by mistake is refused.
-pub fn decompress<'a>(
+pub(crate) fn decompress<'a>(
     reader: impl Read + 'a,
     media_type: Option<&str>,
 ) -> Result<Box<dyn Read + 'a>, SnapshotError> {

@@ -13,33 +13,8 @@ use super::{
     sorted_entries,
 };
 
-/// How entry mtimes are written.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum MtimePolicy {
-    /// As on disk (whole seconds).
-    #[default]
-    Keep,
-    /// Every entry gets this time (seconds since the epoch).
-    Fixed(u64),
-    /// Times later than this become this; BuildKit's `rewrite-timestamp`
-    /// with `SOURCE_DATE_EPOCH` does the same for reproducible layers.
-    Clamp(u64),
-}
-
-impl MtimePolicy {
-    fn apply(self, secs: i64) -> u64 {
-        let secs = u64::try_from(secs).unwrap_or(0);
-        match self {
-            Self::Keep => secs,
-            Self::Fixed(t) => t,
-            Self::Clamp(t) => secs.min(t),
-        }
-    }
-}
-
 #[derive(Debug, Clone, Default)]
-pub struct DiffOptions {
-    pub mtime: MtimePolicy,
+pub(crate) struct DiffOptions {
     /// The merged view of the layers the diff was made over. An entry the
     /// same as the one there (by `same_as_below`) is left out, and a
     /// directory only when nothing under it is written, as BuildKit's
@@ -58,16 +33,19 @@ pub struct DiffOptions {
 /// Sockets cannot be stored in a tar and are left out, as containerd does.
 /// Whiteouts and opaque directories are always written, and nothing under
 /// an opaque directory is compared with the lower view, which it hides.
-pub fn diff_to_tar<W: Write>(diff_dir: &Path, writer: W, options: &DiffOptions) -> Result<W, SnapshotError> {
+pub(crate) fn diff_to_tar<W: Write>(
+    diff_dir: &Path,
+    writer: W,
+    options: &DiffOptions,
+) -> Result<W, SnapshotError> {
     let mut walker =
-        Walker { builder: tar::Builder::new(writer), options, links: HashMap::new(), unwritten: Vec::new() };
+        Walker { builder: tar::Builder::new(writer), links: HashMap::new(), unwritten: Vec::new() };
     walker.walk(diff_dir, b"", options.lower.as_deref())?;
     walker.builder.into_inner().map_err(|source| SnapshotError::WriteTar { source })
 }
 
-struct Walker<'a, W: Write> {
+struct Walker<W: Write> {
     builder: tar::Builder<W>,
-    options: &'a DiffOptions,
     /// (dev, inode) of multiply-linked files → the name written first.
     links: HashMap<(u64, u64), Vec<u8>>,
     /// Unchanged directories on the way to the current entry, outermost
@@ -82,7 +60,7 @@ struct UnwrittenDir {
     header: Header,
 }
 
-impl<W: Write> Walker<'_, W> {
+impl<W: Write> Walker<W> {
     /// `lower` is the directory of the lower view at `dir`, when there is
     /// one to compare with.
     fn walk(&mut self, dir: &Path, prefix: &[u8], lower: Option<&Path>) -> Result<(), SnapshotError> {
@@ -216,7 +194,7 @@ impl<W: Write> Walker<'_, W> {
         header.set_mode(meta.mode() & 0o7777);
         header.set_uid(meta.uid().into());
         header.set_gid(meta.gid().into());
-        header.set_mtime(self.options.mtime.apply(meta.mtime()));
+        header.set_mtime(u64::try_from(meta.mtime()).unwrap_or(0));
         header.set_size(0);
         header
     }
@@ -498,10 +476,12 @@ mod tests {
         let (a, b) = (dir.path().join("a"), dir.path().join("b"));
         sample_tree(&a);
         sample_tree(&b);
-        let options = DiffOptions { mtime: MtimePolicy::Fixed(1_700_000_000), ..DiffOptions::default() };
-        let tar_a = diff_to_tar(&a, Vec::new(), &options).unwrap();
-        let tar_b = diff_to_tar(&b, Vec::new(), &options).unwrap();
-        assert_eq!(tar_a, tar_b, "trees made at different times differ only in mtimes, which are fixed");
+        // Trees made at different times differ only in their mtimes.
+        stamp_all(&a, (1_700_000_000, 0));
+        stamp_all(&b, (1_700_000_000, 0));
+        let tar_a = diff_to_tar(&a, Vec::new(), &DiffOptions::default()).unwrap();
+        let tar_b = diff_to_tar(&b, Vec::new(), &DiffOptions::default()).unwrap();
+        assert_eq!(tar_a, tar_b);
         let mut archive = tar::Archive::new(&tar_a[..]);
         for entry in archive.entries().unwrap() {
             let entry = entry.unwrap();
@@ -538,14 +518,6 @@ mod tests {
         );
         assert_eq!(get_xattr(&out.join("etc/hosts"), "user.origin").unwrap().as_deref(), Some(&b"kiln"[..]));
         assert!(out.join("etc/.wh.removed").is_file() && out.join("opt/.wh..wh..opq").is_file());
-    }
-
-    #[test]
-    fn clamping_only_lowers_newer_times() {
-        assert_eq!(MtimePolicy::Clamp(100).apply(50), 50);
-        assert_eq!(MtimePolicy::Clamp(100).apply(150), 100);
-        assert_eq!(MtimePolicy::Keep.apply(-5), 0);
-        assert_eq!(MtimePolicy::Fixed(7).apply(150), 7);
     }
 
     #[test]
@@ -587,8 +559,18 @@ mod tests {
         super::super::set_mtime(path, super::super::Timestamp { secs, nanos }).unwrap();
     }
 
+    /// `stamp` on `root` and everything under it.
+    fn stamp_all(root: &Path, mtime: (i64, u32)) {
+        if std::fs::symlink_metadata(root).unwrap().is_dir() {
+            for entry in std::fs::read_dir(root).unwrap() {
+                stamp_all(&entry.unwrap().path(), mtime);
+            }
+        }
+        stamp(root, mtime);
+    }
+
     fn diff_over(lower: &Path, upper: &Path) -> Vec<u8> {
-        let options = DiffOptions { lower: Some(lower.to_owned()), ..DiffOptions::default() };
+        let options = DiffOptions { lower: Some(lower.to_owned()) };
         diff_to_tar(upper, Vec::new(), &options).unwrap()
     }
 

@@ -19,7 +19,7 @@ use super::{
 /// Ancestors of every path are handled before the path itself, and a layer's
 /// directory replaces a lower non-directory at the same place, so nothing is
 /// ever written through a symlink in `dest`.
-pub fn flatten<P: AsRef<Path>>(layers: &[P], dest: &Path) -> Result<(), SnapshotError> {
+pub(crate) fn flatten<P: AsRef<Path>>(layers: &[P], dest: &Path) -> Result<(), SnapshotError> {
     std::fs::create_dir_all(dest)
         .map_err(|source| SnapshotError::Create { path: dest.to_owned(), source })?;
     for layer in layers {

@@ -6,8 +6,8 @@
 //!
 //! [`apply_layer`] turns an OCI layer tar into such a directory,
 //! [`diff_to_tar`] turns one back into a layer tar, [`compress`] and
-//! [`decompress`] handle the blob encodings, and [`flatten`] merges a stack of
-//! diffs into one plain tree where no overlay mount can be had.
+//! [`decompress`] handle the blob encodings. In tests, `flatten` merges a
+//! stack of diffs into one plain tree, as an overlay mount would show them.
 //!
 //! Whiteout names in tars follow the OCI image spec, layer.md "Whiteouts".
 //!
@@ -17,28 +17,30 @@
 mod apply;
 mod compression;
 mod diff;
+#[cfg(test)]
 mod flatten;
 mod pgzip;
 
 use std::io;
 use std::path::{Path, PathBuf};
 
-pub use apply::apply_layer;
-pub use compression::{CompressWriter, Compression, LayerDigests, compress, decompress};
-pub use diff::{DiffOptions, MtimePolicy, diff_to_tar};
-pub use flatten::flatten;
+pub(crate) use apply::apply_layer;
+pub(crate) use compression::{Compression, compress, decompress};
+pub(crate) use diff::{DiffOptions, diff_to_tar};
+#[cfg(test)]
+pub(crate) use flatten::flatten;
 
 /// The xattr overlayfs reads to make a directory opaque:
 /// `trusted.overlay.opaque` as root, `user.overlay.opaque` for kilnd's
 /// `userxattr` mounts in a user namespace (rootless; docs/rootless.md). A
 /// root is written by one kind of kilnd: the two do not share roots.
-pub fn opaque_xattr() -> &'static str {
+pub(crate) fn opaque_xattr() -> &'static str {
     if crate::rootless::in_user_namespace() { "user.overlay.opaque" } else { "trusted.overlay.opaque" }
 }
 /// Prefix of a whiteout in a layer tar.
-pub const WHITEOUT_PREFIX: &str = ".wh.";
+pub(crate) const WHITEOUT_PREFIX: &str = ".wh.";
 /// Name of the marker entry that makes its directory opaque in a layer tar.
-pub const OPAQUE_WHITEOUT: &str = ".wh..wh..opq";
+pub(crate) const OPAQUE_WHITEOUT: &str = ".wh..wh..opq";
 /// Prefix of the AUFS metadata names, which are never real files.
 const WHITEOUT_META_PREFIX: &str = ".wh..wh.";
 

@@ -29,7 +29,7 @@ const OS_UNKNOWN: u8 = 255;
 
 /// How many threads compress a layer: the CPUs this process may use (the
 /// cgroup's quota in a pod), at most 8.
-pub fn default_threads() -> usize {
+pub(super) fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get()).min(8)
 }
 
@@ -108,7 +108,7 @@ fn deflate_chunk(
 }
 
 /// Compresses what is written into it to `inner` as gzip; see the module.
-pub struct GzipWriter<W: Write> {
+pub(super) struct GzipWriter<W: Write> {
     inner: W,
     level: flate2::Compression,
     threads: usize,
@@ -126,7 +126,7 @@ pub struct GzipWriter<W: Write> {
 impl<W: Write> GzipWriter<W> {
     /// Writes the gzip header to `inner`; `threads` (at least 1) only
     /// changes how fast, never the bytes.
-    pub fn new(mut inner: W, level: u32, threads: usize) -> io::Result<Self> {
+    pub(super) fn new(mut inner: W, level: u32, threads: usize) -> io::Result<Self> {
         // XFL says "best" for 9 and "fastest" for 1, as gzip(1) writes it.
         let xfl = match level {
             9 => 2,
@@ -184,7 +184,7 @@ impl<W: Write> GzipWriter<W> {
     }
 
     /// Ends the stream (last chunk, CRC-32 and length) and returns `inner`.
-    pub fn finish(mut self) -> io::Result<W> {
+    pub(super) fn finish(mut self) -> io::Result<W> {
         self.submit(true)?;
         while !self.pending.is_empty() {
             self.write_oldest()?;

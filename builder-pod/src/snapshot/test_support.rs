@@ -5,12 +5,12 @@ use tar::{EntryType, Header};
 
 use super::diff::pax_record;
 
-pub struct TarBuilder {
+pub(super) struct TarBuilder {
     builder: tar::Builder<Vec<u8>>,
 }
 
 impl TarBuilder {
-    pub fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self { builder: tar::Builder::new(Vec::new()) }
     }
 
@@ -39,16 +39,16 @@ impl TarBuilder {
         self.builder.append(&header, data).unwrap();
     }
 
-    pub fn dir(&mut self, name: &str, mode: u32, uid: u64, gid: u64, mtime: u64) {
+    pub(super) fn dir(&mut self, name: &str, mode: u32, uid: u64, gid: u64, mtime: u64) {
         self.append(name.as_bytes(), EntryType::Directory, (mode, uid, gid, mtime), b"", None);
     }
 
-    pub fn file(&mut self, name: &str, data: &[u8], mode: u32, uid: u64, gid: u64, mtime: u64) {
+    pub(super) fn file(&mut self, name: &str, data: &[u8], mode: u32, uid: u64, gid: u64, mtime: u64) {
         self.append(name.as_bytes(), EntryType::Regular, (mode, uid, gid, mtime), data, None);
     }
 
     /// Extended attributes for the entry appended next.
-    pub fn xattrs(&mut self, xattrs: &[(&str, &[u8])]) {
+    pub(super) fn xattrs(&mut self, xattrs: &[(&str, &[u8])]) {
         let mut records = Vec::new();
         for (key, value) in xattrs {
             records.extend(pax_record(&format!("SCHILY.xattr.{key}"), value));
@@ -56,19 +56,19 @@ impl TarBuilder {
         self.append(b"PaxHeaders/x", EntryType::XHeader, (0o644, 0, 0, 0), &records, None);
     }
 
-    pub fn file_raw_name(&mut self, name: &[u8], data: &[u8]) {
+    pub(super) fn file_raw_name(&mut self, name: &[u8], data: &[u8]) {
         self.append(name, EntryType::Regular, (0o644, 0, 0, 0), data, None);
     }
 
-    pub fn symlink(&mut self, name: &str, target: &str, mtime: u64) {
+    pub(super) fn symlink(&mut self, name: &str, target: &str, mtime: u64) {
         self.append(name.as_bytes(), EntryType::Symlink, (0o777, 0, 0, mtime), b"", Some(target.as_bytes()));
     }
 
-    pub fn hardlink(&mut self, name: &str, target: &str) {
+    pub(super) fn hardlink(&mut self, name: &str, target: &str) {
         self.append(name.as_bytes(), EntryType::Link, (0o644, 0, 0, 0), b"", Some(target.as_bytes()));
     }
 
-    pub fn device(&mut self, name: &str, kind: EntryType, major: u32, minor: u32, mode: u32) {
+    pub(super) fn device(&mut self, name: &str, kind: EntryType, major: u32, minor: u32, mode: u32) {
         let mut header = Header::new_gnu();
         header.set_path(name).unwrap();
         header.set_entry_type(kind);
@@ -83,7 +83,7 @@ impl TarBuilder {
         self.builder.append(&header, &b""[..]).unwrap();
     }
 
-    pub fn finish(self) -> Vec<u8> {
+    pub(super) fn finish(self) -> Vec<u8> {
         self.builder.into_inner().unwrap()
     }
 }

@@ -75,26 +75,26 @@ pub enum EntitlementError {
 
 /// The entitlements a daemon allows, or a build was granted.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Entitlements(BTreeSet<Entitlement>);
+pub(crate) struct Entitlements(BTreeSet<Entitlement>);
 
 impl Entitlements {
     /// Parses entitlement names; an unknown one is an error that names it.
-    pub fn parse<S: AsRef<str>>(names: &[S]) -> Result<Self, EntitlementError> {
+    pub(crate) fn parse<S: AsRef<str>>(names: &[S]) -> Result<Self, EntitlementError> {
         names.iter().map(|n| n.as_ref().trim().parse()).collect::<Result<_, _>>().map(Self)
     }
 
-    pub fn contains(&self, e: Entitlement) -> bool {
+    pub(crate) fn contains(&self, e: Entitlement) -> bool {
         self.0.contains(&e)
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = Entitlement> + '_ {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = Entitlement> + '_ {
         self.0.iter().copied()
     }
 
     /// What a build that asked for `requested` gets from a daemon that
     /// allows `self` (BuildKit's `WhiteList`): everything it asked for, or an
     /// error naming the first entitlement the daemon does not allow.
-    pub fn grant<S: AsRef<str>>(&self, requested: &[S]) -> Result<Self, EntitlementError> {
+    pub(crate) fn grant<S: AsRef<str>>(&self, requested: &[S]) -> Result<Self, EntitlementError> {
         let requested = Self::parse(requested)?;
         let refused = requested.iter().find(|e| !self.contains(*e));
         match refused {
@@ -104,7 +104,7 @@ impl Entitlements {
     }
 
     /// Every entitlement a step of `graph` needs is in this set.
-    pub fn check(&self, graph: &Graph) -> Result<(), EntitlementError> {
+    pub(crate) fn check(&self, graph: &Graph) -> Result<(), EntitlementError> {
         for vertex in &graph.vertices {
             if let Some(pb::op::Op::Exec(exec)) = vertex.operation() {
                 for needed in needs(exec) {
@@ -128,7 +128,7 @@ impl FromIterator<Entitlement> for Entitlements {
 }
 
 /// The entitlements an exec op needs to run as it asks.
-pub fn needs(exec: &pb::ExecOp) -> impl Iterator<Item = Entitlement> {
+pub(crate) fn needs(exec: &pb::ExecOp) -> impl Iterator<Item = Entitlement> {
     let host = exec.network == pb::NetMode::Host as i32;
     let insecure = exec.security == pb::SecurityMode::Insecure as i32;
     [(host, Entitlement::NetworkHost), (insecure, Entitlement::SecurityInsecure)]

@@ -1,7 +1,7 @@
 //! An LLB `pb.Definition` as a graph the solver can walk.
 //!
 //! Each entry of `Definition.def` is one marshalled `pb.Op`; its digest is the
-//! sha256 of exactly those bytes (buildkit-protocol.md §9.6), which is how
+//! sha256 of exactly those bytes (docs/protocol.md §7), which is how
 //! inputs name each other and how progress names vertices. The bytes are
 //! never re-encoded. The last op is the "return" op: its only input is the
 //! build's result, and it has no input when the result is empty (scratch).
@@ -30,13 +30,13 @@ pub enum LlbError {
 
 /// An input edge: output `output` of vertex `vertex` (an index into [`Graph::vertices`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Edge {
+pub(crate) struct Edge {
     pub vertex: usize,
     pub output: i64,
 }
 
 #[derive(Clone, Debug)]
-pub struct Vertex {
+pub(crate) struct Vertex {
     /// `sha256:<hex>` of the op's bytes as received.
     pub digest: String,
     pub op: pb::Op,
@@ -46,12 +46,12 @@ pub struct Vertex {
 
 impl Vertex {
     /// The operation; [`Graph::parse`] guarantees it is there.
-    pub fn operation(&self) -> Option<&pb::op::Op> {
+    pub(crate) fn operation(&self) -> Option<&pb::op::Op> {
         self.op.op.as_ref()
     }
 
     /// The name progress shows: the frontend's `llb.customname`, else one made from the op.
-    pub fn name(&self) -> String {
+    pub(crate) fn name(&self) -> String {
         if let Some(name) = self.metadata.description.get("llb.customname") {
             return name.clone();
         }
@@ -68,7 +68,7 @@ impl Vertex {
         }
     }
 
-    pub fn ignore_cache(&self) -> bool {
+    pub(crate) fn ignore_cache(&self) -> bool {
         self.metadata.ignore_cache
     }
 }
@@ -88,17 +88,17 @@ fn file_action_name(a: &pb::FileAction) -> String {
 /// The vertices of a definition in dependency order (every vertex after its
 /// inputs), and the result edge.
 #[derive(Clone, Debug)]
-pub struct Graph {
+pub(crate) struct Graph {
     pub vertices: Vec<Vertex>,
     pub result: Option<Edge>,
 }
 
-pub fn digest_of(bytes: &[u8]) -> String {
+pub(crate) fn digest_of(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
 impl Graph {
-    pub fn parse(def: &pb::Definition) -> Result<Self, LlbError> {
+    pub(crate) fn parse(def: &pb::Definition) -> Result<Self, LlbError> {
         let (last, ops) = def.def.split_last().ok_or(LlbError::Empty)?;
         let mut decoded: HashMap<String, pb::Op> = HashMap::new();
         // Order of first appearance keeps the result stable for equal inputs.
@@ -190,20 +190,20 @@ pub(crate) mod tests {
 
     /// Builds definitions the way BuildKit's client marshals them.
     #[derive(Default)]
-    pub struct DefBuilder {
+    pub(crate) struct DefBuilder {
         pub def: pb::Definition,
     }
 
     impl DefBuilder {
         /// Adds an op and returns its digest.
-        pub fn op(&mut self, op: pb::Op) -> String {
+        pub(crate) fn op(&mut self, op: pb::Op) -> String {
             let bytes = op.encode_to_vec();
             let digest = digest_of(&bytes);
             self.def.def.push(bytes);
             digest
         }
 
-        pub fn named(&mut self, op: pb::Op, name: &str) -> String {
+        pub(crate) fn named(&mut self, op: pb::Op, name: &str) -> String {
             let digest = self.op(op);
             let mut meta = pb::OpMetadata::default();
             meta.description.insert("llb.customname".into(), name.into());
@@ -211,14 +211,14 @@ pub(crate) mod tests {
             digest
         }
 
-        pub fn finish(mut self, result: Option<&str>) -> pb::Definition {
+        pub(crate) fn finish(mut self, result: Option<&str>) -> pb::Definition {
             let inputs = result.map(|d| pb::Input { digest: d.into(), index: 0 }).into_iter().collect();
             self.op(pb::Op { inputs, ..Default::default() });
             self.def
         }
     }
 
-    pub fn source(identifier: &str) -> pb::Op {
+    pub(crate) fn source(identifier: &str) -> pb::Op {
         pb::Op {
             op: Some(pb::op::Op::Source(pb::SourceOp {
                 identifier: identifier.into(),
@@ -228,7 +228,7 @@ pub(crate) mod tests {
         }
     }
 
-    pub fn mkfile(input: Option<&str>, path: &str, data: &str) -> pb::Op {
+    pub(crate) fn mkfile(input: Option<&str>, path: &str, data: &str) -> pb::Op {
         let action = pb::FileAction {
             input: if input.is_some() { 0 } else { -1 },
             secondary_input: -1,

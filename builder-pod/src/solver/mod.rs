@@ -1,19 +1,18 @@
 //! The solver's job bookkeeping: every build (a `Solve` with its `Ref`) is a
 //! job that `Status` callers can find and follow.
 
-pub mod entitlements;
-pub mod file;
-pub mod llb;
-pub mod ops;
-pub mod progress;
-pub mod scheduler;
+pub(crate) mod entitlements;
+pub(crate) mod file;
+pub(crate) mod llb;
+pub(crate) mod ops;
+pub(crate) mod scheduler;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use self::progress::Progress;
 use crate::arrivals::Arrivals;
+use crate::progress::Progress;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
@@ -23,18 +22,9 @@ pub enum JobError {
     NotFound(String, Duration),
 }
 
-impl From<JobError> for tonic::Status {
-    fn from(e: JobError) -> Self {
-        match e {
-            JobError::Duplicate(_) => tonic::Status::already_exists(e.to_string()),
-            JobError::NotFound(..) => tonic::Status::not_found(e.to_string()),
-        }
-    }
-}
-
 /// One build as `Status` sees it.
 #[derive(Debug)]
-pub struct Job {
+pub(crate) struct Job {
     pub id: String,
     pub progress: Progress,
 }
@@ -47,7 +37,7 @@ const KEEP_FINISHED: usize = 16;
 /// must then end at once, not wait for a build that never comes (the client
 /// would stall for its 5 s status inactivity timeout).
 #[derive(Debug, Default)]
-pub struct Jobs {
+pub(crate) struct Jobs {
     jobs: Mutex<HashMap<String, Arc<Job>>>,
     finished: Mutex<VecDeque<Arc<Job>>>,
     arrivals: Arrivals,
@@ -59,7 +49,7 @@ pub struct Jobs {
 /// Removes its job when dropped, however the build ends (success, error, or
 /// the client going away, which drops the Solve future).
 #[derive(Debug)]
-pub struct JobGuard {
+pub(crate) struct JobGuard {
     jobs: Arc<Jobs>,
     pub job: Arc<Job>,
 }
@@ -80,7 +70,7 @@ impl Drop for JobGuard {
 }
 
 impl Jobs {
-    pub fn new() -> Arc<Self> {
+    pub(crate) fn new() -> Arc<Self> {
         Arc::new(Self::default())
     }
 
@@ -88,7 +78,7 @@ impl Jobs {
         self.jobs.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    pub fn create(self: &Arc<Self>, id: &str) -> Result<JobGuard, JobError> {
+    pub(crate) fn create(self: &Arc<Self>, id: &str) -> Result<JobGuard, JobError> {
         let job = Arc::new(Job { id: id.to_owned(), progress: Progress::new() });
         {
             let mut jobs = self.lock();
@@ -102,18 +92,18 @@ impl Jobs {
     }
 
     /// Whether no build is running.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.lock().is_empty()
     }
 
     /// How many builds are running.
-    pub fn running(&self) -> usize {
+    pub(crate) fn running(&self) -> usize {
         self.lock().len()
     }
 
     /// How long no build has run, measured from the end of the last one or,
     /// before any, from `since`; `None` while builds run.
-    pub fn idle_for(&self, since: std::time::Instant) -> Option<Duration> {
+    pub(crate) fn idle_for(&self, since: std::time::Instant) -> Option<Duration> {
         if !self.is_empty() {
             return None;
         }
@@ -131,8 +121,8 @@ impl Jobs {
 
     /// The job `id`, running or recently ended, waiting up to `timeout`:
     /// `Status` may arrive before the `Solve` that creates the job
-    /// (buildkit-protocol.md §3.4).
-    pub async fn get(&self, id: &str, timeout: Duration) -> Result<Arc<Job>, JobError> {
+    /// (docs/protocol.md §3.4).
+    pub(crate) async fn get(&self, id: &str, timeout: Duration) -> Result<Arc<Job>, JobError> {
         self.arrivals
             .wait_for(timeout, || self.find(id))
             .await
@@ -172,7 +162,7 @@ mod tests {
         assert!(jobs.is_empty());
         jobs.create("r1").unwrap();
         let err = jobs.get("r2", Duration::from_millis(20)).await.unwrap_err();
-        assert_eq!(tonic::Status::from(err).code(), tonic::Code::NotFound);
+        assert!(matches!(err, JobError::NotFound(..)), "{err}");
     }
 
     #[tokio::test]

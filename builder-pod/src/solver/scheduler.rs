@@ -23,10 +23,12 @@ use tracing::{Instrument, debug, info_span};
 use super::Job;
 use super::entitlements::{EntitlementError, Entitlements};
 use super::llb::{Graph, Vertex};
-use super::progress::now;
 use crate::cache::{CacheError, CacheManager, Snapshot};
+use crate::progress::now;
+use crate::session::Group;
+use crate::source::Resolved;
 
-pub type OpError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type OpError = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SolveError {
@@ -51,27 +53,18 @@ pub enum SolveError {
 /// What a build brings to the ops that need the client: its sessions and
 /// its permissions, and a token that fires when the client goes away.
 #[derive(Debug)]
-pub struct BuildContext {
+pub(crate) struct BuildContext {
     pub job: Arc<Job>,
-    /// The build's session first, then any others it may use (§3.3).
-    pub session_ids: Vec<String>,
+    /// The build's session first, then any others it may use.
+    pub sessions: Group,
     /// What the daemon allowed of what the client asked for.
     pub entitlements: Entitlements,
     pub cancel: CancellationToken,
 }
 
-/// A source's identity, found before the cache is consulted.
-#[derive(Clone, Debug)]
-pub struct Resolved {
-    /// What the content is: a manifest digest, a content hash.
-    pub key: String,
-    /// The snapshot, when resolving already produced it (a transferred local directory).
-    pub snapshot: Option<Snapshot>,
-}
-
 /// How each kind of op is carried out; the scheduler decides when.
 #[async_trait::async_trait]
-pub trait Ops: Send + Sync + fmt::Debug {
+pub(crate) trait Ops: Send + Sync + fmt::Debug {
     /// Identifies a source op's content.
     async fn resolve_source(&self, vertex: &Vertex, ctx: &BuildContext) -> Result<Resolved, OpError>;
 
@@ -107,7 +100,7 @@ struct Outcome {
 type SharedRun = Shared<BoxFuture<'static, Result<Vec<Snapshot>, Arc<SolveError>>>>;
 
 #[derive(Debug)]
-pub struct Solver {
+pub(crate) struct Solver {
     cache: Arc<CacheManager>,
     ops: Arc<dyn Ops>,
     /// Vertices running now, by cache key: a second build needing one waits for it.
@@ -115,16 +108,16 @@ pub struct Solver {
 }
 
 impl Solver {
-    pub fn new(cache: Arc<CacheManager>, ops: Arc<dyn Ops>) -> Arc<Self> {
+    pub(crate) fn new(cache: Arc<CacheManager>, ops: Arc<dyn Ops>) -> Arc<Self> {
         Arc::new(Self { cache, ops, running: Arc::default() })
     }
 
-    pub fn cache(&self) -> &Arc<CacheManager> {
+    pub(crate) fn cache(&self) -> &Arc<CacheManager> {
         &self.cache
     }
 
     /// Solves the graph's result; `None` is an empty result (scratch).
-    pub async fn solve(
+    pub(crate) async fn solve(
         self: &Arc<Self>,
         graph: &Graph,
         ctx: Arc<BuildContext>,
@@ -310,7 +303,7 @@ fn report_error(ctx: &BuildContext, progress: &ProgressVertex, message: &str) {
 const SESSION_ATTRS: &[&str] = &["local.session", "local.unique"];
 
 /// The vertex's cache key (see the module comment).
-pub fn cache_key<'a>(
+pub(crate) fn cache_key<'a>(
     vertex: &Vertex,
     input_keys: impl Iterator<Item = &'a str>,
     source_key: Option<&str>,
@@ -425,7 +418,7 @@ mod tests {
             let guard = self.jobs.create(id).unwrap();
             let ctx = Arc::new(BuildContext {
                 job: Arc::clone(&guard.job),
-                session_ids: vec![],
+                sessions: Group::new(crate::session::SessionManager::new(), []),
                 entitlements: Entitlements::default(),
                 cancel: CancellationToken::new(),
             });

@@ -7,8 +7,8 @@
 //! nothing is fetched. On a miss the commit is fetched shallowly into a
 //! scratch bare repository and checked out into a new layer.
 //!
-//! This module runs the `git` binary rather than `gix`, the crate
-//! ARCHITECTURE.md names for git sources, because BuildKit itself drives the
+//! This module runs the `git` binary rather than `gix`, the crate first
+//! planned for git sources, because BuildKit itself drives the
 //! git CLI and users rely on what that gives: every transport git has
 //! (smart and dumb HTTP, `git://`, ssh through `GIT_SSH_COMMAND` with the
 //! client's forwarded agent), `http.extraheader` auth, shallow fetches with a
@@ -61,7 +61,7 @@ pub enum GitError {
 
 /// What a git source op asks for (`solver/pb/attr.go`: `git.*`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct GitSource {
+pub(crate) struct GitSource {
     /// What is fetched: `https://…`, `git://…`, `ssh://…` or `user@host:path`.
     pub remote: String,
     /// Branch, tag, full ref or commit; empty is the remote's default branch.
@@ -98,7 +98,7 @@ fn is_scp_like(s: &str) -> bool {
 impl GitSource {
     /// Reads the identifier after `git://` (`host/path#ref[:subdir]`) and
     /// the attributes; `git.fullurl` names the remote when given.
-    pub fn parse(id: &str, attrs: &BTreeMap<String, String>) -> Result<Self, GitError> {
+    pub(crate) fn parse(id: &str, attrs: &BTreeMap<String, String>) -> Result<Self, GitError> {
         let id = if is_git_transport(id) { id.to_owned() } else { format!("https://{id}") };
         let (mut remote, fragment) = match id.split_once('#') {
             Some((r, f)) => (r.to_owned(), f),
@@ -129,18 +129,18 @@ impl GitSource {
     }
 
     /// The remote as shown to users: a password or token becomes `xxxxx`.
-    pub fn display_remote(&self) -> String {
+    pub(crate) fn display_remote(&self) -> String {
         redact(&self.remote)
     }
 
     /// Whether auth secrets apply: they become HTTP headers.
-    pub fn is_http(&self) -> bool {
+    pub(crate) fn is_http(&self) -> bool {
         self.remote.starts_with("http://") || self.remote.starts_with("https://")
     }
 
     /// The secrets that may hold HTTP auth for this remote, most specific
     /// first; `true` marks a token (`authSecretNames`).
-    pub fn auth_secret_names(&self) -> Vec<(String, bool)> {
+    pub(crate) fn auth_secret_names(&self) -> Vec<(String, bool)> {
         let host = url::Url::parse(&self.remote).ok().and_then(|u| {
             u.host_str().map(|h| u.port().map_or_else(|| h.to_owned(), |p| format!("{h}:{p}")))
         });
@@ -193,7 +193,7 @@ impl GitSource {
 /// How git reaches the remote: an `Authorization` header value for HTTP
 /// remotes, the client's SSH agent socket, and where known hosts are written.
 #[derive(Clone, Debug, Default)]
-pub struct Access {
+pub(crate) struct Access {
     pub authorization: Option<String>,
     pub ssh_auth_sock: Option<PathBuf>,
     /// Where to write `known_ssh_hosts` for ssh (a scratch directory).
@@ -202,7 +202,7 @@ pub struct Access {
 
 /// The `Authorization` value for a secret (`getAuthToken`): a token is sent
 /// as GitHub's `x-access-token` basic credentials.
-pub fn authorization(secret: &[u8], token: bool) -> String {
+pub(crate) fn authorization(secret: &[u8], token: bool) -> String {
     use base64::Engine as _;
     let value = String::from_utf8_lossy(secret);
     if token {
@@ -215,7 +215,7 @@ pub fn authorization(secret: &[u8], token: bool) -> String {
 
 /// What a ref resolved to.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Resolved {
+pub(crate) struct Resolved {
     pub key: String,
     /// The full ref that matched (`refs/heads/main`), or the commit itself.
     pub git_ref: String,
@@ -330,7 +330,7 @@ fn token_scope(remote: &str) -> &str {
 
 /// Resolves the source's ref to a commit and its cache key.
 #[instrument(skip_all, fields(remote = %src.display_remote(), git_ref = %src.git_ref))]
-pub async fn resolve(src: &GitSource, access: &Access) -> Result<Resolved, GitError> {
+pub(crate) async fn resolve(src: &GitSource, access: &Access) -> Result<Resolved, GitError> {
     if is_commit_sha(&src.git_ref) {
         if !src.checksum.is_empty() && !src.git_ref.starts_with(&src.checksum) {
             return Err(GitError::ChecksumMismatch {
@@ -404,7 +404,7 @@ fn match_ref(out: &str, git_ref: &str) -> Option<(String, String, Option<String>
 /// Fetches the resolved commit and checks it out into a new layer; returns
 /// the layer id.
 #[instrument(skip_all, fields(remote = %src.display_remote(), commit = %resolved.commit))]
-pub async fn checkout(
+pub(crate) async fn checkout(
     cache: &CacheManager,
     src: &GitSource,
     resolved: &Resolved,

@@ -100,7 +100,7 @@ impl Hasher {
 
 /// What an HTTP source op asks for (`solver/pb/attr.go`: `http.*`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HttpSource {
+pub(crate) struct HttpSource {
     pub url: String,
     /// `algorithm:hex` the download must match.
     pub checksum: Option<String>,
@@ -116,7 +116,7 @@ pub struct HttpSource {
 
 impl HttpSource {
     /// Reads the identifier (the URL itself) and its attributes.
-    pub fn parse(url: &str, attrs: &BTreeMap<String, String>) -> Result<Self, HttpError> {
+    pub(crate) fn parse(url: &str, attrs: &BTreeMap<String, String>) -> Result<Self, HttpError> {
         let parsed = url::Url::parse(url).map_err(|source| HttpError::Url { url: url.to_owned(), source })?;
         let shown = redact(&parsed);
         // Upstream reads these with `strconv.ParseInt(v, 0, 64)`: a base
@@ -149,18 +149,18 @@ impl HttpSource {
     }
 
     /// The URL with any password hidden, for messages and progress.
-    pub fn display_url(&self) -> String {
+    pub(crate) fn display_url(&self) -> String {
         url::Url::parse(&self.url).map_or_else(|_| self.url.clone(), |u| redact(&u))
     }
 
     /// The URL's host, which names its default auth secrets.
-    pub fn host(&self) -> Option<String> {
+    pub(crate) fn host(&self) -> Option<String> {
         url::Url::parse(&self.url).ok().and_then(|u| u.host_str().map(str::to_owned))
     }
 
     /// The key of a pinned source, known without a request; `None` when
     /// the content has to be downloaded to be known.
-    pub fn pinned_key(&self) -> Option<String> {
+    pub(crate) fn pinned_key(&self) -> Option<String> {
         let checksum = self.checksum.as_ref()?;
         Some(self.cache_key(&file_name(&self.url, self.filename.as_deref(), None), checksum, None))
     }
@@ -214,7 +214,7 @@ struct Stored {
 
 /// A downloaded (or revalidated) file.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Fetched {
+pub(crate) struct Fetched {
     /// The committed layer holding the one file.
     pub layer: String,
     /// The source's cache key.
@@ -229,7 +229,7 @@ pub struct Fetched {
 /// Downloads `src` into a new layer, or reuses the last download when the
 /// server says it has not changed. `authorization` is sent as is.
 #[instrument(skip_all, fields(url = %src.display_url()))]
-pub async fn fetch(
+pub(crate) async fn fetch(
     cache: &CacheManager,
     client: &reqwest::Client,
     src: &HttpSource,
@@ -393,7 +393,7 @@ fn etag_value(v: &str) -> &str {
 /// BuildKit's `getFileName`: the attribute, else the `Content-Disposition`
 /// file name, else the last element of the URL path, each made a plain
 /// name (`pathutil.SafeFileName`).
-pub fn file_name(url: &str, attr: Option<&str>, content_disposition: Option<&str>) -> String {
+pub(crate) fn file_name(url: &str, attr: Option<&str>, content_disposition: Option<&str>) -> String {
     if let Some(name) = attr {
         return safe_file_name(name);
     }
@@ -498,7 +498,7 @@ fn redact(u: &url::Url) -> String {
 }
 
 /// The client for downloads: redirects followed, a bounded connect time.
-pub fn client() -> Result<reqwest::Client, reqwest::Error> {
+pub(crate) fn client() -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
         .user_agent(concat!("kilnd/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(30))

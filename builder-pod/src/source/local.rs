@@ -1,5 +1,5 @@
 //! `local://NAME`: a directory of the client's, brought in through its
-//! session (buildkit-protocol.md §3.3, §4.1).
+//! session (docs/protocol.md §3.3, §4.1).
 //!
 //! Each (name, shared-key hint, client shared key) has a directory under the
 //! cache root that keeps the last transfer, so sending the same project again
@@ -17,7 +17,6 @@ use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
@@ -25,10 +24,7 @@ use crate::cache::contenthash::{HashCache, WalkError, content_hash, err, sorted_
 use crate::cache::{CacheError, CacheManager, Snapshot};
 use crate::fsutil::{Change, Differ, ReceiveOptions, ReceiveReport};
 use crate::session::filesync::{FileSyncError, SyncRequest, sync};
-use crate::session::{Session, SessionManager};
-
-/// How long the named session is waited for (§3.3).
-const SESSION_WAIT: Duration = Duration::from_secs(5);
+use crate::session::{Group, Session};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LocalError {
@@ -46,7 +42,7 @@ pub enum LocalError {
 
 /// What the source op asks for.
 #[derive(Debug, Clone, Default)]
-pub struct LocalSource {
+pub(crate) struct LocalSource {
     pub name: String,
     pub session: Option<String>,
     pub shared_key_hint: String,
@@ -56,7 +52,7 @@ pub struct LocalSource {
 
 impl LocalSource {
     /// Reads `local://NAME` and its attributes (`solver/pb/attr.go`).
-    pub fn parse(name: &str, attrs: &BTreeMap<String, String>) -> Result<Self, LocalError> {
+    pub(crate) fn parse(name: &str, attrs: &BTreeMap<String, String>) -> Result<Self, LocalError> {
         let list = |attr: &str| -> Result<Vec<String>, LocalError> {
             match attrs.get(attr) {
                 None => Ok(Vec::new()),
@@ -67,7 +63,7 @@ impl LocalSource {
                 }),
             }
         };
-        // `local.session` of the form `a:b` names session b and local `a-NAME` (§3.3).
+        // `local.session` of the form `a:b` names session b and local `a-NAME` (docs/protocol.md §3.3).
         let (dir_name, session) = match attrs.get("local.session") {
             Some(s) => match s.split_once(':') {
                 Some((prefix, id)) => (format!("{prefix}-{name}"), Some(id.to_owned())),
@@ -95,7 +91,7 @@ impl LocalSource {
 
 /// A transferred local directory, as a snapshot and a content key.
 #[derive(Debug)]
-pub struct Transferred {
+pub(crate) struct Transferred {
     /// The whole tree in one layer, or the last snapshot with a layer of
     /// the difference on top.
     pub snapshot: Snapshot,
@@ -111,34 +107,20 @@ const MAX_STACKED: usize = 8;
 /// that, linking the whole tree costs little more than the difference.
 const DIFFERENCE_RATIO: u64 = 8;
 
-/// The session to read `src` from: the one its op names, else the build's,
-/// each waited for a bounded time (§3.3).
-pub async fn find_session(
-    sessions: &SessionManager,
-    session_ids: &[String],
-    src: &LocalSource,
-) -> Result<Arc<Session>, LocalError> {
-    let mut ids: Vec<&String> = Vec::new();
-    // The op usually names the build's own session: wait for each id once.
-    for id in src.session.iter().chain(session_ids).filter(|s| !s.is_empty()) {
-        if !ids.contains(&id) {
-            ids.push(id);
-        }
-    }
-    let mut last_err = String::from("the build names no session");
-    for id in ids {
-        match sessions.get(id, SESSION_WAIT).await {
-            Ok(s) => return Ok(s),
-            Err(e) => last_err = e.to_string(),
-        }
-    }
-    Err(LocalError::NoSession { name: src.name.clone(), reason: last_err })
+/// The session to read `src` from: the one its op names, else the build's
+/// (docs/protocol.md §3.3).
+pub(crate) async fn find_session(sessions: &Group, src: &LocalSource) -> Result<Arc<Session>, LocalError> {
+    sessions
+        .preferring(src.session.as_deref())
+        .first()
+        .await
+        .map_err(|e| LocalError::NoSession { name: src.name.clone(), reason: e.to_string() })
 }
 
 /// Transfers `src` from `session` into its kept directory and snapshots it.
 /// Concurrent transfers into one directory must be serialised by the caller
 /// (`sync_dir` names the directory).
-pub async fn transfer(
+pub(crate) async fn transfer(
     cache: &CacheManager,
     session: &Session,
     src: &LocalSource,
@@ -192,8 +174,8 @@ pub async fn transfer(
     Ok(Transferred { snapshot, content_key, report })
 }
 
-/// The directory kept for one client project: `<name>:<hint>:<shared key>` (§3.3).
-pub fn sync_dir(cache: &CacheManager, src: &LocalSource, shared_key: &str) -> PathBuf {
+/// The directory kept for one client project: `<name>:<hint>:<shared key>` (docs/protocol.md §3.3).
+pub(crate) fn sync_dir(cache: &CacheManager, src: &LocalSource, shared_key: &str) -> PathBuf {
     let key = format!("{}:{}:{}", src.name, src.shared_key_hint, shared_key);
     cache.root().join("local").join(hex::encode(Sha256::digest(key.as_bytes())))
 }

@@ -7,7 +7,7 @@
 /// processing. Doubled slashes and `.` elements go, an inner `..` takes the
 /// element before it, a `..` at the start of a rooted path goes, and the
 /// result ends in a slash only when it is `/`. An empty result is `.`.
-pub fn clean(p: &str) -> String {
+pub(crate) fn clean(p: &str) -> String {
     if p.is_empty() {
         return ".".to_owned();
     }
@@ -37,14 +37,14 @@ pub fn clean(p: &str) -> String {
 /// `path.Join`: the non-empty elements joined with `/`, then cleaned; empty
 /// when every element is empty. `join(&["/", p])` is `p` made absolute, with
 /// no way to climb above the root.
-pub fn join(parts: &[&str]) -> String {
+pub(crate) fn join(parts: &[&str]) -> String {
     let joined = parts.iter().filter(|p| !p.is_empty()).copied().collect::<Vec<_>>().join("/");
     if joined.is_empty() { String::new() } else { clean(&joined) }
 }
 
 /// `path.Base`: the last element, trailing slashes removed first; `.` for an
 /// empty path and `/` for one made only of slashes.
-pub fn base(p: &str) -> &str {
+pub(crate) fn base(p: &str) -> &str {
     if p.is_empty() {
         return ".";
     }
@@ -62,7 +62,7 @@ pub fn base(p: &str) -> &str {
 /// joined below `/` and `parent`; with `keep_slash` a trailing `/` or `/.`
 /// survives the cleaning. The solver's file backend (`cleanPath`) is this
 /// with parent `/` and `keep_slash`.
-pub fn llb_normalize_path(parent: &str, p: &str, keep_slash: bool) -> String {
+pub(crate) fn llb_normalize_path(parent: &str, p: &str, keep_slash: bool) -> String {
     let mut out = clean(p);
     if !out.starts_with('/') {
         out = join(&["/", parent, &out]);
@@ -73,7 +73,7 @@ pub fn llb_normalize_path(parent: &str, p: &str, keep_slash: bool) -> String {
 /// BuildKit's `util/system` `NormalizePath` for Unix paths: unlike
 /// [`llb_normalize_path`] an absolute `p` stays as written, an empty one is
 /// the parent, and a relative parent is taken from `/`.
-pub fn system_normalize_path(parent: &str, p: &str, keep_slash: bool) -> String {
+pub(crate) fn system_normalize_path(parent: &str, p: &str, keep_slash: bool) -> String {
     let parent = if parent.is_empty() { "/" } else { parent };
     let parent = if parent.starts_with('/') { parent.to_owned() } else { join(&["/", parent]) };
     let mut out = if p.is_empty() { parent.clone() } else { p.to_owned() };

@@ -4,7 +4,7 @@
 
 /// Why a duration did not parse; the texts are Go's.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DurationError {
+pub(crate) enum DurationError {
     #[error("time: invalid duration {}", quote(.0))]
     Invalid(String),
     #[error("time: missing unit in duration {}", quote(.0))]
@@ -16,7 +16,7 @@ pub enum DurationError {
 /// `time.ParseDuration`, in nanoseconds: a possibly signed sequence of
 /// decimal numbers, each with an optional fraction and a unit (`ns`, `us`
 /// or `µs`, `ms`, `s`, `m`, `h`), such as `300ms`, `-1.5h` or `2h45m`.
-pub fn parse_duration(orig: &str) -> Result<i64, DurationError> {
+pub(crate) fn parse_duration(orig: &str) -> Result<i64, DurationError> {
     let invalid = || DurationError::Invalid(orig.to_owned());
     let mut s = orig;
     let mut negative = false;
@@ -107,7 +107,7 @@ pub fn parse_duration(orig: &str) -> Result<i64, DurationError> {
 }
 
 /// `time.Duration.String`: `1h2m3.5s`, `250ms`, `1.5µs`, `0s`.
-pub fn format_duration(nanos: i64) -> String {
+pub(crate) fn format_duration(nanos: i64) -> String {
     if nanos == 0 {
         return "0s".to_owned();
     }
@@ -153,7 +153,7 @@ fn fraction(value: u64, div: u64) -> String {
 
 /// A Unix time in seconds as Go's `time.Time` marshals to JSON in UTC
 /// (RFC 3339, whole seconds).
-pub fn format_rfc3339(secs: i64) -> String {
+pub(crate) fn format_rfc3339(secs: i64) -> String {
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     // Howard Hinnant's days-to-civil.

@@ -5,6 +5,6 @@
 //! once here and is tested against the Go documentation of the function it
 //! mirrors.
 
-pub mod gopath;
-pub mod gotime;
-pub mod strconv;
+pub(crate) mod gopath;
+pub(crate) mod gotime;
+pub(crate) mod strconv;

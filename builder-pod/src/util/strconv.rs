@@ -6,7 +6,7 @@
 /// prints as Go does, e.g. `strconv.ParseInt: parsing "x": invalid syntax`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("strconv.{func}: parsing {}: {kind}", quote(.num))]
-pub struct NumError {
+pub(crate) struct NumError {
     /// The Go function that failed: `ParseInt`, `ParseUint`, `Atoi`, `ParseBool`.
     pub func: &'static str,
     /// The input as given.
@@ -15,7 +15,7 @@ pub struct NumError {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum NumErrorKind {
+pub(crate) enum NumErrorKind {
     #[error("invalid syntax")]
     Syntax,
     #[error("value out of range")]
@@ -35,13 +35,13 @@ impl NumError {
 /// `strconv.ParseUint(s, base, bit_size)`: no sign; `base` 2 to 36, or 0 to
 /// take it from the prefix (`0b`, `0o` or `0`, `0x`, else decimal) and allow
 /// `_` between digits as Go literals do; `bit_size` 1 to 64, 0 meaning 64.
-pub fn parse_uint(s: &str, base: u32, bit_size: u32) -> Result<u64, NumError> {
+pub(crate) fn parse_uint(s: &str, base: u32, bit_size: u32) -> Result<u64, NumError> {
     parse_unsigned(s, base, bit_size).map_err(|kind| NumError::new("ParseUint", s, kind))
 }
 
 /// `strconv.ParseInt(s, base, bit_size)`: [`parse_uint`]'s digits after an
 /// optional `+` or `-`, in range for a signed integer of `bit_size` bits.
-pub fn parse_int(s: &str, base: u32, bit_size: u32) -> Result<i64, NumError> {
+pub(crate) fn parse_int(s: &str, base: u32, bit_size: u32) -> Result<i64, NumError> {
     let fail = |kind| NumError::new("ParseInt", s, kind);
     let (negative, digits) = match s.as_bytes().first() {
         Some(b'+') => (false, &s[1..]),
@@ -68,13 +68,13 @@ pub fn parse_int(s: &str, base: u32, bit_size: u32) -> Result<i64, NumError> {
 }
 
 /// `strconv.Atoi`: a decimal `int` (64 bits), with an optional sign.
-pub fn atoi(s: &str) -> Result<i64, NumError> {
+pub(crate) fn atoi(s: &str) -> Result<i64, NumError> {
     parse_int(s, 10, 0).map_err(|e| NumError { func: "Atoi", ..e })
 }
 
 /// `strconv.ParseBool`: `1`, `t`, `T`, `true`, `TRUE`, `True` and their false
 /// counterparts; nothing else.
-pub fn parse_bool(s: &str) -> Result<bool, NumError> {
+pub(crate) fn parse_bool(s: &str) -> Result<bool, NumError> {
     match s {
         "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
         "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
@@ -176,7 +176,7 @@ fn underscores_ok(s: &str) -> bool {
 
 /// `strconv.Quote` (`%q` of a string): double-quoted, with Go's escapes for
 /// control and non-printable characters.
-pub fn quote(s: &str) -> String {
+pub(crate) fn quote(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for c in s.chars() {
@@ -188,7 +188,7 @@ pub fn quote(s: &str) -> String {
 
 /// `strconv.QuoteRune` as `%q` applies it to an integer: a single-quoted
 /// character literal, U+FFFD for a value that is no character.
-pub fn quote_rune(v: i64) -> String {
+pub(crate) fn quote_rune(v: i64) -> String {
     let c = u32::try_from(v).ok().and_then(char::from_u32).unwrap_or('\u{fffd}');
     let mut out = String::from("'");
     escape(c, '\'', &mut out);

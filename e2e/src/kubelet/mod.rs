@@ -1,4 +1,4 @@
-//! The kubelet stand-in of the cluster test tier (TESTING.md, tier 3): a test
+//! The kubelet stand-in of the cluster test tier (README.md, "Tests"): a test
 //! double for the kubelet alone. It registers a Node and keeps it Ready; runs
 //! each pod the real scheduler binds to that node as local processes (one
 //! loopback address 127.0.0.N per pod, each container in a private mount

@@ -24,7 +24,7 @@ pub mod code {
 }
 
 /// The fields of `moby.buildkit.v1.SolveRequest` that route a build
-/// (buildkit-protocol.md §3.4).
+/// (docs/protocol.md §3.4).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct SolveIds {
     #[prost(string, tag = "1")]

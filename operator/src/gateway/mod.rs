@@ -1,7 +1,7 @@
 //! `kiln gateway`: one BuildKit endpoint in front of a pool of kilnd
 //! builders. buildx and buildctl talk to it as to one daemon; it routes each
 //! call of each build to the builder that holds its session (see
-//! ARCHITECTURE.md, "The gateway's routing").
+//! docs/architecture.md, "The gateway's routing").
 //!
 //! Static mode: the builders are given with `--backend`. Cluster mode
 //! (`--builder NAMESPACE/NAME`, repeatable, or `--watch-builders` for every

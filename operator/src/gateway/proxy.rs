@@ -1,5 +1,5 @@
 //! The HTTP/2 proxy: each call is routed by the ids it carries and forwarded
-//! with its bytes unchanged (buildkit-protocol.md §3.4). Streams are relayed
+//! with its bytes unchanged (docs/protocol.md §3.4). Streams are relayed
 //! frame by frame, never buffered; only unary requests that carry routing ids
 //! (Solve, Status) are read whole before they are sent on.
 
@@ -31,7 +31,7 @@ const BIND_WAIT: Duration = Duration::from_secs(6);
 const BUILD_ID: &str = "buildkit-controlapi-buildid";
 
 /// HTTP/2 windows: tonic's and hyper's defaults (64 KiB streams) cap a
-/// context upload far below loopback speed (performance-anchors.md). The
+/// context upload far below loopback speed (docs/benchmarks.md). The
 /// connection window is far above the stream window because h2 ends a
 /// connection whose unread small DATA frames cost more than half of it, and
 /// a many-file context relayed here is mostly small frames (kilnd's

@@ -1,4 +1,4 @@
-//! Where one call goes: the routing decision of ARCHITECTURE.md ("The
+//! Where one call goes: the routing decision of docs/architecture.md ("The
 //! gateway's routing"), from the call's path and whether its pool has a
 //! ready builder. Pure; `proxy` reads the ids and carries the call out.
 

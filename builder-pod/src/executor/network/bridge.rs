@@ -49,7 +49,7 @@ const MAX_IFNAME: usize = 15;
 
 /// One step namespace, set up and ready to be joined.
 #[derive(Debug)]
-pub struct Namespace {
+pub(crate) struct Namespace {
     /// Holds the namespace: it goes away when the last holder closes it.
     file: File,
     address: Ipv4Addr,
@@ -57,15 +57,9 @@ pub struct Namespace {
     veth: String,
 }
 
-impl Namespace {
-    pub fn address(&self) -> Ipv4Addr {
-        self.address
-    }
-}
-
 /// A namespace lent to one step; it goes back to the bridge on drop.
 #[derive(Debug)]
-pub struct Lease {
+pub(crate) struct Lease {
     bridge: Arc<Bridge>,
     namespace: Option<Namespace>,
     reusable: bool,
@@ -73,13 +67,9 @@ pub struct Lease {
 
 impl Lease {
     /// The path the runtime opens to join the namespace.
-    pub fn path(&self) -> String {
+    pub(crate) fn path(&self) -> String {
         let fd = self.namespace.as_ref().map_or(-1, |ns| ns.file.as_raw_fd());
         format!("/proc/{}/fd/{fd}", std::process::id())
-    }
-
-    pub fn address(&self) -> Option<Ipv4Addr> {
-        self.namespace.as_ref().map(Namespace::address)
     }
 }
 
@@ -137,7 +127,7 @@ struct Pool {
 
 /// kilnd's step bridge: its link, firewall rules and namespaces.
 #[derive(Debug)]
-pub struct Bridge {
+pub(crate) struct Bridge {
     name: String,
     subnet: Ipv4Net,
     gateway: Ipv4Addr,
@@ -231,15 +221,17 @@ impl Bridge {
         Ok(bridge)
     }
 
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.name
     }
 
-    pub fn subnet(&self) -> Ipv4Net {
+    #[cfg(test)]
+    pub(crate) fn subnet(&self) -> Ipv4Net {
         self.subnet
     }
 
-    pub fn gateway(&self) -> Ipv4Addr {
+    #[cfg(test)]
+    pub(crate) fn gateway(&self) -> Ipv4Addr {
         self.gateway
     }
 

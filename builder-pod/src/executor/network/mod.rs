@@ -21,22 +21,21 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 pub(crate) use bridge::Bridge;
-pub use bridge::Namespace;
 use ipnet::Ipv4Net;
 
 use super::{NetworkMode, SecurityMode};
 
 /// Where the `/24`s of bridges kilnd picks for itself come from.
-pub const DEFAULT_SUBNET_POOL: Ipv4Net = match Ipv4Net::new(Ipv4Addr::new(10, 214, 0, 0), 16) {
+pub(crate) const DEFAULT_SUBNET_POOL: Ipv4Net = match Ipv4Net::new(Ipv4Addr::new(10, 214, 0, 0), 16) {
     Ok(net) => net,
     Err(_) => panic!("a /16 is a valid prefix"),
 };
 /// How many namespaces are kept ready when the configuration does not say.
-pub const DEFAULT_POOL_SIZE: usize = 4;
+pub(crate) const DEFAULT_POOL_SIZE: usize = 4;
 
 /// The network a step gets when its op does not ask for one.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum DefaultNetwork {
+pub(crate) enum DefaultNetwork {
     /// Its own namespace on kilnd's bridge.
     #[default]
     Bridge,
@@ -46,7 +45,7 @@ pub enum DefaultNetwork {
 
 /// Which destinations steps on the bridge may reach.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub enum Egress {
+pub(crate) enum Egress {
     /// Anything the host can reach, as on BuildKit.
     #[default]
     Any,
@@ -56,7 +55,7 @@ pub enum Egress {
 
 /// How the step network is set up.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct NetworkConfig {
+pub(crate) struct NetworkConfig {
     pub default: DefaultNetwork,
     /// The bridge's name; kilnd picks a free `kilnN` when unset.
     pub bridge_name: Option<String>,
@@ -72,7 +71,7 @@ pub struct NetworkConfig {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum NetworkError {
+pub(crate) enum NetworkError {
     #[error("connecting to the kernel's routing netlink: {0}")]
     Netlink(#[source] std::io::Error),
     #[error("{action}: {source}")]
@@ -108,7 +107,7 @@ impl NetworkError {
 
 /// The networks steps can get: the default one, loopback only, the host's.
 #[derive(Clone)]
-pub struct Networks {
+pub(crate) struct Networks {
     default: DefaultNetwork,
     bridge: Option<Arc<Bridge>>,
 }
@@ -125,7 +124,7 @@ impl fmt::Debug for Networks {
 impl Networks {
     /// Sets up what `config` asks for: the bridge, its firewall rules and
     /// the first ready namespaces when steps default to the bridge.
-    pub async fn start(config: &NetworkConfig) -> Result<Self, NetworkError> {
+    pub(crate) async fn start(config: &NetworkConfig) -> Result<Self, NetworkError> {
         let bridge = match config.default {
             DefaultNetwork::Bridge => Some(Bridge::start(config).await?),
             DefaultNetwork::Host => None,
@@ -134,19 +133,21 @@ impl Networks {
     }
 
     /// Steps default to kilnd's own network; nothing is set up.
-    pub fn host() -> Self {
+    #[cfg(test)]
+    pub(crate) fn host() -> Self {
         Self { default: DefaultNetwork::Host, bridge: None }
     }
 
     /// The bridge steps are plugged into, if any.
-    pub fn bridge(&self) -> Option<&Arc<Bridge>> {
+    #[cfg(test)]
+    pub(crate) fn bridge(&self) -> Option<&Arc<Bridge>> {
         self.bridge.as_ref()
     }
 
     /// The network for one step. A namespace handed out goes back to the
     /// pool when the attachment is dropped, unless the step could have
     /// changed it (an insecure step holds `CAP_NET_ADMIN` in it).
-    pub async fn attach(
+    pub(crate) async fn attach(
         &self,
         mode: NetworkMode,
         security: SecurityMode,
@@ -166,7 +167,7 @@ impl Networks {
     }
 
     /// Removes the bridge, its rules and every namespace (at shutdown).
-    pub async fn stop(&self) {
+    pub(crate) async fn stop(&self) {
         if let Some(bridge) = &self.bridge {
             bridge.stop().await;
         }
@@ -175,7 +176,7 @@ impl Networks {
 
 /// The network one step runs in.
 #[derive(Debug)]
-pub enum Attachment {
+pub(crate) enum Attachment {
     /// kilnd's own namespace.
     Host,
     /// A new namespace with only `lo`, made by the runtime.
@@ -187,7 +188,7 @@ pub enum Attachment {
 impl Attachment {
     /// The namespace file the runtime joins; `None` for a new namespace (or
     /// none at all for [`Attachment::Host`]).
-    pub fn namespace_path(&self) -> Option<String> {
+    pub(crate) fn namespace_path(&self) -> Option<String> {
         match self {
             Self::Bridge(lease) => Some(lease.path()),
             Self::Host | Self::Loopback => None,
@@ -195,7 +196,7 @@ impl Attachment {
     }
 
     /// The step shares kilnd's namespace: loopback is kilnd's.
-    pub fn is_host(&self) -> bool {
+    pub(crate) fn is_host(&self) -> bool {
         matches!(self, Self::Host)
     }
 }

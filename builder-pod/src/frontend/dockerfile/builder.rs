@@ -4,7 +4,7 @@
 //!
 //! `# syntax=docker/dockerfile:1…` (and `-upstream`) is this frontend; any
 //! other syntax image would need container frontends, which kilnd does not
-//! run, and fails with an error saying so (buildkit-protocol.md §6).
+//! run, and fails with an error saying so (docs/protocol.md §6).
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read as _;
@@ -24,11 +24,11 @@ use crate::frontend::llb::{
     self, Constraints, CopyInfo, DiffType, FileAction, HttpOptions, LocalOptions, MarshalOptions, Platform,
 };
 use crate::fsutil::patterns::parse_ignore_file;
+use crate::progress::now;
 use crate::session::upload::upload_path;
 use crate::solver::llb::Graph;
-use crate::solver::ops::source::Sources;
-use crate::solver::progress::now;
 use crate::solver::scheduler::{BuildContext, SolveError, Solver};
+use crate::source::Sources;
 use crate::source::image::Reference;
 
 #[derive(Debug, thiserror::Error)]
@@ -52,14 +52,14 @@ pub enum FrontendError {
 /// the metadata the exporters read (`containerimage.config[/<platform>]`,
 /// `refs.platforms`).
 #[derive(Debug)]
-pub struct FrontendResult {
+pub(crate) struct FrontendResult {
     pub refs: FrontendRefs,
     pub metadata: HashMap<String, Vec<u8>>,
 }
 
 /// `Result.Ref` or `Result.Refs`.
 #[derive(Debug)]
-pub enum FrontendRefs {
+pub(crate) enum FrontendRefs {
     Single(SolvedRef),
     /// By platform id (`linux/arm64`), in the order the platforms were asked for.
     Platforms(Vec<(String, SolvedRef)>),
@@ -69,7 +69,7 @@ impl FrontendRefs {
     /// The result as the LLBBridge returns it, each snapshot registered by
     /// `add_ref` under the id it returns; `array` is the client's
     /// `AllowResultArrayRef` (refs with their definitions).
-    pub fn into_gateway<E>(
+    pub(crate) fn into_gateway<E>(
         self,
         array: bool,
         mut add_ref: impl FnMut(Option<Snapshot>) -> Result<String, E>,
@@ -103,7 +103,7 @@ impl FrontendRefs {
 
 /// One solved result and the LLB it came from.
 #[derive(Debug)]
-pub struct SolvedRef {
+pub(crate) struct SolvedRef {
     pub snapshot: Option<Snapshot>,
     pub definition: pb::Definition,
 }
@@ -158,7 +158,7 @@ fn is_native_syntax(image: &str) -> bool {
 
 /// Runs the frontend for a build whose client session is `session_id`;
 /// `inputs` are the Solve's frontend inputs (`input:NAME` contexts).
-pub async fn build(
+pub(crate) async fn build(
     solver: &Arc<Solver>,
     sources: &Sources,
     ctx: &Arc<BuildContext>,
@@ -437,7 +437,7 @@ impl ImageResolver for Resolver<'_> {
         self.ctx.job.progress.vertex(vertex.clone());
         let result = async {
             let parsed = Reference::parse(reference)?;
-            let image = self.sources.resolve_image(&parsed, platform, self.ctx).await?;
+            let image = self.sources.resolve_image(&parsed, platform, &self.ctx.sessions).await?;
             let mut pinned = parsed.clone();
             pinned.digest = None;
             Ok::<_, BoxError>(ResolvedConfig {

@@ -33,10 +33,10 @@ use kiln_proto::buildkit::pb;
 use sha2::{Digest as _, Sha256};
 use tracing::instrument;
 
-pub use self::error::{ConvertError, ConvertErrorKind};
+pub(crate) use self::error::{ConvertError, ConvertErrorKind};
 use self::error::{Fail, Lines, Result};
-pub use self::image::{Empty, Healthcheck as ImageHealthcheck, History, Image, ImageConfig, RootFs};
-pub use self::named::NamedContexts;
+pub(crate) use self::image::{Empty, Image};
+pub(crate) use self::named::NamedContexts;
 
 use super::instructions::{self, ArgCommand, Command, InstructionError, Stage, StageError};
 use super::linter::{CheckConfig, Rule, Warning};
@@ -49,7 +49,7 @@ use crate::frontend::llb::{
 use crate::fsutil::PatternMatcher;
 use crate::util::strconv;
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// `emptyImageName`.
 const SCRATCH: &str = "scratch";
@@ -58,7 +58,7 @@ const DESCRIPTION_COMMAND: &str = "com.docker.dockerfile.v1.command";
 
 /// A base image resolved to one platform.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ResolvedConfig {
+pub(crate) struct ResolvedConfig {
     /// The normalised reference with the digest it resolved to,
     /// `docker.io/library/busybox:latest@sha256:…`.
     pub pinned_reference: String,
@@ -70,16 +70,16 @@ pub struct ResolvedConfig {
 /// it with its registry client and shows `[internal] load metadata for
 /// <reference>` while it runs.
 #[async_trait]
-pub trait ImageResolver: Send + Sync {
+pub(crate) trait ImageResolver: Send + Sync {
     /// `reference` is normalised (`docker.io/library/busybox:latest`).
     async fn resolve(&self, reference: &str, platform: &Platform) -> Result<ResolvedConfig, BoxError>;
 }
 
 /// What the Dockerfile frontend's attributes ask for (`dockerui.Config`,
-/// buildkit-protocol.md §6). [`ConvertOptions::from_frontend_attrs`] reads
+/// docs/protocol.md §6). [`ConvertOptions::from_frontend_attrs`] reads
 /// them from a Solve's frontend attributes.
 #[derive(Clone, Debug)]
-pub struct ConvertOptions {
+pub(crate) struct ConvertOptions {
     pub target: Option<String>,
     pub build_args: BTreeMap<String, String>,
     pub labels: BTreeMap<String, String>,
@@ -159,18 +159,12 @@ impl Default for ConvertOptions {
 
 /// The result of a conversion.
 #[derive(Clone, Debug)]
-pub struct Converted {
+pub(crate) struct Converted {
     /// The target stage's LLB; no ops at all when it is plain scratch.
     pub definition: pb::Definition,
     /// The target's image config JSON, as buildkitd's frontend returns it.
     pub image_config: Vec<u8>,
-    pub image: Image,
-    /// The config of the image the target stage is based on, if any.
-    pub base_image_config: Option<Vec<u8>>,
     pub warnings: Vec<Warning>,
-    pub epoch: Option<i64>,
-    /// The target stage is built with `--no-cache` (`Result.IsIgnoreCache`).
-    pub ignore_cache: bool,
 }
 
 /// A stage, or an image used by `COPY --from`/`RUN --mount from=`, being
@@ -257,7 +251,7 @@ impl Cmd {
 
 /// Converts `dockerfile` to LLB for `opts.target` (the last stage when unset).
 #[instrument(skip_all, fields(target = opts.target.as_deref().unwrap_or(""), session.id = %opts.session_id))]
-pub async fn convert(
+pub(crate) async fn convert(
     dockerfile: &str,
     opts: &ConvertOptions,
     resolver: &dyn ImageResolver,

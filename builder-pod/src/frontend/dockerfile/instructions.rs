@@ -12,11 +12,10 @@ mod parse;
 #[cfg(test)]
 mod tests;
 
-pub use self::commands::{
-    AddCommand, ArgCommand, ArgDefinition, Command, CopyCommand, Device, Healthcheck, Instruction,
-    KeyValuePair, NetworkMode, RunCommand, Security, ShellDependentCmdLine, ShellInlineFile, SourceContent,
-    SourcesAndDest, Stage, Stages,
+pub(crate) use self::commands::{
+    AddCommand, ArgCommand, Command, CopyCommand, Healthcheck, Instruction, KeyValuePair, NetworkMode,
+    RunCommand, Security, ShellDependentCmdLine, SourcesAndDest, Stage,
 };
-pub use self::errors::{InstructionError, InstructionErrorKind, StageError, Suggestion};
-pub use self::mounts::{Expander, Mount, MountType, ShareMode, parse_mount};
-pub use self::parse::{parse_command, parse_stages, parse_stages_with_checks};
+pub(crate) use self::errors::{InstructionError, InstructionErrorKind, StageError};
+pub(crate) use self::mounts::{Mount, MountType, ShareMode, parse_mount};
+pub(crate) use self::parse::{parse_command, parse_stages_with_checks};

@@ -6,17 +6,17 @@
 //! through the resolver it is given; the rest is pure.
 //!
 //! Behaviour and error texts follow moby/buildkit v0.29
-//! `frontend/dockerfile/{parser,shell,instructions,linter}` (buildkit-protocol.md §8.3),
+//! `frontend/dockerfile/{parser,shell,instructions,linter}` (docs/protocol.md §8),
 //! including its quirks, so that a Dockerfile fails or warns under kilnd exactly
 //! where it would under buildkitd.
 
-pub mod builder;
-pub mod convert;
-pub mod instructions;
+pub(crate) mod builder;
+pub(crate) mod convert;
+pub(crate) mod instructions;
 mod json;
-pub mod linter;
-pub mod parser;
-pub mod shell;
+pub(crate) mod linter;
+pub(crate) mod parser;
+pub(crate) mod shell;
 
 /// BuildKit's `util/suggest.Search`: the closest option within edit distance
 /// 2, or nothing when `value` is itself an option. Ties go to the earlier

@@ -10,7 +10,7 @@ mod directives;
 
 pub(crate) use self::directives::DirectiveParser;
 use self::directives::is_re_space;
-pub use self::directives::{Directive, detect_syntax, parse_directive};
+pub(crate) use self::directives::{Directive, detect_syntax, parse_directive};
 use super::json::{self, ExecForm};
 use super::linter::{Warning, rules};
 use super::shell::{DEFAULT_ESCAPE, Lexer, NoEnv, ShellError};
@@ -24,7 +24,7 @@ const HEREDOC_INSTRUCTIONS: [&str; 3] = ["add", "copy", "run"];
 
 /// A heredoc attached to an instruction (`<<EOF` … `EOF`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Heredoc {
+pub(crate) struct Heredoc {
     /// The delimiter word, quotes removed.
     pub name: String,
     /// The descriptor before `<<` (`3<<EOF`), 0 when absent.
@@ -39,7 +39,7 @@ pub struct Heredoc {
 
 /// One `KEY=value` (or legacy `KEY value`) of ENV or LABEL, quotes still in place.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyValueArg {
+pub(crate) struct KeyValueArg {
     pub key: String,
     pub value: String,
     /// The legacy whitespace form (`ENV key value`) was used.
@@ -48,7 +48,7 @@ pub struct KeyValueArg {
 
 /// An instruction's arguments, split the way BuildKit splits each instruction.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Args {
+pub(crate) enum Args {
     /// Words: whitespace-split (FROM, EXPOSE, shell-form ADD/COPY/VOLUME),
     /// quote-aware (ARG), a JSON array (exec form), or the whole rest as one
     /// string (shell-form RUN/CMD/ENTRYPOINT/SHELL, USER, WORKDIR, …).
@@ -61,7 +61,7 @@ pub enum Args {
 
 /// One instruction.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Node {
+pub(crate) struct Node {
     /// Lower-cased instruction name (`run`).
     pub name: String,
     /// The instruction as written (`Run`), for casing checks and messages.
@@ -84,7 +84,7 @@ pub struct Node {
 
 /// A parsed Dockerfile.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Ast {
+pub(crate) struct Ast {
     pub nodes: Vec<Node>,
     /// `\` or `` ` `` as set by `# escape=`.
     pub escape_token: char,
@@ -96,7 +96,7 @@ pub struct Ast {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ParseErrorKind {
+pub(crate) enum ParseErrorKind {
     #[error("only one {0} parser directive can be used")]
     DuplicateDirective(String),
     #[error("invalid escape token '{0}' does not match ` or \\")]
@@ -124,7 +124,7 @@ pub enum ParseErrorKind {
 /// (directive errors name the line before); they are kept as upstream has them.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{kind}")]
-pub struct ParseError {
+pub(crate) struct ParseError {
     pub kind: ParseErrorKind,
     pub start_line: usize,
     pub end_line: usize,
@@ -139,7 +139,7 @@ impl ParseError {
 impl Node {
     /// Arguments as upstream's flat list (`nodeArgs`): ENV/LABEL pairs become
     /// key, value, delimiter (`=` or empty); a trigger becomes its keyword and arguments.
-    pub fn flat_args(&self) -> Vec<String> {
+    pub(crate) fn flat_args(&self) -> Vec<String> {
         match &self.args {
             Args::List(words) => words.clone(),
             Args::KeyValues(pairs) => pairs
@@ -150,8 +150,10 @@ impl Node {
         }
     }
 
-    /// The S-expression BuildKit's `Node.Dump` prints, e.g. `run "echo hi"`.
-    pub fn dump(&self) -> String {
+    /// The S-expression BuildKit's `Node.Dump` prints, e.g. `run "echo hi"`:
+    /// what upstream's parser tests compare, and so ours.
+    #[cfg(test)]
+    pub(crate) fn dump(&self) -> String {
         let mut out = self.name.clone();
         if !self.flags.is_empty() {
             let flags: Vec<String> = self.flags.iter().map(|f| quote(f)).collect();
@@ -179,7 +181,7 @@ impl Node {
 }
 
 /// Parses a Dockerfile.
-pub fn parse(text: &str) -> Result<Ast, ParseError> {
+pub(crate) fn parse(text: &str) -> Result<Ast, ParseError> {
     let mut state = State::new();
     let mut lines = Lines { rest: text, too_long: false };
     let mut current_line = 0;
@@ -702,7 +704,7 @@ fn heredocs_from_line(line: &str) -> Result<Vec<Heredoc>, ParseErrorKind> {
 
 /// Parses one heredoc operator word such as `<<EOF`, `<<-"EOF"` or `3<<EOF`
 /// (`parser.ParseHeredoc`); `None` when `word` is not one.
-pub fn parse_heredoc(word: &str) -> Result<Option<Heredoc>, ParseErrorKind> {
+pub(crate) fn parse_heredoc(word: &str) -> Result<Option<Heredoc>, ParseErrorKind> {
     let digits_len = word.find(|c: char| !c.is_ascii_digit()).unwrap_or(word.len());
     let (digits, rest) = word.split_at(digits_len);
     let Some(rest) = rest.strip_prefix("<<") else { return Ok(None) };
@@ -738,7 +740,7 @@ pub fn parse_heredoc(word: &str) -> Result<Option<Heredoc>, ParseErrorKind> {
 }
 
 /// Strips leading tabs from every line of a `<<-` heredoc body.
-pub fn chomp_heredoc_content(content: &str) -> String {
+pub(crate) fn chomp_heredoc_content(content: &str) -> String {
     content.split_inclusive('\n').map(|line| line.trim_start_matches('\t')).collect()
 }
 

@@ -13,13 +13,14 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::BuildHasher;
 
+use crate::frontend::llb::EnvList;
 use crate::util::strconv::quote;
 
 /// The escape character of a Dockerfile without an `# escape=` directive.
-pub const DEFAULT_ESCAPE: char = '\\';
+pub(crate) const DEFAULT_ESCAPE: char = '\\';
 
 /// Variables visible to an expansion.
-pub trait Env {
+pub(crate) trait Env {
     /// The value of `name`, or `None` when it is unset (set-but-empty is `Some("")`).
     fn lookup(&self, name: &str) -> Option<&str>;
 }
@@ -50,9 +51,17 @@ impl Env for Vec<(String, String)> {
     }
 }
 
+/// A state's environment (upstream: `llb.EnvList` satisfies the lexer's
+/// `EnvGetter`; the LLB builder knows nothing of the lexer).
+impl Env for EnvList {
+    fn lookup(&self, name: &str) -> Option<&str> {
+        self.get(name)
+    }
+}
+
 /// No variables at all.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct NoEnv;
+pub(crate) struct NoEnv;
 
 impl Env for NoEnv {
     fn lookup(&self, _name: &str) -> Option<&str> {
@@ -62,7 +71,7 @@ impl Env for NoEnv {
 
 /// Why a word could not be processed; the texts are upstream's.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum ShellErrorKind {
+pub(crate) enum ShellErrorKind {
     #[error("syntax error: missing '}}'")]
     MissingBrace,
     #[error("syntax error: bad substitution")]
@@ -88,7 +97,7 @@ pub enum ShellErrorKind {
 /// `failed to process "<word>": <reason>`.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("failed to process {}: {reason}", quote(.word))]
-pub struct ShellError {
+pub(crate) struct ShellError {
     pub word: String,
     pub reason: ShellErrorKind,
 }
@@ -96,7 +105,7 @@ pub struct ShellError {
 /// The result of expanding one word, with the variables it referenced: the
 /// `UndefinedVar` lint reports `unmatched` (buildkit `ProcessWordWithMatches`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Expansion {
+pub(crate) struct Expansion {
     pub result: String,
     /// Referenced variables that were set (possibly to "").
     pub matched: BTreeSet<String>,
@@ -106,7 +115,7 @@ pub struct Expansion {
 
 /// The lexer; its switches are upstream's `Lex` fields.
 #[derive(Clone, Debug)]
-pub struct Lexer {
+pub(crate) struct Lexer {
     escape: char,
     /// Keep quote characters in the output (quotes still group words).
     pub raw_quotes: bool,
@@ -119,7 +128,7 @@ pub struct Lexer {
 }
 
 impl Lexer {
-    pub fn new(escape: char) -> Self {
+    pub(crate) fn new(escape: char) -> Self {
         Self {
             escape,
             raw_quotes: false,
@@ -129,17 +138,17 @@ impl Lexer {
         }
     }
 
-    pub fn escape(&self) -> char {
-        self.escape
-    }
-
     /// Expands `word` to a single string; spaces are kept.
-    pub fn process_word(&self, word: &str, env: &dyn Env) -> Result<String, ShellError> {
+    pub(crate) fn process_word(&self, word: &str, env: &dyn Env) -> Result<String, ShellError> {
         self.process_word_with_matches(word, env).map(|e| e.result)
     }
 
     /// Expands `word` and reports which variables it referenced.
-    pub fn process_word_with_matches(&self, word: &str, env: &dyn Env) -> Result<Expansion, ShellError> {
+    pub(crate) fn process_word_with_matches(
+        &self,
+        word: &str,
+        env: &dyn Env,
+    ) -> Result<Expansion, ShellError> {
         let mut sw = ShellWord::new(self, word, env, true);
         let (result, _) = sw.process(word)?;
         Ok(Expansion { result, matched: sw.matched, unmatched: sw.unmatched })
@@ -147,7 +156,7 @@ impl Lexer {
 
     /// Expands `word` and splits it into words after expansion, honouring
     /// quotes (`a "b c"` is two words); used for EXPOSE and heredoc detection.
-    pub fn process_words(&self, word: &str, env: &dyn Env) -> Result<Vec<String>, ShellError> {
+    pub(crate) fn process_words(&self, word: &str, env: &dyn Env) -> Result<Vec<String>, ShellError> {
         let mut sw = ShellWord::new(self, word, env, false);
         sw.process(word).map(|(_, words)| words)
     }

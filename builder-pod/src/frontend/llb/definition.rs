@@ -28,7 +28,7 @@ pub(super) struct DefinedOp {
 
 impl DefinitionVertex {
     /// The op the definition returns.
-    pub fn returned(&self) -> Result<&DefinedOp, LlbError> {
+    pub(super) fn returned(&self) -> Result<&DefinedOp, LlbError> {
         self.ops.get(self.head).ok_or_else(|| invalid("it returns no op"))
     }
 }
@@ -38,7 +38,7 @@ fn invalid(reason: impl Into<String>) -> LlbError {
 }
 
 /// The state `def` returns; scratch when it has no ops.
-pub fn from_definition(def: &pb::Definition) -> Result<State, LlbError> {
+pub(crate) fn from_definition(def: &pb::Definition) -> Result<State, LlbError> {
     let Some((terminal, ops)) = def.def.split_last() else {
         return Ok(State::scratch());
     };
@@ -71,7 +71,7 @@ pub fn from_definition(def: &pb::Definition) -> Result<State, LlbError> {
         kind: VertexKind::Definition(DefinitionVertex { ops, head }),
         constraints: Constraints::new(),
     });
-    Ok(State::from_output(Output::new(vertex, Ok(input.index), platform)))
+    Ok(State::from_output(Output::new(vertex, input.index, platform)))
 }
 
 fn from_pb(md: &pb::OpMetadata) -> OpMetadata {
@@ -121,7 +121,7 @@ mod tests {
 
     #[test]
     fn an_empty_definition_is_scratch_and_broken_ones_are_errors() {
-        assert!(from_definition(&pb::Definition::default()).unwrap().is_scratch());
+        assert!(from_definition(&pb::Definition::default()).unwrap().output().is_none());
         let mut def = busybox_definition();
         let terminal =
             pb::Op { inputs: vec![pb::Input { digest: "sha256:00".into(), index: 0 }], ..pb::Op::default() };

@@ -11,14 +11,14 @@ use super::{LlbError, NetMode, SecurityMode, caps};
 
 /// An `/etc/hosts` entry added to the container.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HostIp {
+pub(crate) struct HostIp {
     pub host: String,
     /// The address as text, already in canonical form.
     pub ip: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Ulimit {
+pub(crate) struct Ulimit {
     pub name: String,
     pub soft: i64,
     pub hard: i64,
@@ -26,7 +26,7 @@ pub struct Ulimit {
 
 /// Proxy variables handed to the process outside its cache key (`pb.ProxyEnv`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ProxyEnv {
+pub(crate) struct ProxyEnv {
     pub http_proxy: String,
     pub https_proxy: String,
     pub ftp_proxy: String,
@@ -35,24 +35,16 @@ pub struct ProxyEnv {
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum CacheSharing {
+pub(crate) enum CacheSharing {
     #[default]
     Shared,
     Private,
     Locked,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum MountContentCache {
-    #[default]
-    Default,
-    On,
-    Off,
-}
-
 /// A secret exposed to the process as a file, an environment variable or both.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SecretInfo {
+pub(crate) struct SecretInfo {
     pub id: String,
     pub target: Option<String>,
     pub env: Option<String>,
@@ -64,7 +56,7 @@ pub struct SecretInfo {
 
 impl SecretInfo {
     /// A secret with the defaults of `llb.AddSecretWithDest` (mode 0400).
-    pub fn new(id: &str, target: Option<&str>) -> Self {
+    pub(crate) fn new(id: &str, target: Option<&str>) -> Self {
         Self {
             id: id.to_owned(),
             target: target.map(str::to_owned),
@@ -79,7 +71,7 @@ impl SecretInfo {
 
 /// A forwarded SSH agent socket.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SshInfo {
+pub(crate) struct SshInfo {
     pub id: String,
     /// Empty: `/run/buildkit/ssh_agent.<n>`.
     pub target: String,
@@ -91,20 +83,20 @@ pub struct SshInfo {
 
 impl SshInfo {
     /// A socket with the defaults of `llb.AddSSHSocket` (mode 0600).
-    pub fn new(id: &str) -> Self {
+    pub(crate) fn new(id: &str) -> Self {
         Self { id: id.to_owned(), target: String::new(), mode: 0o600, uid: 0, gid: 0, optional: false }
     }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CdiDevice {
+pub(crate) struct CdiDevice {
     pub name: String,
     pub optional: bool,
 }
 
 /// A mount besides the root filesystem (`llb.AddMount` and its options).
 #[derive(Clone, Debug)]
-pub struct Mount {
+pub(crate) struct Mount {
     pub target: String,
     pub source: State,
     pub selector: String,
@@ -112,12 +104,11 @@ pub struct Mount {
     pub no_output: bool,
     pub cache: Option<(String, CacheSharing)>,
     pub tmpfs: Option<i64>,
-    pub content_cache: MountContentCache,
 }
 
 impl Mount {
     /// `source` bind-mounted read-write at `target`.
-    pub fn new(target: &str, source: &State) -> Self {
+    pub(crate) fn new(target: &str, source: &State) -> Self {
         Self {
             target: target.to_owned(),
             source: source.clone(),
@@ -126,35 +117,34 @@ impl Mount {
             no_output: false,
             cache: None,
             tmpfs: None,
-            content_cache: MountContentCache::Default,
         }
     }
 
-    pub fn readonly(mut self) -> Self {
+    pub(crate) fn readonly(mut self) -> Self {
         self.readonly = true;
         self
     }
 
     /// `llb.SourcePath`: mount this path of the source.
-    pub fn selector(mut self, path: &str) -> Self {
+    pub(crate) fn selector(mut self, path: &str) -> Self {
         self.selector = path.to_owned();
         self
     }
 
     /// `llb.ForceNoOutput`: writable, but the changes are discarded.
-    pub fn no_output(mut self) -> Self {
+    pub(crate) fn no_output(mut self) -> Self {
         self.no_output = true;
         self
     }
 
     /// `llb.AsPersistentCacheDir`.
-    pub fn cache(mut self, id: &str, sharing: CacheSharing) -> Self {
+    pub(crate) fn cache(mut self, id: &str, sharing: CacheSharing) -> Self {
         self.cache = Some((id.to_owned(), sharing));
         self
     }
 
     /// `llb.Tmpfs` with a size in bytes (0 = default).
-    pub fn tmpfs(mut self, size: i64) -> Self {
+    pub(crate) fn tmpfs(mut self, size: i64) -> Self {
         self.tmpfs = Some(size);
         self
     }
@@ -164,7 +154,7 @@ impl Mount {
 /// exec only; the state returned by [`ExecState::root`] keeps the settings
 /// of the state it ran on.
 #[derive(Clone, Debug, Default)]
-pub struct ExecOptions {
+pub(crate) struct ExecOptions {
     pub args: Vec<String>,
     pub proxy_env: Option<ProxyEnv>,
     pub readonly_rootfs: bool,
@@ -192,7 +182,6 @@ pub(super) struct MountEntry {
     pub no_output: bool,
     pub cache: Option<(String, CacheSharing)>,
     pub tmpfs: Option<i64>,
-    pub content_cache: MountContentCache,
 }
 
 impl MountEntry {
@@ -214,45 +203,22 @@ pub(super) struct ExecVertex {
     pub cdi_devices: Vec<CdiDevice>,
 }
 
-/// The result of [`State::run`]: the new root and the mounts' outputs.
+/// The result of [`State::run`]: the new root.
 #[derive(Clone, Debug)]
-pub struct ExecState {
+pub(crate) struct ExecState {
     root: State,
-    mounts: Vec<MountResult>,
-}
-
-/// A mount after the exec: the state mounted and the output it left.
-#[derive(Clone, Debug)]
-struct MountResult {
-    target: String,
-    source: State,
-    output: Option<Output>,
-    /// Why the output cannot be used, for tmpfs, cache and no-output mounts.
-    usable: Result<(), LlbError>,
 }
 
 impl ExecState {
     /// The root filesystem after the process ran.
-    pub fn root(&self) -> State {
+    pub(crate) fn root(&self) -> State {
         self.root.clone()
-    }
-
-    /// The mount at `target` after the process ran, carrying the settings of
-    /// the state that was mounted (`ExecState.AddMount`'s result).
-    pub fn mount(&self, target: &str) -> Result<State, LlbError> {
-        let m = self
-            .mounts
-            .iter()
-            .find(|m| m.target == target)
-            .ok_or_else(|| LlbError::NoSuchMount(target.to_owned()))?;
-        m.usable.clone()?;
-        Ok(m.source.with_output(m.output.clone()))
     }
 }
 
 impl State {
     /// Runs a process on this state (`State.Run`).
-    pub fn run(&self, opts: ExecOptions, mounts: Vec<Mount>) -> ExecState {
+    pub(crate) fn run(&self, opts: ExecOptions, mounts: Vec<Mount>) -> ExecState {
         let mut meta = self.meta.clone();
         if let Some(n) = opts.network {
             meta.network = n;
@@ -277,57 +243,34 @@ impl State {
             no_output: false,
             cache: None,
             tmpfs: None,
-            content_cache: MountContentCache::Default,
         };
-        // (entry, the state it mounts, is it the root mount)
-        let mut entries = vec![(root, self.clone(), true)];
+        // (entry, is it the root mount)
+        let mut entries = vec![(root, true)];
         for m in mounts {
             let entry = MountEntry {
-                target: m.target.clone(),
-                source: m.source.output.clone(),
-                selector: m.selector.clone(),
+                target: m.target,
+                source: m.source.output,
+                selector: m.selector,
                 readonly: m.readonly,
                 no_output: m.no_output,
-                cache: m.cache.clone(),
+                cache: m.cache,
                 tmpfs: m.tmpfs,
-                content_cache: m.content_cache,
             };
-            entries.push((entry, m.source, false));
+            entries.push((entry, false));
         }
         entries.sort_by(|a, b| a.0.target.cmp(&b.0.target));
-
-        let mut next = 0;
-        let outs: Vec<MountOut> = entries
-            .iter()
-            .map(|(m, ..)| {
-                if m.readonly {
-                    MountOut::Source(m.source.clone())
-                } else if m.tmpfs.is_some() {
-                    MountOut::Unusable(LlbError::TmpfsOutput(m.target.clone()))
-                } else if m.no_output {
-                    MountOut::Unusable(LlbError::NoOutputMount(m.target.clone()))
-                } else if m.cache.is_some() {
-                    MountOut::Unusable(LlbError::InvalidMount(m.target.clone()))
-                } else {
-                    next += 1;
-                    MountOut::Own(next - 1)
-                }
-            })
-            .collect();
+        // The root's output is numbered over the mounts before it that
+        // produce one (`getMountIndexFn`).
+        let root_index =
+            entries.iter().take_while(|(_, is_root)| !is_root).filter(|(m, _)| m.has_output()).count();
 
         let platform = opts.constraints.platform.clone();
-        let mut sources = Vec::with_capacity(entries.len());
-        let mut sorted = Vec::with_capacity(entries.len());
-        for (entry, source, is_root) in entries {
-            sources.push((entry.target.clone(), source, is_root));
-            sorted.push(entry);
-        }
         let vertex = Arc::new(Vertex {
             kind: VertexKind::Exec(ExecVertex {
                 meta,
                 args: opts.args,
                 valid_exit_codes: opts.valid_exit_codes,
-                mounts: sorted,
+                mounts: entries.into_iter().map(|(entry, _)| entry).collect(),
                 proxy_env: opts.proxy_env,
                 secrets: opts.secrets,
                 ssh: opts.ssh,
@@ -335,34 +278,14 @@ impl State {
             }),
             constraints: opts.constraints,
         });
-
-        let mut root = self.clone();
-        let mut mounts = Vec::with_capacity(sources.len());
-        for ((target, source, is_root), out) in sources.into_iter().zip(outs) {
-            let (output, usable) = match out {
-                MountOut::Source(o) => (o, Ok(())),
-                MountOut::Own(index) => {
-                    (Some(Output::new(Arc::clone(&vertex), Ok(index), platform.clone())), Ok(()))
-                }
-                MountOut::Unusable(e) => {
-                    (Some(Output::new(Arc::clone(&vertex), Err(e.clone()), platform.clone())), Err(e))
-                }
-            };
-            if is_root {
-                root = self.with_output(output.clone());
-            }
-            mounts.push(MountResult { target, source, output, usable });
-        }
-        ExecState { root, mounts }
+        // Read-only, the root is the state itself.
+        let output = if opts.readonly_rootfs {
+            self.output.clone()
+        } else {
+            Some(Output::new(vertex, root_index as i64, platform))
+        };
+        ExecState { root: self.with_output(output) }
     }
-}
-
-enum MountOut {
-    /// Read-only: the output is the source itself.
-    Source(Option<Output>),
-    /// Numbered over the mounts that produce an output (`getMountIndexFn`).
-    Own(i64),
-    Unusable(LlbError),
 }
 
 /// `ExecOp.Marshal`.
@@ -466,9 +389,6 @@ pub(super) fn marshal_exec(
         } else if mount.source.is_some() {
             c.add_cap(caps::EXEC_MOUNT_BIND);
         }
-        if mount.content_cache != MountContentCache::Default {
-            c.add_cap(caps::EXEC_MOUNT_CONTENT_CACHE);
-        }
     }
     if !e.secrets.is_empty() {
         c.add_cap(caps::EXEC_MOUNT_SECRET);
@@ -544,11 +464,6 @@ pub(super) fn marshal_exec(
                 } as i32,
             });
         }
-        pm.content_cache = match mount.content_cache {
-            MountContentCache::Default => pb::MountContentCache::Default,
-            MountContentCache::On => pb::MountContentCache::On,
-            MountContentCache::Off => pb::MountContentCache::Off,
-        } as i32;
         if let Some(size) = mount.tmpfs {
             pm.mount_type = pb::MountType::Tmpfs as i32;
             pm.tmpfs_opt = Some(pb::TmpfsOpt { size });

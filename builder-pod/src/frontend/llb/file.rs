@@ -13,21 +13,21 @@ use crate::util::{gopath, strconv};
 
 /// A user or group, by id or by name (looked up in the state's /etc files).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum UserOpt {
+pub(crate) enum UserOpt {
     Id(u32),
     Name(String),
 }
 
 /// Owner of created files (`llb.ChownOpt`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ChownOpt {
+pub(crate) struct ChownOpt {
     pub user: Option<UserOpt>,
     pub group: Option<UserOpt>,
 }
 
 impl ChownOpt {
     /// `llb.WithUser`: `user[:group]`, each a number (or `root`) or a name.
-    pub fn from_user(spec: &str) -> Self {
+    pub(crate) fn from_user(spec: &str) -> Self {
         let parse = |v: &str| {
             if v == "root" {
                 return UserOpt::Id(0);
@@ -45,7 +45,7 @@ impl ChownOpt {
     }
 
     /// `llb.WithUIDGID`.
-    pub fn ids(uid: u32, gid: u32) -> Self {
+    pub(crate) fn ids(uid: u32, gid: u32) -> Self {
         Self { user: Some(UserOpt::Id(uid)), group: Some(UserOpt::Id(gid)) }
     }
 
@@ -66,13 +66,13 @@ impl ChownOpt {
 
 /// `--chmod` of a copy: an octal mode or a symbolic one (`u+x`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ChmodOpt {
+pub(crate) struct ChmodOpt {
     pub mode: u32,
     pub mode_str: String,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct MkdirInfo {
+pub(crate) struct MkdirInfo {
     pub make_parents: bool,
     pub chown: Option<ChownOpt>,
     /// Nanoseconds since the epoch.
@@ -80,26 +80,14 @@ pub struct MkdirInfo {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct MkfileInfo {
+pub(crate) struct MkfileInfo {
     pub chown: Option<ChownOpt>,
     pub created_time: Option<i64>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SymlinkInfo {
-    pub chown: Option<ChownOpt>,
-    pub created_time: Option<i64>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RmInfo {
-    pub allow_not_found: bool,
-    pub allow_wildcard: bool,
 }
 
 /// Options of a copy (`llb.CopyInfo`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct CopyInfo {
+pub(crate) struct CopyInfo {
     pub mode: Option<ChmodOpt>,
     pub follow_symlinks: bool,
     pub copy_dir_contents_only: bool,
@@ -119,8 +107,6 @@ pub struct CopyInfo {
 enum FileStep {
     Mkdir { path: String, mode: u32, info: MkdirInfo },
     Mkfile { path: String, mode: u32, data: Vec<u8>, info: MkfileInfo },
-    Rm { path: String, info: RmInfo },
-    Symlink { oldpath: String, newpath: String, info: SymlinkInfo },
     Copy(Box<CopyStep>),
 }
 
@@ -136,42 +122,27 @@ struct CopyStep {
 /// paths are taken from the working directory of the state the chain is
 /// applied to.
 #[derive(Clone, Debug, Default)]
-pub struct FileAction {
+pub(crate) struct FileAction {
     steps: Vec<FileStep>,
 }
 
 impl FileAction {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.steps.is_empty()
-    }
-
-    pub fn mkdir(mut self, path: &str, mode: u32, info: MkdirInfo) -> Self {
+    pub(crate) fn mkdir(mut self, path: &str, mode: u32, info: MkdirInfo) -> Self {
         self.steps.push(FileStep::Mkdir { path: path.to_owned(), mode, info });
         self
     }
 
-    pub fn mkfile(mut self, path: &str, mode: u32, data: &[u8], info: MkfileInfo) -> Self {
+    pub(crate) fn mkfile(mut self, path: &str, mode: u32, data: &[u8], info: MkfileInfo) -> Self {
         self.steps.push(FileStep::Mkfile { path: path.to_owned(), mode, data: data.to_vec(), info });
         self
     }
 
-    pub fn rm(mut self, path: &str, info: RmInfo) -> Self {
-        self.steps.push(FileStep::Rm { path: path.to_owned(), info });
-        self
-    }
-
-    /// A symlink at `newpath` pointing to `oldpath`.
-    pub fn symlink(mut self, oldpath: &str, newpath: &str, info: SymlinkInfo) -> Self {
-        self.steps.push(FileStep::Symlink { oldpath: oldpath.to_owned(), newpath: newpath.to_owned(), info });
-        self
-    }
-
     /// Copies `src` of `from` (relative to `from`'s working directory) to `dest`.
-    pub fn copy(mut self, from: &State, src: &str, dest: &str, info: CopyInfo) -> Self {
+    pub(crate) fn copy(mut self, from: &State, src: &str, dest: &str, info: CopyInfo) -> Self {
         self.steps.push(FileStep::Copy(Box::new(CopyStep {
             source: from.clone(),
             src: src.to_owned(),
@@ -206,12 +177,12 @@ impl FileVertex {
 impl State {
     /// Applies `action` to this state (`State.File`). An empty chain fails
     /// when the graph is marshalled, as upstream's nil action does.
-    pub fn file(&self, action: FileAction, c: Constraints) -> State {
+    pub(crate) fn file(&self, action: FileAction, c: Constraints) -> State {
         let vertex = Arc::new(Vertex {
             kind: VertexKind::File(FileVertex { base: self.clone(), steps: action.steps }),
             constraints: c,
         });
-        self.with_output(Some(Output::new(vertex, Ok(0), None)))
+        self.with_output(Some(Output::new(vertex, 0, None)))
     }
 }
 
@@ -281,17 +252,6 @@ pub(super) fn marshal_file(
                 path: gopath::llb_normalize_path(parent, path, false),
                 mode: (*mode & 0o777) as i32,
                 data: data.clone(),
-                owner: info.chown.as_ref().map(|o| o.to_pb(base)),
-                timestamp: timestamp(info.created_time),
-            }),
-            FileStep::Rm { path, info } => Action::Rm(pb::FileActionRm {
-                path: gopath::llb_normalize_path(parent, path, false),
-                allow_not_found: info.allow_not_found,
-                allow_wildcard: info.allow_wildcard,
-            }),
-            FileStep::Symlink { oldpath, newpath, info } => Action::Symlink(pb::FileActionSymlink {
-                oldpath: oldpath.clone(),
-                newpath: newpath.clone(),
                 owner: info.chown.as_ref().map(|o| o.to_pb(base)),
                 timestamp: timestamp(info.created_time),
             }),

@@ -6,7 +6,7 @@ use crate::util::gopath;
 
 /// A parsed remote.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct GitUrl {
+pub(crate) struct GitUrl {
     /// `http`, `https`, `ssh` or `git` (scp-like URLs are `ssh`).
     pub scheme: String,
     pub user: Option<String>,
@@ -23,14 +23,14 @@ pub struct GitUrl {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct GitFragment {
+pub(crate) struct GitFragment {
     pub git_ref: String,
     /// Cleaned, without a leading `/`.
     pub subdir: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum GitUrlError {
+pub(crate) enum GitUrlError {
     #[error("unknown protocol")]
     UnknownProtocol,
     #[error("{0}: invalid protocol")]
@@ -42,7 +42,7 @@ pub enum GitUrlError {
 const PROTOCOLS: [&str; 4] = ["http", "https", "ssh", "git"];
 
 /// `gitutil.ParseURL`.
-pub fn parse_url(remote: &str) -> Result<GitUrl, GitUrlError> {
+pub(crate) fn parse_url(remote: &str) -> Result<GitUrl, GitUrlError> {
     if let Some(scheme_len) = scheme_prefix(remote) {
         let scheme = remote[..scheme_len].to_lowercase();
         if !PROTOCOLS.contains(&scheme.as_str()) {

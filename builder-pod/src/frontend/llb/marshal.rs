@@ -22,7 +22,7 @@ use crate::solver::llb::digest_of;
 
 /// A source file ops point back into, e.g. the Dockerfile (`llb.SourceMap`).
 #[derive(Clone, Debug, PartialEq)]
-pub struct SourceMap {
+pub(crate) struct SourceMap {
     pub filename: String,
     pub language: String,
     pub data: Vec<u8>,
@@ -32,14 +32,14 @@ pub struct SourceMap {
 
 /// Lines of a [`SourceMap`] an op comes from.
 #[derive(Clone, Debug)]
-pub struct SourceLocation {
+pub(crate) struct SourceLocation {
     pub map: Arc<SourceMap>,
     pub ranges: Vec<pb::Range>,
 }
 
 /// Marshal-wide defaults (`State.SetMarshalDefaults` / `Marshal` options).
 #[derive(Clone, Debug, Default)]
-pub struct MarshalOptions {
+pub(crate) struct MarshalOptions {
     /// The platform of ops that set none; the host's when unset.
     pub platform: Option<Platform>,
     /// The LLB caps the daemon supports (`llb.WithCaps`); `None` when unknown.
@@ -113,9 +113,6 @@ impl<'a> Marshaler<'a> {
             VertexKind::Exec(e) => built(marshal_exec(e, &v.constraints, self)?),
             VertexKind::File(f) => built(marshal_file(f, &v.constraints, self)?),
             VertexKind::Merge(inputs) => built(self.merge(inputs, &v.constraints)?),
-            VertexKind::Diff { lower, upper } => {
-                built(self.diff(lower.as_ref(), upper.as_ref(), &v.constraints)?)
-            }
             // Marshalled already: the op the definition returns is this vertex.
             VertexKind::Definition(d) => {
                 let op = d.returned()?;
@@ -143,32 +140,6 @@ impl<'a> Marshaler<'a> {
             op.inputs.push(self.input(input)?);
         }
         op.op = Some(pb::op::Op::Merge(merge));
-        Ok((op, md))
-    }
-
-    fn diff(
-        &mut self,
-        lower: Option<&Output>,
-        upper: Option<&Output>,
-        c: &Constraints,
-    ) -> Result<(pb::Op, OpMetadata), LlbError> {
-        let (mut op, md) = marshal_constraints(&self.base, c);
-        op.platform = None;
-        let index = |o: Option<&Output>, op: &mut pb::Op, m: &mut Self| -> Result<i64, LlbError> {
-            match o {
-                None => Ok(-1),
-                Some(o) => {
-                    op.inputs.push(m.input(o)?);
-                    Ok(op.inputs.len() as i64 - 1)
-                }
-            }
-        };
-        let lower = index(lower, &mut op, self)?;
-        let upper = index(upper, &mut op, self)?;
-        op.op = Some(pb::op::Op::Diff(pb::DiffOp {
-            lower: Some(pb::LowerDiffInput { input: lower }),
-            upper: Some(pb::UpperDiffInput { input: upper }),
-        }));
         Ok((op, md))
     }
 }
@@ -258,7 +229,7 @@ impl Walk<'_, '_> {
 
 /// Marshals the graph below `state`. A scratch state gives a definition
 /// with no ops at all, as upstream's does.
-pub fn marshal(state: &State, opts: &MarshalOptions) -> Result<pb::Definition, LlbError> {
+pub(crate) fn marshal(state: &State, opts: &MarshalOptions) -> Result<pb::Definition, LlbError> {
     let Some(output) = state.output() else {
         return Ok(pb::Definition::default());
     };

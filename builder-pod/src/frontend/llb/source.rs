@@ -44,17 +44,17 @@ fn source_state_with(
         kind: VertexKind::Source(SourceVertex { identifier, attrs, error, unique_id }),
         constraints: c,
     });
-    State::from_output(Output::new(vertex, Ok(0), platform))
+    State::from_output(Output::new(vertex, 0, platform))
 }
 
 /// An empty filesystem.
-pub fn scratch() -> State {
+pub(crate) fn scratch() -> State {
     State::scratch()
 }
 
 /// How an image source consults local and remote copies (`llb.ResolveMode`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum ResolveMode {
+pub(crate) enum ResolveMode {
     #[default]
     Default,
     ForcePull,
@@ -62,7 +62,7 @@ pub enum ResolveMode {
 }
 
 impl ResolveMode {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ResolveMode::Default => "default",
             ResolveMode::ForcePull => "pull",
@@ -72,7 +72,7 @@ impl ResolveMode {
 }
 
 #[derive(Clone, Debug, Default)]
-pub struct ImageOptions {
+pub(crate) struct ImageOptions {
     pub resolve_mode: ResolveMode,
     /// `image.recordtype`, e.g. `internal`.
     pub record_type: String,
@@ -85,7 +85,7 @@ pub struct ImageOptions {
 /// A registry image (`llb.Image`): `busybox` becomes
 /// `docker-image://docker.io/library/busybox:latest`. An invalid reference
 /// fails when the graph is marshalled.
-pub fn image(reference: &str, opts: ImageOptions) -> State {
+pub(crate) fn image(reference: &str, opts: ImageOptions) -> State {
     let (reference, error) = match Reference::parse(reference) {
         Ok(r) => (r.to_string(), None),
         Err(e) => {
@@ -118,13 +118,12 @@ pub fn image(reference: &str, opts: ImageOptions) -> State {
 
 /// How a local source decides which files changed (`llb.DiffType`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DiffType {
+pub(crate) enum DiffType {
     None,
-    Metadata,
 }
 
 #[derive(Clone, Debug, Default)]
-pub struct LocalOptions {
+pub(crate) struct LocalOptions {
     pub session_id: String,
     pub include_patterns: Vec<String>,
     pub exclude_patterns: Vec<String>,
@@ -138,7 +137,7 @@ pub struct LocalOptions {
 }
 
 /// A directory the client sends (`llb.Local`): `local://<name>`.
-pub fn local(name: &str, opts: LocalOptions) -> State {
+pub(crate) fn local(name: &str, opts: LocalOptions) -> State {
     let mut c = opts.constraints;
     let mut attrs = BTreeMap::new();
     let mut error = None;
@@ -170,7 +169,6 @@ pub fn local(name: &str, opts: LocalOptions) -> State {
     if let Some((differ, required)) = opts.differ {
         let value = match differ {
             DiffType::None => "none",
-            DiffType::Metadata => "metadata",
         };
         attrs.insert(attr::LOCAL_DIFFER.to_owned(), value.to_owned());
         if required {
@@ -182,7 +180,7 @@ pub fn local(name: &str, opts: LocalOptions) -> State {
 }
 
 #[derive(Clone, Debug, Default)]
-pub struct HttpOptions {
+pub(crate) struct HttpOptions {
     /// `sha256:<hex>` the download must match.
     pub checksum: String,
     pub filename: String,
@@ -195,7 +193,7 @@ pub struct HttpOptions {
 }
 
 /// A file downloaded over HTTP(S) (`llb.HTTP`); the identifier is the URL.
-pub fn http(url: &str, opts: HttpOptions) -> State {
+pub(crate) fn http(url: &str, opts: HttpOptions) -> State {
     let mut c = opts.constraints;
     let mut attrs = BTreeMap::new();
     if !opts.checksum.is_empty() {
@@ -226,7 +224,7 @@ pub fn http(url: &str, opts: HttpOptions) -> State {
 }
 
 #[derive(Clone, Debug, Default)]
-pub struct GitOptions {
+pub(crate) struct GitOptions {
     pub git_ref: String,
     pub subdir: String,
     pub keep_git_dir: bool,
@@ -246,7 +244,7 @@ pub struct GitOptions {
 /// the full URL in `git.fullurl`. A remote without a scheme gets `https://`.
 /// Unlike upstream no `ssh-keyscan` runs here: known hosts are what the
 /// caller passes.
-pub fn git(url: &str, opts: GitOptions) -> State {
+pub(crate) fn git(url: &str, opts: GitOptions) -> State {
     let mut url = url.to_owned();
     let mut parsed = parse_url(&url);
     if parsed == Err(GitUrlError::UnknownProtocol) {

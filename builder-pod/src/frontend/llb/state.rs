@@ -11,53 +11,42 @@ use super::file::FileVertex;
 use super::marshal::SourceLocation;
 use super::source::SourceVertex;
 use super::{LlbError, NetMode, Platform, SecurityMode, caps};
-use crate::frontend::dockerfile::shell::Env;
 use crate::util::gopath;
 
 /// Environment variables in the order a process sees them: setting a key
 /// again moves it to the end, as `llb.EnvList` orders keys by their last set.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct EnvList(Vec<(String, String)>);
+pub(crate) struct EnvList(Vec<(String, String)>);
 
 impl EnvList {
-    pub fn get(&self, key: &str) -> Option<&str> {
+    pub(crate) fn get(&self, key: &str) -> Option<&str> {
         self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 
     /// `AddOrReplace`.
-    pub fn set(&mut self, key: &str, value: &str) {
+    pub(crate) fn set(&mut self, key: &str, value: &str) {
         self.0.retain(|(k, _)| k != key);
         self.0.push((key.to_owned(), value.to_owned()));
     }
 
     /// `SetDefault`: sets `key` only when it is unset.
-    pub fn set_default(&mut self, key: &str, value: &str) {
+    pub(crate) fn set_default(&mut self, key: &str, value: &str) {
         if self.get(key).is_none() {
             self.set(key, value);
         }
     }
 
-    pub fn keys(&self) -> impl Iterator<Item = &str> {
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &str> {
         self.0.iter().map(|(k, _)| k.as_str())
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
 
     /// `KEY=value` strings, as `Meta.env` carries them.
-    pub fn to_array(&self) -> Vec<String> {
+    pub(crate) fn to_array(&self) -> Vec<String> {
         self.0.iter().map(|(k, v)| format!("{k}={v}")).collect()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl Env for EnvList {
-    fn lookup(&self, name: &str) -> Option<&str> {
-        self.get(name)
     }
 }
 
@@ -78,18 +67,13 @@ pub(super) struct Meta {
 
 /// One output of an op, or a [`Placeholder`] filled in later.
 #[derive(Clone)]
-pub struct Output {
+pub(crate) struct Output {
     pub(super) inner: OutputRef,
 }
 
 #[derive(Clone)]
 pub(super) enum OutputRef {
-    Op {
-        vertex: Arc<Vertex>,
-        /// The output index, or why this output cannot be used as an input.
-        index: Result<i64, LlbError>,
-        platform: Option<Platform>,
-    },
+    Op { vertex: Arc<Vertex>, index: i64, platform: Option<Platform> },
     Placeholder(Arc<OnceLock<Output>>),
 }
 
@@ -108,20 +92,19 @@ impl fmt::Debug for Output {
 }
 
 impl Output {
-    pub(super) fn new(vertex: Arc<Vertex>, index: Result<i64, LlbError>, platform: Option<Platform>) -> Self {
+    pub(super) fn new(vertex: Arc<Vertex>, index: i64, platform: Option<Platform>) -> Self {
         Self { inner: OutputRef::Op { vertex, index, platform } }
     }
 
     /// The op behind this output and its index, looking through placeholders.
     pub(super) fn resolve(&self) -> Result<(&Arc<Vertex>, i64), LlbError> {
         match &self.inner {
-            OutputRef::Op { vertex, index, .. } => Ok((vertex, index.clone()?)),
+            OutputRef::Op { vertex, index, .. } => Ok((vertex, *index)),
             OutputRef::Placeholder(cell) => cell.get().ok_or(LlbError::EmptyPlaceholder)?.resolve(),
         }
     }
 
-    /// The vertex for graph walks; an output that cannot be an input still
-    /// names its op.
+    /// The vertex for graph walks, looking through placeholders.
     pub(super) fn vertex(&self) -> Result<&Arc<Vertex>, LlbError> {
         match &self.inner {
             OutputRef::Op { vertex, .. } => Ok(vertex),
@@ -149,20 +132,20 @@ impl Output {
 /// build context: every COPY refers to it while the paths it needs are
 /// still being collected.
 #[derive(Clone, Debug, Default)]
-pub struct Placeholder(Arc<OnceLock<Output>>);
+pub(crate) struct Placeholder(Arc<OnceLock<Output>>);
 
 impl Placeholder {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// A fresh state (working directory `/`) on this placeholder's output.
-    pub fn state(&self) -> State {
+    pub(crate) fn state(&self) -> State {
         State::from_output(Output { inner: OutputRef::Placeholder(Arc::clone(&self.0)) })
     }
 
     /// Gives the placeholder `state`'s output; marshalling then sees that op.
-    pub fn fill(&self, state: &State) -> Result<(), LlbError> {
+    pub(crate) fn fill(&self, state: &State) -> Result<(), LlbError> {
         let output = state.output.clone().ok_or(LlbError::PlaceholderFill)?;
         self.0.set(output).map_err(|_| LlbError::PlaceholderFill)
     }
@@ -181,7 +164,6 @@ pub(super) enum VertexKind {
     Exec(ExecVertex),
     File(FileVertex),
     Merge(Vec<Output>),
-    Diff { lower: Option<Output>, upper: Option<Output> },
     Definition(super::definition::DefinitionVertex),
 }
 
@@ -192,7 +174,6 @@ impl Vertex {
             VertexKind::Exec(_) => "exec",
             VertexKind::File(_) => "file",
             VertexKind::Merge(_) => "merge",
-            VertexKind::Diff { .. } => "diff",
             VertexKind::Definition(_) => "definition",
         }
     }
@@ -205,7 +186,6 @@ impl Vertex {
             VertexKind::Exec(e) => dedup(e.mounts.iter().filter_map(|m| m.source.clone())),
             VertexKind::File(f) => f.inputs(),
             VertexKind::Merge(inputs) => inputs.clone(),
-            VertexKind::Diff { lower, upper } => lower.iter().chain(upper.iter()).cloned().collect(),
         }
     }
 }
@@ -217,7 +197,7 @@ pub(super) fn dedup(outputs: impl Iterator<Item = Output>) -> Vec<Output> {
 
 /// Per-op metadata (`pb.OpMetadata`), merged the way `mergeMetadata` does.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct OpMetadata {
+pub(crate) struct OpMetadata {
     pub ignore_cache: bool,
     pub description: BTreeMap<String, String>,
     pub export_cache: Option<bool>,
@@ -252,7 +232,7 @@ impl OpMetadata {
 /// Options every op takes (`llb.ConstraintsOpt`): its platform, metadata
 /// and where in a source file it comes from.
 #[derive(Clone, Debug, Default)]
-pub struct Constraints {
+pub(crate) struct Constraints {
     pub platform: Option<Platform>,
     pub worker_constraints: Vec<String>,
     pub metadata: OpMetadata,
@@ -260,42 +240,42 @@ pub struct Constraints {
 }
 
 impl Constraints {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// `llb.WithCustomName`: the name progress shows.
-    pub fn custom_name(self, name: impl Into<String>) -> Self {
+    pub(crate) fn custom_name(self, name: impl Into<String>) -> Self {
         self.description(super::CUSTOM_NAME, name)
     }
 
     /// `llb.WithDescription` with one entry.
-    pub fn description(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+    pub(crate) fn description(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.metadata.description.insert(key.into(), value.into());
         self
     }
 
     /// `llb.IgnoreCache`.
-    pub fn ignore_cache(mut self) -> Self {
+    pub(crate) fn ignore_cache(mut self) -> Self {
         self.metadata.ignore_cache = true;
         self
     }
 
     /// `llb.ProgressGroup`.
-    pub fn progress_group(mut self, id: &str, name: &str, weak: bool) -> Self {
+    pub(crate) fn progress_group(mut self, id: &str, name: &str, weak: bool) -> Self {
         self.metadata.progress_group =
             Some(pb::ProgressGroup { id: id.to_owned(), name: name.to_owned(), weak });
         self
     }
 
     /// `llb.Platform`.
-    pub fn platform(mut self, platform: Platform) -> Self {
+    pub(crate) fn platform(mut self, platform: Platform) -> Self {
         self.platform = Some(platform);
         self
     }
 
     /// `SourceMap.Location`: ties the op to lines of a source file.
-    pub fn location(mut self, location: SourceLocation) -> Self {
+    pub(crate) fn location(mut self, location: SourceLocation) -> Self {
         self.locations.push(location);
         self
     }
@@ -307,7 +287,7 @@ impl Constraints {
 
 /// An op output plus the settings later ops inherit. Scratch has no output.
 #[derive(Clone, Debug)]
-pub struct State {
+pub(crate) struct State {
     pub(super) output: Option<Output>,
     pub(super) meta: Meta,
 }
@@ -320,29 +300,25 @@ impl Default for State {
 
 impl State {
     /// An empty filesystem (`llb.Scratch`).
-    pub fn scratch() -> Self {
+    pub(crate) fn scratch() -> Self {
         Self { output: None, meta: Meta { dir: "/".to_owned(), ..Meta::default() } }
     }
 
     /// `llb.NewState`: a fresh state on `output`, working directory `/`,
     /// the output's platform if it has one.
-    pub fn from_output(output: Output) -> Self {
+    pub(crate) fn from_output(output: Output) -> Self {
         let mut s = Self::scratch();
         s.meta.platform = output.platform().map(Platform::normalize);
         s.output = Some(output);
         s
     }
 
-    pub fn output(&self) -> Option<&Output> {
+    pub(crate) fn output(&self) -> Option<&Output> {
         self.output.as_ref()
     }
 
-    pub fn is_scratch(&self) -> bool {
-        self.output.is_none()
-    }
-
     /// `State.WithOutput`: this state's settings on another output.
-    pub fn with_output(&self, output: Option<Output>) -> Self {
+    pub(crate) fn with_output(&self, output: Option<Output>) -> Self {
         let mut s = self.clone();
         if let Some(p) = output.as_ref().and_then(Output::platform) {
             s.meta.platform = Some(p.normalize());
@@ -351,18 +327,18 @@ impl State {
         s
     }
 
-    pub fn add_env(&self, key: &str, value: &str) -> Self {
+    pub(crate) fn add_env(&self, key: &str, value: &str) -> Self {
         let mut s = self.clone();
         s.meta.env.set(key, value);
         s
     }
 
-    pub fn env(&self) -> &EnvList {
+    pub(crate) fn env(&self) -> &EnvList {
         &self.meta.env
     }
 
     /// Sets the working directory; a relative `dir` is joined to the current one.
-    pub fn dir(&self, dir: &str) -> Self {
+    pub(crate) fn dir(&self, dir: &str) -> Self {
         let mut s = self.clone();
         s.meta.dir = if dir.starts_with('/') {
             dir.to_owned()
@@ -373,82 +349,42 @@ impl State {
         s
     }
 
-    pub fn get_dir(&self) -> &str {
+    pub(crate) fn get_dir(&self) -> &str {
         &self.meta.dir
     }
 
-    pub fn user(&self, user: &str) -> Self {
+    pub(crate) fn user(&self, user: &str) -> Self {
         let mut s = self.clone();
         s.meta.user = user.to_owned();
         s
     }
 
-    pub fn get_user(&self) -> &str {
-        &self.meta.user
-    }
-
-    pub fn hostname(&self, hostname: &str) -> Self {
+    pub(crate) fn hostname(&self, hostname: &str) -> Self {
         let mut s = self.clone();
         s.meta.hostname = hostname.to_owned();
         s
     }
 
-    pub fn get_hostname(&self) -> &str {
-        &self.meta.hostname
-    }
-
-    pub fn platform(&self, platform: &Platform) -> Self {
+    pub(crate) fn platform(&self, platform: &Platform) -> Self {
         let mut s = self.clone();
         s.meta.platform = Some(platform.normalize());
         s
     }
 
-    pub fn get_platform(&self) -> Option<&Platform> {
+    pub(crate) fn get_platform(&self) -> Option<&Platform> {
         self.meta.platform.as_ref()
     }
 
-    pub fn network(&self, mode: NetMode) -> Self {
+    pub(crate) fn network(&self, mode: NetMode) -> Self {
         let mut s = self.clone();
         s.meta.network = mode;
-        s
-    }
-
-    pub fn get_network(&self) -> NetMode {
-        self.meta.network
-    }
-
-    pub fn security(&self, mode: SecurityMode) -> Self {
-        let mut s = self.clone();
-        s.meta.security = mode;
-        s
-    }
-
-    pub fn get_security(&self) -> SecurityMode {
-        self.meta.security
-    }
-
-    pub fn add_extra_host(&self, host: HostIp) -> Self {
-        let mut s = self.clone();
-        s.meta.extra_hosts.push(host);
-        s
-    }
-
-    pub fn add_ulimit(&self, ulimit: Ulimit) -> Self {
-        let mut s = self.clone();
-        s.meta.ulimits.push(ulimit);
-        s
-    }
-
-    pub fn cgroup_parent(&self, parent: &str) -> Self {
-        let mut s = self.clone();
-        s.meta.cgroup_parent = parent.to_owned();
         s
     }
 }
 
 /// Layers `inputs` on top of each other (`llb.Merge`). Scratch inputs are
 /// dropped; with one input left that input is the result.
-pub fn merge(inputs: &[State], mut c: Constraints) -> State {
+pub(crate) fn merge(inputs: &[State], mut c: Constraints) -> State {
     let kept: Vec<&State> = inputs.iter().filter(|s| s.output.is_some()).collect();
     match kept.as_slice() {
         [] => State::scratch(),
@@ -457,20 +393,7 @@ pub fn merge(inputs: &[State], mut c: Constraints) -> State {
             c.add_cap(caps::MERGE_OP);
             let outputs = kept.iter().filter_map(|s| s.output.clone()).collect();
             let vertex = Arc::new(Vertex { kind: VertexKind::Merge(outputs), constraints: c });
-            first.with_output(Some(Output::new(vertex, Ok(0), None)))
+            first.with_output(Some(Output::new(vertex, 0, None)))
         }
     }
-}
-
-/// The changes from `lower` to `upper` (`llb.Diff`).
-pub fn diff(lower: &State, upper: &State, mut c: Constraints) -> State {
-    if lower.output.is_none() {
-        return if upper.output.is_none() { State::scratch() } else { upper.clone() };
-    }
-    c.add_cap(caps::DIFF_OP);
-    let vertex = Arc::new(Vertex {
-        kind: VertexKind::Diff { lower: lower.output.clone(), upper: upper.output.clone() },
-        constraints: c,
-    });
-    lower.with_output(Some(Output::new(vertex, Ok(0), None)))
 }

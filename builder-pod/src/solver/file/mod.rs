@@ -29,14 +29,14 @@ use kiln_proto::buildkit::pb::{
     FileActionCopy, FileActionMkDir, FileActionMkFile, FileActionRm, FileActionSymlink,
 };
 
-pub use self::user::{Owner, UserLookup};
+pub(crate) use self::user::UserLookup;
 
 use self::meta::{Timestamp, chmod, chown_to, mkdir_all, remove_all, set_time};
 use self::root::{resolve, shown};
 use crate::util::gopath;
 
 #[derive(Debug, thiserror::Error)]
-pub enum FileOpError {
+pub(crate) enum FileOpError {
     #[error("resolve {path}: {}", os_text(source))]
     Resolve { path: String, source: io::Error },
     #[error("mkdir {path}: {}", os_text(source))]
@@ -117,7 +117,7 @@ fn resolve_action_path(
 /// left alone, as BuildKit does; with it, parents get the same mode, owner
 /// and time, and a non-directory in the way is an error.
 #[tracing::instrument(skip_all, fields(path = %a.path))]
-pub fn mkdir(root: &Path, a: &FileActionMkDir, users: &UserLookup) -> Result<(), FileOpError> {
+pub(crate) fn mkdir(root: &Path, a: &FileActionMkDir, users: &UserLookup) -> Result<(), FileOpError> {
     let p = resolve_action_path(root, &a.path, true)?;
     let owner = users.resolve(a.owner.as_ref())?;
     let times = Timestamp::from_llb(a.timestamp);
@@ -139,7 +139,7 @@ pub fn mkdir(root: &Path, a: &FileActionMkDir, users: &UserLookup) -> Result<(),
 /// `FileActionMkFile`: creates the file, or truncates and rewrites an
 /// existing one (keeping its mode, like Go's `os.WriteFile`).
 #[tracing::instrument(skip_all, fields(path = %a.path))]
-pub fn mkfile(root: &Path, a: &FileActionMkFile, users: &UserLookup) -> Result<(), FileOpError> {
+pub(crate) fn mkfile(root: &Path, a: &FileActionMkFile, users: &UserLookup) -> Result<(), FileOpError> {
     let p = resolve_action_path(root, &a.path, true)?;
     let owner = users.resolve(a.owner.as_ref())?;
     let perm = a.mode as u32 & 0o777;
@@ -163,7 +163,7 @@ pub fn mkfile(root: &Path, a: &FileActionMkFile, users: &UserLookup) -> Result<(
 /// `FileActionSymlink`: a link at `newpath` whose target is `oldpath`,
 /// stored verbatim.
 #[tracing::instrument(skip_all, fields(path = %a.newpath))]
-pub fn symlink(root: &Path, a: &FileActionSymlink, users: &UserLookup) -> Result<(), FileOpError> {
+pub(crate) fn symlink(root: &Path, a: &FileActionSymlink, users: &UserLookup) -> Result<(), FileOpError> {
     let p = resolve_action_path(root, &a.newpath, true)?;
     let owner = users.resolve(a.owner.as_ref())?;
     std::os::unix::fs::symlink(&a.oldpath, &p).map_err(|source| FileOpError::Symlink {
@@ -179,7 +179,7 @@ pub fn symlink(root: &Path, a: &FileActionSymlink, users: &UserLookup) -> Result
 /// contents). With `allow_wildcard` every match of the glob goes, and no
 /// match is no error.
 #[tracing::instrument(skip_all, fields(path = %a.path))]
-pub fn rm(root: &Path, a: &FileActionRm) -> Result<(), FileOpError> {
+pub(crate) fn rm(root: &Path, a: &FileActionRm) -> Result<(), FileOpError> {
     if a.allow_wildcard {
         for m in copier::resolve_wildcards(root, &gopath::llb_normalize_path("/", &a.path, true), false)? {
             rm_path(root, &m, a.allow_not_found)?;
@@ -207,7 +207,7 @@ fn rm_path(root: &Path, path: &str, allow_not_found: bool) -> Result<(), FileOpE
 
 /// `FileActionCopy`: copies `src` from `src_root` to `dest` in `dest_root`.
 #[tracing::instrument(skip_all, fields(src = %a.src, dest = %a.dest))]
-pub fn copy(
+pub(crate) fn copy(
     src_root: &Path,
     dest_root: &Path,
     a: &FileActionCopy,

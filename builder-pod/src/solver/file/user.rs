@@ -16,7 +16,7 @@ const MAX_USER_FILE: u64 = 10 << 20;
 
 /// Numeric owner for the entries an action writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Owner {
+pub(crate) struct Owner {
     pub uid: u32,
     pub gid: u32,
 }
@@ -26,21 +26,22 @@ pub struct Owner {
 /// from the input a `NamedUserOpt` points at, for Dockerfiles the
 /// destination. Without a root, a name is an error; ids always work.
 #[derive(Debug, Clone, Default)]
-pub struct UserLookup {
+pub(crate) struct UserLookup {
     users: Option<PathBuf>,
     groups: Option<PathBuf>,
 }
 
 impl UserLookup {
     /// Names looked up in `root` for users and groups alike.
-    pub fn in_root(root: impl Into<PathBuf>) -> Self {
+    #[cfg(test)]
+    pub(crate) fn in_root(root: impl Into<PathBuf>) -> Self {
         let root = root.into();
         Self { users: Some(root.clone()), groups: Some(root) }
     }
 
     /// Separate roots for user and group names, as `NamedUserOpt.input` may
     /// name different inputs.
-    pub fn with_roots(users: Option<PathBuf>, groups: Option<PathBuf>) -> Self {
+    pub(crate) fn with_roots(users: Option<PathBuf>, groups: Option<PathBuf>) -> Self {
         Self { users, groups }
     }
 
@@ -51,7 +52,7 @@ impl UserLookup {
     /// name takes uid and primary gid from /etc/passwd; a group, by id or
     /// name from /etc/group, then overrides the gid. A name that is not in
     /// the file (or no file at all) resolves to 0, as BuildKit's does.
-    pub fn resolve(&self, owner: Option<&ChownOpt>) -> Result<Option<Owner>, FileOpError> {
+    pub(crate) fn resolve(&self, owner: Option<&ChownOpt>) -> Result<Option<Owner>, FileOpError> {
         let Some(owner) = owner else { return Ok(None) };
         let mut out = Owner { uid: 0, gid: 0 };
         match owner.user.as_ref().and_then(|u: &UserOpt| u.user.as_ref()) {

@@ -21,18 +21,14 @@ use crate::executor::{
     ExecMount, ExecSpec, Executor, ExecutorError, MountKind, NetworkMode, ProcessFailed, ProcessIo, Rlimit,
     SecurityMode,
 };
-use crate::session::SessionManager;
+use crate::locks::KeyedLocks;
 use crate::session::secrets::{SecretError, get_secret};
 use crate::session::sshforward::{self, AgentSocket, SshError};
 use crate::solver::entitlements::{self, EntitlementError};
-use crate::solver::ops::KeyedLocks;
 use crate::solver::scheduler::BuildContext;
 
-/// How long a session the build names may take to connect.
-const SESSION_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
-
 #[derive(Debug, thiserror::Error)]
-pub enum ExecOpError {
+pub(crate) enum ExecOpError {
     #[error(transparent)]
     Mount(#[from] MountError),
     #[error(transparent)]
@@ -67,7 +63,7 @@ fn prepare_err(path: &Path) -> impl FnOnce(std::io::Error) -> ExecOpError + '_ {
 
 /// Persistent `RUN --mount=type=cache` directories with their sharing modes.
 #[derive(Debug, Default)]
-pub struct CacheMounts {
+pub(crate) struct CacheMounts {
     locks: KeyedLocks,
 }
 
@@ -96,10 +92,9 @@ impl Drop for SecretDir {
     }
 }
 
-pub struct ExecContext<'a> {
+pub(crate) struct ExecContext<'a> {
     pub cache: &'a CacheManager,
     pub cache_mounts: &'a CacheMounts,
-    pub sessions: &'a SessionManager,
     pub executor: &'a dyn Executor,
     pub secrets_dir: &'a Path,
     pub digest: &'a str,
@@ -112,7 +107,7 @@ impl std::fmt::Debug for ExecContext<'_> {
 }
 
 /// Runs the step and returns one snapshot per output index.
-pub async fn run(
+pub(crate) async fn run(
     cx: ExecContext<'_>,
     op: &pb::ExecOp,
     inputs: &[Snapshot],
@@ -184,7 +179,7 @@ pub async fn run(
 
     let mut secret_env = Vec::new();
     for s in &op.secretenv {
-        match get_secret(cx.sessions, &ctx.session_ids, &s.id).await? {
+        match get_secret(&ctx.sessions, &s.id).await? {
             Some(value) => secret_env.push((s.name.clone(), String::from_utf8_lossy(&value).into_owned())),
             None if s.optional => {}
             None => return Err(ExecOpError::SecretNotFound { id: s.id.clone() }),
@@ -359,23 +354,17 @@ async fn ssh_source(
 ) -> Result<Option<PathBuf>, ExecOpError> {
     let opt = m.ssh_opt.clone().unwrap_or_default();
     let id = if opt.id.is_empty() { "default".to_owned() } else { opt.id.clone() };
-    for session_id in ctx.session_ids.iter().filter(|s| !s.is_empty()) {
-        let Ok(session) = cx.sessions.get(session_id, SESSION_WAIT).await else {
-            continue;
-        };
-        if !sshforward::check(&session, &id).await? {
-            continue;
+    let Some(session) = sshforward::find(&ctx.sessions, &id).await? else {
+        if opt.optional {
+            return Ok(None);
         }
-        let dir = cx.cache.temp_dir("ssh-")?;
-        let socket = sshforward::listen(session, &id, dir.path(), opt.uid, opt.gid, opt.mode)?;
-        let path = socket.path.clone();
-        held.agents.push((socket, dir));
-        return Ok(Some(path));
-    }
-    if opt.optional {
-        return Ok(None);
-    }
-    Err(SshError::NotForwarded { id }.into())
+        return Err(SshError::NotForwarded { id }.into());
+    };
+    let dir = cx.cache.temp_dir("ssh-")?;
+    let socket = sshforward::listen(session, &id, dir.path(), opt.uid, opt.gid, opt.mode)?;
+    let path = socket.path.clone();
+    held.agents.push((socket, dir));
+    Ok(Some(path))
 }
 
 /// Writes the secret into the step's tmpfs; `None` when it is optional and absent.
@@ -386,7 +375,7 @@ async fn secret_source(
     held: &mut Held,
 ) -> Result<Option<PathBuf>, ExecOpError> {
     let opt = m.secret_opt.clone().unwrap_or_default();
-    let Some(value) = get_secret(cx.sessions, &ctx.session_ids, &opt.id).await? else {
+    let Some(value) = get_secret(&ctx.sessions, &opt.id).await? else {
         if opt.optional {
             return Ok(None);
         }

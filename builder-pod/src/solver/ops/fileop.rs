@@ -10,7 +10,7 @@ use crate::cache::{CacheError, CacheManager, PendingLayer, Snapshot};
 use crate::solver::file::{self, FileOpError, UserLookup};
 
 #[derive(Debug, thiserror::Error)]
-pub enum FileOpRunError {
+pub(crate) enum FileOpRunError {
     #[error(transparent)]
     Mount(#[from] MountError),
     #[error(transparent)]
@@ -34,7 +34,7 @@ pub enum FileOpRunError {
 /// For each op input read only as a copy source: a key of the content the
 /// copies select from it (their source paths; for a wildcard, the directory
 /// it searches). An input that an action also writes onto keeps its own key.
-pub async fn selected_keys(
+pub(crate) async fn selected_keys(
     cache: &CacheManager,
     hashes: &HashCache,
     op: &pb::FileOp,
@@ -99,7 +99,7 @@ enum Slot {
 /// A chain of actions where each result is read only by the next one makes
 /// one layer, not one per action (`ops/file.go` commits a result only when
 /// it is an output or read twice).
-pub async fn run(
+pub(crate) async fn run(
     cache: &CacheManager,
     op: &pb::FileOp,
     inputs: &[Snapshot],

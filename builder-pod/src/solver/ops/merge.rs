@@ -5,7 +5,7 @@ use kiln_proto::buildkit::pb;
 use crate::cache::Snapshot;
 
 #[derive(Debug, thiserror::Error)]
-pub enum LayerOpError {
+pub(crate) enum LayerOpError {
     #[error("merge input {0} is not an input of the op")]
     MergeInput(i64),
     #[error("diff input {0} is not an input of the op")]
@@ -19,7 +19,7 @@ fn input(inputs: &[Snapshot], index: i64, err: fn(i64) -> LayerOpError) -> Resul
 }
 
 /// The inputs stacked in order: later inputs over earlier ones.
-pub fn merge(op: &pb::MergeOp, inputs: &[Snapshot]) -> Result<Snapshot, LayerOpError> {
+pub(crate) fn merge(op: &pb::MergeOp, inputs: &[Snapshot]) -> Result<Snapshot, LayerOpError> {
     let mut layers = Vec::new();
     for m in &op.inputs {
         layers.extend(input(inputs, m.input, LayerOpError::MergeInput)?.layers.iter().cloned());
@@ -29,7 +29,7 @@ pub fn merge(op: &pb::MergeOp, inputs: &[Snapshot]) -> Result<Snapshot, LayerOpE
 
 /// The changes from `lower` to `upper`: the layers `upper` has on top of `lower`.
 /// A missing side (index -1) is scratch.
-pub fn diff(op: &pb::DiffOp, inputs: &[Snapshot]) -> Result<Snapshot, LayerOpError> {
+pub(crate) fn diff(op: &pb::DiffOp, inputs: &[Snapshot]) -> Result<Snapshot, LayerOpError> {
     let side = |i: Option<i64>| match i {
         None | Some(-1) => Ok(Snapshot::default()),
         Some(i) => input(inputs, i, LayerOpError::DiffInput).cloned(),

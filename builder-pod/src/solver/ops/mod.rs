@@ -1,27 +1,24 @@
 //! How kilnd carries out each kind of LLB op on this machine.
 
-pub mod exec;
-pub mod fileop;
-pub mod merge;
-pub mod source;
+pub(crate) mod exec;
+pub(crate) mod fileop;
+pub(crate) mod merge;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use kiln_proto::buildkit::pb;
 
 use super::llb::Vertex;
-use super::scheduler::{BuildContext, OpError, Ops, Resolved};
+use super::scheduler::{BuildContext, OpError, Ops};
 use crate::cache::{CacheManager, Snapshot};
 use crate::executor::Executor;
-use crate::session::SessionManager;
+use crate::source::{Resolved, Sources};
 
 /// The ops of kilnd's one worker: sources through the client's session and
 /// registries, file changes through overlay mounts, steps through the OCI runtime.
-pub struct WorkerOps {
+pub(crate) struct WorkerOps {
     pub cache: Arc<CacheManager>,
-    pub sessions: Arc<SessionManager>,
-    pub sources: Arc<source::Sources>,
+    pub sources: Arc<Sources>,
     pub executor: Arc<dyn Executor>,
     pub cache_mounts: exec::CacheMounts,
     /// Where steps' secret files are mounted: on the run directory's
@@ -36,7 +33,7 @@ impl std::fmt::Debug for WorkerOps {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum OpsError {
+pub(crate) enum OpsError {
     #[error("{0} ops are not supported by kilnd yet")]
     UnsupportedOp(&'static str),
     #[error("LLB op has no operation")]
@@ -49,7 +46,7 @@ impl Ops for WorkerOps {
         let Some(pb::op::Op::Source(source)) = vertex.operation() else {
             return Err(OpsError::Empty.into());
         };
-        Ok(self.sources.resolve(&vertex.digest, &vertex.op, source, ctx).await?)
+        Ok(self.sources.resolve(&vertex.digest, &vertex.op, source, &ctx.sessions, &ctx.job.progress).await?)
     }
 
     async fn selected_keys(
@@ -75,12 +72,11 @@ impl Ops for WorkerOps {
         match vertex.operation().ok_or(OpsError::Empty)? {
             pb::op::Op::Merge(op) => Ok(vec![merge::merge(op, &inputs)?]),
             pb::op::Op::Diff(op) => Ok(vec![merge::diff(op, &inputs)?]),
-            pb::op::Op::Source(s) => Ok(vec![self.sources.load(resolved, s, ctx).await?]),
+            pb::op::Op::Source(s) => Ok(vec![self.sources.load(resolved, s, &ctx.sessions).await?]),
             pb::op::Op::Exec(op) => {
                 let cx = exec::ExecContext {
                     cache: &self.cache,
                     cache_mounts: &self.cache_mounts,
-                    sessions: &self.sessions,
                     executor: self.executor.as_ref(),
                     secrets_dir: &self.secrets_dir,
                     digest: &vertex.digest,
@@ -90,23 +86,5 @@ impl Ops for WorkerOps {
             pb::op::Op::File(op) => Ok(fileop::run(&self.cache, op, &inputs).await?),
             pb::op::Op::Build(_) => Err(OpsError::UnsupportedOp("build").into()),
         }
-    }
-}
-
-/// Async locks by name, for work that must not run twice at once on one
-/// thing (a kept directory, a layer being unpacked, a locked cache mount).
-#[derive(Debug, Default)]
-pub struct KeyedLocks {
-    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-}
-
-impl KeyedLocks {
-    pub fn get(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.locks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        Arc::clone(locks.entry(key.to_owned()).or_default())
-    }
-
-    pub async fn lock(&self, key: &str) -> tokio::sync::OwnedMutexGuard<()> {
-        self.get(key).lock_owned().await
     }
 }

@@ -1,7 +1,8 @@
 //! Registry authentication: credentials from the caller, `WWW-Authenticate`
 //! challenges, and the token flow of the distribution spec ("Token
-//! Authentication Specification", docs/spec/auth/token.md and oauth.md) as
-//! BuildKit's `util/resolver/authorizer.go` runs it.
+//! Authentication Specification": upstream distribution/distribution's
+//! `docs/spec/auth/token.md` and `oauth.md`, not files of this repository)
+//! as BuildKit's `util/resolver/authorizer.go` runs it.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -9,11 +10,13 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
+use crate::session::{Group, auth};
+
 /// A username and secret for one registry host. An empty username with a
 /// secret means the secret is an identity (refresh) token, which is how
 /// BuildKit's session `Auth.Credentials` hands over `identitytoken` logins.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Credentials {
+pub(crate) struct Credentials {
     pub username: String,
     pub secret: String,
 }
@@ -28,14 +31,14 @@ impl fmt::Debug for Credentials {
 }
 
 /// The error a credentials source may fail with.
-pub type AuthError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type AuthError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Where credentials come from; the session layer implements it over the
-/// client's `Auth.Credentials` callback (buildkit-protocol.md §4.6).
+/// Where credentials come from: the client's `Auth` service through the
+/// build's sessions (docs/protocol.md §4.4), or a fixed set.
 /// `host` is the registry's API host (`registry-1.docker.io` for Docker Hub),
 /// as BuildKit asks for it. It is only called when a registry challenges.
 #[async_trait]
-pub trait RegistryAuth: Send + Sync + fmt::Debug {
+pub(crate) trait RegistryAuth: Send + Sync + fmt::Debug {
     async fn credentials(&self, host: &str) -> Result<Option<Credentials>, AuthError>;
 
     /// A token for `scopes` from `realm`, fetched by the credentials' owner
@@ -54,7 +57,7 @@ pub trait RegistryAuth: Send + Sync + fmt::Debug {
 
 /// A registry token the client fetched.
 #[derive(Clone)]
-pub struct ClientToken {
+pub(crate) struct ClientToken {
     pub token: String,
     /// Seconds it lasts, when the client said.
     pub expires_in: Option<u64>,
@@ -69,10 +72,12 @@ impl fmt::Debug for ClientToken {
     }
 }
 
-/// No credentials: anonymous access only.
+/// No credentials: anonymous access only (tests).
+#[cfg(test)]
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Anonymous;
+pub(crate) struct Anonymous;
 
+#[cfg(test)]
 #[async_trait]
 impl RegistryAuth for Anonymous {
     async fn credentials(&self, _host: &str) -> Result<Option<Credentials>, AuthError> {
@@ -80,19 +85,43 @@ impl RegistryAuth for Anonymous {
     }
 }
 
-/// A fixed set of credentials per host, for configuration-driven pulls and
-/// tests.
+/// The client's logins, asked of the build's sessions, first session first.
+#[async_trait]
+impl RegistryAuth for Group {
+    async fn credentials(&self, host: &str) -> Result<Option<Credentials>, AuthError> {
+        let found = auth::credentials(self, host).await?;
+        Ok(found.map(|r| Credentials { username: r.username, secret: r.secret }))
+    }
+
+    async fn fetch_token(
+        &self,
+        host: &str,
+        realm: &str,
+        service: Option<&str>,
+        scopes: &[String],
+    ) -> Result<Option<ClientToken>, AuthError> {
+        let found = auth::fetch_token(self, host, realm, service, scopes).await?;
+        Ok(found.map(|r| ClientToken {
+            expires_in: u64::try_from(r.expires_in).ok().filter(|s| *s > 0),
+            token: r.token,
+        }))
+    }
+}
+
+/// A fixed set of credentials per host (tests).
+#[cfg(test)]
 #[derive(Debug, Clone, Default)]
-pub struct StaticCredentials {
+pub(crate) struct StaticCredentials {
     hosts: HashMap<String, Credentials>,
 }
 
+#[cfg(test)]
 impl StaticCredentials {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
-    pub fn with(
+    pub(crate) fn with(
         mut self,
         host: impl Into<String>,
         username: impl Into<String>,
@@ -103,6 +132,7 @@ impl StaticCredentials {
     }
 }
 
+#[cfg(test)]
 #[async_trait]
 impl RegistryAuth for StaticCredentials {
     async fn credentials(&self, host: &str) -> Result<Option<Credentials>, AuthError> {
@@ -247,7 +277,7 @@ pub(super) enum Authorization {
 }
 
 impl AuthCache {
-    pub fn authorization(&self, host: &str, scope: &Scope) -> Option<Authorization> {
+    pub(super) fn authorization(&self, host: &str, scope: &Scope) -> Option<Authorization> {
         match self.hosts.get(host)? {
             HostAuth::Basic(credentials) => Some(Authorization::Basic(credentials.clone())),
             HostAuth::Bearer { tokens } => tokens
@@ -257,7 +287,7 @@ impl AuthCache {
         }
     }
 
-    pub fn store_token(&mut self, host: &str, scope: &Scope, token: CachedToken) {
+    pub(super) fn store_token(&mut self, host: &str, scope: &Scope, token: CachedToken) {
         let entry =
             self.hosts.entry(host.to_owned()).or_insert_with(|| HostAuth::Bearer { tokens: HashMap::new() });
         match entry {
@@ -286,7 +316,7 @@ pub(super) struct TokenResponse {
 }
 
 impl TokenResponse {
-    pub fn into_cached(self) -> Option<CachedToken> {
+    pub(super) fn into_cached(self) -> Option<CachedToken> {
         let token = self.token.filter(|t| !t.is_empty()).or(self.access_token.filter(|t| !t.is_empty()))?;
         // The spec's default lifetime is 60 s; renew a little early.
         let lifetime = Duration::from_secs(self.expires_in.unwrap_or(60).max(60));

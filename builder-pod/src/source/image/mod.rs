@@ -3,8 +3,7 @@
 //! for the exporter.
 //!
 //! Registry access is a thin client of our own on `reqwest` rather than
-//! `oci-client` 0.18 (ARCHITECTURE.md allows either, with the reason written
-//! down). The reasons:
+//! `oci-client` 0.18, which would also do. The reasons:
 //! - credentials come from the build's session and are asked for only when a
 //!   registry challenges, per host, through [`RegistryAuth`]; `oci-client`
 //!   wants a `RegistryAuth` value up front for every call;
@@ -33,14 +32,10 @@ use futures::{StreamExt, TryStreamExt};
 use tokio::io::AsyncRead;
 use tracing::instrument;
 
-pub use auth::{Anonymous, AuthError, ClientToken, Credentials, RegistryAuth, StaticCredentials};
-pub use manifest::{
-    DOCKER_CONFIG, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, Descriptor, Index, Manifest, OCI_CONFIG, OCI_INDEX,
-    OCI_MANIFEST,
-};
-pub use platform::Platform;
-pub use reference::{DOCKER_HUB, Reference};
-pub use registry::{BlobPush, HostConfig, Registry, RegistryClient, RegistryHosts, RequestError};
+pub(crate) use manifest::{Descriptor, Index, Manifest};
+pub(crate) use platform::Platform;
+pub(crate) use reference::{DOCKER_HUB, Reference};
+pub(crate) use registry::{BlobPush, HostConfig, Registry, RegistryClient, RegistryHosts, RequestError};
 
 use crate::content::{ContentStore, Digest};
 
@@ -77,13 +72,12 @@ pub enum ImageError {
 
 /// One platform's image as a reference resolved to it.
 #[derive(Debug, Clone)]
-pub struct ResolvedImage {
+pub(crate) struct ResolvedImage {
     pub reference: Reference,
     /// The index (or manifest list) the reference pointed to, if it did.
     pub index: Option<IndexDocument>,
     /// The platform's manifest, as fetched.
     pub manifest_digest: Digest,
-    pub manifest_media_type: String,
     pub manifest_bytes: Vec<u8>,
     pub manifest: Manifest,
     /// The image config blob, as fetched.
@@ -93,34 +87,27 @@ pub struct ResolvedImage {
 
 /// An index as fetched, with its digest.
 #[derive(Debug, Clone)]
-pub struct IndexDocument {
+pub(crate) struct IndexDocument {
     pub digest: Digest,
-    pub media_type: String,
     pub bytes: Vec<u8>,
-    pub index: Index,
 }
 
 impl ResolvedImage {
     /// The digest to pin the reference to: the index's when the reference
     /// named one, else the manifest's (what BuildKit's `ResolveImageConfig`
     /// returns).
-    pub fn digest(&self) -> &Digest {
+    pub(crate) fn digest(&self) -> &Digest {
         self.index.as_ref().map_or(&self.manifest_digest, |i| &i.digest)
     }
 
-    /// The reference pinned at [`Self::digest`].
-    pub fn pinned_reference(&self) -> Reference {
-        self.reference.with_digest(self.digest().clone())
-    }
-
-    pub fn layers(&self) -> &[Descriptor] {
+    pub(crate) fn layers(&self) -> &[Descriptor] {
         &self.manifest.layers
     }
 }
 
 /// What [`RegistryClient::pull`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PullStats {
+pub(crate) struct PullStats {
     /// Layers downloaded.
     pub fetched: usize,
     /// Layers the store already had.
@@ -132,7 +119,7 @@ pub struct PullStats {
 impl RegistryClient {
     /// Resolves `reference` to the manifest and config for `platform`.
     #[instrument(skip_all, fields(image.ref = %reference, platform = %platform))]
-    pub async fn resolve(
+    pub(crate) async fn resolve(
         &self,
         reference: &Reference,
         platform: &Platform,
@@ -148,7 +135,7 @@ impl RegistryClient {
             let chosen = choose_platform(&name, &top.digest, &index, platform)?;
             let fetched =
                 self.fetch_manifest(reference, &chosen.digest.to_string()).await.map_err(pull_err)?;
-            let doc = IndexDocument { digest: top.digest, media_type: top_type, bytes: top.bytes, index };
+            let doc = IndexDocument { digest: top.digest, bytes: top.bytes };
             (Some(doc), fetched)
         } else {
             (None, top)
@@ -172,7 +159,6 @@ impl RegistryClient {
             reference: reference.clone(),
             index,
             manifest_digest: fetched.digest,
-            manifest_media_type: media_type,
             manifest_bytes: fetched.bytes,
             config_digest: manifest.config.digest.clone(),
             manifest,
@@ -183,7 +169,11 @@ impl RegistryClient {
     /// Puts the image's documents and layers into `store`, downloading only
     /// the layers it lacks; every blob is verified against its digest.
     #[instrument(skip_all, fields(image.ref = %image.reference, image.digest = %image.digest()))]
-    pub async fn pull(&self, image: &ResolvedImage, store: &ContentStore) -> Result<PullStats, ImageError> {
+    pub(crate) async fn pull(
+        &self,
+        image: &ResolvedImage,
+        store: &ContentStore,
+    ) -> Result<PullStats, ImageError> {
         let name = image.reference.to_string();
         let store_err = |what| {
             let name = name.clone();
@@ -235,7 +225,7 @@ impl RegistryClient {
     /// Pushes one blob to `reference`'s repository unless it is there
     /// already, mounting it from another repository when one is known.
     #[instrument(skip_all, fields(image.ref = %reference, blob.digest = %digest, blob.size = size))]
-    pub async fn push_blob(
+    pub(crate) async fn push_blob(
         &self,
         reference: &Reference,
         digest: &Digest,
@@ -260,7 +250,7 @@ impl RegistryClient {
     /// `reference`'s repository as they come, and [`EarlyUpload::complete`]
     /// names the blob once its digest is known. Until then the registry
     /// holds an unfinished upload, never a blob or an image.
-    pub fn upload_while_made(&self, reference: &Reference) -> EarlyUpload {
+    pub(crate) fn upload_while_made(&self, reference: &Reference) -> EarlyUpload {
         let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(EARLY_UPLOAD_QUEUE);
         let body = reqwest::Body::wrap_stream(
             tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, std::io::Error>),
@@ -271,7 +261,7 @@ impl RegistryClient {
     }
 
     /// Pushes a blob from the content store.
-    pub async fn push_blob_from_store(
+    pub(crate) async fn push_blob_from_store(
         &self,
         reference: &Reference,
         store: &ContentStore,
@@ -290,7 +280,7 @@ impl RegistryClient {
     /// Pushes a manifest or index under the reference's tag (by its digest
     /// when the reference has none) and returns its digest.
     #[instrument(skip_all, fields(image.ref = %reference, media_type = media_type))]
-    pub async fn push_manifest(
+    pub(crate) async fn push_manifest(
         &self,
         reference: &Reference,
         media_type: &str,
@@ -316,7 +306,7 @@ impl RegistryClient {
     /// under the tag last, so a push that fails part-way never leaves a tag
     /// pointing at missing content.
     #[instrument(skip_all, fields(image.ref = %reference, media_type = media_type))]
-    pub async fn push_image(
+    pub(crate) async fn push_image(
         &self,
         reference: &Reference,
         store: &ContentStore,
@@ -365,7 +355,7 @@ const EARLY_UPLOAD_QUEUE: usize = 8;
 /// A blob being uploaded while it is made; see
 /// [`RegistryClient::upload_while_made`].
 #[derive(Debug)]
-pub struct EarlyUpload {
+pub(crate) struct EarlyUpload {
     tx: tokio::sync::mpsc::Sender<bytes::Bytes>,
     task: tokio::task::JoinHandle<Result<reqwest::Url, RequestError>>,
     client: RegistryClient,
@@ -375,13 +365,13 @@ pub struct EarlyUpload {
 impl EarlyUpload {
     /// Where the blob's bytes go, in order. A send fails once the upload
     /// has failed; the producer then goes on without it.
-    pub fn sender(&self) -> tokio::sync::mpsc::Sender<bytes::Bytes> {
+    pub(crate) fn sender(&self) -> tokio::sync::mpsc::Sender<bytes::Bytes> {
         self.tx.clone()
     }
 
     /// Ends the upload's body and completes it as `digest`. Every sender
     /// must have been dropped (the body ends when the last one is).
-    pub async fn complete(self, digest: &Digest) -> Result<(), RequestError> {
+    pub(crate) async fn complete(self, digest: &Digest) -> Result<(), RequestError> {
         let EarlyUpload { tx, task, client, reference } = self;
         drop(tx);
         let url = task.await.map_err(|e| RequestError::Protocol {

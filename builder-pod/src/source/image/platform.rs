@@ -10,7 +10,7 @@ use super::ImageError;
 
 /// An OCI platform (image-spec descriptor.md "platform").
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Platform {
+pub(crate) struct Platform {
     pub os: String,
     pub architecture: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -22,7 +22,7 @@ pub struct Platform {
 }
 
 impl Platform {
-    pub fn new(os: &str, architecture: &str, variant: Option<&str>) -> Self {
+    pub(crate) fn new(os: &str, architecture: &str, variant: Option<&str>) -> Self {
         Self {
             os: os.to_owned(),
             architecture: architecture.to_owned(),
@@ -33,13 +33,13 @@ impl Platform {
     }
 
     /// `linux/amd64`, the platform BuildKit assumes when nothing else is known.
-    pub fn linux_amd64() -> Self {
+    pub(crate) fn linux_amd64() -> Self {
         Self::new("linux", "amd64", None)
     }
 
     /// Parses a specifier `os/arch[/variant]` (`linux/arm64/v8`), or a bare
     /// architecture (`arm64`, meaning linux), and normalises it.
-    pub fn parse(specifier: &str) -> Result<Self, ImageError> {
+    pub(crate) fn parse(specifier: &str) -> Result<Self, ImageError> {
         let invalid = |reason| ImageError::InvalidPlatform { platform: specifier.to_owned(), reason };
         let parts: Vec<&str> = specifier.split('/').collect();
         if parts.iter().any(|p| p.is_empty()) {
@@ -57,7 +57,7 @@ impl Platform {
     /// containerd's `Normalize`: lower case, `x86_64` → `amd64`,
     /// `aarch64` → `arm64` (whose default variant v8 is dropped), `armhf` →
     /// `arm/v7`, bare `arm` → `arm/v7`, `i386` → `386`.
-    pub fn normalize(&self) -> Self {
+    pub(crate) fn normalize(&self) -> Self {
         let mut os = self.os.to_lowercase();
         if os == "macos" {
             os = "darwin".to_owned();
@@ -140,7 +140,7 @@ impl Platform {
 
     /// Where `candidate` ranks among what this platform can run (0 is an
     /// exact match), or `None` when it cannot run it.
-    pub fn match_rank(&self, candidate: &Platform) -> Option<usize> {
+    pub(crate) fn match_rank(&self, candidate: &Platform) -> Option<usize> {
         let candidate = candidate.normalize();
         self.compatible().iter().position(|p| {
             p.os == candidate.os && p.architecture == candidate.architecture && p.variant == candidate.variant

@@ -9,13 +9,13 @@ use super::ImageError;
 use crate::content::Digest;
 
 /// The registry short names resolve to.
-pub const DOCKER_HUB: &str = "docker.io";
+pub(crate) const DOCKER_HUB: &str = "docker.io";
 /// Where Docker Hub's registry API actually answers.
 const DOCKER_HUB_ENDPOINT: &str = "registry-1.docker.io";
 
 /// A fully qualified image reference.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Reference {
+pub(crate) struct Reference {
     /// `host[:port]`, `docker.io` for Docker Hub.
     pub registry: String,
     /// The repository path, `library/busybox` for official Hub images.
@@ -27,7 +27,7 @@ pub struct Reference {
 impl Reference {
     /// Parses and normalises `reference`. A name with neither tag nor digest
     /// gets the tag `latest`.
-    pub fn parse(reference: &str) -> Result<Self, ImageError> {
+    pub(crate) fn parse(reference: &str) -> Result<Self, ImageError> {
         let invalid = |reason| ImageError::InvalidReference { reference: reference.to_owned(), reason };
         if reference.is_empty() {
             return Err(invalid("it is empty"));
@@ -84,7 +84,7 @@ impl Reference {
 
     /// The same repository pinned at `digest` (keeping the tag for display,
     /// as `name:tag@digest`).
-    pub fn with_digest(&self, digest: Digest) -> Self {
+    pub(crate) fn with_digest(&self, digest: Digest) -> Self {
         Self { digest: Some(digest), ..self.clone() }
     }
 
@@ -99,7 +99,7 @@ impl Reference {
 
     /// The host that serves the registry API (Docker Hub's differs from its
     /// name); also the host credentials are asked for, as in BuildKit.
-    pub fn endpoint_host(&self) -> &str {
+    pub(crate) fn endpoint_host(&self) -> &str {
         if self.registry == DOCKER_HUB { DOCKER_HUB_ENDPOINT } else { &self.registry }
     }
 }

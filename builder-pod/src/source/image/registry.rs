@@ -38,7 +38,7 @@ const UPLOAD_CHUNK: usize = 1 << 20;
 /// How one registry host is reached; the keys of `[registry."host"]` in
 /// buildkitd.toml.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-pub struct HostConfig {
+pub(crate) struct HostConfig {
     /// Plain HTTP instead of HTTPS.
     #[serde(default)]
     pub http: bool,
@@ -50,25 +50,25 @@ pub struct HostConfig {
 /// Per-registry settings, keyed by the registry name as it appears in
 /// references (`127.0.0.1:5000`, `docker.io`). Hosts not listed use HTTPS.
 #[derive(Debug, Clone, Default)]
-pub struct RegistryHosts {
+pub(crate) struct RegistryHosts {
     hosts: HashMap<String, HostConfig>,
 }
 
 impl RegistryHosts {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
-    pub fn with(mut self, registry: impl Into<String>, config: HostConfig) -> Self {
+    pub(crate) fn with(mut self, registry: impl Into<String>, config: HostConfig) -> Self {
         self.insert(registry, config);
         self
     }
 
-    pub fn insert(&mut self, registry: impl Into<String>, config: HostConfig) {
+    pub(crate) fn insert(&mut self, registry: impl Into<String>, config: HostConfig) {
         self.hosts.insert(registry.into(), config);
     }
 
-    pub fn get(&self, registry: &str) -> HostConfig {
+    pub(crate) fn get(&self, registry: &str) -> HostConfig {
         self.hosts.get(registry).cloned().unwrap_or_default()
     }
 }
@@ -121,7 +121,7 @@ fn chain(error: &(dyn std::error::Error + 'static)) -> String {
 /// The shared, long-lived part: HTTP connection pools and host settings.
 /// Make a [`RegistryClient`] from it per credentials source.
 #[derive(Debug, Clone)]
-pub struct Registry {
+pub(crate) struct Registry {
     hosts: Arc<RegistryHosts>,
     http: reqwest::Client,
     insecure: reqwest::Client,
@@ -142,7 +142,7 @@ const MAX_BLOB_SOURCES: usize = 16_384;
 
 /// How a blob came to be in the repository a push names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BlobPush {
+pub(crate) enum BlobPush {
     /// It was there already.
     Present,
     /// The registry linked it from another of its repositories.
@@ -152,7 +152,7 @@ pub enum BlobPush {
 }
 
 impl Registry {
-    pub fn new(hosts: RegistryHosts) -> Result<Self, super::ImageError> {
+    pub(crate) fn new(hosts: RegistryHosts) -> Result<Self, super::ImageError> {
         let builder = || {
             reqwest::Client::builder()
                 .user_agent(concat!("kilnd/", env!("CARGO_PKG_VERSION")))
@@ -170,14 +170,14 @@ impl Registry {
 
     /// A client that authenticates with `auth`. Its token cache belongs to
     /// those credentials alone.
-    pub fn client(&self, auth: Arc<dyn RegistryAuth>) -> RegistryClient {
+    pub(crate) fn client(&self, auth: Arc<dyn RegistryAuth>) -> RegistryClient {
         RegistryClient { registry: self.clone(), auth, cache: Arc::new(Mutex::new(AuthCache::default())) }
     }
 }
 
 /// Talks to registries on behalf of one credentials source.
 #[derive(Clone)]
-pub struct RegistryClient {
+pub(crate) struct RegistryClient {
     registry: Registry,
     auth: Arc<dyn RegistryAuth>,
     cache: Arc<Mutex<AuthCache>>,
@@ -536,7 +536,7 @@ impl RegistryClient {
                 scopes.push(extra.clone());
             }
             // The client fetches the token itself when it can, so its
-            // secrets never reach the daemon (buildkit-protocol.md §4.6).
+            // secrets never reach the daemon (docs/protocol.md §4.4).
             let from_client = self
                 .auth
                 .fetch_token(host, realm, service.as_deref(), &scopes)

@@ -1,5 +1,5 @@
 //! Frontend attributes to [`ConvertOptions`] (`frontend/dockerui/config.go`
-//! `init`, `attr.go`; buildkit-protocol.md §6).
+//! `init`, `attr.go`; docs/protocol.md §6).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -45,7 +45,7 @@ impl ConvertOptions {
     /// requested target platform (empty: the platform is implicit); the
     /// options target the first, so a multi-platform build converts once
     /// per platform with `target_platform` set to each.
-    pub fn from_frontend_attrs(
+    pub(crate) fn from_frontend_attrs(
         attrs: &BTreeMap<String, String>,
         session_id: &str,
     ) -> Result<(Self, Vec<Platform>), ConvertError> {

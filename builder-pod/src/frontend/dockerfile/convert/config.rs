@@ -286,18 +286,7 @@ impl Converter<'_> {
         )?;
         let d = &self.states[target];
         let image_config = llb::go_json(&d.image, "image config")?;
-        let base_image_config =
-            d.base_image.as_ref().map(|b| llb::go_json(b, "base image config")).transpose()?;
-        let ignore_cache = d.ignore_cache;
-        Ok(Converted {
-            definition,
-            image_config,
-            image: d.image.clone(),
-            base_image_config,
-            warnings: std::mem::take(&mut self.warnings),
-            epoch: self.epoch,
-            ignore_cache,
-        })
+        Ok(Converted { definition, image_config, warnings: std::mem::take(&mut self.warnings) })
     }
 }
 

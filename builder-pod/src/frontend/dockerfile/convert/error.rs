@@ -13,7 +13,7 @@ use crate::util::strconv::{NumError, quote};
 
 /// A conversion failure; `lines` are the Dockerfile lines it is about.
 #[derive(Debug)]
-pub struct ConvertError {
+pub(crate) struct ConvertError {
     /// Boxed: the kinds carry parser errors and would make every result large.
     pub kind: Box<ConvertErrorKind>,
     pub lines: Option<(usize, usize)>,
@@ -37,7 +37,7 @@ impl std::error::Error for ConvertError {
 
 /// What went wrong; the texts are upstream's.
 #[derive(Debug, thiserror::Error)]
-pub enum ConvertErrorKind {
+pub(crate) enum ConvertErrorKind {
     #[error("the Dockerfile cannot be empty")]
     EmptyDockerfile,
     #[error("failed to parse check options: {0}")]

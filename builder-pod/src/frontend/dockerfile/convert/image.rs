@@ -30,10 +30,10 @@ fn is_false(v: &bool) -> bool {
 
 /// The `{}` values of `ExposedPorts` and `Volumes`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Empty {}
+pub(crate) struct Empty {}
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Healthcheck {
+pub(crate) struct Healthcheck {
     #[serde(
         rename = "Test",
         default,
@@ -55,7 +55,7 @@ pub struct Healthcheck {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ImageConfig {
+pub(crate) struct ImageConfig {
     #[serde(
         rename = "User",
         default,
@@ -145,7 +145,7 @@ pub struct ImageConfig {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RootFs {
+pub(crate) struct RootFs {
     #[serde(rename = "type", default, deserialize_with = "null_default")]
     pub fs_type: String,
     /// `null` until the exporter knows the layers.
@@ -154,7 +154,7 @@ pub struct RootFs {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct History {
+pub(crate) struct History {
     /// RFC 3339, kept as the base image wrote it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created: Option<String>,
@@ -171,7 +171,7 @@ pub struct History {
 /// An image config. `created` is dropped on purpose: the frontend clears it
 /// and the exporter sets it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Image {
+pub(crate) struct Image {
     #[serde(default, deserialize_with = "null_default", skip_serializing_if = "String::is_empty")]
     pub author: String,
     #[serde(default, deserialize_with = "null_default")]
@@ -204,7 +204,7 @@ pub struct Image {
 
 impl Image {
     /// dockerfile2llb's `emptyImage`: what `FROM scratch` starts from.
-    pub fn empty(platform: &Platform) -> Self {
+    pub(crate) fn empty(platform: &Platform) -> Self {
         let mut img = Image {
             architecture: platform.architecture.clone(),
             os: platform.os.clone(),
@@ -223,7 +223,7 @@ impl Image {
     }
 
     /// The image's own platform.
-    pub fn platform(&self) -> Platform {
+    pub(crate) fn platform(&self) -> Platform {
         Platform {
             os: self.os.clone(),
             architecture: self.architecture.clone(),
@@ -234,7 +234,7 @@ impl Image {
     }
 
     /// Sets `key` in the config's env, in place when it is there (`addEnv`).
-    pub fn add_env(&mut self, key: &str, value: &str) {
+    pub(crate) fn add_env(&mut self, key: &str, value: &str) {
         let entry = format!("{key}={value}");
         match self.config.env.iter_mut().find(|e| e.split('=').next() == Some(key)) {
             Some(e) => *e = entry,
@@ -244,7 +244,7 @@ impl Image {
 
     /// Appends a history entry (`commitToHistory`); entries for steps that
     /// ran in LLB get the ` # buildkit` suffix.
-    pub fn commit(&mut self, message: &str, with_layer: bool, ran: bool, epoch: Option<i64>) {
+    pub(crate) fn commit(&mut self, message: &str, with_layer: bool, ran: bool, epoch: Option<i64>) {
         let created_by = if ran { format!("{message} # buildkit") } else { message.to_owned() };
         self.history.push(History {
             created: epoch.map(format_rfc3339),

@@ -16,7 +16,7 @@ use crate::source::image::{DOCKER_HUB, Reference};
 
 /// The named contexts a build was given, from its frontend attributes.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct NamedContexts {
+pub(crate) struct NamedContexts {
     /// `context:KEY` values by KEY (`NAME` or `NAME::PLATFORM`), as sent:
     /// `local:DIR`, `docker-image://REF`, `input:NAME`, …
     pub values: BTreeMap<String, String>,
@@ -36,7 +36,7 @@ pub struct NamedContexts {
 
 impl NamedContexts {
     /// Reads the `context:`, `sharedkey:localdir:` and `local-sessionid:` attributes.
-    pub fn from_attrs(attrs: &BTreeMap<String, String>) -> Self {
+    pub(crate) fn from_attrs(attrs: &BTreeMap<String, String>) -> Self {
         let with_prefix = |prefix: &str| -> BTreeMap<String, String> {
             attrs
                 .iter()
@@ -55,7 +55,7 @@ impl NamedContexts {
 
     /// The client directories the named contexts use, as (key, directory,
     /// session that has it): whose `.dockerignore` is to be read.
-    pub fn local_dirs(&self, default_session: &str) -> Vec<(String, String, String)> {
+    pub(crate) fn local_dirs(&self, default_session: &str) -> Vec<(String, String, String)> {
         self.values
             .iter()
             .filter_map(|(key, v)| v.strip_prefix("local:").map(|dir| (key, dir)))

@@ -7,7 +7,7 @@ use crate::frontend::dockerfile::linter::Warning;
 
 /// A `key=value` of ENV or LABEL, unexpanded.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyValuePair {
+pub(crate) struct KeyValuePair {
     pub key: String,
     pub value: String,
     /// Written in the legacy `KEY value` form.
@@ -16,7 +16,7 @@ pub struct KeyValuePair {
 
 /// An ARG: a name with an optional default, unexpanded.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ArgDefinition {
+pub(crate) struct ArgDefinition {
     pub key: String,
     pub value: Option<String>,
     /// The text of a `# NAME description` comment directly above.
@@ -25,7 +25,7 @@ pub struct ArgDefinition {
 
 /// An ARG instruction (also the meta ARGs before the first FROM).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ArgCommand {
+pub(crate) struct ArgCommand {
     pub args: Vec<ArgDefinition>,
     pub start_line: usize,
     pub end_line: usize,
@@ -33,7 +33,7 @@ pub struct ArgCommand {
 
 /// A heredoc used as the script or an extra file of a RUN/CMD/ENTRYPOINT.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ShellInlineFile {
+pub(crate) struct ShellInlineFile {
     pub name: String,
     /// The body as written; `chomp` (`<<-`) still has to be applied.
     pub data: String,
@@ -42,7 +42,7 @@ pub struct ShellInlineFile {
 
 /// A command line in shell form (one string, run through the SHELL) or exec form.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ShellDependentCmdLine {
+pub(crate) struct ShellDependentCmdLine {
     /// Exec form: the JSON words. Shell form: the words joined into one
     /// string (empty when there were none). For ENTRYPOINT an empty list
     /// means "unset" (`null` in the image config); for CMD it is `[]`.
@@ -54,7 +54,7 @@ pub struct ShellDependentCmdLine {
 
 /// Heredoc content given as a COPY/ADD source.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SourceContent {
+pub(crate) struct SourceContent {
     /// The heredoc name, used as the file name.
     pub path: String,
     /// The body, with leading tabs already removed for `<<-`.
@@ -64,14 +64,14 @@ pub struct SourceContent {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SourcesAndDest {
+pub(crate) struct SourcesAndDest {
     pub dest_path: String,
     pub source_paths: Vec<String>,
     pub source_contents: Vec<SourceContent>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AddCommand {
+pub(crate) struct AddCommand {
     pub sources: SourcesAndDest,
     pub chown: String,
     pub chmod: String,
@@ -85,7 +85,7 @@ pub struct AddCommand {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CopyCommand {
+pub(crate) struct CopyCommand {
     pub sources: SourcesAndDest,
     /// `--from`: a stage name or index, an image, or a named context.
     pub from: String,
@@ -97,27 +97,27 @@ pub struct CopyCommand {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NetworkMode {
+pub(crate) enum NetworkMode {
     Default,
     None,
     Host,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Security {
+pub(crate) enum Security {
     Sandbox,
     Insecure,
 }
 
 /// A `--device` of RUN.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Device {
+pub(crate) struct Device {
     pub name: String,
     pub required: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunCommand {
+pub(crate) struct RunCommand {
     pub cmd: ShellDependentCmdLine,
     /// Raw `--mount` values; [`RunCommand::mounts`] parses them once the
     /// build's variables are known.
@@ -131,7 +131,7 @@ pub struct RunCommand {
 
 /// A HEALTHCHECK as it lands in the image config.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Healthcheck {
+pub(crate) struct Healthcheck {
     /// `["NONE"]`, `["CMD", args…]` or `["CMD-SHELL", command]`.
     pub test: Vec<String>,
     pub interval: Duration,
@@ -143,7 +143,7 @@ pub struct Healthcheck {
 
 /// What an instruction does.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Instruction {
+pub(crate) enum Instruction {
     Add(AddCommand),
     Arg(ArgCommand),
     Cmd(ShellDependentCmdLine),
@@ -168,7 +168,7 @@ pub enum Instruction {
 
 /// One instruction of a stage.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Command {
+pub(crate) struct Command {
     /// The instruction keyword as written (`RUN`, `run`).
     pub keyword: String,
     /// The instruction's logical line, trimmed.
@@ -181,7 +181,7 @@ pub struct Command {
 
 /// A build stage: a FROM and the commands up to the next FROM.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Stage {
+pub(crate) struct Stage {
     /// `AS` name, lower-cased; empty when unnamed.
     pub name: String,
     /// The image or stage reference, unexpanded.
@@ -200,7 +200,7 @@ pub struct Stage {
 
 /// The result of splitting a Dockerfile into stages.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Stages {
+pub(crate) struct Stages {
     /// Possibly empty: the caller reports "dockerfile contains no stages to build".
     pub stages: Vec<Stage>,
     /// ARGs before the first FROM.

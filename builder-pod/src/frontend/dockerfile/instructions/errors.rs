@@ -10,7 +10,7 @@ use crate::util::strconv::{NumError, quote};
 
 /// ` (did you mean X?)` after a message, or nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Suggestion(pub Option<String>);
+pub(crate) struct Suggestion(pub Option<String>);
 
 impl fmt::Display for Suggestion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -27,7 +27,7 @@ pub(super) fn suggestion(value: &str, options: &[&str], case_sensitive: bool) ->
 
 /// What is wrong with one instruction; the texts are BuildKit's.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum InstructionErrorKind {
+pub(crate) enum InstructionErrorKind {
     #[error("unknown instruction: {instruction}{suggestion}")]
     UnknownInstruction { instruction: String, suggestion: Suggestion },
     #[error("arg should start with -- : {0}")]
@@ -127,7 +127,7 @@ pub enum InstructionErrorKind {
 /// An instruction that failed to parse, with its lines.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{kind}")]
-pub struct InstructionError {
+pub(crate) struct InstructionError {
     pub kind: InstructionErrorKind,
     pub start_line: usize,
     pub end_line: usize,
@@ -136,7 +136,7 @@ pub struct InstructionError {
 /// Why a Dockerfile could not be split into stages. The texts are what
 /// buildkitd returns (`instructions.Parse`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum StageError {
+pub(crate) enum StageError {
     #[error("dockerfile parse error on line {}: {}", .0.start_line, .0.kind)]
     Instruction(InstructionError),
     /// An instruction other than ARG before the first FROM.

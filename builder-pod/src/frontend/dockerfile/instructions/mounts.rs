@@ -36,7 +36,7 @@ const MOUNT_KEYS: [&str; 19] = [
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MountType {
+pub(crate) enum MountType {
     Bind,
     Cache,
     Tmpfs,
@@ -45,7 +45,7 @@ pub enum MountType {
 }
 
 impl MountType {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             MountType::Bind => "bind",
             MountType::Cache => "cache",
@@ -63,7 +63,7 @@ impl fmt::Display for MountType {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ShareMode {
+pub(crate) enum ShareMode {
     Shared,
     Private,
     Locked,
@@ -71,7 +71,7 @@ pub enum ShareMode {
 
 /// A parsed `--mount` of RUN.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mount {
+pub(crate) struct Mount {
     pub mount_type: MountType,
     pub from: String,
     pub source: String,
@@ -94,18 +94,21 @@ pub struct Mount {
 impl RunCommand {
     /// Parses the `--mount` flags, expanding each option value with `expand`
     /// (BuildKit expands them with the stage's variables before parsing).
-    pub fn mounts(&self, expand: Expander<'_>) -> Result<Vec<Mount>, InstructionErrorKind> {
+    pub(crate) fn mounts(&self, expand: Expander<'_>) -> Result<Vec<Mount>, InstructionErrorKind> {
         self.mount_specs.iter().map(|spec| parse_mount(spec, Some(&mut *expand))).collect()
     }
 }
 
 /// Expands one word with the build's variables (usually `Lexer::process_word`).
-pub type Expander<'a> = &'a mut dyn FnMut(&str) -> Result<String, ShellError>;
+pub(crate) type Expander<'a> = &'a mut dyn FnMut(&str) -> Result<String, ShellError>;
 
 /// Parses one `--mount` value (`parseMount`). Without `expand` only what
 /// upstream checks at parse time is checked: the CSV syntax and that `from`
 /// uses no variables.
-pub fn parse_mount(spec: &str, mut expand: Option<Expander<'_>>) -> Result<Mount, InstructionErrorKind> {
+pub(crate) fn parse_mount(
+    spec: &str,
+    mut expand: Option<Expander<'_>>,
+) -> Result<Mount, InstructionErrorKind> {
     let fields = csv_fields(spec).map_err(InstructionErrorKind::MountCsv)?;
     let mut m = Mount {
         mount_type: MountType::Bind,

@@ -38,16 +38,11 @@ const INSTRUCTION_NAMES: [&str; 18] = [
     "WORKDIR",
 ];
 
-/// Splits the AST into stages and the ARGs before the first FROM.
-pub fn parse_stages(ast: &Ast) -> Result<(Vec<Stage>, Vec<ArgCommand>), StageError> {
-    let check = CheckConfig { skip_all: true, ..CheckConfig::default() };
-    parse_stages_with_checks(ast, &check).map(|s| (s.stages, s.meta_args))
-}
-
-/// Like [`parse_stages`], also running the build checks BuildKit runs while
-/// parsing instructions and stages, filtered by `check` (the `# check=`
-/// directive, adjusted per instruction by a `# check=` comment above it).
-pub fn parse_stages_with_checks(ast: &Ast, check: &CheckConfig) -> Result<Stages, StageError> {
+/// Splits the AST into stages and the ARGs before the first FROM, running
+/// the build checks BuildKit runs while parsing instructions and stages,
+/// filtered by `check` (the `# check=` directive, adjusted per instruction
+/// by a `# check=` comment above it).
+pub(crate) fn parse_stages_with_checks(ast: &Ast, check: &CheckConfig) -> Result<Stages, StageError> {
     let mut stages: Vec<Stage> = Vec::new();
     let mut meta_args = Vec::new();
     let mut warnings = Vec::new();
@@ -87,7 +82,7 @@ pub fn parse_stages_with_checks(ast: &Ast, check: &CheckConfig) -> Result<Stages
 
 /// Parses one instruction that must not be FROM, such as an ONBUILD trigger
 /// re-parsed in a child build (`instructions.ParseCommand`).
-pub fn parse_command(node: &Node) -> Result<Command, InstructionError> {
+pub(crate) fn parse_command(node: &Node) -> Result<Command, InstructionError> {
     match parse_instruction(node, &mut Vec::new())? {
         Parsed::Command(c) => Ok(c),
         Parsed::Stage(_) => Err(InstructionError {

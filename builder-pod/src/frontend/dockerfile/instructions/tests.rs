@@ -1,9 +1,16 @@
 use std::time::Duration;
 
+use super::commands::{ArgDefinition, Device, ShellInlineFile, SourceContent};
 use super::mounts::{csv_fields, ram_in_bytes};
 use super::*;
 use crate::frontend::dockerfile::linter::CheckConfig;
-use crate::frontend::dockerfile::parser::parse;
+use crate::frontend::dockerfile::parser::{Ast, parse};
+
+/// The stages and the ARGs before the first FROM, without the build checks.
+fn parse_stages(ast: &Ast) -> Result<(Vec<Stage>, Vec<ArgCommand>), StageError> {
+    let check = CheckConfig { skip_all: true, ..CheckConfig::default() };
+    parse_stages_with_checks(ast, &check).map(|s| (s.stages, s.meta_args))
+}
 
 fn stages(text: &str) -> (Vec<Stage>, Vec<ArgCommand>) {
     parse_stages(&parse(text).unwrap()).unwrap()

@@ -7,7 +7,7 @@ use crate::frontend::dockerfile::parser::DirectiveParser;
 use crate::util::strconv::{NumError, parse_bool, quote};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum LintError {
+pub(crate) enum LintError {
     #[error("invalid check option {}", quote(.0))]
     InvalidOption(String),
     #[error("failed to parse check option {}: {source}", quote(.option))]
@@ -16,7 +16,7 @@ pub enum LintError {
 
 /// The value of a `# check=` directive (linter `ParseLintOptions`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CheckConfig {
+pub(crate) struct CheckConfig {
     pub skip_all: bool,
     pub skip: Vec<String>,
     pub experimental_all: bool,
@@ -27,7 +27,7 @@ pub struct CheckConfig {
 
 impl CheckConfig {
     /// Parses `skip=A,B;error=true;experimental=all`.
-    pub fn parse(value: &str) -> Result<Self, LintError> {
+    pub(crate) fn parse(value: &str) -> Result<Self, LintError> {
         let mut config = Self::default();
         let value = value.trim();
         if value.is_empty() {
@@ -54,7 +54,7 @@ impl CheckConfig {
     }
 
     /// Adds `other`'s switches to these (`Linter.WithMergedConfig`).
-    pub fn merge(&mut self, other: &CheckConfig) {
+    pub(crate) fn merge(&mut self, other: &CheckConfig) {
         self.experimental_all |= other.experimental_all;
         self.experimental.extend(other.experimental.iter().cloned());
         self.skip_all |= other.skip_all;
@@ -63,7 +63,7 @@ impl CheckConfig {
 
     /// This config merged with the first `check=` comment directly above an
     /// instruction, if it parses (`WithMergedConfigFromComments`).
-    pub fn with_comments(&self, comments: &[String]) -> CheckConfig {
+    pub(crate) fn with_comments(&self, comments: &[String]) -> CheckConfig {
         let mut merged = self.clone();
         for comment in comments {
             let mut parser = DirectiveParser::with_prefix("");
@@ -81,7 +81,7 @@ impl CheckConfig {
     }
 
     /// Whether `rule` is reported under this config.
-    pub fn enabled(&self, rule: &Rule) -> bool {
+    pub(crate) fn enabled(&self, rule: &Rule) -> bool {
         if rule.experimental {
             self.experimental_all || self.experimental.iter().any(|r| r == rule.name)
         } else {

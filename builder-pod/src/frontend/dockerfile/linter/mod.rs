@@ -4,15 +4,15 @@
 //! parsed instructions ([`checks`]). The checks that need a build's
 //! arguments and images run while converting, as dockerfile2llb runs them.
 
-pub mod checks;
+pub(crate) mod checks;
 mod config;
-pub mod rules;
+pub(crate) mod rules;
 
-pub use self::config::{CheckConfig, LintError};
+pub(crate) use self::config::{CheckConfig, LintError};
 
 /// A build check as BuildKit names and documents it.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Rule {
+pub(crate) struct Rule {
     pub name: &'static str,
     pub description: &'static str,
     pub url: &'static str,
@@ -22,7 +22,7 @@ pub struct Rule {
 
 /// One check that fired, with the lines of the instruction it is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Warning {
+pub(crate) struct Warning {
     pub rule: &'static Rule,
     pub message: String,
     pub start_line: usize,

@@ -7,7 +7,7 @@ use crate::frontend::dockerfile::json;
 
 /// A parser directive (`# syntax=…`, `# escape=…`, `# check=…`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Directive {
+pub(crate) struct Directive {
     /// Lower-cased name.
     pub name: String,
     pub value: String,
@@ -81,7 +81,7 @@ fn match_directive(s: &str) -> Option<(&str, &str)> {
 /// The value of directive `key` as BuildKit's frontend reads it
 /// (`parser.ParseDirective`): from the leading `#` comments, after a
 /// byte-order mark and a `#!` line are skipped.
-pub fn parse_directive(key: &str, text: &str) -> Option<Directive> {
+pub(crate) fn parse_directive(key: &str, text: &str) -> Option<Directive> {
     let (text, offset) = skip_bom_and_shebang(text);
     directive_with_prefix(key, text, offset, "#")
 }
@@ -89,7 +89,7 @@ pub fn parse_directive(key: &str, text: &str) -> Option<Directive> {
 /// The `syntax` directive in any of the forms `DetectSyntax` accepts:
 /// `# syntax=`, `// syntax=`, or a JSON object `{"syntax": "…"}`. The value
 /// may carry options after a space (`docker/dockerfile:1 key=value`).
-pub fn detect_syntax(text: &str) -> Option<Directive> {
+pub(crate) fn detect_syntax(text: &str) -> Option<Directive> {
     let (text, offset) = skip_bom_and_shebang(text);
     directive_with_prefix("syntax", text, offset, "#")
         .or_else(|| directive_with_prefix("syntax", text, offset, "//"))

@@ -1,5 +1,5 @@
 //! A build's progress: what `Control.Status` streams to the client
-//! (buildkit-protocol.md §5, "Status stream").
+//! (docs/protocol.md §5, "Status stream").
 //!
 //! Every update is kept so a `Status` call that arrives late still sees the
 //! whole build, and is fanned out to the callers following it live.
@@ -12,13 +12,13 @@ use kiln_proto::buildkit::moby::buildkit::v1::{StatusResponse, Vertex, VertexLog
 use tokio::sync::broadcast;
 
 /// The current time as progress messages carry it.
-pub fn now() -> Timestamp {
+pub(crate) fn now() -> Timestamp {
     let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     Timestamp { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
 }
 
 #[derive(Debug)]
-pub struct Progress {
+pub(crate) struct Progress {
     state: Mutex<State>,
 }
 
@@ -36,7 +36,7 @@ impl Default for Progress {
 }
 
 impl Progress {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let (tx, _) = broadcast::channel(1024);
         Self { state: Mutex::new(State { history: Vec::new(), live: Some(tx) }) }
     }
@@ -45,7 +45,7 @@ impl Progress {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    pub fn send(&self, update: StatusResponse) {
+    pub(crate) fn send(&self, update: StatusResponse) {
         let mut state = self.lock();
         if let Some(live) = &state.live {
             let _ = live.send(update.clone());
@@ -53,27 +53,27 @@ impl Progress {
         }
     }
 
-    pub fn vertex(&self, vertex: Vertex) {
+    pub(crate) fn vertex(&self, vertex: Vertex) {
         self.send(StatusResponse { vertexes: vec![vertex], ..StatusResponse::default() });
     }
 
-    pub fn status(&self, status: VertexStatus) {
+    pub(crate) fn status(&self, status: VertexStatus) {
         self.send(StatusResponse { statuses: vec![status], ..StatusResponse::default() });
     }
 
     /// Output of a step: stream 1 is stdout, 2 stderr.
-    pub fn log(&self, vertex: &str, stream: i64, msg: Vec<u8>) {
+    pub(crate) fn log(&self, vertex: &str, stream: i64, msg: Vec<u8>) {
         let log = VertexLog { vertex: vertex.to_owned(), timestamp: Some(now()), stream, msg };
         self.send(StatusResponse { logs: vec![log], ..StatusResponse::default() });
     }
 
     /// Ends the stream for every follower.
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         self.lock().live = None;
     }
 
     /// Everything so far, then live updates until the build ends.
-    pub fn follow(&self) -> impl Stream<Item = StatusResponse> + Send + 'static {
+    pub(crate) fn follow(&self) -> impl Stream<Item = StatusResponse> + Send + 'static {
         let (history, live) = {
             let state = self.lock();
             (state.history.clone(), state.live.as_ref().map(broadcast::Sender::subscribe))
