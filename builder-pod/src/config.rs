@@ -18,6 +18,16 @@ use crate::source::image::HostConfig;
 pub const DEFAULT_ROOT: &str = "/var/lib/kilnd";
 /// The socket kilnd listens on when neither `--addr` nor the file names one.
 pub const DEFAULT_SOCKET: &str = "/run/kilnd/kilnd.sock";
+
+/// The socket kilnd listens on when no address is given: `DEFAULT_SOCKET`,
+/// or, rootless, `kilnd.sock` below the user's run base.
+fn default_socket() -> PathBuf {
+    if crate::rootless::in_user_namespace() {
+        crate::rootless::run_base().join("kilnd.sock")
+    } else {
+        DEFAULT_SOCKET.into()
+    }
+}
 /// The configuration file read when `--config` is not given, if it exists.
 pub const DEFAULT_CONFIG: &str = "/etc/kilnd/kilnd.toml";
 
@@ -72,6 +82,14 @@ pub struct Args {
     /// runtime cannot apply one). Insecure steps never have one.
     #[arg(long, env = "KILND_OCI_WORKER_NO_SECCOMP")]
     pub oci_worker_no_seccomp: bool,
+
+    /// Run RUN steps in kilnd's own process namespace, with kilnd's `/proc`
+    /// bound in, instead of a namespace and a fresh procfs of their own: for
+    /// rootless kilnd in a container whose `/proc` is masked (an
+    /// unprivileged pod), where no procfs can be mounted. Steps then see
+    /// kilnd's processes (docs/rootless.md).
+    #[arg(long, env = "KILND_OCI_WORKER_NO_PROCESS_SANDBOX")]
+    pub oci_worker_no_process_sandbox: bool,
 
     /// Let builds that ask for it have this entitlement (`network.host`,
     /// `security.insecure`); repeat for both. A build still has to ask
@@ -212,6 +230,9 @@ pub struct OciWorkerConfig {
     /// kilnd's own: `false` runs sandboxed steps without the default seccomp
     /// profile.
     pub seccomp: Option<bool>,
+    /// buildkitd's `noProcessSandbox`: steps share kilnd's process namespace.
+    #[serde(rename = "noProcessSandbox")]
+    pub no_process_sandbox: Option<bool>,
 }
 
 /// `[[worker.oci.gcpolicy]]`, buildkitd.toml's keys.
@@ -339,6 +360,10 @@ impl OciWorkerConfig {
         warnings: &mut Vec<String>,
     ) -> Result<NetworkConfig, String> {
         let default = match flag_mode.or(self.network_mode.as_deref()).unwrap_or("auto") {
+            // Rootless, kilnd may not make a bridge in a network namespace
+            // its user namespace does not own (RootlessKit's `--net=host`):
+            // `auto` is kilnd's own network there, as in rootless BuildKit.
+            "auto" if crate::rootless::in_user_namespace() => DefaultNetwork::Host,
             "auto" | "bridge" => DefaultNetwork::Bridge,
             "host" => DefaultNetwork::Host,
             "cni" => {
@@ -430,6 +455,8 @@ pub struct Config {
     pub entitlements: Entitlements,
     /// Sandboxed steps get the default seccomp profile.
     pub seccomp: bool,
+    /// Steps share kilnd's process namespace and `/proc`.
+    pub process_sandbox: bool,
     /// Settings accepted but not acted on, to log once logging is up.
     pub warnings: Vec<String>,
 }
@@ -466,7 +493,7 @@ impl Config {
         let addrs = match (args.addr.is_empty(), file.grpc.address.is_empty()) {
             (false, _) => args.addr,
             (true, false) => file.grpc.address,
-            (true, true) => vec![ListenAddr::Unix(DEFAULT_SOCKET.into())],
+            (true, true) => vec![ListenAddr::Unix(default_socket())],
         };
         let tls = TlsFiles {
             cert: args.tlscert.or(file.grpc.tls.cert),
@@ -507,6 +534,8 @@ impl Config {
             network,
             entitlements,
             seccomp: !args.oci_worker_no_seccomp && file.worker.oci.seccomp.unwrap_or(true),
+            process_sandbox: !args.oci_worker_no_process_sandbox
+                && !file.worker.oci.no_process_sandbox.unwrap_or(false),
             warnings,
         })
     }

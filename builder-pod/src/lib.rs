@@ -17,6 +17,7 @@ pub mod fsutil;
 pub mod gc;
 pub mod metrics;
 pub mod mountinfo;
+pub mod rootless;
 pub mod server;
 pub mod session;
 pub mod snapshot;
@@ -62,6 +63,7 @@ use crate::worker::Worker;
 /// accepting, calls in flight get `shutdown_grace` to finish, a second
 /// signal ends the process at once.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    rootless::check_privileges().map_err(anyhow::Error::msg)?;
     let _lock = lock_root(&config.root)?;
     // Mount points are found by path, so the root must be absolute and canonical.
     let root = std::fs::canonicalize(&config.root)
@@ -91,6 +93,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Where earlier kilnds kept them, on the persistent root.
     let _ = std::fs::remove_dir_all(config.root.join("executor"));
     let mut executor = RuncExecutor::new(&worker.runtime, run_dir.path().join("executor"), networks.clone())?;
+    if !config.process_sandbox {
+        executor = executor.without_process_sandbox();
+    }
     if !config.seccomp {
         executor = executor.without_seccomp();
     } else if !executor.seccomp() {

@@ -218,8 +218,19 @@ impl Buildkitd {
 
     /// Starts buildkitd with `args` added to its command line.
     pub fn start_with(args: &[&str]) -> Self {
-        let env = TestEnv::get();
         let root = tempfile::Builder::new().prefix("kiln-buildkitd-").tempdir().unwrap();
+        Self::start_in(root, None, args)
+    }
+
+    /// Starts buildkitd rootless, as `user` under `rootlesskit --net=host`
+    /// (BuildKit's docs/rootless.md), like `Kilnd::start_rootless`.
+    pub fn start_rootless(user: &str) -> Self {
+        let root = rootless_dir(user, "kiln-buildkitd-rootless-", &TestEnv::get().tool("buildkitd"));
+        Self::start_in(root, Some(user), &[])
+    }
+
+    fn start_in(root: TempDir, rootless_user: Option<&str>, args: &[&str]) -> Self {
+        let env = TestEnv::get();
         let config = root.path().join("buildkitd.toml");
         // The local registries speak plain HTTP.
         std::fs::write(
@@ -232,10 +243,13 @@ impl Buildkitd {
         )
         .unwrap();
         let addr = format!("tcp://127.0.0.1:{}", free_port());
+        let mut cmd = match rootless_user {
+            None => env.command("buildkitd"),
+            Some(user) => rootless_command(user, root.path(), "buildkitd"),
+        };
         let mut daemon = Daemon::spawn(
             "buildkitd",
-            env.command("buildkitd")
-                .arg("--config")
+            cmd.arg("--config")
                 .arg(&config)
                 .arg("--root")
                 .arg(root.path().join("state"))
@@ -277,6 +291,28 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     })
 }
 
+/// A temporary directory `user` owns, holding a copy of `binary` (which the
+/// user may not reach where it is) and `xdg/` for `XDG_RUNTIME_DIR`.
+fn rootless_dir(user: &str, prefix: &str, binary: &Path) -> TempDir {
+    let root = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
+    let name = binary.file_name().unwrap();
+    std::fs::copy(binary, root.path().join(name)).unwrap();
+    std::fs::create_dir(root.path().join("xdg")).unwrap();
+    run(Command::new("chown").arg("-R").arg(format!("{user}:")).arg(root.path()));
+    root
+}
+
+/// `binary` in `root` run by `user` inside RootlessKit's user namespace with
+/// the host's network (docs/rootless.md).
+fn rootless_command(user: &str, root: &Path, binary: &str) -> Command {
+    let mut cmd = Command::new("runuser");
+    cmd.args(["-u", user, "--", "env"])
+        .arg(format!("XDG_RUNTIME_DIR={}", root.join("xdg").display()))
+        .args(["rootlesskit", "--net=host"])
+        .arg(root.join(binary));
+    cmd
+}
+
 /// A `kilnd` from this workspace, its state in a temporary directory,
 /// serving on a loopback TCP port, with its debug endpoint on another.
 #[derive(Debug)]
@@ -304,7 +340,26 @@ impl Kilnd {
         Self::start_in(root, configure)
     }
 
+    /// Starts kilnd rootless: as `user` (no privileges; `KILN_ROOTLESS_USER`
+    /// from e2e/env/up) inside RootlessKit's user namespace, sharing the
+    /// host's network (`rootlesskit --net=host`, docs/rootless.md). Its
+    /// binary and state are in a directory the user owns.
+    pub fn start_rootless(user: &str, configure: impl FnOnce(&mut Command)) -> Self {
+        Self::start_rootless_configured(user, "", configure)
+    }
+
+    /// `start_rootless` with `extra` TOML appended to its configuration file.
+    pub fn start_rootless_configured(user: &str, extra: &str, configure: impl FnOnce(&mut Command)) -> Self {
+        let root = rootless_dir(user, "kiln-kilnd-rootless-", &workspace_bin("kilnd"));
+        std::fs::write(root.path().join("extra.toml"), extra).unwrap();
+        Self::start_as(root, Some(user), configure)
+    }
+
     fn start_in(root: TempDir, configure: impl FnOnce(&mut Command)) -> Self {
+        Self::start_as(root, None, configure)
+    }
+
+    fn start_as(root: TempDir, rootless_user: Option<&str>, configure: impl FnOnce(&mut Command)) -> Self {
         let addr = format!("tcp://127.0.0.1:{}", free_port());
         let debug_addr = format!("127.0.0.1:{}", free_port());
         let env = TestEnv::get();
@@ -319,7 +374,10 @@ impl Kilnd {
             ),
         )
         .unwrap();
-        let mut cmd = Command::new(workspace_bin("kilnd"));
+        let mut cmd = match rootless_user {
+            None => Command::new(workspace_bin("kilnd")),
+            Some(user) => rootless_command(user, root.path(), "kilnd"),
+        };
         cmd.arg("--addr")
             .arg(&addr)
             .arg("--root")

@@ -75,10 +75,15 @@ pub fn mount(cache: &CacheManager, snapshot: &Snapshot, upper: Option<&Path>) ->
     let lower = lowers.iter().map(|p| p.to_string_lossy()).collect::<Vec<_>>().join(":");
     let (options, flags) = match upper {
         Some(upper) => (
-            format!("lowerdir={lower},upperdir={},workdir={}", upper.display(), work.display()),
+            format!(
+                "lowerdir={lower},upperdir={},workdir={}{}",
+                upper.display(),
+                work.display(),
+                crate::rootless::overlay_mount_options()
+            ),
             MsFlags::empty(),
         ),
-        None => (format!("lowerdir={lower}"), MsFlags::MS_RDONLY),
+        None => (format!("lowerdir={lower}{}", crate::rootless::overlay_mount_options()), MsFlags::MS_RDONLY),
     };
     if options.len() > MAX_OPTIONS {
         return Err(MountError::TooManyLayers { layers: snapshot.layers.len(), len: options.len() });

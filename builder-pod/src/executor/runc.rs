@@ -98,6 +98,13 @@ impl RuncExecutor {
         self
     }
 
+    /// Steps share kilnd's process namespace and its `/proc`
+    /// (`--oci-worker-no-process-sandbox`).
+    pub fn without_process_sandbox(mut self) -> Self {
+        self.host.process_sandbox = false;
+        self
+    }
+
     /// Whether sandboxed steps get the default seccomp profile.
     pub fn seccomp(&self) -> bool {
         self.host.seccomp.is_some()
@@ -185,7 +192,9 @@ impl RuncExecutor {
             .arg(&self.runtime_root)
             .arg("--log")
             .arg(&log)
-            .args(["--log-format", "json", "run", "--bundle"])
+            .args(["--log-format", "json", "run", "--pid-file"])
+            .arg(container.bundle.join(INIT_PID_FILE))
+            .arg("--bundle")
             .arg(&container.bundle)
             .arg(&container.id)
             .stdin(if io.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
@@ -197,6 +206,9 @@ impl RuncExecutor {
             .spawn()
             .map_err(|source| ExecutorError::SpawnRuntime { binary: self.runtime.clone(), source })?;
         container.spawned = true;
+        let pid_file = container.bundle.join(INIT_PID_FILE);
+        let reaper = (!self.host.process_sandbox)
+            .then(|| tokio::spawn(end_group_after_init(pid_file.clone()).instrument(Span::current())));
 
         let pumps = [
             spawn_pump(child.stdout.take(), Stream::Stdout, io.output.clone()),
@@ -221,7 +233,13 @@ impl RuncExecutor {
         if let Some(feeder) = feeder {
             feeder.abort();
         }
+        if let Some(reaper) = reaper {
+            reaper.abort();
+        }
         let Some(status) = waited else {
+            if !self.host.process_sandbox {
+                kill_init_group(&pid_file);
+            }
             self.kill(&container.id, &mut child).await;
             for pump in pumps.into_iter().flatten() {
                 pump.abort();
@@ -277,6 +295,47 @@ impl RuncExecutor {
                 warn!(error = %e, "waiting for the killed runtime process");
             }
         }
+    }
+}
+
+/// Where the runtime writes the pid of a step's first process.
+const INIT_PID_FILE: &str = "init.pid";
+
+/// Without a process sandbox a step has no process namespace whose end
+/// ends its processes: what its first process leaves running (in the
+/// session and process group the runtime gives that process) would keep
+/// the step, and the runtime waiting for it, alive. Once the first process
+/// has exited, the rest of its group is killed, as BuildKit does in this
+/// mode. Polled: the pid is only known from the runtime's pid file.
+async fn end_group_after_init(pid_file: PathBuf) {
+    let pid = loop {
+        if let Some(pid) = read_pid(&pid_file) {
+            break pid;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    while nix::sys::signal::kill(pid, None).is_ok() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    kill_group(pid);
+}
+
+/// Kills the process group of a step's first process, if it has started.
+fn kill_init_group(pid_file: &Path) {
+    if let Some(pid) = read_pid(pid_file) {
+        kill_group(pid);
+    }
+}
+
+fn read_pid(pid_file: &Path) -> Option<nix::unistd::Pid> {
+    let text = fs::read_to_string(pid_file).ok()?;
+    text.trim().parse::<i32>().ok().filter(|p| *p > 1).map(nix::unistd::Pid::from_raw)
+}
+
+fn kill_group(pid: nix::unistd::Pid) {
+    match nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+        Err(e) => warn!(error = %e, "killing what a step left running"),
     }
 }
 

@@ -17,9 +17,6 @@ use tracing::warn;
 
 use crate::mountinfo;
 
-/// Where run directories go; each kilnd gets one per root below it.
-const RUN_BASE: &str = "/run/kilnd";
-
 #[derive(Debug, thiserror::Error)]
 pub enum RunDirError {
     #[error("creating the run directory {path}: {source}")]
@@ -39,7 +36,8 @@ impl RunDir {
     /// mounted fresh, with whatever an earlier kilnd left there removed.
     pub fn open(root: &Path) -> Result<Self, RunDirError> {
         let hash = hex::encode(Sha256::digest(root.as_os_str().as_encoded_bytes()));
-        Self::open_at(Path::new(RUN_BASE).join(&hash[..16]))
+        // One per root below the run base (`crate::rootless::run_base`).
+        Self::open_at(crate::rootless::run_base().join(&hash[..16]))
     }
 
     fn open_at(path: PathBuf) -> Result<Self, RunDirError> {

@@ -188,8 +188,11 @@ pub(crate) struct Linux {
     pub namespaces: Vec<Namespace>,
     pub masked_paths: Vec<String>,
     pub readonly_paths: Vec<String>,
-    pub resources: Resources,
-    pub cgroups_path: String,
+    /// `None` rootless: the step gets no cgroup of its own there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroups_path: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<Device>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -247,6 +250,12 @@ pub(crate) struct HostFacts {
     /// Sandboxed steps get the default seccomp profile for this platform;
     /// `None` when the kernel has no seccomp or the daemon turned it off.
     pub seccomp: Option<seccomp::Platform>,
+    /// kilnd runs in a user namespace (docs/rootless.md): steps get no
+    /// cgroup, and sysfs cannot be mounted for kilnd's own network namespace.
+    pub rootless: bool,
+    /// Steps get a process namespace and a procfs of their own; `false`
+    /// shares kilnd's and binds its `/proc` (`--oci-worker-no-process-sandbox`).
+    pub process_sandbox: bool,
 }
 
 impl HostFacts {
@@ -259,7 +268,8 @@ impl HostFacts {
         let cgroup_namespace = Path::new("/proc/self/ns/cgroup").exists()
             && Path::new("/sys/fs/cgroup/cgroup.subtree_control").exists();
         let seccomp = seccomp::host_supports().then(seccomp::Platform::host);
-        Self { all_capabilities, cgroup_namespace, seccomp }
+        let rootless = crate::rootless::in_user_namespace();
+        Self { all_capabilities, cgroup_namespace, seccomp, rootless, process_sandbox: true }
     }
 }
 
@@ -307,6 +317,27 @@ fn env(exec: &ExecSpec) -> Vec<String> {
     env
 }
 
+/// A fresh sysfs, or, rootless in kilnd's own network namespace (which
+/// the user namespace does not own, so sysfs cannot be mounted for it), the
+/// namespace's `/sys` bound read-only, as rootless BuildKit does.
+fn sys_mount(inputs: &Inputs<'_>, ro_unless_insecure: &str) -> Mount {
+    if inputs.host.rootless && inputs.network.is_none() {
+        Mount::new("/sys", "bind", "/sys", &["rbind", "nosuid", "noexec", "nodev", "ro"])
+    } else {
+        Mount::new("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", ro_unless_insecure])
+    }
+}
+
+/// A fresh procfs for the step's process namespace, or kilnd's `/proc`
+/// bound when steps share kilnd's (masked and read-only paths still apply).
+fn proc_mount(inputs: &Inputs<'_>) -> Mount {
+    if inputs.host.process_sandbox {
+        Mount::new("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])
+    } else {
+        Mount::new("/proc", "bind", "/proc", &["rbind"])
+    }
+}
+
 fn mounts(inputs: &Inputs<'_>) -> Vec<Mount> {
     let insecure = inputs.exec.security == SecurityMode::Insecure;
     // Insecure steps may write to /sys and the cgroup tree.
@@ -314,7 +345,7 @@ fn mounts(inputs: &Inputs<'_>) -> Vec<Mount> {
     // containerd's defaults without /run (moby/buildkit#429), then the
     // generated network files and the cgroup tree.
     let mut all = vec![
-        Mount::new("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
+        proc_mount(inputs),
         Mount::new("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"]),
         Mount::new(
             "/dev/pts",
@@ -324,7 +355,7 @@ fn mounts(inputs: &Inputs<'_>) -> Vec<Mount> {
         ),
         Mount::new("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]),
         Mount::new("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"]),
-        Mount::new("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", ro_unless_insecure]),
+        sys_mount(inputs, ro_unless_insecure),
         Mount::new(
             "/etc/resolv.conf",
             "bind",
@@ -398,6 +429,9 @@ pub(crate) fn generate(inputs: &Inputs<'_>) -> Spec {
     };
 
     let mut namespaces = ["pid", "ipc", "uts", "mount"].map(Namespace::new).to_vec();
+    if !inputs.host.process_sandbox {
+        namespaces.retain(|n| n.kind != "pid");
+    }
     if let Some(path) = &inputs.network {
         namespaces.push(Namespace { kind: "network", path: path.clone() });
     }
@@ -467,8 +501,8 @@ pub(crate) fn generate(inputs: &Inputs<'_>) -> Spec {
             namespaces,
             masked_paths,
             readonly_paths,
-            resources: Resources { devices: device_rules },
-            cgroups_path: inputs.cgroups_path.to_owned(),
+            resources: (!inputs.host.rootless).then_some(Resources { devices: device_rules }),
+            cgroups_path: (!inputs.host.rootless).then(|| inputs.cgroups_path.to_owned()),
             devices,
             seccomp,
         },
@@ -485,6 +519,8 @@ mod tests {
             all_capabilities: vec!["CAP_CHOWN".into(), "CAP_SYS_ADMIN".into()],
             cgroup_namespace: false,
             seccomp: Some(seccomp::Platform { arch: "amd64", kernel: (6, 1) }),
+            rootless: false,
+            process_sandbox: true,
         }
     }
 
@@ -590,6 +626,45 @@ mod tests {
             .map(|n| n["type"].as_str().unwrap())
             .collect();
         assert_eq!(ns, ["pid", "ipc", "uts", "mount", "cgroup"]);
+    }
+
+    #[test]
+    fn rootless_steps_get_no_cgroup_and_bind_sys_when_sharing_kilnds_network() {
+        let host = HostFacts { rootless: true, ..facts() };
+        let sys = |spec: &serde_json::Value| {
+            spec["mounts"].as_array().unwrap().iter().find(|m| m["destination"] == "/sys").unwrap().clone()
+        };
+        let shared = generated_in(&exec(), &host, None);
+        assert!(shared["linux"].get("resources").is_none());
+        assert!(shared["linux"].get("cgroupsPath").is_none());
+        assert_eq!(sys(&shared)["type"], "bind");
+        assert_eq!(sys(&shared)["source"], "/sys");
+        assert!(sys(&shared)["options"].as_array().unwrap().contains(&"ro".into()));
+        // A namespace of the step's own is the user namespace's: sysfs mounts.
+        let own = generated(&exec(), &host);
+        assert_eq!(sys(&own)["type"], "sysfs");
+        // With privileges, nothing changes.
+        let rootful = generated_in(&exec(), &facts(), None);
+        assert_eq!(rootful["linux"]["cgroupsPath"], "kiln-1");
+        assert_eq!(sys(&rootful)["type"], "sysfs");
+    }
+
+    #[test]
+    fn without_a_process_sandbox_steps_share_kilnds_processes_and_proc() {
+        let host = HostFacts { process_sandbox: false, ..facts() };
+        let spec = generated(&exec(), &host);
+        let ns: Vec<&str> = spec["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(ns, ["ipc", "uts", "mount", "network"]);
+        assert_eq!(
+            spec["mounts"][0],
+            serde_json::json!({"destination": "/proc", "type": "bind", "source": "/proc", "options": ["rbind"]})
+        );
+        assert!(!spec["linux"]["maskedPaths"].as_array().unwrap().is_empty(), "masked paths still apply");
     }
 
     #[test]

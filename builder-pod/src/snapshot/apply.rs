@@ -8,8 +8,8 @@ use std::path::{Component, Path, PathBuf};
 use tar::EntryType;
 
 use super::{
-    Attrs, OPAQUE_WHITEOUT, OPAQUE_XATTR, SnapshotError, Timestamp, WHITEOUT_META_PREFIX, WHITEOUT_PREFIX,
-    make_node, make_whiteout, remove_any, set_mtime, set_xattr,
+    Attrs, OPAQUE_WHITEOUT, SnapshotError, Timestamp, WHITEOUT_META_PREFIX, WHITEOUT_PREFIX, make_node,
+    make_whiteout, opaque_xattr, remove_any, set_mtime, set_xattr,
 };
 
 /// Writes an uncompressed layer tar into `diff_dir` in overlay format.
@@ -60,7 +60,7 @@ fn apply_entry<R: Read>(
     if name.as_bytes().starts_with(WHITEOUT_PREFIX.as_bytes()) {
         let parent = prepare_parent(root, &rel, &display)?;
         if name == OPAQUE_WHITEOUT {
-            return set_xattr(&parent, OPAQUE_XATTR, b"y");
+            return set_xattr(&parent, opaque_xattr(), b"y");
         }
         if name.as_bytes().starts_with(WHITEOUT_META_PREFIX.as_bytes()) {
             // AUFS bookkeeping (`.wh..wh.plnk`, …): nothing to apply.
@@ -143,7 +143,19 @@ fn apply_entry<R: Read>(
                 rustix::fs::makedev(major, minor)
             };
             remove_any(&target)?;
-            make_node(&target, file_type, attrs.mode, rdev)?;
+            match make_node(&target, file_type, attrs.mode, rdev) {
+                // A user namespace may not make device nodes (rootless; as
+                // containerd's archive, the layer goes on without them).
+                Err(SnapshotError::Create { source, .. })
+                    if kind != EntryType::Fifo
+                        && source.raw_os_error() == Some(nix::errno::Errno::EPERM as i32)
+                        && crate::rootless::in_user_namespace() =>
+                {
+                    tracing::debug!(path = %target.display(), "device node skipped: rootless kilnd may not make one");
+                    return Ok(());
+                }
+                other => other?,
+            }
             attrs.apply_ownership_and_mode(&target, false)?;
         }
         other => {

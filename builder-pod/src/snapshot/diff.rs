@@ -411,7 +411,7 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::super::test_support::TarBuilder;
-    use super::super::{OPAQUE_XATTR, apply_layer, flatten, make_node, make_whiteout, set_xattr};
+    use super::super::{apply_layer, flatten, make_node, make_whiteout, opaque_xattr, set_xattr};
     use super::*;
 
     /// An upper dir with one of everything.
@@ -425,7 +425,7 @@ mod tests {
         set_xattr(&root.join("etc/hosts"), "user.origin", b"kiln").unwrap();
         make_whiteout(&root.join("etc/removed")).unwrap();
         std::fs::create_dir(root.join("opt")).unwrap();
-        set_xattr(&root.join("opt"), OPAQUE_XATTR, b"y").unwrap();
+        set_xattr(&root.join("opt"), opaque_xattr(), b"y").unwrap();
         std::fs::write(root.join("opt/only"), b"only me").unwrap();
         make_node(
             &root.join("etc/ssl/tty"),
@@ -691,7 +691,7 @@ mod tests {
             put(&root.join("data/keep"), b"k", 0o644, T);
         }
         put(&lower.join("data/old"), b"o", 0o644, T);
-        set_xattr(&upper.join("data"), OPAQUE_XATTR, b"y").unwrap();
+        set_xattr(&upper.join("data"), opaque_xattr(), b"y").unwrap();
         let tar = diff_over(&lower, &upper);
         assert_eq!(names(&tar), ["data/", "data/.wh..wh..opq", "data/keep"]);
     }

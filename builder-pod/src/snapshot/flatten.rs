@@ -114,7 +114,7 @@ mod tests {
     use std::os::unix::fs::MetadataExt;
 
     use super::super::test_support::TarBuilder;
-    use super::super::{OPAQUE_XATTR, apply_layer, get_xattr};
+    use super::super::{apply_layer, get_xattr, opaque_xattr};
     use super::*;
 
     fn layer(dir: &Path, name: &str, build: impl FnOnce(&mut TarBuilder)) -> PathBuf {
@@ -177,7 +177,7 @@ mod tests {
             "a directory in an upper layer replaces a lower symlink rather than writing through it"
         );
         assert!(
-            get_xattr(&dest.join("cache"), OPAQUE_XATTR).unwrap().is_none(),
+            get_xattr(&dest.join("cache"), opaque_xattr()).unwrap().is_none(),
             "overlay markers stay out of the rootfs"
         );
         assert_eq!(std::fs::metadata(dest.join("var")).unwrap().mtime(), 1, "directories keep their mtime");

@@ -28,9 +28,13 @@ pub use compression::{CompressWriter, Compression, LayerDigests, compress, decom
 pub use diff::{DiffOptions, MtimePolicy, diff_to_tar};
 pub use flatten::flatten;
 
-/// The xattr overlayfs reads to make a directory opaque (as root; a mount in
-/// a user namespace with `userxattr` reads `user.overlay.opaque`).
-pub const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+/// The xattr overlayfs reads to make a directory opaque:
+/// `trusted.overlay.opaque` as root, `user.overlay.opaque` for kilnd's
+/// `userxattr` mounts in a user namespace (rootless; docs/rootless.md). A
+/// root is written by one kind of kilnd: the two do not share roots.
+pub fn opaque_xattr() -> &'static str {
+    if crate::rootless::in_user_namespace() { "user.overlay.opaque" } else { "trusted.overlay.opaque" }
+}
 /// Prefix of a whiteout in a layer tar.
 pub const WHITEOUT_PREFIX: &str = ".wh.";
 /// Name of the marker entry that makes its directory opaque in a layer tar.
@@ -176,7 +180,7 @@ fn get_xattr(path: &Path, name: &str) -> Result<Option<Vec<u8>>, SnapshotError> 
 }
 
 fn is_opaque(path: &Path) -> Result<bool, SnapshotError> {
-    Ok(get_xattr(path, OPAQUE_XATTR)?.is_some_and(|v| v == b"y"))
+    Ok(get_xattr(path, opaque_xattr())?.is_some_and(|v| v == b"y"))
 }
 
 /// Makes a 0/0 character device, overlayfs' mark of a deleted path.

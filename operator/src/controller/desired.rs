@@ -8,10 +8,11 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Affinity, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
-    HTTPGetAction, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
-    ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource,
-    Pod, PodSpec, Probe, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume,
+    Affinity, AppArmorProfile, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort,
+    EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, NodeAffinity, NodeSelector,
+    NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec, Probe,
+    SeccompProfile, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume,
     VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::networking::v1::{
@@ -20,7 +21,7 @@ use k8s_openapi::api::networking::v1::{
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kiln_crds::builder::{Builder, BuilderSpec};
+use kiln_crds::builder::{Builder, BuilderSpec, SecurityMode};
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 
@@ -57,6 +58,12 @@ pub const DEBUG_PORT: i32 = 6060;
 /// Where the cache volume is mounted; kilnd's `--root`.
 pub const ROOT_DIR: &str = "/var/lib/kilnd";
 const CONFIG_DIR: &str = "/etc/kiln";
+/// The user a rootless kilnd runs as: the kilnd image's `kilnd` user, whose
+/// subordinate ids (in the image's /etc/subuid) RootlessKit maps.
+pub const ROOTLESS_UID: i64 = 1000;
+/// A rootless kilnd's `XDG_RUNTIME_DIR` (its run directory, RootlessKit's
+/// state): memory-backed, so secrets there never reach a disk.
+const ROOTLESS_RUN_DIR: &str = "/run/user/1000";
 const CONFIG_KEY: &str = "kilnd.toml";
 /// How long a draining builder's running builds may go on: the pod's
 /// termination grace and the longest the controller waits before deleting a
@@ -310,6 +317,14 @@ fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
 
 /// The pod spec every ordinal shares, before the ordinal's own volume.
 fn pod_spec(b: &Builder, defaults: &Defaults) -> PodSpec {
+    let mut spec = pod_spec_privileged(b, defaults);
+    if b.spec.template.security_mode == SecurityMode::Rootless {
+        make_rootless(&mut spec);
+    }
+    spec
+}
+
+fn pod_spec_privileged(b: &Builder, defaults: &Defaults) -> PodSpec {
     let spec = &b.spec;
     let t = &spec.template;
     let container = Container {
@@ -409,6 +424,58 @@ fn pod_spec(b: &Builder, defaults: &Defaults) -> PodSpec {
         volumes: Some(volumes),
         ..PodSpec::default()
     }
+}
+
+/// A rootless pool's pod runs kilnd unprivileged, as rootless BuildKit's
+/// Kubernetes example does (docs/rootless.md): as the image's `kilnd` user
+/// inside RootlessKit's user namespace with the pod's network, no process
+/// sandbox (the pod's `/proc` is masked), seccomp and AppArmor unconfined
+/// (the profiles forbid the namespaces and mounts RootlessKit makes; kilnd's
+/// steps still get BuildKit's default seccomp profile from kilnd), and
+/// privilege escalation allowed for the setuid `newuidmap`. The cache volume
+/// and the TLS files are the user's through `fsGroup`.
+fn make_rootless(spec: &mut PodSpec) {
+    let Some(container) = spec.containers.first_mut() else { return };
+    container.command = Some(["rootlesskit", "--net=host", "kilnd"].map(str::to_owned).into());
+    container.args.get_or_insert_with(Vec::new).push("--oci-worker-no-process-sandbox".into());
+    container.env.get_or_insert_with(Vec::new).push(EnvVar {
+        name: "XDG_RUNTIME_DIR".into(),
+        value: Some(ROOTLESS_RUN_DIR.into()),
+        ..EnvVar::default()
+    });
+    let unconfined = || SeccompProfile { type_: "Unconfined".into(), ..SeccompProfile::default() };
+    container.security_context = Some(SecurityContext {
+        privileged: Some(false),
+        run_as_user: Some(ROOTLESS_UID),
+        run_as_group: Some(ROOTLESS_UID),
+        run_as_non_root: Some(true),
+        allow_privilege_escalation: Some(true),
+        seccomp_profile: Some(unconfined()),
+        app_armor_profile: Some(AppArmorProfile { type_: "Unconfined".into(), ..AppArmorProfile::default() }),
+        ..SecurityContext::default()
+    });
+    container.volume_mounts.get_or_insert_with(Vec::new).push(VolumeMount {
+        name: "run".into(),
+        mount_path: ROOTLESS_RUN_DIR.into(),
+        ..VolumeMount::default()
+    });
+    let volumes = spec.volumes.get_or_insert_with(Vec::new);
+    volumes.push(Volume {
+        name: "run".into(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            medium: Some("Memory".into()),
+            ..EmptyDirVolumeSource::default()
+        }),
+        ..Volume::default()
+    });
+    for volume in volumes.iter_mut() {
+        if let Some(secret) = &mut volume.secret {
+            // Readable by the group fsGroup gives it.
+            secret.default_mode = Some(0o440);
+        }
+    }
+    spec.security_context =
+        Some(PodSecurityContext { fs_group: Some(ROOTLESS_UID), ..PodSecurityContext::default() });
 }
 
 /// A short hash of everything a pod is made from (spec, kilnd config and
@@ -561,6 +628,29 @@ spec:
         golden("config-map", &config_map(&b, &config));
         golden("service", &service(&b));
         golden("disruption-budget", &disruption_budget(&b));
+    }
+
+    #[test]
+    fn a_rootless_pools_pod_is_unprivileged() {
+        let b = builder(&GOLDEN_BUILDER.replacen("template:", "template:\n    securityMode: rootless", 1));
+        assert_eq!(b.spec.template.security_mode, SecurityMode::Rootless);
+        let tls = Defaults { builder_tls: true, ..defaults() };
+        let pod = serde_json::to_value(pod(&b, 0, &tls, "h")).unwrap();
+        golden("pod-rootless", &pod);
+        let container = &pod["spec"]["containers"][0];
+        let context = &container["securityContext"];
+        assert_eq!(context["privileged"], false);
+        assert_eq!(context["runAsNonRoot"], true);
+        assert_eq!(context["runAsUser"], ROOTLESS_UID);
+        assert!(context.get("capabilities").is_none(), "no capabilities are added");
+        assert_eq!(container["command"], serde_json::json!(["rootlesskit", "--net=host", "kilnd"]));
+        assert!(container["args"].as_array().unwrap().contains(&"--oci-worker-no-process-sandbox".into()));
+        assert_eq!(pod["spec"]["securityContext"]["fsGroup"], ROOTLESS_UID);
+        let volumes = pod["spec"]["volumes"].as_array().unwrap();
+        let run = volumes.iter().find(|v| v["name"] == "run").unwrap();
+        assert_eq!(run["emptyDir"]["medium"], "Memory", "the run directory holds secrets: memory only");
+        let tls = volumes.iter().find(|v| v["name"] == "tls").unwrap();
+        assert_eq!(tls["secret"]["defaultMode"], 0o440);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
-use kiln_crds::builder::{Builder, BuilderStatus, SecurityMode};
+use kiln_crds::builder::{Builder, BuilderStatus};
 use kiln_crds::condition;
 use kiln_crds::validation::parse_duration;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
@@ -226,12 +226,6 @@ fn validate(b: &Builder) -> Option<String> {
     let mut problems = Vec::new();
     if let Err(errors) = b.spec.validate() {
         problems.push(errors.to_string());
-    }
-    if b.spec.template.security_mode == SecurityMode::Rootless {
-        problems.push(
-            "spec.template.securityMode: rootless builders are not supported by kilnd yet; use privileged"
-                .to_owned(),
-        );
     }
     (!problems.is_empty()).then(|| problems.join("; "))
 }
@@ -647,10 +641,9 @@ mod tests {
     }
 
     #[test]
-    fn a_rootless_or_invalid_spec_is_named_and_a_valid_one_passes() {
+    fn a_valid_spec_passes_rootless_or_not() {
         assert_eq!(validate(&builder("")), None);
-        let rootless = validate(&builder(", template: {securityMode: rootless}")).unwrap_or_default();
-        assert!(rootless.contains("spec.template.securityMode"), "{rootless}");
+        assert_eq!(validate(&builder(", template: {securityMode: rootless}")), None);
     }
 
     #[test]

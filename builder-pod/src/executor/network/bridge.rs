@@ -19,7 +19,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -35,9 +35,12 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::firewall::Firewall;
 use super::{DEFAULT_SUBNET_POOL, NetworkConfig, NetworkError};
 
-/// Where kilnds on one host lock the bridges they use: bridges and their
-/// subnets are the host's, not one daemon's.
-const LOCK_DIR: &str = "/run/kilnd/net";
+/// Where kilnds on one host lock the bridges they use (below the run base,
+/// `crate::rootless::run_base`): bridges and their subnets are the host's,
+/// not one daemon's.
+fn lock_dir() -> PathBuf {
+    crate::rootless::run_base().join("net")
+}
 /// The size of the subnet each kilnd takes from the pool.
 const SLOT_PREFIX: u8 = 24;
 const DEFAULT_MTU: u32 = 1500;
@@ -517,7 +520,8 @@ async fn uplink_mtu(handle: &Handle) -> u32 {
 /// subnet, or the first `kilnN` whose `/24` of the pool is free and overlaps
 /// no route of the host. A bridge left by a kilnd that died is removed here.
 async fn claim(config: &NetworkConfig, host: &Handle) -> Result<(String, Ipv4Net, File), NetworkError> {
-    std::fs::create_dir_all(LOCK_DIR).map_err(NetworkError::io(format!("creating {LOCK_DIR}")))?;
+    let dir = lock_dir();
+    std::fs::create_dir_all(&dir).map_err(NetworkError::io(format!("creating {}", dir.display())))?;
     let candidates: Vec<(String, Ipv4Net)> = match config.bridge_subnet {
         Some(subnet) => vec![(config.bridge_name.clone().unwrap_or_else(|| "kiln0".into()), subnet)],
         None => DEFAULT_SUBNET_POOL
@@ -569,7 +573,7 @@ async fn claim(config: &NetworkConfig, host: &Handle) -> Result<(String, Ipv4Net
 }
 
 fn lock_path(name: &str) -> PathBuf {
-    Path::new(LOCK_DIR).join(format!("{name}.lock"))
+    lock_dir().join(format!("{name}.lock"))
 }
 
 /// An exclusive lock on the bridge's name, or `None` when a live kilnd holds

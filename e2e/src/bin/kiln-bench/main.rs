@@ -330,6 +330,68 @@ fn gateway_overhead(runs: usize, inputs: &Inputs, records: &mut Vec<Value>) {
 }
 
 const GATEWAY_OVERHEAD: &str = "gateway-overhead";
+const ROOTLESS: &str = "rootless";
+
+/// What rootless costs: the same builds on a fresh kilnd and buildkitd run
+/// as root and run rootless (as `KILN_ROOTLESS_USER` under `rootlesskit
+/// --net=host`, docs/rootless.md), the four alternating. Rootless, neither
+/// gives steps a network namespace of their own, and the files of their
+/// roots are owned by the user's ids. Wall time only: the daemons are
+/// grandchildren of `runuser`, whose CPU is not theirs.
+fn rootless_overhead(runs: usize, inputs: &Inputs, records: &mut Vec<Value>) {
+    let user = std::env::var("KILN_ROOTLESS_USER").expect("KILN_ROOTLESS_USER (from e2e/env/up)");
+    let cases = [
+        ("cold-build", Build::llb(image_and_run(inputs.base(), "echo hi > /hello"))),
+        ("context-10k", workloads::local_context(&inputs.context_10k())),
+    ];
+    println!();
+    println!(
+        "| rootless | kilnd median (min–max) s | kilnd rootless | ÷ kilnd | buildkitd | buildkitd rootless | ÷ buildkitd | rootless kilnd ÷ rootless buildkitd |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    let start = |i: usize| -> Vec<Daemon> {
+        let mut daemons = vec![
+            Daemon::Kilnd(kiln_e2e::Kilnd::start_configured(daemons::KILND_CONFIG, |_| {})),
+            Daemon::Kilnd(kiln_e2e::Kilnd::start_rootless_configured(&user, daemons::KILND_CONFIG, |_| {})),
+            Daemon::Buildkitd(kiln_e2e::Buildkitd::start()),
+            Daemon::Buildkitd(kiln_e2e::Buildkitd::start_rootless(&user)),
+        ];
+        daemons.rotate_left(i % 4);
+        daemons
+    };
+    for (name, build) in cases {
+        let mut times: Vec<Vec<f64>> = vec![Vec::new(); 4];
+        for i in 0..runs {
+            // Fresh daemons each run, timed in a rotating order.
+            let daemons = start(i);
+            for (j, d) in daemons.iter().enumerate() {
+                times[(j + i) % 4].push(build.timed(d, name).value);
+            }
+            eprintln!("[bench] rootless/{name} run {}/{runs}", i + 1);
+        }
+        let s: Vec<Stats> = times.iter().map(|t| stats(t).unwrap()).collect();
+        let cell = |s: &Stats| format!("{:.3} ({:.3}–{:.3})", s.median, s.min, s.max);
+        let (k, kr, b, br) = (&s[0], &s[1], &s[2], &s[3]);
+        println!(
+            "| {name} | {} | {} | {:.2} | {} | {} | {:.2} | {:.2} |",
+            cell(k),
+            cell(kr),
+            kr.median / k.median,
+            cell(b),
+            cell(br),
+            br.median / b.median,
+            kr.median / br.median
+        );
+        records.push(json!({
+            "name": format!("rootless/{name}"), "runs": runs,
+            "kilnd_median_s": k.median, "kilnd_rootless_median_s": kr.median,
+            "buildkitd_median_s": b.median, "buildkitd_rootless_median_s": br.median,
+            "kilnd_rootless_ratio_to_rootful": kr.median / k.median,
+            "buildkitd_rootless_ratio_to_rootful": br.median / b.median,
+            "ratio": kr.median / br.median,
+        }));
+    }
+}
 
 fn usage() {
     println!("kiln-bench [--runs N] [--quick] [ROW...]: kilnd vs buildkitd, median of N alternating runs");
@@ -350,6 +412,11 @@ fn list(all: &[Workload]) {
             println!("  {:<28} {}", r.name, r.description);
         }
     }
+    println!("workload {ROOTLESS}:");
+    println!(
+        "  {:<28} cold-build and context-10k on kilnd and buildkitd, as root and rootless (rootlesskit)",
+        ROOTLESS
+    );
     println!("workload {GATEWAY_OVERHEAD}:");
     println!(
         "  {:<28} cold-build and context-10k direct vs through the gateway on one kilnd; unary Info latency",
@@ -386,8 +453,9 @@ fn main() {
             "--help" | "-h" => return usage(),
             name => {
                 let name = RENAMED.iter().find(|(old, _)| *old == name).map_or(name, |(_, new)| new);
-                let known =
-                    name == GATEWAY_OVERHEAD || all.iter().any(|w| w.rows.iter().any(|r| r.name == name));
+                let known = name == GATEWAY_OVERHEAD
+                    || name == ROOTLESS
+                    || all.iter().any(|w| w.rows.iter().any(|r| r.name == name));
                 if !known {
                     eprintln!("unknown row {name}; `kiln-bench --list` names them");
                     std::process::exit(2);
@@ -428,6 +496,13 @@ fn main() {
         gateway_overhead(runs, &inputs, &mut records);
         drop(fs);
         eprintln!("[bench] gateway-overhead took {:.1} s", start.elapsed().as_secs_f64());
+    }
+    if only.is_empty() || only.iter().any(|o| o == ROOTLESS) {
+        let start = Instant::now();
+        let fs = scratch.fresh();
+        rootless_overhead(runs, &inputs, &mut records);
+        drop(fs);
+        eprintln!("[bench] rootless took {:.1} s", start.elapsed().as_secs_f64());
     }
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&out).unwrap();
