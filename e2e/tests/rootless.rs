@@ -8,6 +8,9 @@
 use std::path::Path;
 use std::process::Command;
 
+use std::time::Duration;
+
+use kiln_e2e::cluster::{Controller, Namespace, builder_yaml, install_crds, wait_for};
 use kiln_e2e::{Buildx, Kilnd, TestEnv, run, run_unchecked, streams, unique, workspace_bin};
 
 fn rootless_user() -> String {
@@ -162,4 +165,118 @@ fn without_a_process_sandbox_steps_see_kilnd_and_leave_nothing_running() {
     assert!(processes.lines().any(|p| p == "kilnd"), "the step does not see kilnd's processes:\n{processes}");
     let left = run_unchecked(Command::new("pgrep").args(["-u", &user, "-f", "sleep 600"]));
     assert!(!left.status.success(), "a step's process outlived it: {}", streams(&left));
+}
+
+/// A `securityMode: rootless` pool on the real node (`e2e/env/node-up`),
+/// from the kilnd image `e2e/env/images` built: its pod is not privileged,
+/// runs as uid 1000 under RootlessKit, and a buildx build on it runs steps,
+/// deletes a file, makes a directory again and pushes. Skips, saying so,
+/// when the real-node tier is not up.
+#[test]
+fn a_rootless_pool_runs_unprivileged_pods_on_the_real_node_and_builds() {
+    let (Ok(node), Ok(node_registry), Ok(image)) =
+        (std::env::var("KILN_NODE"), std::env::var("KILN_NODE_REGISTRY"), std::env::var("KILN_IMAGE_KILND"))
+    else {
+        eprintln!(
+            "SKIPPED: needs the real-node tier and Kiln's images (KILN_NODE, KILN_NODE_REGISTRY from \
+             e2e/env/node-up, KILN_IMAGE_KILND from e2e/env/images; e2e/test sets all three)"
+        );
+        return;
+    };
+    let env = TestEnv::get();
+    // The node pulls from the registry's address on the node's network.
+    let image = image.replacen(&env.registry, &node_registry, 1);
+    install_crds();
+    let ns = Namespace::for_pods("rootless");
+    // The cache claim's volume: a directory on the node (the test cluster has
+    // no provisioner for a real node), of a StorageClass of the test's own.
+    // kubelet gives hostPath volumes no fsGroup, so the directory is the
+    // pod's user's, as a provisioner honouring fsGroup would make it.
+    let volume = tempfile::Builder::new().prefix("kiln-rootless-volume-").tempdir().unwrap();
+    run(Command::new("chown").arg("1000:1000").arg(volume.path()));
+    let class = ns.name().to_owned();
+    let pv = format!(
+        "apiVersion: storage.k8s.io/v1\nkind: StorageClass\nmetadata: {{name: {class}}}\n\
+         provisioner: kubernetes.io/no-provisioner\nvolumeBindingMode: Immediate\n---\n\
+         apiVersion: v1\nkind: PersistentVolume\nmetadata: {{name: {class}}}\nspec:\n  storageClassName: {class}\n  \
+         capacity: {{storage: 4Gi}}\n  accessModes: [ReadWriteOnce]\n  persistentVolumeReclaimPolicy: Delete\n  \
+         hostPath: {{path: {}, type: Directory}}\n",
+        volume.path().display()
+    );
+    let pv_file = volume.path().with_extension("yaml");
+    std::fs::write(&pv_file, pv).unwrap();
+    run(kiln_e2e::cluster::kubectl().args(["apply", "-f"]).arg(&pv_file));
+    let _controller = Controller::start(&ns, "rootless", &image);
+    let spec = format!(
+        "  replicas: {{min: 1, max: 1}}\n\
+         \x20 cache: {{size: 1Gi, storageClassName: {class}, retain: false}}\n\
+         \x20 template:\n\
+         \x20   securityMode: rootless\n\
+         \x20   nodeSelector: {{kubernetes.io/hostname: {node}}}\n\
+         \x20 config: |\n\
+         \x20   [registry.\"{node_registry}\"]\n\
+         \x20   http = true\n"
+    );
+    ns.apply(&builder_yaml("rl", &spec));
+    let pod = wait_for(
+        Duration::from_secs(180),
+        "the rootless pool's pod Ready",
+        || {
+            let out = run_unchecked(&mut ns.kubectl(&["get", "-o", "json", "pod", "rl-0"]));
+            let pod: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            let ready = pod["status"]["conditions"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
+            ready.then_some(pod)
+        },
+        || streams(&run_unchecked(&mut ns.kubectl(&["describe", "pod", "rl-0"]))),
+    );
+    let container = &pod["spec"]["containers"][0];
+    assert_eq!(container["securityContext"]["privileged"], false, "{container}");
+    assert_eq!(container["securityContext"]["runAsUser"], 1000);
+    assert_eq!(pod["spec"]["containers"][0]["image"], image.as_str());
+    // What the node runs: kilnd's process is uid 1000 outside its namespace.
+    let status = run(&mut ns.kubectl(&["exec", "rl-0", "--", "cat", "/proc/1/status"]));
+    assert!(
+        status.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("1000")),
+        "{status}"
+    );
+
+    let addr = format!("tcp://{}:1234", pod["status"]["podIP"].as_str().unwrap());
+    let buildx = Buildx::new();
+    buildx.create_remote("pool", &addr);
+    let pushed = format!("{node_registry}/kiln-test/rootless-pool:{}", unique("p"));
+    let first = format!(
+        "FROM {node_registry}/kiln-test/busybox:latest\n\
+         RUN mkdir -p /data/old && echo old > /data/old/f && cat /proc/self/uid_map > /uid_map\n\
+         RUN rm /etc/group && rm -rf /data && mkdir /data && echo new > /data/new\n"
+    );
+    build(&buildx, "pool", &first, &["-o", &format!("type=image,name={pushed},push=true")]);
+    let check = format!(
+        "FROM {pushed}\n\
+         RUN ls /data > /listing && (test -e /etc/group && echo present || echo deleted) > /group\n\
+         FROM scratch\n\
+         COPY --from=0 /listing /group /uid_map /\n"
+    );
+    let out = tempfile::tempdir().unwrap();
+    build(&buildx, "pool", &check, &["-o", &format!("type=local,dest={}", out.path().display())]);
+    assert_eq!(read(out.path(), "listing"), "new\n");
+    assert_eq!(read(out.path(), "group"), "deleted\n");
+    let uid_map: Vec<String> = read(out.path(), "uid_map").split_whitespace().map(str::to_owned).collect();
+    assert_eq!(uid_map[..3], ["0", "1000", "1"], "root in a step is uid 1000 on the node: {uid_map:?}");
+
+    // Deleted, the pool drains and goes, its claim with it (`retain: false`).
+    run(&mut ns.kubectl(&["delete", "builder", "rl", "--wait=false"]));
+    wait_for(
+        Duration::from_secs(120),
+        "the rootless pool gone",
+        || {
+            let out = run_unchecked(&mut ns.kubectl(&["get", "builder,pod", "-o", "name"]));
+            (out.status.success() && out.stdout.is_empty()).then_some(())
+        },
+        || streams(&run_unchecked(&mut ns.kubectl(&["get", "builder,pod", "-o", "wide"]))),
+    );
+    let _ = run_unchecked(kiln_e2e::cluster::kubectl().args(["delete", "pv", &class, "--wait=false"]));
+    let _ = run_unchecked(kiln_e2e::cluster::kubectl().args(["delete", "storageclass", &class]));
+    let _ = std::fs::remove_file(&pv_file);
 }

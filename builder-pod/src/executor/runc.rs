@@ -157,10 +157,14 @@ impl RuncExecutor {
         let resolv_conf = container.bundle.join("resolv.conf");
         write_file(&resolv_conf, container_resolv_conf(network.is_host())?.as_bytes(), 0o644)?;
 
-        container.cgroup_bases = cgroup::own_cgroup_dirs().unwrap_or_else(|e| {
-            warn!(error = %e, "cannot read this process's cgroups; leftover cgroup directories will not be removed");
-            Vec::new()
-        });
+        // Rootless steps get no cgroup (the spec has no `cgroupsPath`), so
+        // there is none to remove.
+        if !self.host.rootless {
+            container.cgroup_bases = cgroup::own_cgroup_dirs().unwrap_or_else(|e| {
+                warn!(error = %e, "cannot read this process's cgroups; leftover cgroup directories will not be removed");
+                Vec::new()
+            });
+        }
         let config = spec::generate(&Inputs {
             exec,
             user: &user,
