@@ -43,6 +43,11 @@ const NAMESPACE: &str = "kiln";
 const STORAGE_CLASS: &str = "kiln-install-test";
 /// Builds run at once during each upgrade.
 const CONCURRENT_BUILDS: usize = 5;
+/// Builders of the default pool. One: with two, a project whose first build
+/// a gateway replica placed away from its rendezvous choice (for load) is
+/// sent to that choice, without its cache, by a replica that has not seen
+/// it, as every replica after a gateway upgrade (docs/install.md, "Upgrade").
+const POOL_BUILDERS: usize = 1;
 const CONTROLLER: &str = "app.kubernetes.io/instance=kiln,app.kubernetes.io/component=controller";
 const GATEWAY: &str = "app.kubernetes.io/instance=kiln,app.kubernetes.io/component=gateway";
 const DEFAULT_POOL: &str = "kiln.dev/builder=default";
@@ -244,10 +249,10 @@ fn remove_leftovers() {
 
 /// A pool spec for the test cluster: on the real node, its cache on the
 /// test's volumes, the node's registry over plain HTTP.
-fn pool_spec(env: &Env, indent: &str, client: &str, retain: bool) -> String {
+fn pool_spec(env: &Env, indent: &str, builders: usize, client: &str, retain: bool) -> String {
     let node = &env.node;
     [
-        "replicas: {min: 1, max: 1}".to_owned(),
+        format!("replicas: {{min: {builders}, max: {builders}}}"),
         format!("access: {{clients: [{client}]}}"),
         "maxParallelBuilds: 8".to_owned(),
         format!("cache: {{size: 1Gi, storageClassName: {STORAGE_CLASS}, retain: {retain}}}"),
@@ -270,7 +275,7 @@ fn values(env: &Env) -> String {
          controller:\n  nodeSelector: {{kubernetes.io/hostname: {node}}}\n\
          gateway:\n  nodeSelector: {{kubernetes.io/hostname: {node}}}\n  shutdownGraceSeconds: 120\n\
          pools:\n- name: default\n  spec:\n{}",
-        pool_spec(env, "    ", "admin", true)
+        pool_spec(env, "    ", POOL_BUILDERS, "admin", true)
     )
 }
 
@@ -529,7 +534,7 @@ fn install_build_upgrade_under_load_and_uninstall_on_the_real_node() {
         *since = Instant::now();
     };
     remove_leftovers();
-    let _volumes = Volumes::make(3);
+    let _volumes = Volumes::make(POOL_BUILDERS + 1);
     // Dropped first: whatever happens, the release and its namespace go.
     let _cleanup = Cleanup;
     let dir = tempfile::tempdir().unwrap();
@@ -567,7 +572,7 @@ fn install_build_upgrade_under_load_and_uninstall_on_the_real_node() {
         },
         describe,
     );
-    wait_running("the default pool", DEFAULT_POOL, &kilnd, &env.node, 1);
+    wait_running("the default pool", DEFAULT_POOL, &kilnd, &env.node, POOL_BUILDERS);
     wait_for(
         Duration::from_secs(120),
         "the default pool Ready",
@@ -701,7 +706,7 @@ fn install_build_upgrade_under_load_and_uninstall_on_the_real_node() {
     let mut long_build = client.spawn_build("kiln", &long);
     let builder = format!(
         "apiVersion: kiln.dev/v1alpha1\nkind: Builder\nmetadata: {{name: second, namespace: {NAMESPACE}}}\nspec:\n{}",
-        pool_spec(&env, "  ", "team-b", false)
+        pool_spec(&env, "  ", 1, "team-b", false)
     );
     let builder_file = dir.path().join("second.yaml");
     std::fs::write(&builder_file, builder).unwrap();
@@ -773,7 +778,7 @@ fn install_build_upgrade_under_load_and_uninstall_on_the_real_node() {
     assert_eq!(still_running(&mut first), CONCURRENT_BUILDS, "the builds ended before the upgrade did");
     let failed = finish_builds(first, "kilnd-upgrade");
     assert_eq!(failed, 0, "builds failed during the kilnd upgrade\n{}", describe());
-    wait_running("the default pool", DEFAULT_POOL, &kilnd_new, &env.node, 1);
+    wait_running("the default pool", DEFAULT_POOL, &kilnd_new, &env.node, POOL_BUILDERS);
     let pods_after = pool_pods();
     assert_ne!(pods_before, pods_after, "the pool's pods were not replaced");
     assert_eq!(
@@ -815,7 +820,7 @@ fn install_build_upgrade_under_load_and_uninstall_on_the_real_node() {
     let new_gateways = wait_running("the gateway", GATEWAY, &kiln_new, &env.node, 2);
     assert!(names(&new_gateways).iter().all(|n| !gateways.contains(n)), "the gateway did not roll");
     // The pool keeps its kilnd image: only the kiln image changed.
-    wait_running("the default pool", DEFAULT_POOL, &kilnd_new, &env.node, 1);
+    wait_running("the default pool", DEFAULT_POOL, &kilnd_new, &env.node, POOL_BUILDERS);
     step(
         format!(
             "helm upgrade to kiln {}@{} (helm took {took:.1?}): {CONCURRENT_BUILDS} builds, {failed} failed; \
@@ -834,16 +839,16 @@ fn install_build_upgrade_under_load_and_uninstall_on_the_real_node() {
     // helm uninstall: the hook deletes the pool, the controller drains it.
     run(helm().args(["uninstall", RELEASE, "--namespace", NAMESPACE, "--wait", "--timeout", "5m"]));
     step("helm uninstall --wait".into(), &mut since);
+    let claims: Vec<String> =
+        (0..POOL_BUILDERS).map(|i| format!("persistentvolumeclaim/cache-default-{i}")).collect();
     wait_for(
         Duration::from_secs(120),
-        "nothing of the release left but the cache claim",
+        "nothing of the release left but the cache claims",
         || {
             let left = objects_left();
-            let expected = [
-                "configmap/kube-root-ca.crt".to_owned(),
-                "persistentvolumeclaim/cache-default-0".to_owned(),
-                "serviceaccount/default".to_owned(),
-            ];
+            let mut expected = claims.clone();
+            expected.extend(["configmap/kube-root-ca.crt".to_owned(), "serviceaccount/default".to_owned()]);
+            expected.sort();
             if left == expected {
                 return Some(());
             }
@@ -852,9 +857,13 @@ fn install_build_upgrade_under_load_and_uninstall_on_the_real_node() {
         },
         describe,
     );
-    let claim = get_json(&["pvc", "cache-default-0"]);
-    assert_eq!(claim["metadata"]["labels"]["kiln.dev/builder"], "default", "{claim:#}");
-    step("nothing left but the pool's cache claim cache-default-0".into(), &mut since);
+    for claim in items(&get_json(&["pvc"])) {
+        assert_eq!(claim["metadata"]["labels"]["kiln.dev/builder"], "default", "{claim:#}");
+    }
+    step(format!("nothing left but the pool's cache claims {claims:?}"), &mut since);
+    // The README's last step: the cache's space back.
+    run(&mut ns_kubectl(&["delete", "pvc", "-l", "kiln.dev/builder=default"]));
+    assert_eq!(run(&mut ns_kubectl(&["get", "pvc", "-o", "name"])), "");
     eprintln!("install journey: {:.1?} in all", journey.elapsed());
     for f in &figures {
         eprintln!("  {f}");

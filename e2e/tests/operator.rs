@@ -1016,6 +1016,10 @@ fn with_a_builder_ca_builders_take_the_gateway_alone() {
         },
         || w.describe(),
     );
+    // Owned by the builder CA's Secret: gone with it (helm uninstall).
+    let owners = w.ns.get_json(&["secret", gateway_secret])["metadata"]["ownerReferences"].clone();
+    assert_eq!(owners[0]["kind"], "Secret", "{owners}");
+    assert_eq!(owners[0]["name"], "builder-ca", "{owners}");
     let write = |key: &str, file: &str| {
         let template = format!(r#"go-template={{{{index .data "{key}" | base64decode}}}}"#);
         let pem = run(&mut w.ns.kubectl(&["get", "secret", gateway_secret, "-o", &template]));
