@@ -254,7 +254,7 @@ fn a_builder_killed_mid_build_fails_only_its_build_and_is_avoided_afterwards() {
     // Two builds running meanwhile on the other builders.
     let others: Vec<_> = (0..2)
         .map(|i| {
-            let ctx = context(&format!("RUN sleep 4 && echo other {i} > /other\n"), &[]);
+            let ctx = context(&format!("RUN sleep 10 && echo other {i} > /other\n"), &[]);
             let log = logs.path().join(format!("other-{i}.log"));
             let child = s.spawn_build(ctx.path(), &log);
             (ctx, log, child)
