@@ -776,6 +776,25 @@ pub fn gateway_tls_args(dir: &Path) -> Vec<String> {
         .into()
 }
 
+/// The steps of a plain-progress build (`[internal]` ones left out), in the
+/// order they first appear, each with whether it was CACHED.
+pub fn progress_steps(progress: &str) -> Vec<(String, bool)> {
+    let mut names: Vec<(String, String)> = Vec::new();
+    for line in progress.lines() {
+        let Some((id, text)) = line.strip_prefix('#').and_then(|l| l.split_once(' ')) else { continue };
+        if text.starts_with('[') && !text.starts_with("[internal]") && !names.iter().any(|(i, _)| i == id) {
+            names.push((id.to_owned(), text.to_owned()));
+        }
+    }
+    names
+        .into_iter()
+        .map(|(id, name)| {
+            let cached = progress.lines().any(|l| l == format!("#{id} CACHED"));
+            (name, cached)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

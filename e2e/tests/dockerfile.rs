@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use kiln_e2e::{Buildx, Kilnd, Registry, TestEnv, repo_and_tag, run_unchecked, unique};
+use kiln_e2e::{Buildx, Kilnd, Registry, TestEnv, progress_steps, repo_and_tag, run_unchecked, unique};
 
 /// A kilnd with a buildx builder pointing at it.
 struct Setup {
@@ -56,26 +56,6 @@ impl Setup {
 /// Files of the build context sent to kilnd (the Dockerfile travels on its own, every time, as with buildkitd).
 const CONTEXT_FILES: &str = "kilnd_local_files_transferred_total{local=\"context\"}";
 
-/// The progress blocks of a plain-progress build, by step name: whether each was CACHED.
-fn steps(progress: &str) -> Vec<(String, bool)> {
-    let mut names: Vec<(String, String)> = Vec::new();
-    for line in progress.lines() {
-        let Some(rest) = line.strip_prefix('#') else { continue };
-        let Some((id, text)) = rest.split_once(' ') else { continue };
-        if text.starts_with('[') && !names.iter().any(|(i, _)| i == id) {
-            names.push((id.to_owned(), text.to_owned()));
-        }
-    }
-    names
-        .into_iter()
-        .filter(|(_, name)| !name.starts_with("[internal]"))
-        .map(|(id, name)| {
-            let cached = progress.lines().any(|l| l == format!("#{id} CACHED"));
-            (name, cached)
-        })
-        .collect()
-}
-
 /// A build context whose Dockerfile is `FROM <base image>` and then `steps`.
 fn context(steps: &str) -> tempfile::TempDir {
     let ctx = tempfile::tempdir().unwrap();
@@ -101,7 +81,7 @@ fn a_rebuild_is_all_cached_and_a_change_reruns_only_what_reads_it() {
 
     // Nothing changed: every step is CACHED and no file is sent again.
     let progress = s.build(ctx.path(), &[]);
-    let all = steps(&progress);
+    let all = progress_steps(&progress);
     assert_eq!(all.len(), 5, "{all:?}\n{progress}");
     assert!(all.iter().all(|(_, cached)| *cached), "{all:?}");
     assert_eq!(s.metric(CONTEXT_FILES), sent_first, "an unchanged context sent files");
@@ -110,7 +90,7 @@ fn a_rebuild_is_all_cached_and_a_change_reruns_only_what_reads_it() {
     // and that one file is all that is sent.
     std::fs::write(ctx.path().join("b.txt"), "b changed\n").unwrap();
     let progress = s.build(ctx.path(), &[]);
-    let cached: Vec<bool> = steps(&progress).into_iter().map(|(_, c)| c).collect();
+    let cached: Vec<bool> = progress_steps(&progress).into_iter().map(|(_, c)| c).collect();
     assert_eq!(cached, [true, true, true, false, false], "{progress}");
     assert_eq!(s.metric(CONTEXT_FILES), sent_first + 1);
 }

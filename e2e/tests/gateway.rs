@@ -10,7 +10,9 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use kiln_e2e::{Buildx, Gateway, Kilnd, TestEnv, buildctl_llb, run, run_unchecked, streams, workspace_bin};
+use kiln_e2e::{
+    Buildx, Gateway, Kilnd, TestEnv, buildctl_llb, progress_steps, run, run_unchecked, streams, workspace_bin,
+};
 
 /// Files of the build context a builder received (unchanged files are not sent).
 const CONTEXT_FILES: &str = "kilnd_local_files_transferred_total{local=\"context\"}";
@@ -103,24 +105,6 @@ fn context(steps: &str, files: &[(&str, &str)]) -> tempfile::TempDir {
     ctx
 }
 
-/// The steps of a plain-progress build (not `[internal]` ones): name, and whether it was CACHED.
-fn steps(progress: &str) -> Vec<(String, bool)> {
-    let mut names: Vec<(String, String)> = Vec::new();
-    for line in progress.lines() {
-        let Some((id, text)) = line.strip_prefix('#').and_then(|l| l.split_once(' ')) else { continue };
-        if text.starts_with('[') && !text.starts_with("[internal]") && !names.iter().any(|(i, _)| i == id) {
-            names.push((id.to_owned(), text.to_owned()));
-        }
-    }
-    names
-        .into_iter()
-        .map(|(id, name)| {
-            let cached = progress.lines().any(|l| l == format!("#{id} CACHED"));
-            (name, cached)
-        })
-        .collect()
-}
-
 /// Polls `done` every 100 ms; panics with `what` after `timeout`.
 fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -150,7 +134,10 @@ fn rebuilding_a_project_lands_on_its_builder_and_sends_only_what_changed() {
     );
 
     let first = s.build(ctx.path());
-    assert!(steps(&first).iter().all(|(_, cached)| !cached), "a fresh builder runs every step:\n{first}");
+    assert!(
+        progress_steps(&first).iter().all(|(_, cached)| !cached),
+        "a fresh builder runs every step:\n{first}"
+    );
     let home = s.builder_of(ctx.path());
     let sent = builder_metric(&s.gw.builders[home], CONTEXT_FILES);
     assert!(sent >= 4.0, "the whole context went to builder {home} first: {sent} files");
@@ -158,7 +145,7 @@ fn rebuilding_a_project_lands_on_its_builder_and_sends_only_what_changed() {
     // Unchanged: the same builder, every step cached, no file sent again.
     let second = s.build(ctx.path());
     assert_eq!(s.builder_of(ctx.path()), home, "the rebuild went elsewhere: {:?}", s.gw.sessions());
-    let all = steps(&second);
+    let all = progress_steps(&second);
     assert_eq!(all.len(), 3, "FROM, COPY, RUN: {all:?}\n{second}");
     assert!(all.iter().all(|(_, cached)| *cached), "{all:?}");
     assert_eq!(builder_metric(&s.gw.builders[home], CONTEXT_FILES), sent, "an unchanged context was sent");
@@ -167,7 +154,7 @@ fn rebuilding_a_project_lands_on_its_builder_and_sends_only_what_changed() {
     std::fs::write(ctx.path().join("c.txt"), "c changed\n").unwrap();
     let third = s.build(ctx.path());
     assert_eq!(s.builder_of(ctx.path()), home);
-    let cached: Vec<bool> = steps(&third).into_iter().map(|(_, c)| c).collect();
+    let cached: Vec<bool> = progress_steps(&third).into_iter().map(|(_, c)| c).collect();
     assert_eq!(cached, [true, false, false], "{third}");
     assert_eq!(builder_metric(&s.gw.builders[home], CONTEXT_FILES), sent + 1.0);
     for (i, b) in s.gw.builders.iter().enumerate().filter(|(i, _)| *i != home) {
@@ -580,7 +567,7 @@ fn kiln_up_restarted_on_its_state_sends_each_project_where_its_cache_is() {
     let (up, _) = Up::start(state, &addr);
     for (i, p) in projects.iter().enumerate() {
         let progress = build_on_up(&buildx, p.path(), out.path());
-        let ran: Vec<_> = steps(&progress).into_iter().filter(|(_, cached)| !cached).collect();
+        let ran: Vec<_> = progress_steps(&progress).into_iter().filter(|(_, cached)| !cached).collect();
         assert!(ran.is_empty(), "project {i} rebuilt after the restart: {ran:?}\n{progress}");
     }
     let _ = up.stop();

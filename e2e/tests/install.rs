@@ -32,7 +32,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use kiln_e2e::cluster::{kubectl, wait_for};
-use kiln_e2e::{Buildx, Registry, TestEnv, run, run_unchecked, streams, unique, workspace_bin};
+use kiln_e2e::{
+    Buildx, Registry, TestEnv, progress_steps, run, run_unchecked, streams, unique, workspace_bin,
+};
 use serde_json::Value;
 
 /// The README's names: release `kiln` in namespace `kiln`.
@@ -288,25 +290,6 @@ fn context(dir: &Path, name: &str, dockerfile: &str) -> PathBuf {
     path
 }
 
-/// The build steps in plain progress, each with whether it was CACHED
-/// (`[internal]` steps left out).
-fn steps(progress: &str) -> Vec<(String, bool)> {
-    let mut names: Vec<(String, String)> = Vec::new();
-    for line in progress.lines() {
-        let Some((id, text)) = line.strip_prefix('#').and_then(|l| l.split_once(' ')) else { continue };
-        if text.starts_with('[') && !text.starts_with("[internal]") && !names.iter().any(|(i, _)| i == id) {
-            names.push((id.to_owned(), text.to_owned()));
-        }
-    }
-    names
-        .into_iter()
-        .map(|(id, name)| {
-            let cached = progress.lines().any(|l| l == format!("#{id} CACHED"));
-            (name, cached)
-        })
-        .collect()
-}
-
 /// `command`, killed after `timeout`: a refused client must not hang.
 fn run_with_timeout(command: &mut Command, timeout: Duration) -> Output {
     let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
@@ -465,8 +448,8 @@ fn finish_builds(builds: Vec<(PathBuf, Child)>, round: &str) -> usize {
 fn assert_all_cached(client: &Client<'_>, contexts: &[PathBuf], when: &str) {
     for ctx in contexts {
         let progress = client.build_ok("kiln", ctx);
-        let ran: Vec<_> = steps(&progress).into_iter().filter(|(_, cached)| !cached).collect();
-        assert!(!steps(&progress).is_empty(), "{progress}");
+        let ran: Vec<_> = progress_steps(&progress).into_iter().filter(|(_, cached)| !cached).collect();
+        assert!(!progress_steps(&progress).is_empty(), "{progress}");
         assert!(ran.is_empty(), "{} rebuilt {when}: {ran:?}\n{progress}", ctx.display());
     }
 }

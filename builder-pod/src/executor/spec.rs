@@ -547,6 +547,10 @@ mod tests {
         ExecSpec::new("/rootfs", vec!["/bin/sh".into(), "-c".into(), "true".into()])
     }
 
+    fn namespaces(spec: &serde_json::Value) -> Vec<&str> {
+        spec["linux"]["namespaces"].as_array().unwrap().iter().map(|n| n["type"].as_str().unwrap()).collect()
+    }
+
     fn destinations(spec: &serde_json::Value) -> Vec<String> {
         spec["mounts"]
             .as_array()
@@ -568,12 +572,7 @@ mod tests {
         assert!(spec["process"].get("rlimits").is_none());
         assert_eq!(spec["linux"]["maskedPaths"].as_array().unwrap().len(), 11);
         assert_eq!(spec["linux"]["cgroupsPath"], "kiln-1");
-        let ns: Vec<&str> = spec["linux"]["namespaces"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|n| n["type"].as_str().unwrap())
-            .collect();
+        let ns = namespaces(&spec);
         assert_eq!(ns, ["pid", "ipc", "uts", "mount", "network"]);
         assert_eq!(
             destinations(&spec),
@@ -619,12 +618,7 @@ mod tests {
     fn host_network_shares_the_namespace_and_cgroup_ns_follows_the_host() {
         let host = HostFacts { cgroup_namespace: true, ..facts() };
         let spec = generated_in(&exec(), &host, None);
-        let ns: Vec<&str> = spec["linux"]["namespaces"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|n| n["type"].as_str().unwrap())
-            .collect();
+        let ns = namespaces(&spec);
         assert_eq!(ns, ["pid", "ipc", "uts", "mount", "cgroup"]);
     }
 
@@ -653,12 +647,7 @@ mod tests {
     fn without_a_process_sandbox_steps_share_kilnds_processes_and_proc() {
         let host = HostFacts { process_sandbox: false, ..facts() };
         let spec = generated(&exec(), &host);
-        let ns: Vec<&str> = spec["linux"]["namespaces"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|n| n["type"].as_str().unwrap())
-            .collect();
+        let ns = namespaces(&spec);
         assert_eq!(ns, ["ipc", "uts", "mount", "network"]);
         assert_eq!(
             spec["mounts"][0],
